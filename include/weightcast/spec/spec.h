@@ -1,0 +1,108 @@
+// The sharding specs and topology as plain data: what the trainer holds where, what the inference
+// engine wants where, and the machines in between. Parsed and validated by spec_parser.h.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "weightcast/core/box.h"
+#include "weightcast/core/dtype.h"
+
+namespace weightcast::spec {
+
+struct Axis {
+  std::string name;
+  int64_t size = 1;
+};
+
+struct Device {
+  std::string host;
+  int gpu = 0;
+};
+
+// A device mesh: named axes (row-major rank order) and the device each rank runs on.
+struct Mesh {
+  std::vector<Axis> axes;
+  std::vector<Device> devices;  // one per rank
+
+  int64_t size() const;
+  int64_t coord(int64_t rank, int axis) const;
+  int axis_index(const std::string& name) const;  // -1 if absent
+};
+
+// DTensor-style placement on one mesh axis; kOwner means only coordinate `arg` holds the tensor
+// (a pipeline stage, or the EP rank owning an expert stored as its own parameter).
+struct Placement {
+  enum class Kind { kReplicate, kShard, kOwner };
+  Kind kind = Kind::kReplicate;
+  int64_t arg = 0;
+  std::string str() const;  // "R", "S(0)", "O(3)"
+};
+
+using PlacementMap = std::map<std::string, Placement>;  // axis name -> placement; absent = R
+
+struct Param {
+  std::string name;
+  core::Shape shape;
+  core::DType dtype = core::DType::kBF16;
+  PlacementMap placement;
+  std::string path;  // JSON path, for messages
+};
+
+struct TrainerSpec {
+  Mesh mesh;
+  std::vector<Param> params;
+  std::unordered_map<std::string, int> index;  // name -> params[i]
+};
+
+// One input of an inference tensor: a trainer parameter, optionally with its last two dims swapped.
+struct Part {
+  int src = -1;  // index into TrainerSpec::params
+  bool transpose = false;
+  core::Shape shape;  // shape after the transpose
+};
+
+struct Quant {
+  int64_t block_rows = 128, block_cols = 128;
+  std::string scale_name;  // the FP32 scale tensor written next to the weight
+};
+
+// An inference tensor. Its local buffer on a rank is the concat, along concat_dim, of each part's
+// own shard (the engine's fused layout: each TP rank holds its q, k and v heads back to back).
+struct DestParam {
+  std::string name;
+  core::Shape shape;
+  core::DType dtype = core::DType::kBF16;
+  PlacementMap placement;
+  std::vector<Part> parts;
+  int concat_dim = 0;
+  std::optional<Quant> quant;
+  std::string path;
+};
+
+struct InferenceSpec {
+  std::vector<Mesh> replicas;
+  std::vector<DestParam> params;
+  std::unordered_map<std::string, int> index;
+};
+
+struct HostInfo {
+  std::string name;
+  int gpus = 8;
+  int nics_per_gpu = 1;
+  double nic_gbps = 400;      // per NIC, gigabits per second
+  double nvlink_gbps = 3600;  // per GPU, for gather estimates
+  std::string nvlink_domain;  // hosts in one domain may gather among each other
+};
+
+struct Topology {
+  std::vector<HostInfo> hosts;
+  std::unordered_map<std::string, int> index;
+  const HostInfo* find(const std::string& host) const;
+};
+
+}  // namespace weightcast::spec

@@ -1,0 +1,39 @@
+// Parsing and validating specs. Every error names the JSON path and what was expected, e.g.
+// `trainer.params[17].shape: expected 2 dims, got 3`.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "weightcast/core/status.h"
+#include "weightcast/spec/spec.h"
+
+namespace weightcast::spec {
+
+struct ParseOptions {
+  // Divides every named dim (the spec's "dims" table) and every quantization block by this
+  // factor, keeping layouts: the verifier's way to replay a 1T-parameter layout in megabytes.
+  int64_t scale = 1;
+};
+
+Result<nlohmann::json> load_json_file(const std::string& path);
+
+Result<TrainerSpec> parse_trainer(const nlohmann::json& j, const ParseOptions& opts = {});
+Result<InferenceSpec> parse_inference(const nlohmann::json& j, const TrainerSpec& trainer,
+                                      const ParseOptions& opts = {});
+Result<Topology> parse_topology(const nlohmann::json& j);
+
+// Cross-file checks: every rank's host exists in the topology with enough GPUs, no GPU is used
+// twice, and every destination byte has a holder on the trainer side.
+Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& topo);
+
+struct Inputs {
+  TrainerSpec trainer;
+  InferenceSpec inference;
+  Topology topology;
+};
+// Loads, parses and validates the three files.
+Result<Inputs> load_inputs(const std::string& trainer_path, const std::string& inference_path,
+                           const std::string& topology_path, const ParseOptions& opts = {});
+
+}  // namespace weightcast::spec

@@ -1,0 +1,53 @@
+// Local boxes under DTensor placements and the part layout of fused inference buffers.
+#include "weightcast/spec/layout.h"
+
+namespace weightcast::spec {
+
+namespace {
+const Placement kReplicate{};
+}
+
+std::optional<core::Box> local_box(const core::Shape& shape, const PlacementMap& placement,
+                                   const Mesh& mesh, int64_t rank) {
+  core::Box b = core::Box::full(shape);
+  if (placement.empty()) return b;
+  for (size_t a = 0; a < mesh.axes.size(); ++a) {
+    auto it = placement.find(mesh.axes[a].name);
+    const Placement& p = it == placement.end() ? kReplicate : it->second;
+    if (p.kind == Placement::Kind::kReplicate) continue;
+    const int64_t c = mesh.coord(rank, static_cast<int>(a));
+    if (p.kind == Placement::Kind::kOwner) {
+      if (c != p.arg) return std::nullopt;
+      continue;
+    }
+    const int d = static_cast<int>(p.arg);
+    const core::Range r = core::chunk_range(b.hi[d] - b.lo[d], mesh.axes[a].size, c);
+    b.hi[d] = b.lo[d] + r.hi;
+    b.lo[d] += r.lo;
+  }
+  return b;
+}
+
+std::optional<DestLocal> dest_local(const DestParam& p, const Mesh& mesh, int64_t rank) {
+  DestLocal out;
+  int64_t offset = 0;
+  for (size_t i = 0; i < p.parts.size(); ++i) {
+    auto b = local_box(p.parts[i].shape, p.placement, mesh, rank);
+    if (!b) return std::nullopt;
+    if (i == 0) out.shape = b->extents();
+    else out.shape[p.concat_dim] += b->extent(p.concat_dim);
+    out.parts.push_back({static_cast<int>(i), *b, offset});
+    offset += b->extent(p.concat_dim);
+  }
+  if (out.shape.numel() == 0) return std::nullopt;
+  return out;
+}
+
+core::Shape scale_shape(const core::Shape& local, const Quant& q) {
+  core::Shape s = local;
+  s[s.nd - 2] = (s[s.nd - 2] + q.block_rows - 1) / q.block_rows;
+  s[s.nd - 1] = (s[s.nd - 1] + q.block_cols - 1) / q.block_cols;
+  return s;
+}
+
+}  // namespace weightcast::spec

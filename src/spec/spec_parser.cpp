@@ -1,0 +1,398 @@
+// Trainer and inference spec parsing: meshes, devices, placements, patterns, mappings.
+#include "weightcast/spec/spec_parser.h"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "json_reader.h"
+#include "pattern.h"
+
+namespace weightcast::spec {
+
+using namespace detail;  // NOLINT: internal helpers of this module
+using core::Shape;
+
+namespace {
+
+constexpr int64_t kMaxExpansion = 4'000'000;
+constexpr int64_t kMaxRanks = 1 << 20;
+constexpr int64_t kMaxExtent = int64_t{1} << 40;
+
+using Dims = std::map<std::string, int64_t>;
+
+Dims parse_dims(const json& root, const std::string& path, int64_t scale) {
+  Dims dims;
+  const json* d = optional(root, "dims", path);
+  if (!d) return dims;
+  const std::string dp = child(path, "dims");
+  require_object(*d, dp);
+  for (auto it = d->begin(); it != d->end(); ++it) {
+    const std::string p = child(dp, it.key().c_str());
+    const int64_t v = get_int(it.value(), p, 1, kMaxExtent);
+    if (v % scale != 0)
+      fail(p, fmt::format("{} is not divisible by --scale {}; pick a scale that divides every "
+                          "named dim", v, scale));
+    dims[it.key()] = v / scale;
+  }
+  return dims;
+}
+
+// A shape entry: an integer, a dim name, or a product such as "2*inter".
+int64_t parse_extent(const json& j, const Dims& dims, const std::string& path) {
+  if (j.is_number_integer()) return get_int(j, path, 1, kMaxExtent);
+  const std::string s = get_string(j, path);
+  int64_t v = 1;
+  std::stringstream ss(s);
+  std::string factor;
+  while (std::getline(ss, factor, '*')) {
+    auto it = dims.find(factor);
+    if (it != dims.end()) {
+      v *= it->second;
+    } else if (!factor.empty() && factor.find_first_not_of("0123456789") == std::string::npos &&
+               factor.size() < 12) {
+      v *= std::stoll(factor);
+    } else {
+      fail(path, fmt::format("unknown dim '{}' (not in the \"dims\" table)", factor));
+    }
+    if (v > kMaxExtent) fail(path, "extent too large");
+  }
+  return v;
+}
+
+Shape parse_shape(const json& j, const Dims& dims, const std::string& path) {
+  require_array(j, path);
+  if (j.empty() || j.size() > core::kMaxDims)
+    fail(path, fmt::format("expected 1 to {} dims, got {}", core::kMaxDims, j.size()));
+  Shape s;
+  for (size_t i = 0; i < j.size(); ++i) s.d[s.nd++] = parse_extent(j[i], dims, child(path, i));
+  return s;
+}
+
+core::DType parse_dtype_at(const json& j, const std::string& path) {
+  const std::string s = get_string(j, path);
+  auto t = core::parse_dtype(s);
+  if (!t) fail(path, fmt::format("unknown dtype '{}' (expected bf16, fp16, fp32, fp8_e4m3, "
+                                 "fp8_e5m2 or int8)", s));
+  return *t;
+}
+
+std::vector<Device> parse_devices(const json& j, int64_t count, int64_t first_index,
+                                  const std::string& path) {
+  std::vector<Device> out;
+  if (j.is_array()) {
+    if (static_cast<int64_t>(j.size()) != count)
+      fail(path, fmt::format("expected {} devices (one per mesh rank), got {}", count, j.size()));
+    for (size_t i = 0; i < j.size(); ++i) {
+      const std::string p = child(path, i);
+      check_keys(j[i], {"host", "gpu"}, p);
+      out.push_back({get_string(require(j[i], "host", p), child(p, "host")),
+                     static_cast<int>(get_int(require(j[i], "gpu", p), child(p, "gpu"), 0, 1023))});
+    }
+    return out;
+  }
+  check_keys(j, {"host", "gpus_per_host", "first_host"}, path);
+  const std::string tmpl = get_string(require(j, "host", path), child(path, "host"));
+  const int64_t gph = get_int(require(j, "gpus_per_host", path), child(path, "gpus_per_host"), 1, 1024);
+  int64_t first = 0;
+  if (const json* f = optional(j, "first_host", path))
+    first = get_int(*f, child(path, "first_host"), 0, kMaxRanks);
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t idx = first_index + r;
+    out.push_back({substitute(tmpl, {{"h", first + idx / gph}}, child(path, "host")),
+                   static_cast<int>(idx % gph)});
+  }
+  return out;
+}
+
+std::vector<Axis> parse_axes(const json& j, const std::string& path) {
+  require_array(j, path);
+  if (j.empty()) fail(path, "expected at least one axis");
+  std::vector<Axis> axes;
+  int64_t total = 1;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < j.size(); ++i) {
+    const std::string p = child(path, i);
+    check_keys(j[i], {"name", "size"}, p);
+    Axis a{get_string(require(j[i], "name", p), child(p, "name")),
+           get_int(require(j[i], "size", p), child(p, "size"), 1, kMaxRanks)};
+    if (!seen.insert(a.name).second) fail(child(p, "name"), "duplicate axis '" + a.name + "'");
+    total *= a.size;
+    if (total > kMaxRanks) fail(path, "mesh has too many ranks");
+    axes.push_back(a);
+  }
+  return axes;
+}
+
+// {"axes": [...], "devices": {...} | [...]}; device indices start at first_index (replica offset).
+Mesh parse_mesh(const json& j, const std::string& path, int64_t first_index,
+                const json* devices_override = nullptr) {
+  check_keys(j, {"axes", "devices"}, path);
+  Mesh m;
+  m.axes = parse_axes(require(j, "axes", path), child(path, "axes"));
+  const json* dev = devices_override ? devices_override : &require(j, "devices", path);
+  m.devices = parse_devices(*dev, m.size(), first_index, child(path, "devices"));
+  return m;
+}
+
+Placement parse_one_placement(const std::string& s, const std::string& path) {
+  auto arg_of = [&](size_t open) -> int64_t {
+    if (s.back() != ')') fail(path, fmt::format("bad placement '{}'", s));
+    const std::string a = s.substr(open + 1, s.size() - open - 2);
+    if (a.empty() || a.size() > 9 || a.find_first_not_of("0123456789") != std::string::npos)
+      fail(path, fmt::format("bad placement '{}': expected a non-negative integer argument", s));
+    return std::stoll(a);
+  };
+  if (s == "R" || s == "Replicate" || s == "Replicate()") return {};
+  const size_t open = s.find('(');
+  const std::string head = s.substr(0, open);
+  if (open != std::string::npos && (head == "S" || head == "Shard"))
+    return {Placement::Kind::kShard, arg_of(open)};
+  if (open != std::string::npos && (head == "O" || head == "Owner" || head == "Stage"))
+    return {Placement::Kind::kOwner, arg_of(open)};
+  fail(path, fmt::format("bad placement '{}': expected R, S(dim) or O(coordinate)", s));
+}
+
+PlacementMap parse_placement(const json* j, const std::vector<std::vector<Axis>>& meshes,
+                             const Shape& shape, const Vars& vars, const std::string& path) {
+  PlacementMap out;
+  if (!j) return out;
+  require_object(*j, path);
+  for (auto it = j->begin(); it != j->end(); ++it) {
+    const std::string p = child(path, it.key().c_str());
+    const Placement pl = parse_one_placement(substitute(get_string(it.value(), p), vars, p), p);
+    for (const auto& axes : meshes) {
+      const Axis* axis = nullptr;
+      for (const Axis& a : axes) axis = a.name == it.key() ? &a : axis;
+      if (!axis) fail(p, fmt::format("mesh has no axis '{}'", it.key()));
+      if (pl.kind == Placement::Kind::kShard && pl.arg >= shape.nd)
+        fail(p, fmt::format("shard of dim {} that does not exist (tensor has {} dims)", pl.arg,
+                            shape.nd));
+      if (pl.kind == Placement::Kind::kOwner && pl.arg >= axis->size)
+        fail(p, fmt::format("owner coordinate {} outside axis '{}' of size {}", pl.arg,
+                            axis->name, axis->size));
+    }
+    out[it.key()] = pl;
+  }
+  return out;
+}
+
+void check_format(const json& root, const char* format, const char* role, const std::string& path) {
+  const std::string f = get_string(require(root, "format", path), child(path, "format"));
+  if (f != format) fail(child(path, "format"), fmt::format("expected \"{}\", got \"{}\"", format, f));
+  if (role) {
+    const std::string r = get_string(require(root, "role", path), child(path, "role"));
+    if (r != role) fail(child(path, "role"), fmt::format("expected \"{}\", got \"{}\"", role, r));
+  }
+}
+
+template <typename Fn>
+Status guarded(Fn&& fn) {
+  try {
+    fn();
+    return Status::ok();
+  } catch (const SpecError& e) {
+    return Status(Code::kInvalidArgument, e.what());
+  } catch (const nlohmann::json::exception& e) {
+    return Status(Code::kInvalidArgument, e.what());
+  } catch (const std::exception& e) {
+    return Status(Code::kInternal, e.what());
+  }
+}
+
+Part parse_part(const json& j, const TrainerSpec& t, const Vars& vars, const std::string& path) {
+  Part part;
+  std::string name;
+  std::string npath = path;
+  if (j.is_string()) {
+    name = substitute(j.get<std::string>(), vars, path);
+  } else {
+    check_keys(j, {"transpose"}, path);
+    npath = child(path, "transpose");
+    name = substitute(get_string(require(j, "transpose", path), npath), vars, npath);
+    part.transpose = true;
+  }
+  auto it = t.index.find(name);
+  if (it == t.index.end()) fail(npath, fmt::format("no trainer parameter named '{}'", name));
+  part.src = it->second;
+  const Shape& s = t.params[part.src].shape;
+  if (part.transpose && s.nd < 2)
+    fail(npath, fmt::format("cannot transpose '{}': it has {} dim", name, s.nd));
+  part.shape = part.transpose ? core::transpose_last2(s) : s;
+  return part;
+}
+
+void parse_mapping(const json& j, const TrainerSpec& t, const Vars& vars, DestParam& d,
+                   const std::string& path) {
+  if (j.is_string() || (j.is_object() && j.contains("transpose"))) {
+    d.parts.push_back(parse_part(j, t, vars, path));
+  } else {
+    check_keys(j, {"concat", "dim"}, path);
+    const std::string cp = child(path, "concat");
+    const json& list = require_array(require(j, "concat", path), cp);
+    if (list.empty()) fail(cp, "expected at least one source");
+    for (size_t i = 0; i < list.size(); ++i)
+      d.parts.push_back(parse_part(list[i], t, vars, child(cp, i)));
+    d.concat_dim = static_cast<int>(
+        get_int(require(j, "dim", path), child(path, "dim"), 0, core::kMaxDims - 1));
+  }
+  // The mapped shape: parts agree on every dim but the concat dim, which adds up.
+  Shape expect = d.parts[0].shape;
+  if (d.concat_dim >= expect.nd)
+    fail(child(path, "dim"), fmt::format("concat dim {} does not exist (sources have {} dims)",
+                                         d.concat_dim, expect.nd));
+  for (size_t i = 1; i < d.parts.size(); ++i) {
+    const Shape& s = d.parts[i].shape;
+    bool ok = s.nd == expect.nd;
+    for (int k = 0; ok && k < s.nd; ++k) ok = k == d.concat_dim || s[k] == expect[k];
+    if (!ok)
+      fail(child(child(path, "concat"), i),
+           fmt::format("source '{}' has shape {}, which cannot concat with {} along dim {}",
+                       t.params[d.parts[i].src].name, s.str(), d.parts[0].shape.str(),
+                       d.concat_dim));
+    expect[d.concat_dim] += s[d.concat_dim];
+  }
+  if (!(expect == d.shape)) {
+    std::string srcs;
+    for (const Part& p : d.parts)
+      srcs += fmt::format("{}{}{}", srcs.empty() ? "" : ", ", p.transpose ? "T:" : "",
+                          t.params[p.src].name);
+    fail(child(d.path, "shape"), fmt::format("expected {} after mapping from {}, got {}",
+                                             expect.str(), srcs, d.shape.str()));
+  }
+}
+
+}  // namespace
+
+Result<nlohmann::json> load_json_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return Status(Code::kInvalidArgument, fmt::format("{}: cannot open file", path));
+  try {
+    return nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception& e) {
+    return Status(Code::kInvalidArgument, fmt::format("{}: not valid JSON: {}", path, e.what()));
+  }
+}
+
+Result<TrainerSpec> parse_trainer(const json& j, const ParseOptions& opts) {
+  TrainerSpec t;
+  Status st = guarded([&] {
+    const std::string path = "trainer";
+    check_keys(j, {"format", "role", "model", "dims", "mesh", "params"}, path);
+    check_format(j, "weightcast.spec/v1", "trainer", path);
+    const Dims dims = parse_dims(j, path, opts.scale);
+    t.mesh = parse_mesh(require(j, "mesh", path), child(path, "mesh"), 0);
+    const std::string pp = child(path, "params");
+    const json& params = require_array(require(j, "params", path), pp);
+    for (size_t i = 0; i < params.size(); ++i) {
+      const std::string p = child(pp, i);
+      check_keys(params[i], {"name", "shape", "dtype", "placement", "for"}, p);
+      const Shape shape = parse_shape(require(params[i], "shape", p), dims, child(p, "shape"));
+      const core::DType dt = parse_dtype_at(require(params[i], "dtype", p), child(p, "dtype"));
+      const std::string tmpl = get_string(require(params[i], "name", p), child(p, "name"));
+      expand(optional(params[i], "for", p), p, kMaxExpansion, [&](const Vars& vars) {
+        Param prm{substitute(tmpl, vars, child(p, "name")), shape, dt,
+                  parse_placement(optional(params[i], "placement", p), {t.mesh.axes}, shape, vars,
+                                  child(p, "placement")),
+                  p};
+        if (!t.index.emplace(prm.name, static_cast<int>(t.params.size())).second)
+          fail(child(p, "name"), fmt::format("duplicate parameter name '{}'", prm.name));
+        t.params.push_back(std::move(prm));
+      });
+    }
+    if (t.params.empty()) fail(pp, "expected at least one parameter");
+  });
+  if (!st) return st;
+  return t;
+}
+
+Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t, const ParseOptions& opts) {
+  InferenceSpec inf;
+  Status st = guarded([&] {
+    const std::string path = "inference";
+    check_keys(j, {"format", "role", "model", "dims", "replicas", "params"}, path);
+    check_format(j, "weightcast.spec/v1", "inference", path);
+    const Dims dims = parse_dims(j, path, opts.scale);
+    const std::string rp = child(path, "replicas");
+    const json& reps = require(j, "replicas", path);
+    int64_t next_index = 0;
+    if (reps.is_array()) {
+      if (reps.empty()) fail(rp, "expected at least one replica");
+      for (size_t i = 0; i < reps.size(); ++i) {
+        inf.replicas.push_back(parse_mesh(reps[i], child(rp, i), next_index));
+        next_index += inf.replicas.back().size();
+      }
+    } else {
+      check_keys(reps, {"count", "mesh", "devices"}, rp);
+      const int64_t count = get_int(require(reps, "count", rp), child(rp, "count"), 1, 4096);
+      for (int64_t r = 0; r < count; ++r) {
+        inf.replicas.push_back(parse_mesh(require(reps, "mesh", rp), child(rp, "mesh"), next_index,
+                                          &require(reps, "devices", rp)));
+        next_index += inf.replicas.back().size();
+      }
+    }
+    std::vector<std::vector<Axis>> meshes;
+    for (const Mesh& m : inf.replicas) meshes.push_back(m.axes);
+    std::set<std::string> scale_names;
+    const std::string pp = child(path, "params");
+    const json& params = require_array(require(j, "params", path), pp);
+    for (size_t i = 0; i < params.size(); ++i) {
+      const std::string p = child(pp, i);
+      const json& e = params[i];
+      check_keys(e, {"name", "shape", "dtype", "placement", "for", "from", "quant"}, p);
+      const Shape shape = parse_shape(require(e, "shape", p), dims, child(p, "shape"));
+      const core::DType dt = parse_dtype_at(require(e, "dtype", p), child(p, "dtype"));
+      const std::string tmpl = get_string(require(e, "name", p), child(p, "name"));
+      std::optional<Quant> quant;
+      if (const json* q = optional(e, "quant", p)) {
+        const std::string qp = child(p, "quant");
+        check_keys(*q, {"block", "scale"}, qp);
+        if (dt != core::DType::kFP8E4M3 && dt != core::DType::kFP8E5M2)
+          fail(qp, fmt::format("block quantization needs an fp8 dtype, got {}", core::dtype_name(dt)));
+        if (shape.nd < 2) fail(qp, "block quantization needs at least 2 dims");
+        const json& b = require_array(require(*q, "block", qp), child(qp, "block"));
+        if (b.size() != 2) fail(child(qp, "block"), "expected [rows, cols]");
+        Quant qq;
+        qq.block_rows = get_int(b[0], child(child(qp, "block"), size_t{0}), 1, 1 << 20);
+        qq.block_cols = get_int(b[1], child(child(qp, "block"), size_t{1}), 1, 1 << 20);
+        if (qq.block_rows % opts.scale || qq.block_cols % opts.scale)
+          fail(child(qp, "block"), fmt::format("not divisible by --scale {}", opts.scale));
+        qq.block_rows /= opts.scale;
+        qq.block_cols /= opts.scale;
+        qq.scale_name = get_string(require(*q, "scale", qp), child(qp, "scale"));
+        quant = qq;
+      }
+      expand(optional(e, "for", p), p, kMaxExpansion, [&](const Vars& vars) {
+        DestParam d;
+        d.name = substitute(tmpl, vars, child(p, "name"));
+        d.shape = shape;
+        d.dtype = dt;
+        d.path = p;
+        d.placement = parse_placement(optional(e, "placement", p), meshes, shape, vars,
+                                      child(p, "placement"));
+        d.quant = quant;
+        if (d.quant) {
+          d.quant->scale_name = substitute(quant->scale_name, vars, child(child(p, "quant"), "scale"));
+          if (!scale_names.insert(d.quant->scale_name).second)
+            fail(child(child(p, "quant"), "scale"),
+                 fmt::format("scale tensor name '{}' used twice", d.quant->scale_name));
+        }
+        parse_mapping(require(e, "from", p), t, vars, d, child(p, "from"));
+        if (!inf.index.emplace(d.name, static_cast<int>(inf.params.size())).second)
+          fail(child(p, "name"), fmt::format("duplicate parameter name '{}'", d.name));
+        inf.params.push_back(std::move(d));
+      });
+    }
+    if (inf.params.empty()) fail(pp, "expected at least one parameter");
+    for (const DestParam& d : inf.params)
+      if (d.quant && inf.index.count(d.quant->scale_name))
+        fail(child(child(d.path, "quant"), "scale"),
+             fmt::format("scale tensor name '{}' is also a parameter name", d.quant->scale_name));
+  });
+  if (!st) return st;
+  return inf;
+}
+
+}  // namespace weightcast::spec

@@ -1,0 +1,161 @@
+// Topology parsing, mesh helpers and the cross-file validation of the three inputs.
+#include <fmt/format.h>
+
+#include <set>
+
+#include "json_reader.h"
+#include "pattern.h"
+#include "weightcast/spec/layout.h"
+#include "weightcast/spec/spec_parser.h"
+
+namespace weightcast::spec {
+
+using namespace detail;  // NOLINT
+
+int64_t Mesh::size() const {
+  int64_t n = 1;
+  for (const Axis& a : axes) n *= a.size;
+  return n;
+}
+
+int64_t Mesh::coord(int64_t rank, int axis) const {
+  int64_t stride = 1;
+  for (size_t i = axes.size(); i-- > static_cast<size_t>(axis) + 1;) stride *= axes[i].size;
+  return (rank / stride) % axes[axis].size;
+}
+
+int Mesh::axis_index(const std::string& name) const {
+  for (size_t i = 0; i < axes.size(); ++i)
+    if (axes[i].name == name) return static_cast<int>(i);
+  return -1;
+}
+
+std::string Placement::str() const {
+  switch (kind) {
+    case Kind::kReplicate: return "R";
+    case Kind::kShard: return fmt::format("S({})", arg);
+    case Kind::kOwner: return fmt::format("O({})", arg);
+  }
+  return "?";
+}
+
+const HostInfo* Topology::find(const std::string& host) const {
+  auto it = index.find(host);
+  return it == index.end() ? nullptr : &hosts[it->second];
+}
+
+Result<Topology> parse_topology(const json& j) {
+  Topology t;
+  try {
+    const std::string path = "topology";
+    check_keys(j, {"format", "name", "hosts"}, path);
+    const std::string f = get_string(require(j, "format", path), child(path, "format"));
+    if (f != "weightcast.topology/v1")
+      fail(child(path, "format"), fmt::format("expected \"weightcast.topology/v1\", got \"{}\"", f));
+    const std::string hp = child(path, "hosts");
+    const json& hosts = require_array(require(j, "hosts", path), hp);
+    for (size_t i = 0; i < hosts.size(); ++i) {
+      const std::string p = child(hp, i);
+      const json& h = hosts[i];
+      check_keys(h, {"name", "for", "gpus", "nics_per_gpu", "nic_gbps", "nvlink_gbps",
+                     "nvlink_domain"}, p);
+      const std::string tmpl = get_string(require(h, "name", p), child(p, "name"));
+      HostInfo base;
+      base.gpus = static_cast<int>(get_int(require(h, "gpus", p), child(p, "gpus"), 1, 1024));
+      if (const json* v = optional(h, "nics_per_gpu", p))
+        base.nics_per_gpu = static_cast<int>(get_int(*v, child(p, "nics_per_gpu"), 1, 16));
+      if (const json* v = optional(h, "nic_gbps", p)) base.nic_gbps = get_number(*v, child(p, "nic_gbps"), 0.001, 1e6);
+      if (const json* v = optional(h, "nvlink_gbps", p))
+        base.nvlink_gbps = get_number(*v, child(p, "nvlink_gbps"), 0.001, 1e7);
+      const json* dom = optional(h, "nvlink_domain", p);
+      expand(optional(h, "for", p), p, 1 << 20, [&](const Vars& vars) {
+        HostInfo hi = base;
+        hi.name = substitute(tmpl, vars, child(p, "name"));
+        hi.nvlink_domain =
+            dom ? substitute(get_string(*dom, child(p, "nvlink_domain")), vars, child(p, "nvlink_domain"))
+                : hi.name;
+        if (!t.index.emplace(hi.name, static_cast<int>(t.hosts.size())).second)
+          fail(child(p, "name"), fmt::format("duplicate host name '{}'", hi.name));
+        t.hosts.push_back(std::move(hi));
+      });
+    }
+    if (t.hosts.empty()) fail(hp, "expected at least one host");
+  } catch (const SpecError& e) {
+    return Status(Code::kInvalidArgument, e.what());
+  }
+  return t;
+}
+
+namespace {
+
+Status check_devices(const Mesh& m, const std::string& what, const Topology& topo,
+                     std::map<std::pair<std::string, int>, std::string>& used) {
+  for (size_t r = 0; r < m.devices.size(); ++r) {
+    const Device& d = m.devices[r];
+    const std::string who = fmt::format("{} rank {}", what, r);
+    const HostInfo* h = topo.find(d.host);
+    if (!h) return invalid("{} runs on host '{}', which the topology does not list", who, d.host);
+    if (d.gpu >= h->gpus)
+      return invalid("{} runs on {} GPU {}, but the topology gives that host {} GPUs", who, d.host,
+                     d.gpu, h->gpus);
+    auto [it, fresh] = used.emplace(std::make_pair(d.host, d.gpu), who);
+    if (!fresh) return invalid("{} and {} both run on {} GPU {}", it->second, who, d.host, d.gpu);
+  }
+  return Status::ok();
+}
+
+// Local boxes of one placement are either identical or disjoint (chunks of chunks), so the
+// distinct ones must add up to the whole tensor.
+Status check_coverage(const Param& p, const Mesh& m) {
+  std::set<std::pair<std::array<int64_t, core::kMaxDims>, std::array<int64_t, core::kMaxDims>>> seen;
+  int64_t covered = 0;
+  for (int64_t r = 0; r < m.size(); ++r) {
+    auto b = local_box(p.shape, p.placement, m, r);
+    if (b && !b->empty() && seen.insert({b->lo, b->hi}).second) covered += b->numel();
+  }
+  if (covered != p.shape.numel())
+    return invalid("{}: trainer ranks hold {} of {} elements of '{}'; a destination byte would "
+                   "have no holder", p.path, covered, p.shape.numel(), p.name);
+  return Status::ok();
+}
+
+}  // namespace
+
+Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& topo) {
+  std::map<std::pair<std::string, int>, std::string> used;
+  if (Status s = check_devices(t.mesh, "trainer", topo, used); !s) return s;
+  for (size_t r = 0; r < inf.replicas.size(); ++r)
+    if (Status s = check_devices(inf.replicas[r], fmt::format("inference replica {}", r), topo, used); !s)
+      return s;
+  std::vector<bool> needed(t.params.size());
+  for (const DestParam& d : inf.params)
+    for (const Part& p : d.parts) needed[p.src] = true;
+  for (size_t i = 0; i < t.params.size(); ++i)
+    if (needed[i])
+      if (Status s = check_coverage(t.params[i], t.mesh); !s) return s;
+  return Status::ok();
+}
+
+Result<Inputs> load_inputs(const std::string& trainer_path, const std::string& inference_path,
+                           const std::string& topology_path, const ParseOptions& opts) {
+  auto tj = load_json_file(trainer_path);
+  if (!tj) return tj.status();
+  auto ij = load_json_file(inference_path);
+  if (!ij) return ij.status();
+  auto cj = load_json_file(topology_path);
+  if (!cj) return cj.status();
+  auto with_file = [](const std::string& file, const Status& s) {
+    return Status(s.code(), fmt::format("{}: {}", file, s.message()));
+  };
+  auto t = parse_trainer(*tj, opts);
+  if (!t) return with_file(trainer_path, t.status());
+  auto inf = parse_inference(*ij, *t, opts);
+  if (!inf) return with_file(inference_path, inf.status());
+  auto topo = parse_topology(*cj);
+  if (!topo) return with_file(topology_path, topo.status());
+  Inputs in{std::move(t).value(), std::move(inf).value(), std::move(topo).value()};
+  if (Status s = validate(in.trainer, in.inference, in.topology); !s) return s;
+  return in;
+}
+
+}  // namespace weightcast::spec
