@@ -153,13 +153,15 @@ struct Planner {
       for (const auto& p : g.pieces) grp.push_back(p.rank);
       std::sort(grp.begin(), grp.end());
       grp.erase(std::unique(grp.begin(), grp.end()), grp.end());
+      const uint64_t area = static_cast<uint64_t>(g.box.numel()) *
+                            core::dtype_size(in.trainer.params[g.param].dtype);
       size_t ph = 0;
       for (;; ++ph) {
         if (ph == group_of.size()) {
           group_of.emplace_back();
           root_bytes.emplace_back();
         }
-        bool ok = root_bytes[ph][g.root] + g.bytes <= opts.staging_watermark / 2 ||
+        bool ok = root_bytes[ph][g.root] + area <= opts.staging_watermark / 2 ||
                   root_bytes[ph][g.root] == 0;
         for (uint32_t r : grp) {
           auto it = group_of[ph].find(r);
@@ -168,7 +170,7 @@ struct Planner {
         if (ok) break;
       }
       for (uint32_t r : grp) group_of[ph][r] = grp;
-      root_bytes[ph][g.root] += g.bytes;
+      root_bytes[ph][g.root] += area;
       g.phase = static_cast<uint16_t>(ph + 1);
     }
     plan.phases = static_cast<uint16_t>(group_of.size() + 1);
@@ -327,7 +329,7 @@ Status Planner::emit() {
 
 }  // namespace
 
-std::string digest_inputs(const spec::Inputs& in, int64_t scale) {
+std::string digest_inputs(const spec::Inputs& in) {
   // FNV-1a over what the planner depends on: names, shapes, dtypes, placements, meshes, hosts.
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](const std::string& s) {
@@ -341,7 +343,7 @@ std::string digest_inputs(const spec::Inputs& in, int64_t scale) {
   auto placement = [&](const spec::PlacementMap& pm) {
     for (const auto& [k, v] : pm) mix(k + v.str());
   };
-  mix(std::to_string(scale));
+  mix(std::to_string(in.scale));
   mesh(in.trainer.mesh);
   for (const auto& p : in.trainer.params) {
     mix(p.name + p.shape.str() + std::string(core::dtype_name(p.dtype)));
@@ -386,7 +388,8 @@ Result<Plan> make_plan(const spec::Inputs& in, const Options& opts) {
     if (Status s = pl.assign(ui); !s) return s;
   pl.assign_phases();
   if (Status s = pl.emit(); !s) return s;
-  plan.inputs_digest = digest_inputs(in, 1);
+  plan.inputs_digest = digest_inputs(in);
+  plan.scale = in.scale;
   return plan;
 }
 

@@ -1,0 +1,141 @@
+// Dry-run report: what moves, how balanced it is, and how long it should take next to the floor
+// set by the busiest receiver's ingress.
+#include "weightcast/plan/report.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <numeric>
+
+namespace weightcast::plan {
+
+namespace {
+// Bucket upper bounds: < 4 KiB, < 64 KiB, < 1 MiB, < 4 MiB, < 16 MiB, >= 16 MiB.
+constexpr uint64_t kBounds[] = {4ull << 10, 64ull << 10, 1ull << 20, 4ull << 20, 16ull << 20};
+constexpr size_t kBuckets = std::size(kBounds) + 1;
+}  // namespace
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int i = 0;
+  while (b >= 1024 && i < 5) {
+    b /= 1024;
+    ++i;
+  }
+  return i == 0 ? fmt::format("{:.0f} B", b) : fmt::format("{:.2f} {}", b, units[i]);
+}
+
+std::string bucket_label(size_t i) {
+  if (i == 0) return "< 4 KiB";
+  if (i == kBuckets - 1) return ">= 16 MiB";
+  return fmt::format("{} .. {}", human_bytes(static_cast<double>(kBounds[i - 1])),
+                     human_bytes(static_cast<double>(kBounds[i])));
+}
+
+Stats stats_of(const std::vector<double>& v) {
+  if (v.empty()) return {};
+  const auto [mn, mx] = std::minmax_element(v.begin(), v.end());
+  return {*mn, std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size()), *mx};
+}
+
+Summary summarize(const Plan& p) {
+  Summary s;
+  s.histogram.assign(kBuckets, 0);
+  for (const Write& w : p.writes) {
+    s.bytes += w.len;
+    ++s.writes;
+    s.direct_writes += w.project == Write::kDirect;
+    size_t b = 0;
+    while (b < std::size(kBounds) && w.len >= kBounds[b]) ++b;
+    ++s.histogram[b];
+  }
+  for (const Gather& g : p.gathers) {
+    ++s.gathers;
+    s.gather_bytes += g.bytes;
+    if (g.cross_domain) {
+      ++s.cross_gathers;
+      s.cross_gather_bytes += g.bytes;
+    }
+  }
+  std::vector<double> sb, rb, snb, rnb;
+  double net = 0, gat = 0, floor = 0;
+  for (const Sender& x : p.senders) {
+    sb.push_back(static_cast<double>(x.bytes_out));
+    s.staging_peak = std::max(s.staging_peak, x.staging_gather + x.staging_ring);
+    for (uint64_t n : x.nic_bytes) {
+      snb.push_back(static_cast<double>(n));
+      net = std::max(net, static_cast<double>(n) * 8 / (x.nic_gbps * 1e9));
+    }
+    gat = std::max(gat, static_cast<double>(x.gather_bytes_in) * 8 / (x.nvlink_gbps * 1e9));
+  }
+  for (const Receiver& r : p.receivers) {
+    rb.push_back(static_cast<double>(r.bytes_in));
+    for (uint64_t n : r.nic_bytes) {
+      rnb.push_back(static_cast<double>(n));
+      net = std::max(net, static_cast<double>(n) * 8 / (r.nic_gbps * 1e9));
+    }
+    for (uint32_t c : r.expected_imms) s.imms += c;
+    floor = std::max(floor, static_cast<double>(r.bytes_in) * 8 / (r.nic_gbps * 1e9 * r.nics));
+  }
+  s.sender_bytes = stats_of(sb);
+  s.receiver_bytes = stats_of(rb);
+  s.sender_nic_bytes = stats_of(snb);
+  s.receiver_nic_bytes = stats_of(rnb);
+  s.network_s = net;
+  s.gather_s = gat;
+  // Gathers of phase k+1 overlap the writes of phase k; the slower of the two bounds the step.
+  s.predicted_s = std::max(net, gat);
+  s.ingress_floor_s = floor;
+  return s;
+}
+
+std::string report(const Plan& p, const std::string& title) {
+  const Summary s = summarize(p);
+  std::string o;
+  auto line = [&]<typename... A>(fmt::format_string<A...> f, A&&... args) {
+    o += fmt::format(f, std::forward<A>(args)...) + "\n";
+  };
+  auto row = [&](const char* what, const Stats& st) {
+    line("  {:<22} min {:>12}  mean {:>12}  max {:>12}  imbalance {:.3f}", what, human_bytes(st.min),
+         human_bytes(st.mean), human_bytes(st.max), st.imbalance());
+  };
+  uint64_t nparams = 0;
+  for (const DestTensor& d : p.dests) nparams += !d.scale;
+  line("weightcast plan: {}", title);
+  line("  inputs {}  (scale 1/{})", p.inputs_digest, p.scale);
+  line("  trainer params {}, inference params {}, senders {}, receivers {}, phases {}",
+       p.source_names.size(), p.dest_names.size(), p.senders.size(), p.receivers.size(), p.phases);
+  line("  dest tensors {} ({} weights, {} scale tensors)", p.dests.size(), nparams,
+       p.dests.size() - nparams);
+  line("moved");
+  line("  bytes                  {} ({} B)", human_bytes(static_cast<double>(s.bytes)), s.bytes);
+  line("  writes                 {} ({} direct from trainer shards, {} from staging), imms {}",
+       s.writes, s.direct_writes, s.writes - s.direct_writes, s.imms);
+  line("balance");
+  row("per sender", s.sender_bytes);
+  row("per receiver", s.receiver_bytes);
+  row("per sender NIC", s.sender_nic_bytes);
+  row("per receiver NIC", s.receiver_nic_bytes);
+  line("write sizes");
+  for (size_t i = 0; i < s.histogram.size(); ++i)
+    line("  {:<22} {:>10}  {:5.1f}%", bucket_label(i), s.histogram[i],
+         s.writes ? 100.0 * static_cast<double>(s.histogram[i]) / static_cast<double>(s.writes) : 0.0);
+  line("gathers (NCCL, inside an NVLink domain)");
+  line("  count {}, bytes {}", s.gathers, human_bytes(static_cast<double>(s.gather_bytes)));
+  if (s.cross_gathers)
+    line("  WARNING: {} gathers ({}) cross NVLink domains and would run over the inter-node "
+         "network; lay the trainer mesh so shard groups sit inside a host, or refuse them with "
+         "--intra-node-gathers-only", s.cross_gathers, human_bytes(static_cast<double>(s.cross_gather_bytes)));
+  line("staging");
+  line("  peak per sender        {} (watermark {})", human_bytes(static_cast<double>(s.staging_peak)),
+       human_bytes(static_cast<double>(p.options.staging_watermark)));
+  line("time (from the topology's link rates)");
+  line("  network                {:.3f} s (busiest NIC)", s.network_s);
+  line("  gathers                {:.3f} s (busiest NVLink root)", s.gather_s);
+  line("  predicted              {:.3f} s", s.predicted_s);
+  line("  ingress floor          {:.3f} s (busiest receiver's bytes / its NIC rate)", s.ingress_floor_s);
+  line("  predicted / floor      {:.2f}x", s.ingress_floor_s > 0 ? s.predicted_s / s.ingress_floor_s : 0.0);
+  return o;
+}
+
+}  // namespace weightcast::plan

@@ -136,6 +136,23 @@ Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& 
   return Status::ok();
 }
 
+Result<Inputs> make_inputs(const json& tj, const json& ij, const json& cj, const ParseOptions& opts,
+                           const std::array<std::string, 3>& names) {
+  if (opts.scale < 1) return invalid("--scale must be at least 1, got {}", opts.scale);
+  auto with_file = [](const std::string& file, const Status& s) {
+    return Status(s.code(), fmt::format("{}: {}", file, s.message()));
+  };
+  auto t = parse_trainer(tj, opts);
+  if (!t) return with_file(names[0], t.status());
+  auto inf = parse_inference(ij, *t, opts);
+  if (!inf) return with_file(names[1], inf.status());
+  auto topo = parse_topology(cj);
+  if (!topo) return with_file(names[2], topo.status());
+  Inputs in{std::move(t).value(), std::move(inf).value(), std::move(topo).value(), opts.scale};
+  if (Status s = validate(in.trainer, in.inference, in.topology); !s) return s;
+  return in;
+}
+
 Result<Inputs> load_inputs(const std::string& trainer_path, const std::string& inference_path,
                            const std::string& topology_path, const ParseOptions& opts) {
   auto tj = load_json_file(trainer_path);
@@ -144,18 +161,7 @@ Result<Inputs> load_inputs(const std::string& trainer_path, const std::string& i
   if (!ij) return ij.status();
   auto cj = load_json_file(topology_path);
   if (!cj) return cj.status();
-  auto with_file = [](const std::string& file, const Status& s) {
-    return Status(s.code(), fmt::format("{}: {}", file, s.message()));
-  };
-  auto t = parse_trainer(*tj, opts);
-  if (!t) return with_file(trainer_path, t.status());
-  auto inf = parse_inference(*ij, *t, opts);
-  if (!inf) return with_file(inference_path, inf.status());
-  auto topo = parse_topology(*cj);
-  if (!topo) return with_file(topology_path, topo.status());
-  Inputs in{std::move(t).value(), std::move(inf).value(), std::move(topo).value()};
-  if (Status s = validate(in.trainer, in.inference, in.topology); !s) return s;
-  return in;
+  return make_inputs(*tj, *ij, *cj, opts, {trainer_path, inference_path, topology_path});
 }
 
 }  // namespace weightcast::spec

@@ -26,6 +26,9 @@ float fp8e5m2_to_float(uint8_t v);
 uint8_t float_to_fp8e5m2(float f);  // round to nearest even, saturate at +-57344
 
 inline constexpr float kFp8E4M3Max = 448.0f;
+inline constexpr float kFp8E5M2Max = 57344.0f;
+// Largest finite value of a quantization target (the divisor of absmax in block scales).
+inline float quant_max(DType t) { return t == DType::kFP8E5M2 ? kFp8E5M2Max : kFp8E4M3Max; }
 
 float load_as_float(DType t, const std::byte* p);
 void store_from_float(DType t, float f, std::byte* p);

@@ -10,6 +10,6 @@ namespace weightcast::plan {
 Result<Plan> make_plan(const spec::Inputs& in, const Options& opts);
 
 // Digest of the inputs as the planner saw them (after parsing and --scale).
-std::string digest_inputs(const spec::Inputs& in, int64_t scale);
+std::string digest_inputs(const spec::Inputs& in);
 
 }  // namespace weightcast::plan

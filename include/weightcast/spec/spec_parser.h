@@ -2,6 +2,7 @@
 // `trainer.params[17].shape: expected 2 dims, got 3`.
 #pragma once
 
+#include <array>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -31,7 +32,12 @@ struct Inputs {
   TrainerSpec trainer;
   InferenceSpec inference;
   Topology topology;
+  int64_t scale = 1;  // the ParseOptions::scale these were parsed with
 };
+// Parses and validates three JSON documents; `names` label them in errors.
+Result<Inputs> make_inputs(const nlohmann::json& trainer, const nlohmann::json& inference,
+                           const nlohmann::json& topology, const ParseOptions& opts,
+                           const std::array<std::string, 3>& names);
 // Loads, parses and validates the three files.
 Result<Inputs> load_inputs(const std::string& trainer_path, const std::string& inference_path,
                            const std::string& topology_path, const ParseOptions& opts = {});

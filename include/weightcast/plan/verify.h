@@ -1,0 +1,33 @@
+// The plan verifier: replays a plan on host memory (trainer shards filled from a deterministic
+// pattern, gathers, projections, writes, imm counting) and compares every inference byte with a
+// reference built straight from the full tensors, without any planner code.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "weightcast/core/status.h"
+#include "weightcast/plan/plan.h"
+#include "weightcast/spec/spec_parser.h"
+
+namespace weightcast::plan {
+
+// The value of element `index` (row-major, global) of trainer parameter `param` at `step`,
+// before rounding to the parameter's dtype.
+float pattern_value(const std::string& param, int64_t index, uint64_t step);
+
+// Reference bytes of one destination tensor, from the specs alone.
+std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor& d,
+                                        const Receiver& r, uint64_t step);
+
+struct VerifyResult {
+  uint64_t bytes_checked = 0, writes = 0, gathers = 0, projects = 0;
+  uint64_t tensors = 0;
+};
+
+// Fails with a message naming the first mismatching tensor, element and writer, or the first
+// imm count, coverage or bounds violation.
+Result<VerifyResult> verify_plan(const spec::Inputs& in, const Plan& plan, uint64_t step = 1);
+
+}  // namespace weightcast::plan
