@@ -157,13 +157,19 @@ def mla_model(name, layers, dense_layers, experts, heads, vocab, trainer_axes, s
     la = {"i": [0, L]}
     first = dict({"pp": "O(0)"} if stage else {}, fsdp="S(0)")
     last = dict({"pp": "O(1)"} if stage else {}, fsdp="S(0)")
-    attn = [("self_attn.q_a_proj", ["q_lora", "hidden"], True), ("self_attn.q_a_layernorm", ["q_lora"], False),
-            ("self_attn.q_b_proj", ["q_b", "q_lora"], True), ("self_attn.kv_a_proj_with_mqa", ["kv_a", "hidden"], True),
-            ("self_attn.kv_a_layernorm", ["kv_lora"], False), ("self_attn.kv_b_proj", ["kv_b", "kv_lora"], True),
-            ("self_attn.o_proj", ["hidden", "o"], True), ("input_layernorm", ["hidden"], False),
-            ("post_attention_layernorm", ["hidden"], False)]
+    # (name, shape, FP8 on inference, inference placement): vLLM's MLA tensor parallelism over
+    # the 32 ranks of a replica: heads split for q_b / kv_b, o_proj row-parallel, the rest replicated.
+    attn = [("self_attn.q_a_proj", ["q_lora", "hidden"], True, None),
+            ("self_attn.q_a_layernorm", ["q_lora"], False, None),
+            ("self_attn.q_b_proj", ["q_b", "q_lora"], True, {"ep": "S(0)"}),
+            ("self_attn.kv_a_proj_with_mqa", ["kv_a", "hidden"], True, None),
+            ("self_attn.kv_a_layernorm", ["kv_lora"], False, None),
+            ("self_attn.kv_b_proj", ["kv_b", "kv_lora"], True, {"ep": "S(0)"}),
+            ("self_attn.o_proj", ["hidden", "o"], True, {"ep": "S(1)"}),
+            ("input_layernorm", ["hidden"], False, None),
+            ("post_attention_layernorm", ["hidden"], False, None)]
     tp = [p("model.embed_tokens.weight", ["vocab", "hidden"], first)]
-    for n, s, _ in attn:
+    for n, s, _, _ in attn:
         tp.append(p(pre + "." + n + ".weight", s, dense, **{"for": la}))
     for n, s in [("gate_proj", ["inter", "hidden"]), ("up_proj", ["inter", "hidden"]), ("down_proj", ["hidden", "inter"])]:
         tp.append(p(pre + ".mlp." + n + ".weight", s, dense, **{"for": ld}))
@@ -182,8 +188,8 @@ def mla_model(name, layers, dense_layers, experts, heads, vocab, trainer_axes, s
     def fp8(n):
         return q("", n + "_scale_inv")
     ip = [p("model.embed_tokens.weight", ["vocab", "hidden"], {"ep": "S(0)"}, **{"from": "model.embed_tokens.weight"})]
-    for n, s, quant in attn:  # attention replicated on every EP rank (DP attention)
-        ip.append(p(pre + "." + n + ".weight", s, None, **{"for": la, "from": pre + "." + n + ".weight",
+    for n, s, quant, place in attn:
+        ip.append(p(pre + "." + n + ".weight", s, place, **{"for": la, "from": pre + "." + n + ".weight",
                                                            **(fp8(pre + "." + n + ".weight") if quant else {})}))
     for scope, lr, sdim in [("mlp", ld, "inter"), ("mlp.shared_experts", lm, "moe")]:
         g = pre + "." + scope
@@ -204,7 +210,7 @@ def mla_model(name, layers, dense_layers, experts, heads, vocab, trainer_axes, s
     ip += [p("model.norm.weight", ["hidden"], None, **{"from": "model.norm.weight"}),
            p("lm_head.weight", ["vocab", "hidden"], {"ep": "S(0)"}, **{"from": "lm_head.weight"})]
     inference = {"format": SPEC, "role": "inference",
-                 "model": name + " (vLLM layout, FP8 128x128 block scales, DP attention + EP32 experts)",
+                 "model": name + " (vLLM layout, FP8 128x128 block scales, TP32 MLA attention + EP32 experts)",
                  "dims": dict(dims),
                  "replicas": {"count": inf_replicas, "mesh": {"axes": [{"name": "ep", "size": 32}]},
                               "devices": {"host": "inf{h}", "gpus_per_host": 8}},

@@ -148,6 +148,14 @@ int64_t count_runs(const Shape& s, const Box& b) {
 
 bool is_contiguous(const Shape& s, const Box& b) { return count_runs(s, b) <= 1; }
 
+int64_t run_elems(const Shape& s, const Box& b) {
+  if (b.empty()) return 0;
+  const int k = s.nd == 0 ? 0 : run_dim(s, b);
+  int64_t n = s.nd == 0 ? 1 : b.extent(k);
+  for (int i = k + 1; i < s.nd; ++i) n *= s.d[i];
+  return n;
+}
+
 int64_t for_each_run(const Shape& s, const Box& b,
                      const std::function<void(int64_t, int64_t)>& fn) {
   if (b.empty()) return 0;

@@ -9,6 +9,7 @@
 #include <map>
 #include <numeric>
 #include <set>
+#include <unordered_map>
 
 #include "units.h"
 #include "weightcast/plan/planner.h"
@@ -23,6 +24,8 @@ namespace {
 
 struct Assigned {
   uint32_t sender = 0;
+  bool merged = false;                  // produced by another unit with the same bytes
+  std::vector<detail::Target> extra;    // more targets served from this unit's staging
   std::vector<int32_t> gather_of_need;  // per need: gather index or -1
   uint16_t phase = 0;
 };
@@ -35,6 +38,8 @@ struct Planner {
   std::vector<double> load;  // per trainer rank, NIC-equivalent bytes
   std::vector<std::string> domain;
   std::vector<Assigned> asg;
+  std::unordered_map<uint64_t, std::vector<size_t>> produced;  // unit key -> producing units
+  double reuse_cap = 0;
 
   uint32_t least_loaded(const std::vector<uint32_t>& ranks) const {
     return *std::min_element(ranks.begin(), ranks.end(), [&](uint32_t a, uint32_t b) {
@@ -42,75 +47,106 @@ struct Planner {
     });
   }
 
-  Status assign(size_t ui) {
-    const Unit& u = L.units[ui];
-    Assigned& a = asg[ui];
-    a.gather_of_need.assign(u.needs.size(), -1);
-    auto holders = [&](const detail::Need& n) -> const detail::Holders& {
-      const int src = in.inference.params[plan.dests[u.dest].param].parts[n.part].src;
-      return L.holders[src][n.holders];
-    };
-    // Ranks that hold every need of the unit.
-    std::vector<uint32_t> all = holders(u.needs[0]).ranks;
+  const detail::Holders& holders(const Unit& u, const detail::Need& n) const {
+    const int src = in.inference.params[plan.dests[u.target.dest].param].parts[n.part].src;
+    return L.holders[src][n.holders];
+  }
+
+  std::vector<uint32_t> common_holders(const Unit& u) const {
+    std::vector<uint32_t> all = holders(u, u.needs[0]).ranks;
     for (size_t i = 1; i < u.needs.size() && !all.empty(); ++i) {
-      const auto& r = holders(u.needs[i]).ranks;
+      const auto& r = holders(u, u.needs[i]).ranks;
       std::vector<uint32_t> keep;
       std::set_intersection(all.begin(), all.end(), r.begin(), r.end(), std::back_inserter(keep));
       all.swap(keep);
     }
-    if (!all.empty()) {
-      a.sender = least_loaded(all);
-      load[a.sender] += static_cast<double>(u.bytes);
-      return Status::ok();
-    }
-    // A gather: pick the NVLink domain where every need has a holder, then the least-loaded root.
-    std::map<std::string, std::vector<uint32_t>> by_domain;  // domain -> candidate roots
+    return all;
+  }
+
+  // NVLink domains in which every need of the unit has a holder, with their holders.
+  std::map<std::string, std::vector<uint32_t>> gather_domains(const Unit& u) const {
+    std::map<std::string, std::vector<uint32_t>> by_domain;
     std::map<std::string, size_t> covered;
     for (const auto& n : u.needs) {
       std::set<std::string> doms;
-      for (uint32_t r : holders(n).ranks) {
+      for (uint32_t r : holders(u, n).ranks) {
         doms.insert(domain[r]);
         by_domain[domain[r]].push_back(r);
       }
       for (const auto& d : doms) ++covered[d];
     }
+    for (auto it = by_domain.begin(); it != by_domain.end();)
+      it = covered[it->first] == u.needs.size() ? std::next(it) : by_domain.erase(it);
+    return by_domain;
+  }
+
+  // Serves the unit from an earlier production of the same bytes when that sender has room.
+  bool reuse(size_t ui) {
+    const Unit& u = L.units[ui];
+    if (u.direct) return false;
+    auto it = produced.find(u.key);
+    if (it == produced.end()) return false;
+    for (size_t v : it->second) {
+      const Unit& pu = L.units[v];
+      const uint32_t s = asg[v].sender;
+      if (pu.kind != u.kind || pu.needs != u.needs || load[s] + static_cast<double>(u.bytes) > reuse_cap)
+        continue;
+      asg[v].extra.push_back(u.target);
+      asg[ui].merged = true;
+      load[s] += static_cast<double>(u.bytes);
+      return true;
+    }
+    return false;
+  }
+
+  Status assign(size_t ui) {
+    if (reuse(ui)) return Status::ok();
+    const Unit& u = L.units[ui];
+    Assigned& a = asg[ui];
+    a.gather_of_need.assign(u.needs.size(), -1);
+    if (!u.direct) produced[u.key].push_back(ui);
+    const std::vector<uint32_t> all = common_holders(u);
+    if (!all.empty()) {
+      a.sender = least_loaded(all);
+      load[a.sender] += static_cast<double>(u.bytes);
+      return Status::ok();
+    }
+    // A gather: the least-loaded root among the holders of a domain that holds every need.
+    auto doms = gather_domains(u);
+    const bool cross = doms.empty();
+    const Receiver& rv = plan.receivers[plan.dests[u.target.dest].receiver];
+    const std::string& dp_name = in.inference.params[plan.dests[u.target.dest].param].name;
+    if (cross && opts.intra_domain_gathers_only)
+      return invalid("'{}' on inference replica {} rank {}: box {} needs trainer data held in "
+                     "different NVLink domains, and --intra-node-gathers-only forbids a cross-host "
+                     "gather", dp_name, rv.replica, rv.rank, u.target.box.str());
     std::vector<uint32_t> roots;
-    bool cross = true;
-    for (auto& [d, cnt] : covered) {
-      if (cnt != u.needs.size()) continue;
-      auto& c = by_domain[d];
-      const uint32_t best = least_loaded(c);
-      if (roots.empty() || load[best] < load[roots[0]]) roots = {best};
-      cross = false;
-    }
-    const std::string& dp_name = in.inference.params[plan.dests[u.dest].param].name;
     if (cross) {
-      if (opts.intra_domain_gathers_only)
-        return invalid("'{}' on inference replica {} rank {}: unit {} needs trainer data held on "
-                       "different NVLink domains, and --intra-node-gathers-only forbids a "
-                       "cross-host gather", dp_name, plan.receivers[plan.dests[u.dest].receiver].replica,
-                       plan.receivers[plan.dests[u.dest].receiver].rank, u.box.str());
-      std::vector<uint32_t> any;
-      for (auto& [d, c] : by_domain) any.insert(any.end(), c.begin(), c.end());
-      roots = {least_loaded(any)};
+      for (const auto& n : u.needs)
+        roots.insert(roots.end(), holders(u, n).ranks.begin(), holders(u, n).ranks.end());
+    } else {
+      for (auto& [d, c] : doms) {
+        const uint32_t best = least_loaded(c);
+        if (roots.empty() || load[best] < load[roots[0]]) roots = {best};
+      }
     }
-    a.sender = roots[0];
+    a.sender = least_loaded(roots);
     const std::string& root_dom = domain[a.sender];
     load[a.sender] += static_cast<double>(u.bytes);
     // One gather per part whose data the root does not fully hold.
-    const auto& dp = in.inference.params[plan.dests[u.dest].param];
+    const auto& dp = in.inference.params[plan.dests[u.target.dest].param];
+    auto holds = [&](const detail::Need& n, uint32_t r) {
+      const auto& h = holders(u, n).ranks;
+      return std::binary_search(h.begin(), h.end(), r);
+    };
     std::map<uint32_t, int32_t> gather_of_part;
     for (size_t i = 0; i < u.needs.size(); ++i) {
       const auto& n = u.needs[i];
-      const auto& h = holders(n);
-      const bool local = std::binary_search(h.ranks.begin(), h.ranks.end(), a.sender);
       auto it = gather_of_part.find(n.part);
       if (it == gather_of_part.end()) {
         bool part_local = true;
         for (const auto& m : u.needs)
-          if (m.part == n.part)
-            part_local = part_local && std::binary_search(holders(m).ranks.begin(),
-                                                           holders(m).ranks.end(), a.sender);
+          if (m.part == n.part) part_local = part_local && holds(m, a.sender);
         if (part_local) continue;
         Gather g;
         g.param = dp.parts[n.part].src;
@@ -126,9 +162,9 @@ struct Planner {
         g.box.hi[d] = std::max(g.box.hi[d], n.src.hi[d]);
       }
       uint32_t from = a.sender;
-      if (!local) {
+      if (!holds(n, a.sender)) {
         std::vector<uint32_t> c;
-        for (uint32_t r : h.ranks)
+        for (uint32_t r : holders(u, n).ranks)
           if (cross || domain[r] == root_dom) c.push_back(r);
         from = least_loaded(c);
         const uint64_t b = static_cast<uint64_t>(n.src.numel()) *
@@ -143,16 +179,18 @@ struct Planner {
   }
 
   // First-fit phases: gathers in one phase use disjoint GPU groups (a GPU may join several
-  // gathers of one phase only with the same group), and a root's gather bytes per phase stay
+  // gathers of one phase only with the same group), and a root's gather buffers per phase stay
   // under half the watermark.
   void assign_phases() {
-    std::vector<std::map<uint32_t, std::vector<uint32_t>>> group_of;  // phase -> rank -> group
-    std::vector<std::map<uint32_t, uint64_t>> root_bytes;
+    std::vector<std::unordered_map<uint32_t, size_t>> group_of;  // phase -> rank -> group id
+    std::vector<std::unordered_map<uint32_t, uint64_t>> root_bytes;
+    std::map<std::vector<uint32_t>, size_t> group_ids;
     for (Gather& g : plan.gathers) {
       std::vector<uint32_t> grp{g.root};
       for (const auto& p : g.pieces) grp.push_back(p.rank);
       std::sort(grp.begin(), grp.end());
       grp.erase(std::unique(grp.begin(), grp.end()), grp.end());
+      const size_t gid = group_ids.emplace(grp, group_ids.size()).first->second;
       const uint64_t area = static_cast<uint64_t>(g.box.numel()) *
                             core::dtype_size(in.trainer.params[g.param].dtype);
       size_t ph = 0;
@@ -161,15 +199,15 @@ struct Planner {
           group_of.emplace_back();
           root_bytes.emplace_back();
         }
-        bool ok = root_bytes[ph][g.root] + area <= opts.staging_watermark / 2 ||
-                  root_bytes[ph][g.root] == 0;
+        const uint64_t rb = root_bytes[ph][g.root];
+        bool ok = rb == 0 || rb + area <= opts.staging_watermark / 2;
         for (uint32_t r : grp) {
           auto it = group_of[ph].find(r);
-          ok = ok && (it == group_of[ph].end() || it->second == grp);
+          ok = ok && (it == group_of[ph].end() || it->second == gid);
         }
         if (ok) break;
       }
-      for (uint32_t r : grp) group_of[ph][r] = grp;
+      for (uint32_t r : grp) group_of[ph][r] = gid;
       root_bytes[ph][g.root] += area;
       g.phase = static_cast<uint16_t>(ph + 1);
     }
@@ -188,18 +226,24 @@ Status Planner::emit() {
   }
   std::vector<std::vector<size_t>> units_of(S);
   for (size_t i = 0; i < L.units.size(); ++i) {
+    if (asg[i].merged) continue;
     uint16_t ph = 0;
     for (int32_t g : asg[i].gather_of_need)
       if (g >= 0) ph = std::max(ph, plan.gathers[g].phase);
     asg[i].phase = ph;
     units_of[asg[i].sender].push_back(i);
   }
-  std::vector<std::vector<uint32_t>> gathers_of(S);  // ascending ids
+  std::vector<std::vector<uint32_t>> gathers_of(S);
   for (uint32_t gi = 0; gi < plan.gathers.size(); ++gi) {
     std::set<uint32_t> members{plan.gathers[gi].root};
     for (const auto& p : plan.gathers[gi].pieces) members.insert(p.rank);
     for (uint32_t m : members) gathers_of[m].push_back(gi);
   }
+  // Each member runs a phase's gathers in ascending id order, so all members agree.
+  for (auto& v : gathers_of)
+    std::stable_sort(v.begin(), v.end(), [&](uint32_t a, uint32_t b) {
+      return plan.gathers[a].phase < plan.gathers[b].phase;
+    });
   for (uint32_t s = 0; s < S; ++s) {
     Sender& snd = plan.senders[s];
     // Gather area: the root's gather buffers of one phase, reused by the next.
@@ -207,10 +251,9 @@ Status Planner::emit() {
     for (uint32_t gi : gathers_of[s]) {
       Gather& g = plan.gathers[gi];
       if (g.root != s) continue;
-      const uint64_t b = static_cast<uint64_t>(g.box.numel()) *
-                         core::dtype_size(in.trainer.params[g.param].dtype);
       g.root_off = area[g.phase];
-      area[g.phase] += b;
+      area[g.phase] += static_cast<uint64_t>(g.box.numel()) *
+                       core::dtype_size(in.trainer.params[g.param].dtype);
       snd.gather_bytes_in += g.bytes;
     }
     snd.staging_gather = *std::max_element(area.begin(), area.end());
@@ -221,14 +264,13 @@ Status Planner::emit() {
     uint64_t ring_pos = 0;
     // Rotate destinations so that senders start on different receivers (no incast).
     const uint32_t shift = static_cast<uint32_t>(uint64_t{s} * R / S);
+    auto rot = [&](const Unit& u) { return (plan.dests[u.target.dest].receiver + R - shift) % R; };
     auto& us = units_of[s];
     std::stable_sort(us.begin(), us.end(), [&](size_t a, size_t b) {
       const Unit &ua = L.units[a], &ub = L.units[b];
       if (asg[a].phase != asg[b].phase) return asg[a].phase < asg[b].phase;
-      const uint32_t ra = (plan.dests[ua.dest].receiver + R - shift) % R;
-      const uint32_t rb = (plan.dests[ub.dest].receiver + R - shift) % R;
-      if (ra != rb) return ra < rb;
-      return ua.dest != ub.dest ? ua.dest < ub.dest : a < b;
+      if (rot(ua) != rot(ub)) return rot(ua) < rot(ub);
+      return ua.target.dest != ub.target.dest ? ua.target.dest < ub.target.dest : a < b;
     });
     snd.nic_bytes.assign(snd.nics, 0);
     size_t next_gather = 0;
@@ -246,23 +288,30 @@ Status Planner::emit() {
       snd.tasks.push_back({Task::Op::kWrite, static_cast<uint32_t>(plan.writes.size())});
       plan.writes.push_back(w);
     };
-    // Lowers a box of a dest tensor, staged at `off`, to writes of at most max_write bytes.
+    // Lowers a contiguous byte range to writes of at most max_write bytes.
+    auto range_writes = [&](Write w, uint64_t len) {
+      for (uint64_t done = 0; done < len; done += opts.max_write_bytes) {
+        Write x = w;
+        x.src_off += done;
+        x.dst_off += done;
+        x.len = std::min<uint64_t>(opts.max_write_bytes, len - done);
+        add_write(x);
+      }
+    };
+    // Lowers a box of a dest tensor, staged row-major at `off`, to writes.
     auto staged_writes = [&](uint32_t dest, const Box& box, uint64_t off, int32_t proj, uint16_t ph) {
       const DestTensor& dt = plan.dests[dest];
       const uint64_t esz = core::dtype_size(dt.dtype);
       core::for_each_run(dt.shape, box, [&](int64_t eoff, int64_t elen) {
-        for (uint64_t done = 0, len = elen * esz; done < len; done += opts.max_write_bytes) {
-          Write w;
-          w.sender = s;
-          w.dest = dest;
-          w.project = proj;
-          w.phase = ph;
-          w.src_off = off + done;
-          w.dst_off = eoff * esz + done;
-          w.len = std::min<uint64_t>(opts.max_write_bytes, len - done);
-          add_write(w);
-        }
-        off += elen * esz;
+        Write w;
+        w.sender = s;
+        w.dest = dest;
+        w.project = proj;
+        w.phase = ph;
+        w.src_off = off;
+        w.dst_off = static_cast<uint64_t>(eoff) * esz;
+        range_writes(w, static_cast<uint64_t>(elen) * esz);
+        off += static_cast<uint64_t>(elen) * esz;
       });
     };
     for (uint16_t ph = 0; ph < plan.phases; ++ph) {
@@ -272,28 +321,20 @@ Status Planner::emit() {
       for (size_t ui : us) {
         if (asg[ui].phase != ph) continue;
         const Unit& u = L.units[ui];
-        const DestTensor& dt = plan.dests[u.dest];
+        const DestTensor& dt = plan.dests[u.target.dest];
         const auto& dp = in.inference.params[dt.param];
-        const auto& n0 = u.needs[0];
-        const int src = dp.parts[n0.part].src;
-        const Box& shard = L.holders[src][n0.holders].box;
         const uint64_t esz = core::dtype_size(dt.dtype);
-        if (u.kind == Project::Kind::kCopy && u.needs.size() == 1 && asg[ui].gather_of_need[0] < 0 &&
-            !dp.parts[n0.part].transpose && core::is_contiguous(shard.extents(), core::relative(n0.src, shard)) &&
-            core::is_contiguous(dt.shape, u.box)) {
-          const uint64_t src0 = core::offset_of(shard.extents(), core::relative(n0.src, shard)) * esz;
-          const uint64_t dst0 = core::offset_of(dt.shape, u.box) * esz;
-          for (uint64_t done = 0; done < u.bytes; done += opts.max_write_bytes) {
-            Write w;
-            w.sender = s;
-            w.dest = u.dest;
-            w.src_param = src;
-            w.phase = ph;
-            w.src_off = src0 + done;
-            w.dst_off = dst0 + done;
-            w.len = std::min<uint64_t>(opts.max_write_bytes, u.bytes - done);
-            add_write(w);
-          }
+        if (u.direct) {
+          const auto& n0 = u.needs[0];
+          const Box& shard = holders(u, n0).box;
+          Write w;
+          w.sender = s;
+          w.dest = u.target.dest;
+          w.src_param = dp.parts[n0.part].src;
+          w.phase = ph;
+          w.src_off = core::offset_of(shard.extents(), core::relative(n0.src, shard)) * esz;
+          w.dst_off = core::offset_of(dt.shape, u.target.box) * esz;
+          range_writes(w, u.bytes);
           continue;
         }
         if (u.bytes > ring_cap)
@@ -302,25 +343,30 @@ Status Planner::emit() {
         if (ring_pos + u.bytes > ring_cap) ring_pos = 0;
         Project p;
         p.sender = s;
-        p.dest = u.dest;
+        p.dest = u.target.dest;
         p.phase = ph;
         p.kind = u.kind;
-        p.box = u.box;
+        p.box = u.target.box;
         for (size_t i = 0; i < u.needs.size(); ++i)
           p.inputs.push_back({u.needs[i].part, u.needs[i].src, asg[ui].gather_of_need[i]});
         p.staging_off = snd.staging_gather + ring_pos;
-        p.out_bytes = static_cast<uint64_t>(u.box.numel()) * esz;
-        p.scale_dest = u.scale_dest;
-        p.scale_box = u.scale_box;
+        p.out_bytes = static_cast<uint64_t>(u.target.box.numel()) * esz;
+        p.scale_dest = u.target.scale_dest;
+        p.scale_box = u.target.scale_box;
         p.scale_off = p.staging_off + p.out_bytes;
         ring_pos += u.bytes;
         snd.staging_ring = std::max(snd.staging_ring, ring_pos);
         const auto pid = static_cast<int32_t>(plan.projects.size());
         snd.tasks.push_back({Task::Op::kProject, static_cast<uint32_t>(pid)});
         plan.projects.push_back(std::move(p));
-        const Project& pr = plan.projects.back();
-        staged_writes(u.dest, u.box, pr.staging_off, pid, ph);
-        if (pr.scale_dest >= 0) staged_writes(pr.scale_dest, pr.scale_box, pr.scale_off, pid, ph);
+        const uint64_t staged = plan.projects.back().staging_off, scales = plan.projects.back().scale_off;
+        // The unit's own target, then every receiver served from the same staged bytes.
+        std::vector<const detail::Target*> targets{&u.target};
+        for (const auto& t : asg[ui].extra) targets.push_back(&t);
+        for (const detail::Target* t : targets) {
+          staged_writes(t->dest, t->box, staged, pid, ph);
+          if (t->scale_dest >= 0) staged_writes(static_cast<uint32_t>(t->scale_dest), t->scale_box, scales, pid, ph);
+        }
       }
     }
   }
@@ -383,6 +429,10 @@ Result<Plan> make_plan(const spec::Inputs& in, const Options& opts) {
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return pl.L.units[a].bytes > pl.L.units[b].bytes; });
+  double total = 0;
+  for (const Unit& u : pl.L.units) total += static_cast<double>(u.bytes);
+  // A sender may take reused work until it carries 2% more than an even share.
+  pl.reuse_cap = 1.02 * total / S;
   pl.asg.resize(pl.L.units.size());
   for (size_t ui : order)
     if (Status s = pl.assign(ui); !s) return s;

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <numeric>
 
 namespace weightcast::plan {
@@ -41,7 +42,9 @@ Stats stats_of(const std::vector<double>& v) {
 Summary summarize(const Plan& p) {
   Summary s;
   s.histogram.assign(kBuckets, 0);
+  std::map<int32_t, uint64_t> small;
   for (const Write& w : p.writes) {
+    if (w.len < kBounds[0]) ++small[p.dests[w.dest].param * 2 + p.dests[w.dest].scale];
     s.bytes += w.len;
     ++s.writes;
     s.direct_writes += w.project == Write::kDirect;
@@ -57,6 +60,11 @@ Summary summarize(const Plan& p) {
       s.cross_gather_bytes += g.bytes;
     }
   }
+  for (const auto& [k, n] : small)
+    s.small_writers.push_back({p.dest_names[k / 2] + (k % 2 ? " (scales)" : ""), n});
+  std::sort(s.small_writers.begin(), s.small_writers.end(),
+            [](const auto& a, const auto& b) { return a.second > b.second; });
+  if (s.small_writers.size() > 3) s.small_writers.resize(3);
   std::vector<double> sb, rb, snb, rnb;
   double net = 0, gat = 0, floor = 0;
   for (const Sender& x : p.senders) {
@@ -120,6 +128,7 @@ std::string report(const Plan& p, const std::string& title) {
   for (size_t i = 0; i < s.histogram.size(); ++i)
     line("  {:<22} {:>10}  {:5.1f}%", bucket_label(i), s.histogram[i],
          s.writes ? 100.0 * static_cast<double>(s.histogram[i]) / static_cast<double>(s.writes) : 0.0);
+  for (const auto& [name, n] : s.small_writers) line("  most writes < 4 KiB:   {} x {}", n, name);
   line("gathers (NCCL, inside an NVLink domain)");
   line("  count {}, bytes {}", s.gathers, human_bytes(static_cast<double>(s.gather_bytes)));
   if (s.cross_gathers)

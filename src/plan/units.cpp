@@ -27,13 +27,6 @@ Box to_part(const Box& dest_box, const spec::LocalPart& lp, int cd) {
   return core::absolute(b, lp.global);
 }
 
-Box part_region(const Shape& local, const spec::LocalPart& lp, int cd) {
-  Box r = Box::full(local);
-  r.lo[cd] = lp.offset;
-  r.hi[cd] = lp.offset + lp.global.extent(cd);
-  return r;
-}
-
 namespace {
 
 std::vector<Holders> holders_of(const spec::Param& p, const spec::Mesh& mesh) {
@@ -85,6 +78,263 @@ struct Piece {
   Box src;   // trainer-global coords
 };
 
+std::vector<uint32_t> common(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
+  std::vector<uint32_t> out;
+  std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(out));
+  return out;
+}
+
+// Cuts one dest tensor (one param on one receiver) into units.
+struct TensorCutter {
+  const spec::Inputs& in;
+  const Options& opts;
+  const Layout& L;
+  const spec::DestParam& dp;
+  const spec::DestLocal& local;
+  const std::vector<Piece>& pieces;
+  const std::vector<int>& domain_of;  // trainer rank -> NVLink domain id
+  double nvlink_gbps;                 // slowest trainer GPU's, for gather estimates
+  Target base;  // dest ids; boxes filled per unit
+  Shape scale_shape;
+
+  uint64_t esz() const { return core::dtype_size(dp.dtype); }
+
+  std::vector<Need> needs_of(const Box& b) const {
+    std::vector<Need> out;
+    for (const Piece& p : pieces) {
+      auto x = core::intersect(b, p.dest);
+      if (!x) continue;
+      const Box pb = to_part(*x, local.parts[p.part], dp.concat_dim);
+      out.push_back({p.part, dp.parts[p.part].transpose ? core::transpose_last2(pb) : pb, p.holders});
+    }
+    return out;
+  }
+
+  const std::vector<uint32_t>& ranks_of(const Need& n) const {
+    return L.holders[dp.parts[n.part].src][n.holders].ranks;
+  }
+
+  std::vector<uint32_t> common_holders(const std::vector<Need>& needs) const {
+    std::vector<uint32_t> c = ranks_of(needs[0]);
+    for (size_t i = 1; i < needs.size() && !c.empty(); ++i) c = common(c, ranks_of(needs[i]));
+    return c;
+  }
+
+  Unit make(const Box& b, std::vector<Need> needs) const {
+    Unit u;
+    u.target = base;
+    u.target.box = b;
+    u.needs = std::move(needs);
+    u.bytes = static_cast<uint64_t>(b.numel()) * esz();
+    if (dp.quant) {
+      const int rd = b.nd - 2;
+      u.kind = Project::Kind::kQuant;
+      u.target.scale_box = b;
+      u.target.scale_box.lo[rd] = b.lo[rd] / dp.quant->block_rows;
+      u.target.scale_box.hi[rd] = (b.hi[rd] + dp.quant->block_rows - 1) / dp.quant->block_rows;
+      u.target.scale_box.lo[rd + 1] = 0;
+      u.target.scale_box.hi[rd + 1] = scale_shape[rd + 1];
+      u.bytes += static_cast<uint64_t>(u.target.scale_box.numel()) * 4;
+    } else {
+      const auto& src = in.trainer.params[dp.parts[u.needs[0].part].src];
+      u.kind = src.dtype == dp.dtype ? Project::Kind::kCopy : Project::Kind::kCast;
+      if (u.kind == Project::Kind::kCopy && u.needs.size() == 1 &&
+          !dp.parts[u.needs[0].part].transpose) {
+        const Box& hb = L.holders[dp.parts[u.needs[0].part].src][u.needs[0].holders].box;
+        u.direct = core::is_contiguous(hb.extents(), core::relative(u.needs[0].src, hb)) &&
+                   core::is_contiguous(local.shape, b);
+      }
+    }
+    return u;
+  }
+
+  // Writes a unit would produce (its runs; long runs are split later, which only helps).
+  uint64_t runs(const Unit& u) const {
+    uint64_t r = static_cast<uint64_t>(core::count_runs(local.shape, u.target.box));
+    if (dp.quant) r += static_cast<uint64_t>(core::count_runs(scale_shape, u.target.scale_box));
+    return r;
+  }
+
+  // Bytes a unit must gather: everything but what its best-placed holder already has.
+  uint64_t gathered(const Unit& u) const {
+    std::map<uint32_t, uint64_t> held;
+    uint64_t total = 0;
+    for (const Need& n : u.needs) {
+      const uint64_t b = static_cast<uint64_t>(n.src.numel()) *
+                         core::dtype_size(in.trainer.params[dp.parts[n.part].src].dtype);
+      total += b;
+      for (uint32_t r : ranks_of(n)) held[r] += b;
+    }
+    uint64_t best = 0;
+    for (const auto& [r, b] : held) best = std::max(best, b);
+    return total - best;
+  }
+
+  // Seconds a set of units costs beyond its bytes on the wire: fixed cost per write plus the
+  // NVLink time of its gathers.
+  double overhead(const std::vector<const Unit*>& us) const {
+    double t = 0;
+    for (const Unit* u : us)
+      t += static_cast<double>(runs(*u)) * opts.write_cost_us * 1e-6 +
+           static_cast<double>(gathered(*u)) * 8 / (nvlink_gbps * 1e9);
+    return t;
+  }
+
+  void plain(std::vector<Unit>& out) const {
+    for (const Piece& p : pieces) {
+      std::vector<Box> boxes;
+      split(p.dest, esz(), opts.max_unit_bytes, -1, 1, local.shape.nd, boxes);
+      for (const Box& b : boxes) out.push_back(make(b, needs_of(b)));
+    }
+  }
+
+  // Block quantization: cells between shard boundaries, rows rounded out to whole blocks; along
+  // the rows, neighbouring cells that one rank can produce together are merged.
+  void quantized(std::vector<Unit>& out) const {
+    const Shape& ls = local.shape;
+    const int64_t br = dp.quant->block_rows;
+    const int rd = ls.nd - 2;
+    std::vector<std::vector<int64_t>> cuts(ls.nd - 1);
+    for (int d = 0; d < ls.nd - 1; ++d) {
+      std::set<int64_t> c{0, ls[d]};
+      for (const Piece& p : pieces) {
+        c.insert(d == rd ? p.dest.lo[d] / br * br : p.dest.lo[d]);
+        c.insert(d == rd ? std::min(ls[d], (p.dest.hi[d] + br - 1) / br * br) : p.dest.hi[d]);
+      }
+      cuts[d].assign(c.begin(), c.end());
+    }
+    std::vector<size_t> idx(rd, 0);
+    while (true) {
+      Box lead = Box::full(ls);
+      for (int d = 0; d < rd; ++d) {
+        lead.lo[d] = cuts[d][idx[d]];
+        lead.hi[d] = cuts[d][idx[d] + 1];
+      }
+      std::optional<Box> cur;
+      std::vector<uint32_t> cur_common;
+      auto flush = [&] {
+        if (!cur) return;
+        std::vector<Box> boxes;
+        split(*cur, esz(), opts.max_unit_bytes, rd, br, ls.nd - 1, boxes);
+        for (const Box& b : boxes) out.push_back(make(b, needs_of(b)));
+        cur.reset();
+      };
+      for (size_t j = 0; j + 1 < cuts[rd].size(); ++j) {
+        Box cell = lead;
+        cell.lo[rd] = cuts[rd][j];
+        cell.hi[rd] = cuts[rd][j + 1];
+        const std::vector<uint32_t> c = common_holders(needs_of(cell));
+        if (cur && !c.empty() && !cur_common.empty()) {
+          // Merge regardless of size: the split below then cuts the outermost dims first, which
+          // keeps scale rows whole (contiguous scale writes).
+          std::vector<uint32_t> both = common(cur_common, c);
+          if (!both.empty()) {
+            cur->hi[rd] = cell.hi[rd];
+            cur_common = std::move(both);
+            continue;
+          }
+        }
+        flush();
+        cur = cell;
+        cur_common = c;
+      }
+      flush();
+      int d = rd - 1;
+      for (; d >= 0; --d) {
+        if (++idx[d] + 1 < cuts[d].size()) break;
+        idx[d] = 0;
+      }
+      if (d < 0) break;
+    }
+  }
+
+  // True when one rank holds every need, or one NVLink domain holds them all (a gather).
+  bool producible(const std::vector<Need>& needs) const {
+    if (!common_holders(needs).empty()) return true;
+    std::vector<int> doms;
+    for (size_t i = 0; i < needs.size(); ++i) {
+      std::vector<int> d;
+      for (uint32_t r : ranks_of(needs[i])) d.push_back(domain_of[r]);
+      std::sort(d.begin(), d.end());
+      d.erase(std::unique(d.begin(), d.end()), d.end());
+      doms = i == 0 ? d : [&] {
+        std::vector<int> both;
+        std::set_intersection(doms.begin(), doms.end(), d.begin(), d.end(), std::back_inserter(both));
+        return both;
+      }();
+      if (doms.empty()) return false;
+    }
+    return true;
+  }
+
+  // Packing against small writes: merging units saves writes and may add an NVLink gather; it
+  // is done when the fixed cost of the writes saved exceeds the gather's time (and one NVLink
+  // domain can produce the merge). First the whole tensor, else neighbours pairwise.
+  void pack(std::vector<Unit>& units) const {
+    if (units.size() < 2) return;
+    std::vector<const Unit*> all_units;
+    for (const Unit& u : units) all_units.push_back(&u);
+    const Box whole = Box::full(local.shape);
+    if (static_cast<uint64_t>(whole.numel()) * esz() <= opts.max_unit_bytes) {
+      Unit w = make(whole, needs_of(whole));
+      if (producible(w.needs) && overhead({&w}) < overhead(all_units)) {
+        units.assign(1, std::move(w));
+        return;
+      }
+    }
+    std::sort(units.begin(), units.end(), [](const Unit& a, const Unit& b) {
+      return a.target.box.lo < b.target.box.lo;
+    });
+    std::vector<Unit> out;
+    for (Unit& u : units) {
+      if (!out.empty()) {
+        const Box& a = out.back().target.box;
+        const Box& b = u.target.box;
+        int diff = -1, ndiff = 0;
+        for (int d = 0; d < a.nd; ++d)
+          if (a.lo[d] != b.lo[d] || a.hi[d] != b.hi[d]) {
+            diff = d;
+            ++ndiff;
+          }
+        if (ndiff == 1 && a.hi[diff] == b.lo[diff]) {
+          Box m = a;
+          m.hi[diff] = b.hi[diff];
+          if (static_cast<uint64_t>(m.numel()) * esz() <= opts.max_unit_bytes) {
+            Unit mu = make(m, needs_of(m));
+            if (producible(mu.needs) && overhead({&mu}) < overhead({&out.back(), &u})) {
+              out.back() = std::move(mu);
+              continue;
+            }
+          }
+        }
+      }
+      out.push_back(std::move(u));
+    }
+    units.swap(out);
+  }
+
+  // Equal keys mean equal staged bytes: same param, kind, box extents, and every need with the
+  // same source box at the same place in the unit's box.
+  uint64_t key(const Unit& u, uint32_t param) const {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&](int64_t v) { h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull; };
+    mix(param);
+    mix(static_cast<int64_t>(u.kind));
+    for (int d = 0; d < u.target.box.nd; ++d) mix(u.target.box.extent(d));
+    for (const Need& n : u.needs) {
+      mix(n.part);
+      const Box pb = dp.parts[n.part].transpose ? core::transpose_last2(n.src) : n.src;
+      const Box db = to_dest(pb, local.parts[n.part], dp.concat_dim);
+      for (int d = 0; d < n.src.nd; ++d) {
+        mix(n.src.lo[d]);
+        mix(n.src.hi[d]);
+        mix(db.lo[d] - u.target.box.lo[d]);
+      }
+    }
+    return h;
+  }
+};
+
 }  // namespace
 
 Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
@@ -96,6 +346,14 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
     for (const auto& p : d.parts) used[p.src] = true;
   for (size_t i = 0; i < tparams.size(); ++i)
     if (used[i]) L.holders[i] = holders_of(tparams[i], in.trainer.mesh);
+  std::vector<int> domain_of;
+  std::map<std::string, int> domain_ids;
+  double nvlink_gbps = 1e12;
+  for (const spec::Device& d : in.trainer.mesh.devices)
+    nvlink_gbps = std::min(nvlink_gbps, in.topology.find(d.host)->nvlink_gbps);
+  for (const spec::Device& d : in.trainer.mesh.devices)
+    domain_of.push_back(domain_ids.emplace(in.topology.find(d.host)->nvlink_domain, domain_ids.size())
+                            .first->second);
 
   for (uint32_t rep = 0; rep < in.inference.replicas.size(); ++rep) {
     const spec::Mesh& mesh = in.inference.replicas[rep];
@@ -114,15 +372,15 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
         const spec::DestParam& dp = in.inference.params[pi];
         auto local = spec::dest_local(dp, mesh, rank);
         if (!local) continue;
-        const auto dest = static_cast<uint32_t>(plan.dests.size());
-        const uint64_t esz = core::dtype_size(dp.dtype);
+        Target base;
+        base.dest = static_cast<uint32_t>(plan.dests.size());
         plan.dests.push_back({recv, static_cast<int32_t>(pi), false, local->shape, dp.dtype,
-                              static_cast<uint64_t>(local->shape.numel()) * esz});
+                              static_cast<uint64_t>(local->shape.numel()) * core::dtype_size(dp.dtype)});
         L.dest_parts.push_back(local->parts);
-        int32_t scale_dest = -1;
+        Shape ss;
         if (dp.quant) {
-          scale_dest = static_cast<int32_t>(plan.dests.size());
-          const Shape ss = spec::scale_shape(local->shape, *dp.quant);
+          base.scale_dest = static_cast<int32_t>(plan.dests.size());
+          ss = spec::scale_shape(local->shape, *dp.quant);
           plan.dests.push_back({recv, static_cast<int32_t>(pi), true, ss, core::DType::kFP32,
                                 static_cast<uint64_t>(ss.numel()) * 4});
           L.dest_parts.emplace_back();
@@ -141,76 +399,14 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
             pieces.push_back({static_cast<uint32_t>(lp.part), hi, to_dest(pb, lp, dp.concat_dim), *x});
           }
         }
-        const Shape& ls = local->shape;
-        if (!dp.quant) {
-          const bool cast = dp.dtype != tparams[dp.parts[0].src].dtype;
-          for (const Piece& p : pieces) {
-            std::vector<Box> boxes;
-            split(p.dest, esz, opts.max_write_bytes, -1, 1, ls.nd, boxes);
-            for (const Box& b : boxes) {
-              const Box pb = to_part(b, local->parts[p.part], dp.concat_dim);
-              const Box sb = dp.parts[p.part].transpose ? core::transpose_last2(pb) : pb;
-              Unit u{dest, -1, b, {}, {{p.part, sb, p.holders}},
-                     static_cast<uint64_t>(b.numel()) * esz,
-                     cast ? Project::Kind::kCast : Project::Kind::kCopy};
-              L.units.push_back(std::move(u));
-            }
-          }
-          continue;
-        }
-        // Block quantization: cells between shard boundaries, rows rounded out to whole blocks.
-        const spec::Quant& q = *dp.quant;
-        const int rd = ls.nd - 2;
-        std::vector<std::vector<int64_t>> cuts(ls.nd - 1);
-        for (int d = 0; d < ls.nd - 1; ++d) {
-          std::set<int64_t> c{0, ls[d]};
-          for (const Piece& p : pieces) {
-            if (d == rd) {
-              c.insert(p.dest.lo[d] / q.block_rows * q.block_rows);
-              c.insert(std::min(ls[d], (p.dest.hi[d] + q.block_rows - 1) / q.block_rows * q.block_rows));
-            } else {
-              c.insert(p.dest.lo[d]);
-              c.insert(p.dest.hi[d]);
-            }
-          }
-          cuts[d].assign(c.begin(), c.end());
-        }
-        std::vector<size_t> idx(ls.nd - 1, 0);
-        while (true) {
-          Box cell = Box::full(ls);
-          for (int d = 0; d < ls.nd - 1; ++d) {
-            cell.lo[d] = cuts[d][idx[d]];
-            cell.hi[d] = cuts[d][idx[d] + 1];
-          }
-          std::vector<Box> boxes;
-          split(cell, esz, opts.max_write_bytes, rd, q.block_rows, ls.nd - 1, boxes);
-          for (const Box& b : boxes) {
-            Unit u;
-            u.dest = dest;
-            u.scale_dest = scale_dest;
-            u.box = b;
-            u.kind = Project::Kind::kQuant;
-            u.scale_box = b;
-            u.scale_box.lo[rd] = b.lo[rd] / q.block_rows;
-            u.scale_box.hi[rd] = (b.hi[rd] + q.block_rows - 1) / q.block_rows;
-            u.scale_box.lo[rd + 1] = 0;
-            u.scale_box.hi[rd + 1] = plan.dests[scale_dest].shape[rd + 1];
-            u.bytes = static_cast<uint64_t>(b.numel()) * esz + u.scale_box.numel() * 4;
-            for (const Piece& p : pieces) {
-              auto x = core::intersect(b, p.dest);
-              if (!x) continue;
-              const Box pb = to_part(*x, local->parts[p.part], dp.concat_dim);
-              u.needs.push_back({p.part, dp.parts[p.part].transpose ? core::transpose_last2(pb) : pb,
-                                 p.holders});
-            }
-            L.units.push_back(std::move(u));
-          }
-          int d = ls.nd - 2;
-          for (; d >= 0; --d) {
-            if (++idx[d] + 1 < cuts[d].size()) break;
-            idx[d] = 0;
-          }
-          if (d < 0) break;
+        TensorCutter tc{in, opts, L, dp, *local, pieces, domain_of, nvlink_gbps, base, ss};
+        std::vector<Unit> units;
+        if (dp.quant) tc.quantized(units);
+        else tc.plain(units);
+        tc.pack(units);
+        for (Unit& u : units) {
+          u.key = tc.key(u, static_cast<uint32_t>(pi));
+          L.units.push_back(std::move(u));
         }
       }
     }

@@ -65,6 +65,9 @@ int64_t count_runs(const Shape& s, const Box& b);
 // True when the box is one contiguous run of its tensor.
 bool is_contiguous(const Shape& s, const Box& b);
 
+// Elements per run of `b` in a tensor of shape `s` (every run of a box has the same length).
+int64_t run_elems(const Shape& s, const Box& b);
+
 // Row-major element offset of the box's first element.
 int64_t offset_of(const Shape& s, const Box& b);
 

@@ -13,7 +13,11 @@
 namespace weightcast::plan {
 
 struct Options {
-  uint64_t max_write_bytes = 16ull << 20;    // longer runs are split; units are cut to this size
+  uint64_t max_write_bytes = 16ull << 20;    // longer runs are split into writes of this size
+  uint64_t max_unit_bytes = 64ull << 20;     // largest piece of work one projection handles
+  // Packing trade: one write costs this much fixed time (posting, NIC, imm handling); merging
+  // small units is worth it when the writes it saves cost more than the NVLink gather it adds.
+  double write_cost_us = 2.0;
   uint64_t staging_watermark = 512ull << 20; // per sender: gather buffers + projection ring
   bool intra_domain_gathers_only = false;    // refuse plans whose gathers cross NVLink domains
 };
