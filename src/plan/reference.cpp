@@ -15,18 +15,20 @@ uint64_t splitmix(uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
 }
-uint64_t name_hash(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
 }  // namespace
 
-float pattern_value(const std::string& param, int64_t index, uint64_t step) {
-  const uint64_t r = splitmix(name_hash(param) ^ splitmix(static_cast<uint64_t>(index) + (step << 48)));
-  // Uniform in [-1, 1) times a per-row magnitude so blocks get different scales.
+uint64_t pattern_seed(const std::string& param) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : param) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+float pattern_value(uint64_t seed, int64_t index, uint64_t step) {
+  const uint64_t r = splitmix(seed ^ splitmix(static_cast<uint64_t>(index) + (step << 48)));
+  // Uniform in [-1, 1) times a magnitude that changes every 64 elements, so blocks get
+  // different scales.
   const float u = static_cast<float>(r >> 40) / static_cast<float>(1 << 23) - 1.0f;
-  const int mag = static_cast<int>((splitmix(name_hash(param) + static_cast<uint64_t>(index / 64)) >> 60) % 8);
+  const int mag = static_cast<int>((splitmix(seed + static_cast<uint64_t>(index / 64)) >> 60) % 8);
   return std::ldexp(u, mag - 3);
 }
 
@@ -38,6 +40,8 @@ std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor
   const core::Shape& ls = local->shape;
   // Source values, rounded to the trainer dtype, at every local element.
   std::vector<float> x(static_cast<size_t>(ls.numel()));
+  std::vector<uint64_t> seeds;
+  for (const spec::Part& part : dp.parts) seeds.push_back(pattern_seed(in.trainer.params[part.src].name));
   std::array<int64_t, core::kMaxDims> idx{};
   for (size_t e = 0; e < x.size(); ++e) {
     int64_t rem = static_cast<int64_t>(e);
@@ -58,7 +62,7 @@ std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor
     int64_t flat = 0;
     for (int k = 0; k < src.shape.nd; ++k) flat = flat * src.shape[k] + g[k];
     std::byte tmp[4];
-    core::store_from_float(src.dtype, pattern_value(src.name, flat, step), tmp);
+    core::store_from_float(src.dtype, pattern_value(seeds[lp->part], flat, step), tmp);
     x[e] = core::load_as_float(src.dtype, tmp);
   }
   const size_t esz = core::dtype_size(dp.dtype);

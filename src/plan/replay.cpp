@@ -47,10 +47,11 @@ struct Replayer {
     const size_t esz = core::dtype_size(p.dtype);
     s.data.resize(static_cast<size_t>(s.box.numel()) * esz);
     size_t e = 0;
+    const uint64_t seed = pattern_seed(p.name);
     if (b)
       core::for_each_run(p.shape, *b, [&](int64_t off, int64_t len) {
         for (int64_t i = 0; i < len; ++i, ++e)
-          core::store_from_float(p.dtype, pattern_value(p.name, off + i, step), &s.data[e * esz]);
+          core::store_from_float(p.dtype, pattern_value(seed, off + i, step), &s.data[e * esz]);
       });
     return m.emplace(param, std::move(s)).first->second;
   }

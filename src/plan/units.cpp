@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <unordered_map>
 
 #include "units.h"
 
@@ -355,6 +356,12 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
     domain_of.push_back(domain_ids.emplace(in.topology.find(d.host)->nvlink_domain, domain_ids.size())
                             .first->second);
 
+  struct Cut {
+    size_t pi;
+    std::vector<spec::LocalPart> parts;
+    std::vector<Unit> units;
+  };
+  std::unordered_map<uint64_t, Cut> cut_cache;
   for (uint32_t rep = 0; rep < in.inference.replicas.size(); ++rep) {
     const spec::Mesh& mesh = in.inference.replicas[rep];
     for (int64_t rank = 0; rank < mesh.size(); ++rank) {
@@ -385,6 +392,32 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
                                 static_cast<uint64_t>(ss.numel()) * 4});
           L.dest_parts.emplace_back();
         }
+        // Receivers with the same local layout of a param (replicas, replicated params) get the
+        // same units: cut once, then retarget the copies.
+        uint64_t lk = 1469598103934665603ull;
+        auto mix = [&](int64_t v) { lk = (lk ^ static_cast<uint64_t>(v)) * 1099511628211ull; };
+        mix(static_cast<int64_t>(pi));
+        for (const spec::LocalPart& lp : local->parts) {
+          mix(lp.offset);
+          for (int d = 0; d < lp.global.nd; ++d) {
+            mix(lp.global.lo[d]);
+            mix(lp.global.hi[d]);
+          }
+        }
+        auto memo = cut_cache.find(lk);
+        if (memo != cut_cache.end() && memo->second.pi == pi && memo->second.parts.size() == local->parts.size() &&
+            std::equal(local->parts.begin(), local->parts.end(), memo->second.parts.begin(),
+                       [](const spec::LocalPart& a, const spec::LocalPart& b) {
+                         return a.global == b.global && a.offset == b.offset && a.part == b.part;
+                       })) {
+          for (const Unit& t : memo->second.units) {
+            Unit u = t;
+            u.target.dest = base.dest;
+            u.target.scale_dest = base.scale_dest;
+            L.units.push_back(std::move(u));
+          }
+          continue;
+        }
         // Every intersection of a part with a trainer shard, in dest-local coords.
         std::vector<Piece> pieces;
         for (const spec::LocalPart& lp : local->parts) {
@@ -404,10 +437,9 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
         if (dp.quant) tc.quantized(units);
         else tc.plain(units);
         tc.pack(units);
-        for (Unit& u : units) {
-          u.key = tc.key(u, static_cast<uint32_t>(pi));
-          L.units.push_back(std::move(u));
-        }
+        for (Unit& u : units) u.key = tc.key(u, static_cast<uint32_t>(pi));
+        L.units.insert(L.units.end(), units.begin(), units.end());
+        cut_cache[lk] = {pi, local->parts, std::move(units)};
       }
     }
   }

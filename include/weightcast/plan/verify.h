@@ -13,9 +13,10 @@
 
 namespace weightcast::plan {
 
-// The value of element `index` (row-major, global) of trainer parameter `param` at `step`,
-// before rounding to the parameter's dtype.
-float pattern_value(const std::string& param, int64_t index, uint64_t step);
+// The value of element `index` (row-major, global) of a trainer parameter at `step`, before
+// rounding to the parameter's dtype. `seed` is pattern_seed(name).
+uint64_t pattern_seed(const std::string& param);
+float pattern_value(uint64_t seed, int64_t index, uint64_t step);
 
 // Reference bytes of one destination tensor, from the specs alone.
 std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor& d,
