@@ -179,27 +179,35 @@ struct Planner {
   }
 
   // First-fit phases: gathers in one phase use disjoint GPU groups (a GPU may join several
-  // gathers of one phase only with the same group), and a root's gather buffers per phase stay
-  // under half the watermark.
+  // gathers of one phase only within the same group), and a root's gather buffers per phase stay
+  // under half the watermark. All gathers of one unit share a phase (its buffers live together);
+  // their members together form the unit's group.
   void assign_phases() {
     std::vector<std::unordered_map<uint32_t, size_t>> group_of;  // phase -> rank -> group id
     std::vector<std::unordered_map<uint32_t, uint64_t>> root_bytes;
     std::map<std::vector<uint32_t>, size_t> group_ids;
-    for (Gather& g : plan.gathers) {
-      std::vector<uint32_t> grp{g.root};
-      for (const auto& p : g.pieces) grp.push_back(p.rank);
+    for (const Assigned& a : asg) {
+      std::vector<int32_t> gs;
+      for (int32_t g : a.gather_of_need)
+        if (g >= 0 && std::find(gs.begin(), gs.end(), g) == gs.end()) gs.push_back(g);
+      if (gs.empty()) continue;
+      std::vector<uint32_t> grp{a.sender};
+      uint64_t area = 0;
+      for (int32_t gi : gs) {
+        const Gather& g = plan.gathers[gi];
+        for (const auto& p : g.pieces) grp.push_back(p.rank);
+        area += static_cast<uint64_t>(g.box.numel()) * core::dtype_size(in.trainer.params[g.param].dtype);
+      }
       std::sort(grp.begin(), grp.end());
       grp.erase(std::unique(grp.begin(), grp.end()), grp.end());
       const size_t gid = group_ids.emplace(grp, group_ids.size()).first->second;
-      const uint64_t area = static_cast<uint64_t>(g.box.numel()) *
-                            core::dtype_size(in.trainer.params[g.param].dtype);
       size_t ph = 0;
       for (;; ++ph) {
         if (ph == group_of.size()) {
           group_of.emplace_back();
           root_bytes.emplace_back();
         }
-        const uint64_t rb = root_bytes[ph][g.root];
+        const uint64_t rb = root_bytes[ph][a.sender];
         bool ok = rb == 0 || rb + area <= opts.staging_watermark / 2;
         for (uint32_t r : grp) {
           auto it = group_of[ph].find(r);
@@ -208,8 +216,8 @@ struct Planner {
         if (ok) break;
       }
       for (uint32_t r : grp) group_of[ph][r] = gid;
-      root_bytes[ph][g.root] += area;
-      g.phase = static_cast<uint16_t>(ph + 1);
+      root_bytes[ph][a.sender] += area;
+      for (int32_t gi : gs) plan.gathers[gi].phase = static_cast<uint16_t>(ph + 1);
     }
     plan.phases = static_cast<uint16_t>(group_of.size() + 1);
   }

@@ -24,12 +24,13 @@ uint64_t pattern_seed(const std::string& param) {
 }
 
 float pattern_value(uint64_t seed, int64_t index, uint64_t step) {
-  const uint64_t r = splitmix(seed ^ splitmix(static_cast<uint64_t>(index) + (step << 48)));
+  static constexpr float kMag[8] = {0.125f, 0.25f, 0.5f, 1.0f, 2.0f, 4.0f, 8.0f, 16.0f};
+  const uint64_t r = splitmix(seed ^ (static_cast<uint64_t>(index) + (step << 48)));
   // Uniform in [-1, 1) times a magnitude that changes every 64 elements, so blocks get
   // different scales.
-  const float u = static_cast<float>(r >> 40) / static_cast<float>(1 << 23) - 1.0f;
-  const int mag = static_cast<int>((splitmix(seed + static_cast<uint64_t>(index / 64)) >> 60) % 8);
-  return std::ldexp(u, mag - 3);
+  const float u = static_cast<float>(r >> 40) * (1.0f / static_cast<float>(1 << 23)) - 1.0f;
+  const uint64_t m = ((seed ^ static_cast<uint64_t>(index >> 6)) * 0x9e3779b97f4a7c15ull) >> 61;
+  return u * kMag[m];
 }
 
 std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor& d,

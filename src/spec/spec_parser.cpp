@@ -171,8 +171,8 @@ PlacementMap parse_placement(const json* j, const std::vector<std::vector<Axis>>
         fail(p, fmt::format("shard of dim {} that does not exist (tensor has {} dims)", pl.arg,
                             shape.nd));
       if (pl.kind == Placement::Kind::kOwner && pl.arg >= axis->size)
-        fail(p, fmt::format("owner coordinate {} outside axis '{}' of size {}", pl.arg,
-                            axis->name, axis->size));
+        fail(p, fmt::format("owner coordinate {} outside axis '{}' of size {}: no rank would "
+                            "hold this tensor", pl.arg, axis->name, axis->size));
     }
     out[it.key()] = pl;
   }

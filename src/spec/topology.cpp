@@ -104,21 +104,6 @@ Status check_devices(const Mesh& m, const std::string& what, const Topology& top
   return Status::ok();
 }
 
-// Local boxes of one placement are either identical or disjoint (chunks of chunks), so the
-// distinct ones must add up to the whole tensor.
-Status check_coverage(const Param& p, const Mesh& m) {
-  std::set<std::pair<std::array<int64_t, core::kMaxDims>, std::array<int64_t, core::kMaxDims>>> seen;
-  int64_t covered = 0;
-  for (int64_t r = 0; r < m.size(); ++r) {
-    auto b = local_box(p.shape, p.placement, m, r);
-    if (b && !b->empty() && seen.insert({b->lo, b->hi}).second) covered += b->numel();
-  }
-  if (covered != p.shape.numel())
-    return invalid("{}: trainer ranks hold {} of {} elements of '{}'; a destination byte would "
-                   "have no holder", p.path, covered, p.shape.numel(), p.name);
-  return Status::ok();
-}
-
 }  // namespace
 
 Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& topo) {
@@ -127,12 +112,6 @@ Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& 
   for (size_t r = 0; r < inf.replicas.size(); ++r)
     if (Status s = check_devices(inf.replicas[r], fmt::format("inference replica {}", r), topo, used); !s)
       return s;
-  std::vector<bool> needed(t.params.size());
-  for (const DestParam& d : inf.params)
-    for (const Part& p : d.parts) needed[p.src] = true;
-  for (size_t i = 0; i < t.params.size(); ++i)
-    if (needed[i])
-      if (Status s = check_coverage(t.params[i], t.mesh); !s) return s;
   return Status::ok();
 }
 

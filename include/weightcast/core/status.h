@@ -7,7 +7,6 @@
 #include <optional>
 #include <string>
 #include <utility>
-#include <variant>
 
 namespace weightcast {
 
@@ -40,24 +39,25 @@ Status invalid(fmt::format_string<Args...> f, Args&&... args) {
 template <typename T>
 class Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
-  Result(Status status) : v_(std::move(status)) {}  // NOLINT
-
-  bool is_ok() const { return std::holds_alternative<T>(v_); }
-  explicit operator bool() const { return is_ok(); }
-  const Status& status() const {
-    static const Status kOk;
-    return is_ok() ? kOk : std::get<Status>(v_);
+  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(Status status) : status_(std::move(status)) {  // NOLINT
+    if (status_.is_ok()) status_ = Status(Code::kInternal, "Result built from an ok Status");
   }
-  T& value() & { return std::get<T>(v_); }
-  const T& value() const& { return std::get<T>(v_); }
-  T&& value() && { return std::get<T>(std::move(v_)); }
-  T* operator->() { return &value(); }
-  const T* operator->() const { return &value(); }
-  T& operator*() & { return value(); }
+
+  bool is_ok() const { return value_.has_value(); }
+  explicit operator bool() const { return is_ok(); }
+  const Status& status() const { return status_; }
+  T& value() & { return *value_; }
+  const T& value() const& { return *value_; }
+  T&& value() && { return std::move(*value_); }
+  T* operator->() { return &*value_; }
+  const T* operator->() const { return &*value_; }
+  T& operator*() & { return *value_; }
+  const T& operator*() const& { return *value_; }
 
  private:
-  std::variant<T, Status> v_;
+  Status status_;
+  std::optional<T> value_;
 };
 
 }  // namespace weightcast

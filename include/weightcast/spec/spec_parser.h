@@ -24,8 +24,9 @@ Result<InferenceSpec> parse_inference(const nlohmann::json& j, const TrainerSpec
                                       const ParseOptions& opts = {});
 Result<Topology> parse_topology(const nlohmann::json& j);
 
-// Cross-file checks: every rank's host exists in the topology with enough GPUs, no GPU is used
-// twice, and every destination byte has a holder on the trainer side.
+// Cross-file checks: every rank's host exists in the topology with enough GPUs and no GPU is
+// used twice. (That every destination byte has a trainer holder follows from parsing: each
+// mapping names existing trainer params and owner placements stay inside their axis.)
 Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& topo);
 
 struct Inputs {

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The CLI as a user meets it: help text, exit codes, error messages, plan -> JSON/SVG -> verify.
+set -u
+wc="$1"; src="$2"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+pass=0; fail=0
+check() {  # check NAME EXPECTED_RC PATTERN -- command...
+  local name="$1" want_rc="$2" pattern="$3"; shift 4
+  local out rc
+  out=$("$@" 2>&1); rc=$?
+  if [ "$rc" != "$want_rc" ]; then echo "FAIL $name: exit $rc, wanted $want_rc"; echo "$out" | tail -5; fail=$((fail+1)); return; fi
+  if ! grep -qE -- "$pattern" <<<"$out"; then echo "FAIL $name: output lacks /$pattern/"; echo "$out" | tail -5; fail=$((fail+1)); return; fi
+  echo "ok   $name"; pass=$((pass+1))
+}
+cfg="$src/configs/llama-3.1-8b"
+check help 0 "--staging-mb" -- "$wc" plan --help
+check help-verify 0 "--scale" -- "$wc" verify --help
+check no-subcommand 2 "subcommand" -- "$wc"
+check configs 0 "kimi-k2" -- "$wc" configs
+check default-plan 0 "predicted / floor" -- "$wc" plan -b llama-3.1-8b
+check files-plan 0 "bytes +29.92 GiB" -- "$wc" plan -t "$cfg/trainer.json" -i "$cfg/inference.json" -c "$cfg/topology.json" \
+  --json "$tmp/p.json" --svg "$tmp/m.svg"
+check json-written 0 '"format": "weightcast.plan/v1"' -- head -3 "$tmp/p.json"
+check svg-written 0 "<rect x=" -- grep -m1 "sender 0 -> receiver" "$tmp/m.svg"
+check partial-files 2 "missing: --inference --topology" -- "$wc" plan -t "$cfg/trainer.json"
+check missing-file 2 "nope.json: cannot open file" -- "$wc" plan -t nope.json -i "$cfg/inference.json" -c "$cfg/topology.json"
+printf '{"format": "weightcast.spec/v1", "role": "trainer", "mesh": {"axes": []}, "params": []}' > "$tmp/bad.json"
+check bad-spec 2 "bad.json: trainer.mesh.axes: expected at least one axis" -- \
+  "$wc" plan -t "$tmp/bad.json" -i "$cfg/inference.json" -c "$cfg/topology.json"
+printf '{"format": ' > "$tmp/trunc.json"
+check bad-json 2 "trunc.json: not valid JSON" -- "$wc" plan -t "$tmp/trunc.json" -i "$cfg/inference.json" -c "$cfg/topology.json"
+check unknown-builtin 2 "no built-in config named 'gpt5'" -- "$wc" plan -b gpt5
+check bad-scale 2 "not divisible by --scale 7" -- "$wc" verify -b llama-3.1-8b --scale 7
+check verify 0 "^OK: [0-9]+ bytes in 1560 tensors match" -- "$wc" verify -b llama-3.1-8b --scale 32
+"$wc" plan -b llama-3.1-8b --scale 32 --json "$tmp/s.json" >/dev/null
+check verify-plan-file 0 "^OK:" -- "$wc" verify -b llama-3.1-8b --scale 32 --plan "$tmp/s.json"
+check verify-other-scale 2 "plan was made from other inputs" -- "$wc" verify -b llama-3.1-8b --scale 16 --plan "$tmp/s.json"
+python3 - "$tmp/s.json" "$tmp/t.json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+for w in p["writes"]:
+    if w[2] >= 0 and w[9] > 2:  # a staged write: land it two bytes later
+        w[8] += 2; w[9] -= 2; break
+json.dump(p, open(sys.argv[2], "w"))
+PY
+check verify-tampered 1 "FAILED: verify failed: byte written 0 times: replica" -- "$wc" verify -b llama-3.1-8b --scale 32 --plan "$tmp/t.json"
+check strict-gathers 2 "forbids a cross-host gather" -- "$wc" plan -b deepseek-v3 --intra-node-gathers-only
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

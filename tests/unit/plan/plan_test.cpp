@@ -1,0 +1,279 @@
+// Planner, plan format and verifier on the tiny specs and the shipped configs: plans verify
+// byte-exact, round-trip through JSON, and every tampering is caught with a precise message.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "../test_specs.h"
+#include "weightcast/plan/plan_json.h"
+#include "weightcast/plan/planner.h"
+#include "weightcast/plan/report.h"
+#include "weightcast/plan/verify.h"
+
+namespace weightcast::plan {
+namespace {
+
+spec::Inputs tiny(int64_t scale = 1) {
+  auto in = spec::make_inputs(testing::tiny_trainer(), testing::tiny_inference(), testing::tiny_topology(),
+                              {scale}, {"t", "i", "c"});
+  EXPECT_TRUE(in) << in.status().message();
+  return std::move(in).value();
+}
+
+spec::Inputs config(const std::string& name, int64_t scale) {
+  const std::string dir = std::string(WC_SOURCE_DIR) + "/configs/" + name + "/";
+  auto in = spec::load_inputs(dir + "trainer.json", dir + "inference.json", dir + "topology.json", {scale});
+  EXPECT_TRUE(in) << in.status().message();
+  return std::move(in).value();
+}
+
+TEST(Planner, TinyPlanVerifies) {
+  const spec::Inputs in = tiny();
+  auto p = make_plan(in, {});
+  ASSERT_TRUE(p) << p.status().message();
+  EXPECT_EQ(p->senders.size(), 4u);
+  EXPECT_EQ(p->receivers.size(), 4u);
+  auto v = verify_plan(in, *p);
+  ASSERT_TRUE(v) << v.status().message();
+  uint64_t dest_bytes = 0;
+  for (const DestTensor& d : p->dests) dest_bytes += d.bytes;
+  EXPECT_EQ(v->bytes_checked, dest_bytes);
+  EXPECT_EQ(v->writes, p->writes.size());
+  // Two steps write different values; both verify.
+  EXPECT_TRUE(verify_plan(in, *p, 2));
+}
+
+TEST(Planner, ExpectedImmsCountEveryWrite) {
+  auto p = make_plan(tiny(), {});
+  ASSERT_TRUE(p);
+  std::vector<uint64_t> per_recv(p->receivers.size(), 0);
+  for (const Write& w : p->writes) ++per_recv[p->dests[w.dest].receiver];
+  for (size_t r = 0; r < p->receivers.size(); ++r) {
+    uint64_t expected = 0;
+    for (uint32_t c : p->receivers[r].expected_imms) expected += c;
+    EXPECT_EQ(expected, per_recv[r]);
+  }
+}
+
+TEST(Planner, SmallLimitsSplitWritesAndStillVerify) {
+  const spec::Inputs in = tiny();
+  Options o;
+  o.max_write_bytes = 8;
+  o.max_unit_bytes = 16;
+  o.write_cost_us = 0;  // never pack
+  auto p = make_plan(in, o);
+  ASSERT_TRUE(p) << p.status().message();
+  for (const Write& w : p->writes) EXPECT_LE(w.len, 8u);
+  EXPECT_TRUE(verify_plan(in, *p)) << verify_plan(in, *p).status().message();
+}
+
+TEST(Planner, StagingWatermarkIsEnforced) {
+  Options o;
+  o.staging_watermark = 4;
+  auto p = make_plan(tiny(), o);
+  ASSERT_FALSE(p);
+  EXPECT_NE(p.status().message().find("raise --staging-mb"), std::string::npos) << p.status().message();
+}
+
+TEST(Planner, CrossDomainGatherIsReportedOrRefused) {
+  // Put the two FSDP halves of the trainer on different hosts: the 2x2 FP8 blocks of "aq" that
+  // straddle the shard boundary of "a" then need a gather across hosts.
+  nlohmann::json t = testing::tiny_trainer(), c = testing::tiny_topology();
+  t["dims"]["n"] = 6;
+  t["mesh"]["devices"]["gpus_per_host"] = 1;
+  c["hosts"][0]["for"]["h"] = nlohmann::json::array({0, 4});
+  nlohmann::json i = testing::tiny_inference();
+  i["dims"]["n"] = 6;
+  i["dims"]["n+m"] = 10;
+  auto in = spec::make_inputs(t, i, c, {}, {"t", "i", "c"});
+  ASSERT_TRUE(in) << in.status().message();
+  auto p = make_plan(*in, {});
+  ASSERT_TRUE(p) << p.status().message();
+  bool cross = false;
+  for (const Gather& g : p->gathers) cross = cross || g.cross_domain;
+  EXPECT_TRUE(cross);
+  EXPECT_NE(report(*p, "x").find("WARNING"), std::string::npos);
+  EXPECT_TRUE(verify_plan(*in, *p));
+  Options strict;
+  strict.intra_domain_gathers_only = true;
+  auto refused = make_plan(*in, strict);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.status().message().find("'aq' on inference replica"), std::string::npos)
+      << refused.status().message();
+}
+
+TEST(PlanJson, RoundTripsExactly) {
+  const spec::Inputs in = tiny();
+  auto p = make_plan(in, {});
+  ASSERT_TRUE(p);
+  const std::string text = to_json(*p);
+  auto back = from_json(text);
+  ASSERT_TRUE(back) << back.status().message();
+  EXPECT_EQ(to_json(*back), text);
+  EXPECT_TRUE(verify_plan(in, *back));
+}
+
+TEST(PlanJson, RejectsCorruptPlans) {
+  auto p = make_plan(tiny(), {});
+  ASSERT_TRUE(p);
+  nlohmann::json j = nlohmann::json::parse(to_json(*p));
+  j["writes"][0][1] = 100000;
+  auto r = from_json(j.dump());
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.status().message().find("plan.writes[0]: index 100000 out of range"), std::string::npos)
+      << r.status().message();
+  j = nlohmann::json::parse(to_json(*p));
+  j["format"] = "weightcast.plan/v0";
+  EXPECT_FALSE(from_json(j.dump()));
+  EXPECT_FALSE(from_json("{\"format\": "));
+}
+
+TEST(PlanJson, RefusesPlansOfOtherInputs) {
+  auto p = make_plan(tiny(), {});
+  ASSERT_TRUE(p);
+  auto v = verify_plan(tiny(2), *p);
+  ASSERT_FALSE(v);
+  EXPECT_NE(v.status().message().find("plan was made from other inputs"), std::string::npos);
+}
+
+// The verifier must catch every kind of damage, and say where.
+TEST(Verifier, CatchesTampering) {
+  const spec::Inputs in = tiny();
+  Options no_packing;
+  no_packing.write_cost_us = 0;  // keep direct writes from shards in the plan
+  auto good = make_plan(in, no_packing);
+  ASSERT_TRUE(good);
+  ASSERT_TRUE(verify_plan(in, *good));
+  auto expect_fail = [&](Plan p, const char* what) {
+    auto v = verify_plan(in, p);
+    ASSERT_FALSE(v) << "tampering not caught, wanted: " << what;
+    EXPECT_NE(v.status().message().find(what), std::string::npos) << v.status().message();
+  };
+  {  // a write lands one byte off
+    Plan p = *good;
+    for (Write& w : p.writes)
+      if (w.len > 1) {
+        w.dst_off += 1;
+        w.len -= 1;
+        break;
+      }
+    expect_fail(p, "written 0 times");
+  }
+  {  // a write is dropped from a sender's list
+    Plan p = *good;
+    auto& tasks = p.senders[p.writes[0].sender].tasks;
+    for (size_t k = 0; k < tasks.size(); ++k)
+      if (tasks[k].op == Task::Op::kWrite) {
+        tasks.erase(tasks.begin() + static_cast<long>(k));
+        break;
+      }
+    expect_fail(p, "imms arrived, plan expects");
+  }
+  {  // an expected count is off by one
+    Plan p = *good;
+    p.receivers[1].expected_imms[0] += 1;
+    expect_fail(p, "receiver 1 (replica 0 rank 1) phase 0");
+  }
+  {  // a staged write reads two bytes further into staging: bytes differ from the reference
+    Plan p = *good;
+    bool done = false;
+    for (Write& w : p.writes) {
+      const Sender& s = p.senders[w.sender];
+      if (!done && w.project >= 0 && w.src_off + w.len + 2 <= s.staging_gather + s.staging_ring) {
+        w.src_off += 2;
+        done = true;
+      }
+    }
+    ASSERT_TRUE(done);
+    expect_fail(p, "mismatch at replica");
+  }
+  {  // a write names a source region past the shard
+    Plan p = *good;
+    for (Write& w : p.writes)
+      if (w.project == Write::kDirect) {
+        w.src_off = 1 << 20;
+        break;
+      }
+    expect_fail(p, "reads past sender");
+  }
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Golden dry-run reports of the small shipped configs. WC_UPDATE_GOLDEN=1 rewrites them.
+class Golden : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(Golden, ReportMatches) {
+  const spec::Inputs in = config(GetParam(), 1);
+  auto p = make_plan(in, {});
+  ASSERT_TRUE(p) << p.status().message();
+  const std::string got = report(*p, GetParam());
+  const std::string path = std::string(WC_SOURCE_DIR) + "/tests/fixtures/golden/" + GetParam() + ".txt";
+  if (std::getenv("WC_UPDATE_GOLDEN")) {
+    std::ofstream(path) << got;
+    GTEST_SKIP() << "rewrote " << path;
+  }
+  EXPECT_EQ(got, read_file(path)) << "report changed; if intended, rerun with WC_UPDATE_GOLDEN=1";
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, Golden, ::testing::Values("llama-3.1-8b", "qwen3-30b-a3b"));
+
+// Keeps only layers [lo, hi) of a spec's "for": {"i": ...} patterns (layouts stay as they are).
+void limit_layers(nlohmann::json& spec, int64_t lo, int64_t hi) {
+  for (auto& p : spec["params"])
+    if (p.contains("for") && p["for"].contains("i")) {
+      auto& r = p["for"]["i"];
+      const int64_t a = std::max(r[0].get<int64_t>(), lo), b = std::min(r[1].get<int64_t>(), hi);
+      r = nlohmann::json::array({a, std::max(a, b)});
+    }
+}
+
+// Every shipped config verifies byte-exact at a scale (and a layer window) that keeps the test
+// quick. The windows of the MoE models cross the dense/MoE boundary and Kimi-K2's pipeline stages.
+struct Scaled {
+  const char* name;
+  int64_t scale, first_layer, end_layer;
+};
+class ConfigVerify : public ::testing::TestWithParam<Scaled> {};
+
+TEST_P(ConfigVerify, ByteExact) {
+  const Scaled& c = GetParam();
+  const std::string dir = std::string(WC_SOURCE_DIR) + "/configs/" + c.name + "/";
+  auto tj = spec::load_json_file(dir + "trainer.json");
+  auto ij = spec::load_json_file(dir + "inference.json");
+  auto cj = spec::load_json_file(dir + "topology.json");
+  ASSERT_TRUE(tj && ij && cj);
+  limit_layers(*tj, c.first_layer, c.end_layer);
+  limit_layers(*ij, c.first_layer, c.end_layer);
+  auto loaded = spec::make_inputs(*tj, *ij, *cj, {c.scale}, {"t", "i", "c"});
+  ASSERT_TRUE(loaded) << loaded.status().message();
+  const spec::Inputs& in = *loaded;
+  auto p = make_plan(in, {});
+  ASSERT_TRUE(p) << p.status().message();
+  auto v = verify_plan(in, *p);
+  ASSERT_TRUE(v) << v.status().message();
+  EXPECT_GT(v->bytes_checked, 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, ConfigVerify,
+                         ::testing::Values(Scaled{"llama-3.1-8b", 32, 0, 99},
+                                           Scaled{"qwen3-30b-a3b", 64, 0, 99},
+                                           Scaled{"deepseek-v3", 64, 2, 5},
+                                           Scaled{"kimi-k2", 64, 0, 2}, Scaled{"kimi-k2", 64, 30, 32}),
+                         [](const auto& param_info) {
+                           std::string n = std::string(param_info.param.name) + "_layers_" +
+                                           std::to_string(param_info.param.first_layer);
+                           for (char& ch : n)
+                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return n;
+                         });
+
+}  // namespace
+}  // namespace weightcast::plan
