@@ -70,6 +70,7 @@ Summary summarize(const Plan& p) {
   for (const Sender& x : p.senders) {
     sb.push_back(static_cast<double>(x.bytes_out));
     s.staging_peak = std::max(s.staging_peak, x.staging_gather + x.staging_ring);
+    s.staging_gather = std::max(s.staging_gather, x.staging_gather);
     for (uint64_t n : x.nic_bytes) {
       snb.push_back(static_cast<double>(n));
       net = std::max(net, static_cast<double>(n) * 8 / (x.nic_gbps * 1e9));
@@ -136,8 +137,10 @@ std::string report(const Plan& p, const std::string& title) {
          "network; lay the trainer mesh so shard groups sit inside a host, or refuse them with "
          "--intra-node-gathers-only", s.cross_gathers, human_bytes(static_cast<double>(s.cross_gather_bytes)));
   line("staging");
-  line("  peak per sender        {} (watermark {})", human_bytes(static_cast<double>(s.staging_peak)),
-       human_bytes(static_cast<double>(p.options.staging_watermark)));
+  line("  peak per sender        {} (watermark {}): gather buffers of one phase (max {}) plus a "
+       "ring the projections cycle through", human_bytes(static_cast<double>(s.staging_peak)),
+       human_bytes(static_cast<double>(p.options.staging_watermark)),
+       human_bytes(static_cast<double>(s.staging_gather)));
   line("time (from the topology's link rates)");
   line("  network                {:.3f} s (busiest NIC)", s.network_s);
   line("  gathers                {:.3f} s (busiest NVLink root)", s.gather_s);

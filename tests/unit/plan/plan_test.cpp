@@ -240,6 +240,9 @@ void limit_layers(nlohmann::json& spec, int64_t lo, int64_t hi) {
 struct Scaled {
   const char* name;
   int64_t scale, first_layer, end_layer;
+  friend void PrintTo(const Scaled& s, std::ostream* os) {
+    *os << s.name << " scale 1/" << s.scale << " layers [" << s.first_layer << ", " << s.end_layer << ")";
+  }
 };
 class ConfigVerify : public ::testing::TestWithParam<Scaled> {};
 
