@@ -1,0 +1,90 @@
+// One NIC domain: the small interface every backend (libfabric, ibverbs) implements. Plain data
+// in and out: WriteOps are posted from a span, Completions polled into one. Back-pressure is not
+// an error: post() returns how many ops it took; the caller drives poll() and retries the rest.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "weightcast/core/status.h"
+
+namespace weightcast::transport {
+
+struct Capabilities {
+  std::string backend;   // "fabric" or "verbs"
+  std::string provider;  // e.g. "tcp;ofi_rxm", "efa", "mlx5_0"
+  size_t imm_bytes = 0;  // remote CQ data size
+  uint64_t max_msg = 0;
+  bool device_memory = false;   // can register CUDA memory directly
+  bool manual_progress = false; // data lands only while someone polls
+  bool virt_addr = false;       // remote addresses are virtual addresses (else offsets)
+};
+
+enum class MemKind : uint8_t { kHost, kCuda };
+
+// A registered region as a remote peer addresses it through one NIC.
+struct RemoteKey {
+  uint64_t addr = 0;  // base to which offsets are added (a VA, or 0 for offset addressing)
+  uint64_t key = 0;
+  uint64_t len = 0;
+};
+
+struct LocalMr {
+  uint32_t id = 0;  // backend-internal handle
+  void* base = nullptr;
+  uint64_t len = 0;
+  void* desc = nullptr;  // backend descriptor for local access
+  RemoteKey remote;      // what to publish
+};
+
+using PeerId = uint32_t;
+
+struct WriteOp {
+  uint64_t id = 0;  // echoed in the completion
+  const LocalMr* src = nullptr;
+  uint64_t src_off = 0;
+  PeerId peer = 0;
+  RemoteKey dst;
+  uint64_t dst_off = 0;
+  uint64_t len = 0;
+  bool has_imm = false;
+  uint32_t imm = 0;
+};
+
+struct Completion {
+  enum class Kind : uint8_t { kWriteDone, kImm, kError };
+  Kind kind = Kind::kWriteDone;
+  uint64_t id = 0;   // kWriteDone / kError: the op's id
+  uint32_t imm = 0;  // kImm
+  Status status;     // kError
+};
+
+class Domain {
+ public:
+  virtual ~Domain() = default;
+  virtual const Capabilities& caps() const = 0;
+  // Opaque address blob to hand to peers (through the rendezvous).
+  virtual std::vector<uint8_t> address() const = 0;
+  virtual Result<PeerId> connect(std::span<const uint8_t> peer_address) = 0;
+  virtual Result<LocalMr> register_memory(void* base, uint64_t len, MemKind kind) = 0;
+  virtual Status deregister(const LocalMr& mr) = 0;
+  virtual Result<size_t> post(std::span<const WriteOp> ops) = 0;
+  virtual Result<size_t> poll(std::span<Completion> out) = 0;
+};
+
+struct DomainConfig {
+  std::string backend = "fabric";  // "fabric" or "verbs"
+  std::string provider = "tcp";    // libfabric provider name, or verbs device name
+  std::string address;             // local IP to bind (fabric), empty: the provider's default
+  int port = 1;                    // verbs
+  int gid_index = 0;               // verbs (RoCEv2 needs the right GID)
+  uint64_t max_write = 16ull << 20;  // writes above are split
+};
+
+// The one place a backend is chosen.
+Result<std::unique_ptr<Domain>> open_domain(const DomainConfig& cfg);
+
+}  // namespace weightcast::transport

@@ -1,0 +1,98 @@
+// One progress thread per GPU. It owns the GPU's NIC group: posts writes (striped over the NICs,
+// retried on back-pressure), polls every completion queue (which on manual-progress providers is
+// also what makes data land), feeds arrived immediates to the GPU's ImmCounters and tracks write
+// batches. Other threads talk to it through a command queue; nothing on the data path blocks it.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "weightcast/transport/imm_counters.h"
+#include "weightcast/transport/nic_group.h"
+
+namespace weightcast::transport {
+
+struct GroupWrite {
+  const Region* src = nullptr;
+  uint64_t src_off = 0;
+  uint32_t peer = 0;  // group peer id from connect()
+  const RemoteRegion* dst = nullptr;
+  uint64_t dst_off = 0;
+  uint64_t len = 0;
+  bool has_imm = false;
+  uint32_t imm = 0;
+};
+
+struct ProgressStats {
+  uint64_t writes = 0, shards_posted = 0, shards_done = 0, imms = 0, errors = 0, eagain = 0;
+};
+
+class ProgressEngine {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // Opens the NICs and starts the thread. `counters` receives every immediate; it must outlive
+  // the engine.
+  static Result<std::unique_ptr<ProgressEngine>> start(const std::vector<DomainConfig>& nics,
+                                                       ImmCounters* counters);
+  ~ProgressEngine();
+  ProgressEngine(const ProgressEngine&) = delete;
+  ProgressEngine& operator=(const ProgressEngine&) = delete;
+
+  size_t nics() const { return nic_count_; }
+  Capabilities caps();
+  std::vector<uint8_t> address();
+  Result<uint32_t> connect(std::span<const uint8_t> peer_address);
+  Result<Region> register_memory(void* base, uint64_t len, MemKind kind);
+  Status deregister(const Region& r);
+
+  // Queues writes (regions must stay registered until the batch completes); returns a batch id.
+  uint64_t submit(std::vector<GroupWrite> writes);
+  // Waits until every shard of the batch completed. Fails with the first errors (naming the
+  // write and the provider's reason), or kTimeout with how many shards are outstanding.
+  Status wait(uint64_t batch, Clock::time_point deadline);
+  ProgressStats stats() const;
+
+ private:
+  ProgressEngine() = default;
+  void loop();
+  template <typename T>
+  T call(std::function<T()> fn);
+
+  struct Batch {
+    uint64_t remaining = 0;
+    std::vector<std::string> errors;
+  };
+
+  std::unique_ptr<NicGroup> group_;
+  size_t nic_count_ = 0;
+  ImmCounters* counters_ = nullptr;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+
+  std::mutex cmd_mu_;
+  std::deque<std::function<void()>> commands_;
+  std::deque<std::pair<uint64_t, std::vector<GroupWrite>>> incoming_;
+  uint64_t next_batch_ = 1;
+
+  mutable std::mutex batch_mu_;
+  std::condition_variable batch_cv_;
+  std::map<uint64_t, Batch> batches_;
+  ProgressStats stats_;
+
+  // Owned by the progress thread.
+  std::vector<std::deque<WriteOp>> pending_;            // per NIC
+  std::unordered_map<uint64_t, uint64_t> shard_batch_;  // shard id -> batch
+  uint64_t next_shard_ = 1;
+};
+
+}  // namespace weightcast::transport

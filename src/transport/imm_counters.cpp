@@ -1,0 +1,78 @@
+// Credit counting and the deadline-bounded barrier.
+#include "weightcast/transport/imm_counters.h"
+
+#include <fmt/format.h>
+
+namespace weightcast::transport {
+
+void ImmCounters::begin_generation(uint8_t generation) {
+  std::lock_guard<std::mutex> lk(mu_);
+  generation_ = generation;
+  for (auto it = credits_.begin(); it != credits_.end();)
+    it = generation_diff(std::get<0>(it->first), generation) < 0 ? credits_.erase(it) : std::next(it);
+}
+
+uint8_t ImmCounters::generation() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return generation_;
+}
+
+void ImmCounters::arrive(uint32_t imm) {
+  const Imm d = Imm::decode(imm);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (generation_diff(d.generation, generation_) < 0) {
+      ++stale_;
+      return;
+    }
+    ++credits_[{d.generation, d.phase, d.sender}];
+  }
+  cv_.notify_all();
+}
+
+Status ImmCounters::wait(uint8_t generation, const std::vector<Expect>& expect,
+                         Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lk(mu_);
+  auto met = [&] {
+    for (const Expect& e : expect) {
+      auto it = credits_.find({generation, e.phase, e.sender});
+      if ((it == credits_.end() ? 0 : it->second) < e.count) return false;
+    }
+    return true;
+  };
+  if (!cv_.wait_until(lk, deadline, met)) {
+    std::string missing;
+    int listed = 0;
+    for (const Expect& e : expect) {
+      auto it = credits_.find({generation, e.phase, e.sender});
+      const uint64_t have = it == credits_.end() ? 0 : it->second;
+      if (have >= e.count) continue;
+      if (listed++ < 16)
+        missing += fmt::format("{}sender {} (phase {}: {} of {} imms)", missing.empty() ? "" : ", ",
+                               e.sender, e.phase, have, e.count);
+    }
+    if (listed > 16) missing += fmt::format(" and {} more", listed - 16);
+    return Status(Code::kTimeout, fmt::format("imm barrier of generation {} timed out; missing: {}",
+                                              generation, missing));
+  }
+  for (const Expect& e : expect) {
+    auto it = credits_.find({generation, e.phase, e.sender});
+    if (e.count == 0) continue;
+    it->second -= e.count;
+    if (it->second == 0) credits_.erase(it);
+  }
+  return Status::ok();
+}
+
+uint64_t ImmCounters::stale() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stale_;
+}
+
+uint64_t ImmCounters::count(uint8_t generation, uint8_t phase, uint16_t sender) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = credits_.find({generation, phase, sender});
+  return it == credits_.end() ? 0 : it->second;
+}
+
+}  // namespace weightcast::transport
