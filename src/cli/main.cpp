@@ -11,6 +11,10 @@
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
 #include "weightcast/plan/verify.h"
+#include "weightcast/transport/rendezvous.h"
+
+#include <csignal>
+#include <thread>
 
 namespace {
 
@@ -154,6 +158,24 @@ int run_verify(const InputFlags& in_flags, const PlanFlags& pf, const std::strin
   return 0;
 }
 
+volatile std::sig_atomic_t g_stop = 0;
+
+int run_rendezvous(const std::string& bind, uint16_t port, const std::string& token, double seconds) {
+  auto s = transport::RendezvousServer::start(bind, port, token);
+  if (!s) return fail(s.status());
+  std::printf("rendezvous listening on %s:%u (job token required)\n", bind.c_str(), (*s)->port());
+  std::fflush(stdout);
+  std::signal(SIGINT, [](int) { g_stop = 1; });
+  std::signal(SIGTERM, [](int) { g_stop = 1; });
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds > 0 ? seconds : 1e9);
+  while (!g_stop && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto st = (*s)->stats();
+  std::printf("rendezvous stopping: %llu connections, %llu puts, %llu gets, %llu rejected\n",
+              static_cast<unsigned long long>(st.connections), static_cast<unsigned long long>(st.puts),
+              static_cast<unsigned long long>(st.gets), static_cast<unsigned long long>(st.rejected));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -189,6 +211,17 @@ int main(int argc, char** argv) {
   verify_cmd->add_option("--step", step, "Training step: changes every weight value")->capture_default_str();
   verify_cmd->footer("Example: weightcast verify --builtin qwen3-30b-a3b --scale 16");
 
+  std::string rdv_bind = "127.0.0.1", rdv_token;
+  uint16_t rdv_port = 0;
+  double rdv_seconds = 0;
+  CLI::App* rdv_cmd = app.add_subcommand(
+      "rendezvous", "Run the key-value service through which peers exchange NIC addresses and memory "
+                    "descriptors; every client must present the job token");
+  rdv_cmd->add_option("--bind", rdv_bind, "Address to listen on")->capture_default_str();
+  rdv_cmd->add_option("--port", rdv_port, "TCP port (0 picks a free one and prints it)")->required();
+  rdv_cmd->add_option("--token", rdv_token, "Job token clients must present")->required();
+  rdv_cmd->add_option("--seconds", rdv_seconds, "Stop after this long (default: until SIGINT/SIGTERM)");
+
   app.add_subcommand("configs", "List the built-in configs");
 
   try {
@@ -199,6 +232,7 @@ int main(int argc, char** argv) {
   }
   if (*plan_cmd) return run_plan(plan_in, plan_pf, json_out, svg_out);
   if (*verify_cmd) return run_verify(verify_in, verify_pf, plan_file, step);
+  if (*rdv_cmd) return run_rendezvous(rdv_bind, rdv_port, rdv_token, rdv_seconds);
   for (const auto& c : cli::embedded_configs()) std::printf("%s\n", c.name);
   return 0;
 }
