@@ -184,11 +184,16 @@ void ProgressEngine::loop() {
       }
       if (finished) batch_cv_.notify_all();
     }
-    if (busy) {
+    // Writes in flight: keep polling (on manual-progress providers polling is what moves the
+    // data, on both sides). Idle for a while: yield, then sleep briefly, so an idle GPU's thread
+    // does not eat a core; a receiver's thread wakes within ~20 us.
+    bool inflight = !shard_batch_.empty();
+    if (busy || inflight) {
       idle = 0;
-    } else if (++idle > 256) {
-      // Nothing moved for a while: back off a little (two cores are shared with the app).
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    } else if (++idle > 4096) {
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    } else {
+      std::this_thread::yield();
     }
   }
 }
