@@ -81,6 +81,8 @@ struct DomainConfig {
   std::string address;             // local IP to bind (fabric), empty: the provider's default
   int port = 1;                    // verbs
   int gid_index = 0;               // verbs (RoCEv2 needs the right GID)
+  uint32_t rank = 0;               // verbs: this process's index among its peers (QP slot)
+  uint32_t max_peers = 16;         // verbs: RC QPs created up front, one per peer slot
   uint64_t max_write = 16ull << 20;  // writes above are split
 };
 

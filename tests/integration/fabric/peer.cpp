@@ -32,7 +32,7 @@ void must(const Status& s, const char* what) {
 uint8_t pattern(uint8_t gen, uint64_t off) { return static_cast<uint8_t>((off * 131 + gen * 71 + (off >> 9)) ^ (off >> 17)); }
 
 struct Peer {
-  std::string role, scenario, token, rdv_host, provider = "tcp";
+  std::string role, scenario, token, rdv_host, provider = "tcp", backend = "fabric";
   uint16_t rdv_port = 0;
   int id = 0, senders = 1;
   std::vector<std::string> nics;
@@ -46,8 +46,10 @@ struct Peer {
     std::vector<DomainConfig> cfg;
     for (const auto& ip : nics) {
       DomainConfig c;
+      c.backend = backend;
       c.provider = provider;
       c.address = ip;
+      c.rank = role == "receiver" ? 0 : static_cast<uint32_t>(id + 1);  // verbs QP slot
       cfg.push_back(c);
     }
     engine = must(ProgressEngine::start(cfg, &counters), "open NICs");
@@ -236,7 +238,8 @@ int main(int argc, char** argv) {
   app.add_option("--id", p.id);
   app.add_option("--senders", p.senders);
   app.add_option("--nics", nics, "comma-separated local IPs, one per NIC");
-  app.add_option("--provider", p.provider);
+  app.add_option("--provider", p.provider, "libfabric provider, or verbs device name");
+  app.add_option("--backend", p.backend)->check(CLI::IsMember({"fabric", "verbs"}));
   CLI11_PARSE(app, argc, argv);
   p.rdv_host = rdv.substr(0, rdv.find(':'));
   p.rdv_port = static_cast<uint16_t>(std::stoi(rdv.substr(rdv.find(':') + 1)));
