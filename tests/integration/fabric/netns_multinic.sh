@@ -30,13 +30,11 @@ log=$(mktemp -d)
 ip netns exec "$A" "$wc" rendezvous --bind 10.213.0.1 --port 29517 --token "$tok" --seconds 600 >"$log/rdv" 2>&1 &
 rdv_pid=$!
 anics=$(IFS=,; echo "${a_ips[*]}"); bnics=$(IFS=,; echo "${b_ips[*]}")
-ip netns exec "$A" "$peer" --role receiver --scenario sizes --rdv 10.213.0.1:29517 --token "$tok" --nics "$anics" >"$log/r" 2>&1 &
+timeout 300 ip netns exec "$A" "$peer" --role receiver --scenario sizes --rdv 10.213.0.1:29517 --token "$tok" --nics "$anics" >"$log/r" 2>&1 &
 rpid=$!
-ip netns exec "$B" "$peer" --role sender --scenario sizes --rdv 10.213.0.1:29517 --token "$tok" --nics "$bnics" >"$log/s" 2>&1 &
+timeout 300 ip netns exec "$B" "$peer" --role sender --scenario sizes --rdv 10.213.0.1:29517 --token "$tok" --nics "$bnics" >"$log/s" 2>&1 &
 spid=$!
-( sleep 300; kill -9 $rpid $spid 2>/dev/null ) & watchdog=$!
 wait $rpid; rrc=$?; wait $spid; src=$?
-kill $watchdog 2>/dev/null
 cat "$log/r" "$log/s"
 # Traffic really used every veth: each NIC's counters moved.
 used=0

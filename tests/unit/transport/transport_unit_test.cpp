@@ -124,10 +124,13 @@ std::string raw(uint16_t port, const std::vector<uint8_t>& bytes) {
   (void)!write(fd, bytes.data(), bytes.size());
   timeval tv{2, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  // Everything until the server closes the connection (it does after rejecting a frame).
+  std::string out;
   char buf[256];
-  const ssize_t n = read(fd, buf, sizeof buf);
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
   close(fd);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+  return out;
 }
 
 TEST(Rendezvous, PutGetAndWaitForKeys) {
