@@ -9,6 +9,7 @@
 
 #include "units.h"
 #include "weightcast/plan/planner.h"
+#include "weightcast/plan/project.h"
 #include "weightcast/plan/verify.h"
 
 namespace weightcast::plan {
@@ -109,88 +110,18 @@ struct Replayer {
   void run_project(uint32_t s, uint32_t pid, std::vector<std::byte>& staging) {
     const Project& pr = plan.projects[pid];
     if (pr.sender != s) fail(fmt::format("project {} listed by sender {} but owned by {}", pid, s, pr.sender));
-    const DestTensor& dt = plan.dests[pr.dest];
-    const spec::DestParam& dp = in.inference.params[dt.param];
-    const Receiver& rv = plan.receivers[dt.receiver];
-    const auto local = spec::dest_local(dp, in.inference.replicas[rv.replica], rv.rank);
-    const Shape bs = pr.box.extents();
-    // Assemble the box in float from each input (shard or gather buffer), mapped through its part.
-    std::vector<float> x(static_cast<size_t>(bs.numel()));
-    std::vector<uint8_t> hit(x.size(), 0);
-    for (const auto& inp : pr.inputs) {
-      const spec::Part& part = dp.parts.at(inp.part);
-      const spec::Param& sp = in.trainer.params[part.src];
-      const size_t esz = core::dtype_size(sp.dtype);
-      Box hold;
-      const std::byte* base;
+    const spec::DestParam& dp = in.inference.params[plan.dests[pr.dest].param];
+    auto resolve = [&](const Project::Input& inp) -> Held {
       if (inp.gather >= 0) {
         const Gather& g = plan.gathers[inp.gather];
-        if (g.root != s || g.param != part.src || !g.box.contains(inp.src))
-          fail(fmt::format("project {}: input from gather {} that does not hold it", pid, inp.gather));
-        hold = g.box;
-        base = staging.data() + g.root_off;
-      } else {
-        const Shard& sh = shard(s, part.src);
-        if (!sh.box.contains(inp.src))
-          fail(fmt::format("project {}: sender {} does not hold {} of '{}' (holds {})", pid, s,
-                           inp.src.str(), sp.name, sh.box.str()));
-        hold = sh.box;
-        base = sh.data.data();
+        if (g.root != s || g.param != dp.parts.at(inp.part).src) return {};
+        return {g.box, staging.data() + g.root_off};
       }
-      const Shape hs = hold.extents();
-      const int nd = inp.src.nd;
-      std::array<int64_t, core::kMaxDims> i{};
-      for (int k = 0; k < nd; ++k) i[k] = inp.src.lo[k];
-      for (int64_t n = 0; n < inp.src.numel(); ++n) {
-        int64_t off = 0;
-        for (int k = 0; k < nd; ++k) off = off * hs[k] + (i[k] - hold.lo[k]);
-        std::array<int64_t, core::kMaxDims> d = i;  // part-global, then dest-local, then box-relative
-        if (part.transpose) std::swap(d[nd - 1], d[nd - 2]);
-        const auto& lp = local->parts[inp.part];
-        int64_t boff = 0;
-        for (int k = 0; k < nd; ++k) {
-          const int64_t v = d[k] - lp.global.lo[k] + (k == dp.concat_dim ? lp.offset : 0) - pr.box.lo[k];
-          if (v < 0 || v >= bs[k]) fail(fmt::format("project {}: input {} maps outside its box {}", pid, inp.src.str(), pr.box.str()));
-          boff = boff * bs[k] + v;
-        }
-        x[boff] = core::load_as_float(sp.dtype, base + off * esz);
-        ++hit[boff];
-        for (int k = nd - 1; k >= 0; --k) {
-          if (++i[k] < inp.src.hi[k]) break;
-          i[k] = inp.src.lo[k];
-        }
-      }
-    }
-    for (size_t e = 0; e < hit.size(); ++e)
-      if (hit[e] != 1) fail(fmt::format("project {}: element {} of box {} assembled {} times", pid, e, pr.box.str(), hit[e]));
-    const size_t esz = core::dtype_size(dt.dtype);
-    if (pr.staging_off + x.size() * esz > staging.size()) fail(fmt::format("project {} runs past staging", pid));
-    std::byte* out = staging.data() + pr.staging_off;
-    if (pr.kind != Project::Kind::kQuant) {
-      for (size_t e = 0; e < x.size(); ++e) core::store_from_float(dt.dtype, x[e], out + e * esz);
-    } else {
-      const spec::Quant& q = *dp.quant;
-      const int nd = bs.nd;
-      const int64_t R = bs[nd - 2], C = bs[nd - 1], lead = bs.numel() / (R * C);
-      if (pr.box.lo[nd - 2] % q.block_rows || C != dt.shape[nd - 1])
-        fail(fmt::format("project {}: quantized box {} is not whole blocks of whole rows", pid, pr.box.str()));
-      const int64_t sr = pr.scale_box.extent(nd - 2), sc = pr.scale_box.extent(nd - 1);
-      if (pr.scale_off + static_cast<uint64_t>(lead * sr * sc) * 4 > staging.size()) fail("scales run past staging");
-      for (int64_t l = 0; l < lead; ++l)
-        for (int64_t br = 0; br < sr; ++br)
-          for (int64_t bc = 0; bc < sc; ++bc) {
-            const int64_t r0 = br * q.block_rows, r1 = std::min(R, r0 + q.block_rows);
-            const int64_t c0 = bc * q.block_cols, c1 = std::min(C, c0 + q.block_cols);
-            float amax = 0;
-            for (int64_t r = r0; r < r1; ++r)
-              for (int64_t c = c0; c < c1; ++c) amax = std::fmax(amax, std::fabs(x[(l * R + r) * C + c]));
-            const float scale = amax > 0 ? amax / core::quant_max(dt.dtype) : 1.0f;
-            std::memcpy(staging.data() + pr.scale_off + ((l * sr + br) * sc + bc) * 4, &scale, 4);
-            for (int64_t r = r0; r < r1; ++r)
-              for (int64_t c = c0; c < c1; ++c)
-                core::store_from_float(dt.dtype, x[(l * R + r) * C + c] / scale, out + ((l * R + r) * C + c) * esz);
-          }
-    }
+      const Shard& sh = shard(s, dp.parts.at(inp.part).src);
+      return {sh.box, sh.data.data()};
+    };
+    if (Status st = project_cpu(in, plan, pr, resolve, staging.data(), staging.size()); !st)
+      fail(fmt::format("project {} (sender {}): {}", pid, s, st.message()));
     ++res.projects;
   }
 

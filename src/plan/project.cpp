@@ -1,0 +1,94 @@
+// CPU projection: per-element assembly in float, then a cast or DeepSeek-style block
+// quantization (scale = absmax / dtype max, 1.0 for an all-zero block; q = x / scale, saturating).
+#include "weightcast/plan/project.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "weightcast/spec/layout.h"
+
+namespace weightcast::plan {
+
+using core::Box;
+using core::Shape;
+
+Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr, const InputResolver& resolve,
+                   std::byte* staging, uint64_t staging_size) {
+  const DestTensor& dt = plan.dests[pr.dest];
+  const spec::DestParam& dp = in.inference.params[dt.param];
+  const Receiver& rv = plan.receivers[dt.receiver];
+  const auto local = spec::dest_local(dp, in.inference.replicas[rv.replica], rv.rank);
+  if (!local) return Status(Code::kInternal, "projection for a rank that holds nothing");
+  const Shape bs = pr.box.extents();
+  std::vector<float> x(static_cast<size_t>(bs.numel()));
+  std::vector<uint8_t> hit(x.size(), 0);
+  for (const auto& inp : pr.inputs) {
+    if (inp.part >= dp.parts.size()) return invalid("projection input names part {} of '{}'", inp.part, dp.name);
+    const spec::Part& part = dp.parts[inp.part];
+    const spec::Param& sp = in.trainer.params[part.src];
+    const size_t esz = core::dtype_size(sp.dtype);
+    const Held h = resolve(inp);
+    if (!h.data || !h.box.contains(inp.src))
+      return invalid("projection of '{}': source {} of '{}' is not held here (holds {})", dp.name, inp.src.str(),
+                     sp.name, h.box.str());
+    const Shape hs = h.box.extents();
+    const int nd = inp.src.nd;
+    const auto& lp = local->parts[inp.part];
+    std::array<int64_t, core::kMaxDims> i{};
+    for (int k = 0; k < nd; ++k) i[k] = inp.src.lo[k];
+    for (int64_t n = 0; n < inp.src.numel(); ++n) {
+      int64_t off = 0;
+      for (int k = 0; k < nd; ++k) off = off * hs[k] + (i[k] - h.box.lo[k]);
+      std::array<int64_t, core::kMaxDims> d = i;  // part-global -> dest-local -> box-relative
+      if (part.transpose) std::swap(d[nd - 1], d[nd - 2]);
+      int64_t boff = 0;
+      for (int k = 0; k < nd; ++k) {
+        const int64_t v = d[k] - lp.global.lo[k] + (k == dp.concat_dim ? lp.offset : 0) - pr.box.lo[k];
+        if (v < 0 || v >= bs[k]) return invalid("projection input {} maps outside its box {}", inp.src.str(), pr.box.str());
+        boff = boff * bs[k] + v;
+      }
+      x[boff] = core::load_as_float(sp.dtype, h.data + off * esz);
+      ++hit[boff];
+      for (int k = nd - 1; k >= 0; --k) {
+        if (++i[k] < inp.src.hi[k]) break;
+        i[k] = inp.src.lo[k];
+      }
+    }
+  }
+  for (size_t e = 0; e < hit.size(); ++e)
+    if (hit[e] != 1) return invalid("projection box {}: element {} assembled {} times", pr.box.str(), e, hit[e]);
+  const size_t esz = core::dtype_size(dt.dtype);
+  if (pr.staging_off + x.size() * esz > staging_size) return invalid("projection runs past staging");
+  std::byte* out = staging + pr.staging_off;
+  if (pr.kind != Project::Kind::kQuant) {
+    for (size_t e = 0; e < x.size(); ++e) core::store_from_float(dt.dtype, x[e], out + e * esz);
+    return Status::ok();
+  }
+  const spec::Quant& q = *dp.quant;
+  const int nd = bs.nd;
+  const int64_t R = bs[nd - 2], C = bs[nd - 1], lead = bs.numel() / (R * C);
+  if (pr.box.lo[nd - 2] % q.block_rows || C != dt.shape[nd - 1])
+    return invalid("quantized box {} is not whole blocks of whole rows", pr.box.str());
+  const int64_t sr = pr.scale_box.extent(nd - 2), sc = pr.scale_box.extent(nd - 1);
+  if (pr.scale_off + static_cast<uint64_t>(lead * sr * sc) * 4 > staging_size) return invalid("scales run past staging");
+  const float qmax = core::quant_max(dt.dtype);
+  for (int64_t l = 0; l < lead; ++l)
+    for (int64_t br = 0; br < sr; ++br)
+      for (int64_t bc = 0; bc < sc; ++bc) {
+        const int64_t r0 = br * q.block_rows, r1 = std::min(R, r0 + q.block_rows);
+        const int64_t c0 = bc * q.block_cols, c1 = std::min(C, c0 + q.block_cols);
+        float amax = 0;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) amax = std::fmax(amax, std::fabs(x[(l * R + r) * C + c]));
+        const float scale = amax > 0 ? amax / qmax : 1.0f;
+        std::memcpy(staging + pr.scale_off + ((l * sr + br) * sc + bc) * 4, &scale, 4);
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c)
+            core::store_from_float(dt.dtype, x[(l * R + r) * C + c] / scale, out + ((l * R + r) * C + c) * esz);
+      }
+  return Status::ok();
+}
+
+}  // namespace weightcast::plan
