@@ -230,7 +230,56 @@ def kimi_k2():
                      4, 32, 16)
 
 
-MODELS = {"llama-3.1-8b": llama_8b, "qwen3-30b-a3b": qwen3_30b, "deepseek-v3": deepseek_v3, "kimi-k2": kimi_k2}
+def demo_moe():
+    """A Qwen3-MoE-like model small enough to run end to end on one machine: FSDP2 x EP2 trainer
+    (4 processes) -> EP2 inference replicas, fused qkv / gate_up, FP8 128x128 experts. Shards are
+    block-aligned, so the host executor needs no gathers."""
+    dims = {"hidden": 256, "q": 256, "kv": 128, "moe": 256, "vocab": 1024}
+    L, E = 2, 8
+    li = {"i": [0, L]}
+    le = {"i": [0, L], "e": [0, E]}
+    dense = {"fsdp": "S(0)"}
+    expert = {"ep": "O({e/4})", "fsdp": "S(0)"}
+    pre = "model.layers.{i}"
+    tp = [p("model.embed_tokens.weight", ["vocab", "hidden"], dense)]
+    for n, s in [("q_proj", ["q", "hidden"]), ("k_proj", ["kv", "hidden"]), ("v_proj", ["kv", "hidden"]),
+                 ("o_proj", ["hidden", "q"])]:
+        tp.append(p(pre + ".self_attn." + n + ".weight", s, dense, **{"for": li}))
+    for n, s in [("gate_proj", ["moe", "hidden"]), ("up_proj", ["moe", "hidden"]), ("down_proj", ["hidden", "moe"])]:
+        tp.append(p(pre + ".mlp.experts.{e}." + n + ".weight", s, expert, **{"for": le}))
+    tp.append(p(pre + ".input_layernorm.weight", ["hidden"], dense, **{"for": li}))
+    tp += [p("model.norm.weight", ["hidden"], dense), p("lm_head.weight", ["vocab", "hidden"], dense)]
+    trainer = {"format": SPEC, "role": "trainer", "model": "demo-moe (Qwen3-MoE-like, small)", "dims": dims,
+               "mesh": {"axes": [{"name": "ep", "size": 2}, {"name": "fsdp", "size": 2}],
+                        "devices": {"host": "local", "gpus_per_host": 16}},
+               "params": tp}
+    ex = {"ep": "O({e/4})"}
+    ip = [p("model.embed_tokens.weight", ["vocab", "hidden"], {"ep": "S(0)"}, **{"from": "model.embed_tokens.weight"}),
+          p(pre + ".self_attn.qkv_proj.weight", ["q+2kv", "hidden"], None, **{
+              "for": li, "from": {"concat": [pre + ".self_attn.q_proj.weight", pre + ".self_attn.k_proj.weight",
+                                             pre + ".self_attn.v_proj.weight"], "dim": 0}}),
+          p(pre + ".self_attn.o_proj.weight", ["hidden", "q"], None, **{"for": li, "from": pre + ".self_attn.o_proj.weight"}),
+          p(pre + ".mlp.experts.{e}.gate_up_proj.weight", ["2*moe", "hidden"], ex, **{
+              "for": le, "from": {"concat": [pre + ".mlp.experts.{e}.gate_proj.weight", pre + ".mlp.experts.{e}.up_proj.weight"], "dim": 0},
+              **q("", pre + ".mlp.experts.{e}.gate_up_proj.weight_scale_inv")}),
+          p(pre + ".mlp.experts.{e}.down_proj.weight", ["hidden", "moe"], ex, **{
+              "for": le, "from": pre + ".mlp.experts.{e}.down_proj.weight",
+              **q("", pre + ".mlp.experts.{e}.down_proj.weight_scale_inv")}),
+          p(pre + ".input_layernorm.weight", ["hidden"], None, **{"for": li, "from": pre + ".input_layernorm.weight"}),
+          p("model.norm.weight", ["hidden"], None, **{"from": "model.norm.weight"}),
+          p("lm_head.weight", ["vocab", "hidden"], {"ep": "S(0)"}, **{"from": "lm_head.weight"})]
+    idims = dict(dims)
+    idims["q+2kv"] = dims["q"] + 2 * dims["kv"]
+    inference = {"format": SPEC, "role": "inference", "model": "demo-moe (EP2, FP8 experts)", "dims": idims,
+                 "replicas": {"count": 1, "mesh": {"axes": [{"name": "ep", "size": 2}]},
+                              "devices": {"host": "local", "gpus_per_host": 16, "first_gpu": 8}},
+                 "params": ip}
+    topo = {"format": TOPO, "name": "one machine, 16 GPU slots, loopback NICs",
+            "hosts": [{"name": "local", "gpus": 16, "nics_per_gpu": 1, "nic_gbps": 100.0}]}
+    return trainer, inference, topo
+
+
+MODELS = {"demo-moe": demo_moe, "llama-3.1-8b": llama_8b, "qwen3-30b-a3b": qwen3_30b, "deepseek-v3": deepseek_v3, "kimi-k2": kimi_k2}
 
 
 def main():

@@ -6,7 +6,11 @@
 #include <fstream>
 #include <iostream>
 
+#include "demo.h"
 #include "embedded_configs.h"
+
+#include <filesystem>
+#include <unistd.h>
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
@@ -222,6 +226,38 @@ int main(int argc, char** argv) {
   rdv_cmd->add_option("--token", rdv_token, "Job token clients must present")->required();
   rdv_cmd->add_option("--seconds", rdv_seconds, "Stop after this long (default: until SIGINT/SIGTERM)");
 
+  cli::DemoOptions demo;
+  CLI::App* demo_cmd = app.add_subcommand(
+      "demo", "End to end on this machine: a rendezvous, the trainer and inference processes of the "
+              "built-in demo-moe config (FSDP2 x EP2 -> EP2 replicas, fused qkv / gate_up, FP8 experts) "
+              "over libfabric; K steps with new weights each step, every inference byte verified");
+  demo_cmd->add_option("--steps", demo.steps, "Training steps to push")->capture_default_str()->check(CLI::Range(1, 100000));
+  demo_cmd->add_option("--replicas", demo.replicas, "Inference replicas (2 processes each)")
+      ->capture_default_str()->check(CLI::Range(1, 4));
+  demo_cmd->add_option("--nics", demo.nics, "NICs per process (loopback endpoints 127.0.0.1..N)")
+      ->capture_default_str()->check(CLI::Range(1, 4));
+  demo_cmd->add_option("--provider", demo.provider, "libfabric provider")->capture_default_str();
+  demo_cmd->add_option("--deadline", demo.deadline_s, "Seconds every wait may take before the step fails")
+      ->capture_default_str();
+  demo_cmd->add_option("-t,--trainer", demo.trainer, "Trainer spec instead of the built-in demo");
+  demo_cmd->add_option("-i,--inference", demo.inference, "Inference spec instead of the built-in demo");
+  demo_cmd->add_option("-c,--topology", demo.topology, "Topology instead of the built-in demo");
+
+  cli::WorkerOptions worker;
+  CLI::App* worker_cmd = app.add_subcommand("worker", "A demo process (started by `weightcast demo`)");
+  worker_cmd->group("");
+  worker_cmd->add_option("--role", worker.role)->required()->check(CLI::IsMember({"trainer", "inference"}));
+  worker_cmd->add_option("--index", worker.index)->required();
+  worker_cmd->add_option("--rdv", worker.rdv)->required();
+  worker_cmd->add_option("--token", worker.token)->required();
+  worker_cmd->add_option("--trainer", worker.demo.trainer)->required();
+  worker_cmd->add_option("--inference", worker.demo.inference)->required();
+  worker_cmd->add_option("--topology", worker.demo.topology)->required();
+  worker_cmd->add_option("--steps", worker.demo.steps);
+  worker_cmd->add_option("--nics", worker.demo.nics);
+  worker_cmd->add_option("--provider", worker.demo.provider);
+  worker_cmd->add_option("--deadline", worker.demo.deadline_s);
+
   app.add_subcommand("configs", "List the built-in configs");
 
   try {
@@ -233,6 +269,32 @@ int main(int argc, char** argv) {
   if (*plan_cmd) return run_plan(plan_in, plan_pf, json_out, svg_out);
   if (*verify_cmd) return run_verify(verify_in, verify_pf, plan_file, step);
   if (*rdv_cmd) return run_rendezvous(rdv_bind, rdv_port, rdv_token, rdv_seconds);
+  if (*worker_cmd) return cli::run_worker(worker);
+  if (*demo_cmd) {
+    demo.self = std::filesystem::canonical("/proc/self/exe").string();
+    std::filesystem::path dir;
+    if (demo.trainer.empty() && demo.inference.empty() && demo.topology.empty()) {
+      // The built-in demo, with the requested replica count, written where the workers can read it.
+      dir = std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-specs-{}", getpid());
+      std::filesystem::create_directories(dir);
+      for (const auto& c : cli::embedded_configs()) {
+        if (std::string(c.name) != "demo-moe") continue;
+        auto inf = nlohmann::json::parse(c.inference);
+        inf["replicas"]["count"] = demo.replicas;
+        std::ofstream(dir / "trainer.json") << c.trainer;
+        std::ofstream(dir / "inference.json") << inf.dump(1);
+        std::ofstream(dir / "topology.json") << c.topology;
+      }
+      demo.trainer = (dir / "trainer.json").string();
+      demo.inference = (dir / "inference.json").string();
+      demo.topology = (dir / "topology.json").string();
+    } else if (demo.trainer.empty() || demo.inference.empty() || demo.topology.empty()) {
+      return fail(invalid("--trainer, --inference and --topology go together"));
+    }
+    const int rc = cli::run_demo(demo);
+    if (!dir.empty()) std::filesystem::remove_all(dir);
+    return rc;
+  }
   for (const auto& c : cli::embedded_configs()) std::printf("%s\n", c.name);
   return 0;
 }

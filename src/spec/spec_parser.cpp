@@ -93,14 +93,17 @@ std::vector<Device> parse_devices(const json& j, int64_t count, int64_t first_in
     }
     return out;
   }
-  check_keys(j, {"host", "gpus_per_host", "first_host"}, path);
+  check_keys(j, {"host", "gpus_per_host", "first_host", "first_gpu"}, path);
   const std::string tmpl = get_string(require(j, "host", path), child(path, "host"));
   const int64_t gph = get_int(require(j, "gpus_per_host", path), child(path, "gpus_per_host"), 1, 1024);
   int64_t first = 0;
   if (const json* f = optional(j, "first_host", path))
     first = get_int(*f, child(path, "first_host"), 0, kMaxRanks);
+  int64_t first_gpu = 0;
+  if (const json* f = optional(j, "first_gpu", path))
+    first_gpu = get_int(*f, child(path, "first_gpu"), 0, kMaxRanks);
   for (int64_t r = 0; r < count; ++r) {
-    const int64_t idx = first_index + r;
+    const int64_t idx = first_gpu + first_index + r;
     out.push_back({substitute(tmpl, {{"h", first + idx / gph}}, child(path, "host")),
                    static_cast<int>(idx % gph)});
   }

@@ -1,0 +1,95 @@
+// The trainer-side executor (one per trainer rank) and the inference-side receiver (one per
+// inference rank), on host memory over the transport. Prepare once (register, exchange
+// descriptors through the rendezvous, warm connections up), then push / wait every step.
+#pragma once
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "weightcast/exec/binding.h"
+#include "weightcast/transport/progress.h"
+#include "weightcast/transport/rendezvous.h"
+
+namespace weightcast::exec {
+
+using Clock = std::chrono::steady_clock;
+
+struct StepReport {
+  uint64_t step = 0, bytes = 0, writes = 0, projects = 0;
+  double project_s = 0, write_s = 0, total_s = 0;  // write_s: time not hidden behind projection
+};
+
+class TrainerExecutor {
+ public:
+  static Result<std::unique_ptr<TrainerExecutor>> create(const spec::Inputs& in, const plan::Plan& plan,
+                                                         uint32_t rank,
+                                                         const std::vector<transport::DomainConfig>& nics,
+                                                         transport::RendezvousClient* rdv);
+  // The rank's shard of a trainer param in its registered arena (nullptr if not held here).
+  std::byte* shard(int param);
+  const SenderLayout& layout() const { return layout_; }
+  // Publishes this rank's address, connects to every receiver it writes to, fetches their
+  // descriptors and warms each connection up with a zero-length write.
+  Status prepare(Clock::time_point deadline);
+  // Runs the rank's tasks for one step: projections into the staging ring (a slot is reused
+  // only after the writes reading it completed), writes tagged {step, phase, rank}.
+  Result<StepReport> push(uint64_t step, Clock::time_point deadline);
+
+ private:
+  TrainerExecutor(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
+  const spec::Inputs& in_;
+  const plan::Plan& plan_;
+  uint32_t rank_ = 0;
+  SenderLayout layout_;
+  std::vector<std::byte> arena_, staging_;
+  transport::ImmCounters counters_;
+  std::unique_ptr<transport::ProgressEngine> engine_;
+  transport::Region arena_region_, staging_region_;
+  transport::RendezvousClient* rdv_ = nullptr;
+  struct Target {
+    uint32_t peer;
+    transport::RemoteRegion region;
+    ReceiverLayout layout;
+  };
+  std::map<uint32_t, Target> receivers_;
+};
+
+struct WaitReport {
+  uint64_t step = 0, bytes = 0, imms = 0;
+  double wait_s = 0;
+};
+
+class InferenceReceiver {
+ public:
+  static Result<std::unique_ptr<InferenceReceiver>> create(const spec::Inputs& in, const plan::Plan& plan,
+                                                           uint32_t receiver,
+                                                           const std::vector<transport::DomainConfig>& nics,
+                                                           transport::RendezvousClient* rdv);
+  std::byte* tensor(uint32_t dest);
+  uint64_t arena_bytes() const { return arena_.size(); }
+  // Registers the arena and publishes address and descriptor.
+  Status publish();
+  // Arms the barrier for a step: older steps' stale writes are ignored from here on.
+  void begin(uint64_t step);
+  // Waits until every expected immediate of the step arrived; on deadline fails naming each
+  // sender that is short. Never returns ok on a partial update.
+  Result<WaitReport> wait(uint64_t step, Clock::time_point deadline);
+
+ private:
+  InferenceReceiver(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
+  const spec::Inputs& in_;
+  const plan::Plan& plan_;
+  uint32_t receiver_ = 0;
+  ReceiverLayout layout_;
+  std::vector<std::byte> arena_;
+  transport::ImmCounters counters_;
+  std::unique_ptr<transport::ProgressEngine> engine_;
+  transport::Region region_;
+  transport::RendezvousClient* rdv_ = nullptr;
+  std::vector<transport::Expect> expect_;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace weightcast::exec

@@ -1,0 +1,29 @@
+// `weightcast demo` and its worker processes.
+#pragma once
+
+#include <string>
+
+namespace weightcast::cli {
+
+struct DemoOptions {
+  std::string trainer, inference, topology;  // spec files (the demo writes the built-in ones)
+  int steps = 5;
+  int replicas = 1;
+  int nics = 1;
+  std::string provider = "tcp";
+  double deadline_s = 60;
+  std::string self;  // path of this executable, to start workers
+};
+
+int run_demo(const DemoOptions& o);
+
+struct WorkerOptions {
+  std::string role;  // trainer | inference
+  int index = 0;
+  std::string rdv;  // host:port
+  std::string token;
+  DemoOptions demo;
+};
+int run_worker(const WorkerOptions& w);
+
+}  // namespace weightcast::cli
