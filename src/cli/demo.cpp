@@ -12,7 +12,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
+#include <cstring>
 
 #include "weightcast/exec/executor.h"
 #include "weightcast/plan/planner.h"
@@ -62,6 +65,35 @@ void fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t ste
   }
 }
 
+uint64_t rss_kib() {
+  std::ifstream f("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  f >> size >> resident;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) / 1024;
+}
+
+// Rounds: the controller publishes "round/N" = "STEP GENERATION" (a retried step gets a new
+// round and generation) or "end"; every worker processes rounds in order.
+struct Round {
+  bool end = false;
+  uint64_t step = 0;
+  uint8_t gen = 0;
+};
+Result<Round> next_round(transport::RendezvousClient& rdv, int n) {
+  auto v = rdv.get(fmt::format("round/{}", n), in_s(3600));
+  if (!v) return v.status();
+  Round r;
+  const std::string t = str(*v);
+  if (t == "end") {
+    r.end = true;
+    return r;
+  }
+  unsigned g = 0;
+  std::istringstream(t) >> r.step >> g;
+  r.gen = static_cast<uint8_t>(g);
+  return r;
+}
+
 int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p, transport::RendezvousClient& rdv) {
   auto ex = exec::TrainerExecutor::create(in, p, static_cast<uint32_t>(w.index), nic_configs(w.demo), &rdv);
   if (!ex) {
@@ -75,19 +107,29 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
   std::set<uint32_t> recvs;
   for (const plan::Write& x : p.writes)
     if (x.sender == static_cast<uint32_t>(w.index)) recvs.insert(p.dests[x.dest].receiver);
-  for (int step = 1; step <= w.demo.steps; ++step) {
-    fill_shards(in, **ex, static_cast<uint64_t>(step));
-    for (uint32_t r : recvs)
-      if (auto k = rdv.get(fmt::format("ready/{}/{}", step, r), in_s(w.demo.deadline_s)); !k) return 1;
-    auto rep = (*ex)->push(static_cast<uint64_t>(step), in_s(w.demo.deadline_s));
-    if (!rep) {
-      (void)rdv.put(fmt::format("pushed/{}/{}", step, w.index), "FAIL " + rep.status().message());
-      return 1;
+  for (int n = w.first_round;; ++n) {
+    auto r = next_round(rdv, n);
+    if (!r) return 1;
+    if (r->end) return 0;
+    fill_shards(in, **ex, r->step);
+    for (uint32_t rc : recvs)
+      if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k) return 1;
+    if (n == w.die_in_round) {  // fault injection: half the writes, then die
+      uint64_t mine = 0;
+      for (const plan::Write& x : p.writes) mine += x.sender == static_cast<uint32_t>(w.index);
+      (void)(*ex)->push(r->gen, in_s(w.demo.deadline_s), mine / 2);
+      std::fflush(stdout);
+      kill(getpid(), SIGKILL);
     }
-    (void)rdv.put(fmt::format("pushed/{}/{}", step, w.index),
-                  fmt::format("{} {} {:.6f} {:.6f} {:.6f}", rep->bytes, rep->writes, rep->project_s, rep->write_s, rep->total_s));
+    auto rep = (*ex)->push(r->gen, in_s(w.demo.deadline_s));
+    if (!rep) {
+      (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + rep.status().message());
+      continue;
+    }
+    (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index),
+                  fmt::format("{} {} {:.6f} {:.6f} {:.6f} {}", rep->bytes, rep->writes, rep->project_s, rep->write_s,
+                              rep->total_s, rss_kib()));
   }
-  return 0;
 }
 
 int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p, transport::RendezvousClient& rdv) {
@@ -98,32 +140,34 @@ int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan:
     return 1;
   }
   if (Status s = (*rc)->publish(); !s) return 1;
-  for (int step = 1; step <= w.demo.steps; ++step) {
-    (*rc)->begin(static_cast<uint64_t>(step));
-    (void)rdv.put(fmt::format("ready/{}/{}", step, me), "1");
-    auto rep = (*rc)->wait(static_cast<uint64_t>(step), in_s(w.demo.deadline_s));
+  std::vector<std::vector<std::byte>> refs;
+  for (int n = 1;; ++n) {
+    auto r = next_round(rdv, n);
+    if (!r) return 1;
+    if (r->end) return 0;
+    (*rc)->begin(r->gen);
+    (void)rdv.put(fmt::format("ready/{}/{}", n, me), "1");
+    auto rep = (*rc)->wait(r->gen, in_s(w.demo.deadline_s));
     if (!rep) {
-      (void)rdv.put(fmt::format("verified/{}/{}", step, me), "FAIL " + rep.status().message());
-      return 1;
+      (void)rdv.put(fmt::format("verified/{}/{}", n, me), "FAIL " + rep.status().message());
+      continue;
     }
     // Every byte against the reference reshard of this step's weights.
     uint64_t checked = 0;
-    for (uint32_t d = 0; d < p.dests.size(); ++d) {
+    std::string bad;
+    for (uint32_t d = 0; d < p.dests.size() && bad.empty(); ++d) {
       if (p.dests[d].receiver != me) continue;
-      const auto ref = plan::reference_tensor(in, p.dests[d], p.receivers[me], static_cast<uint64_t>(step));
+      const auto ref = plan::reference_tensor(in, p.dests[d], p.receivers[me], r->step);
       const std::byte* got = (*rc)->tensor(d);
-      for (size_t i = 0; i < ref.size(); ++i)
-        if (ref[i] != got[i]) {
-          (void)rdv.put(fmt::format("verified/{}/{}", step, me),
-                        fmt::format("FAIL tensor '{}'{} byte {}: expected 0x{:02x}, got 0x{:02x}", p.dest_names[p.dests[d].param],
-                                    p.dests[d].scale ? " (scales)" : "", i, static_cast<unsigned>(ref[i]), static_cast<unsigned>(got[i])));
-          return 1;
-        }
+      for (size_t i = 0; i < ref.size() && bad.empty(); ++i)
+        if (ref[i] != got[i])
+          bad = fmt::format("FAIL tensor '{}'{} byte {}: expected 0x{:02x}, got 0x{:02x}", p.dest_names[p.dests[d].param],
+                            p.dests[d].scale ? " (scales)" : "", i, static_cast<unsigned>(ref[i]), static_cast<unsigned>(got[i]));
       checked += ref.size();
     }
-    (void)rdv.put(fmt::format("verified/{}/{}", step, me), fmt::format("ok {} {:.6f}", checked, rep->wait_s));
+    (void)rdv.put(fmt::format("verified/{}/{}", n, me),
+                  bad.empty() ? fmt::format("ok {} {:.6f} {}", checked, rep->wait_s, rss_kib()) : bad);
   }
-  return 0;
 }
 
 }  // namespace
@@ -176,17 +220,17 @@ int run_demo(const DemoOptions& o) {
   std::fflush(stdout);
   const auto logdir = std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-{}", getpid());
   std::filesystem::create_directories(logdir);
-  std::vector<std::pair<pid_t, std::string>> kids;
-  auto spawn = [&](const std::string& role, size_t i) {
+  std::vector<pid_t> trainers(S, -1), receivers(R, -1);
+  auto spawn = [&](const std::string& role, size_t i, int first_round, int die_in_round) {
     const std::string log = (logdir / fmt::format("{}-{}.log", role, i)).string();
     std::vector<std::string> args{o.self, "worker", "--role", role, "--index", std::to_string(i), "--rdv", where,
                                   "--token", token, "--trainer", o.trainer, "--inference", o.inference,
-                                  "--topology", o.topology, "--steps", std::to_string(o.steps), "--nics",
-                                  std::to_string(o.nics), "--provider", o.provider,
-                                  "--deadline", std::to_string(o.deadline_s)};
+                                  "--topology", o.topology, "--nics", std::to_string(o.nics), "--provider",
+                                  o.provider, "--deadline", std::to_string(o.deadline_s), "--first-round",
+                                  std::to_string(first_round), "--die-in-round", std::to_string(die_in_round)};
     const pid_t pid = fork();
     if (pid == 0) {
-      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 1);
       dup2(fd, 2);
       std::vector<char*> argv;
@@ -195,65 +239,96 @@ int run_demo(const DemoOptions& o) {
       execv(argv[0], argv.data());
       _exit(127);
     }
-    kids.push_back({pid, log});
+    return pid;
   };
-  for (size_t r = 0; r < R; ++r) spawn("inference", r);
-  for (size_t s = 0; s < S; ++s) spawn("trainer", s);
-  int failed = 0;
+  for (size_t r = 0; r < R; ++r) receivers[r] = spawn("inference", r, 1, 0);
+  // The fault: trainer 0 dies in the first attempt of step K (round K: no retries before it).
+  for (size_t s = 0; s < S; ++s) trainers[s] = spawn("trainer", s, 1, s == 0 ? o.kill_trainer_at_step : 0);
+  int failed = 0, round = 0;
+  std::map<std::string, std::pair<uint64_t, uint64_t>> rss;  // worker -> (after warm-up, last)
+  auto note_rss = [&](const std::string& who, uint64_t kib, int step) {
+    auto& e = rss[who];
+    if (step <= 10 || e.first == 0) e.first = kib;
+    e.second = kib;
+  };
   for (int step = 1; step <= o.steps && !failed; ++step) {
-    double slowest = 0, proj = 0;
-    uint64_t bytes = 0, writes = 0, checked = 0;
-    std::string why;
-    for (size_t s = 0; s < S && why.empty(); ++s) {
-      auto v = (*rdv)->get(fmt::format("pushed/{}/{}", step, s), in_s(o.deadline_s + 30));
-      if (!v) {
-        auto f = (*rdv)->get(fmt::format("fail/trainer/{}", s), in_s(0.1));
-        why = fmt::format("trainer {}: {}", s, f ? str(*f) : v.status().message());
+    for (int attempt = 1;; ++attempt) {
+      ++round;
+      const auto gen = static_cast<uint8_t>(round);
+      (void)(*rdv)->put(fmt::format("round/{}", round), fmt::format("{} {}", step, gen));
+      double slowest = 0, proj = 0;
+      uint64_t bytes = 0, writes = 0, checked = 0;
+      std::vector<std::string> why;
+      for (size_t r = 0; r < R; ++r) {
+        auto v = (*rdv)->get(fmt::format("verified/{}/{}", round, r), in_s(o.deadline_s + 30));
+        const std::string t = v ? str(*v) : "FAIL " + v.status().message();
+        if (t.rfind("ok ", 0) != 0) {
+          why.push_back(fmt::format("inference {}: {}", r, t.substr(5)));
+          continue;
+        }
+        std::istringstream is(t.substr(3));
+        uint64_t c = 0, kib = 0;
+        double ws = 0;
+        is >> c >> ws >> kib;
+        checked += c;
+        note_rss(fmt::format("inference {}", r), kib, step);
+      }
+      for (size_t s = 0; s < S; ++s) {
+        auto v = (*rdv)->get(fmt::format("pushed/{}/{}", round, s), in_s(why.empty() ? o.deadline_s + 30 : 2));
+        const std::string t = v ? str(*v) : "FAIL no report (" + v.status().message() + ")";
+        if (t.rfind("FAIL", 0) == 0) {
+          why.push_back(fmt::format("trainer {}: {}", s, t.substr(5)));
+          continue;
+        }
+        std::istringstream is(t);
+        uint64_t b = 0, w = 0, kib = 0;
+        double ps = 0, ws = 0, ts = 0;
+        is >> b >> w >> ps >> ws >> ts >> kib;
+        bytes += b;
+        writes += w;
+        proj = std::max(proj, ps);
+        slowest = std::max(slowest, ts);
+        note_rss(fmt::format("trainer {}", s), kib, step);
+      }
+      if (why.empty()) {
+        if (step <= 5 || step % 20 == 0 || step == o.steps || attempt > 1)
+          std::printf("step %d/%d: %s in %llu writes, slowest trainer %.1f ms (projection %.1f ms), %.2f GB/s; "
+                      "%llu bytes on %zu receivers verified against the reference%s\n",
+                      step, o.steps, plan::human_bytes(static_cast<double>(bytes)).c_str(),
+                      static_cast<unsigned long long>(writes), slowest * 1e3, proj * 1e3,
+                      slowest > 0 ? static_cast<double>(bytes) / slowest / 1e9 : 0.0,
+                      static_cast<unsigned long long>(checked), R,
+                      attempt > 1 ? fmt::format(" (attempt {})", attempt).c_str() : "");
+        std::fflush(stdout);
         break;
       }
-      std::istringstream is(str(*v));
-      std::string head;
-      is >> head;
-      if (head == "FAIL") {
-        why = fmt::format("trainer {}: {}", s, str(*v).substr(5));
+      std::printf("step %d/%d attempt %d FAILED:\n", step, o.steps, attempt);
+      for (const auto& y : why) std::printf("  %s\n", y.c_str());
+      std::fflush(stdout);
+      // Repair: restart trainers that died; they rejoin at the next round, which retries the
+      // step under a new generation (writes of the failed attempt can never count toward it).
+      bool restarted = false;
+      for (size_t s = 0; s < S; ++s) {
+        int st = 0;
+        if (waitpid(trainers[s], &st, WNOHANG) == trainers[s]) {
+          std::printf("  trainer %zu died (%s); restarting it to rejoin at round %d\n", s,
+                      WIFSIGNALED(st) ? strsignal(WTERMSIG(st)) : "exit", round + 1);
+          trainers[s] = spawn("trainer", s, round + 1, 0);
+          restarted = true;
+        }
+      }
+      if (attempt >= 3 || !restarted) {
+        failed = 1;
         break;
       }
-      uint64_t w = 0;
-      double ps = 0, ws = 0, ts = 0;
-      is >> w >> ps >> ws >> ts;
-      bytes += std::stoull(head);
-      writes += w;
-      proj = std::max(proj, ps);
-      slowest = std::max(slowest, ts);
     }
-    for (size_t r = 0; r < R && why.empty(); ++r) {
-      auto v = (*rdv)->get(fmt::format("verified/{}/{}", step, r), in_s(o.deadline_s + 30));
-      if (!v) {
-        why = fmt::format("inference {}: {}", r, v.status().message());
-        break;
-      }
-      const std::string t = str(*v);
-      if (t.rfind("ok ", 0) != 0) {
-        why = fmt::format("inference {}: {}", r, t);
-        break;
-      }
-      checked += std::stoull(t.substr(3));
-    }
-    if (!why.empty()) {
-      std::printf("step %d/%d: FAILED: %s\n", step, o.steps, why.c_str());
-      failed = 1;
-      break;
-    }
-    std::printf("step %d/%d: %s in %llu writes, slowest trainer %.1f ms (projection %.1f ms), %.2f GB/s; "
-                "%llu bytes on %zu receivers verified against the reference\n",
-                step, o.steps, plan::human_bytes(static_cast<double>(bytes)).c_str(),
-                static_cast<unsigned long long>(writes), slowest * 1e3, proj * 1e3,
-                slowest > 0 ? static_cast<double>(bytes) / slowest / 1e9 : 0.0, static_cast<unsigned long long>(checked), R);
-    std::fflush(stdout);
   }
-  for (auto& [pid, log] : kids) {
+  (void)(*rdv)->put(fmt::format("round/{}", round + 1), "end");
+  std::vector<pid_t> all = trainers;
+  all.insert(all.end(), receivers.begin(), receivers.end());
+  for (pid_t pid : all) {
     int st = 0;
-    const auto end = in_s(failed ? 1 : 30);
+    const auto end = in_s(failed ? 2 : 30);
     while (waitpid(pid, &st, WNOHANG) == 0) {
       if (Clock::now() > end) {
         kill(pid, SIGKILL);
@@ -263,7 +338,23 @@ int run_demo(const DemoOptions& o) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (!failed && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
-      std::printf("worker %s exited with status %d\n", log.c_str(), st);
+      std::printf("worker %d exited with status %d\n", pid, st);
+      failed = 1;
+    }
+  }
+  if (o.steps >= 50) {
+    // Memory must not grow with steps: compare each worker's RSS after warm-up with its last.
+    int64_t worst = 0;
+    std::string who;
+    for (const auto& [w, v] : rss)
+      if (static_cast<int64_t>(v.second) - static_cast<int64_t>(v.first) > worst) {
+        worst = static_cast<int64_t>(v.second) - static_cast<int64_t>(v.first);
+        who = w;
+      }
+    std::printf("RSS: largest growth after step 10 is %lld KiB (%s) over %d steps\n", static_cast<long long>(worst),
+                who.empty() ? "none" : who.c_str(), o.steps);
+    if (worst > 4096) {
+      std::printf("demo FAILED: memory grows with steps\n");
       failed = 1;
     }
   }

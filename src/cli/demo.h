@@ -12,6 +12,7 @@ struct DemoOptions {
   int nics = 1;
   std::string provider = "tcp";
   double deadline_s = 60;
+  int kill_trainer_at_step = 0;  // fault injection: trainer 0 dies mid-push at this step
   std::string self;  // path of this executable, to start workers
 };
 
@@ -22,6 +23,8 @@ struct WorkerOptions {
   int index = 0;
   std::string rdv;  // host:port
   std::string token;
+  int first_round = 1;
+  int die_in_round = 0;
   DemoOptions demo;
 };
 int run_worker(const WorkerOptions& w);

@@ -239,6 +239,9 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--provider", demo.provider, "libfabric provider")->capture_default_str();
   demo_cmd->add_option("--deadline", demo.deadline_s, "Seconds every wait may take before the step fails")
       ->capture_default_str();
+  demo_cmd->add_option("--kill-trainer-at-step", demo.kill_trainer_at_step,
+                       "Fault drill: trainer 0 dies halfway through this step's writes; the step must fail "
+                       "on every receiver naming it, then pass after the trainer restarts and rejoins");
   demo_cmd->add_option("-t,--trainer", demo.trainer, "Trainer spec instead of the built-in demo");
   demo_cmd->add_option("-i,--inference", demo.inference, "Inference spec instead of the built-in demo");
   demo_cmd->add_option("-c,--topology", demo.topology, "Topology instead of the built-in demo");
@@ -253,10 +256,11 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--trainer", worker.demo.trainer)->required();
   worker_cmd->add_option("--inference", worker.demo.inference)->required();
   worker_cmd->add_option("--topology", worker.demo.topology)->required();
-  worker_cmd->add_option("--steps", worker.demo.steps);
   worker_cmd->add_option("--nics", worker.demo.nics);
   worker_cmd->add_option("--provider", worker.demo.provider);
   worker_cmd->add_option("--deadline", worker.demo.deadline_s);
+  worker_cmd->add_option("--first-round", worker.first_round);
+  worker_cmd->add_option("--die-in-round", worker.die_in_round);
 
   app.add_subcommand("configs", "List the built-in configs");
 

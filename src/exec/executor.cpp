@@ -75,11 +75,11 @@ Status TrainerExecutor::prepare(Clock::time_point deadline) {
   return engine_->wait(engine_->submit(warm), deadline);
 }
 
-Result<StepReport> TrainerExecutor::push(uint64_t step, Clock::time_point deadline) {
+Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline, uint64_t max_writes) {
   const auto t0 = Clock::now();
   StepReport rep;
-  rep.step = step;
-  const auto gen = static_cast<uint8_t>(step);
+  rep.step = gen;
+  const uint64_t step = gen;
   // Staging ranges still being read by in-flight writes.
   struct Inflight {
     uint64_t lo, hi, batch;
@@ -97,6 +97,7 @@ Result<StepReport> TrainerExecutor::push(uint64_t step, Clock::time_point deadli
     pend_lo = pend_hi = 0;
   };
   for (const plan::Task& t : plan_.senders[rank_].tasks) {
+    if (rep.writes >= max_writes) break;
     if (t.op == plan::Task::Op::kProject) {
       flush();
       const plan::Project& p = plan_.projects[t.index];
@@ -194,13 +195,13 @@ Status InferenceReceiver::publish() {
   return rdv_->put(key("recv", receiver_), engine_->address());
 }
 
-void InferenceReceiver::begin(uint64_t step) { counters_.begin_generation(static_cast<uint8_t>(step)); }
+void InferenceReceiver::begin(uint8_t generation) { counters_.begin_generation(generation); }
 
-Result<WaitReport> InferenceReceiver::wait(uint64_t step, Clock::time_point deadline) {
+Result<WaitReport> InferenceReceiver::wait(uint8_t step, Clock::time_point deadline) {
   const auto t0 = Clock::now();
-  Status s = counters_.wait(static_cast<uint8_t>(step), expect_, deadline);
+  Status s = counters_.wait(step, expect_, deadline);
   if (!s)
-    return Status(s.code(), fmt::format("receiver {} (replica {} rank {}) step {}: {}", receiver_,
+    return Status(s.code(), fmt::format("receiver {} (replica {} rank {}) generation {}: {}", receiver_,
                                         plan_.receivers[receiver_].replica, plan_.receivers[receiver_].rank, step,
                                         s.message()));
   WaitReport w;

@@ -34,8 +34,10 @@ class TrainerExecutor {
   // descriptors and warms each connection up with a zero-length write.
   Status prepare(Clock::time_point deadline);
   // Runs the rank's tasks for one step: projections into the staging ring (a slot is reused
-  // only after the writes reading it completed), writes tagged {step, phase, rank}.
-  Result<StepReport> push(uint64_t step, Clock::time_point deadline);
+  // only after the writes reading it completed), writes tagged {generation, phase, rank}. The
+  // generation identifies the attempt: a retried step uses a new one, so writes of an aborted
+  // attempt can never count toward it. `max_writes` stops early (fault-injection tests).
+  Result<StepReport> push(uint8_t generation, Clock::time_point deadline, uint64_t max_writes = UINT64_MAX);
 
  private:
   TrainerExecutor(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
@@ -71,11 +73,11 @@ class InferenceReceiver {
   uint64_t arena_bytes() const { return arena_.size(); }
   // Registers the arena and publishes address and descriptor.
   Status publish();
-  // Arms the barrier for a step: older steps' stale writes are ignored from here on.
-  void begin(uint64_t step);
-  // Waits until every expected immediate of the step arrived; on deadline fails naming each
-  // sender that is short. Never returns ok on a partial update.
-  Result<WaitReport> wait(uint64_t step, Clock::time_point deadline);
+  // Arms the barrier for an attempt: writes of older generations are ignored from here on.
+  void begin(uint8_t generation);
+  // Waits until every expected immediate of the generation arrived; on deadline fails naming
+  // each sender that is short. Never returns ok on a partial update.
+  Result<WaitReport> wait(uint8_t generation, Clock::time_point deadline);
 
  private:
   InferenceReceiver(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
