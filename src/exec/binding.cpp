@@ -1,6 +1,8 @@
 // Arena layouts and per-sender immediate expectations.
 #include "weightcast/exec/binding.h"
 
+#include <cstring>
+
 #include "weightcast/spec/layout.h"
 
 namespace weightcast::exec {
@@ -39,6 +41,44 @@ std::vector<Expectation> expectations(const plan::Plan& plan, uint32_t receiver,
     if (plan.dests[w.dest].receiver == receiver) n[{w.phase, static_cast<uint16_t>(w.sender)}] += nics;
   std::vector<Expectation> out;
   for (const auto& [k, c] : n) out.push_back({k.first, k.second, c});
+  return out;
+}
+
+std::vector<uint8_t> serialize_descriptors(const std::vector<std::pair<uint32_t, transport::RemoteRegion>>& d) {
+  std::vector<uint8_t> b{'W', 'C', 'D', '1'};
+  auto put32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  put32(static_cast<uint32_t>(d.size()));
+  for (const auto& [id, r] : d) {
+    const auto one = r.serialize();
+    put32(id);
+    put32(static_cast<uint32_t>(one.size()));
+    b.insert(b.end(), one.begin(), one.end());
+  }
+  return b;
+}
+
+Result<std::map<uint32_t, transport::RemoteRegion>> parse_descriptors(std::span<const uint8_t> b) {
+  std::map<uint32_t, transport::RemoteRegion> out;
+  size_t pos = 4;
+  auto get32 = [&](uint32_t& v) {
+    if (pos + 4 > b.size()) return false;
+    v = 0;
+    for (int i = 0; i < 4; ++i) v |= uint32_t{b[pos + i]} << (8 * i);
+    pos += 4;
+    return true;
+  };
+  uint32_t n = 0;
+  if (b.size() < 4 || std::memcmp(b.data(), "WCD1", 4) != 0 || !get32(n)) return invalid("bad tensor descriptor blob");
+  for (uint32_t i = 0; i < n; ++i) {
+    uint32_t id = 0, len = 0;
+    if (!get32(id) || !get32(len) || pos + len > b.size()) return invalid("tensor descriptor blob truncated at entry {}", i);
+    auto r = transport::RemoteRegion::parse(b.subspan(pos, len));
+    if (!r) return r.status();
+    out[id] = *r;
+    pos += len;
+  }
   return out;
 }
 

@@ -20,7 +20,7 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(const spec::Inputs& in, const plan::Plan& plan,
                                                                  uint32_t rank,
                                                                  const std::vector<transport::DomainConfig>& nics,
-                                                                 transport::RendezvousClient* rdv) {
+                                                                 transport::RendezvousClient* rdv, bool allocate) {
   if (rank >= plan.senders.size()) return invalid("trainer rank {} is not in the plan ({} senders)", rank, plan.senders.size());
   for (const plan::Task& t : plan.senders[rank].tasks)
     if (t.op == plan::Task::Op::kGather)
@@ -30,7 +30,7 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(const spec::Inp
   e->rank_ = rank;
   e->rdv_ = rdv;
   e->layout_ = sender_layout(in, rank);
-  e->arena_.resize(std::max<uint64_t>(e->layout_.bytes, 1));
+  e->arena_.resize(allocate ? std::max<uint64_t>(e->layout_.bytes, 1) : 1);
   const plan::Sender& s = plan.senders[rank];
   e->staging_.resize(std::max<uint64_t>(s.staging_gather + s.staging_ring, 1));
   auto eng = transport::ProgressEngine::start(nics, &e->counters_);
@@ -42,15 +42,37 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(const spec::Inp
   auto st = e->engine_->register_memory(e->staging_.data(), e->staging_.size(), transport::MemKind::kHost);
   if (!st) return st.status();
   e->staging_region_ = *st;
+  if (allocate)
+    for (const ShardSlot& slot : e->layout_.shards)
+      e->bound_[slot.param] = {e->arena_.data() + slot.offset, &e->arena_region_, slot.offset};
   return e;
 }
 
+Status TrainerExecutor::bind_shard(const std::string& name, void* data, uint64_t bytes) {
+  auto it = in_.trainer.index.find(name);
+  if (it == in_.trainer.index.end()) return invalid("bind_shard: no trainer parameter named '{}'", name);
+  auto slot = layout_.by_param.find(it->second);
+  if (slot == layout_.by_param.end()) return invalid("bind_shard: trainer rank {} holds no shard of '{}'", rank_, name);
+  const ShardSlot& s = layout_.shards[slot->second];
+  if (bytes != s.bytes)
+    return invalid("bind_shard('{}'): {} bytes given, the rank's shard {} is {} bytes", name, bytes, s.box.str(), s.bytes);
+  auto reg = engine_->register_memory(data, bytes, transport::MemKind::kHost);
+  if (!reg) return reg.status();
+  user_regions_.push_back(*reg);
+  bound_[s.param] = {static_cast<std::byte*>(data), &user_regions_.back(), 0};
+  return Status::ok();
+}
+
 std::byte* TrainerExecutor::shard(int param) {
-  auto it = layout_.by_param.find(param);
-  return it == layout_.by_param.end() ? nullptr : arena_.data() + layout_.shards[it->second].offset;
+  auto it = bound_.find(param);
+  return it == bound_.end() ? nullptr : it->second.data;
 }
 
 Status TrainerExecutor::prepare(Clock::time_point deadline) {
+  std::string unbound;
+  for (const ShardSlot& s : layout_.shards)
+    if (!bound_.count(s.param)) unbound += (unbound.empty() ? "" : ", ") + in_.trainer.params[s.param].name;
+  if (!unbound.empty()) return invalid("trainer rank {}: shards not bound: {}", rank_, unbound);
   if (Status s = rdv_->put(key("send", rank_), engine_->address()); !s) return s;
   std::set<uint32_t> recvs;
   for (const plan::Write& w : plan_.writes)
@@ -62,16 +84,20 @@ Status TrainerExecutor::prepare(Clock::time_point deadline) {
     if (!peer) return peer.status();
     auto desc = rdv_->get(key("region", r), deadline);
     if (!desc) return desc.status();
-    auto region = transport::RemoteRegion::parse(*desc);
-    if (!region) return region.status();
-    Target t{*peer, *region, receiver_layout(plan_, r)};
-    if (region->len < t.layout.bytes)
-      return invalid("receiver {} registered {} bytes, the plan needs {}", r, region->len, t.layout.bytes);
-    receivers_[r] = std::move(t);
+    auto tensors = parse_descriptors(*desc);
+    if (!tensors) return Status(tensors.status().code(), fmt::format("receiver {}: {}", r, tensors.status().message()));
+    for (uint32_t d = 0; d < plan_.dests.size(); ++d) {
+      if (plan_.dests[d].receiver != r) continue;
+      auto it = tensors->find(d);
+      if (it == tensors->end() || it->second.len < plan_.dests[d].bytes)
+        return invalid("receiver {} published no (or a too small) buffer for '{}'", r, plan_.dest_names[plan_.dests[d].param]);
+    }
+    receivers_[r] = Target{*peer, std::move(tensors).value()};
   }
   // Warm every connection up (the first write to a peer pays for connection set-up).
   std::vector<GroupWrite> warm;
-  for (auto& [r, t] : receivers_) warm.push_back({&arena_region_, 0, t.peer, &t.region, 0, 0, false, 0});
+  for (auto& [r, t] : receivers_)
+    warm.push_back({&staging_region_, 0, t.peer, &t.tensors.begin()->second, 0, 0, false, 0});
   return engine_->wait(engine_->submit(warm), deadline);
 }
 
@@ -116,8 +142,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
         const int src = dp.parts.at(inp.part).src;
         auto it = layout_.by_param.find(src);
         if (it == layout_.by_param.end()) return {};
-        const ShardSlot& s = layout_.shards[it->second];
-        return {s.box, arena_.data() + s.offset};
+        return {layout_.shards[it->second].box, bound_.at(src).data};
       };
       const auto tp = Clock::now();
       if (Status s = plan::project_cpu(in_, plan_, p, res, staging_.data(), staging_.size()); !s)
@@ -136,14 +161,14 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       g.src = &staging_region_;
       g.src_off = w.src_off;
     } else {
-      auto it = layout_.by_param.find(w.src_param);
-      if (it == layout_.by_param.end()) return invalid("write {} reads a shard rank {} does not hold", t.index, rank_);
-      g.src = &arena_region_;
-      g.src_off = layout_.shards[it->second].offset + w.src_off;
+      auto it = bound_.find(w.src_param);
+      if (it == bound_.end()) return invalid("write {} reads a shard rank {} does not hold", t.index, rank_);
+      g.src = it->second.region;
+      g.src_off = it->second.offset + w.src_off;
     }
     g.peer = tg.peer;
-    g.dst = &tg.region;
-    g.dst_off = tg.layout.offset.at(w.dest) + w.dst_off;
+    g.dst = &tg.tensors.at(w.dest);
+    g.dst_off = w.dst_off;
     g.len = w.len;
     g.has_imm = true;
     g.imm = Imm{gen, static_cast<uint8_t>(w.phase), static_cast<uint16_t>(rank_)}.encode();
@@ -164,17 +189,26 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
 Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(const spec::Inputs& in, const plan::Plan& plan,
                                                                      uint32_t receiver,
                                                                      const std::vector<transport::DomainConfig>& nics,
-                                                                     transport::RendezvousClient* rdv) {
+                                                                     transport::RendezvousClient* rdv, bool allocate) {
   if (receiver >= plan.receivers.size())
     return invalid("inference receiver {} is not in the plan ({} receivers)", receiver, plan.receivers.size());
   std::unique_ptr<InferenceReceiver> r(new InferenceReceiver(in, plan));
   r->receiver_ = receiver;
   r->rdv_ = rdv;
   r->layout_ = receiver_layout(plan, receiver);
-  r->arena_.resize(std::max<uint64_t>(r->layout_.bytes, 1));
   auto eng = transport::ProgressEngine::start(nics, &r->counters_);
   if (!eng) return eng.status();
   r->engine_ = std::move(eng).value();
+  if (allocate) {
+    r->arena_.resize(std::max<uint64_t>(r->layout_.bytes, 1));
+    auto reg = r->engine_->register_memory(r->arena_.data(), r->arena_.size(), transport::MemKind::kHost);
+    if (!reg) return reg.status();
+    r->regions_.push_back(*reg);
+    for (const auto& [d, off] : r->layout_.offset) {
+      r->bound_[d] = {r->arena_.data() + off, &r->regions_.back()};
+      r->bound_off_[d] = off;
+    }
+  }
   for (const Expectation& e : expectations(plan, receiver, static_cast<uint32_t>(nics.size())))
     r->expect_.push_back({static_cast<uint8_t>(e.phase), e.sender, e.count});
   for (const plan::Write& w : plan.writes)
@@ -182,16 +216,49 @@ Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(const spec:
   return r;
 }
 
+Status InferenceReceiver::bind_tensor(const std::string& name, bool scales, void* data, uint64_t bytes) {
+  for (const auto& [d, off] : layout_.offset) {
+    const plan::DestTensor& dt = plan_.dests[d];
+    if (plan_.dest_names[dt.param] != name || dt.scale != scales) continue;
+    if (bytes != dt.bytes)
+      return invalid("bind_tensor('{}'{}): {} bytes given, receiver {} needs {} ({} {})", name, scales ? ", scales" : "",
+                     bytes, receiver_, dt.bytes, core::dtype_name(dt.dtype), dt.shape.str());
+    auto reg = engine_->register_memory(data, bytes, transport::MemKind::kHost);
+    if (!reg) return reg.status();
+    regions_.push_back(*reg);
+    bound_[d] = {static_cast<std::byte*>(data), &regions_.back()};
+    bound_off_[d] = 0;
+    return Status::ok();
+  }
+  return invalid("bind_tensor: receiver {} holds no {}'{}'", receiver_, scales ? "scales of " : "", name);
+}
+
 std::byte* InferenceReceiver::tensor(uint32_t dest) {
-  auto it = layout_.offset.find(dest);
-  return it == layout_.offset.end() ? nullptr : arena_.data() + it->second;
+  auto it = bound_.find(dest);
+  return it == bound_.end() ? nullptr : it->second.first;
 }
 
 Status InferenceReceiver::publish() {
-  auto reg = engine_->register_memory(arena_.data(), arena_.size(), transport::MemKind::kHost);
-  if (!reg) return reg.status();
-  region_ = *reg;
-  if (Status s = rdv_->put(key("region", receiver_), transport::NicGroup::remote(region_).serialize()); !s) return s;
+  std::vector<std::pair<uint32_t, transport::RemoteRegion>> descs;
+  std::string unbound;
+  for (const auto& [d, off] : layout_.offset) {
+    auto it = bound_.find(d);
+    if (it == bound_.end()) {
+      unbound += fmt::format("{}{}{}", unbound.empty() ? "" : ", ", plan_.dest_names[plan_.dests[d].param],
+                             plan_.dests[d].scale ? " (scales)" : "");
+      continue;
+    }
+    // A view of the tensor inside its registered region.
+    transport::RemoteRegion rr = transport::NicGroup::remote(*it->second.second);
+    for (auto& k : rr.per_nic) {
+      k.addr += bound_off_[d];
+      k.len = plan_.dests[d].bytes;
+    }
+    rr.len = plan_.dests[d].bytes;
+    descs.push_back({d, rr});
+  }
+  if (!unbound.empty()) return invalid("receiver {}: tensors not bound: {}", receiver_, unbound);
+  if (Status s = rdv_->put(key("region", receiver_), serialize_descriptors(descs)); !s) return s;
   return rdv_->put(key("recv", receiver_), engine_->address());
 }
 

@@ -23,11 +23,16 @@ struct StepReport {
 
 class TrainerExecutor {
  public:
+  // With `allocate`, the executor owns one registered arena holding every shard of the rank;
+  // without, the caller binds its own tensors (bind_shard) before prepare().
   static Result<std::unique_ptr<TrainerExecutor>> create(const spec::Inputs& in, const plan::Plan& plan,
                                                          uint32_t rank,
                                                          const std::vector<transport::DomainConfig>& nics,
-                                                         transport::RendezvousClient* rdv);
-  // The rank's shard of a trainer param in its registered arena (nullptr if not held here).
+                                                         transport::RendezvousClient* rdv, bool allocate = true);
+  // Registers the caller's memory as this rank's shard of trainer param `name` (row-major over
+  // the rank's local box, trainer dtype); `bytes` must be exactly the shard's size.
+  Status bind_shard(const std::string& name, void* data, uint64_t bytes);
+  // The rank's shard of a trainer param (nullptr if not held here or not bound yet).
   std::byte* shard(int param);
   const SenderLayout& layout() const { return layout_; }
   // Publishes this rank's address, connects to every receiver it writes to, fetches their
@@ -41,6 +46,11 @@ class TrainerExecutor {
 
  private:
   TrainerExecutor(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
+  struct Bound {  // where a shard lives: a registered region and the shard's offset in it
+    std::byte* data = nullptr;
+    const transport::Region* region = nullptr;
+    uint64_t offset = 0;
+  };
   const spec::Inputs& in_;
   const plan::Plan& plan_;
   uint32_t rank_ = 0;
@@ -49,11 +59,12 @@ class TrainerExecutor {
   transport::ImmCounters counters_;
   std::unique_ptr<transport::ProgressEngine> engine_;
   transport::Region arena_region_, staging_region_;
+  std::deque<transport::Region> user_regions_;
+  std::map<int, Bound> bound_;
   transport::RendezvousClient* rdv_ = nullptr;
   struct Target {
     uint32_t peer;
-    transport::RemoteRegion region;
-    ReceiverLayout layout;
+    std::map<uint32_t, transport::RemoteRegion> tensors;  // dest id -> its descriptor
   };
   std::map<uint32_t, Target> receivers_;
 };
@@ -65,13 +76,17 @@ struct WaitReport {
 
 class InferenceReceiver {
  public:
+  // With `allocate`, the receiver owns one arena holding all its tensors; without, the caller
+  // binds the engine's own weight tensors (bind_tensor) before publish().
   static Result<std::unique_ptr<InferenceReceiver>> create(const spec::Inputs& in, const plan::Plan& plan,
                                                            uint32_t receiver,
                                                            const std::vector<transport::DomainConfig>& nics,
-                                                           transport::RendezvousClient* rdv);
+                                                           transport::RendezvousClient* rdv, bool allocate = true);
+  // Registers the caller's buffer for inference param `name` on this rank (its FP32 block scales
+  // when `scales`); `bytes` must be exactly the local tensor's size.
+  Status bind_tensor(const std::string& name, bool scales, void* data, uint64_t bytes);
   std::byte* tensor(uint32_t dest);
-  uint64_t arena_bytes() const { return arena_.size(); }
-  // Registers the arena and publishes address and descriptor.
+  // Publishes the address and one descriptor per tensor (all must be bound).
   Status publish();
   // Arms the barrier for an attempt: writes of older generations are ignored from here on.
   void begin(uint8_t generation);
@@ -88,7 +103,9 @@ class InferenceReceiver {
   std::vector<std::byte> arena_;
   transport::ImmCounters counters_;
   std::unique_ptr<transport::ProgressEngine> engine_;
-  transport::Region region_;
+  std::deque<transport::Region> regions_;
+  std::map<uint32_t, std::pair<std::byte*, const transport::Region*>> bound_;  // dest -> (data, region)
+  std::map<uint32_t, uint64_t> bound_off_;  // dest -> offset inside its region
   transport::RendezvousClient* rdv_ = nullptr;
   std::vector<transport::Expect> expect_;
   uint64_t bytes_ = 0;
