@@ -1,0 +1,112 @@
+// weightcast's public C++ API. Embed it in a trainer loop (Sender, one per trainer rank) and in
+// an inference engine (Receiver, one per inference rank); one Controller per job runs the
+// rendezvous and fixes the plan. No exceptions cross this API: every call returns Status or
+// Result<T>. Everything is host memory over libfabric for now (see README for what is next).
+//
+//   Controller c = *Controller::start(job);            // once per job; job.rendezvous is filled in
+//   Receiver r = *Receiver::create(job, index);         // on each inference rank
+//   r.register_tensor("model.layers.0.mlp.experts.0.gate_up_proj.weight", ptr, bytes);
+//   r.publish();
+//   Sender s = *Sender::create(job, rank);              // on each trainer rank
+//   s.register_tensor("model.layers.0.mlp.experts.0.gate_proj.weight", shard_ptr, bytes);
+//   s.prepare();
+//   every step:  s.push(step)   ||   r.wait(step)      // r.wait returns once every byte landed
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "weightcast/core/status.h"
+
+namespace weightcast::api {
+
+struct JobConfig {
+  std::string trainer_spec, inference_spec, topology;  // JSON files (docs/spec-format.md)
+  std::string rendezvous;                              // host:port; Controller::start fills it
+  std::string token;                                   // job token every peer presents
+  std::string provider = "tcp";                        // libfabric provider (efa in production)
+  std::vector<std::string> nics = {"127.0.0.1"};       // local address per NIC of this process
+  double deadline_s = 60;                              // every wait fails after this long
+};
+
+struct TensorInfo {
+  std::string name;
+  bool scales = false;  // the FP32 block scales of a quantized tensor
+  std::string dtype;
+  std::vector<int64_t> shape;  // local shape on this rank
+  uint64_t bytes = 0;
+};
+
+struct PushStats {
+  uint64_t bytes = 0, writes = 0, projections = 0;
+  double seconds = 0, projection_seconds = 0;
+};
+
+struct WaitStats {
+  uint64_t bytes = 0, immediates = 0;
+  double seconds = 0;
+};
+
+class Controller {
+ public:
+  // Loads and plans the job, starts the rendezvous on an ephemeral port of `bind_host` and writes
+  // its host:port into job.rendezvous (and a token if job.token is empty).
+  static Result<Controller> start(JobConfig& job, const std::string& bind_host = "127.0.0.1");
+  Controller(Controller&&) noexcept;
+  Controller& operator=(Controller&&) noexcept;
+  ~Controller();
+  uint32_t senders() const;
+  uint32_t receivers() const;
+  std::string plan_report() const;  // the dry-run report of the plan in force
+
+ private:
+  struct Impl;
+  explicit Controller(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class Sender {
+ public:
+  static Result<Sender> create(const JobConfig& job, uint32_t trainer_rank);
+  Sender(Sender&&) noexcept;
+  Sender& operator=(Sender&&) noexcept;
+  ~Sender();
+  // The shards this rank must register, with their local shapes and sizes.
+  std::vector<TensorInfo> tensors() const;
+  Status register_tensor(const std::string& name, void* data, uint64_t bytes);
+  // Connects to every receiver this rank writes to (all tensors must be registered).
+  Status prepare();
+  // Pushes this step's weights: waits until its receivers are ready for the step, then runs the
+  // rank's projections and writes. Blocks until every write completed.
+  Result<PushStats> push(uint64_t step);
+
+ private:
+  struct Impl;
+  explicit Sender(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class Receiver {
+ public:
+  static Result<Receiver> create(const JobConfig& job, uint32_t receiver_index);
+  Receiver(Receiver&&) noexcept;
+  Receiver& operator=(Receiver&&) noexcept;
+  ~Receiver();
+  std::vector<TensorInfo> tensors() const;
+  Status register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales = false);
+  Status publish();
+  // Arms the step, tells its senders it is ready, and waits until every expected immediate has
+  // arrived: then every byte of the step has landed. Fails after the deadline naming the senders
+  // whose writes are missing; never returns ok on a partial update.
+  Result<WaitStats> wait(uint64_t step);
+
+ private:
+  struct Impl;
+  explicit Receiver(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace weightcast::api

@@ -1,0 +1,203 @@
+// The public API over the executor, receiver, planner and rendezvous.
+#include "weightcast/api/weightcast.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <random>
+#include <set>
+
+#include "weightcast/exec/executor.h"
+#include "weightcast/plan/planner.h"
+#include "weightcast/plan/report.h"
+
+namespace weightcast::api {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+auto in_s(double s) { return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); }
+
+// What every peer of a job shares: the inputs and the plan (each computes it; the controller's
+// digest is checked so all run the same one).
+struct Job {
+  JobConfig cfg;
+  spec::Inputs in;
+  plan::Plan plan;
+};
+
+Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg) {
+  auto in = spec::load_inputs(cfg.trainer_spec, cfg.inference_spec, cfg.topology);
+  if (!in) return in.status();
+  plan::Options o;
+  o.write_cost_us = 0;  // the host executor runs no gathers
+  auto p = plan::make_plan(*in, o);
+  if (!p) return p.status();
+  auto j = std::make_unique<Job>();
+  j->cfg = cfg;
+  j->in = std::move(in).value();
+  j->plan = std::move(p).value();
+  return j;
+}
+
+Result<std::unique_ptr<transport::RendezvousClient>> join(const Job& j) {
+  const auto colon = j.cfg.rendezvous.rfind(':');
+  if (colon == std::string::npos) return invalid("JobConfig.rendezvous '{}' is not host:port", j.cfg.rendezvous);
+  auto c = transport::RendezvousClient::connect(j.cfg.rendezvous.substr(0, colon),
+                                                static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(colon + 1))),
+                                                j.cfg.token, in_s(j.cfg.deadline_s));
+  if (!c) return c.status();
+  auto d = (*c)->get("plan/digest", in_s(j.cfg.deadline_s));
+  if (!d) return d.status();
+  if (std::string(d->begin(), d->end()) != j.plan.inputs_digest)
+    return invalid("this peer's specs give plan {}, the controller's is {}", j.plan.inputs_digest,
+                   std::string(d->begin(), d->end()));
+  return c;
+}
+
+std::vector<transport::DomainConfig> nics(const JobConfig& c) {
+  std::vector<transport::DomainConfig> v;
+  for (const auto& a : c.nics) {
+    transport::DomainConfig d;
+    d.provider = c.provider;
+    d.address = a;
+    v.push_back(d);
+  }
+  return v;
+}
+
+TensorInfo info(const std::string& name, bool scales, core::DType dt, const core::Shape& s) {
+  TensorInfo t{name, scales, std::string(core::dtype_name(dt)), {}, 0};
+  for (int i = 0; i < s.nd; ++i) t.shape.push_back(s[i]);
+  t.bytes = static_cast<uint64_t>(s.numel()) * core::dtype_size(dt);
+  return t;
+}
+
+}  // namespace
+
+struct Controller::Impl {
+  std::unique_ptr<Job> job;
+  std::unique_ptr<transport::RendezvousServer> server;
+};
+
+Result<Controller> Controller::start(JobConfig& cfg, const std::string& bind_host) {
+  auto j = load_job(cfg);
+  if (!j) return j.status();
+  if (cfg.token.empty()) cfg.token = fmt::format("wc-{:016x}", std::random_device{}() * 2654435761ull ^ Clock::now().time_since_epoch().count());
+  auto s = transport::RendezvousServer::start(bind_host, 0, cfg.token);
+  if (!s) return s.status();
+  cfg.rendezvous = fmt::format("{}:{}", bind_host, (*s)->port());
+  auto impl = std::make_unique<Impl>();
+  impl->job = std::move(j).value();
+  impl->job->cfg = cfg;
+  impl->server = std::move(s).value();
+  auto c = transport::RendezvousClient::connect(bind_host, impl->server->port(), cfg.token, in_s(10));
+  if (!c) return c.status();
+  if (Status st = (*c)->put("plan/digest", impl->job->plan.inputs_digest); !st) return st;
+  return Controller(std::move(impl));
+}
+Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Controller::Controller(Controller&&) noexcept = default;
+Controller& Controller::operator=(Controller&&) noexcept = default;
+Controller::~Controller() = default;
+uint32_t Controller::senders() const { return static_cast<uint32_t>(impl_->job->plan.senders.size()); }
+uint32_t Controller::receivers() const { return static_cast<uint32_t>(impl_->job->plan.receivers.size()); }
+std::string Controller::plan_report() const { return plan::report(impl_->job->plan, "job"); }
+
+struct Sender::Impl {
+  std::unique_ptr<Job> job;
+  std::unique_ptr<transport::RendezvousClient> rdv;
+  std::unique_ptr<exec::TrainerExecutor> ex;
+  uint32_t rank = 0;
+  std::set<uint32_t> receivers;
+};
+
+Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
+  auto impl = std::make_unique<Impl>();
+  auto j = load_job(cfg);
+  if (!j) return j.status();
+  impl->job = std::move(j).value();
+  auto c = join(*impl->job);
+  if (!c) return c.status();
+  impl->rdv = std::move(c).value();
+  auto ex = exec::TrainerExecutor::create(impl->job->in, impl->job->plan, rank, nics(cfg), impl->rdv.get(), false);
+  if (!ex) return ex.status();
+  impl->ex = std::move(ex).value();
+  impl->rank = rank;
+  for (const plan::Write& w : impl->job->plan.writes)
+    if (w.sender == rank) impl->receivers.insert(impl->job->plan.dests[w.dest].receiver);
+  return Sender(std::move(impl));
+}
+Sender::Sender(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Sender::Sender(Sender&&) noexcept = default;
+Sender& Sender::operator=(Sender&&) noexcept = default;
+Sender::~Sender() = default;
+
+std::vector<TensorInfo> Sender::tensors() const {
+  std::vector<TensorInfo> out;
+  for (const exec::ShardSlot& s : impl_->ex->layout().shards) {
+    const spec::Param& p = impl_->job->in.trainer.params[s.param];
+    out.push_back(info(p.name, false, p.dtype, s.box.extents()));
+  }
+  return out;
+}
+Status Sender::register_tensor(const std::string& name, void* data, uint64_t bytes) {
+  return impl_->ex->bind_shard(name, data, bytes);
+}
+Status Sender::prepare() { return impl_->ex->prepare(in_s(impl_->job->cfg.deadline_s)); }
+Result<PushStats> Sender::push(uint64_t step) {
+  const double dl = impl_->job->cfg.deadline_s;
+  for (uint32_t r : impl_->receivers)
+    if (auto k = impl_->rdv->get(fmt::format("ready/{}/{}", step, r), in_s(dl)); !k)
+      return Status(k.status().code(), fmt::format("step {}: receiver {} never became ready: {}", step, r, k.status().message()));
+  auto rep = impl_->ex->push(static_cast<uint8_t>(step), in_s(dl));
+  if (!rep) return rep.status();
+  return PushStats{rep->bytes, rep->writes, rep->projects, rep->total_s, rep->project_s};
+}
+
+struct Receiver::Impl {
+  std::unique_ptr<Job> job;
+  std::unique_ptr<transport::RendezvousClient> rdv;
+  std::unique_ptr<exec::InferenceReceiver> rc;
+  uint32_t index = 0;
+};
+
+Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
+  auto impl = std::make_unique<Impl>();
+  auto j = load_job(cfg);
+  if (!j) return j.status();
+  impl->job = std::move(j).value();
+  auto c = join(*impl->job);
+  if (!c) return c.status();
+  impl->rdv = std::move(c).value();
+  auto rc = exec::InferenceReceiver::create(impl->job->in, impl->job->plan, index, nics(cfg), impl->rdv.get(), false);
+  if (!rc) return rc.status();
+  impl->rc = std::move(rc).value();
+  impl->index = index;
+  return Receiver(std::move(impl));
+}
+Receiver::Receiver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Receiver::Receiver(Receiver&&) noexcept = default;
+Receiver& Receiver::operator=(Receiver&&) noexcept = default;
+Receiver::~Receiver() = default;
+
+std::vector<TensorInfo> Receiver::tensors() const {
+  std::vector<TensorInfo> out;
+  const plan::Plan& p = impl_->job->plan;
+  for (const plan::DestTensor& d : p.dests)
+    if (d.receiver == impl_->index) out.push_back(info(p.dest_names[d.param], d.scale, d.dtype, d.shape));
+  return out;
+}
+Status Receiver::register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales) {
+  return impl_->rc->bind_tensor(name, scales, data, bytes);
+}
+Status Receiver::publish() { return impl_->rc->publish(); }
+Result<WaitStats> Receiver::wait(uint64_t step) {
+  impl_->rc->begin(static_cast<uint8_t>(step));
+  if (Status s = impl_->rdv->put(fmt::format("ready/{}/{}", step, impl_->index), "1"); !s) return s;
+  auto w = impl_->rc->wait(static_cast<uint8_t>(step), in_s(impl_->job->cfg.deadline_s));
+  if (!w) return w.status();
+  return WaitStats{w->bytes, w->imms, w->wait_s};
+}
+
+}  // namespace weightcast::api
