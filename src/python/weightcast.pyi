@@ -1,0 +1,57 @@
+# Type stubs for the weightcast Python module (src/python/weightcast_py.cpp).
+from typing import List, Optional, Union
+
+Buffer = Union["numpy.ndarray", memoryview, bytearray, int]  # int: a raw pointer (needs nbytes)
+
+class JobConfig:
+    trainer_spec: str
+    inference_spec: str
+    topology: str
+    rendezvous: str
+    token: str
+    provider: str
+    nics: List[str]
+    deadline_s: float
+    def __init__(self, trainer_spec: str, inference_spec: str, topology: str, rendezvous: str = "",
+                 token: str = "", provider: str = "tcp", nics: List[str] = ["127.0.0.1"],
+                 deadline_s: float = 60.0) -> None: ...
+
+class TensorInfo:
+    name: str
+    scales: bool
+    dtype: str
+    shape: List[int]
+    nbytes: int
+
+class PushStats:
+    bytes: int
+    writes: int
+    projections: int
+    seconds: float
+    projection_seconds: float
+
+class WaitStats:
+    bytes: int
+    immediates: int
+    seconds: float
+
+class Controller:
+    senders: int
+    receivers: int
+    def __init__(self, job: JobConfig, bind_host: str = "127.0.0.1") -> None: ...
+    def plan_report(self) -> str: ...
+
+class Sender:
+    def __init__(self, job: JobConfig, rank: int) -> None: ...
+    def tensors(self) -> List[TensorInfo]: ...
+    def register_tensor(self, name: str, buffer: Buffer, nbytes: Optional[int] = None) -> None: ...
+    def prepare(self) -> None: ...
+    def push(self, step: int) -> PushStats: ...
+
+class Receiver:
+    def __init__(self, job: JobConfig, index: int) -> None: ...
+    def tensors(self) -> List[TensorInfo]: ...
+    def register_tensor(self, name: str, buffer: Buffer, nbytes: Optional[int] = None,
+                        scales: bool = False) -> None: ...
+    def publish(self) -> None: ...
+    def wait(self, step: int) -> WaitStats: ...

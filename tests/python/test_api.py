@@ -1,0 +1,139 @@
+"""The Python binding drives a real transfer: 2 trainer senders (FSDP rows) -> 2 inference
+receivers (TP columns, plus an FP32 cast), numpy buffers, threads for the peers (the GIL is
+released in blocking calls). Expected bytes are computed here with numpy, independently."""
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import weightcast
+
+ROWS, COLS = 8, 16
+
+
+def write_specs(tmp_path):
+    trainer = {
+        "format": "weightcast.spec/v1", "role": "trainer",
+        "mesh": {"axes": [{"name": "fsdp", "size": 2}],
+                 "devices": [{"host": "local", "gpu": 0}, {"host": "local", "gpu": 1}]},
+        "params": [{"name": "w", "shape": [ROWS, COLS], "dtype": "bf16", "placement": {"fsdp": "S(0)"}}],
+    }
+    inference = {
+        "format": "weightcast.spec/v1", "role": "inference",
+        "replicas": [{"axes": [{"name": "tp", "size": 2}],
+                      "devices": [{"host": "local", "gpu": 2}, {"host": "local", "gpu": 3}]}],
+        "params": [
+            {"name": "w", "shape": [ROWS, COLS], "dtype": "bf16", "placement": {"tp": "S(1)"}, "from": "w"},
+            {"name": "w32", "shape": [ROWS, COLS], "dtype": "fp32", "placement": {"tp": "S(0)"}, "from": "w"},
+        ],
+    }
+    topo = {"format": "weightcast.topology/v1", "hosts": [{"name": "local", "gpus": 4}]}
+    paths = []
+    for name, obj in [("trainer", trainer), ("inference", inference), ("topology", topo)]:
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(obj))
+        paths.append(str(p))
+    return paths
+
+
+def bf16_to_f32(u16):
+    return (u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def full_weights(step):
+    # bf16 bit patterns of small finite values that differ every step
+    vals = (np.arange(ROWS * COLS, dtype=np.float32).reshape(ROWS, COLS) - 50.0) * 0.25 * step
+    return (vals.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def test_transfer_two_steps(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=30)
+    ctl = weightcast.Controller(job)
+    assert job.rendezvous.startswith("127.0.0.1:") and job.token
+    assert (ctl.senders, ctl.receivers) == (2, 2)
+    results, errors = {}, []
+
+    def receiver(r):
+        try:
+            rc = weightcast.Receiver(job, r)
+            bufs = {}
+            for info in rc.tensors():
+                dt = np.uint16 if info.dtype == "bf16" else np.float32
+                bufs[info.name] = np.zeros(info.shape, dtype=dt)
+                rc.register_tensor(info.name, bufs[info.name])
+            rc.publish()
+            for step in (1, 2):
+                stats = rc.wait(step)
+                assert stats.immediates > 0
+                results[(r, step)] = {k: v.copy() for k, v in bufs.items()}
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"receiver {r}: {e!r}")
+
+    def sender(s):
+        try:
+            snd = weightcast.Sender(job, s)
+            (info,) = snd.tensors()
+            assert info.name == "w" and info.shape == [ROWS // 2, COLS]
+            shard = np.zeros(info.shape, dtype=np.uint16)
+            snd.register_tensor("w", shard.ctypes.data, shard.nbytes)  # raw pointer, as torch's data_ptr()
+            snd.prepare()
+            for step in (1, 2):
+                shard[:] = full_weights(step)[s * ROWS // 2:(s + 1) * ROWS // 2]
+                stats = snd.push(step)
+                assert stats.bytes > 0
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"sender {s}: {e!r}")
+
+    threads = [threading.Thread(target=receiver, args=(r,)) for r in range(2)]
+    threads += [threading.Thread(target=sender, args=(s,)) for s in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors
+    for step in (1, 2):
+        full = full_weights(step)
+        for r in range(2):
+            got = results[(r, step)]
+            np.testing.assert_array_equal(got["w"], full[:, r * COLS // 2:(r + 1) * COLS // 2])
+            np.testing.assert_array_equal(got["w32"], bf16_to_f32(full[r * ROWS // 2:(r + 1) * ROWS // 2]))
+
+
+def test_errors_are_python_exceptions(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=5)
+    ctl = weightcast.Controller(job)  # noqa: F841 - keeps the rendezvous alive
+    rc = weightcast.Receiver(job, 0)
+    with pytest.raises(ValueError, match="receiver 0 needs 128"):
+        rc.register_tensor("w", np.zeros(3, dtype=np.uint16))
+    with pytest.raises(ValueError, match="holds no 'nope'"):
+        rc.register_tensor("nope", np.zeros(64, dtype=np.uint16))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        rc.register_tensor("w", np.zeros((16, 8), dtype=np.uint16).T)
+    with pytest.raises(ValueError, match="tensors not bound"):
+        rc.publish()
+    bad = weightcast.JobConfig(t, i, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="missing.json: cannot open file"):
+        weightcast.Controller(bad)
+
+
+def test_wait_times_out_naming_the_silent_sender(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=1.5)
+    ctl = weightcast.Controller(job)  # noqa: F841
+    rc = weightcast.Receiver(job, 0)
+    for info in rc.tensors():
+        rc.register_tensor(info.name, np.zeros(info.nbytes, dtype=np.uint8))
+    rc.publish()
+    with pytest.raises(TimeoutError, match="missing: sender 0 .* sender 1"):
+        rc.wait(1)
+
+
+def test_peers_of_a_stopped_job_get_an_error_not_a_crash(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=1)
+    weightcast.Controller(job)  # dropped at once: its rendezvous stops
+    with pytest.raises((TimeoutError, RuntimeError)):
+        weightcast.Receiver(job, 0)
