@@ -99,8 +99,7 @@ PYBIND11_MODULE(weightcast, m) {
   using CtlH = Holder<api::Controller>;
   py::class_<CtlH>(m, "Controller")
       .def(py::init([](api::JobConfig& job, const std::string& bind) {
-             py::gil_scoped_release nogil;
-             return new CtlH{check(api::Controller::start(job, bind)), {}};
+             return new CtlH{check(nogil([&] { return api::Controller::start(job, bind); })), {}};
            }),
            py::arg("job"), py::arg("bind_host") = "127.0.0.1",
            "Plans the job and starts its rendezvous; fills job.rendezvous and job.token.")
