@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "weightcast/exec/executor.h"
+#include "weightcast/exec/safetensors.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
 #include "weightcast/plan/verify.h"
@@ -51,8 +52,39 @@ std::vector<transport::DomainConfig> nic_configs(const DemoOptions& o) {
   return v;
 }
 
-// What training did this step: every element gets the step's pattern value.
-void fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t step) {
+// Trainer values per step: the loaded weights scaled by (1 + (step-1)/8) as a stand-in for
+// training, or the verifier's pattern when no weights are given.
+Result<plan::ValueFn> value_source(const spec::Inputs& in, const std::string& weights) {
+  if (weights.empty()) return plan::ValueFn{};
+  auto st = exec::read_safetensors(weights);
+  if (!st) return st.status();
+  auto table = std::make_shared<std::vector<exec::StTensor>>(in.trainer.params.size());
+  std::string missing;
+  for (size_t i = 0; i < in.trainer.params.size(); ++i) {
+    const spec::Param& p = in.trainer.params[i];
+    auto it = st->find(p.name);
+    if (it == st->end()) {
+      missing += (missing.empty() ? "" : ", ") + p.name;
+      continue;
+    }
+    if (!(it->second.shape == p.shape))
+      return invalid("{}: '{}' has shape {}, the trainer spec says {}", weights, p.name, it->second.shape.str(), p.shape.str());
+    (*table)[i] = std::move(it->second);
+  }
+  if (!missing.empty()) return invalid("{}: no tensors for trainer params {}", weights, missing);
+  return plan::ValueFn([table](int param, int64_t index, uint64_t step) {
+    const exec::StTensor& t = (*table)[static_cast<size_t>(param)];
+    const float v = core::load_as_float(t.dtype, t.data.data() + static_cast<size_t>(index) * core::dtype_size(t.dtype));
+    return v * (1.0f + static_cast<float>(step - 1) / 8.0f);
+  });
+}
+
+float value_at(const plan::ValueFn& values, int param, uint64_t seed, int64_t index, uint64_t step) {
+  return values ? values(param, index, step) : plan::pattern_value(seed, index, step);
+}
+
+// What training did this step: new values in every element of every shard.
+void fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t step, const plan::ValueFn& values) {
   for (const exec::ShardSlot& s : ex.layout().shards) {
     const spec::Param& p = in.trainer.params[s.param];
     const uint64_t seed = plan::pattern_seed(p.name);
@@ -60,7 +92,8 @@ void fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t ste
     std::byte* out = ex.shard(s.param);
     size_t e = 0;
     core::for_each_run(p.shape, s.box, [&](int64_t off, int64_t len) {
-      for (int64_t i = 0; i < len; ++i, ++e) core::store_from_float(p.dtype, plan::pattern_value(seed, off + i, step), out + e * esz);
+      for (int64_t i = 0; i < len; ++i, ++e)
+        core::store_from_float(p.dtype, value_at(values, s.param, seed, off + i, step), out + e * esz);
     });
   }
 }
@@ -94,7 +127,8 @@ Result<Round> next_round(transport::RendezvousClient& rdv, int n) {
   return r;
 }
 
-int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p, transport::RendezvousClient& rdv) {
+int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p, transport::RendezvousClient& rdv,
+                   const plan::ValueFn& values) {
   auto ex = exec::TrainerExecutor::create(in, p, static_cast<uint32_t>(w.index), nic_configs(w.demo), &rdv);
   if (!ex) {
     (void)rdv.put(fmt::format("fail/trainer/{}", w.index), ex.status().message());
@@ -111,7 +145,7 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
     auto r = next_round(rdv, n);
     if (!r) return 1;
     if (r->end) return 0;
-    fill_shards(in, **ex, r->step);
+    fill_shards(in, **ex, r->step, values);
     for (uint32_t rc : recvs)
       if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k) return 1;
     if (n == w.die_in_round) {  // fault injection: half the writes, then die
@@ -132,7 +166,8 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
   }
 }
 
-int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p, transport::RendezvousClient& rdv) {
+int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p, transport::RendezvousClient& rdv,
+                     const plan::ValueFn& values) {
   const auto me = static_cast<uint32_t>(w.index);
   auto rc = exec::InferenceReceiver::create(in, p, me, nic_configs(w.demo), &rdv);
   if (!rc) {
@@ -157,13 +192,27 @@ int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan:
     std::string bad;
     for (uint32_t d = 0; d < p.dests.size() && bad.empty(); ++d) {
       if (p.dests[d].receiver != me) continue;
-      const auto ref = plan::reference_tensor(in, p.dests[d], p.receivers[me], r->step);
+      const auto ref = plan::reference_tensor(in, p.dests[d], p.receivers[me], r->step, values);
       const std::byte* got = (*rc)->tensor(d);
       for (size_t i = 0; i < ref.size() && bad.empty(); ++i)
         if (ref[i] != got[i])
           bad = fmt::format("FAIL tensor '{}'{} byte {}: expected 0x{:02x}, got 0x{:02x}", p.dest_names[p.dests[d].param],
                             p.dests[d].scale ? " (scales)" : "", i, static_cast<unsigned>(ref[i]), static_cast<unsigned>(got[i]));
       checked += ref.size();
+    }
+    if (bad.empty() && !w.demo.dump.empty() && r->step == static_cast<uint64_t>(w.demo.steps)) {
+      // What this rank holds after the last step, as safetensors under the engine's names.
+      std::vector<exec::StView> views;
+      for (uint32_t d = 0; d < p.dests.size(); ++d) {
+        const plan::DestTensor& dt = p.dests[d];
+        if (dt.receiver != me) continue;
+        const spec::DestParam& dp = in.inference.params[dt.param];
+        views.push_back({dt.scale ? dp.quant->scale_name : dp.name, dt.dtype, dt.shape,
+                         std::span<const std::byte>((*rc)->tensor(d), dt.bytes)});
+      }
+      const auto path = fmt::format("{}/replica{}-rank{}.safetensors", w.demo.dump, p.receivers[me].replica, p.receivers[me].rank);
+      if (Status s = exec::write_safetensors(path, views, {{"step", std::to_string(r->step)}, {"format", "pt"}}); !s)
+        bad = "FAIL dump: " + s.message();
     }
     (void)rdv.put(fmt::format("verified/{}/{}", n, me),
                   bad.empty() ? fmt::format("ok {} {:.6f} {}", checked, rep->wait_s, rss_kib()) : bad);
@@ -187,7 +236,12 @@ int run_worker(const WorkerOptions& w) {
     (void)(*rdv)->put(fmt::format("fail/{}/{}", w.role, w.index), "plan digest differs from the controller's");
     return 2;
   }
-  return w.role == "trainer" ? trainer_worker(w, *in, *p, **rdv) : inference_worker(w, *in, *p, **rdv);
+  auto values = value_source(*in, w.demo.weights);
+  if (!values) {
+    (void)(*rdv)->put(fmt::format("fail/{}/{}", w.role, w.index), values.status().message());
+    return 2;
+  }
+  return w.role == "trainer" ? trainer_worker(w, *in, *p, **rdv, *values) : inference_worker(w, *in, *p, **rdv, *values);
 }
 
 int run_demo(const DemoOptions& o) {
@@ -201,6 +255,11 @@ int run_demo(const DemoOptions& o) {
     std::fprintf(stderr, "weightcast: error: %s\n", p.status().message().c_str());
     return 2;
   }
+  if (auto v = value_source(*in, o.weights); !v) {
+    std::fprintf(stderr, "weightcast: error: %s\n", v.status().message().c_str());
+    return 2;
+  }
+  if (!o.dump.empty()) std::filesystem::create_directories(o.dump);
   const auto S = p->senders.size(), R = p->receivers.size();
   const std::string token = fmt::format("demo-{}-{}", getpid(), Clock::now().time_since_epoch().count());
   auto server = transport::RendezvousServer::start("127.0.0.1", 0, token);
@@ -227,7 +286,8 @@ int run_demo(const DemoOptions& o) {
                                   "--token", token, "--trainer", o.trainer, "--inference", o.inference,
                                   "--topology", o.topology, "--nics", std::to_string(o.nics), "--provider",
                                   o.provider, "--deadline", std::to_string(o.deadline_s), "--first-round",
-                                  std::to_string(first_round), "--die-in-round", std::to_string(die_in_round)};
+                                  std::to_string(first_round), "--die-in-round", std::to_string(die_in_round),
+                                  "--steps", std::to_string(o.steps), "--weights", o.weights, "--dump", o.dump};
     const pid_t pid = fork();
     if (pid == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -364,6 +424,7 @@ int run_demo(const DemoOptions& o) {
   }
   std::filesystem::remove_all(logdir);
   std::printf("demo OK: %d steps, every inference byte verified each step\n", o.steps);
+  if (!o.dump.empty()) std::printf("what each inference rank received is in %s/replica*-rank*.safetensors\n", o.dump.c_str());
   return 0;
 }
 

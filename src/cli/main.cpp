@@ -242,6 +242,11 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--kill-trainer-at-step", demo.kill_trainer_at_step,
                        "Fault drill: trainer 0 dies halfway through this step's writes; the step must fail "
                        "on every receiver naming it, then pass after the trainer restarts and rejoins");
+  demo_cmd->add_option("--weights", demo.weights,
+                       "safetensors file with the full trainer weights (names and shapes of the trainer spec); "
+                       "step k pushes them scaled by 1 + (k-1)/8. Default: a deterministic pattern");
+  demo_cmd->add_option("--dump", demo.dump, "Directory where each inference rank writes what it received after "
+                                            "the last step, as replica<R>-rank<Q>.safetensors");
   demo_cmd->add_option("-t,--trainer", demo.trainer, "Trainer spec instead of the built-in demo");
   demo_cmd->add_option("-i,--inference", demo.inference, "Inference spec instead of the built-in demo");
   demo_cmd->add_option("-c,--topology", demo.topology, "Topology instead of the built-in demo");
@@ -260,6 +265,9 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--provider", worker.demo.provider);
   worker_cmd->add_option("--deadline", worker.demo.deadline_s);
   worker_cmd->add_option("--first-round", worker.first_round);
+  worker_cmd->add_option("--steps", worker.demo.steps);
+  worker_cmd->add_option("--weights", worker.demo.weights);
+  worker_cmd->add_option("--dump", worker.demo.dump);
   worker_cmd->add_option("--die-in-round", worker.die_in_round);
 
   app.add_subcommand("configs", "List the built-in configs");

@@ -34,7 +34,7 @@ float pattern_value(uint64_t seed, int64_t index, uint64_t step) {
 }
 
 std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor& d,
-                                        const Receiver& r, uint64_t step) {
+                                        const Receiver& r, uint64_t step, const ValueFn& values) {
   const spec::DestParam& dp = in.inference.params[d.param];
   const spec::Mesh& mesh = in.inference.replicas[r.replica];
   const auto local = spec::dest_local(dp, mesh, r.rank);
@@ -63,7 +63,7 @@ std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor
     int64_t flat = 0;
     for (int k = 0; k < src.shape.nd; ++k) flat = flat * src.shape[k] + g[k];
     std::byte tmp[4];
-    core::store_from_float(src.dtype, pattern_value(seeds[lp->part], flat, step), tmp);
+    core::store_from_float(src.dtype, values ? values(part.src, flat, step) : pattern_value(seeds[lp->part], flat, step), tmp);
     x[e] = core::load_as_float(src.dtype, tmp);
   }
   const size_t esz = core::dtype_size(dp.dtype);

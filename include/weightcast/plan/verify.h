@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,9 +19,13 @@ namespace weightcast::plan {
 uint64_t pattern_seed(const std::string& param);
 float pattern_value(uint64_t seed, int64_t index, uint64_t step);
 
+// Where trainer values come from: element `index` (row-major, global) of trainer param `param`
+// at `step`, before rounding to the param's dtype. Null means pattern_value.
+using ValueFn = std::function<float(int param, int64_t index, uint64_t step)>;
+
 // Reference bytes of one destination tensor, from the specs alone.
 std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor& d,
-                                        const Receiver& r, uint64_t step);
+                                        const Receiver& r, uint64_t step, const ValueFn& values = {});
 
 struct VerifyResult {
   uint64_t bytes_checked = 0, writes = 0, gathers = 0, projects = 0;
