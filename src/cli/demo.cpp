@@ -111,6 +111,7 @@ struct Round {
   bool end = false;
   uint64_t step = 0;
   uint8_t gen = 0;
+  std::vector<uint32_t> incarnations;  // per receiver
 };
 Result<Round> next_round(transport::RendezvousClient& rdv, int n) {
   auto v = rdv.get(fmt::format("round/{}", n), in_s(3600));
@@ -122,8 +123,12 @@ Result<Round> next_round(transport::RendezvousClient& rdv, int n) {
     return r;
   }
   unsigned g = 0;
-  std::istringstream(t) >> r.step >> g;
+  std::istringstream is(t);
+  std::string incs;
+  is >> r.step >> g >> incs;
   r.gen = static_cast<uint8_t>(g);
+  std::istringstream ls(incs);
+  for (std::string x; std::getline(ls, x, ',');) r.incarnations.push_back(static_cast<uint32_t>(std::stoul(x)));
   return r;
 }
 
@@ -145,6 +150,12 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
     auto r = next_round(rdv, n);
     if (!r) return 1;
     if (r->end) return 0;
+    for (uint32_t rc : recvs)  // a restarted receiver: reconnect and use its new buffers
+      if (rc < r->incarnations.size())
+        if (Status s = (*ex)->rejoin(rc, r->incarnations[rc], in_s(w.demo.deadline_s)); !s) {
+          (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + s.message());
+          return 1;
+        }
     fill_shards(in, **ex, r->step, values);
     for (uint32_t rc : recvs)
       if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k) return 1;
@@ -174,9 +185,9 @@ int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan:
     (void)rdv.put(fmt::format("fail/inference/{}", w.index), rc.status().message());
     return 1;
   }
+  (*rc)->set_incarnation(static_cast<uint32_t>(w.incarnation));
   if (Status s = (*rc)->publish(); !s) return 1;
-  std::vector<std::vector<std::byte>> refs;
-  for (int n = 1;; ++n) {
+  for (int n = w.first_round;; ++n) {
     auto r = next_round(rdv, n);
     if (!r) return 1;
     if (r->end) return 0;
@@ -280,14 +291,15 @@ int run_demo(const DemoOptions& o) {
   const auto logdir = std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-{}", getpid());
   std::filesystem::create_directories(logdir);
   std::vector<pid_t> trainers(S, -1), receivers(R, -1);
-  auto spawn = [&](const std::string& role, size_t i, int first_round, int die_in_round) {
+  auto spawn = [&](const std::string& role, size_t i, int first_round, int die_in_round, int incarnation = 0) {
     const std::string log = (logdir / fmt::format("{}-{}.log", role, i)).string();
     std::vector<std::string> args{o.self, "worker", "--role", role, "--index", std::to_string(i), "--rdv", where,
                                   "--token", token, "--trainer", o.trainer, "--inference", o.inference,
                                   "--topology", o.topology, "--nics", std::to_string(o.nics), "--provider",
                                   o.provider, "--deadline", std::to_string(o.deadline_s), "--first-round",
                                   std::to_string(first_round), "--die-in-round", std::to_string(die_in_round),
-                                  "--steps", std::to_string(o.steps), "--weights", o.weights, "--dump", o.dump};
+                                  "--steps", std::to_string(o.steps), "--weights", o.weights, "--dump", o.dump,
+                                  "--incarnation", std::to_string(incarnation)};
     const pid_t pid = fork();
     if (pid == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -311,11 +323,23 @@ int run_demo(const DemoOptions& o) {
     if (step <= 10 || e.first == 0) e.first = kib;
     e.second = kib;
   };
+  std::vector<uint32_t> incarnation(R, 0);
   for (int step = 1; step <= o.steps && !failed; ++step) {
+    if (step == o.restart_receiver_at_step) {
+      // Fault drill: inference 0 goes away between steps and comes back with fresh buffers.
+      kill(receivers[0], SIGKILL);
+      waitpid(receivers[0], nullptr, 0);
+      ++incarnation[0];
+      receivers[0] = spawn("inference", 0, round + 1, 0, static_cast<int>(incarnation[0]));
+      std::printf("inference 0 killed after step %d and restarted (incarnation %u); trainers reconnect to it\n",
+                  step - 1, incarnation[0]);
+    }
+    std::string incs;
+    for (uint32_t k : incarnation) incs += (incs.empty() ? "" : ",") + std::to_string(k);
     for (int attempt = 1;; ++attempt) {
       ++round;
       const auto gen = static_cast<uint8_t>(round);
-      (void)(*rdv)->put(fmt::format("round/{}", round), fmt::format("{} {}", step, gen));
+      (void)(*rdv)->put(fmt::format("round/{}", round), fmt::format("{} {} {}", step, gen, incs));
       double slowest = 0, proj = 0;
       uint64_t bytes = 0, writes = 0, checked = 0;
       std::vector<std::string> why;

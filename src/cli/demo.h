@@ -13,6 +13,7 @@ struct DemoOptions {
   std::string provider = "tcp";
   double deadline_s = 60;
   int kill_trainer_at_step = 0;  // fault injection: trainer 0 dies mid-push at this step
+  int restart_receiver_at_step = 0;  // fault injection: inference 0 is killed and restarted before this step
   std::string weights;           // safetensors with the full trainer weights (else a pattern)
   std::string dump;              // directory: each inference rank writes what it got, last step
   std::string self;  // path of this executable, to start workers
@@ -27,6 +28,7 @@ struct WorkerOptions {
   std::string token;
   int first_round = 1;
   int die_in_round = 0;
+  int incarnation = 0;  // > 0: a restarted inference process
   DemoOptions demo;
 };
 int run_worker(const WorkerOptions& w);

@@ -242,6 +242,9 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--kill-trainer-at-step", demo.kill_trainer_at_step,
                        "Fault drill: trainer 0 dies halfway through this step's writes; the step must fail "
                        "on every receiver naming it, then pass after the trainer restarts and rejoins");
+  demo_cmd->add_option("--restart-receiver-at-step", demo.restart_receiver_at_step,
+                       "Fault drill: inference 0 is killed after the previous step and restarted with fresh "
+                       "buffers; trainers reconnect and the step must rewrite and verify every byte");
   demo_cmd->add_option("--weights", demo.weights,
                        "safetensors file with the full trainer weights (names and shapes of the trainer spec); "
                        "step k pushes them scaled by 1 + (k-1)/8. Default: a deterministic pattern");
@@ -266,6 +269,7 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--deadline", worker.demo.deadline_s);
   worker_cmd->add_option("--first-round", worker.first_round);
   worker_cmd->add_option("--steps", worker.demo.steps);
+  worker_cmd->add_option("--incarnation", worker.incarnation);
   worker_cmd->add_option("--weights", worker.demo.weights);
   worker_cmd->add_option("--dump", worker.demo.dump);
   worker_cmd->add_option("--die-in-round", worker.die_in_round);

@@ -77,28 +77,41 @@ Status TrainerExecutor::prepare(Clock::time_point deadline) {
   std::set<uint32_t> recvs;
   for (const plan::Write& w : plan_.writes)
     if (w.sender == rank_) recvs.insert(plan_.dests[w.dest].receiver);
-  for (uint32_t r : recvs) {
-    auto addr = rdv_->get(key("recv", r), deadline);
-    if (!addr) return Status(addr.status().code(), fmt::format("receiver {}: {}", r, addr.status().message()));
-    auto peer = engine_->connect(*addr);
-    if (!peer) return peer.status();
-    auto desc = rdv_->get(key("region", r), deadline);
-    if (!desc) return desc.status();
-    auto tensors = parse_descriptors(*desc);
-    if (!tensors) return Status(tensors.status().code(), fmt::format("receiver {}: {}", r, tensors.status().message()));
-    for (uint32_t d = 0; d < plan_.dests.size(); ++d) {
-      if (plan_.dests[d].receiver != r) continue;
-      auto it = tensors->find(d);
-      if (it == tensors->end() || it->second.len < plan_.dests[d].bytes)
-        return invalid("receiver {} published no (or a too small) buffer for '{}'", r, plan_.dest_names[plan_.dests[d].param]);
-    }
-    receivers_[r] = Target{*peer, std::move(tensors).value()};
-  }
+  for (uint32_t r : recvs)
+    if (Status s = connect_receiver(r, 0, deadline); !s) return s;
   // Warm every connection up (the first write to a peer pays for connection set-up).
   std::vector<GroupWrite> warm;
   for (auto& [r, t] : receivers_)
     warm.push_back({&staging_region_, 0, t.peer, &t.tensors.begin()->second, 0, 0, false, 0});
   return engine_->wait(engine_->submit(warm), deadline);
+}
+
+Status TrainerExecutor::connect_receiver(uint32_t r, uint32_t incarnation, Clock::time_point deadline) {
+  const std::string suffix = incarnation ? fmt::format("@{}", incarnation) : "";
+  auto addr = rdv_->get(key("recv", r) + suffix, deadline);
+  if (!addr) return Status(addr.status().code(), fmt::format("receiver {}: {}", r, addr.status().message()));
+  auto peer = engine_->connect(*addr);
+  if (!peer) return peer.status();
+  auto desc = rdv_->get(key("region", r) + suffix, deadline);
+  if (!desc) return desc.status();
+  auto tensors = parse_descriptors(*desc);
+  if (!tensors) return Status(tensors.status().code(), fmt::format("receiver {}: {}", r, tensors.status().message()));
+  for (uint32_t d = 0; d < plan_.dests.size(); ++d) {
+    if (plan_.dests[d].receiver != r) continue;
+    auto it = tensors->find(d);
+    if (it == tensors->end() || it->second.len < plan_.dests[d].bytes)
+      return invalid("receiver {} published no (or a too small) buffer for '{}'", r, plan_.dest_names[plan_.dests[d].param]);
+  }
+  receivers_[r] = Target{*peer, std::move(tensors).value(), incarnation};
+  return Status::ok();
+}
+
+Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_point deadline) {
+  auto it = receivers_.find(r);
+  if (it == receivers_.end() || it->second.incarnation == incarnation) return Status::ok();
+  if (Status s = connect_receiver(r, incarnation, deadline); !s) return s;
+  Target& t = receivers_[r];
+  return engine_->wait(engine_->submit({{&staging_region_, 0, t.peer, &t.tensors.begin()->second, 0, 0, false, 0}}), deadline);
 }
 
 Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline, uint64_t max_writes) {
@@ -258,8 +271,9 @@ Status InferenceReceiver::publish() {
     descs.push_back({d, rr});
   }
   if (!unbound.empty()) return invalid("receiver {}: tensors not bound: {}", receiver_, unbound);
-  if (Status s = rdv_->put(key("region", receiver_), serialize_descriptors(descs)); !s) return s;
-  return rdv_->put(key("recv", receiver_), engine_->address());
+  const std::string suffix = incarnation_ ? fmt::format("@{}", incarnation_) : "";
+  if (Status s = rdv_->put(key("region", receiver_) + suffix, serialize_descriptors(descs)); !s) return s;
+  return rdv_->put(key("recv", receiver_) + suffix, engine_->address());
 }
 
 void InferenceReceiver::begin(uint8_t generation) { counters_.begin_generation(generation); }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end through `weightcast demo`: real trainer and inference processes over libfabric
 # tcp;ofi_rxm, every inference byte verified against the reference each step.
-#   demo_test.sh WEIGHTCAST basic|fault|soak
+#   demo_test.sh WEIGHTCAST basic|fault|rejoin|soak
 set -u
 wc="$1"; what="$2"
 out=$(mktemp); trap 'rm -f "$out"' EXIT
@@ -17,6 +17,11 @@ case "$what" in
     expect "inference 1: .*missing: sender 0 \(phase"
     expect "trainer 0 died \(Killed\); restarting"
     expect "^step 2/3: .*verified against the reference \(attempt 2\)"
+    expect "demo OK: 3 steps" ;;
+  rejoin)  # inference 0 restarted between steps: trainers reconnect, the next step rewrites it all
+    timeout 300 "$wc" demo --steps 3 --restart-receiver-at-step 2 >"$out" 2>&1; rc=$?
+    expect "inference 0 killed after step 1 and restarted \(incarnation 1\)"
+    expect "^step 2/3: .*5771008 bytes on 2 receivers verified"
     expect "demo OK: 3 steps" ;;
   soak)  # 200 consecutive steps, every byte verified, no RSS growth
     timeout 900 "$wc" demo --steps 200 >"$out" 2>&1; rc=$?

@@ -43,8 +43,12 @@ class TrainerExecutor {
   // generation identifies the attempt: a retried step uses a new one, so writes of an aborted
   // attempt can never count toward it. `max_writes` stops early (fault-injection tests).
   Result<StepReport> push(uint8_t generation, Clock::time_point deadline, uint64_t max_writes = UINT64_MAX);
+  // A receiver restarted (new incarnation, new buffers): reconnect to it and use its new
+  // descriptors from the next push on. No-op when the incarnation is the one in use.
+  Status rejoin(uint32_t receiver, uint32_t incarnation, Clock::time_point deadline);
 
  private:
+  Status connect_receiver(uint32_t receiver, uint32_t incarnation, Clock::time_point deadline);
   TrainerExecutor(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
   struct Bound {  // where a shard lives: a registered region and the shard's offset in it
     std::byte* data = nullptr;
@@ -65,6 +69,7 @@ class TrainerExecutor {
   struct Target {
     uint32_t peer;
     std::map<uint32_t, transport::RemoteRegion> tensors;  // dest id -> its descriptor
+    uint32_t incarnation = 0;
   };
   std::map<uint32_t, Target> receivers_;
 };
@@ -86,8 +91,10 @@ class InferenceReceiver {
   // when `scales`); `bytes` must be exactly the local tensor's size.
   Status bind_tensor(const std::string& name, bool scales, void* data, uint64_t bytes);
   std::byte* tensor(uint32_t dest);
-  // Publishes the address and one descriptor per tensor (all must be bound).
+  // Publishes the address and one descriptor per tensor (all must be bound). A restarted receiver
+  // sets its incarnation first, so senders can tell its new descriptors from the old ones.
   Status publish();
+  void set_incarnation(uint32_t k) { incarnation_ = k; }
   // Arms the barrier for an attempt: writes of older generations are ignored from here on.
   void begin(uint8_t generation);
   // Waits until every expected immediate of the generation arrived; on deadline fails naming
@@ -109,6 +116,7 @@ class InferenceReceiver {
   transport::RendezvousClient* rdv_ = nullptr;
   std::vector<transport::Expect> expect_;
   uint64_t bytes_ = 0;
+  uint32_t incarnation_ = 0;
 };
 
 }  // namespace weightcast::exec
