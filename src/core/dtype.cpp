@@ -62,20 +62,17 @@ namespace {
 uint32_t encode_magnitude(float a, int mbits, int bias) {
   const int min_normal_exp = 1 - bias;
   if (a == 0.0f) return 0;
-  int ex = 0;
-  std::frexp(a, &ex);
-  const int e = ex - 1;
-  if (e < min_normal_exp) {  // subnormal: multiples of 2^(min_normal_exp - mbits)
+  const uint32_t u = std::bit_cast<uint32_t>(a);
+  const int e = static_cast<int>(u >> 23) - 127;
+  if (e < min_normal_exp) {  // subnormal in the target: multiples of 2^(min_normal_exp - mbits)
     return static_cast<uint32_t>(std::nearbyint(std::ldexp(a, mbits - min_normal_exp)));
   }
-  const float mant = std::ldexp(a, -e);  // [1, 2)
-  auto m = static_cast<uint32_t>(std::nearbyint((mant - 1.0f) * static_cast<float>(1 << mbits)));
-  uint32_t field = static_cast<uint32_t>(e + bias);
-  if (m == (1u << mbits)) {
-    m = 0;
-    ++field;
-  }
-  return (field << mbits) | m;
+  // Normal: keep the top `mbits` of the float's 23-bit mantissa, rounding to nearest even on
+  // the bits dropped; a carry out of the mantissa bumps the exponent field, as it should.
+  const uint32_t m = u & 0x7fffff;
+  const int shift = 23 - mbits;
+  const uint32_t r = (m + ((1u << (shift - 1)) - 1) + ((m >> shift) & 1)) >> shift;
+  return (static_cast<uint32_t>(e + bias) << mbits) + r;
 }
 
 float decode_magnitude(uint32_t code, int mbits, int bias) {

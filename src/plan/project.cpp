@@ -36,9 +36,14 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr, 
     const Shape hs = h.box.extents();
     const int nd = inp.src.nd;
     const auto& lp = local->parts[inp.part];
+    // Row by row along the innermost source dim: one index computation per row, then a strided
+    // inner loop (stride 1, or a row of the box when the part is transposed).
+    const int64_t row = inp.src.extent(nd - 1);
+    const int64_t dstride = part.transpose && nd >= 2 ? bs[nd - 1] : 1;
     std::array<int64_t, core::kMaxDims> i{};
     for (int k = 0; k < nd; ++k) i[k] = inp.src.lo[k];
-    for (int64_t n = 0; n < inp.src.numel(); ++n) {
+    const int64_t rows = row > 0 ? inp.src.numel() / row : 0;
+    for (int64_t n = 0; n < rows; ++n) {
       int64_t off = 0;
       for (int k = 0; k < nd; ++k) off = off * hs[k] + (i[k] - h.box.lo[k]);
       std::array<int64_t, core::kMaxDims> d = i;  // part-global -> dest-local -> box-relative
@@ -46,12 +51,16 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr, 
       int64_t boff = 0;
       for (int k = 0; k < nd; ++k) {
         const int64_t v = d[k] - lp.global.lo[k] + (k == dp.concat_dim ? lp.offset : 0) - pr.box.lo[k];
-        if (v < 0 || v >= bs[k]) return invalid("projection input {} maps outside its box {}", inp.src.str(), pr.box.str());
+        const int64_t last = v + ((part.transpose ? k == nd - 2 : k == nd - 1) ? row - 1 : 0);
+        if (v < 0 || last >= bs[k]) return invalid("projection input {} maps outside its box {}", inp.src.str(), pr.box.str());
         boff = boff * bs[k] + v;
       }
-      x[boff] = core::load_as_float(sp.dtype, h.data + off * esz);
-      ++hit[boff];
-      for (int k = nd - 1; k >= 0; --k) {
+      const std::byte* src = h.data + off * esz;
+      for (int64_t j = 0; j < row; ++j) {
+        x[static_cast<size_t>(boff + j * dstride)] = core::load_as_float(sp.dtype, src + j * esz);
+        ++hit[static_cast<size_t>(boff + j * dstride)];
+      }
+      for (int k = nd - 2; k >= 0; --k) {
         if (++i[k] < inp.src.hi[k]) break;
         i[k] = inp.src.lo[k];
       }
