@@ -116,6 +116,7 @@ Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_poi
 
 Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline, uint64_t max_writes) {
   const auto t0 = Clock::now();
+  const uint64_t post0 = engine_->stats().post_ns;
   StepReport rep;
   rep.step = gen;
   const uint64_t step = gen;
@@ -196,6 +197,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
   rep.write_s = since(tw);
   rep.total_s = since(t0);
+  rep.post_s = static_cast<double>(engine_->stats().post_ns - post0) * 1e-9;
   return rep;
 }
 

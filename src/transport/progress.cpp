@@ -131,7 +131,9 @@ void ProgressEngine::loop() {
       while (!q.empty()) {
         const size_t chunk = std::min<size_t>(q.size(), 32);
         std::vector<WriteOp> ops(q.begin(), q.begin() + static_cast<long>(chunk));
+        const auto tp = Clock::now();
         auto took = group_->nic(n).post(ops);
+        const auto post_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - tp).count());
         size_t t = took ? *took : 0;
         if (!took) {  // a post error fails that op's batch; drop it and go on
           std::lock_guard<std::mutex> lk(batch_mu_);
@@ -149,6 +151,7 @@ void ProgressEngine::loop() {
         {
           std::lock_guard<std::mutex> lk(batch_mu_);
           stats_.shards_posted += t;
+          stats_.post_ns += post_ns;
           if (t < chunk) ++stats_.eagain;
         }
         q.erase(q.begin(), q.begin() + static_cast<long>(t));
@@ -188,8 +191,11 @@ void ProgressEngine::loop() {
     // data, on both sides). Idle for a while: yield, then sleep briefly, so an idle GPU's thread
     // does not eat a core; a receiver's thread wakes within ~20 us.
     bool inflight = !shard_batch_.empty();
-    if (busy || inflight) {
+    if (busy) {
       idle = 0;
+    } else if (inflight) {
+      idle = 0;
+      std::this_thread::yield();  // waiting on the wire: let other GPUs' threads run
     } else if (++idle > 4096) {
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     } else {

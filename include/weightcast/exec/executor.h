@@ -19,6 +19,7 @@ using Clock = std::chrono::steady_clock;
 struct StepReport {
   uint64_t step = 0, bytes = 0, writes = 0, projects = 0;
   double project_s = 0, write_s = 0, total_s = 0;  // write_s: time not hidden behind projection
+  double post_s = 0;  // CPU time the progress thread spent posting this step's writes
 };
 
 class TrainerExecutor {
