@@ -55,6 +55,21 @@ Result<std::unique_ptr<transport::RendezvousClient>> join(const Job& j) {
   return c;
 }
 
+// What every Sender and Receiver starts with: the job (inputs + plan) and a rendezvous session.
+struct PeerBase {
+  std::unique_ptr<Job> job;
+  std::unique_ptr<transport::RendezvousClient> rdv;
+};
+Status open_peer(const JobConfig& cfg, PeerBase& p) {
+  auto j = load_job(cfg);
+  if (!j) return j.status();
+  p.job = std::move(j).value();
+  auto c = join(*p.job);
+  if (!c) return c.status();
+  p.rdv = std::move(c).value();
+  return Status::ok();
+}
+
 std::vector<transport::DomainConfig> nics(const JobConfig& c) {
   std::vector<transport::DomainConfig> v;
   for (const auto& a : c.nics) {
@@ -104,9 +119,7 @@ uint32_t Controller::senders() const { return static_cast<uint32_t>(impl_->job->
 uint32_t Controller::receivers() const { return static_cast<uint32_t>(impl_->job->plan.receivers.size()); }
 std::string Controller::plan_report() const { return plan::report(impl_->job->plan, "job"); }
 
-struct Sender::Impl {
-  std::unique_ptr<Job> job;
-  std::unique_ptr<transport::RendezvousClient> rdv;
+struct Sender::Impl : PeerBase {
   std::unique_ptr<exec::TrainerExecutor> ex;
   uint32_t rank = 0;
   std::set<uint32_t> receivers;
@@ -114,12 +127,7 @@ struct Sender::Impl {
 
 Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   auto impl = std::make_unique<Impl>();
-  auto j = load_job(cfg);
-  if (!j) return j.status();
-  impl->job = std::move(j).value();
-  auto c = join(*impl->job);
-  if (!c) return c.status();
-  impl->rdv = std::move(c).value();
+  if (Status s = open_peer(cfg, *impl); !s) return s;
   auto ex = exec::TrainerExecutor::create(impl->job->in, impl->job->plan, rank, nics(cfg), impl->rdv.get(), false);
   if (!ex) return ex.status();
   impl->ex = std::move(ex).value();
@@ -155,21 +163,14 @@ Result<PushStats> Sender::push(uint64_t step) {
   return PushStats{rep->bytes, rep->writes, rep->projects, rep->total_s, rep->project_s, rep->post_s};
 }
 
-struct Receiver::Impl {
-  std::unique_ptr<Job> job;
-  std::unique_ptr<transport::RendezvousClient> rdv;
+struct Receiver::Impl : PeerBase {
   std::unique_ptr<exec::InferenceReceiver> rc;
   uint32_t index = 0;
 };
 
 Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   auto impl = std::make_unique<Impl>();
-  auto j = load_job(cfg);
-  if (!j) return j.status();
-  impl->job = std::move(j).value();
-  auto c = join(*impl->job);
-  if (!c) return c.status();
-  impl->rdv = std::move(c).value();
+  if (Status s = open_peer(cfg, *impl); !s) return s;
   auto rc = exec::InferenceReceiver::create(impl->job->in, impl->job->plan, index, nics(cfg), impl->rdv.get(), false);
   if (!rc) return rc.status();
   impl->rc = std::move(rc).value();
