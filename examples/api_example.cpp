@@ -59,11 +59,15 @@ int main(int argc, char** argv) {
         size_t k = 0;
         for (uint32_t d = 0; d < p->dests.size(); ++d) {
           if (p->dests[d].receiver != r) continue;
-          const auto ref = plan::reference_tensor(*in, p->dests[d], p->receivers[r], static_cast<uint64_t>(step));
+          const auto ref = plan::reference_tensor(*in, p->dests[d], p->receivers[r],
+                                                  static_cast<uint64_t>(step));
           if (std::memcmp(ref.data(), bufs[k++].data(), ref.size()) != 0)
-            report(invalid("step {}: '{}' differs from the reference", step, p->dest_names[p->dests[d].param]), "verify");
+            report(invalid("step {}: '{}' differs from the reference", step,
+                           p->dest_names[p->dests[d].param]),
+                   "verify");
         }
-        std::printf("receiver %u step %d: %llu bytes landed and verified\n", r, step, static_cast<unsigned long long>(w->bytes));
+        std::printf("receiver %u step %d: %llu bytes landed and verified\n", r, step,
+                    static_cast<unsigned long long>(w->bytes));
       }
     });
   for (uint32_t s = 0; s < ctl->senders(); ++s)
@@ -85,8 +89,9 @@ int main(int argc, char** argv) {
           size_t e = 0;
           core::for_each_run(prm.shape, box, [&](int64_t off, int64_t len) {
             for (int64_t i = 0; i < len; ++i, ++e)
-              core::store_from_float(prm.dtype, plan::pattern_value(seed, off + i, static_cast<uint64_t>(step)),
-                                     buf.data() + e * core::dtype_size(prm.dtype));
+              core::store_from_float(
+                  prm.dtype, plan::pattern_value(seed, off + i, static_cast<uint64_t>(step)),
+                  buf.data() + e * core::dtype_size(prm.dtype));
           });
         }
         auto st = snd->push(static_cast<uint64_t>(step));

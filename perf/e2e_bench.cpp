@@ -4,7 +4,8 @@
 //   e2e:  full steps through the public API (Controller, Senders in this process, Receivers in a
 //         child process): bytes of a step over the step's wall time, for
 //           copy: a BF16 FSDP4 -> TP2 reshard that is pure zero-copy writes, and
-//           moe:  the demo-moe model (fused qkv / gate_up, BF16 -> FP8 block quantization on the CPU);
+//           moe:  the demo-moe model (fused qkv / gate_up, BF16 -> FP8 block quantization on the
+//           CPU);
 //   post: time inside the NICs' post calls per write (binding-free re-posting: the plan is bound
 //         once, every step only posts).
 #include <sys/resource.h>
@@ -32,17 +33,20 @@ constexpr int kSteps = 12;
 [[maybe_unused]] double cpu_s() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
 }
 
 void write_copy_specs(const std::string& dir) {
   std::ofstream(dir + "/trainer.json") << R"js({"format": "weightcast.spec/v1", "role": "trainer",
     "mesh": {"axes": [{"name": "fsdp", "size": 4}], "devices": {"host": "local", "gpus_per_host": 16}},
     "params": [{"name": "w{i}", "for": {"i": [0, 16]}, "shape": [2048, 2048], "dtype": "bf16", "placement": {"fsdp": "S(0)"}}]})js";
-  std::ofstream(dir + "/inference.json") << R"js({"format": "weightcast.spec/v1", "role": "inference",
+  std::ofstream(dir + "/inference.json")
+      << R"js({"format": "weightcast.spec/v1", "role": "inference",
     "replicas": {"count": 1, "mesh": {"axes": [{"name": "tp", "size": 2}]}, "devices": {"host": "local", "gpus_per_host": 16, "first_gpu": 8}},
     "params": [{"name": "w{i}", "for": {"i": [0, 16]}, "shape": [2048, 2048], "dtype": "bf16", "placement": {"tp": "S(0)"}, "from": "w{i}"}]})js";
-  std::ofstream(dir + "/topology.json") << R"js({"format": "weightcast.topology/v1", "hosts": [{"name": "local", "gpus": 16, "nic_gbps": 100}]})js";
+  std::ofstream(dir + "/topology.json")
+      << R"js({"format": "weightcast.topology/v1", "hosts": [{"name": "local", "gpus": 16, "nic_gbps": 100}]})js";
 }
 
 // Receivers of a job, in a child process; reads rendezvous and token from the pipe.
@@ -158,7 +162,8 @@ double raw_gbps() {
   if (child == 0) {
     uint16_t port = 0;
     if (read(pipefd[0], &port, sizeof port) != sizeof port) _exit(1);
-    auto rdv = transport::RendezvousClient::connect("127.0.0.1", port, "raw", Clock::now() + std::chrono::seconds(20));
+    auto rdv = transport::RendezvousClient::connect("127.0.0.1", port, "raw",
+                                                    Clock::now() + std::chrono::seconds(20));
     transport::ImmCounters c;
     transport::DomainConfig d;
     d.address = "127.0.0.1";
@@ -170,7 +175,9 @@ double raw_gbps() {
     for (int rep = 1; rep <= 3; ++rep) {
       c.begin_generation(static_cast<uint8_t>(rep));
       (void)(*rdv)->put("ready" + std::to_string(rep), "1");
-      if (!c.wait(static_cast<uint8_t>(rep), {{0, 0, kCount}}, Clock::now() + std::chrono::seconds(120))) _exit(2);
+      if (!c.wait(static_cast<uint8_t>(rep), {{0, 0, kCount}},
+                  Clock::now() + std::chrono::seconds(120)))
+        _exit(2);
       (void)(*rdv)->put("done" + std::to_string(rep), "1");
     }
     _exit(0);
@@ -178,7 +185,8 @@ double raw_gbps() {
   auto server = transport::RendezvousServer::start("127.0.0.1", 0, "raw");
   const uint16_t port = (*server)->port();
   if (write(pipefd[1], &port, sizeof port) != sizeof port) std::exit(1);
-  auto rdv = transport::RendezvousClient::connect("127.0.0.1", port, "raw", Clock::now() + std::chrono::seconds(20));
+  auto rdv = transport::RendezvousClient::connect("127.0.0.1", port, "raw",
+                                                  Clock::now() + std::chrono::seconds(20));
   transport::ImmCounters c;
   transport::DomainConfig d;
   d.address = "127.0.0.1";
@@ -190,12 +198,15 @@ double raw_gbps() {
   const auto rr = *transport::RemoteRegion::parse(*(*rdv)->get("region", dl()));
   double best = 0;
   for (int rep = 1; rep <= 3; ++rep) {
-    std::vector<transport::GroupWrite> ws(kCount, {&*reg, 0, peer, &rr, 0, kSize, true, transport::Imm{static_cast<uint8_t>(rep), 0, 0}.encode()});
+    std::vector<transport::GroupWrite> ws(
+        kCount, {&*reg, 0, peer, &rr, 0, kSize, true,
+                 transport::Imm{static_cast<uint8_t>(rep), 0, 0}.encode()});
     (void)(*rdv)->get("ready" + std::to_string(rep), dl());
     const double t0 = perf::now_s();
     (void)(*eng)->wait((*eng)->submit(ws), dl());
     (void)(*rdv)->get("done" + std::to_string(rep), dl());
-    if (rep > 1) best = std::max(best, static_cast<double>(kSize * kCount) / (perf::now_s() - t0) / 1e9);
+    if (rep > 1)
+      best = std::max(best, static_cast<double>(kSize * kCount) / (perf::now_s() - t0) / 1e9);
   }
   waitpid(child, nullptr, 0);
   return best;
@@ -204,7 +215,8 @@ double raw_gbps() {
 }  // namespace
 
 int main() {
-  const auto dir = std::filesystem::temp_directory_path() / ("wc-e2e-bench-" + std::to_string(getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("wc-e2e-bench-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   write_copy_specs(dir.string());
   const double raw = raw_gbps();
@@ -212,16 +224,22 @@ int main() {
   const std::string moe = std::string(WC_SOURCE_DIR) + "/configs/demo-moe";
   const E2E q = run_job(moe, 2);
   std::filesystem::remove_all(dir);
-  std::printf("e2e_bench: tcp;ofi_rxm on loopback, 1 NIC per process; e2e = median step of %d (2 warm-up steps dropped)\n", kSteps);
+  std::printf(
+      "e2e_bench: tcp;ofi_rxm on loopback, 1 NIC per process; e2e = median step of %d (2 warm-up "
+      "steps dropped)\n",
+      kSteps);
   std::printf("  raw 16 MiB writes                  %.2f GB/s\n", raw);
-  std::printf("  copy (BF16 FSDP4 -> TP2, 64 MiB)   %.2f GB/s per step, %llu writes/step\n", copy.gbps,
-              static_cast<unsigned long long>(copy.writes / (kSteps - 2)));
-  std::printf("  moe  (demo-moe, FP8 on the CPU)    %.2f GB/s per step, projection %.1f ms/step summed over senders\n",
-              q.gbps, q.proj_ms);
+  std::printf("  copy (BF16 FSDP4 -> TP2, 64 MiB)   %.2f GB/s per step, %llu writes/step\n",
+              copy.gbps, static_cast<unsigned long long>(copy.writes / (kSteps - 2)));
+  std::printf(
+      "  moe  (demo-moe, FP8 on the CPU)    %.2f GB/s per step, projection %.1f ms/step summed "
+      "over senders\n",
+      q.gbps, q.proj_ms);
   perf::ratio("e2e copy step vs raw transport", copy.gbps, raw, "GB/s", "target >= 0.8");
   perf::ratio("e2e moe step vs raw transport", q.gbps, raw, "GB/s", "CPU projection bound");
-  std::printf("%-34s %.1f us per write (time in the NICs' post calls per write; copy %.1f, moe %.1f)\n",
-              "binding-free re-posting", std::max(copy.cpu_us_per_write, q.cpu_us_per_write), copy.cpu_us_per_write,
-              q.cpu_us_per_write);
+  std::printf(
+      "%-34s %.1f us per write (time in the NICs' post calls per write; copy %.1f, moe %.1f)\n",
+      "binding-free re-posting", std::max(copy.cpu_us_per_write, q.cpu_us_per_write),
+      copy.cpu_us_per_write, q.cpu_us_per_write);
   return 0;
 }

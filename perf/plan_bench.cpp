@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
   double rank0_gbps = 0;
   for (int r = 0; r < reps; ++r) {
     const double t0 = perf::now_s();
-    auto in = spec::load_inputs(dir + "trainer.json", dir + "inference.json", dir + "topology.json");
+    auto in =
+        spec::load_inputs(dir + "trainer.json", dir + "inference.json", dir + "topology.json");
     if (!in) {
       std::fprintf(stderr, "%s\n", in.status().message().c_str());
       return 2;
@@ -38,8 +39,8 @@ int main(int argc, char** argv) {
     rank0_gbps = p->senders[0].nic_gbps * p->senders[0].nics;
   }
   const double rss = perf::peak_rss_bytes();
-  std::printf("plan_bench %s: best of %d runs, %zu writes, %.2f TiB moved\n", name.c_str(), reps, writes,
-              static_cast<double>(sum.bytes) / (1ull << 40));
+  std::printf("plan_bench %s: best of %d runs, %zu writes, %.2f TiB moved\n", name.c_str(), reps,
+              writes, static_cast<double>(sum.bytes) / (1ull << 40));
   perf::ratio("planning time (parse+plan)", best, 2.0, "s", "target <= 1.0 of 2 s");
   perf::ratio("peak RSS", rss / (1 << 20), 1024.0, "MiB", "target <= 1.0 of 1 GiB");
   perf::ratio("predicted step vs ingress floor", sum.predicted_s, sum.ingress_floor_s, "s",

@@ -29,7 +29,9 @@ const int kNics[] = {1, 2, 4};
 constexpr uint64_t kBuf = 64 << 20;
 uint64_t g_total = 512ull << 20;
 
-auto in_s(double s) { return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); }
+auto in_s(double s) {
+  return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+}
 template <typename T>
 T must(Result<T> r) {
   if (!r) {
@@ -53,7 +55,9 @@ std::vector<DomainConfig> nics(int k) {
   }
   return v;
 }
-std::string key(const char* what, int k, uint64_t size) { return fmt::format("{}/{}/{}", what, k, size); }
+std::string key(const char* what, int k, uint64_t size) {
+  return fmt::format("{}/{}/{}", what, k, size);
+}
 uint64_t count_for(uint64_t size) { return std::max<uint64_t>(1, g_total / size); }
 
 int receiver(uint16_t port) {
@@ -128,7 +132,8 @@ int main(int argc, char** argv) {
     Region r = must(eng->register_memory(buf.data(), buf.size(), MemKind::kHost));
     must(rdv->put(fmt::format("saddr/{}", k), eng->address()));
     const uint32_t peer = must(eng->connect(must(rdv->get(fmt::format("raddr/{}", k), in_s(30)))));
-    const RemoteRegion rr = must(RemoteRegion::parse(must(rdv->get(fmt::format("rregion/{}", k), in_s(30)))));
+    const RemoteRegion rr =
+        must(RemoteRegion::parse(must(rdv->get(fmt::format("rregion/{}", k), in_s(30)))));
     uint8_t gen = 0;
     for (uint64_t size : kSizes)
       for (int rep = 0; rep < 3; ++rep) {
@@ -136,7 +141,8 @@ int main(int argc, char** argv) {
         std::vector<GroupWrite> ws;
         const uint64_t n = count_for(size);
         for (uint64_t i = 0; i < n; ++i)
-          ws.push_back({&r, 0, peer, &rr, (i * size) % (kBuf - size + 1), size, true, Imm{gen, 0, 0}.encode()});
+          ws.push_back({&r, 0, peer, &rr, (i * size) % (kBuf - size + 1), size, true,
+                        Imm{gen, 0, 0}.encode()});
         must(rdv->get(key("ready", k, size) + std::to_string(rep), in_s(60)));
         const double t0 = perf::now_s();
         must(eng->wait(eng->submit(std::move(ws)), in_s(120)));
@@ -177,16 +183,19 @@ int main(int argc, char** argv) {
   close(fd);
   int st = 0;
   waitpid(child, &st, 0);
-  std::printf("transport_bw: %s one-sided writes with imm vs a TCP socket stream, same two processes, "
-              "%llu MiB per point, best of 2 after a warm-up\n",
-              provider.c_str(), static_cast<unsigned long long>(g_total >> 20));
-  std::printf("%10s %10s %10s %10s %10s %14s\n", "size", "TCP GB/s", "1 NIC", "2 NICs", "4 NICs", "1 NIC / TCP");
+  std::printf(
+      "transport_bw: %s one-sided writes with imm vs a TCP socket stream, same two processes, "
+      "%llu MiB per point, best of 2 after a warm-up\n",
+      provider.c_str(), static_cast<unsigned long long>(g_total >> 20));
+  std::printf("%10s %10s %10s %10s %10s %14s\n", "size", "TCP GB/s", "1 NIC", "2 NICs", "4 NICs",
+              "1 NIC / TCP");
   double worst = 1e9;
   for (uint64_t size : kSizes) {
     const double ratio = gbps[{1, size}] / gbps[{0, size}];
     if (size >= (1 << 20)) worst = std::min(worst, ratio);
-    std::printf("%9lluK %10.2f %10.2f %10.2f %10.2f %13.2fx\n", static_cast<unsigned long long>(size >> 10),
-                gbps[{0, size}], gbps[{1, size}], gbps[{2, size}], gbps[{4, size}], ratio);
+    std::printf("%9lluK %10.2f %10.2f %10.2f %10.2f %13.2fx\n",
+                static_cast<unsigned long long>(size >> 10), gbps[{0, size}], gbps[{1, size}],
+                gbps[{2, size}], gbps[{4, size}], ratio);
   }
   perf::ratio("worst 1-NIC ratio at >= 1 MiB", worst, 0.9, "x", "target >= 1.0 of 0.9x TCP");
   return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1;

@@ -16,7 +16,9 @@ namespace weightcast::api {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-auto in_s(double s) { return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); }
+auto in_s(double s) {
+  return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+}
 
 // What every peer of a job shares: the inputs and the plan (each computes it; the controller's
 // digest is checked so all run the same one).
@@ -42,10 +44,12 @@ Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg) {
 
 Result<std::unique_ptr<transport::RendezvousClient>> join(const Job& j) {
   const auto colon = j.cfg.rendezvous.rfind(':');
-  if (colon == std::string::npos) return invalid("JobConfig.rendezvous '{}' is not host:port", j.cfg.rendezvous);
-  auto c = transport::RendezvousClient::connect(j.cfg.rendezvous.substr(0, colon),
-                                                static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(colon + 1))),
-                                                j.cfg.token, in_s(j.cfg.deadline_s));
+  if (colon == std::string::npos)
+    return invalid("JobConfig.rendezvous '{}' is not host:port", j.cfg.rendezvous);
+  auto c = transport::RendezvousClient::connect(
+      j.cfg.rendezvous.substr(0, colon),
+      static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(colon + 1))), j.cfg.token,
+      in_s(j.cfg.deadline_s));
   if (!c) return c.status();
   auto d = (*c)->get("plan/digest", in_s(j.cfg.deadline_s));
   if (!d) return d.status();
@@ -98,7 +102,9 @@ struct Controller::Impl {
 Result<Controller> Controller::start(JobConfig& cfg, const std::string& bind_host) {
   auto j = load_job(cfg);
   if (!j) return j.status();
-  if (cfg.token.empty()) cfg.token = fmt::format("wc-{:016x}", std::random_device{}() * 2654435761ull ^ Clock::now().time_since_epoch().count());
+  if (cfg.token.empty())
+    cfg.token = fmt::format("wc-{:016x}", std::random_device{}() * 2654435761ull ^
+                                              Clock::now().time_since_epoch().count());
   auto s = transport::RendezvousServer::start(bind_host, 0, cfg.token);
   if (!s) return s.status();
   cfg.rendezvous = fmt::format("{}:{}", bind_host, (*s)->port());
@@ -106,7 +112,8 @@ Result<Controller> Controller::start(JobConfig& cfg, const std::string& bind_hos
   impl->job = std::move(j).value();
   impl->job->cfg = cfg;
   impl->server = std::move(s).value();
-  auto c = transport::RendezvousClient::connect(bind_host, impl->server->port(), cfg.token, in_s(10));
+  auto c =
+      transport::RendezvousClient::connect(bind_host, impl->server->port(), cfg.token, in_s(10));
   if (!c) return c.status();
   if (Status st = (*c)->put("plan/digest", impl->job->plan.inputs_digest); !st) return st;
   return Controller(std::move(impl));
@@ -115,8 +122,12 @@ Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Controller::Controller(Controller&&) noexcept = default;
 Controller& Controller::operator=(Controller&&) noexcept = default;
 Controller::~Controller() = default;
-uint32_t Controller::senders() const { return static_cast<uint32_t>(impl_->job->plan.senders.size()); }
-uint32_t Controller::receivers() const { return static_cast<uint32_t>(impl_->job->plan.receivers.size()); }
+uint32_t Controller::senders() const {
+  return static_cast<uint32_t>(impl_->job->plan.senders.size());
+}
+uint32_t Controller::receivers() const {
+  return static_cast<uint32_t>(impl_->job->plan.receivers.size());
+}
 std::string Controller::plan_report() const { return plan::report(impl_->job->plan, "job"); }
 
 struct Sender::Impl : PeerBase {
@@ -128,7 +139,8 @@ struct Sender::Impl : PeerBase {
 Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   auto impl = std::make_unique<Impl>();
   if (Status s = open_peer(cfg, *impl); !s) return s;
-  auto ex = exec::TrainerExecutor::create(impl->job->in, impl->job->plan, rank, nics(cfg), impl->rdv.get(), false);
+  auto ex = exec::TrainerExecutor::create(impl->job->in, impl->job->plan, rank, nics(cfg),
+                                          impl->rdv.get(), false);
   if (!ex) return ex.status();
   impl->ex = std::move(ex).value();
   impl->rank = rank;
@@ -157,10 +169,12 @@ Result<PushStats> Sender::push(uint64_t step) {
   const double dl = impl_->job->cfg.deadline_s;
   for (uint32_t r : impl_->receivers)
     if (auto k = impl_->rdv->get(fmt::format("ready/{}/{}", step, r), in_s(dl)); !k)
-      return Status(k.status().code(), fmt::format("step {}: receiver {} never became ready: {}", step, r, k.status().message()));
+      return Status(k.status().code(), fmt::format("step {}: receiver {} never became ready: {}",
+                                                   step, r, k.status().message()));
   auto rep = impl_->ex->push(static_cast<uint8_t>(step), in_s(dl));
   if (!rep) return rep.status();
-  return PushStats{rep->bytes, rep->writes, rep->projects, rep->total_s, rep->project_s, rep->post_s};
+  return PushStats{rep->bytes,   rep->writes,    rep->projects,
+                   rep->total_s, rep->project_s, rep->post_s};
 }
 
 struct Receiver::Impl : PeerBase {
@@ -171,7 +185,8 @@ struct Receiver::Impl : PeerBase {
 Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   auto impl = std::make_unique<Impl>();
   if (Status s = open_peer(cfg, *impl); !s) return s;
-  auto rc = exec::InferenceReceiver::create(impl->job->in, impl->job->plan, index, nics(cfg), impl->rdv.get(), false);
+  auto rc = exec::InferenceReceiver::create(impl->job->in, impl->job->plan, index, nics(cfg),
+                                            impl->rdv.get(), false);
   if (!rc) return rc.status();
   impl->rc = std::move(rc).value();
   impl->index = index;
@@ -186,7 +201,8 @@ std::vector<TensorInfo> Receiver::tensors() const {
   std::vector<TensorInfo> out;
   const plan::Plan& p = impl_->job->plan;
   for (const plan::DestTensor& d : p.dests)
-    if (d.receiver == impl_->index) out.push_back(info(p.dest_names[d.param], d.scale, d.dtype, d.shape));
+    if (d.receiver == impl_->index)
+      out.push_back(info(p.dest_names[d.param], d.scale, d.dtype, d.shape));
   return out;
 }
 Status Receiver::register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales) {

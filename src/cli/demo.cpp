@@ -10,12 +10,12 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
-#include <cstring>
 
 #include "weightcast/exec/executor.h"
 #include "weightcast/exec/safetensors.h"
@@ -28,7 +28,9 @@ namespace weightcast::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-auto in_s(double s) { return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); }
+auto in_s(double s) {
+  return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+}
 std::string str(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
 
 Result<spec::Inputs> load(const DemoOptions& o) {
@@ -68,23 +70,27 @@ Result<plan::ValueFn> value_source(const spec::Inputs& in, const std::string& we
       continue;
     }
     if (!(it->second.shape == p.shape))
-      return invalid("{}: '{}' has shape {}, the trainer spec says {}", weights, p.name, it->second.shape.str(), p.shape.str());
+      return invalid("{}: '{}' has shape {}, the trainer spec says {}", weights, p.name,
+                     it->second.shape.str(), p.shape.str());
     (*table)[i] = std::move(it->second);
   }
   if (!missing.empty()) return invalid("{}: no tensors for trainer params {}", weights, missing);
   return plan::ValueFn([table](int param, int64_t index, uint64_t step) {
     const exec::StTensor& t = (*table)[static_cast<size_t>(param)];
-    const float v = core::load_as_float(t.dtype, t.data.data() + static_cast<size_t>(index) * core::dtype_size(t.dtype));
+    const float v = core::load_as_float(
+        t.dtype, t.data.data() + static_cast<size_t>(index) * core::dtype_size(t.dtype));
     return v * (1.0f + static_cast<float>(step - 1) / 8.0f);
   });
 }
 
-float value_at(const plan::ValueFn& values, int param, uint64_t seed, int64_t index, uint64_t step) {
+float value_at(const plan::ValueFn& values, int param, uint64_t seed, int64_t index,
+               uint64_t step) {
   return values ? values(param, index, step) : plan::pattern_value(seed, index, step);
 }
 
 // What training did this step: new values in every element of every shard.
-void fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t step, const plan::ValueFn& values) {
+void fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t step,
+                 const plan::ValueFn& values) {
   for (const exec::ShardSlot& s : ex.layout().shards) {
     const spec::Param& p = in.trainer.params[s.param];
     const uint64_t seed = plan::pattern_seed(p.name);
@@ -93,7 +99,8 @@ void fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t ste
     size_t e = 0;
     core::for_each_run(p.shape, s.box, [&](int64_t off, int64_t len) {
       for (int64_t i = 0; i < len; ++i, ++e)
-        core::store_from_float(p.dtype, value_at(values, s.param, seed, off + i, step), out + e * esz);
+        core::store_from_float(p.dtype, value_at(values, s.param, seed, off + i, step),
+                               out + e * esz);
     });
   }
 }
@@ -128,13 +135,15 @@ Result<Round> next_round(transport::RendezvousClient& rdv, int n) {
   is >> r.step >> g >> incs;
   r.gen = static_cast<uint8_t>(g);
   std::istringstream ls(incs);
-  for (std::string x; std::getline(ls, x, ',');) r.incarnations.push_back(static_cast<uint32_t>(std::stoul(x)));
+  for (std::string x; std::getline(ls, x, ',');)
+    r.incarnations.push_back(static_cast<uint32_t>(std::stoul(x)));
   return r;
 }
 
-int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p, transport::RendezvousClient& rdv,
-                   const plan::ValueFn& values) {
-  auto ex = exec::TrainerExecutor::create(in, p, static_cast<uint32_t>(w.index), nic_configs(w.demo), &rdv);
+int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p,
+                   transport::RendezvousClient& rdv, const plan::ValueFn& values) {
+  auto ex = exec::TrainerExecutor::create(in, p, static_cast<uint32_t>(w.index),
+                                          nic_configs(w.demo), &rdv);
   if (!ex) {
     (void)rdv.put(fmt::format("fail/trainer/{}", w.index), ex.status().message());
     return 1;
@@ -158,7 +167,8 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
         }
     fill_shards(in, **ex, r->step, values);
     for (uint32_t rc : recvs)
-      if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k) return 1;
+      if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k)
+        return 1;
     if (n == w.die_in_round) {  // fault injection: half the writes, then die
       uint64_t mine = 0;
       for (const plan::Write& x : p.writes) mine += x.sender == static_cast<uint32_t>(w.index);
@@ -172,13 +182,13 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
       continue;
     }
     (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index),
-                  fmt::format("{} {} {:.6f} {:.6f} {:.6f} {}", rep->bytes, rep->writes, rep->project_s, rep->write_s,
-                              rep->total_s, rss_kib()));
+                  fmt::format("{} {} {:.6f} {:.6f} {:.6f} {}", rep->bytes, rep->writes,
+                              rep->project_s, rep->write_s, rep->total_s, rss_kib()));
   }
 }
 
-int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p, transport::RendezvousClient& rdv,
-                     const plan::ValueFn& values) {
+int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p,
+                     transport::RendezvousClient& rdv, const plan::ValueFn& values) {
   const auto me = static_cast<uint32_t>(w.index);
   auto rc = exec::InferenceReceiver::create(in, p, me, nic_configs(w.demo), &rdv);
   if (!rc) {
@@ -207,8 +217,9 @@ int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan:
       const std::byte* got = (*rc)->tensor(d);
       for (size_t i = 0; i < ref.size() && bad.empty(); ++i)
         if (ref[i] != got[i])
-          bad = fmt::format("FAIL tensor '{}'{} byte {}: expected 0x{:02x}, got 0x{:02x}", p.dest_names[p.dests[d].param],
-                            p.dests[d].scale ? " (scales)" : "", i, static_cast<unsigned>(ref[i]), static_cast<unsigned>(got[i]));
+          bad = fmt::format("FAIL tensor '{}'{} byte {}: expected 0x{:02x}, got 0x{:02x}",
+                            p.dest_names[p.dests[d].param], p.dests[d].scale ? " (scales)" : "", i,
+                            static_cast<unsigned>(ref[i]), static_cast<unsigned>(got[i]));
       checked += ref.size();
     }
     if (bad.empty() && !w.demo.dump.empty() && r->step == static_cast<uint64_t>(w.demo.steps)) {
@@ -221,12 +232,16 @@ int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan:
         views.push_back({dt.scale ? dp.quant->scale_name : dp.name, dt.dtype, dt.shape,
                          std::span<const std::byte>((*rc)->tensor(d), dt.bytes)});
       }
-      const auto path = fmt::format("{}/replica{}-rank{}.safetensors", w.demo.dump, p.receivers[me].replica, p.receivers[me].rank);
-      if (Status s = exec::write_safetensors(path, views, {{"step", std::to_string(r->step)}, {"format", "pt"}}); !s)
+      const auto path = fmt::format("{}/replica{}-rank{}.safetensors", w.demo.dump,
+                                    p.receivers[me].replica, p.receivers[me].rank);
+      if (Status s = exec::write_safetensors(path, views,
+                                             {{"step", std::to_string(r->step)}, {"format", "pt"}});
+          !s)
         bad = "FAIL dump: " + s.message();
     }
-    (void)rdv.put(fmt::format("verified/{}/{}", n, me),
-                  bad.empty() ? fmt::format("ok {} {:.6f} {}", checked, rep->wait_s, rss_kib()) : bad);
+    (void)rdv.put(
+        fmt::format("verified/{}/{}", n, me),
+        bad.empty() ? fmt::format("ok {} {:.6f} {}", checked, rep->wait_s, rss_kib()) : bad);
   }
 }
 
@@ -238,13 +253,15 @@ int run_worker(const WorkerOptions& w) {
   auto p = plan::make_plan(*in, demo_plan_options());
   if (!p) return 2;
   const auto colon = w.rdv.find(':');
-  auto rdv = transport::RendezvousClient::connect(w.rdv.substr(0, colon), static_cast<uint16_t>(std::stoi(w.rdv.substr(colon + 1))),
-                                                  w.token, in_s(20));
+  auto rdv = transport::RendezvousClient::connect(
+      w.rdv.substr(0, colon), static_cast<uint16_t>(std::stoi(w.rdv.substr(colon + 1))), w.token,
+      in_s(20));
   if (!rdv) return 1;
   // Everyone must run the same plan.
   auto digest = (*rdv)->get("plan/digest", in_s(20));
   if (!digest || str(*digest) != p->inputs_digest) {
-    (void)(*rdv)->put(fmt::format("fail/{}/{}", w.role, w.index), "plan digest differs from the controller's");
+    (void)(*rdv)->put(fmt::format("fail/{}/{}", w.role, w.index),
+                      "plan digest differs from the controller's");
     return 2;
   }
   auto values = value_source(*in, w.demo.weights);
@@ -252,7 +269,8 @@ int run_worker(const WorkerOptions& w) {
     (void)(*rdv)->put(fmt::format("fail/{}/{}", w.role, w.index), values.status().message());
     return 2;
   }
-  return w.role == "trainer" ? trainer_worker(w, *in, *p, **rdv, *values) : inference_worker(w, *in, *p, **rdv, *values);
+  return w.role == "trainer" ? trainer_worker(w, *in, *p, **rdv, *values)
+                             : inference_worker(w, *in, *p, **rdv, *values);
 }
 
 int run_demo(const DemoOptions& o) {
@@ -272,7 +290,8 @@ int run_demo(const DemoOptions& o) {
   }
   if (!o.dump.empty()) std::filesystem::create_directories(o.dump);
   const auto S = p->senders.size(), R = p->receivers.size();
-  const std::string token = fmt::format("demo-{}-{}", getpid(), Clock::now().time_since_epoch().count());
+  const std::string token =
+      fmt::format("demo-{}-{}", getpid(), Clock::now().time_since_epoch().count());
   auto server = transport::RendezvousServer::start("127.0.0.1", 0, token);
   if (!server) {
     std::fprintf(stderr, "weightcast: error: %s\n", server.status().message().c_str());
@@ -283,23 +302,36 @@ int run_demo(const DemoOptions& o) {
   if (!rdv || !(*rdv)->put("plan/digest", p->inputs_digest)) return 1;
   uint64_t moved = 0;
   for (const plan::Write& w : p->writes) moved += w.len;
-  std::printf("demo: %zu trainer -> %zu inference processes over libfabric %s, %d NIC(s) each; plan %s: "
-              "%zu writes, %s per step\n",
-              S, R, o.provider.c_str(), o.nics, p->inputs_digest.c_str(), p->writes.size(),
-              plan::human_bytes(static_cast<double>(moved)).c_str());
+  std::printf(
+      "demo: %zu trainer -> %zu inference processes over libfabric %s, %d NIC(s) each; plan %s: "
+      "%zu writes, %s per step\n",
+      S, R, o.provider.c_str(), o.nics, p->inputs_digest.c_str(), p->writes.size(),
+      plan::human_bytes(static_cast<double>(moved)).c_str());
   std::fflush(stdout);
-  const auto logdir = std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-{}", getpid());
+  const auto logdir =
+      std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-{}", getpid());
   std::filesystem::create_directories(logdir);
   std::vector<pid_t> trainers(S, -1), receivers(R, -1);
-  auto spawn = [&](const std::string& role, size_t i, int first_round, int die_in_round, int incarnation = 0) {
+  auto spawn = [&](const std::string& role, size_t i, int first_round, int die_in_round,
+                   int incarnation = 0) {
     const std::string log = (logdir / fmt::format("{}-{}.log", role, i)).string();
-    std::vector<std::string> args{o.self, "worker", "--role", role, "--index", std::to_string(i), "--rdv", where,
-                                  "--token", token, "--trainer", o.trainer, "--inference", o.inference,
-                                  "--topology", o.topology, "--nics", std::to_string(o.nics), "--provider",
-                                  o.provider, "--deadline", std::to_string(o.deadline_s), "--first-round",
-                                  std::to_string(first_round), "--die-in-round", std::to_string(die_in_round),
-                                  "--steps", std::to_string(o.steps), "--weights", o.weights, "--dump", o.dump,
-                                  "--incarnation", std::to_string(incarnation)};
+    std::vector<std::string> args{o.self,           "worker",
+                                  "--role",         role,
+                                  "--index",        std::to_string(i),
+                                  "--rdv",          where,
+                                  "--token",        token,
+                                  "--trainer",      o.trainer,
+                                  "--inference",    o.inference,
+                                  "--topology",     o.topology,
+                                  "--nics",         std::to_string(o.nics),
+                                  "--provider",     o.provider,
+                                  "--deadline",     std::to_string(o.deadline_s),
+                                  "--first-round",  std::to_string(first_round),
+                                  "--die-in-round", std::to_string(die_in_round),
+                                  "--steps",        std::to_string(o.steps),
+                                  "--weights",      o.weights,
+                                  "--dump",         o.dump,
+                                  "--incarnation",  std::to_string(incarnation)};
     const pid_t pid = fork();
     if (pid == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -315,7 +347,8 @@ int run_demo(const DemoOptions& o) {
   };
   for (size_t r = 0; r < R; ++r) receivers[r] = spawn("inference", r, 1, 0);
   // The fault: trainer 0 dies in the first attempt of step K (round K: no retries before it).
-  for (size_t s = 0; s < S; ++s) trainers[s] = spawn("trainer", s, 1, s == 0 ? o.kill_trainer_at_step : 0);
+  for (size_t s = 0; s < S; ++s)
+    trainers[s] = spawn("trainer", s, 1, s == 0 ? o.kill_trainer_at_step : 0);
   int failed = 0, round = 0;
   std::map<std::string, std::pair<uint64_t, uint64_t>> rss;  // worker -> (after warm-up, last)
   auto note_rss = [&](const std::string& who, uint64_t kib, int step) {
@@ -331,8 +364,10 @@ int run_demo(const DemoOptions& o) {
       waitpid(receivers[0], nullptr, 0);
       ++incarnation[0];
       receivers[0] = spawn("inference", 0, round + 1, 0, static_cast<int>(incarnation[0]));
-      std::printf("inference 0 killed after step %d and restarted (incarnation %u); trainers reconnect to it\n",
-                  step - 1, incarnation[0]);
+      std::printf(
+          "inference 0 killed after step %d and restarted (incarnation %u); trainers reconnect to "
+          "it\n",
+          step - 1, incarnation[0]);
     }
     std::string incs;
     for (uint32_t k : incarnation) incs += (incs.empty() ? "" : ",") + std::to_string(k);
@@ -358,7 +393,8 @@ int run_demo(const DemoOptions& o) {
         note_rss(fmt::format("inference {}", r), kib, step);
       }
       for (size_t s = 0; s < S; ++s) {
-        auto v = (*rdv)->get(fmt::format("pushed/{}/{}", round, s), in_s(why.empty() ? o.deadline_s + 30 : 2));
+        auto v = (*rdv)->get(fmt::format("pushed/{}/{}", round, s),
+                             in_s(why.empty() ? o.deadline_s + 30 : 2));
         const std::string t = v ? str(*v) : "FAIL no report (" + v.status().message() + ")";
         if (t.rfind("FAIL", 0) == 0) {
           why.push_back(fmt::format("trainer {}: {}", s, t.substr(5)));
@@ -376,13 +412,15 @@ int run_demo(const DemoOptions& o) {
       }
       if (why.empty()) {
         if (step <= 5 || step % 20 == 0 || step == o.steps || attempt > 1)
-          std::printf("step %d/%d: %s in %llu writes, slowest trainer %.1f ms (projection %.1f ms), %.2f GB/s; "
-                      "%llu bytes on %zu receivers verified against the reference%s\n",
-                      step, o.steps, plan::human_bytes(static_cast<double>(bytes)).c_str(),
-                      static_cast<unsigned long long>(writes), slowest * 1e3, proj * 1e3,
-                      slowest > 0 ? static_cast<double>(bytes) / slowest / 1e9 : 0.0,
-                      static_cast<unsigned long long>(checked), R,
-                      attempt > 1 ? fmt::format(" (attempt {})", attempt).c_str() : "");
+          std::printf(
+              "step %d/%d: %s in %llu writes, slowest trainer %.1f ms (projection %.1f ms), %.2f "
+              "GB/s; "
+              "%llu bytes on %zu receivers verified against the reference%s\n",
+              step, o.steps, plan::human_bytes(static_cast<double>(bytes)).c_str(),
+              static_cast<unsigned long long>(writes), slowest * 1e3, proj * 1e3,
+              slowest > 0 ? static_cast<double>(bytes) / slowest / 1e9 : 0.0,
+              static_cast<unsigned long long>(checked), R,
+              attempt > 1 ? fmt::format(" (attempt {})", attempt).c_str() : "");
         std::fflush(stdout);
         break;
       }
@@ -435,8 +473,8 @@ int run_demo(const DemoOptions& o) {
         worst = static_cast<int64_t>(v.second) - static_cast<int64_t>(v.first);
         who = w;
       }
-    std::printf("RSS: largest growth after step 10 is %lld KiB (%s) over %d steps\n", static_cast<long long>(worst),
-                who.empty() ? "none" : who.c_str(), o.steps);
+    std::printf("RSS: largest growth after step 10 is %lld KiB (%s) over %d steps\n",
+                static_cast<long long>(worst), who.empty() ? "none" : who.c_str(), o.steps);
     if (worst > 4096) {
       std::printf("demo FAILED: memory grows with steps\n");
       failed = 1;
@@ -448,7 +486,9 @@ int run_demo(const DemoOptions& o) {
   }
   std::filesystem::remove_all(logdir);
   std::printf("demo OK: %d steps, every inference byte verified each step\n", o.steps);
-  if (!o.dump.empty()) std::printf("what each inference rank received is in %s/replica*-rank*.safetensors\n", o.dump.c_str());
+  if (!o.dump.empty())
+    std::printf("what each inference rank received is in %s/replica*-rank*.safetensors\n",
+                o.dump.c_str());
   return 0;
 }
 

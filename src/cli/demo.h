@@ -13,10 +13,11 @@ struct DemoOptions {
   std::string provider = "tcp";
   double deadline_s = 60;
   int kill_trainer_at_step = 0;  // fault injection: trainer 0 dies mid-push at this step
-  int restart_receiver_at_step = 0;  // fault injection: inference 0 is killed and restarted before this step
-  std::string weights;           // safetensors with the full trainer weights (else a pattern)
-  std::string dump;              // directory: each inference rank writes what it got, last step
-  std::string self;  // path of this executable, to start workers
+  int restart_receiver_at_step =
+      0;                // fault injection: inference 0 is killed and restarted before this step
+  std::string weights;  // safetensors with the full trainer weights (else a pattern)
+  std::string dump;     // directory: each inference rank writes what it got, last step
+  std::string self;     // path of this executable, to start workers
 };
 
 int run_demo(const DemoOptions& o);

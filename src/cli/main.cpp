@@ -1,24 +1,23 @@
 // The weightcast command line: `plan` (dry run), `verify` (replay on host memory) and `configs`.
 // Exit status: 0 success, 1 a verification or system failure, 2 bad input (specs, flags, plan).
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <thread>
 
 #include "demo.h"
 #include "embedded_configs.h"
-
-#include <filesystem>
-#include <unistd.h>
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
 #include "weightcast/plan/verify.h"
 #include "weightcast/transport/rendezvous.h"
-
-#include <csignal>
-#include <thread>
 
 namespace {
 
@@ -32,17 +31,20 @@ struct InputFlags {
 
   void add(CLI::App* app, int64_t default_scale) {
     scale = default_scale;
-    app->add_option("--trainer,-t", trainer, "Trainer sharding spec (JSON, weightcast.spec/v1 role trainer)");
+    app->add_option("--trainer,-t", trainer,
+                    "Trainer sharding spec (JSON, weightcast.spec/v1 role trainer)");
     app->add_option("--inference,-i", inference, "Inference sharding spec (JSON, role inference)");
     app->add_option("--topology,-c", topology, "Cluster topology (JSON, weightcast.topology/v1)");
     std::string names;
-    for (const auto& c : cli::embedded_configs()) names += std::string(names.empty() ? "" : ", ") + c.name;
+    for (const auto& c : cli::embedded_configs())
+      names += std::string(names.empty() ? "" : ", ") + c.name;
     app->add_option("--builtin,-b", builtin,
-                    "Use a built-in config instead of files: " + names + ". With no inputs at all, " +
-                        kDefaultConfig + " is used");
-    app->add_option("--scale", scale,
-                    "Divide every named dim of the specs (hidden sizes, vocab...) and the FP8 block "
-                    "size by this factor; layouts (mesh, experts, layers) stay as they are")
+                    "Use a built-in config instead of files: " + names +
+                        ". With no inputs at all, " + kDefaultConfig + " is used");
+    app->add_option(
+           "--scale", scale,
+           "Divide every named dim of the specs (hidden sizes, vocab...) and the FP8 block "
+           "size by this factor; layouts (mesh, experts, layers) stay as they are")
         ->capture_default_str()
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   }
@@ -51,7 +53,8 @@ struct InputFlags {
     const spec::ParseOptions opts{scale};
     const bool any_file = !trainer.empty() || !inference.empty() || !topology.empty();
     if (any_file) {
-      if (!builtin.empty()) return invalid("give either --builtin or the three spec files, not both");
+      if (!builtin.empty())
+        return invalid("give either --builtin or the three spec files, not both");
       if (trainer.empty() || inference.empty() || topology.empty())
         return invalid("--trainer, --inference and --topology go together (missing: {}{}{})",
                        trainer.empty() ? "--trainer " : "", inference.empty() ? "--inference " : "",
@@ -64,9 +67,10 @@ struct InputFlags {
       if (name != c.name) continue;
       title = "built-in " + name;
       try {
-        return spec::make_inputs(nlohmann::json::parse(c.trainer), nlohmann::json::parse(c.inference),
-                                 nlohmann::json::parse(c.topology), opts,
-                                 {name + "/trainer.json", name + "/inference.json", name + "/topology.json"});
+        return spec::make_inputs(
+            nlohmann::json::parse(c.trainer), nlohmann::json::parse(c.inference),
+            nlohmann::json::parse(c.topology), opts,
+            {name + "/trainer.json", name + "/inference.json", name + "/topology.json"});
       } catch (const std::exception& e) {
         return Status(Code::kInternal, e.what());
       }
@@ -85,8 +89,9 @@ struct PlanFlags {
                     "Largest single write; longer runs are split (16 MiB saturates a 400G NIC)")
         ->capture_default_str()
         ->check(CLI::Range(0.001, 1048576.0));
-    app->add_option("--staging-mb", staging_mb,
-                    "Staging watermark per sender: gather buffers of one phase plus the projection ring")
+    app->add_option(
+           "--staging-mb", staging_mb,
+           "Staging watermark per sender: gather buffers of one phase plus the projection ring")
         ->capture_default_str()
         ->check(CLI::Range(0.001, 16777216.0));
     app->add_flag("--intra-node-gathers-only", intra_node_only,
@@ -139,14 +144,17 @@ int run_plan(const InputFlags& in_flags, const PlanFlags& pf, const std::string&
   return 0;
 }
 
-int run_verify(const InputFlags& in_flags, const PlanFlags& pf, const std::string& plan_in, uint64_t step) {
+int run_verify(const InputFlags& in_flags, const PlanFlags& pf, const std::string& plan_in,
+               uint64_t step) {
   std::string title;
   auto in = in_flags.load(title);
   if (!in) return fail(in.status());
-  Result<plan::Plan> p = plan_in.empty() ? plan::make_plan(*in, pf.options()) : plan::load_json(plan_in);
+  Result<plan::Plan> p =
+      plan_in.empty() ? plan::make_plan(*in, pf.options()) : plan::load_json(plan_in);
   if (!p) return fail(p.status());
-  std::printf("verifying %s at scale 1/%lld: %zu senders, %zu receivers, %zu writes\n", title.c_str(),
-              static_cast<long long>(in->scale), p->senders.size(), p->receivers.size(), p->writes.size());
+  std::printf("verifying %s at scale 1/%lld: %zu senders, %zu receivers, %zu writes\n",
+              title.c_str(), static_cast<long long>(in->scale), p->senders.size(),
+              p->receivers.size(), p->writes.size());
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
   auto r = plan::verify_plan(*in, *p, step);
@@ -154,29 +162,35 @@ int run_verify(const InputFlags& in_flags, const PlanFlags& pf, const std::strin
     std::fprintf(stderr, "weightcast: FAILED: %s\n", r.status().message().c_str());
     return r.status().code() == Code::kInvalidArgument ? 2 : 1;
   }
-  std::printf("OK: %llu bytes in %llu tensors match the reference; %llu writes, %llu gathers, %llu "
-              "projections replayed; imm counts exact (%.2f s)\n",
-              static_cast<unsigned long long>(r->bytes_checked), static_cast<unsigned long long>(r->tensors),
-              static_cast<unsigned long long>(r->writes), static_cast<unsigned long long>(r->gathers),
-              static_cast<unsigned long long>(r->projects), seconds_since(t0));
+  std::printf(
+      "OK: %llu bytes in %llu tensors match the reference; %llu writes, %llu gathers, %llu "
+      "projections replayed; imm counts exact (%.2f s)\n",
+      static_cast<unsigned long long>(r->bytes_checked),
+      static_cast<unsigned long long>(r->tensors), static_cast<unsigned long long>(r->writes),
+      static_cast<unsigned long long>(r->gathers), static_cast<unsigned long long>(r->projects),
+      seconds_since(t0));
   return 0;
 }
 
 volatile std::sig_atomic_t g_stop = 0;
 
-int run_rendezvous(const std::string& bind, uint16_t port, const std::string& token, double seconds) {
+int run_rendezvous(const std::string& bind, uint16_t port, const std::string& token,
+                   double seconds) {
   auto s = transport::RendezvousServer::start(bind, port, token);
   if (!s) return fail(s.status());
   std::printf("rendezvous listening on %s:%u (job token required)\n", bind.c_str(), (*s)->port());
   std::fflush(stdout);
   std::signal(SIGINT, [](int) { g_stop = 1; });
   std::signal(SIGTERM, [](int) { g_stop = 1; });
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds > 0 ? seconds : 1e9);
-  while (!g_stop && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto end =
+      std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds > 0 ? seconds : 1e9);
+  while (!g_stop && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const auto st = (*s)->stats();
   std::printf("rendezvous stopping: %llu connections, %llu puts, %llu gets, %llu rejected\n",
-              static_cast<unsigned long long>(st.connections), static_cast<unsigned long long>(st.puts),
-              static_cast<unsigned long long>(st.gets), static_cast<unsigned long long>(st.rejected));
+              static_cast<unsigned long long>(st.connections),
+              static_cast<unsigned long long>(st.puts), static_cast<unsigned long long>(st.gets),
+              static_cast<unsigned long long>(st.rejected));
   return 0;
 }
 
@@ -196,68 +210,91 @@ int main(int argc, char** argv) {
   uint64_t step = 1;
 
   CLI::App* plan_cmd = app.add_subcommand(
-      "plan", "Dry run: compute the transfer plan and print a report (bytes per sender, receiver and "
-              "NIC, imbalance, write sizes, gathers, staging, predicted time vs the ingress floor)");
+      "plan",
+      "Dry run: compute the transfer plan and print a report (bytes per sender, receiver and "
+      "NIC, imbalance, write sizes, gathers, staging, predicted time vs the ingress floor)");
   plan_in.add(plan_cmd, 1);
   plan_pf.add(plan_cmd);
   plan_cmd->add_option("--json", json_out, "Write the plan (weightcast.plan/v1 JSON) to this file");
   plan_cmd->add_option("--svg", svg_out, "Draw the sender x receiver byte matrix to this SVG file");
-  plan_cmd->footer("Example: weightcast plan -t configs/kimi-k2/trainer.json -i configs/kimi-k2/inference.json "
-                   "-c configs/kimi-k2/topology.json --json kimi.plan.json --svg kimi.svg");
+  plan_cmd->footer(
+      "Example: weightcast plan -t configs/kimi-k2/trainer.json -i configs/kimi-k2/inference.json "
+      "-c configs/kimi-k2/topology.json --json kimi.plan.json --svg kimi.svg");
 
   CLI::App* verify_cmd = app.add_subcommand(
-      "verify", "Replay a plan on host memory with shrunken shapes and compare every inference byte "
-                "against a reference reshard built from the full tensors");
+      "verify",
+      "Replay a plan on host memory with shrunken shapes and compare every inference byte "
+      "against a reference reshard built from the full tensors");
   verify_in.add(verify_cmd, 16);
   verify_pf.add(verify_cmd);
-  verify_cmd->add_option("--plan", plan_file, "Replay this plan file instead of planning afresh "
-                                              "(it must have been made with the same specs and --scale)");
-  verify_cmd->add_option("--step", step, "Training step: changes every weight value")->capture_default_str();
+  verify_cmd->add_option("--plan", plan_file,
+                         "Replay this plan file instead of planning afresh "
+                         "(it must have been made with the same specs and --scale)");
+  verify_cmd->add_option("--step", step, "Training step: changes every weight value")
+      ->capture_default_str();
   verify_cmd->footer("Example: weightcast verify --builtin qwen3-30b-a3b --scale 16");
 
   std::string rdv_bind = "127.0.0.1", rdv_token;
   uint16_t rdv_port = 0;
   double rdv_seconds = 0;
   CLI::App* rdv_cmd = app.add_subcommand(
-      "rendezvous", "Run the key-value service through which peers exchange NIC addresses and memory "
-                    "descriptors; every client must present the job token");
+      "rendezvous",
+      "Run the key-value service through which peers exchange NIC addresses and memory "
+      "descriptors; every client must present the job token");
   rdv_cmd->add_option("--bind", rdv_bind, "Address to listen on")->capture_default_str();
-  rdv_cmd->add_option("--port", rdv_port, "TCP port (0 picks a free one and prints it)")->required();
+  rdv_cmd->add_option("--port", rdv_port, "TCP port (0 picks a free one and prints it)")
+      ->required();
   rdv_cmd->add_option("--token", rdv_token, "Job token clients must present")->required();
-  rdv_cmd->add_option("--seconds", rdv_seconds, "Stop after this long (default: until SIGINT/SIGTERM)");
+  rdv_cmd->add_option("--seconds", rdv_seconds,
+                      "Stop after this long (default: until SIGINT/SIGTERM)");
 
   cli::DemoOptions demo;
   CLI::App* demo_cmd = app.add_subcommand(
-      "demo", "End to end on this machine: a rendezvous, the trainer and inference processes of the "
-              "built-in demo-moe config (FSDP2 x EP2 -> EP2 replicas, fused qkv / gate_up, FP8 experts) "
-              "over libfabric; K steps with new weights each step, every inference byte verified");
-  demo_cmd->add_option("--steps", demo.steps, "Training steps to push")->capture_default_str()->check(CLI::Range(1, 100000));
+      "demo",
+      "End to end on this machine: a rendezvous, the trainer and inference processes of the "
+      "built-in demo-moe config (FSDP2 x EP2 -> EP2 replicas, fused qkv / gate_up, FP8 experts) "
+      "over libfabric; K steps with new weights each step, every inference byte verified");
+  demo_cmd->add_option("--steps", demo.steps, "Training steps to push")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   demo_cmd->add_option("--replicas", demo.replicas, "Inference replicas (2 processes each)")
-      ->capture_default_str()->check(CLI::Range(1, 4));
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4));
   demo_cmd->add_option("--nics", demo.nics, "NICs per process (loopback endpoints 127.0.0.1..N)")
-      ->capture_default_str()->check(CLI::Range(1, 4));
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4));
   demo_cmd->add_option("--provider", demo.provider, "libfabric provider")->capture_default_str();
-  demo_cmd->add_option("--deadline", demo.deadline_s, "Seconds every wait may take before the step fails")
+  demo_cmd
+      ->add_option("--deadline", demo.deadline_s,
+                   "Seconds every wait may take before the step fails")
       ->capture_default_str();
-  demo_cmd->add_option("--kill-trainer-at-step", demo.kill_trainer_at_step,
-                       "Fault drill: trainer 0 dies halfway through this step's writes; the step must fail "
-                       "on every receiver naming it, then pass after the trainer restarts and rejoins");
-  demo_cmd->add_option("--restart-receiver-at-step", demo.restart_receiver_at_step,
-                       "Fault drill: inference 0 is killed after the previous step and restarted with fresh "
-                       "buffers; trainers reconnect and the step must rewrite and verify every byte");
-  demo_cmd->add_option("--weights", demo.weights,
-                       "safetensors file with the full trainer weights (names and shapes of the trainer spec); "
-                       "step k pushes them scaled by 1 + (k-1)/8. Default: a deterministic pattern");
-  demo_cmd->add_option("--dump", demo.dump, "Directory where each inference rank writes what it received after "
-                                            "the last step, as replica<R>-rank<Q>.safetensors");
+  demo_cmd->add_option(
+      "--kill-trainer-at-step", demo.kill_trainer_at_step,
+      "Fault drill: trainer 0 dies halfway through this step's writes; the step must fail "
+      "on every receiver naming it, then pass after the trainer restarts and rejoins");
+  demo_cmd->add_option(
+      "--restart-receiver-at-step", demo.restart_receiver_at_step,
+      "Fault drill: inference 0 is killed after the previous step and restarted with fresh "
+      "buffers; trainers reconnect and the step must rewrite and verify every byte");
+  demo_cmd->add_option(
+      "--weights", demo.weights,
+      "safetensors file with the full trainer weights (names and shapes of the trainer spec); "
+      "step k pushes them scaled by 1 + (k-1)/8. Default: a deterministic pattern");
+  demo_cmd->add_option("--dump", demo.dump,
+                       "Directory where each inference rank writes what it received after "
+                       "the last step, as replica<R>-rank<Q>.safetensors");
   demo_cmd->add_option("-t,--trainer", demo.trainer, "Trainer spec instead of the built-in demo");
-  demo_cmd->add_option("-i,--inference", demo.inference, "Inference spec instead of the built-in demo");
+  demo_cmd->add_option("-i,--inference", demo.inference,
+                       "Inference spec instead of the built-in demo");
   demo_cmd->add_option("-c,--topology", demo.topology, "Topology instead of the built-in demo");
 
   cli::WorkerOptions worker;
-  CLI::App* worker_cmd = app.add_subcommand("worker", "A demo process (started by `weightcast demo`)");
+  CLI::App* worker_cmd =
+      app.add_subcommand("worker", "A demo process (started by `weightcast demo`)");
   worker_cmd->group("");
-  worker_cmd->add_option("--role", worker.role)->required()->check(CLI::IsMember({"trainer", "inference"}));
+  worker_cmd->add_option("--role", worker.role)
+      ->required()
+      ->check(CLI::IsMember({"trainer", "inference"}));
   worker_cmd->add_option("--index", worker.index)->required();
   worker_cmd->add_option("--rdv", worker.rdv)->required();
   worker_cmd->add_option("--token", worker.token)->required();
@@ -291,7 +328,8 @@ int main(int argc, char** argv) {
     std::filesystem::path dir;
     if (demo.trainer.empty() && demo.inference.empty() && demo.topology.empty()) {
       // The built-in demo, with the requested replica count, written where the workers can read it.
-      dir = std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-specs-{}", getpid());
+      dir = std::filesystem::temp_directory_path() /
+            fmt::format("weightcast-demo-specs-{}", getpid());
       std::filesystem::create_directories(dir);
       for (const auto& c : cli::embedded_configs()) {
         if (std::string(c.name) != "demo-moe") continue;

@@ -10,19 +10,25 @@ namespace weightcast::core {
 
 std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::kBF16: return "bf16";
-    case DType::kFP16: return "fp16";
-    case DType::kFP32: return "fp32";
-    case DType::kFP8E4M3: return "fp8_e4m3";
-    case DType::kFP8E5M2: return "fp8_e5m2";
-    case DType::kInt8: return "int8";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kFP16:
+      return "fp16";
+    case DType::kFP32:
+      return "fp32";
+    case DType::kFP8E4M3:
+      return "fp8_e4m3";
+    case DType::kFP8E5M2:
+      return "fp8_e5m2";
+    case DType::kInt8:
+      return "int8";
   }
   return "?";
 }
 
 std::optional<DType> parse_dtype(std::string_view s) {
-  for (DType t : {DType::kBF16, DType::kFP16, DType::kFP32, DType::kFP8E4M3, DType::kFP8E5M2,
-                  DType::kInt8}) {
+  for (DType t :
+       {DType::kBF16, DType::kFP16, DType::kFP32, DType::kFP8E4M3, DType::kFP8E5M2, DType::kInt8}) {
     if (s == dtype_name(t)) return t;
   }
   if (s == "bfloat16") return DType::kBF16;
@@ -36,11 +42,14 @@ std::optional<DType> parse_dtype(std::string_view s) {
 size_t dtype_size(DType t) {
   switch (t) {
     case DType::kBF16:
-    case DType::kFP16: return 2;
-    case DType::kFP32: return 4;
+    case DType::kFP16:
+      return 2;
+    case DType::kFP32:
+      return 4;
     case DType::kFP8E4M3:
     case DType::kFP8E5M2:
-    case DType::kInt8: return 1;
+    case DType::kInt8:
+      return 1;
   }
   return 0;
 }
@@ -151,9 +160,12 @@ float load_as_float(DType t, const std::byte* p) {
       std::memcpy(&v, p, 4);
       return v;
     }
-    case DType::kFP8E4M3: return fp8e4m3_to_float(static_cast<uint8_t>(*p));
-    case DType::kFP8E5M2: return fp8e5m2_to_float(static_cast<uint8_t>(*p));
-    case DType::kInt8: return static_cast<float>(static_cast<int8_t>(*p));
+    case DType::kFP8E4M3:
+      return fp8e4m3_to_float(static_cast<uint8_t>(*p));
+    case DType::kFP8E5M2:
+      return fp8e5m2_to_float(static_cast<uint8_t>(*p));
+    case DType::kInt8:
+      return static_cast<float>(static_cast<int8_t>(*p));
   }
   return 0.0f;
 }
@@ -170,9 +182,15 @@ void store_from_float(DType t, float f, std::byte* p) {
       std::memcpy(p, &v, 2);
       return;
     }
-    case DType::kFP32: std::memcpy(p, &f, 4); return;
-    case DType::kFP8E4M3: *p = static_cast<std::byte>(float_to_fp8e4m3(f)); return;
-    case DType::kFP8E5M2: *p = static_cast<std::byte>(float_to_fp8e5m2(f)); return;
+    case DType::kFP32:
+      std::memcpy(p, &f, 4);
+      return;
+    case DType::kFP8E4M3:
+      *p = static_cast<std::byte>(float_to_fp8e4m3(f));
+      return;
+    case DType::kFP8E5M2:
+      *p = static_cast<std::byte>(float_to_fp8e5m2(f));
+      return;
     case DType::kInt8: {
       const float c = std::fmin(127.0f, std::fmax(-128.0f, std::nearbyint(f)));
       *p = static_cast<std::byte>(static_cast<int8_t>(c));
@@ -187,7 +205,8 @@ void convert(DType from, const std::byte* src, DType to, std::byte* dst, size_t 
     return;
   }
   const size_t fs = dtype_size(from), ts = dtype_size(to);
-  for (size_t i = 0; i < n; ++i) store_from_float(to, load_as_float(from, src + i * fs), dst + i * ts);
+  for (size_t i = 0; i < n; ++i)
+    store_from_float(to, load_as_float(from, src + i * fs), dst + i * ts);
 }
 
 }  // namespace weightcast::core

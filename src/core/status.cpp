@@ -5,13 +5,20 @@ namespace weightcast {
 
 const char* code_name(Code c) {
   switch (c) {
-    case Code::kOk: return "ok";
-    case Code::kInvalidArgument: return "invalid argument";
-    case Code::kSystem: return "system";
-    case Code::kTransport: return "transport";
-    case Code::kRemote: return "remote";
-    case Code::kTimeout: return "timeout";
-    case Code::kInternal: return "internal";
+    case Code::kOk:
+      return "ok";
+    case Code::kInvalidArgument:
+      return "invalid argument";
+    case Code::kSystem:
+      return "system";
+    case Code::kTransport:
+      return "transport";
+    case Code::kRemote:
+      return "remote";
+    case Code::kTimeout:
+      return "timeout";
+    case Code::kInternal:
+      return "internal";
   }
   return "unknown";
 }

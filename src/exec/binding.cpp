@@ -17,7 +17,8 @@ SenderLayout sender_layout(const spec::Inputs& in, uint32_t rank) {
     const spec::Param& p = in.trainer.params[i];
     auto b = spec::local_box(p.shape, p.placement, in.trainer.mesh, rank);
     if (!b || b->empty()) continue;
-    ShardSlot s{static_cast<int>(i), *b, l.bytes, static_cast<uint64_t>(b->numel()) * core::dtype_size(p.dtype)};
+    ShardSlot s{static_cast<int>(i), *b, l.bytes,
+                static_cast<uint64_t>(b->numel()) * core::dtype_size(p.dtype)};
     l.by_param[s.param] = l.shards.size();
     l.shards.push_back(s);
     l.bytes = align(l.bytes + s.bytes);
@@ -38,13 +39,15 @@ ReceiverLayout receiver_layout(const plan::Plan& plan, uint32_t receiver) {
 std::vector<Expectation> expectations(const plan::Plan& plan, uint32_t receiver, uint32_t nics) {
   std::map<std::pair<uint16_t, uint16_t>, uint64_t> n;
   for (const plan::Write& w : plan.writes)
-    if (plan.dests[w.dest].receiver == receiver) n[{w.phase, static_cast<uint16_t>(w.sender)}] += nics;
+    if (plan.dests[w.dest].receiver == receiver)
+      n[{w.phase, static_cast<uint16_t>(w.sender)}] += nics;
   std::vector<Expectation> out;
   for (const auto& [k, c] : n) out.push_back({k.first, k.second, c});
   return out;
 }
 
-std::vector<uint8_t> serialize_descriptors(const std::vector<std::pair<uint32_t, transport::RemoteRegion>>& d) {
+std::vector<uint8_t> serialize_descriptors(
+    const std::vector<std::pair<uint32_t, transport::RemoteRegion>>& d) {
   std::vector<uint8_t> b{'W', 'C', 'D', '1'};
   auto put32 = [&](uint32_t v) {
     for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
@@ -70,10 +73,12 @@ Result<std::map<uint32_t, transport::RemoteRegion>> parse_descriptors(std::span<
     return true;
   };
   uint32_t n = 0;
-  if (b.size() < 4 || std::memcmp(b.data(), "WCD1", 4) != 0 || !get32(n)) return invalid("bad tensor descriptor blob");
+  if (b.size() < 4 || std::memcmp(b.data(), "WCD1", 4) != 0 || !get32(n))
+    return invalid("bad tensor descriptor blob");
   for (uint32_t i = 0; i < n; ++i) {
     uint32_t id = 0, len = 0;
-    if (!get32(id) || !get32(len) || pos + len > b.size()) return invalid("tensor descriptor blob truncated at entry {}", i);
+    if (!get32(id) || !get32(len) || pos + len > b.size())
+      return invalid("tensor descriptor blob truncated at entry {}", i);
     auto r = transport::RemoteRegion::parse(b.subspan(pos, len));
     if (!r) return r.status();
     out[id] = *r;

@@ -14,18 +14,23 @@ using transport::Imm;
 
 namespace {
 std::string key(const char* what, uint32_t id) { return fmt::format("{}/{}", what, id); }
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 }  // namespace
 
-Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(const spec::Inputs& in, const plan::Plan& plan,
-                                                                 uint32_t rank,
-                                                                 const std::vector<transport::DomainConfig>& nics,
-                                                                 transport::RendezvousClient* rdv, bool allocate) {
-  if (rank >= plan.senders.size()) return invalid("trainer rank {} is not in the plan ({} senders)", rank, plan.senders.size());
+Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
+    const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
+    const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
+    bool allocate) {
+  if (rank >= plan.senders.size())
+    return invalid("trainer rank {} is not in the plan ({} senders)", rank, plan.senders.size());
   for (const plan::Task& t : plan.senders[rank].tasks)
     if (t.op == plan::Task::Op::kGather)
-      return invalid("trainer rank {}: the plan has gathers, which the host executor does not run yet (plan "
-                     "with --write-cost-us 0 and block-aligned shards, or use the GPU executor)", rank);
+      return invalid(
+          "trainer rank {}: the plan has gathers, which the host executor does not run yet (plan "
+          "with --write-cost-us 0 and block-aligned shards, or use the GPU executor)",
+          rank);
   std::unique_ptr<TrainerExecutor> e(new TrainerExecutor(in, plan));
   e->rank_ = rank;
   e->rdv_ = rdv;
@@ -36,10 +41,12 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(const spec::Inp
   auto eng = transport::ProgressEngine::start(nics, &e->counters_);
   if (!eng) return eng.status();
   e->engine_ = std::move(eng).value();
-  auto a = e->engine_->register_memory(e->arena_.data(), e->arena_.size(), transport::MemKind::kHost);
+  auto a =
+      e->engine_->register_memory(e->arena_.data(), e->arena_.size(), transport::MemKind::kHost);
   if (!a) return a.status();
   e->arena_region_ = *a;
-  auto st = e->engine_->register_memory(e->staging_.data(), e->staging_.size(), transport::MemKind::kHost);
+  auto st = e->engine_->register_memory(e->staging_.data(), e->staging_.size(),
+                                        transport::MemKind::kHost);
   if (!st) return st.status();
   e->staging_region_ = *st;
   if (allocate)
@@ -50,12 +57,15 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(const spec::Inp
 
 Status TrainerExecutor::bind_shard(const std::string& name, void* data, uint64_t bytes) {
   auto it = in_.trainer.index.find(name);
-  if (it == in_.trainer.index.end()) return invalid("bind_shard: no trainer parameter named '{}'", name);
+  if (it == in_.trainer.index.end())
+    return invalid("bind_shard: no trainer parameter named '{}'", name);
   auto slot = layout_.by_param.find(it->second);
-  if (slot == layout_.by_param.end()) return invalid("bind_shard: trainer rank {} holds no shard of '{}'", rank_, name);
+  if (slot == layout_.by_param.end())
+    return invalid("bind_shard: trainer rank {} holds no shard of '{}'", rank_, name);
   const ShardSlot& s = layout_.shards[slot->second];
   if (bytes != s.bytes)
-    return invalid("bind_shard('{}'): {} bytes given, the rank's shard {} is {} bytes", name, bytes, s.box.str(), s.bytes);
+    return invalid("bind_shard('{}'): {} bytes given, the rank's shard {} is {} bytes", name, bytes,
+                   s.box.str(), s.bytes);
   auto reg = engine_->register_memory(data, bytes, transport::MemKind::kHost);
   if (!reg) return reg.status();
   user_regions_.push_back(*reg);
@@ -71,7 +81,8 @@ std::byte* TrainerExecutor::shard(int param) {
 Status TrainerExecutor::prepare(Clock::time_point deadline) {
   std::string unbound;
   for (const ShardSlot& s : layout_.shards)
-    if (!bound_.count(s.param)) unbound += (unbound.empty() ? "" : ", ") + in_.trainer.params[s.param].name;
+    if (!bound_.count(s.param))
+      unbound += (unbound.empty() ? "" : ", ") + in_.trainer.params[s.param].name;
   if (!unbound.empty()) return invalid("trainer rank {}: shards not bound: {}", rank_, unbound);
   if (Status s = rdv_->put(key("send", rank_), engine_->address()); !s) return s;
   std::set<uint32_t> recvs;
@@ -86,21 +97,26 @@ Status TrainerExecutor::prepare(Clock::time_point deadline) {
   return engine_->wait(engine_->submit(warm), deadline);
 }
 
-Status TrainerExecutor::connect_receiver(uint32_t r, uint32_t incarnation, Clock::time_point deadline) {
+Status TrainerExecutor::connect_receiver(uint32_t r, uint32_t incarnation,
+                                         Clock::time_point deadline) {
   const std::string suffix = incarnation ? fmt::format("@{}", incarnation) : "";
   auto addr = rdv_->get(key("recv", r) + suffix, deadline);
-  if (!addr) return Status(addr.status().code(), fmt::format("receiver {}: {}", r, addr.status().message()));
+  if (!addr)
+    return Status(addr.status().code(), fmt::format("receiver {}: {}", r, addr.status().message()));
   auto peer = engine_->connect(*addr);
   if (!peer) return peer.status();
   auto desc = rdv_->get(key("region", r) + suffix, deadline);
   if (!desc) return desc.status();
   auto tensors = parse_descriptors(*desc);
-  if (!tensors) return Status(tensors.status().code(), fmt::format("receiver {}: {}", r, tensors.status().message()));
+  if (!tensors)
+    return Status(tensors.status().code(),
+                  fmt::format("receiver {}: {}", r, tensors.status().message()));
   for (uint32_t d = 0; d < plan_.dests.size(); ++d) {
     if (plan_.dests[d].receiver != r) continue;
     auto it = tensors->find(d);
     if (it == tensors->end() || it->second.len < plan_.dests[d].bytes)
-      return invalid("receiver {} published no (or a too small) buffer for '{}'", r, plan_.dest_names[plan_.dests[d].param]);
+      return invalid("receiver {} published no (or a too small) buffer for '{}'", r,
+                     plan_.dest_names[plan_.dests[d].param]);
   }
   receivers_[r] = Target{*peer, std::move(tensors).value(), incarnation};
   return Status::ok();
@@ -111,10 +127,13 @@ Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_poi
   if (it == receivers_.end() || it->second.incarnation == incarnation) return Status::ok();
   if (Status s = connect_receiver(r, incarnation, deadline); !s) return s;
   Target& t = receivers_[r];
-  return engine_->wait(engine_->submit({{&staging_region_, 0, t.peer, &t.tensors.begin()->second, 0, 0, false, 0}}), deadline);
+  return engine_->wait(
+      engine_->submit({{&staging_region_, 0, t.peer, &t.tensors.begin()->second, 0, 0, false, 0}}),
+      deadline);
 }
 
-Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline, uint64_t max_writes) {
+Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline,
+                                         uint64_t max_writes) {
   const auto t0 = Clock::now();
   const uint64_t post0 = engine_->stats().post_ns;
   StepReport rep;
@@ -141,7 +160,9 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     if (t.op == plan::Task::Op::kProject) {
       flush();
       const plan::Project& p = plan_.projects[t.index];
-      const uint64_t lo = p.staging_off, hi = p.scale_dest >= 0 ? p.scale_off + p.scale_box.numel() * 4 : p.staging_off + p.out_bytes;
+      const uint64_t lo = p.staging_off, hi = p.scale_dest >= 0
+                                                  ? p.scale_off + p.scale_box.numel() * 4
+                                                  : p.staging_off + p.out_bytes;
       // Ring admission: wait for writes still reading this slot.
       while (!inflight.empty()) {
         bool overlap = false;
@@ -160,7 +181,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       };
       const auto tp = Clock::now();
       if (Status s = plan::project_cpu(in_, plan_, p, res, staging_.data(), staging_.size()); !s)
-        return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
+        return Status(s.code(),
+                      fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
       rep.project_s += since(tp);
       ++rep.projects;
       pend_lo = lo;
@@ -176,7 +198,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       g.src_off = w.src_off;
     } else {
       auto it = bound_.find(w.src_param);
-      if (it == bound_.end()) return invalid("write {} reads a shard rank {} does not hold", t.index, rank_);
+      if (it == bound_.end())
+        return invalid("write {} reads a shard rank {} does not hold", t.index, rank_);
       g.src = it->second.region;
       g.src_off = it->second.offset + w.src_off;
     }
@@ -201,12 +224,13 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   return rep;
 }
 
-Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(const spec::Inputs& in, const plan::Plan& plan,
-                                                                     uint32_t receiver,
-                                                                     const std::vector<transport::DomainConfig>& nics,
-                                                                     transport::RendezvousClient* rdv, bool allocate) {
+Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(
+    const spec::Inputs& in, const plan::Plan& plan, uint32_t receiver,
+    const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
+    bool allocate) {
   if (receiver >= plan.receivers.size())
-    return invalid("inference receiver {} is not in the plan ({} receivers)", receiver, plan.receivers.size());
+    return invalid("inference receiver {} is not in the plan ({} receivers)", receiver,
+                   plan.receivers.size());
   std::unique_ptr<InferenceReceiver> r(new InferenceReceiver(in, plan));
   r->receiver_ = receiver;
   r->rdv_ = rdv;
@@ -216,7 +240,8 @@ Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(const spec:
   r->engine_ = std::move(eng).value();
   if (allocate) {
     r->arena_.resize(std::max<uint64_t>(r->layout_.bytes, 1));
-    auto reg = r->engine_->register_memory(r->arena_.data(), r->arena_.size(), transport::MemKind::kHost);
+    auto reg =
+        r->engine_->register_memory(r->arena_.data(), r->arena_.size(), transport::MemKind::kHost);
     if (!reg) return reg.status();
     r->regions_.push_back(*reg);
     for (const auto& [d, off] : r->layout_.offset) {
@@ -231,13 +256,15 @@ Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(const spec:
   return r;
 }
 
-Status InferenceReceiver::bind_tensor(const std::string& name, bool scales, void* data, uint64_t bytes) {
+Status InferenceReceiver::bind_tensor(const std::string& name, bool scales, void* data,
+                                      uint64_t bytes) {
   for (const auto& [d, off] : layout_.offset) {
     const plan::DestTensor& dt = plan_.dests[d];
     if (plan_.dest_names[dt.param] != name || dt.scale != scales) continue;
     if (bytes != dt.bytes)
-      return invalid("bind_tensor('{}'{}): {} bytes given, receiver {} needs {} ({} {})", name, scales ? ", scales" : "",
-                     bytes, receiver_, dt.bytes, core::dtype_name(dt.dtype), dt.shape.str());
+      return invalid("bind_tensor('{}'{}): {} bytes given, receiver {} needs {} ({} {})", name,
+                     scales ? ", scales" : "", bytes, receiver_, dt.bytes,
+                     core::dtype_name(dt.dtype), dt.shape.str());
     auto reg = engine_->register_memory(data, bytes, transport::MemKind::kHost);
     if (!reg) return reg.status();
     regions_.push_back(*reg);
@@ -245,7 +272,8 @@ Status InferenceReceiver::bind_tensor(const std::string& name, bool scales, void
     bound_off_[d] = 0;
     return Status::ok();
   }
-  return invalid("bind_tensor: receiver {} holds no {}'{}'", receiver_, scales ? "scales of " : "", name);
+  return invalid("bind_tensor: receiver {} holds no {}'{}'", receiver_, scales ? "scales of " : "",
+                 name);
 }
 
 std::byte* InferenceReceiver::tensor(uint32_t dest) {
@@ -259,8 +287,9 @@ Status InferenceReceiver::publish() {
   for (const auto& [d, off] : layout_.offset) {
     auto it = bound_.find(d);
     if (it == bound_.end()) {
-      unbound += fmt::format("{}{}{}", unbound.empty() ? "" : ", ", plan_.dest_names[plan_.dests[d].param],
-                             plan_.dests[d].scale ? " (scales)" : "");
+      unbound +=
+          fmt::format("{}{}{}", unbound.empty() ? "" : ", ", plan_.dest_names[plan_.dests[d].param],
+                      plan_.dests[d].scale ? " (scales)" : "");
       continue;
     }
     // A view of the tensor inside its registered region.
@@ -274,7 +303,8 @@ Status InferenceReceiver::publish() {
   }
   if (!unbound.empty()) return invalid("receiver {}: tensors not bound: {}", receiver_, unbound);
   const std::string suffix = incarnation_ ? fmt::format("@{}", incarnation_) : "";
-  if (Status s = rdv_->put(key("region", receiver_) + suffix, serialize_descriptors(descs)); !s) return s;
+  if (Status s = rdv_->put(key("region", receiver_) + suffix, serialize_descriptors(descs)); !s)
+    return s;
   return rdv_->put(key("recv", receiver_) + suffix, engine_->address());
 }
 
@@ -284,9 +314,9 @@ Result<WaitReport> InferenceReceiver::wait(uint8_t step, Clock::time_point deadl
   const auto t0 = Clock::now();
   Status s = counters_.wait(step, expect_, deadline);
   if (!s)
-    return Status(s.code(), fmt::format("receiver {} (replica {} rank {}) generation {}: {}", receiver_,
-                                        plan_.receivers[receiver_].replica, plan_.receivers[receiver_].rank, step,
-                                        s.message()));
+    return Status(s.code(), fmt::format("receiver {} (replica {} rank {}) generation {}: {}",
+                                        receiver_, plan_.receivers[receiver_].replica,
+                                        plan_.receivers[receiver_].rank, step, s.message()));
   WaitReport w;
   w.step = step;
   w.bytes = bytes_;

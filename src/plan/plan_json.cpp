@@ -16,20 +16,23 @@ namespace {
 
 void put_box(fmt::memory_buffer& o, const core::Box& b) {
   o.push_back('[');
-  for (int i = 0; i < b.nd; ++i) fmt::format_to(std::back_inserter(o), "{}{},{}", i ? "," : "", b.lo[i], b.hi[i]);
+  for (int i = 0; i < b.nd; ++i)
+    fmt::format_to(std::back_inserter(o), "{}{},{}", i ? "," : "", b.lo[i], b.hi[i]);
   o.push_back(']');
 }
 
 void put_shape(fmt::memory_buffer& o, const core::Shape& s) {
   o.push_back('[');
-  for (int i = 0; i < s.nd; ++i) fmt::format_to(std::back_inserter(o), "{}{}", i ? "," : "", s.d[i]);
+  for (int i = 0; i < s.nd; ++i)
+    fmt::format_to(std::back_inserter(o), "{}{}", i ? "," : "", s.d[i]);
   o.push_back(']');
 }
 
 template <typename T>
 void put_list(fmt::memory_buffer& o, const std::vector<T>& v) {
   o.push_back('[');
-  for (size_t i = 0; i < v.size(); ++i) fmt::format_to(std::back_inserter(o), "{}{}", i ? "," : "", v[i]);
+  for (size_t i = 0; i < v.size(); ++i)
+    fmt::format_to(std::back_inserter(o), "{}{}", i ? "," : "", v[i]);
   o.push_back(']');
 }
 
@@ -40,11 +43,14 @@ std::string quoted(const std::string& s) { return json(s).dump(); }
 std::string to_json(const Plan& p) {
   fmt::memory_buffer o;
   auto out = std::back_inserter(o);
-  fmt::format_to(out, "{{\n\"format\": \"{}\",\n\"inputs_digest\": {},\n\"scale\": {},\n\"phases\": {},\n",
-                 Plan::kFormat, quoted(p.inputs_digest), p.scale, p.phases);
-  fmt::format_to(out, "\"options\": {{\"max_write_bytes\": {}, \"staging_watermark\": {}, "
-                      "\"intra_domain_gathers_only\": {}}},\n",
-                 p.options.max_write_bytes, p.options.staging_watermark, p.options.intra_domain_gathers_only);
+  fmt::format_to(
+      out, "{{\n\"format\": \"{}\",\n\"inputs_digest\": {},\n\"scale\": {},\n\"phases\": {},\n",
+      Plan::kFormat, quoted(p.inputs_digest), p.scale, p.phases);
+  fmt::format_to(out,
+                 "\"options\": {{\"max_write_bytes\": {}, \"staging_watermark\": {}, "
+                 "\"intra_domain_gathers_only\": {}}},\n",
+                 p.options.max_write_bytes, p.options.staging_watermark,
+                 p.options.intra_domain_gathers_only);
   auto names = [&](const char* key, const std::vector<std::string>& v) {
     fmt::format_to(out, "\"{}\": [", key);
     for (size_t i = 0; i < v.size(); ++i) fmt::format_to(out, "{}{}", i ? "," : "", quoted(v[i]));
@@ -55,31 +61,36 @@ std::string to_json(const Plan& p) {
   fmt::format_to(out, "\"dests\": [");
   for (size_t i = 0; i < p.dests.size(); ++i) {
     const DestTensor& d = p.dests[i];
-    fmt::format_to(out, "{}\n [{},{},{},\"{}\",", i ? "," : "", d.receiver, d.param, d.scale ? 1 : 0,
-                   core::dtype_name(d.dtype));
+    fmt::format_to(out, "{}\n [{},{},{},\"{}\",", i ? "," : "", d.receiver, d.param,
+                   d.scale ? 1 : 0, core::dtype_name(d.dtype));
     put_shape(o, d.shape);
     fmt::format_to(out, ",{}]", d.bytes);
   }
   fmt::format_to(out, "],\n\"senders\": [");
   for (size_t i = 0; i < p.senders.size(); ++i) {
     const Sender& s = p.senders[i];
-    fmt::format_to(out, "{}\n {{\"rank\": {}, \"host\": {}, \"gpu\": {}, \"nics\": {}, \"nic_gbps\": {}, "
-                        "\"nvlink_gbps\": {}, \"staging_gather\": {}, \"staging_ring\": {}, "
-                        "\"bytes_out\": {}, \"gather_bytes_in\": {}, \"nic_bytes\": ",
-                   i ? "," : "", s.rank, quoted(s.host), s.gpu, s.nics, s.nic_gbps, s.nvlink_gbps,
-                   s.staging_gather, s.staging_ring, s.bytes_out, s.gather_bytes_in);
+    fmt::format_to(
+        out,
+        "{}\n {{\"rank\": {}, \"host\": {}, \"gpu\": {}, \"nics\": {}, \"nic_gbps\": {}, "
+        "\"nvlink_gbps\": {}, \"staging_gather\": {}, \"staging_ring\": {}, "
+        "\"bytes_out\": {}, \"gather_bytes_in\": {}, \"nic_bytes\": ",
+        i ? "," : "", s.rank, quoted(s.host), s.gpu, s.nics, s.nic_gbps, s.nvlink_gbps,
+        s.staging_gather, s.staging_ring, s.bytes_out, s.gather_bytes_in);
     put_list(o, s.nic_bytes);
     fmt::format_to(out, ", \"tasks\": [");
     for (size_t t = 0; t < s.tasks.size(); ++t)
-      fmt::format_to(out, "{}{},{}", t ? "," : "", static_cast<int>(s.tasks[t].op), s.tasks[t].index);
+      fmt::format_to(out, "{}{},{}", t ? "," : "", static_cast<int>(s.tasks[t].op),
+                     s.tasks[t].index);
     fmt::format_to(out, "]}}");
   }
   fmt::format_to(out, "],\n\"receivers\": [");
   for (size_t i = 0; i < p.receivers.size(); ++i) {
     const Receiver& r = p.receivers[i];
-    fmt::format_to(out, "{}\n {{\"replica\": {}, \"rank\": {}, \"host\": {}, \"gpu\": {}, \"nics\": {}, "
-                        "\"nic_gbps\": {}, \"bytes_in\": {}, \"nic_bytes\": ",
-                   i ? "," : "", r.replica, r.rank, quoted(r.host), r.gpu, r.nics, r.nic_gbps, r.bytes_in);
+    fmt::format_to(out,
+                   "{}\n {{\"replica\": {}, \"rank\": {}, \"host\": {}, \"gpu\": {}, \"nics\": {}, "
+                   "\"nic_gbps\": {}, \"bytes_in\": {}, \"nic_bytes\": ",
+                   i ? "," : "", r.replica, r.rank, quoted(r.host), r.gpu, r.nics, r.nic_gbps,
+                   r.bytes_in);
     put_list(o, r.nic_bytes);
     fmt::format_to(out, ", \"expected_imms\": ");
     put_list(o, r.expected_imms);
@@ -178,7 +189,8 @@ const json& at(const json& j, const char* key, const std::string& path) {
 
 const json& arr(const json& j, const std::string& path, size_t n = SIZE_MAX) {
   if (!j.is_array()) bad(path, "expected an array");
-  if (n != SIZE_MAX && j.size() != n) bad(path, fmt::format("expected {} columns, got {}", n, j.size()));
+  if (n != SIZE_MAX && j.size() != n)
+    bad(path, fmt::format("expected {} columns, got {}", n, j.size()));
   return j;
 }
 
@@ -214,15 +226,19 @@ Result<Plan> from_json(const std::string& text) {
     p.phases = static_cast<uint16_t>(u(at(j, "phases", ""), "phases", 65535));
     const json& o = at(j, "options", "");
     p.options.max_write_bytes = u(at(o, "max_write_bytes", "options"), "options.max_write_bytes");
-    p.options.staging_watermark = u(at(o, "staging_watermark", "options"), "options.staging_watermark");
+    p.options.staging_watermark =
+        u(at(o, "staging_watermark", "options"), "options.staging_watermark");
     p.options.intra_domain_gathers_only = at(o, "intra_domain_gathers_only", "options").get<bool>();
-    for (const auto& s : arr(at(j, "source_names", ""), "source_names")) p.source_names.push_back(s.get<std::string>());
-    for (const auto& s : arr(at(j, "dest_names", ""), "dest_names")) p.dest_names.push_back(s.get<std::string>());
+    for (const auto& s : arr(at(j, "source_names", ""), "source_names"))
+      p.source_names.push_back(s.get<std::string>());
+    for (const auto& s : arr(at(j, "dest_names", ""), "dest_names"))
+      p.dest_names.push_back(s.get<std::string>());
     const json& rs = arr(at(j, "receivers", ""), "receivers");
     for (size_t i = 0; i < rs.size(); ++i) {
       const std::string path = fmt::format("receivers[{}]", i);
       Receiver r;
-      r.replica = static_cast<uint32_t>(u(at(rs[i], "replica", path), path + ".replica", UINT32_MAX));
+      r.replica =
+          static_cast<uint32_t>(u(at(rs[i], "replica", path), path + ".replica", UINT32_MAX));
       r.rank = static_cast<uint32_t>(u(at(rs[i], "rank", path), path + ".rank", UINT32_MAX));
       r.host = at(rs[i], "host", path).get<std::string>();
       r.gpu = static_cast<int>(u(at(rs[i], "gpu", path), path + ".gpu", 1023));
@@ -232,7 +248,8 @@ Result<Plan> from_json(const std::string& text) {
       r.nic_bytes = ulist(at(rs[i], "nic_bytes", path), path + ".nic_bytes");
       for (uint64_t v : ulist(at(rs[i], "expected_imms", path), path + ".expected_imms"))
         r.expected_imms.push_back(static_cast<uint32_t>(v));
-      if (r.expected_imms.size() != p.phases) bad(path + ".expected_imms", "expected one count per phase");
+      if (r.expected_imms.size() != p.phases)
+        bad(path + ".expected_imms", "expected one count per phase");
       p.receivers.push_back(std::move(r));
     }
     const json& ds = arr(at(j, "dests", ""), "dests");
@@ -248,7 +265,8 @@ Result<Plan> from_json(const std::string& text) {
       d.dtype = *dt;
       for (const auto& e : arr(r[4], path)) d.shape.d[d.shape.nd++] = i64(e, path, 0, INT64_MAX);
       d.bytes = u(r[5], path);
-      if (d.bytes != static_cast<uint64_t>(d.shape.numel()) * core::dtype_size(d.dtype)) bad(path, "bytes do not match shape");
+      if (d.bytes != static_cast<uint64_t>(d.shape.numel()) * core::dtype_size(d.dtype))
+        bad(path, "bytes do not match shape");
       p.dests.push_back(d);
     }
     const json& gs = arr(at(j, "gathers", ""), "gathers");
@@ -260,7 +278,9 @@ Result<Plan> from_json(const std::string& text) {
       g.param = static_cast<int32_t>(idx(r[1], path, p.source_names.size()));
       g.box = box(r[2], path);
       g.root = static_cast<uint32_t>(u(r[3], path, UINT32_MAX));
-      for (const auto& pc : arr(r[4], path)) g.pieces.push_back({static_cast<uint32_t>(u(arr(pc, path, 2)[0], path, UINT32_MAX)), box(pc[1], path)});
+      for (const auto& pc : arr(r[4], path))
+        g.pieces.push_back(
+            {static_cast<uint32_t>(u(arr(pc, path, 2)[0], path, UINT32_MAX)), box(pc[1], path)});
       g.cross_domain = u(r[5], path, 1) != 0;
       g.bytes = u(r[6], path);
       g.root_off = u(r[7], path);
@@ -303,11 +323,13 @@ Result<Plan> from_json(const std::string& text) {
       for (const auto& in : arr(r[5], path)) {
         arr(in, path, 3);
         pr.inputs.push_back({static_cast<uint32_t>(u(in[0], path, 255)), box(in[1], path),
-                             static_cast<int32_t>(i64(in[2], path, -1, static_cast<int64_t>(p.gathers.size()) - 1))});
+                             static_cast<int32_t>(i64(
+                                 in[2], path, -1, static_cast<int64_t>(p.gathers.size()) - 1))});
       }
       pr.staging_off = u(r[6], path);
       pr.out_bytes = u(r[7], path);
-      pr.scale_dest = static_cast<int32_t>(i64(r[8], path, -1, static_cast<int64_t>(p.dests.size()) - 1));
+      pr.scale_dest =
+          static_cast<int32_t>(i64(r[8], path, -1, static_cast<int64_t>(p.dests.size()) - 1));
       pr.scale_box = box(r[9], path);
       pr.scale_off = u(r[10], path);
       p.projects.push_back(std::move(pr));
@@ -320,24 +342,29 @@ Result<Plan> from_json(const std::string& text) {
       Write w;
       w.sender = static_cast<uint32_t>(idx(r[0], path, p.senders.size()));
       w.dest = static_cast<uint32_t>(idx(r[1], path, p.dests.size()));
-      w.project = static_cast<int32_t>(i64(r[2], path, -1, static_cast<int64_t>(p.projects.size()) - 1));
-      w.src_param = static_cast<int32_t>(i64(r[3], path, -1, static_cast<int64_t>(p.source_names.size()) - 1));
+      w.project =
+          static_cast<int32_t>(i64(r[2], path, -1, static_cast<int64_t>(p.projects.size()) - 1));
+      w.src_param = static_cast<int32_t>(
+          i64(r[3], path, -1, static_cast<int64_t>(p.source_names.size()) - 1));
       w.phase = static_cast<uint16_t>(u(r[4], path, p.phases - 1));
       w.nic = static_cast<uint8_t>(u(r[5], path, 255));
       w.dst_nic = static_cast<uint8_t>(u(r[6], path, 255));
       w.src_off = u(r[7], path);
       w.dst_off = u(r[8], path);
       w.len = u(r[9], path);
-      if ((w.project < 0) == (w.src_param < 0)) bad(path, "a write reads either staging or a source shard");
-      if (w.dst_off + w.len > p.dests[w.dest].bytes) bad(path, "write runs past its destination tensor");
+      if ((w.project < 0) == (w.src_param < 0))
+        bad(path, "a write reads either staging or a source shard");
+      if (w.dst_off + w.len > p.dests[w.dest].bytes)
+        bad(path, "write runs past its destination tensor");
       p.writes.push_back(w);
     }
     for (const Gather& g : p.gathers)
       if (g.root >= p.senders.size()) bad("gathers", "root out of range");
     for (const Sender& s : p.senders)
       for (const Task& t : s.tasks) {
-        const size_t n = t.op == Task::Op::kGather ? p.gathers.size()
-                         : t.op == Task::Op::kProject ? p.projects.size() : p.writes.size();
+        const size_t n = t.op == Task::Op::kGather    ? p.gathers.size()
+                         : t.op == Task::Op::kProject ? p.projects.size()
+                                                      : p.writes.size();
         if (t.index >= n) bad(fmt::format("senders[{}].tasks", s.rank), "task index out of range");
       }
   } catch (const LoadError& e) {

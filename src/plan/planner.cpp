@@ -2,6 +2,8 @@
 // among the holders, gathering inside an NVLink domain when no single rank holds a unit's data),
 // pack gathers into phases of disjoint GPU groups, order each sender's work with a rotated
 // destination order, place staging under the watermark, and lower units to writes on NICs.
+#include "weightcast/plan/planner.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -12,7 +14,6 @@
 #include <unordered_map>
 
 #include "units.h"
-#include "weightcast/plan/planner.h"
 
 namespace weightcast::plan {
 
@@ -89,7 +90,8 @@ struct Planner {
     for (size_t v : it->second) {
       const Unit& pu = L.units[v];
       const uint32_t s = asg[v].sender;
-      if (pu.kind != u.kind || pu.needs != u.needs || load[s] + static_cast<double>(u.bytes) > reuse_cap)
+      if (pu.kind != u.kind || pu.needs != u.needs ||
+          load[s] + static_cast<double>(u.bytes) > reuse_cap)
         continue;
       asg[v].extra.push_back(u.target);
       asg[ui].merged = true;
@@ -117,9 +119,11 @@ struct Planner {
     const Receiver& rv = plan.receivers[plan.dests[u.target.dest].receiver];
     const std::string& dp_name = in.inference.params[plan.dests[u.target.dest].param].name;
     if (cross && opts.intra_domain_gathers_only)
-      return invalid("'{}' on inference replica {} rank {}: box {} needs trainer data held in "
-                     "different NVLink domains, and --intra-node-gathers-only forbids a cross-host "
-                     "gather", dp_name, rv.replica, rv.rank, u.target.box.str());
+      return invalid(
+          "'{}' on inference replica {} rank {}: box {} needs trainer data held in "
+          "different NVLink domains, and --intra-node-gathers-only forbids a cross-host "
+          "gather",
+          dp_name, rv.replica, rv.rank, u.target.box.str());
     std::vector<uint32_t> roots;
     if (cross) {
       for (const auto& n : u.needs)
@@ -196,7 +200,8 @@ struct Planner {
       for (int32_t gi : gs) {
         const Gather& g = plan.gathers[gi];
         for (const auto& p : g.pieces) grp.push_back(p.rank);
-        area += static_cast<uint64_t>(g.box.numel()) * core::dtype_size(in.trainer.params[g.param].dtype);
+        area += static_cast<uint64_t>(g.box.numel()) *
+                core::dtype_size(in.trainer.params[g.param].dtype);
       }
       std::sort(grp.begin(), grp.end());
       grp.erase(std::unique(grp.begin(), grp.end()), grp.end());
@@ -260,14 +265,16 @@ Status Planner::emit() {
       Gather& g = plan.gathers[gi];
       if (g.root != s) continue;
       g.root_off = area[g.phase];
-      area[g.phase] += static_cast<uint64_t>(g.box.numel()) *
-                       core::dtype_size(in.trainer.params[g.param].dtype);
+      area[g.phase] +=
+          static_cast<uint64_t>(g.box.numel()) * core::dtype_size(in.trainer.params[g.param].dtype);
       snd.gather_bytes_in += g.bytes;
     }
     snd.staging_gather = *std::max_element(area.begin(), area.end());
     if (snd.staging_gather > opts.staging_watermark)
-      return invalid("trainer rank {}: one phase gathers {} bytes, over the staging watermark of {} "
-                     "bytes; raise --staging-mb", s, snd.staging_gather, opts.staging_watermark);
+      return invalid(
+          "trainer rank {}: one phase gathers {} bytes, over the staging watermark of {} "
+          "bytes; raise --staging-mb",
+          s, snd.staging_gather, opts.staging_watermark);
     const uint64_t ring_cap = opts.staging_watermark - snd.staging_gather;
     uint64_t ring_pos = 0;
     // Rotate destinations so that senders start on different receivers (no incast).
@@ -307,7 +314,8 @@ Status Planner::emit() {
       }
     };
     // Lowers a box of a dest tensor, staged row-major at `off`, to writes.
-    auto staged_writes = [&](uint32_t dest, const Box& box, uint64_t off, int32_t proj, uint16_t ph) {
+    auto staged_writes = [&](uint32_t dest, const Box& box, uint64_t off, int32_t proj,
+                             uint16_t ph) {
       const DestTensor& dt = plan.dests[dest];
       const uint64_t esz = core::dtype_size(dt.dtype);
       core::for_each_run(dt.shape, box, [&](int64_t eoff, int64_t elen) {
@@ -323,7 +331,8 @@ Status Planner::emit() {
       });
     };
     for (uint16_t ph = 0; ph < plan.phases; ++ph) {
-      for (; next_gather < gathers_of[s].size() && plan.gathers[gathers_of[s][next_gather]].phase == ph;
+      for (; next_gather < gathers_of[s].size() &&
+             plan.gathers[gathers_of[s][next_gather]].phase == ph;
            ++next_gather)
         snd.tasks.push_back({Task::Op::kGather, gathers_of[s][next_gather]});
       for (size_t ui : us) {
@@ -346,8 +355,10 @@ Status Planner::emit() {
           continue;
         }
         if (u.bytes > ring_cap)
-          return invalid("trainer rank {}: a {}-byte unit of '{}' does not fit the staging ring of {} "
-                         "bytes; raise --staging-mb", s, u.bytes, dp.name, ring_cap);
+          return invalid(
+              "trainer rank {}: a {}-byte unit of '{}' does not fit the staging ring of {} "
+              "bytes; raise --staging-mb",
+              s, u.bytes, dp.name, ring_cap);
         if (ring_pos + u.bytes > ring_cap) ring_pos = 0;
         Project p;
         p.sender = s;
@@ -367,13 +378,15 @@ Status Planner::emit() {
         const auto pid = static_cast<int32_t>(plan.projects.size());
         snd.tasks.push_back({Task::Op::kProject, static_cast<uint32_t>(pid)});
         plan.projects.push_back(std::move(p));
-        const uint64_t staged = plan.projects.back().staging_off, scales = plan.projects.back().scale_off;
+        const uint64_t staged = plan.projects.back().staging_off,
+                       scales = plan.projects.back().scale_off;
         // The unit's own target, then every receiver served from the same staged bytes.
         std::vector<const detail::Target*> targets{&u.target};
         for (const auto& t : asg[ui].extra) targets.push_back(&t);
         for (const detail::Target* t : targets) {
           staged_writes(t->dest, t->box, staged, pid, ph);
-          if (t->scale_dest >= 0) staged_writes(static_cast<uint32_t>(t->scale_dest), t->scale_box, scales, pid, ph);
+          if (t->scale_dest >= 0)
+            staged_writes(static_cast<uint32_t>(t->scale_dest), t->scale_box, scales, pid, ph);
         }
       }
     }
@@ -409,7 +422,8 @@ std::string digest_inputs(const spec::Inputs& in) {
     placement(p.placement);
     for (const auto& pt : p.parts) mix(fmt::format("{}{}", pt.src, pt.transpose));
     mix(std::to_string(p.concat_dim));
-    if (p.quant) mix(fmt::format("{}x{}{}", p.quant->block_rows, p.quant->block_cols, p.quant->scale_name));
+    if (p.quant)
+      mix(fmt::format("{}x{}{}", p.quant->block_rows, p.quant->block_cols, p.quant->scale_name));
   }
   for (const auto& hi : in.topology.hosts)
     mix(fmt::format("{}/{}/{}/{}/{}/{}", hi.name, hi.gpus, hi.nics_per_gpu, hi.nic_gbps,

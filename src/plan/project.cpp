@@ -14,8 +14,8 @@ namespace weightcast::plan {
 using core::Box;
 using core::Shape;
 
-Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr, const InputResolver& resolve,
-                   std::byte* staging, uint64_t staging_size) {
+Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr,
+                   const InputResolver& resolve, std::byte* staging, uint64_t staging_size) {
   const DestTensor& dt = plan.dests[pr.dest];
   const spec::DestParam& dp = in.inference.params[dt.param];
   const Receiver& rv = plan.receivers[dt.receiver];
@@ -25,14 +25,15 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr, 
   std::vector<float> x(static_cast<size_t>(bs.numel()));
   std::vector<uint8_t> hit(x.size(), 0);
   for (const auto& inp : pr.inputs) {
-    if (inp.part >= dp.parts.size()) return invalid("projection input names part {} of '{}'", inp.part, dp.name);
+    if (inp.part >= dp.parts.size())
+      return invalid("projection input names part {} of '{}'", inp.part, dp.name);
     const spec::Part& part = dp.parts[inp.part];
     const spec::Param& sp = in.trainer.params[part.src];
     const size_t esz = core::dtype_size(sp.dtype);
     const Held h = resolve(inp);
     if (!h.data || !h.box.contains(inp.src))
-      return invalid("projection of '{}': source {} of '{}' is not held here (holds {})", dp.name, inp.src.str(),
-                     sp.name, h.box.str());
+      return invalid("projection of '{}': source {} of '{}' is not held here (holds {})", dp.name,
+                     inp.src.str(), sp.name, h.box.str());
     const Shape hs = h.box.extents();
     const int nd = inp.src.nd;
     const auto& lp = local->parts[inp.part];
@@ -50,9 +51,12 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr, 
       if (part.transpose) std::swap(d[nd - 1], d[nd - 2]);
       int64_t boff = 0;
       for (int k = 0; k < nd; ++k) {
-        const int64_t v = d[k] - lp.global.lo[k] + (k == dp.concat_dim ? lp.offset : 0) - pr.box.lo[k];
+        const int64_t v =
+            d[k] - lp.global.lo[k] + (k == dp.concat_dim ? lp.offset : 0) - pr.box.lo[k];
         const int64_t last = v + ((part.transpose ? k == nd - 2 : k == nd - 1) ? row - 1 : 0);
-        if (v < 0 || last >= bs[k]) return invalid("projection input {} maps outside its box {}", inp.src.str(), pr.box.str());
+        if (v < 0 || last >= bs[k])
+          return invalid("projection input {} maps outside its box {}", inp.src.str(),
+                         pr.box.str());
         boff = boff * bs[k] + v;
       }
       const std::byte* src = h.data + off * esz;
@@ -67,9 +71,11 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr, 
     }
   }
   for (size_t e = 0; e < hit.size(); ++e)
-    if (hit[e] != 1) return invalid("projection box {}: element {} assembled {} times", pr.box.str(), e, hit[e]);
+    if (hit[e] != 1)
+      return invalid("projection box {}: element {} assembled {} times", pr.box.str(), e, hit[e]);
   const size_t esz = core::dtype_size(dt.dtype);
-  if (pr.staging_off + x.size() * esz > staging_size) return invalid("projection runs past staging");
+  if (pr.staging_off + x.size() * esz > staging_size)
+    return invalid("projection runs past staging");
   std::byte* out = staging + pr.staging_off;
   if (pr.kind != Project::Kind::kQuant) {
     for (size_t e = 0; e < x.size(); ++e) core::store_from_float(dt.dtype, x[e], out + e * esz);
@@ -81,7 +87,8 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr, 
   if (pr.box.lo[nd - 2] % q.block_rows || C != dt.shape[nd - 1])
     return invalid("quantized box {} is not whole blocks of whole rows", pr.box.str());
   const int64_t sr = pr.scale_box.extent(nd - 2), sc = pr.scale_box.extent(nd - 1);
-  if (pr.scale_off + static_cast<uint64_t>(lead * sr * sc) * 4 > staging_size) return invalid("scales run past staging");
+  if (pr.scale_off + static_cast<uint64_t>(lead * sr * sc) * 4 > staging_size)
+    return invalid("scales run past staging");
   const float qmax = core::quant_max(dt.dtype);
   for (int64_t l = 0; l < lead; ++l)
     for (int64_t br = 0; br < sr; ++br)
@@ -90,12 +97,14 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr, 
         const int64_t c0 = bc * q.block_cols, c1 = std::min(C, c0 + q.block_cols);
         float amax = 0;
         for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = c0; c < c1; ++c) amax = std::fmax(amax, std::fabs(x[(l * R + r) * C + c]));
+          for (int64_t c = c0; c < c1; ++c)
+            amax = std::fmax(amax, std::fabs(x[(l * R + r) * C + c]));
         const float scale = amax > 0 ? amax / qmax : 1.0f;
         std::memcpy(staging + pr.scale_off + ((l * sr + br) * sc + bc) * 4, &scale, 4);
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = c0; c < c1; ++c)
-            core::store_from_float(dt.dtype, x[(l * R + r) * C + c] / scale, out + ((l * R + r) * C + c) * esz);
+            core::store_from_float(dt.dtype, x[(l * R + r) * C + c] / scale,
+                                   out + ((l * R + r) * C + c) * esz);
       }
   return Status::ok();
 }

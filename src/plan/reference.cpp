@@ -42,7 +42,8 @@ std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor
   // Source values, rounded to the trainer dtype, at every local element.
   std::vector<float> x(static_cast<size_t>(ls.numel()));
   std::vector<uint64_t> seeds;
-  for (const spec::Part& part : dp.parts) seeds.push_back(pattern_seed(in.trainer.params[part.src].name));
+  for (const spec::Part& part : dp.parts)
+    seeds.push_back(pattern_seed(in.trainer.params[part.src].name));
   std::array<int64_t, core::kMaxDims> idx{};
   for (size_t e = 0; e < x.size(); ++e) {
     int64_t rem = static_cast<int64_t>(e);
@@ -53,7 +54,9 @@ std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor
     // Which part: the one whose span along the concat dim contains idx[concat_dim].
     const spec::LocalPart* lp = &local->parts[0];
     for (const auto& p : local->parts)
-      if (idx[dp.concat_dim] >= p.offset && idx[dp.concat_dim] < p.offset + p.global.extent(dp.concat_dim)) lp = &p;
+      if (idx[dp.concat_dim] >= p.offset &&
+          idx[dp.concat_dim] < p.offset + p.global.extent(dp.concat_dim))
+        lp = &p;
     std::array<int64_t, core::kMaxDims> g{};
     for (int k = 0; k < ls.nd; ++k)
       g[k] = idx[k] - (k == dp.concat_dim ? lp->offset : 0) + lp->global.lo[k];
@@ -63,7 +66,9 @@ std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor
     int64_t flat = 0;
     for (int k = 0; k < src.shape.nd; ++k) flat = flat * src.shape[k] + g[k];
     std::byte tmp[4];
-    core::store_from_float(src.dtype, values ? values(part.src, flat, step) : pattern_value(seeds[lp->part], flat, step), tmp);
+    core::store_from_float(
+        src.dtype,
+        values ? values(part.src, flat, step) : pattern_value(seeds[lp->part], flat, step), tmp);
     x[e] = core::load_as_float(src.dtype, tmp);
   }
   const size_t esz = core::dtype_size(dp.dtype);
@@ -81,9 +86,11 @@ std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor
     for (int64_t br = 0; br < ss[ss.nd - 2]; ++br)
       for (int64_t bc = 0; bc < ss[ss.nd - 1]; ++bc) {
         float amax = 0;
-        const int64_t r1 = std::min(R, (br + 1) * q.block_rows), c1 = std::min(C, (bc + 1) * q.block_cols);
+        const int64_t r1 = std::min(R, (br + 1) * q.block_rows),
+                      c1 = std::min(C, (bc + 1) * q.block_cols);
         for (int64_t i = br * q.block_rows; i < r1; ++i)
-          for (int64_t j = bc * q.block_cols; j < c1; ++j) amax = std::fmax(amax, std::fabs(x[(l * R + i) * C + j]));
+          for (int64_t j = bc * q.block_cols; j < c1; ++j)
+            amax = std::fmax(amax, std::fabs(x[(l * R + i) * C + j]));
         const float scale = amax > 0 ? amax / core::quant_max(dp.dtype) : 1.0f;
         if (d.scale) {
           std::memcpy(&out[((l * ss[ss.nd - 2] + br) * ss[ss.nd - 1] + bc) * 4], &scale, 4);

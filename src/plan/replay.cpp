@@ -96,8 +96,8 @@ struct Replayer {
     for (const auto& pc : g.pieces) {
       const Shard& sh = shard(pc.rank, g.param);
       if (!sh.box.contains(pc.box) || !g.box.contains(pc.box))
-        fail(fmt::format("gather of '{}': rank {} does not hold piece {} (holds {})", p.name, pc.rank,
-                         pc.box.str(), sh.box.str()));
+        fail(fmt::format("gather of '{}': rank {} does not hold piece {} (holds {})", p.name,
+                         pc.rank, pc.box.str(), sh.box.str()));
       copy_box(pc.box, sh.box, sh.data.data(), g.box, staging.data() + g.root_off, esz);
       covered += pc.box.numel();
     }
@@ -109,7 +109,8 @@ struct Replayer {
 
   void run_project(uint32_t s, uint32_t pid, std::vector<std::byte>& staging) {
     const Project& pr = plan.projects[pid];
-    if (pr.sender != s) fail(fmt::format("project {} listed by sender {} but owned by {}", pid, s, pr.sender));
+    if (pr.sender != s)
+      fail(fmt::format("project {} listed by sender {} but owned by {}", pid, s, pr.sender));
     const spec::DestParam& dp = in.inference.params[plan.dests[pr.dest].param];
     auto resolve = [&](const Project::Input& inp) -> Held {
       if (inp.gather >= 0) {
@@ -127,16 +128,19 @@ struct Replayer {
 
   void run_write(uint32_t s, uint32_t wid, const std::vector<std::byte>& staging) {
     const Write& w = plan.writes[wid];
-    if (w.sender != s) fail(fmt::format("write {} listed by sender {} but tagged sender {}", wid, s, w.sender));
+    if (w.sender != s)
+      fail(fmt::format("write {} listed by sender {} but tagged sender {}", wid, s, w.sender));
     const std::byte* src;
     if (w.project >= 0) {
-      if (plan.projects[w.project].sender != s) fail(fmt::format("write {} reads another sender's staging", wid));
+      if (plan.projects[w.project].sender != s)
+        fail(fmt::format("write {} reads another sender's staging", wid));
       if (w.src_off + w.len > staging.size()) fail(fmt::format("write {} reads past staging", wid));
       src = staging.data() + w.src_off;
     } else {
       const Shard& sh = shard(s, w.src_param);
       if (w.src_off + w.len > sh.data.size())
-        fail(fmt::format("write {} reads past sender {}'s shard of '{}'", wid, s, plan.source_names[w.src_param]));
+        fail(fmt::format("write {} reads past sender {}'s shard of '{}'", wid, s,
+                         plan.source_names[w.src_param]));
       src = sh.data.data() + w.src_off;
     }
     auto& d = dest[w.dest];
@@ -162,11 +166,13 @@ struct Replayer {
     for (size_t i = 0; i < plan.writes.size(); ++i) {
       const Write& w = plan.writes[i];
       if (w.dest == di && off >= w.dst_off && off < w.dst_off + w.len)
-        writers += fmt::format("{}write #{} from sender {}", writers.empty() ? "" : ", ", i, w.sender);
+        writers +=
+            fmt::format("{}write #{} from sender {}", writers.empty() ? "" : ", ", i, w.sender);
     }
-    return fmt::format("replica {} rank {} ({} GPU {}) tensor '{}{}' element [{}] (byte {}); written by: {}",
-                       rv.replica, rv.rank, rv.host, rv.gpu, plan.dest_names[dt.param],
-                       dt.scale ? " (scales)" : "", idx, off, writers.empty() ? "nobody" : writers);
+    return fmt::format(
+        "replica {} rank {} ({} GPU {}) tensor '{}{}' element [{}] (byte {}); written by: {}",
+        rv.replica, rv.rank, rv.host, rv.gpu, plan.dest_names[dt.param],
+        dt.scale ? " (scales)" : "", idx, off, writers.empty() ? "nobody" : writers);
   }
 
   void run() {
@@ -179,21 +185,25 @@ struct Replayer {
     for (const Sender& snd : plan.senders) {
       std::vector<std::byte> staging(snd.staging_gather + snd.staging_ring);
       if (staging.size() > plan.options.staging_watermark)
-        fail(fmt::format("sender {} stages {} bytes, over the watermark {}", snd.rank, staging.size(),
-                         plan.options.staging_watermark));
+        fail(fmt::format("sender {} stages {} bytes, over the watermark {}", snd.rank,
+                         staging.size(), plan.options.staging_watermark));
       for (const Task& t : snd.tasks) {
-        if (t.op == Task::Op::kGather) run_gather(snd.rank, plan.gathers[t.index], staging);
-        else if (t.op == Task::Op::kProject) run_project(snd.rank, t.index, staging);
-        else run_write(snd.rank, t.index, staging);
+        if (t.op == Task::Op::kGather)
+          run_gather(snd.rank, plan.gathers[t.index], staging);
+        else if (t.op == Task::Op::kProject)
+          run_project(snd.rank, t.index, staging);
+        else
+          run_write(snd.rank, t.index, staging);
       }
       shards[snd.rank].clear();  // keep memory to one sender's shards at a time
     }
     for (size_t r = 0; r < plan.receivers.size(); ++r)
       for (uint16_t ph = 0; ph < plan.phases; ++ph)
         if (imms[r][ph] != plan.receivers[r].expected_imms[ph])
-          fail(fmt::format("receiver {} (replica {} rank {}) phase {}: {} imms arrived, plan expects {}", r,
-                           plan.receivers[r].replica, plan.receivers[r].rank, ph, imms[r][ph],
-                           plan.receivers[r].expected_imms[ph]));
+          fail(fmt::format(
+              "receiver {} (replica {} rank {}) phase {}: {} imms arrived, plan expects {}", r,
+              plan.receivers[r].replica, plan.receivers[r].rank, ph, imms[r][ph],
+              plan.receivers[r].expected_imms[ph]));
     for (uint32_t di = 0; di < plan.dests.size(); ++di) {
       for (uint64_t i = 0; i < written[di].size(); ++i)
         if (written[di][i] != 1)
@@ -210,8 +220,8 @@ struct Replayer {
             exp += fmt::format("{:02x}", static_cast<unsigned>(ref[e0 + esz - 1 - k]));
             got += fmt::format("{:02x}", static_cast<unsigned>(dest[di][e0 + esz - 1 - k]));
           }
-          fail(fmt::format("mismatch at {}: expected 0x{} ({}), got 0x{} ({})", describe_byte(di, e0), exp,
-                           core::load_as_float(dt.dtype, &ref[e0]), got,
+          fail(fmt::format("mismatch at {}: expected 0x{} ({}), got 0x{} ({})",
+                           describe_byte(di, e0), exp, core::load_as_float(dt.dtype, &ref[e0]), got,
                            core::load_as_float(dt.dtype, &dest[di][e0])));
         }
       res.bytes_checked += ref.size();
@@ -224,11 +234,13 @@ struct Replayer {
 
 Result<VerifyResult> verify_plan(const spec::Inputs& in, const Plan& plan, uint64_t step) {
   if (plan.inputs_digest != digest_inputs(in))
-    return invalid("plan was made from other inputs (digest {}, these inputs give {}); re-plan, or "
-                   "pass the same specs and --scale", plan.inputs_digest,
-                   digest_inputs(in));
+    return invalid(
+        "plan was made from other inputs (digest {}, these inputs give {}); re-plan, or "
+        "pass the same specs and --scale",
+        plan.inputs_digest, digest_inputs(in));
   if (plan.senders.size() != static_cast<size_t>(in.trainer.mesh.size()))
-    return invalid("plan has {} senders, trainer mesh has {}", plan.senders.size(), in.trainer.mesh.size());
+    return invalid("plan has {} senders, trainer mesh has {}", plan.senders.size(),
+                   in.trainer.mesh.size());
   Replayer rp{in, plan, step, {}, {}, {}, {}, {}};
   try {
     rp.run();

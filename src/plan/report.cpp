@@ -105,8 +105,8 @@ std::string report(const Plan& p, const std::string& title) {
     o += fmt::format(f, std::forward<A>(args)...) + "\n";
   };
   auto row = [&](const char* what, const Stats& st) {
-    line("  {:<22} min {:>12}  mean {:>12}  max {:>12}  imbalance {:.3f}", what, human_bytes(st.min),
-         human_bytes(st.mean), human_bytes(st.max), st.imbalance());
+    line("  {:<22} min {:>12}  mean {:>12}  max {:>12}  imbalance {:.3f}", what,
+         human_bytes(st.min), human_bytes(st.mean), human_bytes(st.max), st.imbalance());
   };
   uint64_t nparams = 0;
   for (const DestTensor& d : p.dests) nparams += !d.scale;
@@ -128,25 +128,32 @@ std::string report(const Plan& p, const std::string& title) {
   line("write sizes");
   for (size_t i = 0; i < s.histogram.size(); ++i)
     line("  {:<22} {:>10}  {:5.1f}%", bucket_label(i), s.histogram[i],
-         s.writes ? 100.0 * static_cast<double>(s.histogram[i]) / static_cast<double>(s.writes) : 0.0);
+         s.writes ? 100.0 * static_cast<double>(s.histogram[i]) / static_cast<double>(s.writes)
+                  : 0.0);
   for (const auto& [name, n] : s.small_writers) line("  most writes < 4 KiB:   {} x {}", n, name);
   line("gathers (NCCL, inside an NVLink domain)");
   line("  count {}, bytes {}", s.gathers, human_bytes(static_cast<double>(s.gather_bytes)));
   if (s.cross_gathers)
-    line("  WARNING: {} gathers ({}) cross NVLink domains and would run over the inter-node "
-         "network; lay the trainer mesh so shard groups sit inside a host, or refuse them with "
-         "--intra-node-gathers-only", s.cross_gathers, human_bytes(static_cast<double>(s.cross_gather_bytes)));
+    line(
+        "  WARNING: {} gathers ({}) cross NVLink domains and would run over the inter-node "
+        "network; lay the trainer mesh so shard groups sit inside a host, or refuse them with "
+        "--intra-node-gathers-only",
+        s.cross_gathers, human_bytes(static_cast<double>(s.cross_gather_bytes)));
   line("staging");
-  line("  peak per sender        {} (watermark {}): gather buffers of one phase (max {}) plus a "
-       "ring the projections cycle through", human_bytes(static_cast<double>(s.staging_peak)),
-       human_bytes(static_cast<double>(p.options.staging_watermark)),
-       human_bytes(static_cast<double>(s.staging_gather)));
+  line(
+      "  peak per sender        {} (watermark {}): gather buffers of one phase (max {}) plus a "
+      "ring the projections cycle through",
+      human_bytes(static_cast<double>(s.staging_peak)),
+      human_bytes(static_cast<double>(p.options.staging_watermark)),
+      human_bytes(static_cast<double>(s.staging_gather)));
   line("time (from the topology's link rates)");
   line("  network                {:.3f} s (busiest NIC)", s.network_s);
   line("  gathers                {:.3f} s (busiest NVLink root)", s.gather_s);
   line("  predicted              {:.3f} s", s.predicted_s);
-  line("  ingress floor          {:.3f} s (busiest receiver's bytes / its NIC rate)", s.ingress_floor_s);
-  line("  predicted / floor      {:.2f}x", s.ingress_floor_s > 0 ? s.predicted_s / s.ingress_floor_s : 0.0);
+  line("  ingress floor          {:.3f} s (busiest receiver's bytes / its NIC rate)",
+       s.ingress_floor_s);
+  line("  predicted / floor      {:.2f}x",
+       s.ingress_floor_s > 0 ? s.predicted_s / s.ingress_floor_s : 0.0);
   return o;
 }
 

@@ -2,12 +2,12 @@
 // unit. Block quantization needs whole blocks of whole rows (the scale of a block is its absmax),
 // so its units are cells between block-rounded shard boundaries; a cell whose data no single
 // rank holds becomes a gather later.
+#include "units.h"
+
 #include <algorithm>
 #include <map>
 #include <set>
 #include <unordered_map>
-
-#include "units.h"
 
 namespace weightcast::plan::detail {
 
@@ -95,7 +95,7 @@ struct TensorCutter {
   const std::vector<Piece>& pieces;
   const std::vector<int>& domain_of;  // trainer rank -> NVLink domain id
   double nvlink_gbps;                 // slowest trainer GPU's, for gather estimates
-  Target base;  // dest ids; boxes filled per unit
+  Target base;                        // dest ids; boxes filled per unit
   Shape scale_shape;
 
   uint64_t esz() const { return core::dtype_size(dp.dtype); }
@@ -106,7 +106,8 @@ struct TensorCutter {
       auto x = core::intersect(b, p.dest);
       if (!x) continue;
       const Box pb = to_part(*x, local.parts[p.part], dp.concat_dim);
-      out.push_back({p.part, dp.parts[p.part].transpose ? core::transpose_last2(pb) : pb, p.holders});
+      out.push_back(
+          {p.part, dp.parts[p.part].transpose ? core::transpose_last2(pb) : pb, p.holders});
     }
     return out;
   }
@@ -260,7 +261,8 @@ struct TensorCutter {
       d.erase(std::unique(d.begin(), d.end()), d.end());
       doms = i == 0 ? d : [&] {
         std::vector<int> both;
-        std::set_intersection(doms.begin(), doms.end(), d.begin(), d.end(), std::back_inserter(both));
+        std::set_intersection(doms.begin(), doms.end(), d.begin(), d.end(),
+                              std::back_inserter(both));
         return both;
       }();
       if (doms.empty()) return false;
@@ -283,9 +285,8 @@ struct TensorCutter {
         return;
       }
     }
-    std::sort(units.begin(), units.end(), [](const Unit& a, const Unit& b) {
-      return a.target.box.lo < b.target.box.lo;
-    });
+    std::sort(units.begin(), units.end(),
+              [](const Unit& a, const Unit& b) { return a.target.box.lo < b.target.box.lo; });
     std::vector<Unit> out;
     for (Unit& u : units) {
       if (!out.empty()) {
@@ -353,8 +354,9 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
   for (const spec::Device& d : in.trainer.mesh.devices)
     nvlink_gbps = std::min(nvlink_gbps, in.topology.find(d.host)->nvlink_gbps);
   for (const spec::Device& d : in.trainer.mesh.devices)
-    domain_of.push_back(domain_ids.emplace(in.topology.find(d.host)->nvlink_domain, domain_ids.size())
-                            .first->second);
+    domain_of.push_back(
+        domain_ids.emplace(in.topology.find(d.host)->nvlink_domain, domain_ids.size())
+            .first->second);
 
   struct Cut {
     size_t pi;
@@ -381,8 +383,9 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
         if (!local) continue;
         Target base;
         base.dest = static_cast<uint32_t>(plan.dests.size());
-        plan.dests.push_back({recv, static_cast<int32_t>(pi), false, local->shape, dp.dtype,
-                              static_cast<uint64_t>(local->shape.numel()) * core::dtype_size(dp.dtype)});
+        plan.dests.push_back(
+            {recv, static_cast<int32_t>(pi), false, local->shape, dp.dtype,
+             static_cast<uint64_t>(local->shape.numel()) * core::dtype_size(dp.dtype)});
         L.dest_parts.push_back(local->parts);
         Shape ss;
         if (dp.quant) {
@@ -405,7 +408,8 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
           }
         }
         auto memo = cut_cache.find(lk);
-        if (memo != cut_cache.end() && memo->second.pi == pi && memo->second.parts.size() == local->parts.size() &&
+        if (memo != cut_cache.end() && memo->second.pi == pi &&
+            memo->second.parts.size() == local->parts.size() &&
             std::equal(local->parts.begin(), local->parts.end(), memo->second.parts.begin(),
                        [](const spec::LocalPart& a, const spec::LocalPart& b) {
                          return a.global == b.global && a.offset == b.offset && a.part == b.part;
@@ -429,13 +433,16 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
             auto x = core::intersect(src_need, hs[hi].box);
             if (!x) continue;
             const Box pb = part.transpose ? core::transpose_last2(*x) : *x;
-            pieces.push_back({static_cast<uint32_t>(lp.part), hi, to_dest(pb, lp, dp.concat_dim), *x});
+            pieces.push_back(
+                {static_cast<uint32_t>(lp.part), hi, to_dest(pb, lp, dp.concat_dim), *x});
           }
         }
         TensorCutter tc{in, opts, L, dp, *local, pieces, domain_of, nvlink_gbps, base, ss};
         std::vector<Unit> units;
-        if (dp.quant) tc.quantized(units);
-        else tc.plain(units);
+        if (dp.quant)
+          tc.quantized(units);
+        else
+          tc.plain(units);
         tc.pack(units);
         for (Unit& u : units) u.key = tc.key(u, static_cast<uint32_t>(pi));
         L.units.insert(L.units.end(), units.begin(), units.end());

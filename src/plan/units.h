@@ -40,7 +40,7 @@ struct Unit {
 };
 
 struct Layout {
-  std::vector<std::vector<Holders>> holders;  // per trainer param
+  std::vector<std::vector<Holders>> holders;             // per trainer param
   std::vector<std::vector<spec::LocalPart>> dest_parts;  // per dest tensor (empty for scales)
   std::vector<Unit> units;
 };

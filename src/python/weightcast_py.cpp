@@ -43,7 +43,8 @@ std::pair<void*, uint64_t> writable(py::object obj, py::object nbytes) {
   py::buffer_info b = py::reinterpret_borrow<py::buffer>(obj).request(true);
   py::ssize_t expect = b.itemsize;
   for (py::ssize_t d = b.ndim - 1; d >= 0; --d) {
-    if (b.shape[d] > 1 && b.strides[d] != expect) throw py::value_error("the array must be C-contiguous");
+    if (b.shape[d] > 1 && b.strides[d] != expect)
+      throw py::value_error("the array must be C-contiguous");
     expect *= b.shape[d];
   }
   return {b.ptr, static_cast<uint64_t>(b.size * b.itemsize)};
@@ -61,13 +62,14 @@ struct Holder {
 PYBIND11_MODULE(weightcast, m) {
   m.doc() = "weightcast: RL weight broadcast with one-sided RDMA writes";
   py::class_<api::JobConfig>(m, "JobConfig")
-      .def(py::init([](std::string t, std::string i, std::string c, std::string rdv, std::string token,
-                       std::string provider, std::vector<std::string> nics, double deadline) {
+      .def(py::init([](std::string t, std::string i, std::string c, std::string rdv,
+                       std::string token, std::string provider, std::vector<std::string> nics,
+                       double deadline) {
              return api::JobConfig{t, i, c, rdv, token, provider, nics, deadline};
            }),
-           py::arg("trainer_spec"), py::arg("inference_spec"), py::arg("topology"), py::arg("rendezvous") = "",
-           py::arg("token") = "", py::arg("provider") = "tcp", py::arg("nics") = std::vector<std::string>{"127.0.0.1"},
-           py::arg("deadline_s") = 60.0)
+           py::arg("trainer_spec"), py::arg("inference_spec"), py::arg("topology"),
+           py::arg("rendezvous") = "", py::arg("token") = "", py::arg("provider") = "tcp",
+           py::arg("nics") = std::vector<std::string>{"127.0.0.1"}, py::arg("deadline_s") = 60.0)
       .def_readwrite("trainer_spec", &api::JobConfig::trainer_spec)
       .def_readwrite("inference_spec", &api::JobConfig::inference_spec)
       .def_readwrite("topology", &api::JobConfig::topology)
@@ -83,7 +85,8 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readonly("shape", &api::TensorInfo::shape)
       .def_readonly("nbytes", &api::TensorInfo::bytes)
       .def("__repr__", [](const api::TensorInfo& t) {
-        return "TensorInfo(" + t.name + (t.scales ? " scales" : "") + ", " + t.dtype + ", " + std::to_string(t.bytes) + " B)";
+        return "TensorInfo(" + t.name + (t.scales ? " scales" : "") + ", " + t.dtype + ", " +
+               std::to_string(t.bytes) + " B)";
       });
   py::class_<api::PushStats>(m, "PushStats")
       .def_readonly("bytes", &api::PushStats::bytes)
@@ -123,8 +126,10 @@ PYBIND11_MODULE(weightcast, m) {
           },
           py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none())
       .def("prepare", [](SndH& h) { check(nogil([&] { return h.obj.prepare(); })); })
-      .def("push", [](SndH& h, uint64_t step) { return check(nogil([&] { return h.obj.push(step); })); },
-           py::arg("step"));
+      .def(
+          "push",
+          [](SndH& h, uint64_t step) { return check(nogil([&] { return h.obj.push(step); })); },
+          py::arg("step"));
 
   using RcvH = Holder<api::Receiver>;
   py::class_<RcvH>(m, "Receiver")
@@ -140,8 +145,11 @@ PYBIND11_MODULE(weightcast, m) {
             check(h.obj.register_tensor(name, p, n, scales));
             h.keep.push_back(buf);
           },
-          py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none(), py::arg("scales") = false)
+          py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none(),
+          py::arg("scales") = false)
       .def("publish", [](RcvH& h) { check(nogil([&] { return h.obj.publish(); })); })
-      .def("wait", [](RcvH& h, uint64_t step) { return check(nogil([&] { return h.obj.wait(step); })); },
-           py::arg("step"));
+      .def(
+          "wait",
+          [](RcvH& h, uint64_t step) { return check(nogil([&] { return h.obj.wait(step); })); },
+          py::arg("step"));
 }

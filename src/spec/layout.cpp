@@ -34,8 +34,10 @@ std::optional<DestLocal> dest_local(const DestParam& p, const Mesh& mesh, int64_
   for (size_t i = 0; i < p.parts.size(); ++i) {
     auto b = local_box(p.parts[i].shape, p.placement, mesh, rank);
     if (!b) return std::nullopt;
-    if (i == 0) out.shape = b->extents();
-    else out.shape[p.concat_dim] += b->extent(p.concat_dim);
+    if (i == 0)
+      out.shape = b->extents();
+    else
+      out.shape[p.concat_dim] += b->extent(p.concat_dim);
     out.parts.push_back({static_cast<int>(i), *b, offset});
     offset += b->extent(p.concat_dim);
   }

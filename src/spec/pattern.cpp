@@ -22,21 +22,29 @@ int64_t eval(const std::string& e, const Vars& vars, const std::string& path) {
   while (i < e.size() && (std::isalnum(static_cast<unsigned char>(e[i])) || e[i] == '_')) ++i;
   const std::string name = e.substr(0, i);
   auto it = vars.find(name);
-  if (it == vars.end()) fail(path, fmt::format("pattern '{{{}}}' uses unknown variable '{}'", e, name));
+  if (it == vars.end())
+    fail(path, fmt::format("pattern '{{{}}}' uses unknown variable '{}'", e, name));
   int64_t v = it->second;
   while (i < e.size()) {
     const char op = e[i++];
     const int64_t n = parse_num(e, i, path);
     switch (op) {
-      case '+': v += n; break;
-      case '-': v -= n; break;
-      case '*': v *= n; break;
+      case '+':
+        v += n;
+        break;
+      case '-':
+        v -= n;
+        break;
+      case '*':
+        v *= n;
+        break;
       case '/':
       case '%':
         if (n == 0) fail(path, fmt::format("pattern '{{{}}}' divides by zero", e));
         v = op == '/' ? v / n : v % n;
         break;
-      default: fail(path, fmt::format("pattern '{{{}}}': unknown operator '{}'", e, op));
+      default:
+        fail(path, fmt::format("pattern '{{{}}}': unknown operator '{}'", e, op));
     }
   }
   return v;

@@ -34,7 +34,8 @@ Dims parse_dims(const json& root, const std::string& path, int64_t scale) {
     const int64_t v = get_int(it.value(), p, 1, kMaxExtent);
     if (v % scale != 0)
       fail(p, fmt::format("{} is not divisible by --scale {}; pick a scale that divides every "
-                          "named dim", v, scale));
+                          "named dim",
+                          v, scale));
     dims[it.key()] = v / scale;
   }
   return dims;
@@ -74,8 +75,10 @@ Shape parse_shape(const json& j, const Dims& dims, const std::string& path) {
 core::DType parse_dtype_at(const json& j, const std::string& path) {
   const std::string s = get_string(j, path);
   auto t = core::parse_dtype(s);
-  if (!t) fail(path, fmt::format("unknown dtype '{}' (expected bf16, fp16, fp32, fp8_e4m3, "
-                                 "fp8_e5m2 or int8)", s));
+  if (!t)
+    fail(path, fmt::format("unknown dtype '{}' (expected bf16, fp16, fp32, fp8_e4m3, "
+                           "fp8_e5m2 or int8)",
+                           s));
   return *t;
 }
 
@@ -95,7 +98,8 @@ std::vector<Device> parse_devices(const json& j, int64_t count, int64_t first_in
   }
   check_keys(j, {"host", "gpus_per_host", "first_host", "first_gpu"}, path);
   const std::string tmpl = get_string(require(j, "host", path), child(path, "host"));
-  const int64_t gph = get_int(require(j, "gpus_per_host", path), child(path, "gpus_per_host"), 1, 1024);
+  const int64_t gph =
+      get_int(require(j, "gpus_per_host", path), child(path, "gpus_per_host"), 1, 1024);
   int64_t first = 0;
   if (const json* f = optional(j, "first_host", path))
     first = get_int(*f, child(path, "first_host"), 0, kMaxRanks);
@@ -175,7 +179,8 @@ PlacementMap parse_placement(const json* j, const std::vector<std::vector<Axis>>
                             shape.nd));
       if (pl.kind == Placement::Kind::kOwner && pl.arg >= axis->size)
         fail(p, fmt::format("owner coordinate {} outside axis '{}' of size {}: no rank would "
-                            "hold this tensor", pl.arg, axis->name, axis->size));
+                            "hold this tensor",
+                            pl.arg, axis->name, axis->size));
     }
     out[it.key()] = pl;
   }
@@ -184,7 +189,8 @@ PlacementMap parse_placement(const json* j, const std::vector<std::vector<Axis>>
 
 void check_format(const json& root, const char* format, const char* role, const std::string& path) {
   const std::string f = get_string(require(root, "format", path), child(path, "format"));
-  if (f != format) fail(child(path, "format"), fmt::format("expected \"{}\", got \"{}\"", format, f));
+  if (f != format)
+    fail(child(path, "format"), fmt::format("expected \"{}\", got \"{}\"", format, f));
   if (role) {
     const std::string r = get_string(require(root, "role", path), child(path, "role"));
     if (r != role) fail(child(path, "role"), fmt::format("expected \"{}\", got \"{}\"", role, r));
@@ -311,7 +317,8 @@ Result<TrainerSpec> parse_trainer(const json& j, const ParseOptions& opts) {
   return t;
 }
 
-Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t, const ParseOptions& opts) {
+Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t,
+                                      const ParseOptions& opts) {
   InferenceSpec inf;
   Status st = guarded([&] {
     const std::string path = "inference";
@@ -353,7 +360,8 @@ Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t, const
         const std::string qp = child(p, "quant");
         check_keys(*q, {"block", "scale"}, qp);
         if (dt != core::DType::kFP8E4M3 && dt != core::DType::kFP8E5M2)
-          fail(qp, fmt::format("block quantization needs an fp8 dtype, got {}", core::dtype_name(dt)));
+          fail(qp,
+               fmt::format("block quantization needs an fp8 dtype, got {}", core::dtype_name(dt)));
         if (shape.nd < 2) fail(qp, "block quantization needs at least 2 dims");
         const json& b = require_array(require(*q, "block", qp), child(qp, "block"));
         if (b.size() != 2) fail(child(qp, "block"), "expected [rows, cols]");
@@ -377,7 +385,8 @@ Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t, const
                                       child(p, "placement"));
         d.quant = quant;
         if (d.quant) {
-          d.quant->scale_name = substitute(quant->scale_name, vars, child(child(p, "quant"), "scale"));
+          d.quant->scale_name =
+              substitute(quant->scale_name, vars, child(child(p, "quant"), "scale"));
           if (!scale_names.insert(d.quant->scale_name).second)
             fail(child(child(p, "quant"), "scale"),
                  fmt::format("scale tensor name '{}' used twice", d.quant->scale_name));

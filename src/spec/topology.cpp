@@ -32,9 +32,12 @@ int Mesh::axis_index(const std::string& name) const {
 
 std::string Placement::str() const {
   switch (kind) {
-    case Kind::kReplicate: return "R";
-    case Kind::kShard: return fmt::format("S({})", arg);
-    case Kind::kOwner: return fmt::format("O({})", arg);
+    case Kind::kReplicate:
+      return "R";
+    case Kind::kShard:
+      return fmt::format("S({})", arg);
+    case Kind::kOwner:
+      return fmt::format("O({})", arg);
   }
   return "?";
 }
@@ -51,29 +54,32 @@ Result<Topology> parse_topology(const json& j) {
     check_keys(j, {"format", "name", "hosts"}, path);
     const std::string f = get_string(require(j, "format", path), child(path, "format"));
     if (f != "weightcast.topology/v1")
-      fail(child(path, "format"), fmt::format("expected \"weightcast.topology/v1\", got \"{}\"", f));
+      fail(child(path, "format"),
+           fmt::format("expected \"weightcast.topology/v1\", got \"{}\"", f));
     const std::string hp = child(path, "hosts");
     const json& hosts = require_array(require(j, "hosts", path), hp);
     for (size_t i = 0; i < hosts.size(); ++i) {
       const std::string p = child(hp, i);
       const json& h = hosts[i];
-      check_keys(h, {"name", "for", "gpus", "nics_per_gpu", "nic_gbps", "nvlink_gbps",
-                     "nvlink_domain"}, p);
+      check_keys(
+          h, {"name", "for", "gpus", "nics_per_gpu", "nic_gbps", "nvlink_gbps", "nvlink_domain"},
+          p);
       const std::string tmpl = get_string(require(h, "name", p), child(p, "name"));
       HostInfo base;
       base.gpus = static_cast<int>(get_int(require(h, "gpus", p), child(p, "gpus"), 1, 1024));
       if (const json* v = optional(h, "nics_per_gpu", p))
         base.nics_per_gpu = static_cast<int>(get_int(*v, child(p, "nics_per_gpu"), 1, 16));
-      if (const json* v = optional(h, "nic_gbps", p)) base.nic_gbps = get_number(*v, child(p, "nic_gbps"), 0.001, 1e6);
+      if (const json* v = optional(h, "nic_gbps", p))
+        base.nic_gbps = get_number(*v, child(p, "nic_gbps"), 0.001, 1e6);
       if (const json* v = optional(h, "nvlink_gbps", p))
         base.nvlink_gbps = get_number(*v, child(p, "nvlink_gbps"), 0.001, 1e7);
       const json* dom = optional(h, "nvlink_domain", p);
       expand(optional(h, "for", p), p, 1 << 20, [&](const Vars& vars) {
         HostInfo hi = base;
         hi.name = substitute(tmpl, vars, child(p, "name"));
-        hi.nvlink_domain =
-            dom ? substitute(get_string(*dom, child(p, "nvlink_domain")), vars, child(p, "nvlink_domain"))
-                : hi.name;
+        hi.nvlink_domain = dom ? substitute(get_string(*dom, child(p, "nvlink_domain")), vars,
+                                            child(p, "nvlink_domain"))
+                               : hi.name;
         if (!t.index.emplace(hi.name, static_cast<int>(t.hosts.size())).second)
           fail(child(p, "name"), fmt::format("duplicate host name '{}'", hi.name));
         t.hosts.push_back(std::move(hi));
@@ -110,7 +116,9 @@ Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& 
   std::map<std::pair<std::string, int>, std::string> used;
   if (Status s = check_devices(t.mesh, "trainer", topo, used); !s) return s;
   for (size_t r = 0; r < inf.replicas.size(); ++r)
-    if (Status s = check_devices(inf.replicas[r], fmt::format("inference replica {}", r), topo, used); !s)
+    if (Status s =
+            check_devices(inf.replicas[r], fmt::format("inference replica {}", r), topo, used);
+        !s)
       return s;
   return Status::ok();
 }

@@ -1,7 +1,8 @@
 // The backend factory: the one place a backend is picked.
+#include "weightcast/transport/domain.h"
+
 #include "fabric/fabric_domain.h"
 #include "verbs/verbs_domain.h"
-#include "weightcast/transport/domain.h"
 
 namespace weightcast::transport {
 

@@ -9,7 +9,8 @@ void ImmCounters::begin_generation(uint8_t generation) {
   std::lock_guard<std::mutex> lk(mu_);
   generation_ = generation;
   for (auto it = credits_.begin(); it != credits_.end();)
-    it = generation_diff(std::get<0>(it->first), generation) < 0 ? credits_.erase(it) : std::next(it);
+    it = generation_diff(std::get<0>(it->first), generation) < 0 ? credits_.erase(it)
+                                                                 : std::next(it);
 }
 
 uint8_t ImmCounters::generation() const {

@@ -36,7 +36,8 @@ Result<RemoteRegion> RemoteRegion::parse(std::span<const uint8_t> b) {
   RemoteRegion r;
   size_t pos = 4;
   uint64_t n = 0;
-  if (b.size() < 4 || std::memcmp(b.data(), "WCR1", 4) != 0 || !get64(b, pos, r.len) || !get64(b, pos, n) || n > 16)
+  if (b.size() < 4 || std::memcmp(b.data(), "WCR1", 4) != 0 || !get64(b, pos, r.len) ||
+      !get64(b, pos, n) || n > 16)
     return invalid("bad remote region descriptor ({} bytes)", b.size());
   for (uint64_t i = 0; i < n; ++i) {
     RemoteKey k;
@@ -44,7 +45,8 @@ Result<RemoteRegion> RemoteRegion::parse(std::span<const uint8_t> b) {
       return invalid("bad remote region descriptor: NIC {} entry truncated or inconsistent", i);
     r.per_nic.push_back(k);
   }
-  if (pos != b.size()) return invalid("bad remote region descriptor: {} trailing bytes", b.size() - pos);
+  if (pos != b.size())
+    return invalid("bad remote region descriptor: {} trailing bytes", b.size() - pos);
   return r;
 }
 
@@ -75,7 +77,8 @@ Result<std::vector<std::vector<uint8_t>>> unpack_addresses(std::span<const uint8
     return invalid("bad address blob ({} bytes)", b.size());
   for (uint64_t i = 0; i < n; ++i) {
     uint64_t len = 0;
-    if (!get64(b, pos, len) || len > 4096 || pos + len > b.size()) return invalid("bad address blob: NIC {} truncated", i);
+    if (!get64(b, pos, len) || len > 4096 || pos + len > b.size())
+      return invalid("bad address blob: NIC {} truncated", i);
     out.emplace_back(b.begin() + static_cast<long>(pos), b.begin() + static_cast<long>(pos + len));
     pos += len;
   }
@@ -83,7 +86,8 @@ Result<std::vector<std::vector<uint8_t>>> unpack_addresses(std::span<const uint8
 }
 
 Result<std::unique_ptr<NicGroup>> NicGroup::open(const std::vector<DomainConfig>& nics) {
-  if (nics.empty() || nics.size() > 4) return invalid("a NIC group has 1 to 4 NICs, got {}", nics.size());
+  if (nics.empty() || nics.size() > 4)
+    return invalid("a NIC group has 1 to 4 NICs, got {}", nics.size());
   auto g = std::make_unique<NicGroup>();
   for (const DomainConfig& c : nics) {
     auto d = open_domain(c);
@@ -103,7 +107,8 @@ Result<uint32_t> NicGroup::connect(std::span<const uint8_t> peer_address) {
   auto addrs = unpack_addresses(peer_address);
   if (!addrs) return addrs.status();
   if (addrs->size() != nics_.size())
-    return invalid("peer has {} NICs, this group has {}: NIC groups must match", addrs->size(), nics_.size());
+    return invalid("peer has {} NICs, this group has {}: NIC groups must match", addrs->size(),
+                   nics_.size());
   std::vector<PeerId> ids;
   for (size_t i = 0; i < nics_.size(); ++i) {
     auto p = nics_[i]->connect((*addrs)[i]);

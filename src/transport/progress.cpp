@@ -75,10 +75,11 @@ Status ProgressEngine::wait(uint64_t batch, Clock::time_point deadline) {
   const bool done = batch_cv_.wait_until(lk, deadline, [&] { return it->second.remaining == 0; });
   Batch b = it->second;
   if (!done) {
-    return Status(Code::kTimeout, fmt::format("write batch {}: {} of its NIC shards still outstanding at "
-                                              "the deadline{}{}", batch, b.remaining,
-                                              b.errors.empty() ? "" : "; errors: ",
-                                              b.errors.empty() ? "" : b.errors.front()));
+    return Status(Code::kTimeout,
+                  fmt::format("write batch {}: {} of its NIC shards still outstanding at "
+                              "the deadline{}{}",
+                              batch, b.remaining, b.errors.empty() ? "" : "; errors: ",
+                              b.errors.empty() ? "" : b.errors.front()));
   }
   batches_.erase(it);
   if (!b.errors.empty())
@@ -133,7 +134,8 @@ void ProgressEngine::loop() {
         std::vector<WriteOp> ops(q.begin(), q.begin() + static_cast<long>(chunk));
         const auto tp = Clock::now();
         auto took = group_->nic(n).post(ops);
-        const auto post_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - tp).count());
+        const auto post_ns = static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - tp).count());
         size_t t = took ? *took : 0;
         if (!took) {  // a post error fails that op's batch; drop it and go on
           std::lock_guard<std::mutex> lk(batch_mu_);

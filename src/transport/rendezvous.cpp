@@ -41,7 +41,9 @@ std::span<const uint8_t> bytes(const std::string& s) {
 // Reads exactly n bytes before the deadline; false on EOF, error or timeout.
 bool read_full(int fd, uint8_t* p, size_t n, std::chrono::steady_clock::time_point deadline) {
   while (n > 0) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          deadline - std::chrono::steady_clock::now())
+                          .count();
     if (left <= 0) return false;
     pollfd pfd{fd, POLLIN, 0};
     const int pr = ::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
@@ -86,7 +88,8 @@ std::vector<uint8_t> reply(char op, std::span<const uint8_t> field = {}) {
 }
 
 // Splits a payload's fields; false when they do not tile the payload exactly.
-bool fields(const std::vector<uint8_t>& p, size_t want, std::vector<std::span<const uint8_t>>& out) {
+bool fields(const std::vector<uint8_t>& p, size_t want,
+            std::vector<std::span<const uint8_t>>& out) {
   size_t pos = 1;
   while (pos < p.size() && out.size() < want) {
     if (pos + 4 > p.size()) return false;
@@ -101,23 +104,27 @@ bool fields(const std::vector<uint8_t>& p, size_t want, std::vector<std::span<co
 
 }  // namespace
 
-Result<std::unique_ptr<RendezvousServer>> RendezvousServer::start(const std::string& host, uint16_t port,
-                                                                   std::string token, RendezvousLimits limits) {
+Result<std::unique_ptr<RendezvousServer>> RendezvousServer::start(const std::string& host,
+                                                                  uint16_t port, std::string token,
+                                                                  RendezvousLimits limits) {
   if (token.empty()) return invalid("rendezvous: a job token is required");
   std::unique_ptr<RendezvousServer> s(new RendezvousServer());
   s->token_ = std::move(token);
   s->limits_ = limits;
   s->listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (s->listen_fd_ < 0) return Status(Code::kSystem, fmt::format("socket: {}", std::strerror(errno)));
+  if (s->listen_fd_ < 0)
+    return Status(Code::kSystem, fmt::format("socket: {}", std::strerror(errno)));
   int one = 1;
   setsockopt(s->listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
-  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) return invalid("rendezvous: bad bind address '{}'", host);
+  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1)
+    return invalid("rendezvous: bad bind address '{}'", host);
   if (::bind(s->listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
     return Status(Code::kSystem, fmt::format("bind({}:{}): {}", host, port, std::strerror(errno)));
-  if (::listen(s->listen_fd_, 128) != 0) return Status(Code::kSystem, fmt::format("listen: {}", std::strerror(errno)));
+  if (::listen(s->listen_fd_, 128) != 0)
+    return Status(Code::kSystem, fmt::format("listen: {}", std::strerror(errno)));
   socklen_t len = sizeof a;
   getsockname(s->listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
   s->port_ = ntohs(a.sin_port);
@@ -170,7 +177,9 @@ void RendezvousServer::serve(int fd) {
     if (!read_full(fd, hdr, 4, deadline)) break;
     const uint32_t n = get32(hdr);
     if (n == 0 || n > max_frame) {
-      send_frame(fd, reply('E', bytes(fmt::format("frame of {} bytes rejected (limit {})", n, max_frame))));
+      send_frame(
+          fd,
+          reply('E', bytes(fmt::format("frame of {} bytes rejected (limit {})", n, max_frame))));
       std::lock_guard<std::mutex> lk(mu_);
       ++stats_.rejected;
       break;
@@ -185,8 +194,7 @@ void RendezvousServer::serve(int fd) {
       ++stats_.rejected;
     };
     if (!authed) {
-      if (op != 'H' || !fields(p, 1, f) ||
-          std::string(f[0].begin(), f[0].end()) != token_) {
+      if (op != 'H' || !fields(p, 1, f) || std::string(f[0].begin(), f[0].end()) != token_) {
         reject("job token missing or wrong");
         break;
       }
@@ -215,12 +223,14 @@ void RendezvousServer::serve(int fd) {
       {
         std::unique_lock<std::mutex> lk(mu_);
         ++stats_.gets;
-        found = cv_.wait_until(lk, until, [&] { return stop_ || kv_.count(key); }) && kv_.count(key);
+        found =
+            cv_.wait_until(lk, until, [&] { return stop_ || kv_.count(key); }) && kv_.count(key);
         if (found) value = kv_[key];
       }
       if (!send_frame(fd, found ? reply('V', value) : reply('N'))) break;
     } else {
-      reject(fmt::format("malformed request (op 0x{:02x}, {} bytes)", static_cast<unsigned>(p[0]), n));
+      reject(
+          fmt::format("malformed request (op 0x{:02x}, {} bytes)", static_cast<unsigned>(p[0]), n));
       break;
     }
   }
@@ -229,7 +239,8 @@ void RendezvousServer::serve(int fd) {
   ::close(fd);
 }
 
-Result<std::unique_ptr<RendezvousClient>> RendezvousClient::connect(const std::string& host, uint16_t port,
+Result<std::unique_ptr<RendezvousClient>> RendezvousClient::connect(const std::string& host,
+                                                                    uint16_t port,
                                                                     const std::string& token,
                                                                     Clock::time_point deadline) {
   std::unique_ptr<RendezvousClient> c(new RendezvousClient());
@@ -237,7 +248,8 @@ Result<std::unique_ptr<RendezvousClient>> RendezvousClient::connect(const std::s
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
-  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) return invalid("rendezvous: bad address '{}'", host);
+  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1)
+    return invalid("rendezvous: bad address '{}'", host);
   // The server may not be up yet: retry until the deadline.
   while (true) {
     c->fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -246,7 +258,8 @@ Result<std::unique_ptr<RendezvousClient>> RendezvousClient::connect(const std::s
     ::close(c->fd_);
     c->fd_ = -1;
     if (Clock::now() > deadline)
-      return Status(Code::kTimeout, fmt::format("rendezvous {}: connect: {}", c->where_, std::strerror(err)));
+      return Status(Code::kTimeout,
+                    fmt::format("rendezvous {}: connect: {}", c->where_, std::strerror(err)));
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   int one = 1;
@@ -262,19 +275,24 @@ RendezvousClient::~RendezvousClient() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-Result<std::vector<uint8_t>> RendezvousClient::request(const std::vector<uint8_t>& frame, Clock::time_point deadline) {
-  if (!send_frame(fd_, frame)) return Status(Code::kSystem, fmt::format("rendezvous {}: send: {}", where_, std::strerror(errno)));
+Result<std::vector<uint8_t>> RendezvousClient::request(const std::vector<uint8_t>& frame,
+                                                       Clock::time_point deadline) {
+  if (!send_frame(fd_, frame))
+    return Status(Code::kSystem,
+                  fmt::format("rendezvous {}: send: {}", where_, std::strerror(errno)));
   uint8_t hdr[4];
   if (!read_full(fd_, hdr, 4, deadline + std::chrono::seconds(1)))
     return Status(Code::kTimeout, fmt::format("rendezvous {}: no reply", where_));
   const uint32_t n = get32(hdr);
-  if (n == 0 || n > (64u << 20)) return Status(Code::kRemote, fmt::format("rendezvous {}: bad reply length {}", where_, n));
+  if (n == 0 || n > (64u << 20))
+    return Status(Code::kRemote, fmt::format("rendezvous {}: bad reply length {}", where_, n));
   std::vector<uint8_t> p(n);
   if (!read_full(fd_, p.data(), n, deadline + std::chrono::seconds(1)))
     return Status(Code::kTimeout, fmt::format("rendezvous {}: truncated reply", where_));
   std::vector<std::span<const uint8_t>> f;
   if (p[0] == 'E' && fields(p, 1, f))
-    return Status(Code::kRemote, fmt::format("rendezvous {}: {}", where_, std::string(f[0].begin(), f[0].end())));
+    return Status(Code::kRemote,
+                  fmt::format("rendezvous {}: {}", where_, std::string(f[0].begin(), f[0].end())));
   return p;
 }
 
@@ -284,14 +302,19 @@ Status RendezvousClient::put(const std::string& key, std::span<const uint8_t> va
   put_field(m, value);
   auto r = request(m, Clock::now() + std::chrono::seconds(10));
   if (!r) return r.status();
-  return (*r)[0] == 'O' ? Status::ok() : Status(Code::kRemote, "rendezvous: unexpected reply to put");
+  return (*r)[0] == 'O' ? Status::ok()
+                        : Status(Code::kRemote, "rendezvous: unexpected reply to put");
 }
 
-Status RendezvousClient::put(const std::string& key, const std::string& value) { return put(key, bytes(value)); }
+Status RendezvousClient::put(const std::string& key, const std::string& value) {
+  return put(key, bytes(value));
+}
 
-Result<std::vector<uint8_t>> RendezvousClient::get(const std::string& key, Clock::time_point deadline) {
+Result<std::vector<uint8_t>> RendezvousClient::get(const std::string& key,
+                                                   Clock::time_point deadline) {
   while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     std::vector<uint8_t> m{'G'};
     put_field(m, bytes(key));
     std::vector<uint8_t> w;
@@ -302,7 +325,9 @@ Result<std::vector<uint8_t>> RendezvousClient::get(const std::string& key, Clock
     std::vector<std::span<const uint8_t>> f;
     if ((*r)[0] == 'V' && fields(*r, 1, f)) return std::vector<uint8_t>(f[0].begin(), f[0].end());
     if (Clock::now() >= deadline)
-      return Status(Code::kTimeout, fmt::format("rendezvous {}: key '{}' not published before the deadline", where_, key));
+      return Status(
+          Code::kTimeout,
+          fmt::format("rendezvous {}: key '{}' not published before the deadline", where_, key));
   }
 }
 

@@ -20,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto c = spec::parse_topology(j);
   // Whatever parses must also plan (or fail cleanly) when combined with the tiny specs.
   if (i) {
-    auto in = spec::make_inputs(testing::tiny_trainer(), j, testing::tiny_topology(), {}, {"t", "i", "c"});
+    auto in = spec::make_inputs(testing::tiny_trainer(), j, testing::tiny_topology(), {},
+                                {"t", "i", "c"});
     if (in) (void)plan::make_plan(*in, {});
   }
   (void)t;

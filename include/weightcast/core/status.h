@@ -39,7 +39,7 @@ Status invalid(fmt::format_string<Args...> f, Args&&... args) {
 template <typename T>
 class Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : status_(std::move(status)) {  // NOLINT
     if (status_.is_ok()) status_ = Status(Code::kInternal, "Result built from an ok Status");
   }

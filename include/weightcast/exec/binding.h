@@ -43,7 +43,9 @@ struct Expectation {
 std::vector<Expectation> expectations(const plan::Plan& plan, uint32_t receiver, uint32_t nics);
 
 // A receiver's published buffers: one remote descriptor per dest tensor, in one blob.
-std::vector<uint8_t> serialize_descriptors(const std::vector<std::pair<uint32_t, transport::RemoteRegion>>& d);
-Result<std::map<uint32_t, transport::RemoteRegion>> parse_descriptors(std::span<const uint8_t> blob);
+std::vector<uint8_t> serialize_descriptors(
+    const std::vector<std::pair<uint32_t, transport::RemoteRegion>>& d);
+Result<std::map<uint32_t, transport::RemoteRegion>> parse_descriptors(
+    std::span<const uint8_t> blob);
 
 }  // namespace weightcast::exec

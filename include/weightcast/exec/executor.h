@@ -26,10 +26,10 @@ class TrainerExecutor {
  public:
   // With `allocate`, the executor owns one registered arena holding every shard of the rank;
   // without, the caller binds its own tensors (bind_shard) before prepare().
-  static Result<std::unique_ptr<TrainerExecutor>> create(const spec::Inputs& in, const plan::Plan& plan,
-                                                         uint32_t rank,
-                                                         const std::vector<transport::DomainConfig>& nics,
-                                                         transport::RendezvousClient* rdv, bool allocate = true);
+  static Result<std::unique_ptr<TrainerExecutor>> create(
+      const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
+      const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
+      bool allocate = true);
   // Registers the caller's memory as this rank's shard of trainer param `name` (row-major over
   // the rank's local box, trainer dtype); `bytes` must be exactly the shard's size.
   Status bind_shard(const std::string& name, void* data, uint64_t bytes);
@@ -43,7 +43,8 @@ class TrainerExecutor {
   // only after the writes reading it completed), writes tagged {generation, phase, rank}. The
   // generation identifies the attempt: a retried step uses a new one, so writes of an aborted
   // attempt can never count toward it. `max_writes` stops early (fault-injection tests).
-  Result<StepReport> push(uint8_t generation, Clock::time_point deadline, uint64_t max_writes = UINT64_MAX);
+  Result<StepReport> push(uint8_t generation, Clock::time_point deadline,
+                          uint64_t max_writes = UINT64_MAX);
   // A receiver restarted (new incarnation, new buffers): reconnect to it and use its new
   // descriptors from the next push on. No-op when the incarnation is the one in use.
   Status rejoin(uint32_t receiver, uint32_t incarnation, Clock::time_point deadline);
@@ -84,10 +85,10 @@ class InferenceReceiver {
  public:
   // With `allocate`, the receiver owns one arena holding all its tensors; without, the caller
   // binds the engine's own weight tensors (bind_tensor) before publish().
-  static Result<std::unique_ptr<InferenceReceiver>> create(const spec::Inputs& in, const plan::Plan& plan,
-                                                           uint32_t receiver,
-                                                           const std::vector<transport::DomainConfig>& nics,
-                                                           transport::RendezvousClient* rdv, bool allocate = true);
+  static Result<std::unique_ptr<InferenceReceiver>> create(
+      const spec::Inputs& in, const plan::Plan& plan, uint32_t receiver,
+      const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
+      bool allocate = true);
   // Registers the caller's buffer for inference param `name` on this rank (its FP32 block scales
   // when `scales`); `bytes` must be exactly the local tensor's size.
   Status bind_tensor(const std::string& name, bool scales, void* data, uint64_t bytes);
@@ -112,7 +113,8 @@ class InferenceReceiver {
   transport::ImmCounters counters_;
   std::unique_ptr<transport::ProgressEngine> engine_;
   std::deque<transport::Region> regions_;
-  std::map<uint32_t, std::pair<std::byte*, const transport::Region*>> bound_;  // dest -> (data, region)
+  std::map<uint32_t, std::pair<std::byte*, const transport::Region*>>
+      bound_;                               // dest -> (data, region)
   std::map<uint32_t, uint64_t> bound_off_;  // dest -> offset inside its region
   transport::RendezvousClient* rdv_ = nullptr;
   std::vector<transport::Expect> expect_;

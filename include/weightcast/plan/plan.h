@@ -13,13 +13,13 @@
 namespace weightcast::plan {
 
 struct Options {
-  uint64_t max_write_bytes = 16ull << 20;    // longer runs are split into writes of this size
-  uint64_t max_unit_bytes = 64ull << 20;     // largest piece of work one projection handles
+  uint64_t max_write_bytes = 16ull << 20;  // longer runs are split into writes of this size
+  uint64_t max_unit_bytes = 64ull << 20;   // largest piece of work one projection handles
   // Packing trade: one write costs this much fixed time (posting, NIC, imm handling); merging
   // small units is worth it when the writes it saves cost more than the NVLink gather it adds.
   double write_cost_us = 2.0;
-  uint64_t staging_watermark = 512ull << 20; // per sender: gather buffers + projection ring
-  bool intra_domain_gathers_only = false;    // refuse plans whose gathers cross NVLink domains
+  uint64_t staging_watermark = 512ull << 20;  // per sender: gather buffers + projection ring
+  bool intra_domain_gathers_only = false;     // refuse plans whose gathers cross NVLink domains
 };
 
 // One gather: `root` ends with `box` (global coords of trainer param `param`) in its staging at
@@ -44,9 +44,9 @@ struct Gather {
 struct Project {
   enum class Kind : uint8_t { kCopy, kCast, kQuant };
   struct Input {
-    uint32_t part = 0;   // which part of the dest param
-    core::Box src;       // global coords of that part's trainer param
-    int32_t gather = -1; // -1: the sender's own shard; else the gather that brought it
+    uint32_t part = 0;    // which part of the dest param
+    core::Box src;        // global coords of that part's trainer param
+    int32_t gather = -1;  // -1: the sender's own shard; else the gather that brought it
   };
   uint32_t sender = 0;
   uint32_t dest = 0;

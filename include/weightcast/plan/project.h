@@ -22,7 +22,7 @@ struct Held {
 using InputResolver = std::function<Held(const Project::Input&)>;
 
 // Writes the unit's output (and scales) at staging + p.staging_off / p.scale_off.
-Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& p, const InputResolver& resolve,
-                   std::byte* staging, uint64_t staging_size);
+Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& p,
+                   const InputResolver& resolve, std::byte* staging, uint64_t staging_size);
 
 }  // namespace weightcast::plan

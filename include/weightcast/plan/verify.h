@@ -25,7 +25,8 @@ using ValueFn = std::function<float(int param, int64_t index, uint64_t step)>;
 
 // Reference bytes of one destination tensor, from the specs alone.
 std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor& d,
-                                        const Receiver& r, uint64_t step, const ValueFn& values = {});
+                                        const Receiver& r, uint64_t step,
+                                        const ValueFn& values = {});
 
 struct VerifyResult {
   uint64_t bytes_checked = 0, writes = 0, gathers = 0, projects = 0;

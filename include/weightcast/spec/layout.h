@@ -17,7 +17,7 @@ std::optional<core::Box> local_box(const core::Shape& shape, const PlacementMap&
 // One part of an inference tensor's local buffer on a rank.
 struct LocalPart {
   int part = 0;
-  core::Box global;  // in the part's (post-transpose) coordinates
+  core::Box global;    // in the part's (post-transpose) coordinates
   int64_t offset = 0;  // where it starts along the concat dim of the local buffer
 };
 

@@ -18,9 +18,9 @@ struct Capabilities {
   std::string provider;  // e.g. "tcp;ofi_rxm", "efa", "mlx5_0"
   size_t imm_bytes = 0;  // remote CQ data size
   uint64_t max_msg = 0;
-  bool device_memory = false;   // can register CUDA memory directly
-  bool manual_progress = false; // data lands only while someone polls
-  bool virt_addr = false;       // remote addresses are virtual addresses (else offsets)
+  bool device_memory = false;    // can register CUDA memory directly
+  bool manual_progress = false;  // data lands only while someone polls
+  bool virt_addr = false;        // remote addresses are virtual addresses (else offsets)
 };
 
 enum class MemKind : uint8_t { kHost, kCuda };
@@ -76,13 +76,13 @@ class Domain {
 };
 
 struct DomainConfig {
-  std::string backend = "fabric";  // "fabric" or "verbs"
-  std::string provider = "tcp";    // libfabric provider name, or verbs device name
-  std::string address;             // local IP to bind (fabric), empty: the provider's default
-  int port = 1;                    // verbs
-  int gid_index = 0;               // verbs (RoCEv2 needs the right GID)
-  uint32_t rank = 0;               // verbs: this process's index among its peers (QP slot)
-  uint32_t max_peers = 16;         // verbs: RC QPs created up front, one per peer slot
+  std::string backend = "fabric";    // "fabric" or "verbs"
+  std::string provider = "tcp";      // libfabric provider name, or verbs device name
+  std::string address;               // local IP to bind (fabric), empty: the provider's default
+  int port = 1;                      // verbs
+  int gid_index = 0;                 // verbs (RoCEv2 needs the right GID)
+  uint32_t rank = 0;                 // verbs: this process's index among its peers (QP slot)
+  uint32_t max_peers = 16;           // verbs: RC QPs created up front, one per peer slot
   uint64_t max_write = 16ull << 20;  // writes above are split
 };
 

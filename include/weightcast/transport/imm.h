@@ -25,7 +25,9 @@ struct Imm {
 };
 
 // Signed distance a - b between generations modulo 256: negative means a is older than b.
-inline int generation_diff(uint8_t a, uint8_t b) { return static_cast<int8_t>(static_cast<uint8_t>(a - b)); }
+inline int generation_diff(uint8_t a, uint8_t b) {
+  return static_cast<int8_t>(static_cast<uint8_t>(a - b));
+}
 
 // The count rule: a write striped over `nics` NICs yields one immediate per NIC, zero-length
 // shards included, so receivers can expect exact counts.

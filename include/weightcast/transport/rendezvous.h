@@ -32,7 +32,8 @@ class RendezvousServer {
  public:
   // Binds `host:port` (port 0 picks a free one).
   static Result<std::unique_ptr<RendezvousServer>> start(const std::string& host, uint16_t port,
-                                                         std::string token, RendezvousLimits limits = {});
+                                                         std::string token,
+                                                         RendezvousLimits limits = {});
   ~RendezvousServer();
   uint16_t port() const { return port_; }
   struct Stats {
@@ -73,7 +74,8 @@ class RendezvousClient {
 
  private:
   RendezvousClient() = default;
-  Result<std::vector<uint8_t>> request(const std::vector<uint8_t>& frame, Clock::time_point deadline);
+  Result<std::vector<uint8_t>> request(const std::vector<uint8_t>& frame,
+                                       Clock::time_point deadline);
   int fd_ = -1;
   std::string where_;
 };

@@ -1,6 +1,8 @@
 // libfabric backend: FI_EP_RDM endpoints, FI_RMA writes with FI_REMOTE_CQ_DATA, a
 // FI_CQ_FORMAT_DATA completion queue. Honours the provider's mr_mode bits (local descriptors,
 // virtual or offset addressing, provider keys, endpoint-bound MRs). FI_EAGAIN is back-pressure.
+#include "fabric_domain.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <rdma/fabric.h>
@@ -12,8 +14,6 @@
 
 #include <cstring>
 #include <deque>
-
-#include "fabric_domain.h"
 
 namespace weightcast::transport {
 
@@ -55,9 +55,9 @@ class FabricDomain final : public Domain {
     const int rc = fi_getinfo(FI_VERSION(1, 17), node, nullptr, node ? FI_SOURCE : 0, hints, &list);
     fi_freeinfo(hints);
     if (rc != 0)
-      return Status(Code::kTransport, fmt::format("fi_getinfo(provider={}, address={}): {}", cfg.provider,
-                                                  cfg.address.empty() ? "default" : cfg.address,
-                                                  fi_strerror(-rc)));
+      return Status(Code::kTransport,
+                    fmt::format("fi_getinfo(provider={}, address={}): {}", cfg.provider,
+                                cfg.address.empty() ? "default" : cfg.address, fi_strerror(-rc)));
     // With an address, take the entry bound to exactly that IPv4 address.
     fi_info* pick = list;
     if (node) {
@@ -66,11 +66,13 @@ class FabricDomain final : public Domain {
       pick = nullptr;
       for (fi_info* i = list; i && !pick; i = i->next) {
         if (i->addr_format != FI_SOCKADDR_IN || !i->src_addr) continue;
-        if (reinterpret_cast<const sockaddr_in*>(i->src_addr)->sin_addr.s_addr == want.s_addr) pick = i;
+        if (reinterpret_cast<const sockaddr_in*>(i->src_addr)->sin_addr.s_addr == want.s_addr)
+          pick = i;
       }
       if (!pick) {
         fi_freeinfo(list);
-        return Status(Code::kTransport, fmt::format("provider {} offers no endpoint bound to {}", cfg.provider, cfg.address));
+        return Status(Code::kTransport, fmt::format("provider {} offers no endpoint bound to {}",
+                                                    cfg.provider, cfg.address));
       }
     }
     info_ = fi_dupinfo(pick);
@@ -83,24 +85,34 @@ class FabricDomain final : public Domain {
     caps_.virt_addr = (info_->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0;
     caps_.device_memory = (info_->caps & FI_HMEM) != 0;
     if (!(info_->caps & FI_RMA))
-      return Status(Code::kTransport, fmt::format("provider {} lacks FI_RMA: one-sided writes are impossible", caps_.provider));
+      return Status(
+          Code::kTransport,
+          fmt::format("provider {} lacks FI_RMA: one-sided writes are impossible", caps_.provider));
     if (caps_.imm_bytes < 4)
-      return Status(Code::kTransport, fmt::format("provider {} gives cq_data_size {} < 4: it cannot carry weightcast's 32-bit immediates",
+      return Status(Code::kTransport, fmt::format("provider {} gives cq_data_size {} < 4: it "
+                                                  "cannot carry weightcast's 32-bit immediates",
                                                   caps_.provider, caps_.imm_bytes));
     mr_mode_ = info_->domain_attr->mr_mode;
     ssize_t r;
-    if ((r = fi_fabric(info_->fabric_attr, &fabric_, nullptr))) return Status(Code::kTransport, fi_err("fi_fabric", r));
-    if ((r = fi_domain(fabric_, info_, &domain_, nullptr))) return Status(Code::kTransport, fi_err("fi_domain", r));
+    if ((r = fi_fabric(info_->fabric_attr, &fabric_, nullptr)))
+      return Status(Code::kTransport, fi_err("fi_fabric", r));
+    if ((r = fi_domain(fabric_, info_, &domain_, nullptr)))
+      return Status(Code::kTransport, fi_err("fi_domain", r));
     fi_cq_attr cq_attr{};
     cq_attr.format = FI_CQ_FORMAT_DATA;
     cq_attr.size = 8192;
-    if ((r = fi_cq_open(domain_, &cq_attr, &cq_, nullptr))) return Status(Code::kTransport, fi_err("fi_cq_open", r));
+    if ((r = fi_cq_open(domain_, &cq_attr, &cq_, nullptr)))
+      return Status(Code::kTransport, fi_err("fi_cq_open", r));
     fi_av_attr av_attr{};
     av_attr.type = FI_AV_TABLE;
-    if ((r = fi_av_open(domain_, &av_attr, &av_, nullptr))) return Status(Code::kTransport, fi_err("fi_av_open", r));
-    if ((r = fi_endpoint(domain_, info_, &ep_, nullptr))) return Status(Code::kTransport, fi_err("fi_endpoint", r));
-    if ((r = fi_ep_bind(ep_, &cq_->fid, FI_TRANSMIT | FI_RECV))) return Status(Code::kTransport, fi_err("fi_ep_bind(cq)", r));
-    if ((r = fi_ep_bind(ep_, &av_->fid, 0))) return Status(Code::kTransport, fi_err("fi_ep_bind(av)", r));
+    if ((r = fi_av_open(domain_, &av_attr, &av_, nullptr)))
+      return Status(Code::kTransport, fi_err("fi_av_open", r));
+    if ((r = fi_endpoint(domain_, info_, &ep_, nullptr)))
+      return Status(Code::kTransport, fi_err("fi_endpoint", r));
+    if ((r = fi_ep_bind(ep_, &cq_->fid, FI_TRANSMIT | FI_RECV)))
+      return Status(Code::kTransport, fi_err("fi_ep_bind(cq)", r));
+    if ((r = fi_ep_bind(ep_, &av_->fid, 0)))
+      return Status(Code::kTransport, fi_err("fi_ep_bind(av)", r));
     if ((r = fi_enable(ep_))) return Status(Code::kTransport, fi_err("fi_enable", r));
     return Status::ok();
   }
@@ -118,18 +130,25 @@ class FabricDomain final : public Domain {
   Result<PeerId> connect(std::span<const uint8_t> peer) override {
     fi_addr_t fa = FI_ADDR_UNSPEC;
     const int n = fi_av_insert(av_, peer.data(), 1, &fa, 0, nullptr);
-    if (n != 1) return Status(Code::kTransport, fmt::format("fi_av_insert({}-byte address): inserted {}", peer.size(), n));
+    if (n != 1)
+      return Status(Code::kTransport,
+                    fmt::format("fi_av_insert({}-byte address): inserted {}", peer.size(), n));
     peers_.push_back(fa);
     return static_cast<PeerId>(peers_.size() - 1);
   }
 
   Result<LocalMr> register_memory(void* base, uint64_t len, MemKind kind) override {
     if (kind == MemKind::kCuda && !caps_.device_memory)
-      return Status(Code::kInvalidArgument, fmt::format("provider {} has no FI_HMEM: stage GPU data through pinned host buffers", caps_.provider));
+      return Status(
+          Code::kInvalidArgument,
+          fmt::format("provider {} has no FI_HMEM: stage GPU data through pinned host buffers",
+                      caps_.provider));
     fid_mr* mr = nullptr;
     const uint64_t requested = next_key_++;
-    ssize_t r = fi_mr_reg(domain_, base, len, FI_WRITE | FI_REMOTE_WRITE, 0, requested, 0, &mr, nullptr);
-    if (r) return Status(Code::kTransport, fi_err(fmt::format("fi_mr_reg(len={})", len).c_str(), r));
+    ssize_t r =
+        fi_mr_reg(domain_, base, len, FI_WRITE | FI_REMOTE_WRITE, 0, requested, 0, &mr, nullptr);
+    if (r)
+      return Status(Code::kTransport, fi_err(fmt::format("fi_mr_reg(len={})", len).c_str(), r));
     if (mr_mode_ & FI_MR_ENDPOINT) {
       if ((r = fi_mr_bind(mr, &ep_->fid, 0)) || (r = fi_mr_enable(mr))) {
         fi_close(&mr->fid);
@@ -159,7 +178,8 @@ class FabricDomain final : public Domain {
     for (const WriteOp& op : ops) {
       if (op.peer >= peers_.size()) return invalid("post: unknown peer {}", op.peer);
       if (op.src_off + op.len > op.src->len || op.dst_off + op.len > op.dst.len)
-        return invalid("post: write {} ({} bytes at src {} dst {}) runs past a region", op.id, op.len, op.src_off, op.dst_off);
+        return invalid("post: write {} ({} bytes at src {} dst {}) runs past a region", op.id,
+                       op.len, op.src_off, op.dst_off);
       OpContext* ctx = alloc_ctx();
       ctx->id = op.id;
       iovec iov{static_cast<char*>(op.src->base) + op.src_off, op.len};
@@ -174,14 +194,16 @@ class FabricDomain final : public Domain {
       msg.rma_iov_count = 1;
       msg.context = ctx;
       msg.data = op.imm;
-      const ssize_t r = fi_writemsg(ep_, &msg, FI_COMPLETION | (op.has_imm ? FI_REMOTE_CQ_DATA : 0));
+      const ssize_t r =
+          fi_writemsg(ep_, &msg, FI_COMPLETION | (op.has_imm ? FI_REMOTE_CQ_DATA : 0));
       if (r == -FI_EAGAIN) {
         free_ctx(ctx);
         break;
       }
       if (r) {
         free_ctx(ctx);
-        return Status(Code::kTransport, fi_err(fmt::format("fi_writemsg(len={})", op.len).c_str(), r));
+        return Status(Code::kTransport,
+                      fi_err(fmt::format("fi_writemsg(len={})", op.len).c_str(), r));
       }
       ++taken;
     }
@@ -201,9 +223,10 @@ class FabricDomain final : public Domain {
       auto* ctx = static_cast<OpContext*>(err.op_context);
       c.id = ctx ? ctx->id : 0;
       if (ctx) free_ctx(ctx);
-      c.status = Status(Code::kRemote, fmt::format("write {} failed: {} (provider errno {}: {})", c.id,
-                                                   fi_strerror(err.err), err.prov_errno,
-                                                   fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0)));
+      c.status = Status(Code::kRemote,
+                        fmt::format("write {} failed: {} (provider errno {}: {})", c.id,
+                                    fi_strerror(err.err), err.prov_errno,
+                                    fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0)));
       return size_t{1};
     }
     if (n < 0) return Status(Code::kTransport, fi_err("fi_cq_read", n));

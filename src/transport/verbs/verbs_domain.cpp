@@ -23,7 +23,9 @@ namespace {
 
 constexpr int kSrqDepth = 1024;
 
-std::string errno_str(const char* call) { return fmt::format("{}: {}", call, std::strerror(errno)); }
+std::string errno_str(const char* call) {
+  return fmt::format("{}: {}", call, std::strerror(errno));
+}
 
 // dma-buf export of CUDA memory, when the driver offers it.
 int cuda_dmabuf_fd(void* base, uint64_t len) {
@@ -61,12 +63,14 @@ class VerbsDomain final : public Domain {
     std::string names;
     for (int i = 0; i < n; ++i) {
       names += fmt::format("{}{}", i ? ", " : "", ibv_get_device_name(list[i]));
-      if (cfg.provider.empty() || cfg.provider == "verbs" || cfg.provider == ibv_get_device_name(list[i]))
+      if (cfg.provider.empty() || cfg.provider == "verbs" ||
+          cfg.provider == ibv_get_device_name(list[i]))
         dev = dev ? dev : list[i];
     }
     if (!dev) {
       ibv_free_device_list(list);
-      return Status(Code::kTransport, fmt::format("no RDMA device named '{}' (have: {})", cfg.provider, names));
+      return Status(Code::kTransport,
+                    fmt::format("no RDMA device named '{}' (have: {})", cfg.provider, names));
     }
     caps_.backend = "verbs";
     caps_.provider = ibv_get_device_name(dev);
@@ -75,13 +79,15 @@ class VerbsDomain final : public Domain {
     if (!ctx_) return Status(Code::kTransport, errno_str("ibv_open_device"));
     ibv_port_attr port{};
     if (ibv_query_port(ctx_, static_cast<uint8_t>(cfg.port), &port))
-      return Status(Code::kTransport, errno_str(fmt::format("ibv_query_port({})", cfg.port).c_str()));
+      return Status(Code::kTransport,
+                    errno_str(fmt::format("ibv_query_port({})", cfg.port).c_str()));
     addr_.port = static_cast<uint8_t>(cfg.port);
     addr_.lid = port.lid;
     addr_.mtu = static_cast<uint8_t>(port.active_mtu);
     addr_.rank = cfg.rank;
     if (ibv_query_gid(ctx_, addr_.port, cfg.gid_index, &addr_.gid))
-      return Status(Code::kTransport, errno_str(fmt::format("ibv_query_gid(index={})", cfg.gid_index).c_str()));
+      return Status(Code::kTransport,
+                    errno_str(fmt::format("ibv_query_gid(index={})", cfg.gid_index).c_str()));
     ibv_device_attr da{};
     if (ibv_query_device(ctx_, &da)) return Status(Code::kTransport, errno_str("ibv_query_device"));
     caps_.imm_bytes = 4;
@@ -90,11 +96,13 @@ class VerbsDomain final : public Domain {
     caps_.device_memory = true;  // dma-buf or peer memory; register_memory reports which failed
     if (!(pd_ = ibv_alloc_pd(ctx_))) return Status(Code::kTransport, errno_str("ibv_alloc_pd"));
     const int cqe = std::min(da.max_cqe, 16384);
-    if (!(cq_ = ibv_create_cq(ctx_, cqe, nullptr, nullptr, 0))) return Status(Code::kTransport, errno_str("ibv_create_cq"));
+    if (!(cq_ = ibv_create_cq(ctx_, cqe, nullptr, nullptr, 0)))
+      return Status(Code::kTransport, errno_str("ibv_create_cq"));
     ibv_srq_init_attr sa{};
     sa.attr.max_wr = std::min(kSrqDepth, da.max_srq_wr);
     sa.attr.max_sge = 1;
-    if (!(srq_ = ibv_create_srq(pd_, &sa))) return Status(Code::kTransport, errno_str("ibv_create_srq"));
+    if (!(srq_ = ibv_create_srq(pd_, &sa)))
+      return Status(Code::kTransport, errno_str("ibv_create_srq"));
     for (uint32_t i = 0; i < sa.attr.max_wr; ++i)
       if (Status s = post_recv(); !s) return s;
     for (uint32_t p = 0; p < cfg.max_peers; ++p) {
@@ -109,7 +117,8 @@ class VerbsDomain final : public Domain {
       if (!q) return Status(Code::kTransport, errno_str("ibv_create_qp"));
       qps_.push_back(q);
       verbs::Transition t = verbs::to_init(addr_.port);
-      if (ibv_modify_qp(q, &t.attr, t.mask)) return Status(Code::kTransport, errno_str("ibv_modify_qp(INIT)"));
+      if (ibv_modify_qp(q, &t.attr, t.mask))
+        return Status(Code::kTransport, errno_str("ibv_modify_qp(INIT)"));
       addr_.qpns.push_back(q->qp_num);
     }
     return Status::ok();
@@ -127,12 +136,15 @@ class VerbsDomain final : public Domain {
       return invalid("verbs peer {} has no QP slot for our rank {}", peer->rank, cfg_.rank);
     ibv_qp* q = qps_[peer->rank];
     const ibv_mtu mtu = static_cast<ibv_mtu>(std::min<uint8_t>(peer->mtu, addr_.mtu));
-    verbs::Transition rtr = verbs::to_rtr(peer->qpns[cfg_.rank], 0, peer->lid, peer->gid, addr_.port, cfg_.gid_index, mtu);
+    verbs::Transition rtr = verbs::to_rtr(peer->qpns[cfg_.rank], 0, peer->lid, peer->gid,
+                                          addr_.port, cfg_.gid_index, mtu);
     if (ibv_modify_qp(q, &rtr.attr, rtr.mask))
-      return Status(Code::kTransport, errno_str(fmt::format("ibv_modify_qp(RTR, peer {})", peer->rank).c_str()));
+      return Status(Code::kTransport,
+                    errno_str(fmt::format("ibv_modify_qp(RTR, peer {})", peer->rank).c_str()));
     verbs::Transition rts = verbs::to_rts(0);
     if (ibv_modify_qp(q, &rts.attr, rts.mask))
-      return Status(Code::kTransport, errno_str(fmt::format("ibv_modify_qp(RTS, peer {})", peer->rank).c_str()));
+      return Status(Code::kTransport,
+                    errno_str(fmt::format("ibv_modify_qp(RTS, peer {})", peer->rank).c_str()));
     return static_cast<PeerId>(peer->rank);
   }
 
@@ -143,7 +155,8 @@ class VerbsDomain final : public Domain {
     if (kind == MemKind::kCuda) {
       const int fd = cuda_dmabuf_fd(base, len);
       if (fd >= 0) {
-        mr = ibv_reg_dmabuf_mr(pd_, 0, len, reinterpret_cast<uint64_t>(base), fd, access | IBV_ACCESS_RELAXED_ORDERING);
+        mr = ibv_reg_dmabuf_mr(pd_, 0, len, reinterpret_cast<uint64_t>(base), fd,
+                               access | IBV_ACCESS_RELAXED_ORDERING);
         ::close(fd);
         how = "dma-buf";
       }
@@ -151,9 +164,11 @@ class VerbsDomain final : public Domain {
     if (!mr) mr = ibv_reg_mr(pd_, base, len, access | IBV_ACCESS_RELAXED_ORDERING);
     if (!mr) mr = ibv_reg_mr(pd_, base, len, access);  // libraries without relaxed ordering
     if (!mr)
-      return Status(Code::kTransport, fmt::format("ibv_reg_mr(len={}{}): {}", len,
-                                                  kind == MemKind::kCuda ? ", CUDA memory: no dma-buf and no peer memory" : "",
-                                                  std::strerror(errno)));
+      return Status(
+          Code::kTransport,
+          fmt::format("ibv_reg_mr(len={}{}): {}", len,
+                      kind == MemKind::kCuda ? ", CUDA memory: no dma-buf and no peer memory" : "",
+                      std::strerror(errno)));
     LocalMr out;
     out.id = next_id_++;
     out.base = base;
@@ -191,7 +206,8 @@ class VerbsDomain final : public Domain {
       }
       const size_t ok = bad ? static_cast<size_t>(bad - chain_.wrs.data()) : 0;
       if (rc == ENOMEM) return taken + ok;  // send queue full: back-pressure, not an error
-      return Status(Code::kTransport, fmt::format("ibv_post_send(peer {}): {}", run[0].peer, std::strerror(rc)));
+      return Status(Code::kTransport,
+                    fmt::format("ibv_post_send(peer {}): {}", run[0].peer, std::strerror(rc)));
     }
     return taken;
   }

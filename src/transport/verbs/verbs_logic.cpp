@@ -18,8 +18,8 @@ Transition to_init(uint8_t port) {
   return t;
 }
 
-Transition to_rtr(uint32_t remote_qpn, uint32_t remote_psn, uint16_t remote_lid, const ibv_gid& remote_gid,
-                  uint8_t port, int gid_index, ibv_mtu mtu) {
+Transition to_rtr(uint32_t remote_qpn, uint32_t remote_psn, uint16_t remote_lid,
+                  const ibv_gid& remote_gid, uint8_t port, int gid_index, ibv_mtu mtu) {
   Transition t;
   t.attr.qp_state = IBV_QPS_RTR;
   t.attr.path_mtu = mtu;
@@ -83,8 +83,9 @@ Completion decode(const ibv_wc& wc, bool& repost) {
   if (wc.status != IBV_WC_SUCCESS) {
     c.kind = Completion::Kind::kError;
     c.id = wc.wr_id;
-    c.status = Status(Code::kRemote, fmt::format("work request {} failed: {} (vendor error 0x{:x})", wc.wr_id,
-                                                 ibv_wc_status_str(wc.status), wc.vendor_err));
+    c.status =
+        Status(Code::kRemote, fmt::format("work request {} failed: {} (vendor error 0x{:x})",
+                                          wc.wr_id, ibv_wc_status_str(wc.status), wc.vendor_err));
     return c;
   }
   if (wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
@@ -99,7 +100,9 @@ Completion decode(const ibv_wc& wc, bool& repost) {
 
 std::vector<uint8_t> Address::serialize() const {
   std::vector<uint8_t> b{'W', 'C', 'V', '1'};
-  auto put = [&](const void* p, size_t n) { b.insert(b.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + n); };
+  auto put = [&](const void* p, size_t n) {
+    b.insert(b.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + n);
+  };
   const uint32_t n = static_cast<uint32_t>(qpns.size());
   put(&rank, 4);
   put(&lid, 2);
@@ -114,7 +117,8 @@ std::vector<uint8_t> Address::serialize() const {
 Result<Address> Address::parse(std::span<const uint8_t> b) {
   Address a;
   constexpr size_t kHead = 4 + 4 + 2 + 16 + 1 + 1 + 4;
-  if (b.size() < kHead || std::memcmp(b.data(), "WCV1", 4) != 0) return invalid("bad verbs address ({} bytes)", b.size());
+  if (b.size() < kHead || std::memcmp(b.data(), "WCV1", 4) != 0)
+    return invalid("bad verbs address ({} bytes)", b.size());
   size_t pos = 4;
   auto get = [&](void* p, size_t n) {
     std::memcpy(p, b.data() + pos, n);
@@ -127,7 +131,8 @@ Result<Address> Address::parse(std::span<const uint8_t> b) {
   get(&a.port, 1);
   get(&a.mtu, 1);
   get(&n, 4);
-  if (n > 4096 || b.size() != kHead + 4 * size_t{n}) return invalid("bad verbs address: {} QPs in {} bytes", n, b.size());
+  if (n > 4096 || b.size() != kHead + 4 * size_t{n})
+    return invalid("bad verbs address: {} QPs in {} bytes", n, b.size());
   a.qpns.resize(n);
   get(a.qpns.data(), 4 * size_t{n});
   return a;

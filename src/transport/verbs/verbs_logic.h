@@ -18,8 +18,8 @@ struct Transition {
 
 Transition to_init(uint8_t port);
 // RoCE needs the global route (GID); InfiniBand routes by LID. Both are set when a GID is known.
-Transition to_rtr(uint32_t remote_qpn, uint32_t remote_psn, uint16_t remote_lid, const ibv_gid& remote_gid,
-                  uint8_t port, int gid_index, ibv_mtu mtu);
+Transition to_rtr(uint32_t remote_qpn, uint32_t remote_psn, uint16_t remote_lid,
+                  const ibv_gid& remote_gid, uint8_t port, int gid_index, ibv_mtu mtu);
 Transition to_rts(uint32_t psn);
 
 // One signaled RDMA WRITE (WITH_IMM when the op has an immediate, imm in network byte order) per

@@ -49,7 +49,8 @@ std::string slurp(const std::string& path) {
 
 // Waits for the process; kills it (and fails) after `secs`.
 bool finish(Proc& p, double secs) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int>(secs * 1000));
+  const auto end =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int>(secs * 1000));
   while (std::chrono::steady_clock::now() < end) {
     if (waitpid(p.pid, &p.status, WNOHANG) == p.pid) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -67,10 +68,23 @@ class Fabric : public ::testing::Test {
     ASSERT_TRUE(s) << s.status().message();
     server_ = std::move(s).value();
   }
-  std::vector<std::string> args(const std::string& role, const std::string& scenario, int id = 0, int senders = 1,
-                                const std::string& nics = "127.0.0.1") {
-    return {WC_PEER, "--role", role, "--scenario", scenario, "--rdv", "127.0.0.1:" + std::to_string(server_->port()),
-            "--token", token_, "--id", std::to_string(id), "--senders", std::to_string(senders), "--nics", nics};
+  std::vector<std::string> args(const std::string& role, const std::string& scenario, int id = 0,
+                                int senders = 1, const std::string& nics = "127.0.0.1") {
+    return {WC_PEER,
+            "--role",
+            role,
+            "--scenario",
+            scenario,
+            "--rdv",
+            "127.0.0.1:" + std::to_string(server_->port()),
+            "--token",
+            token_,
+            "--id",
+            std::to_string(id),
+            "--senders",
+            std::to_string(senders),
+            "--nics",
+            nics};
   }
   std::string log(const std::string& name) {
     return ::testing::TempDir() + "wc_" + name + "_" + std::to_string(getpid()) + ".log";

@@ -29,7 +29,9 @@ void must(const Status& s, const char* what) {
   if (!s) die(std::string(what) + ": " + s.message());
 }
 
-uint8_t pattern(uint8_t gen, uint64_t off) { return static_cast<uint8_t>((off * 131 + gen * 71 + (off >> 9)) ^ (off >> 17)); }
+uint8_t pattern(uint8_t gen, uint64_t off) {
+  return static_cast<uint8_t>((off * 131 + gen * 71 + (off >> 9)) ^ (off >> 17));
+}
 
 struct Peer {
   std::string role, scenario, token, rdv_host, provider = "tcp", backend = "fabric";
@@ -40,7 +42,9 @@ struct Peer {
   std::unique_ptr<ProgressEngine> engine;
   std::unique_ptr<RendezvousClient> rdv;
 
-  Clock::time_point in(double s) { return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); }
+  Clock::time_point in(double s) {
+    return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+  }
 
   void setup() {
     std::vector<DomainConfig> cfg;
@@ -55,7 +59,9 @@ struct Peer {
     engine = must(ProgressEngine::start(cfg, &counters), "open NICs");
     rdv = must(RendezvousClient::connect(rdv_host, rdv_port, token, in(20)), "rendezvous");
   }
-  std::vector<uint8_t> get(const std::string& k, double secs = 60) { return must(rdv->get(k, in(secs)), k.c_str()); }
+  std::vector<uint8_t> get(const std::string& k, double secs = 60) {
+    return must(rdv->get(k, in(secs)), k.c_str());
+  }
   void put(const std::string& k, const std::string& v = "1") { must(rdv->put(k, v), k.c_str()); }
   void put(const std::string& k, const std::vector<uint8_t>& v) { must(rdv->put(k, v), k.c_str()); }
 
@@ -64,7 +70,8 @@ struct Peer {
     Region r = must(engine->register_memory(buf.data(), buf.size(), MemKind::kHost), "register");
     put("recv/addr", engine->address());
     put("recv/region", NicGroup::remote(r).serialize());
-    for (int s = 0; s < senders; ++s) must(engine->connect(get("send" + std::to_string(s) + "/addr")), "connect");
+    for (int s = 0; s < senders; ++s)
+      must(engine->connect(get("send" + std::to_string(s) + "/addr")), "connect");
     return r;
   }
   // Sender side: register, publish address, connect to the receiver, fetch its descriptor.
@@ -75,7 +82,9 @@ struct Peer {
     RemoteRegion rr = must(RemoteRegion::parse(get("recv/region")), "descriptor");
     return {r, rr};
   }
-  uint32_t imm(uint8_t gen, uint8_t phase = 0) const { return Imm{gen, phase, static_cast<uint16_t>(id)}.encode(); }
+  uint32_t imm(uint8_t gen, uint8_t phase = 0) const {
+    return Imm{gen, phase, static_cast<uint16_t>(id)}.encode();
+  }
   uint64_t nicn() const { return imms_per_write(static_cast<uint32_t>(nics.size())); }
 };
 
@@ -93,16 +102,20 @@ void sizes_receiver(Peer& p) {
     p.put("ready/" + std::to_string(gen));
     must(p.counters.wait(gen, {{0, 0, p.nicn()}}, p.in(120)), "imm barrier");
     for (uint64_t i = 0; i < size; ++i)
-      if (buf[off + i] != pattern(gen, i)) die("size " + std::to_string(size) + ": byte " + std::to_string(i) + " differs");
-    if (buf[off - 1] != 0xEE || buf[off + size] != 0xEE) die("size " + std::to_string(size) + ": guard byte overwritten");
+      if (buf[off + i] != pattern(gen, i))
+        die("size " + std::to_string(size) + ": byte " + std::to_string(i) + " differs");
+    if (buf[off - 1] != 0xEE || buf[off + size] != 0xEE)
+      die("size " + std::to_string(size) + ": guard byte overwritten");
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
     if (p.counters.count(gen, 0, 0) != 0) die("extra immediates after the barrier");
     p.put("verified/" + std::to_string(gen));
     ++gen;
   }
   (void)r;
-  std::printf("PASS sizes: %zu sizes 1 B .. 256 MiB landed byte-exact over %zu NIC(s), %lu imms per write\n",
-              std::size(kSizes), p.nics.size(), static_cast<unsigned long>(p.nicn()));
+  std::printf(
+      "PASS sizes: %zu sizes 1 B .. 256 MiB landed byte-exact over %zu NIC(s), %lu imms per "
+      "write\n",
+      std::size(kSizes), p.nics.size(), static_cast<unsigned long>(p.nicn()));
 }
 
 void sizes_sender(Peer& p) {
@@ -132,8 +145,10 @@ void barrier_receiver(Peer& p) {
   // Nine writes arrived (and three of the stale generation 4): the barrier must not release.
   Status s = p.counters.wait(5, {{0, 0, n}}, p.in(0.3));
   if (s.code() != Code::kTimeout) die("barrier released early: " + s.to_string());
-  const std::string want = "sender 0 (phase 0: " + std::to_string(9 * p.nicn()) + " of " + std::to_string(n) + " imms)";
-  if (s.message().find(want) == std::string::npos) die("deadline message lacks '" + want + "': " + s.message());
+  const std::string want =
+      "sender 0 (phase 0: " + std::to_string(9 * p.nicn()) + " of " + std::to_string(n) + " imms)";
+  if (s.message().find(want) == std::string::npos)
+    die("deadline message lacks '" + want + "': " + s.message());
   if (p.counters.stale() != 3 * p.nicn()) die("stale count " + std::to_string(p.counters.stale()));
   p.put("checked");
   must(p.counters.wait(5, {{0, 0, n}}, p.in(30)), "barrier after the last write");
@@ -141,7 +156,9 @@ void barrier_receiver(Peer& p) {
   if (p.counters.count(5, 0, 0) != 0) die("credits not subtracted");
   p.put("again");
   must(p.counters.wait(5, {{0, 0, n}}, p.in(30)), "barrier reuse");
-  std::printf("PASS barrier: early wait timed out naming the sender, released on the last imm, stale ignored, credits reused\n");
+  std::printf(
+      "PASS barrier: early wait timed out naming the sender, released on the last imm, stale "
+      "ignored, credits reused\n");
 }
 
 void barrier_sender(Peer& p) {
@@ -150,7 +167,8 @@ void barrier_sender(Peer& p) {
   auto [r, rr] = p.send_region(buf, peer);
   auto send = [&](int count, uint8_t gen) {
     std::vector<GroupWrite> ws;
-    for (int k = 0; k < count; ++k) ws.push_back({&r, 0, peer, &rr, static_cast<uint64_t>(k) * 64, 64, true, p.imm(gen)});
+    for (int k = 0; k < count; ++k)
+      ws.push_back({&r, 0, peer, &rr, static_cast<uint64_t>(k) * 64, 64, true, p.imm(gen)});
     must(p.engine->wait(p.engine->submit(ws), p.in(30)), "writes");
   };
   send(3, 4);  // a stale generation
@@ -170,7 +188,8 @@ void missing_receiver(Peer& p) {
   p.recv_region(buf);
   Status s = p.counters.wait(1, {{0, 0, 4 * p.nicn()}, {0, 1, 4 * p.nicn()}}, p.in(1.5));
   if (s.code() != Code::kTimeout) die("expected a timeout, got " + s.to_string());
-  if (s.message().find("sender 1 (phase 0: 0 of") == std::string::npos || s.message().find("sender 0") != std::string::npos)
+  if (s.message().find("sender 1 (phase 0: 0 of") == std::string::npos ||
+      s.message().find("sender 0") != std::string::npos)
     die("message should name sender 1 only: " + s.message());
   std::printf("PASS missing: %s\n", s.message().c_str());
 }
@@ -203,7 +222,8 @@ void kill_receiver(Peer& p) {
   const auto t0 = Clock::now();
   Status s = p.counters.wait(1, {{0, 0, 1000000}}, p.in(3));
   const double took = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (s.code() != Code::kTimeout || took > 10) die("expected a deadline error in time, got " + s.to_string());
+  if (s.code() != Code::kTimeout || took > 10)
+    die("expected a deadline error in time, got " + s.to_string());
   std::printf("PASS survivor receiver: %.1f s, %s\n", took, s.message().substr(0, 120).c_str());
 }
 
@@ -213,7 +233,9 @@ void kill_sender(Peer& p) {
   auto [r, rr] = p.send_region(buf, peer);
   p.get("receiving");
   if (p.scenario == "kill-sender") {  // we are the victim: stream until killed
-    for (uint64_t k = 0;; ++k) (void)p.engine->wait(p.engine->submit({{&r, 0, peer, &rr, 0, 64 << 20, true, p.imm(1)}}), p.in(30));
+    for (uint64_t k = 0;; ++k)
+      (void)p.engine->wait(p.engine->submit({{&r, 0, peer, &rr, 0, 64 << 20, true, p.imm(1)}}),
+                           p.in(30));
   }
   // Survivor sender: keeps writing while the receiver dies; once it is gone the writes must fail
   // or time out, never hang.
@@ -221,7 +243,8 @@ void kill_sender(Peer& p) {
   Status last;
   int ok = 0;
   while (last.is_ok() && Clock::now() - t0 < std::chrono::seconds(60)) {
-    last = p.engine->wait(p.engine->submit({{&r, 0, peer, &rr, 0, 16 << 20, true, p.imm(1)}}), p.in(5));
+    last = p.engine->wait(p.engine->submit({{&r, 0, peer, &rr, 0, 16 << 20, true, p.imm(1)}}),
+                          p.in(5));
     ok += last.is_ok();
   }
   const double took = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -256,11 +279,16 @@ int main(int argc, char** argv) {
   }
   p.setup();
   const bool recv = p.role == "receiver";
-  if (p.scenario == "sizes") recv ? sizes_receiver(p) : sizes_sender(p);
-  else if (p.scenario == "barrier") recv ? barrier_receiver(p) : barrier_sender(p);
-  else if (p.scenario == "missing") recv ? missing_receiver(p) : missing_sender(p);
-  else if (p.scenario == "kill-sender" || p.scenario == "kill-receiver") recv ? kill_receiver(p) : kill_sender(p);
-  else die("unknown scenario " + p.scenario);
+  if (p.scenario == "sizes")
+    recv ? sizes_receiver(p) : sizes_sender(p);
+  else if (p.scenario == "barrier")
+    recv ? barrier_receiver(p) : barrier_sender(p);
+  else if (p.scenario == "missing")
+    recv ? missing_receiver(p) : missing_sender(p);
+  else if (p.scenario == "kill-sender" || p.scenario == "kill-receiver")
+    recv ? kill_receiver(p) : kill_sender(p);
+  else
+    die("unknown scenario " + p.scenario);
   std::fflush(stdout);
   return 0;
 }

@@ -1,9 +1,10 @@
 // Box arithmetic: torch.chunk ranges, intersections and row-major runs.
+#include "weightcast/core/box.h"
+
 #include <gtest/gtest.h>
 
 #include <vector>
 
-#include "weightcast/core/box.h"
 #include "weightcast/core/status.h"
 
 namespace weightcast::core {

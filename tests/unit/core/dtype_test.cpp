@@ -1,18 +1,19 @@
 // Scalar conversions: exhaustive round trips, saturation, and FP8 rounding checked against a
 // brute-force nearest-code search that shares nothing with the encoder.
+#include "weightcast/core/dtype.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 #include <random>
 
-#include "weightcast/core/dtype.h"
-
 namespace weightcast::core {
 namespace {
 
 TEST(DType, NamesRoundTrip) {
-  for (DType t : {DType::kBF16, DType::kFP16, DType::kFP32, DType::kFP8E4M3, DType::kFP8E5M2, DType::kInt8})
+  for (DType t :
+       {DType::kBF16, DType::kFP16, DType::kFP32, DType::kFP8E4M3, DType::kFP8E5M2, DType::kInt8})
     EXPECT_EQ(parse_dtype(dtype_name(t)), t);
   EXPECT_EQ(parse_dtype("float8_e4m3fn"), DType::kFP8E4M3);
   EXPECT_FALSE(parse_dtype("fp4").has_value());
@@ -102,7 +103,8 @@ TEST(DType, Fp8E5M2) {
   EXPECT_EQ(fp8e5m2_to_float(0x3c), 1.0f);
   EXPECT_EQ(float_to_fp8e5m2(1e9f), 0x7b);
   EXPECT_EQ(fp8e5m2_to_float(0x7b), 57344.0f);
-  for (int c = 0; c < 0x7b; ++c) EXPECT_EQ(float_to_fp8e5m2(fp8e5m2_to_float(static_cast<uint8_t>(c))), c);
+  for (int c = 0; c < 0x7b; ++c)
+    EXPECT_EQ(float_to_fp8e5m2(fp8e5m2_to_float(static_cast<uint8_t>(c))), c);
 }
 
 TEST(DType, ConvertBuffers) {

@@ -16,15 +16,16 @@ namespace weightcast::plan {
 namespace {
 
 spec::Inputs tiny(int64_t scale = 1) {
-  auto in = spec::make_inputs(testing::tiny_trainer(), testing::tiny_inference(), testing::tiny_topology(),
-                              {scale}, {"t", "i", "c"});
+  auto in = spec::make_inputs(testing::tiny_trainer(), testing::tiny_inference(),
+                              testing::tiny_topology(), {scale}, {"t", "i", "c"});
   EXPECT_TRUE(in) << in.status().message();
   return std::move(in).value();
 }
 
 spec::Inputs config(const std::string& name, int64_t scale) {
   const std::string dir = std::string(WC_SOURCE_DIR) + "/configs/" + name + "/";
-  auto in = spec::load_inputs(dir + "trainer.json", dir + "inference.json", dir + "topology.json", {scale});
+  auto in = spec::load_inputs(dir + "trainer.json", dir + "inference.json", dir + "topology.json",
+                              {scale});
   EXPECT_TRUE(in) << in.status().message();
   return std::move(in).value();
 }
@@ -74,7 +75,8 @@ TEST(Planner, StagingWatermarkIsEnforced) {
   o.staging_watermark = 4;
   auto p = make_plan(tiny(), o);
   ASSERT_FALSE(p);
-  EXPECT_NE(p.status().message().find("raise --staging-mb"), std::string::npos) << p.status().message();
+  EXPECT_NE(p.status().message().find("raise --staging-mb"), std::string::npos)
+      << p.status().message();
 }
 
 TEST(Planner, CrossDomainGatherIsReportedOrRefused) {
@@ -122,7 +124,8 @@ TEST(PlanJson, RejectsCorruptPlans) {
   j["writes"][0][1] = 100000;
   auto r = from_json(j.dump());
   ASSERT_FALSE(r);
-  EXPECT_NE(r.status().message().find("plan.writes[0]: index 100000 out of range"), std::string::npos)
+  EXPECT_NE(r.status().message().find("plan.writes[0]: index 100000 out of range"),
+            std::string::npos)
       << r.status().message();
   j = nlohmann::json::parse(to_json(*p));
   j["format"] = "weightcast.plan/v0";
@@ -215,7 +218,8 @@ TEST_P(Golden, ReportMatches) {
   auto p = make_plan(in, {});
   ASSERT_TRUE(p) << p.status().message();
   const std::string got = report(*p, GetParam());
-  const std::string path = std::string(WC_SOURCE_DIR) + "/tests/fixtures/golden/" + GetParam() + ".txt";
+  const std::string path =
+      std::string(WC_SOURCE_DIR) + "/tests/fixtures/golden/" + GetParam() + ".txt";
   if (std::getenv("WC_UPDATE_GOLDEN")) {
     std::ofstream(path) << got;
     GTEST_SKIP() << "rewrote " << path;
@@ -241,7 +245,8 @@ struct Scaled {
   const char* name;
   int64_t scale, first_layer, end_layer;
   friend void PrintTo(const Scaled& s, std::ostream* os) {
-    *os << s.name << " scale 1/" << s.scale << " layers [" << s.first_layer << ", " << s.end_layer << ")";
+    *os << s.name << " scale 1/" << s.scale << " layers [" << s.first_layer << ", " << s.end_layer
+        << ")";
   }
 };
 class ConfigVerify : public ::testing::TestWithParam<Scaled> {};
@@ -269,7 +274,8 @@ INSTANTIATE_TEST_SUITE_P(Configs, ConfigVerify,
                          ::testing::Values(Scaled{"llama-3.1-8b", 32, 0, 99},
                                            Scaled{"qwen3-30b-a3b", 64, 0, 99},
                                            Scaled{"deepseek-v3", 64, 2, 5},
-                                           Scaled{"kimi-k2", 64, 0, 2}, Scaled{"kimi-k2", 64, 30, 32}),
+                                           Scaled{"kimi-k2", 64, 0, 2},
+                                           Scaled{"kimi-k2", 64, 30, 32}),
                          [](const auto& param_info) {
                            std::string n = std::string(param_info.param.name) + "_layers_" +
                                            std::to_string(param_info.param.first_layer);

@@ -18,7 +18,9 @@ using nlohmann::json;
 struct Gen {
   std::mt19937 rng;
   explicit Gen(uint32_t seed) : rng(seed) {}
-  int64_t pick(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); }
+  int64_t pick(int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  }
   bool chance(double p) { return std::bernoulli_distribution(p)(rng); }
 
   json placement(const std::vector<std::pair<std::string, int64_t>>& axes, int nd) {
@@ -26,8 +28,10 @@ struct Gen {
     for (const auto& [name, size] : axes) {
       const int64_t r = pick(0, 99);
       if (r < 45) continue;
-      if (r < 85) p[name] = "S(" + std::to_string(pick(0, nd - 1)) + ")";
-      else p[name] = "O(" + std::to_string(pick(0, size - 1)) + ")";
+      if (r < 85)
+        p[name] = "S(" + std::to_string(pick(0, nd - 1)) + ")";
+      else
+        p[name] = "O(" + std::to_string(pick(0, size - 1)) + ")";
     }
     return p;
   }
@@ -74,13 +78,15 @@ Case random_case(uint32_t seed) {
       std::vector<int64_t> s = base;
       s[grp.dim] = g.pick(1, 9);
       const std::string name = "g" + std::to_string(gi) + "p" + std::to_string(k);
-      tparams.push_back({{"name", name}, {"shape", s}, {"dtype", dt}, {"placement", g.placement(taxes, nd)}});
+      tparams.push_back(
+          {{"name", name}, {"shape", s}, {"dtype", dt}, {"placement", g.placement(taxes, nd)}});
       grp.names.push_back(name);
       grp.shapes.push_back(s);
     }
     groups.push_back(grp);
   }
-  c.trainer = {{"format", "weightcast.spec/v1"}, {"role", "trainer"}, {"mesh", tmesh}, {"params", tparams}};
+  c.trainer = {
+      {"format", "weightcast.spec/v1"}, {"role", "trainer"}, {"mesh", tmesh}, {"params", tparams}};
 
   // Inference replicas share axis names; sizes differ per replica.
   const int nrep = static_cast<int>(g.pick(1, 3));
@@ -116,8 +122,10 @@ Case random_case(uint32_t seed) {
       for (size_t m = 0; m < grp.names.size(); ++m)
         if (list.empty() || g.chance(0.7)) {
           list.push_back(grp.names[m]);
-          if (shape.empty()) shape = grp.shapes[m];
-          else shape[grp.dim] += grp.shapes[m][grp.dim];
+          if (shape.empty())
+            shape = grp.shapes[m];
+          else
+            shape[grp.dim] += grp.shapes[m][grp.dim];
         }
       d["from"] = {{"concat", list}, {"dim", grp.dim}};
     } else if (kind == 2 && nd >= 2) {
@@ -136,21 +144,30 @@ Case random_case(uint32_t seed) {
       d["dtype"] = dts[dt];
     } else if (dt < 8 && nd >= 2) {
       d["dtype"] = g.chance(0.8) ? "fp8_e4m3" : "fp8_e5m2";
-      d["quant"] = {{"block", {g.pick(1, 4), g.pick(1, 4)}}, {"scale", "d" + std::to_string(k) + ".scale"}};
+      d["quant"] = {{"block", {g.pick(1, 4), g.pick(1, 4)}},
+                    {"scale", "d" + std::to_string(k) + ".scale"}};
     } else {
       d["dtype"] = "fp8_e4m3";  // plain saturating cast
     }
     d["placement"] = g.placement(iax, nd);
     iparams.push_back(d);
   }
-  c.inference = {{"format", "weightcast.spec/v1"}, {"role", "inference"}, {"replicas", reps}, {"params", iparams}};
+  c.inference = {{"format", "weightcast.spec/v1"},
+                 {"role", "inference"},
+                 {"replicas", reps},
+                 {"params", iparams}};
 
   // Topology: hosts paired into NVLink domains sometimes, so gathers must respect domains.
   json hosts = json::array();
   const bool pairs = g.chance(0.5);
-  hosts.push_back({{"name", "t{h}"}, {"for", {{"h", {0, (tsize + tgph - 1) / tgph}}}}, {"gpus", tgph},
-                   {"nics_per_gpu", g.pick(1, 2)}, {"nvlink_domain", pairs ? "d{h/2}" : "t{h}"}});
-  hosts.push_back({{"name", "i{h}"}, {"for", {{"h", {0, (isize + igph - 1) / igph}}}}, {"gpus", igph},
+  hosts.push_back({{"name", "t{h}"},
+                   {"for", {{"h", {0, (tsize + tgph - 1) / tgph}}}},
+                   {"gpus", tgph},
+                   {"nics_per_gpu", g.pick(1, 2)},
+                   {"nvlink_domain", pairs ? "d{h/2}" : "t{h}"}});
+  hosts.push_back({{"name", "i{h}"},
+                   {"for", {{"h", {0, (isize + igph - 1) / igph}}}},
+                   {"gpus", igph},
                    {"nics_per_gpu", g.pick(1, 3)}});
   c.topology = {{"format", "weightcast.topology/v1"}, {"hosts", hosts}};
 
@@ -175,12 +192,14 @@ TEST(Property, RandomLayoutsVerify) {
     }
     auto in = spec::make_inputs(c.trainer, c.inference, c.topology, {}, {"t", "i", "c"});
     ASSERT_TRUE(in) << "seed " << seed << ": " << in.status().message() << "\n"
-                    << c.trainer.dump() << "\n" << c.inference.dump();
+                    << c.trainer.dump() << "\n"
+                    << c.inference.dump();
     auto p = make_plan(*in, c.opts);
     ASSERT_TRUE(p) << "seed " << seed << ": " << p.status().message();
     auto v = verify_plan(*in, *p);
-    ASSERT_TRUE(v) << "seed " << seed << ": " << v.status().message() << "\ntrainer: " << c.trainer.dump()
-                   << "\ninference: " << c.inference.dump() << "\ntopology: " << c.topology.dump();
+    ASSERT_TRUE(v) << "seed " << seed << ": " << v.status().message()
+                   << "\ntrainer: " << c.trainer.dump() << "\ninference: " << c.inference.dump()
+                   << "\ntopology: " << c.topology.dump();
     ++planned;
     with_gathers += !p->gathers.empty();
     for (const DestTensor& d : p->dests) with_quant += d.scale;

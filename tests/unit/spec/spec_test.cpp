@@ -47,7 +47,8 @@ TEST(Spec, ScaleDividesNamedDimsAndBlocks) {
   EXPECT_EQ(in->inference.params[2].quant->block_rows, 1);
   auto bad = make_inputs(t, i, tiny_topology(), {4}, {"t", "i", "c"});
   ASSERT_FALSE(bad);
-  EXPECT_NE(bad.status().message().find("trainer.dims.h: 6 is not divisible by --scale 4"), std::string::npos)
+  EXPECT_NE(bad.status().message().find("trainer.dims.h: 6 is not divisible by --scale 4"),
+            std::string::npos)
       << bad.status().message();
 }
 
@@ -92,30 +93,44 @@ const BadCase kBadCases[] = {
      "trainer.params[0].dtype: missing required field"},
     {"unknown dtype", [](json& t, json&, json&) { t["params"][1]["dtype"] = "fp4"; },
      "trainer.params[1].dtype: unknown dtype 'fp4'"},
-    {"wrong rank count", [](json& t, json&, json&) {
+    {"wrong rank count",
+     [](json& t, json&, json&) {
        t["mesh"]["devices"] = json::array({{{"host", "t0"}, {"gpu", 0}}});
-     }, "trainer.mesh.devices: expected 4 devices (one per mesh rank), got 1"},
-    {"shard of a missing dim", [](json& t, json&, json&) { t["params"][0]["placement"]["fsdp"] = "S(2)"; },
+     },
+     "trainer.mesh.devices: expected 4 devices (one per mesh rank), got 1"},
+    {"shard of a missing dim",
+     [](json& t, json&, json&) { t["params"][0]["placement"]["fsdp"] = "S(2)"; },
      "trainer.params[0].placement.fsdp: shard of dim 2 that does not exist (tensor has 2 dims)"},
     {"unknown axis", [](json& t, json&, json&) { t["params"][0]["placement"]["tp"] = "S(0)"; },
      "trainer.params[0].placement.tp: mesh has no axis 'tp'"},
-    {"owner nobody holds", [](json& t, json&, json&) { t["params"][2]["placement"]["pp"] = "O(2)"; },
+    {"owner nobody holds",
+     [](json& t, json&, json&) { t["params"][2]["placement"]["pp"] = "O(2)"; },
      "owner coordinate 2 outside axis 'pp' of size 2: no rank would hold this tensor"},
     {"duplicate name", [](json& t, json&, json&) { t["params"][1]["name"] = "a"; },
      "trainer.params[1].name: duplicate parameter name 'a'"},
-    {"duplicate from pattern", [](json& t, json&, json&) { t["params"][3]["for"]["i"] = json::array({0, 3}); t["params"][3]["name"] = "a"; },
+    {"duplicate from pattern",
+     [](json& t, json&, json&) {
+       t["params"][3]["for"]["i"] = json::array({0, 3});
+       t["params"][3]["name"] = "a";
+     },
      "duplicate parameter name 'a'"},
-    {"mapped shape mismatch", [](json&, json& i, json&) { i["params"][0]["shape"] = json::array({11, "h"}); },
+    {"mapped shape mismatch",
+     [](json&, json& i, json&) {
+       i["params"][0]["shape"] = json::array({11, "h"});
+     },
      "inference.params[0].shape: expected [12, 6] after mapping from a, b, got [11, 6]"},
-    {"concat of incompatible", [](json&, json& i, json&) { i["params"][0]["from"]["concat"][1] = "c"; },
-     "inference.params[0].from.concat[1]: source 'c' has shape [6, 5], which cannot concat with [8, 6] along dim 0"},
+    {"concat of incompatible",
+     [](json&, json& i, json&) { i["params"][0]["from"]["concat"][1] = "c"; },
+     "inference.params[0].from.concat[1]: source 'c' has shape [6, 5], which cannot concat with "
+     "[8, 6] along dim 0"},
     {"unknown source", [](json&, json& i, json&) { i["params"][1]["from"]["transpose"] = "zz"; },
      "inference.params[1].from.transpose: no trainer parameter named 'zz'"},
     {"quant needs fp8", [](json&, json& i, json&) { i["params"][2]["dtype"] = "bf16"; },
      "inference.params[2].quant: block quantization needs an fp8 dtype, got bf16"},
     {"pattern unknown var", [](json&, json& i, json&) { i["params"][3]["from"] = "layer.{j}.w"; },
      "inference.params[3].from: pattern '{j}' uses unknown variable 'j'"},
-    {"typo in field", [](json& t, json&, json&) { t["params"][0]["shpae"] = t["params"][0]["shape"]; },
+    {"typo in field",
+     [](json& t, json&, json&) { t["params"][0]["shpae"] = t["params"][0]["shape"]; },
      "trainer.params[0].shpae: unknown field"},
     {"wrong type", [](json& t, json&, json&) { t["mesh"]["axes"][0]["size"] = "2"; },
      "trainer.mesh.axes[0].size: expected an integer, got a string"},
@@ -127,8 +142,10 @@ const BadCase kBadCases[] = {
      "inference replica 1 rank 1 runs on i0 GPU 3, but the topology gives that host 3 GPUs"},
     {"GPU used twice", [](json&, json& i, json&) { i["replicas"]["devices"]["host"] = "t{h}"; },
      "trainer rank 0 and inference replica 0 rank 0 both run on t0 GPU 0"},
-    {"bad placement string", [](json& t, json&, json&) { t["params"][0]["placement"]["fsdp"] = "Shard(x)"; },
-     "trainer.params[0].placement.fsdp: bad placement 'Shard(x)': expected a non-negative integer argument"},
+    {"bad placement string",
+     [](json& t, json&, json&) { t["params"][0]["placement"]["fsdp"] = "Shard(x)"; },
+     "trainer.params[0].placement.fsdp: bad placement 'Shard(x)': expected a non-negative integer "
+     "argument"},
     {"empty params", [](json& t, json&, json&) { t["params"] = json::array(); },
      "trainer.params: expected at least one parameter"},
     {"negative extent", [](json& t, json&, json&) { t["params"][1]["shape"][0] = -4; },

@@ -161,13 +161,15 @@ TEST(Rendezvous, TokenLimitsAndMalformedFramesAreRejected) {
   const uint16_t port = (*s)->port();
   auto bad = RendezvousClient::connect("127.0.0.1", port, "wrong", in_ms(2000));
   ASSERT_FALSE(bad);
-  EXPECT_NE(bad.status().message().find("job token missing or wrong"), std::string::npos) << bad.status().message();
+  EXPECT_NE(bad.status().message().find("job token missing or wrong"), std::string::npos)
+      << bad.status().message();
   // A request before the token, an oversized frame, a frame whose fields lie about their length.
   EXPECT_NE(raw(port, {0, 0, 0, 5, 'P', 0, 0, 0, 0}).find("token"), std::string::npos);
   EXPECT_NE(raw(port, {0x7f, 0xff, 0xff, 0xff}).find("rejected"), std::string::npos);
   std::vector<uint8_t> hello{0, 0, 0, 11, 'H', 0, 0, 0, 6, 's', 'e', 'c', 'r', 'e', 't'};
   std::vector<uint8_t> lie = hello;
-  const std::vector<uint8_t> liar{0, 0, 0, 9, 'P', 0, 0, 0x10, 0, 'k', 'k', 'k', 'k'};  // field says 4096 bytes
+  const std::vector<uint8_t> liar{0,    0, 0,   9,   'P', 0,  0,
+                                  0x10, 0, 'k', 'k', 'k', 'k'};  // field says 4096 bytes
   lie.insert(lie.end(), liar.begin(), liar.end());
   EXPECT_NE(raw(port, lie).find("malformed"), std::string::npos);
   auto ok = RendezvousClient::connect("127.0.0.1", port, "secret", in_ms(2000));

@@ -1,10 +1,10 @@
 // The ibverbs backend's logic without a device: QP transitions, WR chains (opcode, imm byte
 // order, zero-length writes), completion decoding with SRQ re-post, address blobs. The backend
 // itself runs for real in the Soft-RoCE VM suite; here it must fail cleanly for lack of a device.
+#include "../../../src/transport/verbs/verbs_logic.h"
+
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
-
-#include "../../../src/transport/verbs/verbs_logic.h"
 
 namespace weightcast::transport::verbs {
 namespace {
@@ -86,7 +86,8 @@ TEST(VerbsLogic, DecodesCompletions) {
   wc.status = IBV_WC_RETRY_EXC_ERR;
   c = decode(wc, repost);
   EXPECT_EQ(c.kind, Completion::Kind::kError);
-  EXPECT_NE(c.status.message().find("work request 77 failed: transport retry counter exceeded"), std::string::npos)
+  EXPECT_NE(c.status.message().find("work request 77 failed: transport retry counter exceeded"),
+            std::string::npos)
       << c.status.message();
 }
 
@@ -114,7 +115,8 @@ TEST(VerbsDomain, FailsCleanlyWithoutADevice) {
   if (d) GTEST_SKIP() << "this machine has an RDMA device: " << (*d)->caps().provider;
   EXPECT_NE(d.status().message().find("no RDMA device"), std::string::npos) << d.status().message();
   cfg.backend = "carrier-pigeon";
-  EXPECT_NE(open_domain(cfg).status().message().find("unknown transport backend"), std::string::npos);
+  EXPECT_NE(open_domain(cfg).status().message().find("unknown transport backend"),
+            std::string::npos);
 }
 
 }  // namespace
