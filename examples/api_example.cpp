@@ -33,7 +33,6 @@ int main(int argc, char** argv) {
   // The reference side of the check (not part of the API).
   auto in = spec::load_inputs(job.trainer_spec, job.inference_spec, job.topology);
   plan::Options o;
-  o.write_cost_us = 0;
   auto p = plan::make_plan(*in, o);
   std::atomic<int> errors{0};
   auto report = [&](const Status& s, const char* who) {

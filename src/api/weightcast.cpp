@@ -32,7 +32,6 @@ Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg) {
   auto in = spec::load_inputs(cfg.trainer_spec, cfg.inference_spec, cfg.topology);
   if (!in) return in.status();
   plan::Options o;
-  o.write_cost_us = 0;  // the host executor runs no gathers
   auto p = plan::make_plan(*in, o);
   if (!p) return p.status();
   auto j = std::make_unique<Job>();

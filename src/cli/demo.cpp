@@ -39,7 +39,6 @@ Result<spec::Inputs> load(const DemoOptions& o) {
 
 plan::Options demo_plan_options() {
   plan::Options opts;
-  opts.write_cost_us = 0;  // no packing: the host executor runs no gathers
   return opts;
 }
 
@@ -118,7 +117,8 @@ struct Round {
   bool end = false;
   uint64_t step = 0;
   uint8_t gen = 0;
-  std::vector<uint32_t> incarnations;  // per receiver
+  std::vector<uint32_t> incarnations;          // per receiver
+  std::vector<uint32_t> trainer_incarnations;  // per trainer
 };
 Result<Round> next_round(transport::RendezvousClient& rdv, int n) {
   auto v = rdv.get(fmt::format("round/{}", n), in_s(3600));
@@ -131,12 +131,15 @@ Result<Round> next_round(transport::RendezvousClient& rdv, int n) {
   }
   unsigned g = 0;
   std::istringstream is(t);
-  std::string incs;
-  is >> r.step >> g >> incs;
+  std::string incs, tincs;
+  is >> r.step >> g >> incs >> tincs;
   r.gen = static_cast<uint8_t>(g);
   std::istringstream ls(incs);
   for (std::string x; std::getline(ls, x, ',');)
     r.incarnations.push_back(static_cast<uint32_t>(std::stoul(x)));
+  std::istringstream ts(tincs);
+  for (std::string x; std::getline(ts, x, ',');)
+    r.trainer_incarnations.push_back(static_cast<uint32_t>(std::stoul(x)));
   return r;
 }
 
@@ -148,6 +151,7 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
     (void)rdv.put(fmt::format("fail/trainer/{}", w.index), ex.status().message());
     return 1;
   }
+  (*ex)->set_incarnation(static_cast<uint32_t>(w.incarnation));
   if (Status s = (*ex)->prepare(in_s(w.demo.deadline_s)); !s) {
     (void)rdv.put(fmt::format("fail/trainer/{}", w.index), s.message());
     return 1;
@@ -165,6 +169,13 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
           (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + s.message());
           return 1;
         }
+    for (size_t t = 0; t < r->trainer_incarnations.size(); ++t)  // a restarted gather root
+      if (Status s = (*ex)->rejoin_trainer(static_cast<uint32_t>(t), r->trainer_incarnations[t],
+                                           in_s(w.demo.deadline_s));
+          !s) {
+        (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + s.message());
+        return 1;
+      }
     fill_shards(in, **ex, r->step, values);
     for (uint32_t rc : recvs)
       if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k)
@@ -304,9 +315,9 @@ int run_demo(const DemoOptions& o) {
   for (const plan::Write& w : p->writes) moved += w.len;
   std::printf(
       "demo: %zu trainer -> %zu inference processes over libfabric %s, %d NIC(s) each; plan %s: "
-      "%zu writes, %s per step\n",
+      "%zu writes and %zu gathers (host collective), %s per step\n",
       S, R, o.provider.c_str(), o.nics, p->inputs_digest.c_str(), p->writes.size(),
-      plan::human_bytes(static_cast<double>(moved)).c_str());
+      p->gathers.size(), plan::human_bytes(static_cast<double>(moved)).c_str());
   std::fflush(stdout);
   const auto logdir =
       std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-{}", getpid());
@@ -356,7 +367,7 @@ int run_demo(const DemoOptions& o) {
     if (step <= 10 || e.first == 0) e.first = kib;
     e.second = kib;
   };
-  std::vector<uint32_t> incarnation(R, 0);
+  std::vector<uint32_t> incarnation(R, 0), trainer_incarnation(S, 0);
   for (int step = 1; step <= o.steps && !failed; ++step) {
     if (step == o.restart_receiver_at_step) {
       // Fault drill: inference 0 goes away between steps and comes back with fresh buffers.
@@ -369,12 +380,17 @@ int run_demo(const DemoOptions& o) {
           "it\n",
           step - 1, incarnation[0]);
     }
-    std::string incs;
-    for (uint32_t k : incarnation) incs += (incs.empty() ? "" : ",") + std::to_string(k);
+    auto join_list = [](const std::vector<uint32_t>& v) {
+      std::string out;
+      for (uint32_t k : v) out += (out.empty() ? "" : ",") + std::to_string(k);
+      return out;
+    };
     for (int attempt = 1;; ++attempt) {
       ++round;
       const auto gen = static_cast<uint8_t>(round);
-      (void)(*rdv)->put(fmt::format("round/{}", round), fmt::format("{} {} {}", step, gen, incs));
+      (void)(*rdv)->put(fmt::format("round/{}", round),
+                        fmt::format("{} {} {} {}", step, gen, join_list(incarnation),
+                                    join_list(trainer_incarnation)));
       double slowest = 0, proj = 0;
       uint64_t bytes = 0, writes = 0, checked = 0;
       std::vector<std::string> why;
@@ -435,7 +451,8 @@ int run_demo(const DemoOptions& o) {
         if (waitpid(trainers[s], &st, WNOHANG) == trainers[s]) {
           std::printf("  trainer %zu died (%s); restarting it to rejoin at round %d\n", s,
                       WIFSIGNALED(st) ? strsignal(WTERMSIG(st)) : "exit", round + 1);
-          trainers[s] = spawn("trainer", s, round + 1, 0);
+          trainers[s] =
+              spawn("trainer", s, round + 1, 0, static_cast<int>(++trainer_incarnation[s]));
           restarted = true;
         }
       }

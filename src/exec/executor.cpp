@@ -25,12 +25,6 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     bool allocate) {
   if (rank >= plan.senders.size())
     return invalid("trainer rank {} is not in the plan ({} senders)", rank, plan.senders.size());
-  for (const plan::Task& t : plan.senders[rank].tasks)
-    if (t.op == plan::Task::Op::kGather)
-      return invalid(
-          "trainer rank {}: the plan has gathers, which the host executor does not run yet (plan "
-          "with --write-cost-us 0 and block-aligned shards, or use the GPU executor)",
-          rank);
   std::unique_ptr<TrainerExecutor> e(new TrainerExecutor(in, plan));
   e->rank_ = rank;
   e->rdv_ = rdv;
@@ -52,6 +46,18 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   if (allocate)
     for (const ShardSlot& slot : e->layout_.shards)
       e->bound_[slot.param] = {e->arena_.data() + slot.offset, &e->arena_region_, slot.offset};
+  TrainerExecutor* self = e.get();
+  auto coll =
+      HostCollective::create(in, plan, rank, e->engine_.get(), &e->counters_, rdv,
+                             [self](int param) -> std::pair<core::Box, const std::byte*> {
+                               auto it = self->layout_.by_param.find(param);
+                               auto b = self->bound_.find(param);
+                               if (it == self->layout_.by_param.end() || b == self->bound_.end())
+                                 return {core::Box{}, nullptr};
+                               return {self->layout_.shards[it->second].box, b->second.data};
+                             });
+  if (!coll) return coll.status();
+  e->collective_ = std::move(coll).value();
   return e;
 }
 
@@ -84,7 +90,12 @@ Status TrainerExecutor::prepare(Clock::time_point deadline) {
     if (!bound_.count(s.param))
       unbound += (unbound.empty() ? "" : ", ") + in_.trainer.params[s.param].name;
   if (!unbound.empty()) return invalid("trainer rank {}: shards not bound: {}", rank_, unbound);
-  if (Status s = rdv_->put(key("send", rank_), engine_->address()); !s) return s;
+  if (Status s =
+          rdv_->put(key("send", rank_) + (incarnation_ ? fmt::format("@{}", incarnation_) : ""),
+                    engine_->address());
+      !s)
+    return s;
+  if (Status s = collective_->prepare(deadline); !s) return s;
   std::set<uint32_t> recvs;
   for (const plan::Write& w : plan_.writes)
     if (w.sender == rank_) recvs.insert(plan_.dests[w.dest].receiver);
@@ -139,6 +150,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   StepReport rep;
   rep.step = gen;
   const uint64_t step = gen;
+  counters_.begin_generation(gen);  // this rank's gathers count immediates of this generation
   // Staging ranges still being read by in-flight writes.
   struct Inflight {
     uint64_t lo, hi, batch;
@@ -155,8 +167,25 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     if (pend_hi > pend_lo) inflight.push_back({pend_lo, pend_hi, b});
     pend_lo = pend_hi = 0;
   };
-  for (const plan::Task& t : plan_.senders[rank_].tasks) {
+  const auto& tasks = plan_.senders[rank_].tasks;
+  for (size_t ti = 0; ti < tasks.size(); ++ti) {
+    const plan::Task& t = tasks[ti];
     if (rep.writes >= max_writes) break;
+    if (t.op == plan::Task::Op::kGather) {
+      // A phase's gathers run together, before its projections.
+      flush();
+      std::vector<uint32_t> batch{t.index};
+      const uint16_t phase = plan_.gathers[t.index].phase;
+      while (ti + 1 < tasks.size() && tasks[ti + 1].op == plan::Task::Op::kGather &&
+             plan_.gathers[tasks[ti + 1].index].phase == phase)
+        batch.push_back(tasks[++ti].index);
+      const auto tg = Clock::now();
+      if (Status s = collective_->run(gen, phase, batch, deadline); !s)
+        return Status(s.code(),
+                      fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
+      rep.gather_s += since(tg);
+      continue;
+    }
     if (t.op == plan::Task::Op::kProject) {
       flush();
       const plan::Project& p = plan_.projects[t.index];
@@ -174,6 +203,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       }
       const auto& dp = in_.inference.params[plan_.dests[p.dest].param];
       auto res = [&](const plan::Project::Input& inp) -> plan::Held {
+        if (inp.gather >= 0)
+          return {plan_.gathers[inp.gather].box, collective_->gathered(inp.gather)};
         const int src = dp.parts.at(inp.part).src;
         auto it = layout_.by_param.find(src);
         if (it == layout_.by_param.end()) return {};

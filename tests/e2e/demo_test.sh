@@ -9,7 +9,7 @@ expect() { grep -qE -- "$1" "$out" || { echo "FAIL: output lacks /$1/"; cat "$ou
 case "$what" in
   basic)  # two replicas (4 inference processes), two NICs per process
     timeout 300 "$wc" demo --steps 3 --replicas 2 --nics 2 >"$out" 2>&1; rc=$?
-    expect "4 trainer -> 4 inference processes"; expect "^step 3/3: .* on 4 receivers verified"; expect "demo OK" ;;
+    expect "4 trainer -> 4 inference processes"; expect "writes and [1-9][0-9]* gathers"; expect "^step 3/3: .* on 4 receivers verified"; expect "demo OK" ;;
   fault)  # trainer 0 dies mid-step 2: every receiver must fail naming it, the retry must verify
     timeout 300 "$wc" demo --steps 3 --kill-trainer-at-step 2 --deadline 3 >"$out" 2>&1; rc=$?
     expect "step 2/3 attempt 1 FAILED"

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "weightcast/exec/binding.h"
+#include "weightcast/exec/collective.h"
 #include "weightcast/transport/progress.h"
 #include "weightcast/transport/rendezvous.h"
 
@@ -20,6 +21,7 @@ struct StepReport {
   uint64_t step = 0, bytes = 0, writes = 0, projects = 0;
   double project_s = 0, write_s = 0, total_s = 0;  // write_s: time not hidden behind projection
   double post_s = 0;  // CPU time the progress thread spent posting this step's writes
+  double gather_s = 0;
 };
 
 class TrainerExecutor {
@@ -48,6 +50,15 @@ class TrainerExecutor {
   // A receiver restarted (new incarnation, new buffers): reconnect to it and use its new
   // descriptors from the next push on. No-op when the incarnation is the one in use.
   Status rejoin(uint32_t receiver, uint32_t incarnation, Clock::time_point deadline);
+  // The same for a restarted trainer this rank sends gather pieces to.
+  Status rejoin_trainer(uint32_t rank, uint32_t incarnation, Clock::time_point deadline) {
+    return collective_->rejoin(rank, incarnation, deadline);
+  }
+  // A restarted trainer publishes under a new incarnation (call before prepare).
+  void set_incarnation(uint32_t k) {
+    incarnation_ = k;
+    collective_->set_incarnation(k);
+  }
 
  private:
   Status connect_receiver(uint32_t receiver, uint32_t incarnation, Clock::time_point deadline);
@@ -67,6 +78,8 @@ class TrainerExecutor {
   transport::Region arena_region_, staging_region_;
   std::deque<transport::Region> user_regions_;
   std::map<int, Bound> bound_;
+  std::unique_ptr<Collective> collective_;
+  uint32_t incarnation_ = 0;
   transport::RendezvousClient* rdv_ = nullptr;
   struct Target {
     uint32_t peer;

@@ -1,0 +1,82 @@
+// Gathers as a collective interface. A plan's gathers of one phase run together: each member
+// sends its pieces, the root assembles every gathered box in its gather buffer. On GPUs this is
+// NCCL inside an NVLink domain (next milestone); HostCollective runs it on host memory across
+// local processes with the same one-sided writes as the data path: members write their pieces
+// into the root's registered gather buffer with immediates tagged {generation, phase, member},
+// and the root waits on its own immediate counters for exactly the pieces the plan names.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <span>
+#include <vector>
+
+#include "weightcast/plan/plan.h"
+#include "weightcast/spec/spec_parser.h"
+#include "weightcast/transport/progress.h"
+#include "weightcast/transport/rendezvous.h"
+
+namespace weightcast::exec {
+
+class Collective {
+ public:
+  using Clock = std::chrono::steady_clock;
+  virtual ~Collective() = default;
+  // Publishes what peers need and connects to the roots this rank sends to.
+  virtual Status prepare(Clock::time_point deadline) = 0;
+  // This rank's part of the listed gathers (all of `phase`); returns when its pieces are sent
+  // and, for a root, when every piece of its gathers has landed.
+  virtual Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
+                     Clock::time_point deadline) = 0;
+  // Where a gathered box sits on its root (nullptr on other ranks).
+  virtual const std::byte* gathered(uint32_t gather) const = 0;
+  // A root restarted: reconnect to its new incarnation before the next run.
+  virtual Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) = 0;
+  // This process's incarnation (a restarted trainer publishes under a new one).
+  virtual void set_incarnation(uint32_t k) = 0;
+};
+
+// Finds this rank's shard of a trainer param: its global box and bytes (nullptr if not held).
+using ShardLookup = std::function<std::pair<core::Box, const std::byte*>(int param)>;
+
+class HostCollective final : public Collective {
+ public:
+  static Result<std::unique_ptr<HostCollective>> create(const spec::Inputs& in,
+                                                        const plan::Plan& plan, uint32_t rank,
+                                                        transport::ProgressEngine* engine,
+                                                        transport::ImmCounters* counters,
+                                                        transport::RendezvousClient* rdv,
+                                                        ShardLookup shards);
+  Status prepare(Clock::time_point deadline) override;
+  Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
+             Clock::time_point deadline) override;
+  const std::byte* gathered(uint32_t gather) const override;
+  Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) override;
+  void set_incarnation(uint32_t k) override { incarnation_ = k; }
+
+ private:
+  Status connect_root(uint32_t root, uint32_t incarnation, Clock::time_point deadline);
+  HostCollective(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
+  uint64_t box_bytes(const plan::Gather& g) const;
+  const spec::Inputs& in_;
+  const plan::Plan& plan_;
+  uint32_t rank_ = 0;
+  transport::ProgressEngine* engine_ = nullptr;
+  transport::ImmCounters* counters_ = nullptr;
+  transport::RendezvousClient* rdv_ = nullptr;
+  ShardLookup shards_;
+  std::vector<uint64_t> offset_;  // per gather: where its box sits in its root's gather buffer
+  std::vector<std::byte> gbuf_;   // this rank's gather buffer (as a root), one area per phase
+  std::vector<std::byte> pack_;   // pieces packed contiguously before they are sent
+  transport::Region gbuf_region_, pack_region_;
+  struct Root {
+    uint32_t peer;
+    transport::RemoteRegion gbuf;
+    uint32_t incarnation = 0;
+  };
+  uint32_t incarnation_ = 0;
+  std::map<uint32_t, Root> roots_;
+};
+
+}  // namespace weightcast::exec

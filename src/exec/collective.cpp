@@ -1,0 +1,191 @@
+// The host collective: gathers over one-sided writes between local processes.
+#include "weightcast/exec/collective.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <set>
+
+namespace weightcast::exec {
+
+namespace {
+std::string key(const char* what, uint32_t id) { return fmt::format("{}/{}", what, id); }
+}  // namespace
+
+namespace {
+std::string suffix(uint32_t incarnation);
+}
+
+uint64_t HostCollective::box_bytes(const plan::Gather& g) const {
+  return static_cast<uint64_t>(g.box.numel()) * core::dtype_size(in_.trainer.params[g.param].dtype);
+}
+
+Result<std::unique_ptr<HostCollective>> HostCollective::create(
+    const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
+    transport::ProgressEngine* engine, transport::ImmCounters* counters,
+    transport::RendezvousClient* rdv, ShardLookup shards) {
+  std::unique_ptr<HostCollective> c(new HostCollective(in, plan));
+  c->rank_ = rank;
+  c->engine_ = engine;
+  c->counters_ = counters;
+  c->rdv_ = rdv;
+  c->shards_ = std::move(shards);
+  // Every root lays out its gather buffer the same way: one area per phase (no reuse across
+  // phases, so a member of a later phase never overwrites boxes the root still projects from).
+  std::map<uint32_t, uint64_t> size;  // root -> bytes
+  c->offset_.resize(plan.gathers.size());
+  for (uint16_t ph = 0; ph < plan.phases; ++ph)
+    for (uint32_t g = 0; g < plan.gathers.size(); ++g) {
+      const plan::Gather& x = plan.gathers[g];
+      if (x.phase != ph) continue;
+      c->offset_[g] = size[x.root];
+      size[x.root] += c->box_bytes(x);
+    }
+  c->gbuf_.resize(std::max<uint64_t>(size[rank], 1));
+  // Packing space: the largest total of this rank's pieces sent in one phase.
+  std::map<uint16_t, uint64_t> pack;
+  for (const plan::Gather& x : plan.gathers)
+    for (const auto& p : x.pieces)
+      if (p.rank == rank && x.root != rank)
+        pack[x.phase] += static_cast<uint64_t>(p.box.numel()) *
+                         core::dtype_size(in.trainer.params[x.param].dtype);
+  uint64_t most = 1;
+  for (const auto& [ph, b] : pack) most = std::max(most, b);
+  c->pack_.resize(most);
+  auto g = engine->register_memory(c->gbuf_.data(), c->gbuf_.size(), transport::MemKind::kHost);
+  if (!g) return g.status();
+  c->gbuf_region_ = *g;
+  auto p = engine->register_memory(c->pack_.data(), c->pack_.size(), transport::MemKind::kHost);
+  if (!p) return p.status();
+  c->pack_region_ = *p;
+  return c;
+}
+
+namespace {
+std::string suffix(uint32_t incarnation) {
+  return incarnation ? fmt::format("@{}", incarnation) : "";
+}
+}  // namespace
+
+Status HostCollective::connect_root(uint32_t r, uint32_t incarnation, Clock::time_point deadline) {
+  auto addr = rdv_->get(key("send", r) + suffix(incarnation), deadline);
+  if (!addr)
+    return Status(addr.status().code(),
+                  fmt::format("gather root {}: {}", r, addr.status().message()));
+  auto peer = engine_->connect(*addr);
+  if (!peer) return peer.status();
+  auto desc = rdv_->get(key("gbuf", r) + suffix(incarnation), deadline);
+  if (!desc) return desc.status();
+  auto region = transport::RemoteRegion::parse(*desc);
+  if (!region) return region.status();
+  roots_[r] = Root{*peer, *region, incarnation};
+  // Warm the connection up (the first write to a peer pays for its set-up).
+  return engine_->wait(
+      engine_->submit({{&pack_region_, 0, roots_[r].peer, &roots_[r].gbuf, 0, 0, false, 0}}),
+      deadline);
+}
+
+Status HostCollective::prepare(Clock::time_point deadline) {
+  if (Status s = rdv_->put(key("gbuf", rank_) + suffix(incarnation_),
+                           transport::NicGroup::remote(gbuf_region_).serialize());
+      !s)
+    return s;
+  std::set<uint32_t> roots;
+  for (const plan::Gather& x : plan_.gathers)
+    for (const auto& p : x.pieces)
+      if (p.rank == rank_ && x.root != rank_) roots.insert(x.root);
+  for (uint32_t r : roots)
+    if (Status s = connect_root(r, 0, deadline); !s) return s;
+  return Status::ok();
+}
+
+Status HostCollective::rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) {
+  auto it = roots_.find(root);
+  if (it == roots_.end() || it->second.incarnation == incarnation) return Status::ok();
+  return connect_root(root, incarnation, deadline);
+}
+
+Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t> gathers,
+                           Clock::time_point deadline) {
+  const uint64_t nics = engine_->nics();
+  std::vector<transport::GroupWrite> writes;
+  std::map<uint16_t, uint64_t> expect;  // member -> imms this root waits for
+  uint64_t packed = 0;
+  for (uint32_t gi : gathers) {
+    const plan::Gather& g = plan_.gathers[gi];
+    if (g.phase != phase) return invalid("gather {} is in phase {}, not {}", gi, g.phase, phase);
+    const size_t esz = core::dtype_size(in_.trainer.params[g.param].dtype);
+    const core::Shape gs = g.box.extents();
+    for (const auto& piece : g.pieces) {
+      const core::Box rel = core::relative(piece.box, g.box);
+      if (piece.rank != rank_) {
+        if (g.root == rank_)
+          expect[static_cast<uint16_t>(piece.rank)] += core::count_runs(gs, rel) * nics;
+        continue;
+      }
+      auto [held, data] = shards_(g.param);
+      if (!data || !held.contains(piece.box))
+        return invalid("gather {}: rank {} does not hold its piece {} of '{}'", gi, rank_,
+                       piece.box.str(), in_.trainer.params[g.param].name);
+      // Pack the piece row-major (runs of it inside the shard, in order).
+      const core::Box in_shard = core::relative(piece.box, held);
+      std::byte* out = g.root == rank_ ? nullptr : pack_.data() + packed;
+      const uint64_t start = packed;
+      std::vector<std::pair<int64_t, int64_t>> src_runs;
+      core::for_each_run(held.extents(), in_shard, [&](int64_t off, int64_t len) {
+        src_runs.push_back({off, len});
+      });
+      if (g.root == rank_) {  // the root's own piece: copy run by run into place
+        size_t k = 0;
+        int64_t used = 0;
+        core::for_each_run(gs, rel, [&](int64_t off, int64_t len) {
+          while (len > 0) {
+            const int64_t take = std::min(len, src_runs[k].second - used);
+            std::memcpy(gbuf_.data() + offset_[gi] + off * esz,
+                        data + (src_runs[k].first + used) * esz, take * esz);
+            off += take;
+            len -= take;
+            used += take;
+            if (used == src_runs[k].second) {
+              ++k;
+              used = 0;
+            }
+          }
+        });
+        continue;
+      }
+      for (const auto& [off, len] : src_runs) {
+        std::memcpy(out, data + off * esz, len * esz);
+        out += len * esz;
+        packed += static_cast<uint64_t>(len) * esz;
+      }
+      // One write per run of the piece inside the root's box, each with the immediate.
+      uint64_t from = start;
+      const Root& root = roots_.at(g.root);
+      core::for_each_run(gs, rel, [&](int64_t off, int64_t len) {
+        writes.push_back(
+            {&pack_region_, from, root.peer, &root.gbuf, offset_[gi] + off * esz,
+             static_cast<uint64_t>(len) * esz, true,
+             transport::Imm{gen, static_cast<uint8_t>(phase), static_cast<uint16_t>(rank_)}
+                 .encode()});
+        from += static_cast<uint64_t>(len) * esz;
+      });
+    }
+  }
+  if (!writes.empty())
+    if (Status s = engine_->wait(engine_->submit(std::move(writes)), deadline); !s) return s;
+  if (expect.empty()) return Status::ok();
+  std::vector<transport::Expect> e;
+  for (const auto& [m, n] : expect) e.push_back({static_cast<uint8_t>(phase), m, n});
+  if (Status s = counters_->wait(gen, e, deadline); !s)
+    return Status(s.code(),
+                  fmt::format("gathers of phase {} at root {}: {}", phase, rank_, s.message()));
+  return Status::ok();
+}
+
+const std::byte* HostCollective::gathered(uint32_t gather) const {
+  if (gather >= plan_.gathers.size() || plan_.gathers[gather].root != rank_) return nullptr;
+  return gbuf_.data() + offset_[gather];
+}
+
+}  // namespace weightcast::exec
