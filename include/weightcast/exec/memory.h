@@ -1,0 +1,44 @@
+// Memory the executor reads and writes: host memory now, CUDA device memory on GPUs. The CUDA
+// side is compiled with nvcc when CUDA is present at configure time (src/exec/cuda_memory.cu);
+// without it, asking for device memory is an error that says so.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "weightcast/core/status.h"
+
+namespace weightcast::exec {
+
+enum class MemoryKind : uint8_t { kHost, kCuda };
+
+class Buffer {
+ public:
+  // Page-aligned host memory, or device memory on CUDA device `device`.
+  static Result<Buffer> allocate(MemoryKind kind, uint64_t bytes, int device = 0);
+  Buffer() = default;
+  Buffer(Buffer&& o) noexcept;
+  Buffer& operator=(Buffer&& o) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer();
+
+  std::byte* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  MemoryKind kind() const { return kind_; }
+  // Copies between this buffer and host memory (a memcpy for host buffers).
+  Status copy_from_host(const void* src, uint64_t bytes, uint64_t offset = 0);
+  Status copy_to_host(void* dst, uint64_t bytes, uint64_t offset = 0) const;
+
+ private:
+  std::byte* data_ = nullptr;
+  uint64_t size_ = 0;
+  MemoryKind kind_ = MemoryKind::kHost;
+  int device_ = 0;
+};
+
+// Whether this build has CUDA, and how many devices the driver reports (0 without a GPU).
+bool cuda_built();
+int cuda_devices();
+
+}  // namespace weightcast::exec

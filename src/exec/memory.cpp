@@ -1,0 +1,91 @@
+// Host side of Buffer; the CUDA calls live in cuda_memory.cu (or the stubs below without CUDA).
+#include "weightcast/exec/memory.h"
+
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace weightcast::exec {
+
+// Implemented in cuda_memory.cu when built with CUDA.
+Status cuda_alloc(std::byte** p, uint64_t bytes, int device);
+void cuda_free(std::byte* p, int device);
+Status cuda_copy(void* dst, const void* src, uint64_t bytes, bool to_device, int device);
+
+#ifndef WEIGHTCAST_HAVE_CUDA
+bool cuda_built() { return false; }
+int cuda_devices() { return 0; }
+Status cuda_alloc(std::byte**, uint64_t, int) {
+  return Status(Code::kInvalidArgument,
+                "this weightcast was built without CUDA (no nvcc at configure time)");
+}
+void cuda_free(std::byte*, int) {}
+Status cuda_copy(void*, const void*, uint64_t, bool, int) {
+  return Status(Code::kInvalidArgument, "this weightcast was built without CUDA");
+}
+#endif
+
+Result<Buffer> Buffer::allocate(MemoryKind kind, uint64_t bytes, int device) {
+  Buffer b;
+  b.kind_ = kind;
+  b.size_ = bytes;
+  b.device_ = device;
+  if (kind == MemoryKind::kCuda) {
+    if (Status s = cuda_alloc(&b.data_, bytes, device); !s) return s;
+    return b;
+  }
+  void* p = nullptr;
+  if (posix_memalign(&p, 4096, bytes ? bytes : 1) != 0)
+    return Status(Code::kSystem, fmt::format("posix_memalign({} bytes) failed", bytes));
+  std::memset(p, 0, bytes);
+  b.data_ = static_cast<std::byte*>(p);
+  return b;
+}
+
+Buffer::Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    this->~Buffer();
+    data_ = o.data_;
+    size_ = o.size_;
+    kind_ = o.kind_;
+    device_ = o.device_;
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+Buffer::~Buffer() {
+  if (!data_) return;
+  if (kind_ == MemoryKind::kCuda)
+    cuda_free(data_, device_);
+  else
+    std::free(data_);
+  data_ = nullptr;
+}
+
+Status Buffer::copy_from_host(const void* src, uint64_t bytes, uint64_t offset) {
+  if (offset + bytes > size_)
+    return invalid("copy_from_host: {} bytes at {} exceed the {}-byte buffer", bytes, offset,
+                   size_);
+  if (kind_ == MemoryKind::kHost) {
+    std::memcpy(data_ + offset, src, bytes);
+    return Status::ok();
+  }
+  return cuda_copy(data_ + offset, src, bytes, true, device_);
+}
+
+Status Buffer::copy_to_host(void* dst, uint64_t bytes, uint64_t offset) const {
+  if (offset + bytes > size_)
+    return invalid("copy_to_host: {} bytes at {} exceed the {}-byte buffer", bytes, offset, size_);
+  if (kind_ == MemoryKind::kHost) {
+    std::memcpy(dst, data_ + offset, bytes);
+    return Status::ok();
+  }
+  return cuda_copy(dst, data_ + offset, bytes, false, device_);
+}
+
+}  // namespace weightcast::exec
