@@ -172,8 +172,8 @@ Result<PushStats> Sender::push(uint64_t step) {
                                                    step, r, k.status().message()));
   auto rep = impl_->ex->push(static_cast<uint8_t>(step), in_s(dl));
   if (!rep) return rep.status();
-  return PushStats{rep->bytes,   rep->writes,    rep->projects,
-                   rep->total_s, rep->project_s, rep->post_s};
+  return PushStats{rep->bytes,     rep->writes, rep->projects, rep->total_s,
+                   rep->project_s, rep->post_s, rep->nic_gbps};
 }
 
 struct Receiver::Impl : PeerBase {

@@ -5,6 +5,7 @@
 #include "demo.h"
 
 #include <fcntl.h>
+#include <fmt/ranges.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -192,9 +193,10 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
       (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + rep.status().message());
       continue;
     }
-    (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index),
-                  fmt::format("{} {} {:.6f} {:.6f} {:.6f} {}", rep->bytes, rep->writes,
-                              rep->project_s, rep->write_s, rep->total_s, rss_kib()));
+    (void)rdv.put(
+        fmt::format("pushed/{}/{}", n, w.index),
+        fmt::format("{} {} {:.6f} {:.6f} {:.6f} {} {:.4f}", rep->bytes, rep->writes, rep->project_s,
+                    rep->write_s, rep->total_s, rss_kib(), fmt::join(rep->nic_gbps, ",")));
   }
 }
 
@@ -391,7 +393,7 @@ int run_demo(const DemoOptions& o) {
       (void)(*rdv)->put(fmt::format("round/{}", round),
                         fmt::format("{} {} {} {}", step, gen, join_list(incarnation),
                                     join_list(trainer_incarnation)));
-      double slowest = 0, proj = 0;
+      double slowest = 0, proj = 0, nic_lo = 1e30, nic_hi = 0;
       uint64_t bytes = 0, writes = 0, checked = 0;
       std::vector<std::string> why;
       for (size_t r = 0; r < R; ++r) {
@@ -419,7 +421,13 @@ int run_demo(const DemoOptions& o) {
         std::istringstream is(t);
         uint64_t b = 0, w = 0, kib = 0;
         double ps = 0, ws = 0, ts = 0;
-        is >> b >> w >> ps >> ws >> ts >> kib;
+        std::string nics;
+        is >> b >> w >> ps >> ws >> ts >> kib >> nics;
+        std::istringstream ns(nics);
+        for (std::string x; std::getline(ns, x, ',');) {
+          nic_lo = std::min(nic_lo, std::stod(x));
+          nic_hi = std::max(nic_hi, std::stod(x));
+        }
         bytes += b;
         writes += w;
         proj = std::max(proj, ps);
@@ -430,11 +438,11 @@ int run_demo(const DemoOptions& o) {
         if (step <= 5 || step % 20 == 0 || step == o.steps || attempt > 1)
           std::printf(
               "step %d/%d: %s in %llu writes, slowest trainer %.1f ms (projection %.1f ms), %.2f "
-              "GB/s; "
+              "GB/s (per NIC %.2f..%.2f); "
               "%llu bytes on %zu receivers verified against the reference%s\n",
               step, o.steps, plan::human_bytes(static_cast<double>(bytes)).c_str(),
               static_cast<unsigned long long>(writes), slowest * 1e3, proj * 1e3,
-              slowest > 0 ? static_cast<double>(bytes) / slowest / 1e9 : 0.0,
+              slowest > 0 ? static_cast<double>(bytes) / slowest / 1e9 : 0.0, nic_lo, nic_hi,
               static_cast<unsigned long long>(checked), R,
               attempt > 1 ? fmt::format(" (attempt {})", attempt).c_str() : "");
         std::fflush(stdout);

@@ -146,7 +146,8 @@ Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_poi
 Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline,
                                          uint64_t max_writes) {
   const auto t0 = Clock::now();
-  const uint64_t post0 = engine_->stats().post_ns;
+  const transport::ProgressStats stats0 = engine_->stats();
+  const uint64_t post0 = stats0.post_ns;
   StepReport rep;
   rep.step = gen;
   const uint64_t step = gen;
@@ -251,7 +252,12 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
   rep.write_s = since(tw);
   rep.total_s = since(t0);
-  rep.post_s = static_cast<double>(engine_->stats().post_ns - post0) * 1e-9;
+  const transport::ProgressStats stats1 = engine_->stats();
+  rep.post_s = static_cast<double>(stats1.post_ns - post0) * 1e-9;
+  for (size_t n = 0; n < stats1.nic_bytes.size(); ++n) {
+    const uint64_t before = n < stats0.nic_bytes.size() ? stats0.nic_bytes[n] : 0;
+    rep.nic_gbps.push_back(static_cast<double>(stats1.nic_bytes[n] - before) / rep.total_s / 1e9);
+  }
   return rep;
 }
 

@@ -29,6 +29,8 @@ class PushStats:
     projections: int
     seconds: float
     projection_seconds: float
+    post_seconds: float
+    nic_gbps: List[float]
 
 class WaitStats:
     bytes: int

@@ -93,7 +93,9 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readonly("writes", &api::PushStats::writes)
       .def_readonly("projections", &api::PushStats::projections)
       .def_readonly("seconds", &api::PushStats::seconds)
-      .def_readonly("projection_seconds", &api::PushStats::projection_seconds);
+      .def_readonly("projection_seconds", &api::PushStats::projection_seconds)
+      .def_readonly("post_seconds", &api::PushStats::post_seconds)
+      .def_readonly("nic_gbps", &api::PushStats::nic_gbps);
   py::class_<api::WaitStats>(m, "WaitStats")
       .def_readonly("bytes", &api::WaitStats::bytes)
       .def_readonly("immediates", &api::WaitStats::immediates)

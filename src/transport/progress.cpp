@@ -154,6 +154,8 @@ void ProgressEngine::loop() {
           std::lock_guard<std::mutex> lk(batch_mu_);
           stats_.shards_posted += t;
           stats_.post_ns += post_ns;
+          if (stats_.nic_bytes.size() < nic_count_) stats_.nic_bytes.resize(nic_count_, 0);
+          for (size_t k = 0; k < t; ++k) stats_.nic_bytes[n] += ops[k].len;
           if (t < chunk) ++stats_.eagain;
         }
         q.erase(q.begin(), q.begin() + static_cast<long>(t));

@@ -82,7 +82,7 @@ def test_transfer_two_steps(tmp_path):
             for step in (1, 2):
                 shard[:] = full_weights(step)[s * ROWS // 2:(s + 1) * ROWS // 2]
                 stats = snd.push(step)
-                assert stats.bytes > 0
+                assert stats.bytes > 0 and len(stats.nic_gbps) == 1 and stats.nic_gbps[0] > 0
         except Exception as e:  # noqa: BLE001
             errors.append(f"sender {s}: {e!r}")
 

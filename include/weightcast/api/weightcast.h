@@ -44,6 +44,7 @@ struct PushStats {
   uint64_t bytes = 0, writes = 0, projections = 0;
   double seconds = 0, projection_seconds = 0;
   double post_seconds = 0;  // posting writes to the NICs (the per-step CPU cost of a bound plan)
+  std::vector<double> nic_gbps;  // per NIC of this rank: bytes posted / step time
 };
 
 struct WaitStats {

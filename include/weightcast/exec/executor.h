@@ -22,6 +22,7 @@ struct StepReport {
   double project_s = 0, write_s = 0, total_s = 0;  // write_s: time not hidden behind projection
   double post_s = 0;  // CPU time the progress thread spent posting this step's writes
   double gather_s = 0;
+  std::vector<double> nic_gbps;  // bytes this step posted on each NIC over the step's time
 };
 
 class TrainerExecutor {

@@ -34,7 +34,8 @@ struct GroupWrite {
 
 struct ProgressStats {
   uint64_t writes = 0, shards_posted = 0, shards_done = 0, imms = 0, errors = 0, eagain = 0;
-  uint64_t post_ns = 0;  // time spent inside the NICs' post calls
+  uint64_t post_ns = 0;             // time spent inside the NICs' post calls
+  std::vector<uint64_t> nic_bytes;  // bytes posted per NIC
 };
 
 class ProgressEngine {
