@@ -142,6 +142,7 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
                                           impl->rdv.get(), false);
   if (!ex) return ex.status();
   impl->ex = std::move(ex).value();
+  if (Status s = impl->ex->publish(); !s) return s;  // peers may prepare before this one does
   impl->rank = rank;
   for (const plan::Write& w : impl->job->plan.writes)
     if (w.sender == rank) impl->receivers.insert(impl->job->plan.dests[w.dest].receiver);

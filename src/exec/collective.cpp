@@ -85,11 +85,13 @@ Status HostCollective::connect_root(uint32_t r, uint32_t incarnation, Clock::tim
       deadline);
 }
 
+Status HostCollective::publish() {
+  return rdv_->put(key("gbuf", rank_) + suffix(incarnation_),
+                   transport::NicGroup::remote(gbuf_region_).serialize());
+}
+
 Status HostCollective::prepare(Clock::time_point deadline) {
-  if (Status s = rdv_->put(key("gbuf", rank_) + suffix(incarnation_),
-                           transport::NicGroup::remote(gbuf_region_).serialize());
-      !s)
-    return s;
+  if (Status s = publish(); !s) return s;
   std::set<uint32_t> roots;
   for (const plan::Gather& x : plan_.gathers)
     for (const auto& p : x.pieces)

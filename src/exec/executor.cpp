@@ -84,17 +84,22 @@ std::byte* TrainerExecutor::shard(int param) {
   return it == bound_.end() ? nullptr : it->second.data;
 }
 
+Status TrainerExecutor::publish() {
+  if (Status s =
+          rdv_->put(key("send", rank_) + (incarnation_ ? fmt::format("@{}", incarnation_) : ""),
+                    engine_->address());
+      !s)
+    return s;
+  return collective_->publish();
+}
+
 Status TrainerExecutor::prepare(Clock::time_point deadline) {
   std::string unbound;
   for (const ShardSlot& s : layout_.shards)
     if (!bound_.count(s.param))
       unbound += (unbound.empty() ? "" : ", ") + in_.trainer.params[s.param].name;
   if (!unbound.empty()) return invalid("trainer rank {}: shards not bound: {}", rank_, unbound);
-  if (Status s =
-          rdv_->put(key("send", rank_) + (incarnation_ ? fmt::format("@{}", incarnation_) : ""),
-                    engine_->address());
-      !s)
-    return s;
+  if (Status s = publish(); !s) return s;
   if (Status s = collective_->prepare(deadline); !s) return s;
   std::set<uint32_t> recvs;
   for (const plan::Write& w : plan_.writes)

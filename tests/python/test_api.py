@@ -2,6 +2,7 @@
 receivers (TP columns, plus an FP32 cast), numpy buffers, threads for the peers (the GIL is
 released in blocking calls). Expected bytes are computed here with numpy, independently."""
 import json
+import re
 import threading
 
 import numpy as np
@@ -137,3 +138,46 @@ def test_peers_of_a_stopped_job_get_an_error_not_a_crash(tmp_path):
     weightcast.Controller(job)  # dropped at once: its rendezvous stops
     with pytest.raises((TimeoutError, RuntimeError)):
         weightcast.Receiver(job, 0)
+
+
+def test_one_thread_can_prepare_senders_that_gather_from_each_other(tmp_path):
+    # Senders publish their addresses when created, so preparing them one after another in a
+    # single thread cannot wait on a peer that has not run yet.
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=20)
+    ctl = weightcast.Controller(job)
+    assert re.search(r"gathers .*\n  count [1-9]", ctl.plan_report()), ctl.plan_report()
+    got, errors = {}, []
+
+    def receiver(r):
+        try:
+            rc = weightcast.Receiver(job, r)
+            bufs = {}
+            for info in rc.tensors():
+                bufs[info.name] = np.zeros(info.shape, dtype=np.uint16 if info.dtype == "bf16" else np.float32)
+                rc.register_tensor(info.name, bufs[info.name])
+            rc.publish()
+            rc.wait(1)
+            got[r] = bufs["w"].copy()
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=receiver, args=(r,)) for r in range(2)]
+    for th in threads:
+        th.start()
+    senders = [weightcast.Sender(job, s) for s in range(2)]
+    shards = []
+    for s, snd in enumerate(senders):
+        shard = full_weights(1)[s * ROWS // 2:(s + 1) * ROWS // 2].copy()
+        snd.register_tensor("w", shard)
+        shards.append(shard)
+    for snd in senders:
+        snd.prepare()
+    pushers = [threading.Thread(target=snd.push, args=(1,)) for snd in senders]
+    for th in pushers:
+        th.start()
+    for th in pushers + threads:
+        th.join(60)
+    assert not errors, errors
+    for r in range(2):
+        np.testing.assert_array_equal(got[r], full_weights(1)[:, r * COLS // 2:(r + 1) * COLS // 2])

@@ -23,7 +23,9 @@ class Collective {
  public:
   using Clock = std::chrono::steady_clock;
   virtual ~Collective() = default;
-  // Publishes what peers need and connects to the roots this rank sends to.
+  // Publishes what peers need (callable early and again); prepare() publishes too, then connects
+  // to the roots this rank sends to.
+  virtual Status publish() = 0;
   virtual Status prepare(Clock::time_point deadline) = 0;
   // This rank's part of the listed gathers (all of `phase`); returns when its pieces are sent
   // and, for a root, when every piece of its gathers has landed.
@@ -48,6 +50,7 @@ class HostCollective final : public Collective {
                                                         transport::ImmCounters* counters,
                                                         transport::RendezvousClient* rdv,
                                                         ShardLookup shards);
+  Status publish() override;
   Status prepare(Clock::time_point deadline) override;
   Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
              Clock::time_point deadline) override;

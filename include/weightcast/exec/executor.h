@@ -39,8 +39,11 @@ class TrainerExecutor {
   // The rank's shard of a trainer param (nullptr if not held here or not bound yet).
   std::byte* shard(int param);
   const SenderLayout& layout() const { return layout_; }
-  // Publishes this rank's address, connects to every receiver it writes to, fetches their
-  // descriptors and warms each connection up with a zero-length write.
+  // Publishes this rank's address and gather buffer. prepare() does it too; call it early when
+  // one thread prepares several ranks that gather from each other.
+  Status publish();
+  // Publishes, connects to every receiver it writes to (and the gather roots it sends to),
+  // fetches their descriptors and warms each connection up with a zero-length write.
   Status prepare(Clock::time_point deadline);
   // Runs the rank's tasks for one step: projections into the staging ring (a slot is reused
   // only after the writes reading it completed), writes tagged {generation, phase, rank}. The
