@@ -153,6 +153,28 @@ E2E run_job(const std::string& dir, uint32_t receivers) {
   return out;
 }
 
+// One side of the raw measurement: a rendezvous session, one loopback NIC and a registered buffer.
+struct RawPeer {
+  std::unique_ptr<transport::RendezvousClient> rdv;
+  transport::ImmCounters counters;
+  std::unique_ptr<transport::ProgressEngine> engine;
+  std::vector<uint8_t> buf;
+  transport::Region region;
+  RawPeer(uint16_t port, uint64_t size, uint8_t fill) : buf(size, fill) {
+    auto r = transport::RendezvousClient::connect("127.0.0.1", port, "raw",
+                                                  Clock::now() + std::chrono::seconds(20));
+    transport::DomainConfig d;
+    d.address = "127.0.0.1";
+    auto e = transport::ProgressEngine::start({d}, &counters);
+    if (!r || !e) std::exit(1);
+    rdv = std::move(r).value();
+    engine = std::move(e).value();
+    auto g = engine->register_memory(buf.data(), buf.size(), transport::MemKind::kHost);
+    if (!g) std::exit(1);
+    region = *g;
+  }
+};
+
 double raw_gbps() {
   // transport_bw's method at 16 MiB: a child receives, the parent writes 256 MiB.
   int pipefd[2];
@@ -162,49 +184,37 @@ double raw_gbps() {
   if (child == 0) {
     uint16_t port = 0;
     if (read(pipefd[0], &port, sizeof port) != sizeof port) _exit(1);
-    auto rdv = transport::RendezvousClient::connect("127.0.0.1", port, "raw",
-                                                    Clock::now() + std::chrono::seconds(20));
-    transport::ImmCounters c;
-    transport::DomainConfig d;
-    d.address = "127.0.0.1";
-    auto eng = transport::ProgressEngine::start({d}, &c);
-    std::vector<uint8_t> buf(kSize);
-    auto reg = (*eng)->register_memory(buf.data(), buf.size(), transport::MemKind::kHost);
-    (void)(*rdv)->put("addr", (*eng)->address());
-    (void)(*rdv)->put("region", transport::NicGroup::remote(*reg).serialize());
+    RawPeer me(port, kSize, 0);
+    auto& [rdv, c, eng, buf, reg] = me;
+    (void)rdv->put("addr", eng->address());
+    (void)rdv->put("region", transport::NicGroup::remote(reg).serialize());
     for (int rep = 1; rep <= 3; ++rep) {
       c.begin_generation(static_cast<uint8_t>(rep));
-      (void)(*rdv)->put("ready" + std::to_string(rep), "1");
+      (void)rdv->put("ready" + std::to_string(rep), "1");
       if (!c.wait(static_cast<uint8_t>(rep), {{0, 0, kCount}},
                   Clock::now() + std::chrono::seconds(120)))
         _exit(2);
-      (void)(*rdv)->put("done" + std::to_string(rep), "1");
+      (void)rdv->put("done" + std::to_string(rep), "1");
     }
     _exit(0);
   }
   auto server = transport::RendezvousServer::start("127.0.0.1", 0, "raw");
   const uint16_t port = (*server)->port();
   if (write(pipefd[1], &port, sizeof port) != sizeof port) std::exit(1);
-  auto rdv = transport::RendezvousClient::connect("127.0.0.1", port, "raw",
-                                                  Clock::now() + std::chrono::seconds(20));
-  transport::ImmCounters c;
-  transport::DomainConfig d;
-  d.address = "127.0.0.1";
-  auto eng = transport::ProgressEngine::start({d}, &c);
-  std::vector<uint8_t> buf(kSize, 1);
-  auto reg = (*eng)->register_memory(buf.data(), buf.size(), transport::MemKind::kHost);
+  RawPeer me(port, kSize, 1);
+  auto& [rdv, c, eng, buf, reg] = me;
   const auto dl = [] { return Clock::now() + std::chrono::seconds(60); };
-  const uint32_t peer = *(*eng)->connect(*(*rdv)->get("addr", dl()));
-  const auto rr = *transport::RemoteRegion::parse(*(*rdv)->get("region", dl()));
+  const uint32_t peer = *eng->connect(*rdv->get("addr", dl()));
+  const auto rr = *transport::RemoteRegion::parse(*rdv->get("region", dl()));
   double best = 0;
   for (int rep = 1; rep <= 3; ++rep) {
     std::vector<transport::GroupWrite> ws(
-        kCount, {&*reg, 0, peer, &rr, 0, kSize, true,
+        kCount, {&reg, 0, peer, &rr, 0, kSize, true,
                  transport::Imm{static_cast<uint8_t>(rep), 0, 0}.encode()});
-    (void)(*rdv)->get("ready" + std::to_string(rep), dl());
+    (void)rdv->get("ready" + std::to_string(rep), dl());
     const double t0 = perf::now_s();
-    (void)(*eng)->wait((*eng)->submit(ws), dl());
-    (void)(*rdv)->get("done" + std::to_string(rep), dl());
+    (void)eng->wait(eng->submit(ws), dl());
+    (void)rdv->get("done" + std::to_string(rep), dl());
     if (rep > 1)
       best = std::max(best, static_cast<double>(kSize * kCount) / (perf::now_s() - t0) / 1e9);
   }
