@@ -14,6 +14,13 @@ Result<std::unique_ptr<ProgressEngine>> ProgressEngine::start(const std::vector<
   e->nic_count_ = e->group_->size();
   e->counters_ = counters;
   e->pending_.resize(e->nic_count_);
+  for (size_t n = 0; n < e->nic_count_; ++n) {
+    const Capabilities& c = e->group_->nic(n).caps();
+    uint64_t piece = nics[n].max_write ? nics[n].max_write : UINT64_MAX;
+    if (c.max_msg) piece = std::min(piece, c.max_msg);
+    e->piece_max_.push_back(piece);
+    e->ordered_.push_back(c.ordered_writes);
+  }
   e->thread_ = std::thread([p = e.get()] { p->loop(); });
   return e;
 }
@@ -111,18 +118,43 @@ void ProgressEngine::loop() {
       for (const GroupWrite& w : writes) {
         const auto shards = stripe(w.len, static_cast<uint32_t>(nic_count_));
         for (size_t n = 0; n < nic_count_; ++n) {
-          WriteOp op;
-          op.id = next_shard_++;
-          op.src = &w.src->per_nic[n];
-          op.src_off = w.src_off + shards[n].off;
-          op.peer = group_->nic_peer(w.peer, n);
-          op.dst = w.dst->per_nic[n];
-          op.dst_off = w.dst_off + shards[n].off;
-          op.len = shards[n].len;
-          op.has_imm = w.has_imm;
-          op.imm = w.imm;
-          shard_batch_[op.id] = batch;
-          pending_[n].push_back(op);
+          // A shard longer than the NIC's largest message goes as several writes on one
+          // connection; only the last carries the immediate, so the receiver's count is
+          // unchanged. That is only sound where writes land in order (RC QPs, FI_ORDER_WAW).
+          const uint64_t pieces =
+              shards[n].len == 0 ? 1 : (shards[n].len + piece_max_[n] - 1) / piece_max_[n];
+          if (pieces > 1) {
+            std::lock_guard<std::mutex> lk(batch_mu_);
+            auto b = batches_.find(batch);
+            if (!ordered_[n]) {
+              if (b != batches_.end()) {
+                b->second.errors.push_back(fmt::format(
+                    "a {} B write exceeds NIC {}'s largest message ({} B) and its provider does "
+                    "not keep writes in order, so it cannot be split: lower the plan's "
+                    "max_write_bytes",
+                    shards[n].len, n, piece_max_[n]));
+                --b->second.remaining;
+              }
+              batch_cv_.notify_all();
+              continue;
+            }
+            if (b != batches_.end()) b->second.remaining += pieces - 1;
+          }
+          for (uint64_t k = 0; k < pieces; ++k) {
+            const uint64_t off = k * piece_max_[n];
+            WriteOp op;
+            op.id = next_shard_++;
+            op.src = &w.src->per_nic[n];
+            op.src_off = w.src_off + shards[n].off + off;
+            op.peer = group_->nic_peer(w.peer, n);
+            op.dst = w.dst->per_nic[n];
+            op.dst_off = w.dst_off + shards[n].off + off;
+            op.len = std::min(piece_max_[n], shards[n].len - off);
+            op.has_imm = w.has_imm && k + 1 == pieces;
+            op.imm = w.imm;
+            shard_batch_[op.id] = batch;
+            pending_[n].push_back(op);
+          }
         }
       }
       busy = true;

@@ -21,6 +21,7 @@ struct Capabilities {
   bool device_memory = false;    // can register CUDA memory directly
   bool manual_progress = false;  // data lands only while someone polls
   bool virt_addr = false;        // remote addresses are virtual addresses (else offsets)
+  bool ordered_writes = false;   // writes on one connection land in posting order
 };
 
 enum class MemKind : uint8_t { kHost, kCuda };
@@ -80,10 +81,11 @@ struct DomainConfig {
   std::string provider = "tcp";      // libfabric provider name, or verbs device name
   std::string address;               // local IP to bind (fabric), empty: the provider's default
   int port = 1;                      // verbs
-  int gid_index = 0;                 // verbs (RoCEv2 needs the right GID)
+  int gid_index = -1;                // verbs: -1 picks the first RoCE v2 IPv4 GID, else index 0
   uint32_t rank = 0;                 // verbs: this process's index among its peers (QP slot)
   uint32_t max_peers = 16;           // verbs: RC QPs created up front, one per peer slot
-  uint64_t max_write = 16ull << 20;  // writes above are split
+  uint64_t max_write = 16ull << 20;  // longer NIC shards go as several writes (also capped by
+                                     // the provider's max_msg); the immediate rides the last
 };
 
 // The one place a backend is chosen.

@@ -93,6 +93,8 @@ class ProgressEngine {
 
   // Owned by the progress thread.
   std::vector<std::deque<WriteOp>> pending_;            // per NIC
+  std::vector<uint64_t> piece_max_;                     // per NIC: largest single write
+  std::vector<bool> ordered_;                           // per NIC: writes land in order
   std::unordered_map<uint64_t, uint64_t> shard_batch_;  // shard id -> batch
   uint64_t next_shard_ = 1;
 };

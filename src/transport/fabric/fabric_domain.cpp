@@ -83,6 +83,7 @@ class FabricDomain final : public Domain {
     caps_.max_msg = info_->ep_attr->max_msg_size;
     caps_.manual_progress = info_->domain_attr->data_progress == FI_PROGRESS_MANUAL;
     caps_.virt_addr = (info_->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0;
+    caps_.ordered_writes = (info_->tx_attr->msg_order & (FI_ORDER_WAW | FI_ORDER_RMA_WAW)) != 0;
     caps_.device_memory = (info_->caps & FI_HMEM) != 0;
     if (!(info_->caps & FI_RMA))
       return Status(

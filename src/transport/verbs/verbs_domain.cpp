@@ -85,15 +85,17 @@ class VerbsDomain final : public Domain {
     addr_.lid = port.lid;
     addr_.mtu = static_cast<uint8_t>(port.active_mtu);
     addr_.rank = cfg.rank;
-    if (ibv_query_gid(ctx_, addr_.port, cfg.gid_index, &addr_.gid))
+    gid_index_ = cfg.gid_index >= 0 ? cfg.gid_index : pick_gid(port.gid_tbl_len);
+    if (ibv_query_gid(ctx_, addr_.port, gid_index_, &addr_.gid))
       return Status(Code::kTransport,
-                    errno_str(fmt::format("ibv_query_gid(index={})", cfg.gid_index).c_str()));
+                    errno_str(fmt::format("ibv_query_gid(index={})", gid_index_).c_str()));
     ibv_device_attr da{};
     if (ibv_query_device(ctx_, &da)) return Status(Code::kTransport, errno_str("ibv_query_device"));
     caps_.imm_bytes = 4;
     caps_.max_msg = port.max_msg_sz;
     caps_.virt_addr = true;
-    caps_.device_memory = true;  // dma-buf or peer memory; register_memory reports which failed
+    caps_.ordered_writes = true;  // RC: writes on one QP are placed in order
+    caps_.device_memory = true;   // dma-buf or peer memory; register_memory reports which failed
     if (!(pd_ = ibv_alloc_pd(ctx_))) return Status(Code::kTransport, errno_str("ibv_alloc_pd"));
     const int cqe = std::min(da.max_cqe, 16384);
     if (!(cq_ = ibv_create_cq(ctx_, cqe, nullptr, nullptr, 0)))
@@ -136,8 +138,8 @@ class VerbsDomain final : public Domain {
       return invalid("verbs peer {} has no QP slot for our rank {}", peer->rank, cfg_.rank);
     ibv_qp* q = qps_[peer->rank];
     const ibv_mtu mtu = static_cast<ibv_mtu>(std::min<uint8_t>(peer->mtu, addr_.mtu));
-    verbs::Transition rtr = verbs::to_rtr(peer->qpns[cfg_.rank], 0, peer->lid, peer->gid,
-                                          addr_.port, cfg_.gid_index, mtu);
+    verbs::Transition rtr =
+        verbs::to_rtr(peer->qpns[cfg_.rank], 0, peer->lid, peer->gid, addr_.port, gid_index_, mtu);
     if (ibv_modify_qp(q, &rtr.attr, rtr.mask))
       return Status(Code::kTransport,
                     errno_str(fmt::format("ibv_modify_qp(RTR, peer {})", peer->rank).c_str()));
@@ -226,6 +228,17 @@ class VerbsDomain final : public Domain {
   }
 
  private:
+  // The GID a RoCE v2 deployment routes by: the first IPv4-mapped (::ffff:a.b.c.d) entry of
+  // type RoCE v2; InfiniBand and RoCE v1 ports fall back to index 0.
+  int pick_gid(int table_len) {
+    for (int i = 0; i < table_len; ++i) {
+      ibv_gid_entry e{};
+      if (ibv_query_gid_ex(ctx_, addr_.port, static_cast<uint32_t>(i), &e, 0)) continue;
+      if (e.gid_type == IBV_GID_TYPE_ROCE_V2 && verbs::is_ipv4_mapped(e.gid)) return i;
+    }
+    return 0;
+  }
+
   Status post_recv() {
     ibv_recv_wr wr{};
     ibv_recv_wr* bad = nullptr;
@@ -236,6 +249,7 @@ class VerbsDomain final : public Domain {
   }
 
   DomainConfig cfg_;
+  int gid_index_ = 0;
   Capabilities caps_;
   verbs::Address addr_;
   ibv_context* ctx_ = nullptr;

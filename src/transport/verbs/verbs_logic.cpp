@@ -41,6 +41,12 @@ Transition to_rtr(uint32_t remote_qpn, uint32_t remote_psn, uint16_t remote_lid,
   return t;
 }
 
+bool is_ipv4_mapped(const ibv_gid& g) {
+  for (int i = 0; i < 10; ++i)
+    if (g.raw[i] != 0) return false;
+  return g.raw[10] == 0xff && g.raw[11] == 0xff;
+}
+
 Transition to_rts(uint32_t psn) {
   Transition t;
   t.attr.qp_state = IBV_QPS_RTS;

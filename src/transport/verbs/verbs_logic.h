@@ -22,6 +22,9 @@ Transition to_rtr(uint32_t remote_qpn, uint32_t remote_psn, uint16_t remote_lid,
                   const ibv_gid& remote_gid, uint8_t port, int gid_index, ibv_mtu mtu);
 Transition to_rts(uint32_t psn);
 
+// ::ffff:a.b.c.d, the GID form RoCE v2 gives an IPv4 address.
+bool is_ipv4_mapped(const ibv_gid& g);
+
 // One signaled RDMA WRITE (WITH_IMM when the op has an immediate, imm in network byte order) per
 // op, linked into one chain. `lkeys[i]` is op i's local key.
 struct Chain {

@@ -32,6 +32,16 @@ TEST(VerbsLogic, QpTransitions) {
   EXPECT_EQ(rts.attr.rnr_retry, 7);
 }
 
+TEST(VerbsLogic, RecognisesIpv4MappedGids) {
+  ibv_gid g{};
+  EXPECT_FALSE(is_ipv4_mapped(g));
+  g.raw[10] = g.raw[11] = 0xff;
+  g.raw[12] = 10, g.raw[15] = 15;  // ::ffff:10.0.0.15
+  EXPECT_TRUE(is_ipv4_mapped(g));
+  g.raw[0] = 0xfe, g.raw[1] = 0x80;  // a link-local GID is not
+  EXPECT_FALSE(is_ipv4_mapped(g));
+}
+
 TEST(VerbsLogic, ChainsWritesWithImmInNetworkOrder) {
   char buf[64];
   LocalMr src;
