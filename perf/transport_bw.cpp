@@ -1,7 +1,9 @@
-// One-sided write bandwidth between two processes over libfabric (tcp;ofi_rxm on loopback here)
-// for message sizes 64 KiB .. 64 MiB and 1, 2, 4 NICs (endpoints on 127.0.0.1..4), against a
-// plain TCP socket stream between the same two processes, measured in the same run. Every write
-// carries an immediate and a round ends only when the receiver has counted all of them.
+// One-sided write bandwidth between two processes for message sizes 64 KiB .. 64 MiB and 1, 2, 4
+// NICs, against a plain TCP socket stream between the same two processes, measured in the same
+// run. Every write carries an immediate and a round ends only when the receiver has counted all
+// of them. Default: libfabric tcp;ofi_rxm on loopback endpoints 127.0.0.1..4; --backend verbs
+// --nic-list rxe0,rxe1 runs it over ibverbs (the Soft-RoCE VM, scripts/verbs-vm.sh --bench).
+//   transport_bw [--mib N] [--backend fabric|verbs] [--provider P] [--nic-list a,b,...]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -9,9 +11,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <sstream>
 #include <string>
 
 #include "harness.h"
@@ -25,9 +29,11 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 const uint64_t kSizes[] = {64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20};
-const int kNics[] = {1, 2, 4};
+std::vector<int> g_nic_counts = {1, 2, 4};
 constexpr uint64_t kBuf = 64 << 20;
 uint64_t g_total = 512ull << 20;
+std::string g_backend = "fabric", g_provider = "tcp";
+std::vector<std::string> g_nic_list = {"127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"};
 
 auto in_s(double s) {
   return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
@@ -46,11 +52,15 @@ void must(const Status& s) {
     std::exit(1);
   }
 }
-std::vector<DomainConfig> nics(int k) {
+std::vector<DomainConfig> nics(int k, uint32_t rank) {
   std::vector<DomainConfig> v;
   for (int i = 0; i < k; ++i) {
     DomainConfig c;
-    c.address = "127.0.0." + std::to_string(i + 1);
+    const std::string& nic = g_nic_list[static_cast<size_t>(i)];
+    c.backend = g_backend;
+    c.provider = g_backend == "verbs" ? nic : g_provider;
+    c.address = g_backend == "verbs" ? "" : nic;
+    c.rank = rank;  // verbs QP slot: receiver 0, sender 1
     v.push_back(c);
   }
   return v;
@@ -63,9 +73,9 @@ uint64_t count_for(uint64_t size) { return std::max<uint64_t>(1, g_total / size)
 int receiver(uint16_t port) {
   auto rdv = must(RendezvousClient::connect("127.0.0.1", port, "bw", in_s(20)));
   std::vector<uint8_t> buf(kBuf);
-  for (int k : kNics) {
+  for (int k : g_nic_counts) {
     ImmCounters counters;
-    auto eng = must(ProgressEngine::start(nics(k), &counters));
+    auto eng = must(ProgressEngine::start(nics(k, 0), &counters));
     Region r = must(eng->register_memory(buf.data(), buf.size(), MemKind::kHost));
     must(rdv->put(fmt::format("raddr/{}", k), eng->address()));
     must(rdv->put(fmt::format("rregion/{}", k), NicGroup::remote(r).serialize()));
@@ -109,7 +119,32 @@ int receiver(uint16_t port) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1) g_total = std::stoull(argv[1]) << 20;
+  CLI::App app{"transport_bw: one-sided write GB/s per NIC count vs a TCP stream, one run"};
+  uint64_t mib = g_total >> 20;
+  std::string list;
+  app.add_option("--mib", mib, "MiB written per measured point")->capture_default_str();
+  app.add_option("--backend", g_backend, "fabric or verbs")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fabric", "verbs"}));
+  app.add_option("--provider", g_provider, "libfabric provider (fabric backend)")
+      ->capture_default_str();
+  app.add_option("--nic-list", list,
+                 "comma-separated NICs, 1 to 4: local IPs (fabric) or RDMA devices (verbs); "
+                 "default 127.0.0.1..4");
+  CLI11_PARSE(app, argc, argv);
+  g_total = mib << 20;
+  if (!list.empty()) {
+    g_nic_list.clear();
+    std::istringstream ss(list);
+    for (std::string x; std::getline(ss, x, ',');) g_nic_list.push_back(x);
+  }
+  if (g_nic_list.empty() || g_nic_list.size() > 4) {
+    std::fprintf(stderr, "transport_bw: --nic-list takes 1 to 4 NICs\n");
+    return 2;
+  }
+  g_nic_counts.clear();
+  for (int k : {1, 2, 4})
+    if (static_cast<size_t>(k) <= g_nic_list.size()) g_nic_counts.push_back(k);
   int pipefd[2];
   if (pipe(pipefd) != 0) return 1;
   const pid_t child = fork();
@@ -125,9 +160,9 @@ int main(int argc, char** argv) {
   std::vector<uint8_t> buf(kBuf, 0x5a);
   std::map<std::pair<int, uint64_t>, double> gbps;  // (nics, size) -> best GB/s; nics 0 = TCP
   std::string provider;
-  for (int k : kNics) {
+  for (int k : g_nic_counts) {
     ImmCounters counters;
-    auto eng = must(ProgressEngine::start(nics(k), &counters));
+    auto eng = must(ProgressEngine::start(nics(k, 1), &counters));
     provider = eng->caps().provider;
     Region r = must(eng->register_memory(buf.data(), buf.size(), MemKind::kHost));
     must(rdv->put(fmt::format("saddr/{}", k), eng->address()));

@@ -208,7 +208,10 @@ std::vector<TensorInfo> Receiver::tensors() const {
 Status Receiver::register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales) {
   return impl_->rc->bind_tensor(name, scales, data, bytes);
 }
-Status Receiver::publish() { return impl_->rc->publish(); }
+Status Receiver::publish() {
+  if (Status s = impl_->rc->publish(); !s) return s;
+  return impl_->rc->connect_senders({}, in_s(impl_->job->cfg.deadline_s));
+}
 Result<WaitStats> Receiver::wait(uint64_t step) {
   impl_->rc->begin(static_cast<uint8_t>(step));
   if (Status s = impl_->rdv->put(fmt::format("ready/{}/{}", step, impl_->index), "1"); !s) return s;

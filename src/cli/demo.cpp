@@ -43,12 +43,27 @@ plan::Options demo_plan_options() {
   return opts;
 }
 
-std::vector<transport::DomainConfig> nic_configs(const DemoOptions& o) {
+std::vector<std::string> nic_names(const DemoOptions& o) {
+  std::vector<std::string> v;
+  std::istringstream ss(o.nic_list);
+  for (std::string x; std::getline(ss, x, ',');) v.push_back(x);
+  if (v.empty())
+    for (int i = 0; i < o.nics; ++i) v.push_back("127.0.0." + std::to_string(i + 1));
+  return v;
+}
+
+// `slot` numbers this process among all `peers` of the job (trainers first): the verbs backend
+// keeps one RC QP per peer slot.
+std::vector<transport::DomainConfig> nic_configs(const DemoOptions& o, uint32_t slot,
+                                                 uint32_t peers) {
   std::vector<transport::DomainConfig> v;
-  for (int i = 0; i < o.nics; ++i) {
+  for (const std::string& nic : nic_names(o)) {
     transport::DomainConfig c;
-    c.provider = o.provider;
-    c.address = "127.0.0." + std::to_string(i + 1);
+    c.backend = o.backend;
+    c.provider = o.backend == "verbs" ? nic : o.provider;
+    c.address = o.backend == "verbs" ? "" : nic;
+    c.rank = slot;
+    c.max_peers = std::max(c.max_peers, peers);
     v.push_back(c);
   }
   return v;
@@ -146,8 +161,10 @@ Result<Round> next_round(transport::RendezvousClient& rdv, int n) {
 
 int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p,
                    transport::RendezvousClient& rdv, const plan::ValueFn& values) {
-  auto ex = exec::TrainerExecutor::create(in, p, static_cast<uint32_t>(w.index),
-                                          nic_configs(w.demo), &rdv);
+  const auto peers = static_cast<uint32_t>(p.senders.size() + p.receivers.size());
+  auto ex = exec::TrainerExecutor::create(
+      in, p, static_cast<uint32_t>(w.index),
+      nic_configs(w.demo, static_cast<uint32_t>(w.index), peers), &rdv);
   if (!ex) {
     (void)rdv.put(fmt::format("fail/trainer/{}", w.index), ex.status().message());
     return 1;
@@ -203,7 +220,9 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
 int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p,
                      transport::RendezvousClient& rdv, const plan::ValueFn& values) {
   const auto me = static_cast<uint32_t>(w.index);
-  auto rc = exec::InferenceReceiver::create(in, p, me, nic_configs(w.demo), &rdv);
+  const auto S = static_cast<uint32_t>(p.senders.size());
+  auto rc = exec::InferenceReceiver::create(
+      in, p, me, nic_configs(w.demo, S + me, S + static_cast<uint32_t>(p.receivers.size())), &rdv);
   if (!rc) {
     (void)rdv.put(fmt::format("fail/inference/{}", w.index), rc.status().message());
     return 1;
@@ -214,6 +233,11 @@ int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan:
     auto r = next_round(rdv, n);
     if (!r) return 1;
     if (r->end) return 0;
+    // Transports whose targets connect too (verbs): to every sender, again after a restart.
+    if (Status s = (*rc)->connect_senders(r->trainer_incarnations, in_s(w.demo.deadline_s)); !s) {
+      (void)rdv.put(fmt::format("verified/{}/{}", n, me), "FAIL " + s.message());
+      continue;
+    }
     (*rc)->begin(r->gen);
     (void)rdv.put(fmt::format("ready/{}/{}", n, me), "1");
     auto rep = (*rc)->wait(r->gen, in_s(w.demo.deadline_s));
@@ -287,6 +311,12 @@ int run_worker(const WorkerOptions& w) {
 }
 
 int run_demo(const DemoOptions& o) {
+  if (o.backend == "verbs" && o.nic_list.empty()) {
+    std::fprintf(stderr,
+                 "weightcast: error: --backend verbs needs --nic-list with the RDMA devices to use "
+                 "(see `ibv_devices`), e.g. --nic-list mlx5_0 or rxe0,rxe1\n");
+    return 2;
+  }
   auto in = load(o);
   if (!in) {
     std::fprintf(stderr, "weightcast: error: %s\n", in.status().message().c_str());
@@ -316,10 +346,12 @@ int run_demo(const DemoOptions& o) {
   uint64_t moved = 0;
   for (const plan::Write& w : p->writes) moved += w.len;
   std::printf(
-      "demo: %zu trainer -> %zu inference processes over libfabric %s, %d NIC(s) each; plan %s: "
+      "demo: %zu trainer -> %zu inference processes over %s, %zu NIC(s) each (%s); plan %s: "
       "%zu writes and %zu gathers (host collective), %s per step\n",
-      S, R, o.provider.c_str(), o.nics, p->inputs_digest.c_str(), p->writes.size(),
-      p->gathers.size(), plan::human_bytes(static_cast<double>(moved)).c_str());
+      S, R, o.backend == "verbs" ? "ibverbs RC" : ("libfabric " + o.provider).c_str(),
+      nic_names(o).size(), fmt::format("{}", fmt::join(nic_names(o), ",")).c_str(),
+      p->inputs_digest.c_str(), p->writes.size(), p->gathers.size(),
+      plan::human_bytes(static_cast<double>(moved)).c_str());
   std::fflush(stdout);
   const auto logdir =
       std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-{}", getpid());
@@ -338,6 +370,8 @@ int run_demo(const DemoOptions& o) {
                                   "--topology",     o.topology,
                                   "--nics",         std::to_string(o.nics),
                                   "--provider",     o.provider,
+                                  "--backend",      o.backend,
+                                  "--nic-list",     o.nic_list,
                                   "--deadline",     std::to_string(o.deadline_s),
                                   "--first-round",  std::to_string(first_round),
                                   "--die-in-round", std::to_string(die_in_round),

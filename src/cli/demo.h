@@ -11,6 +11,8 @@ struct DemoOptions {
   int replicas = 1;
   int nics = 1;
   std::string provider = "tcp";
+  std::string backend = "fabric";  // fabric (libfabric) or verbs (ibverbs RC)
+  std::string nic_list;            // comma-separated local IPs (fabric) or RDMA devices (verbs)
   double deadline_s = 60;
   int kill_trainer_at_step = 0;  // fault injection: trainer 0 dies mid-push at this step
   int restart_receiver_at_step =

@@ -265,6 +265,13 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 4));
   demo_cmd->add_option("--provider", demo.provider, "libfabric provider")->capture_default_str();
   demo_cmd
+      ->add_option("--backend", demo.backend, "Transport: fabric (libfabric) or verbs (ibverbs RC)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fabric", "verbs"}));
+  demo_cmd->add_option("--nic-list", demo.nic_list,
+                       "NICs of every process, comma-separated: local IPs (fabric) or RDMA "
+                       "devices such as rxe0,rxe1 (verbs; required there). Overrides --nics");
+  demo_cmd
       ->add_option("--deadline", demo.deadline_s,
                    "Seconds every wait may take before the step fails")
       ->capture_default_str();
@@ -303,6 +310,8 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--topology", worker.demo.topology)->required();
   worker_cmd->add_option("--nics", worker.demo.nics);
   worker_cmd->add_option("--provider", worker.demo.provider);
+  worker_cmd->add_option("--backend", worker.demo.backend);
+  worker_cmd->add_option("--nic-list", worker.demo.nic_list);
   worker_cmd->add_option("--deadline", worker.demo.deadline_s);
   worker_cmd->add_option("--first-round", worker.first_round);
   worker_cmd->add_option("--steps", worker.demo.steps);

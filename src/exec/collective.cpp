@@ -58,6 +58,7 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
   auto p = engine->register_memory(c->pack_.data(), c->pack_.size(), transport::MemKind::kHost);
   if (!p) return p.status();
   c->pack_region_ = *p;
+  c->both_ends_ = engine->caps().connect_both_ends;
   return c;
 }
 
@@ -79,6 +80,7 @@ Status HostCollective::connect_root(uint32_t r, uint32_t incarnation, Clock::tim
   auto region = transport::RemoteRegion::parse(*desc);
   if (!region) return region.status();
   roots_[r] = Root{*peer, *region, incarnation};
+  if (both_ends_) return Status::ok();  // connected already; nothing to warm up
   // Warm the connection up (the first write to a peer pays for its set-up).
   return engine_->wait(
       engine_->submit({{&pack_region_, 0, roots_[r].peer, &roots_[r].gbuf, 0, 0, false, 0}}),
@@ -98,13 +100,36 @@ Status HostCollective::prepare(Clock::time_point deadline) {
       if (p.rank == rank_ && x.root != rank_) roots.insert(x.root);
   for (uint32_t r : roots)
     if (Status s = connect_root(r, 0, deadline); !s) return s;
+  if (!both_ends_) return Status::ok();
+  std::set<uint32_t> members;
+  for (const plan::Gather& x : plan_.gathers)
+    if (x.root == rank_)
+      for (const auto& p : x.pieces)
+        if (p.rank != rank_) members.insert(p.rank);
+  for (uint32_t m : members)
+    if (Status s = connect_member(m, 0, deadline); !s) return s;
   return Status::ok();
 }
 
-Status HostCollective::rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) {
-  auto it = roots_.find(root);
+Status HostCollective::connect_member(uint32_t m, uint32_t incarnation,
+                                      Clock::time_point deadline) {
+  auto addr = rdv_->get(key("send", m) + suffix(incarnation), deadline);
+  if (!addr)
+    return Status(addr.status().code(),
+                  fmt::format("gather member {}: {}", m, addr.status().message()));
+  auto peer = engine_->connect(*addr);
+  if (!peer) return peer.status();
+  members_[m] = incarnation;
+  return Status::ok();
+}
+
+Status HostCollective::rejoin(uint32_t trainer, uint32_t incarnation, Clock::time_point deadline) {
+  auto m = members_.find(trainer);
+  if (m != members_.end() && m->second != incarnation)
+    if (Status s = connect_member(trainer, incarnation, deadline); !s) return s;
+  auto it = roots_.find(trainer);
   if (it == roots_.end() || it->second.incarnation == incarnation) return Status::ok();
-  return connect_root(root, incarnation, deadline);
+  return connect_root(trainer, incarnation, deadline);
 }
 
 Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t> gathers,

@@ -106,6 +106,7 @@ Status TrainerExecutor::prepare(Clock::time_point deadline) {
     if (w.sender == rank_) recvs.insert(plan_.dests[w.dest].receiver);
   for (uint32_t r : recvs)
     if (Status s = connect_receiver(r, 0, deadline); !s) return s;
+  if (engine_->caps().connect_both_ends) return Status::ok();  // RC: nothing to warm up
   // Warm every connection up (the first write to a peer pays for connection set-up).
   std::vector<GroupWrite> warm;
   for (auto& [r, t] : receivers_)
@@ -142,6 +143,7 @@ Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_poi
   auto it = receivers_.find(r);
   if (it == receivers_.end() || it->second.incarnation == incarnation) return Status::ok();
   if (Status s = connect_receiver(r, incarnation, deadline); !s) return s;
+  if (engine_->caps().connect_both_ends) return Status::ok();
   Target& t = receivers_[r];
   return engine_->wait(
       engine_->submit({{&staging_region_, 0, t.peer, &t.tensors.begin()->second, 0, 0, false, 0}}),
@@ -294,7 +296,11 @@ Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(
   for (const Expectation& e : expectations(plan, receiver, static_cast<uint32_t>(nics.size())))
     r->expect_.push_back({static_cast<uint8_t>(e.phase), e.sender, e.count});
   for (const plan::Write& w : plan.writes)
-    if (plan.dests[w.dest].receiver == receiver) r->bytes_ += w.len;
+    if (plan.dests[w.dest].receiver == receiver) {
+      r->bytes_ += w.len;
+      r->senders_[w.sender] = -1;
+    }
+  r->both_ends_ = r->engine_->caps().connect_both_ends;
   return r;
 }
 
@@ -351,6 +357,23 @@ Status InferenceReceiver::publish() {
 }
 
 void InferenceReceiver::begin(uint8_t generation) { counters_.begin_generation(generation); }
+
+Status InferenceReceiver::connect_senders(std::span<const uint32_t> incarnations,
+                                          Clock::time_point deadline) {
+  if (!both_ends_) return Status::ok();
+  for (auto& [s, connected] : senders_) {
+    const uint32_t inc = s < incarnations.size() ? incarnations[s] : 0;
+    if (connected == static_cast<int64_t>(inc)) continue;
+    auto addr = rdv_->get(key("send", s) + (inc ? fmt::format("@{}", inc) : ""), deadline);
+    if (!addr)
+      return Status(addr.status().code(), fmt::format("receiver {}: sender {}: {}", receiver_, s,
+                                                      addr.status().message()));
+    auto peer = engine_->connect(*addr);
+    if (!peer) return peer.status();
+    connected = inc;
+  }
+  return Status::ok();
+}
 
 Result<WaitReport> InferenceReceiver::wait(uint8_t step, Clock::time_point deadline) {
   const auto t0 = Clock::now();

@@ -60,6 +60,8 @@ class HostCollective final : public Collective {
 
  private:
   Status connect_root(uint32_t root, uint32_t incarnation, Clock::time_point deadline);
+  // Transports whose targets connect too (verbs RC): a root connects to each of its members.
+  Status connect_member(uint32_t member, uint32_t incarnation, Clock::time_point deadline);
   HostCollective(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
   uint64_t box_bytes(const plan::Gather& g) const;
   const spec::Inputs& in_;
@@ -80,6 +82,8 @@ class HostCollective final : public Collective {
   };
   uint32_t incarnation_ = 0;
   std::map<uint32_t, Root> roots_;
+  bool both_ends_ = false;                // the transport needs targets to connect as well
+  std::map<uint32_t, uint32_t> members_;  // member -> incarnation connected (both_ends_ only)
 };
 
 }  // namespace weightcast::exec

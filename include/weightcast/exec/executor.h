@@ -116,6 +116,11 @@ class InferenceReceiver {
   void set_incarnation(uint32_t k) { incarnation_ = k; }
   // Arms the barrier for an attempt: writes of older generations are ignored from here on.
   void begin(uint8_t generation);
+  // Transports whose targets connect too (verbs RC): connects to every trainer that writes here,
+  // at the given trainer incarnations (a restarted trainer has new queue pairs). Call after
+  // publish() and whenever a trainer restarts, before the step's writes; a no-op elsewhere.
+  Status connect_senders(std::span<const uint32_t> trainer_incarnations,
+                         Clock::time_point deadline);
   // Waits until every expected immediate of the generation arrived; on deadline fails naming
   // each sender that is short. Never returns ok on a partial update.
   Result<WaitReport> wait(uint8_t generation, Clock::time_point deadline);
@@ -135,6 +140,8 @@ class InferenceReceiver {
   std::map<uint32_t, uint64_t> bound_off_;  // dest -> offset inside its region
   transport::RendezvousClient* rdv_ = nullptr;
   std::vector<transport::Expect> expect_;
+  std::map<uint32_t, int64_t> senders_;  // trainer -> incarnation connected (-1: not yet)
+  bool both_ends_ = false;
   uint64_t bytes_ = 0;
   uint32_t incarnation_ = 0;
 };

@@ -18,10 +18,12 @@ struct Capabilities {
   std::string provider;  // e.g. "tcp;ofi_rxm", "efa", "mlx5_0"
   size_t imm_bytes = 0;  // remote CQ data size
   uint64_t max_msg = 0;
-  bool device_memory = false;    // can register CUDA memory directly
-  bool manual_progress = false;  // data lands only while someone polls
-  bool virt_addr = false;        // remote addresses are virtual addresses (else offsets)
-  bool ordered_writes = false;   // writes on one connection land in posting order
+  bool device_memory = false;      // can register CUDA memory directly
+  bool manual_progress = false;    // data lands only while someone polls
+  bool virt_addr = false;          // remote addresses are virtual addresses (else offsets)
+  bool ordered_writes = false;     // writes on one connection land in posting order
+  bool connect_both_ends = false;  // the target must connect() to its initiator too (RC QPs);
+                                   // connections need no warm-up write
 };
 
 enum class MemKind : uint8_t { kHost, kCuda };

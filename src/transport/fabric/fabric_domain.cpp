@@ -52,6 +52,7 @@ class FabricDomain final : public Domain {
     hints->fabric_attr->prov_name = strdup(cfg.provider.c_str());
     fi_info* list = nullptr;
     const char* node = cfg.address.empty() ? nullptr : cfg.address.c_str();
+    if (node) hints->addr_format = FI_SOCKADDR_IN;  // verbs would otherwise answer in AF_IB
     const int rc = fi_getinfo(FI_VERSION(1, 17), node, nullptr, node ? FI_SOURCE : 0, hints, &list);
     fi_freeinfo(hints);
     if (rc != 0)
@@ -64,15 +65,23 @@ class FabricDomain final : public Domain {
       in_addr want{};
       inet_pton(AF_INET, node, &want);
       pick = nullptr;
+      std::string offered;
       for (fi_info* i = list; i && !pick; i = i->next) {
-        if (i->addr_format != FI_SOCKADDR_IN || !i->src_addr) continue;
-        if (reinterpret_cast<const sockaddr_in*>(i->src_addr)->sin_addr.s_addr == want.s_addr)
-          pick = i;
+        if (i->addr_format != FI_SOCKADDR_IN || !i->src_addr) {
+          offered += fmt::format("{}addr_format {}", offered.empty() ? "" : ", ", i->addr_format);
+          continue;
+        }
+        const in_addr a = reinterpret_cast<const sockaddr_in*>(i->src_addr)->sin_addr;
+        if (a.s_addr == want.s_addr) pick = i;
+        char ip[INET_ADDRSTRLEN] = "";
+        inet_ntop(AF_INET, &a, ip, sizeof ip);
+        offered += fmt::format("{}{}", offered.empty() ? "" : ", ", ip);
       }
       if (!pick) {
         fi_freeinfo(list);
-        return Status(Code::kTransport, fmt::format("provider {} offers no endpoint bound to {}",
-                                                    cfg.provider, cfg.address));
+        return Status(Code::kTransport,
+                      fmt::format("provider {} offers no endpoint bound to {} (it offers: {})",
+                                  cfg.provider, cfg.address, offered.empty() ? "none" : offered));
       }
     }
     info_ = fi_dupinfo(pick);

@@ -94,8 +94,9 @@ class VerbsDomain final : public Domain {
     caps_.imm_bytes = 4;
     caps_.max_msg = port.max_msg_sz;
     caps_.virt_addr = true;
-    caps_.ordered_writes = true;  // RC: writes on one QP are placed in order
-    caps_.device_memory = true;   // dma-buf or peer memory; register_memory reports which failed
+    caps_.ordered_writes = true;     // RC: writes on one QP are placed in order
+    caps_.connect_both_ends = true;  // an RC QP reaches RTR only knowing its peer's QP number
+    caps_.device_memory = true;      // dma-buf or peer memory; register_memory reports which failed
     if (!(pd_ = ibv_alloc_pd(ctx_))) return Status(Code::kTransport, errno_str("ibv_alloc_pd"));
     const int cqe = std::min(da.max_cqe, 16384);
     if (!(cq_ = ibv_create_cq(ctx_, cqe, nullptr, nullptr, 0)))
@@ -137,6 +138,15 @@ class VerbsDomain final : public Domain {
     if (cfg_.rank >= peer->qpns.size())
       return invalid("verbs peer {} has no QP slot for our rank {}", peer->rank, cfg_.rank);
     ibv_qp* q = qps_[peer->rank];
+    // Through RESET first: a restarted peer (new QP numbers) reuses its slot's QP, which is in
+    // RTS or ERROR from the previous connection.
+    ibv_qp_attr reset{};
+    reset.qp_state = IBV_QPS_RESET;
+    verbs::Transition init = verbs::to_init(addr_.port);
+    if (ibv_modify_qp(q, &reset, IBV_QP_STATE) || ibv_modify_qp(q, &init.attr, init.mask))
+      return Status(
+          Code::kTransport,
+          errno_str(fmt::format("ibv_modify_qp(RESET/INIT, peer {})", peer->rank).c_str()));
     const ibv_mtu mtu = static_cast<ibv_mtu>(std::min<uint8_t>(peer->mtu, addr_.mtu));
     verbs::Transition rtr =
         verbs::to_rtr(peer->qpns[cfg_.rank], 0, peer->lid, peer->gid, addr_.port, gid_index_, mtu);

@@ -121,6 +121,18 @@ class Fabric : public ::testing::Test {
     EXPECT_NE(out.find("PASS"), std::string::npos) << out;
     std::printf("%s", out.c_str());
   }
+  // Kills `victim` once the transfer is running: the receiver has published "receiving" (both
+  // peers are connected by then) and writes have had a moment to flow.
+  void kill_mid_transfer(Proc& victim) {
+    auto c = RendezvousClient::connect("127.0.0.1", server_->port(), token_,
+                                       std::chrono::steady_clock::now() + std::chrono::seconds(10));
+    ASSERT_TRUE(c) << c.status().message();
+    auto k = (*c)->get("receiving", std::chrono::steady_clock::now() + std::chrono::seconds(120));
+    ASSERT_TRUE(k) << k.status().message();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    kill(victim.pid, SIGKILL);
+    waitpid(victim.pid, &victim.status, 0);
+  }
   std::string token_;
   std::unique_ptr<RendezvousServer> server_;
 };
@@ -168,13 +180,6 @@ TEST_F(Fabric, DeadlineNamesTheMissingSender) {
   expect_pass(r, 60);
   expect_pass(s0, 60);
   expect_pass(s1, 60);
-}
-
-// Kills `victim` once the transfer is running (both peers are past the rendezvous by then).
-void kill_mid_transfer(Proc& victim) {
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-  kill(victim.pid, SIGKILL);
-  waitpid(victim.pid, &victim.status, 0);
 }
 
 TEST_F(Fabric, SenderKilledMidTransferReceiverGetsDeadline) {
