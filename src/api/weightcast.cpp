@@ -2,12 +2,15 @@
 #include "weightcast/api/weightcast.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 #include <random>
 #include <set>
+#include <sstream>
 
 #include "weightcast/exec/executor.h"
+#include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
 
@@ -31,9 +34,14 @@ struct Job {
 Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg) {
   auto in = spec::load_inputs(cfg.trainer_spec, cfg.inference_spec, cfg.topology);
   if (!in) return in.status();
-  plan::Options o;
-  auto p = plan::make_plan(*in, o);
+  auto p = cfg.plan_file.empty() ? plan::make_plan(*in, plan::Options{})
+                                 : plan::load_json(cfg.plan_file);
   if (!p) return p.status();
+  if (p->inputs_digest != plan::digest_inputs(*in))
+    return invalid(
+        "plan file {} was made for inputs {}, but these specs give {}: re-run `weightcast plan "
+        "--json` on them",
+        cfg.plan_file, p->inputs_digest, plan::digest_inputs(*in));
   auto j = std::make_unique<Job>();
   j->cfg = cfg;
   j->in = std::move(in).value();
@@ -93,6 +101,13 @@ TensorInfo info(const std::string& name, bool scales, core::DType dt, const core
 
 }  // namespace
 
+// A peer's metadata for the controller: "digest nics tensors bytes".
+Status publish_meta(PeerBase& p, const char* role, uint32_t rank, size_t tensors, uint64_t bytes) {
+  return p.rdv->put(fmt::format("meta/{}/{}", role, rank),
+                    fmt::format("{} {} {} {}", p.job->plan.inputs_digest, p.job->cfg.nics.size(),
+                                tensors, bytes));
+}
+
 struct Controller::Impl {
   std::unique_ptr<Job> job;
   std::unique_ptr<transport::RendezvousServer> server;
@@ -129,6 +144,66 @@ uint32_t Controller::receivers() const {
 }
 std::string Controller::plan_report() const { return plan::report(impl_->job->plan, "job"); }
 
+Result<std::vector<PeerInfo>> Controller::wait_for_peers(double deadline_s) const {
+  const Job& j = *impl_->job;
+  const auto deadline = in_s(deadline_s);
+  const std::string host = j.cfg.rendezvous.substr(0, j.cfg.rendezvous.rfind(':'));
+  auto c = transport::RendezvousClient::connect(host, impl_->server->port(), j.cfg.token, deadline);
+  if (!c) return c.status();
+  // What the plan says each peer must register.
+  std::vector<std::pair<uint32_t, uint64_t>> want_t(j.plan.senders.size()),
+      want_r(j.plan.receivers.size());
+  for (const plan::DestTensor& d : j.plan.dests) {
+    ++want_r[d.receiver].first;
+    want_r[d.receiver].second += d.bytes;
+  }
+  for (uint32_t r = 0; r < want_t.size(); ++r) {
+    const exec::SenderLayout l = exec::sender_layout(j.in, r);
+    want_t[r] = {static_cast<uint32_t>(l.shards.size()), 0};
+    for (const exec::ShardSlot& s : l.shards) want_t[r].second += s.bytes;
+  }
+  std::vector<PeerInfo> out;
+  std::vector<std::string> missing, wrong;
+  for (const char* role : {"trainer", "inference"}) {
+    const auto& want = std::string(role) == "trainer" ? want_t : want_r;
+    for (uint32_t r = 0; r < want.size(); ++r) {
+      auto v = (*c)->get(fmt::format("meta/{}/{}", role, r), deadline);
+      if (!v) {
+        missing.push_back(fmt::format("{} {}", role, r));
+        continue;
+      }
+      PeerInfo p;
+      p.role = role;
+      p.rank = r;
+      std::istringstream ss(std::string(v->begin(), v->end()));
+      ss >> p.plan_digest >> p.nics >> p.tensors >> p.bytes;
+      if (!ss) {
+        wrong.push_back(fmt::format("{} {}: malformed metadata", role, r));
+        continue;
+      }
+      if (p.plan_digest != j.plan.inputs_digest)
+        wrong.push_back(fmt::format("{} {} runs plan {}, the controller's is {}", role, r,
+                                    p.plan_digest, j.plan.inputs_digest));
+      if (!out.empty() && p.nics != out.front().nics)
+        wrong.push_back(fmt::format("{} {} has {} NIC(s), {} {} has {}: NIC groups must match",
+                                    role, r, p.nics, out.front().role, out.front().rank,
+                                    out.front().nics));
+      if (p.tensors != want[r].first || p.bytes != want[r].second)
+        wrong.push_back(fmt::format("{} {} holds {} tensors / {} B, the plan gives it {} / {} B",
+                                    role, r, p.tensors, p.bytes, want[r].first, want[r].second));
+      out.push_back(p);
+    }
+  }
+  if (!missing.empty())
+    return Status(
+        Code::kTimeout,
+        fmt::format("peers that did not join within {} s: {}{}", deadline_s,
+                    fmt::join(missing, ", "),
+                    wrong.empty() ? "" : fmt::format("; and: {}", fmt::join(wrong, "; "))));
+  if (!wrong.empty()) return invalid("peers disagree with the plan: {}", fmt::join(wrong, "; "));
+  return out;
+}
+
 struct Sender::Impl : PeerBase {
   std::unique_ptr<exec::TrainerExecutor> ex;
   uint32_t rank = 0;
@@ -144,6 +219,10 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   impl->ex = std::move(ex).value();
   if (Status s = impl->ex->publish(); !s) return s;  // peers may prepare before this one does
   impl->rank = rank;
+  uint64_t bytes = 0;
+  for (const exec::ShardSlot& s : impl->ex->layout().shards) bytes += s.bytes;
+  if (Status s = publish_meta(*impl, "trainer", rank, impl->ex->layout().shards.size(), bytes); !s)
+    return s;
   for (const plan::Write& w : impl->job->plan.writes)
     if (w.sender == rank) impl->receivers.insert(impl->job->plan.dests[w.dest].receiver);
   return Sender(std::move(impl));
@@ -190,6 +269,11 @@ Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   if (!rc) return rc.status();
   impl->rc = std::move(rc).value();
   impl->index = index;
+  uint32_t count = 0;
+  uint64_t bytes = 0;
+  for (const plan::DestTensor& d : impl->job->plan.dests)
+    if (d.receiver == index) ++count, bytes += d.bytes;
+  if (Status s = publish_meta(*impl, "inference", index, count, bytes); !s) return s;
   return Receiver(std::move(impl));
 }
 Receiver::Receiver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -86,9 +86,10 @@ struct PlanFlags {
 
   void add(CLI::App* app) {
     app->add_option("--max-write-mb", max_write_mb,
-                    "Largest single write; longer runs are split (16 MiB saturates a 400G NIC)")
+                    "Largest single write; longer runs are split (16 MiB saturates a 400G NIC; "
+                    "the smallest allowed, 64 B = 0.00006103515625, is for tests)")
         ->capture_default_str()
-        ->check(CLI::Range(0.001, 1048576.0));
+        ->check(CLI::Range(64.0 / 1048576, 1048576.0));
     app->add_option(
            "--staging-mb", staging_mb,
            "Staging watermark per sender: gather buffers of one phase plus the projection ring")

@@ -12,9 +12,18 @@ class JobConfig:
     provider: str
     nics: List[str]
     deadline_s: float
+    plan_file: str  # a plan saved by `weightcast plan --json`, loaded instead of planned
     def __init__(self, trainer_spec: str, inference_spec: str, topology: str, rendezvous: str = "",
                  token: str = "", provider: str = "tcp", nics: List[str] = ["127.0.0.1"],
-                 deadline_s: float = 60.0) -> None: ...
+                 deadline_s: float = 60.0, plan_file: str = "") -> None: ...
+
+class PeerInfo:
+    role: str  # "trainer" or "inference"
+    rank: int
+    plan_digest: str
+    nics: int
+    tensors: int
+    nbytes: int
 
 class TensorInfo:
     name: str
@@ -42,6 +51,7 @@ class Controller:
     receivers: int
     def __init__(self, job: JobConfig, bind_host: str = "127.0.0.1") -> None: ...
     def plan_report(self) -> str: ...
+    def wait_for_peers(self, deadline_s: float = 60.0) -> List[PeerInfo]: ...
 
 class Sender:
     def __init__(self, job: JobConfig, rank: int) -> None: ...

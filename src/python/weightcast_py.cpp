@@ -64,12 +64,13 @@ PYBIND11_MODULE(weightcast, m) {
   py::class_<api::JobConfig>(m, "JobConfig")
       .def(py::init([](std::string t, std::string i, std::string c, std::string rdv,
                        std::string token, std::string provider, std::vector<std::string> nics,
-                       double deadline) {
-             return api::JobConfig{t, i, c, rdv, token, provider, nics, deadline};
+                       double deadline, std::string plan) {
+             return api::JobConfig{t, i, c, rdv, token, provider, nics, deadline, plan};
            }),
            py::arg("trainer_spec"), py::arg("inference_spec"), py::arg("topology"),
            py::arg("rendezvous") = "", py::arg("token") = "", py::arg("provider") = "tcp",
-           py::arg("nics") = std::vector<std::string>{"127.0.0.1"}, py::arg("deadline_s") = 60.0)
+           py::arg("nics") = std::vector<std::string>{"127.0.0.1"}, py::arg("deadline_s") = 60.0,
+           py::arg("plan_file") = "")
       .def_readwrite("trainer_spec", &api::JobConfig::trainer_spec)
       .def_readwrite("inference_spec", &api::JobConfig::inference_spec)
       .def_readwrite("topology", &api::JobConfig::topology)
@@ -77,7 +78,19 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readwrite("token", &api::JobConfig::token)
       .def_readwrite("provider", &api::JobConfig::provider)
       .def_readwrite("nics", &api::JobConfig::nics)
-      .def_readwrite("deadline_s", &api::JobConfig::deadline_s);
+      .def_readwrite("deadline_s", &api::JobConfig::deadline_s)
+      .def_readwrite("plan_file", &api::JobConfig::plan_file);
+  py::class_<api::PeerInfo>(m, "PeerInfo")
+      .def_readonly("role", &api::PeerInfo::role)
+      .def_readonly("rank", &api::PeerInfo::rank)
+      .def_readonly("plan_digest", &api::PeerInfo::plan_digest)
+      .def_readonly("nics", &api::PeerInfo::nics)
+      .def_readonly("tensors", &api::PeerInfo::tensors)
+      .def_readonly("nbytes", &api::PeerInfo::bytes)
+      .def("__repr__", [](const api::PeerInfo& p) {
+        return "PeerInfo(" + p.role + " " + std::to_string(p.rank) + ", " +
+               std::to_string(p.tensors) + " tensors, " + std::to_string(p.bytes) + " B)";
+      });
   py::class_<api::TensorInfo>(m, "TensorInfo")
       .def_readonly("name", &api::TensorInfo::name)
       .def_readonly("scales", &api::TensorInfo::scales)
@@ -110,7 +123,15 @@ PYBIND11_MODULE(weightcast, m) {
            "Plans the job and starts its rendezvous; fills job.rendezvous and job.token.")
       .def_property_readonly("senders", [](const CtlH& h) { return h.obj.senders(); })
       .def_property_readonly("receivers", [](const CtlH& h) { return h.obj.receivers(); })
-      .def("plan_report", [](const CtlH& h) { return h.obj.plan_report(); });
+      .def("plan_report", [](const CtlH& h) { return h.obj.plan_report(); })
+      .def(
+          "wait_for_peers",
+          [](const CtlH& h, double deadline_s) {
+            return check(nogil([&] { return h.obj.wait_for_peers(deadline_s); }));
+          },
+          py::arg("deadline_s") = 60.0,
+          "Collects every peer's metadata and checks it against the plan; raises naming the "
+          "peers that did not join or disagree.");
 
   using SndH = Holder<api::Sender>;
   py::class_<SndH>(m, "Sender")

@@ -2,7 +2,9 @@
 receivers (TP columns, plus an FP32 cast), numpy buffers, threads for the peers (the GIL is
 released in blocking calls). Expected bytes are computed here with numpy, independently."""
 import json
+import os
 import re
+import subprocess
 import threading
 
 import numpy as np
@@ -48,13 +50,10 @@ def full_weights(step):
     return (vals.view(np.uint32) >> 16).astype(np.uint16)
 
 
-def test_transfer_two_steps(tmp_path):
-    t, i, c = write_specs(tmp_path)
-    job = weightcast.JobConfig(t, i, c, deadline_s=30)
-    ctl = weightcast.Controller(job)
-    assert job.rendezvous.startswith("127.0.0.1:") and job.token
-    assert (ctl.senders, ctl.receivers) == (2, 2)
-    results, errors = {}, []
+def transfer(job, ctl):
+    """Two steps through real receivers and senders in threads; checks every byte with numpy and
+    returns (each sender's PushStats of step 1, what the controller collected of the peers)."""
+    results, errors, pushed, peers = {}, [], {}, []
 
     def receiver(r):
         try:
@@ -84,11 +83,13 @@ def test_transfer_two_steps(tmp_path):
                 shard[:] = full_weights(step)[s * ROWS // 2:(s + 1) * ROWS // 2]
                 stats = snd.push(step)
                 assert stats.bytes > 0 and len(stats.nic_gbps) == 1 and stats.nic_gbps[0] > 0
+                pushed.setdefault(s, stats)
         except Exception as e:  # noqa: BLE001
             errors.append(f"sender {s}: {e!r}")
 
     threads = [threading.Thread(target=receiver, args=(r,)) for r in range(2)]
     threads += [threading.Thread(target=sender, args=(s,)) for s in range(2)]
+    threads.append(threading.Thread(target=lambda: peers.extend(ctl.wait_for_peers(60))))
     for th in threads:
         th.start()
     for th in threads:
@@ -100,6 +101,61 @@ def test_transfer_two_steps(tmp_path):
             got = results[(r, step)]
             np.testing.assert_array_equal(got["w"], full[:, r * COLS // 2:(r + 1) * COLS // 2])
             np.testing.assert_array_equal(got["w32"], bf16_to_f32(full[r * ROWS // 2:(r + 1) * ROWS // 2]))
+    return pushed, peers
+
+
+def test_transfer_two_steps(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=30)
+    ctl = weightcast.Controller(job)
+    assert job.rendezvous.startswith("127.0.0.1:") and job.token
+    assert (ctl.senders, ctl.receivers) == (2, 2)
+    _, peers = transfer(job, ctl)
+    # The controller collected every peer's metadata and it matches the plan.
+    got = sorted((p.role, p.rank, p.tensors, p.nbytes, p.nics) for p in peers)
+    half = ROWS * COLS // 2
+    assert got == [("inference", 0, 2, half * 2 + half * 4, 1), ("inference", 1, 2, half * 2 + half * 4, 1),
+                   ("trainer", 0, 1, half * 2, 1), ("trainer", 1, 1, half * 2, 1)]
+
+
+def test_a_saved_plan_is_loaded_not_recomputed(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    plan = tmp_path / "plan.json"
+    # 64-byte writes: a plan no peer would compute with the default options.
+    subprocess.run([os.environ["WEIGHTCAST_BIN"], "plan", "-t", t, "-i", i, "-c", c,
+                    "--max-write-mb", "0.00006103515625", "--json", str(plan)], check=True, capture_output=True)
+    default = weightcast.Controller(weightcast.JobConfig(t, i, c))
+    assert "writes" in default.plan_report()
+    writes = json.loads(plan.read_text())["writes"]
+    job = weightcast.JobConfig(t, i, c, deadline_s=30, plan_file=str(plan))
+    ctl = weightcast.Controller(job)
+    pushed, peers = transfer(job, ctl)
+    assert len(peers) == 4
+    for s, stats in pushed.items():
+        assert stats.writes == sum(1 for w in writes if w[0] == s), (s, stats.writes)
+    assert len(writes) > int(re.search(r"writes +(\d+)", default.plan_report()).group(1))
+
+
+def test_a_plan_for_other_specs_is_refused(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    plan = tmp_path / "plan.json"
+    subprocess.run([os.environ["WEIGHTCAST_BIN"], "plan", "-t", t, "-i", i, "-c", c, "--json", str(plan)],
+                   check=True, capture_output=True)
+    spec = json.loads(open(t).read())
+    spec["params"][0]["dtype"] = "fp32"
+    open(t, "w").write(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"plan file .*plan.json was made for inputs fnv1a64:\w+, but these "
+                                         r"specs give fnv1a64:\w+: re-run `weightcast plan --json`"):
+        weightcast.Controller(weightcast.JobConfig(t, i, c, plan_file=str(plan)))
+
+
+def test_wait_for_peers_names_those_that_never_joined(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=5)
+    ctl = weightcast.Controller(job)
+    rc = weightcast.Receiver(job, 1)  # noqa: F841 - the only peer that joins
+    with pytest.raises(TimeoutError, match=r"did not join within 1 s: trainer 0, trainer 1, inference 0$"):
+        ctl.wait_for_peers(1)
 
 
 def test_errors_are_python_exceptions(tmp_path):

@@ -30,6 +30,19 @@ struct JobConfig {
   std::string provider = "tcp";                        // libfabric provider (efa in production)
   std::vector<std::string> nics = {"127.0.0.1"};       // local address per NIC of this process
   double deadline_s = 60;                              // every wait fails after this long
+  // A plan saved by `weightcast plan --json FILE` (optional): loaded instead of planned, refused if
+  // it was made for other specs. Saves every peer the planning time and memory.
+  std::string plan_file;
+};
+
+// What one peer told the controller when it joined (Controller::wait_for_peers).
+struct PeerInfo {
+  std::string role;  // "trainer" or "inference"
+  uint32_t rank = 0;
+  std::string plan_digest;  // the inputs digest of the plan this peer runs
+  uint32_t nics = 0;
+  uint32_t tensors = 0;  // tensors it must register
+  uint64_t bytes = 0;    // their total size
 };
 
 struct TensorInfo {
@@ -63,6 +76,11 @@ class Controller {
   uint32_t senders() const;
   uint32_t receivers() const;
   std::string plan_report() const;  // the dry-run report of the plan in force
+  // Collects every trainer's and every inference rank's metadata from the rendezvous (each peer
+  // publishes it when created) and checks it against the plan: same plan digest, same NIC count
+  // on every peer (NIC groups must match), the tensor count and bytes the plan gives that rank.
+  // Fails naming the peers that did not join before the deadline or that disagree.
+  Result<std::vector<PeerInfo>> wait_for_peers(double deadline_s) const;
 
  private:
   struct Impl;
