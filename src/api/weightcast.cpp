@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "weightcast/exec/executor.h"
+#include "weightcast/exec/parts.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
@@ -23,17 +24,23 @@ auto in_s(double s) {
   return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
 }
 
-// What every peer of a job shares: the inputs and the plan (each computes it; the controller's
-// digest is checked so all run the same one).
+// What every party of a job holds: the inputs, and the plan (the controller: the whole plan,
+// computed or loaded; a peer: its own part, fetched from the controller through the rendezvous).
 struct Job {
   JobConfig cfg;
   spec::Inputs in;
   plan::Plan plan;
 };
 
-Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg) {
+Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg, bool whole_plan) {
   auto in = spec::load_inputs(cfg.trainer_spec, cfg.inference_spec, cfg.topology);
   if (!in) return in.status();
+  if (!whole_plan) {  // a peer: its part comes from the controller
+    auto j = std::make_unique<Job>();
+    j->cfg = cfg;
+    j->in = std::move(in).value();
+    return j;
+  }
   auto p = cfg.plan_file.empty() ? plan::make_plan(*in, plan::Options{})
                                  : plan::load_json(cfg.plan_file);
   if (!p) return p.status();
@@ -49,7 +56,7 @@ Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg) {
   return j;
 }
 
-Result<std::unique_ptr<transport::RendezvousClient>> join(const Job& j) {
+Result<std::unique_ptr<transport::RendezvousClient>> join(Job& j, const char* role, uint32_t rank) {
   const auto colon = j.cfg.rendezvous.rfind(':');
   if (colon == std::string::npos)
     return invalid("JobConfig.rendezvous '{}' is not host:port", j.cfg.rendezvous);
@@ -58,11 +65,9 @@ Result<std::unique_ptr<transport::RendezvousClient>> join(const Job& j) {
       static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(colon + 1))), j.cfg.token,
       in_s(j.cfg.deadline_s));
   if (!c) return c.status();
-  auto d = (*c)->get("plan/digest", in_s(j.cfg.deadline_s));
-  if (!d) return d.status();
-  if (std::string(d->begin(), d->end()) != j.plan.inputs_digest)
-    return invalid("this peer's specs give plan {}, the controller's is {}", j.plan.inputs_digest,
-                   std::string(d->begin(), d->end()));
+  auto part = exec::fetch_part(role, rank, plan::digest_inputs(j.in), **c, in_s(j.cfg.deadline_s));
+  if (!part) return part.status();
+  j.plan = std::move(part).value();
   return c;
 }
 
@@ -71,11 +76,11 @@ struct PeerBase {
   std::unique_ptr<Job> job;
   std::unique_ptr<transport::RendezvousClient> rdv;
 };
-Status open_peer(const JobConfig& cfg, PeerBase& p) {
-  auto j = load_job(cfg);
+Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t rank) {
+  auto j = load_job(cfg, false);
   if (!j) return j.status();
   p.job = std::move(j).value();
-  auto c = join(*p.job);
+  auto c = join(*p.job, role, rank);
   if (!c) return c.status();
   p.rdv = std::move(c).value();
   return Status::ok();
@@ -114,7 +119,7 @@ struct Controller::Impl {
 };
 
 Result<Controller> Controller::start(JobConfig& cfg, const std::string& bind_host) {
-  auto j = load_job(cfg);
+  auto j = load_job(cfg, true);
   if (!j) return j.status();
   if (cfg.token.empty())
     cfg.token = fmt::format("wc-{:016x}", std::random_device{}() * 2654435761ull ^
@@ -129,7 +134,8 @@ Result<Controller> Controller::start(JobConfig& cfg, const std::string& bind_hos
   auto c =
       transport::RendezvousClient::connect(bind_host, impl->server->port(), cfg.token, in_s(10));
   if (!c) return c.status();
-  if (Status st = (*c)->put("plan/digest", impl->job->plan.inputs_digest); !st) return st;
+  // Every rank's part, so peers never plan (and a saved plan reaches them unchanged).
+  if (Status st = exec::publish_parts(impl->job->plan, **c); !st) return st;
   return Controller(std::move(impl));
 }
 Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -212,7 +218,7 @@ struct Sender::Impl : PeerBase {
 
 Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   auto impl = std::make_unique<Impl>();
-  if (Status s = open_peer(cfg, *impl); !s) return s;
+  if (Status s = open_peer(cfg, *impl, "trainer", rank); !s) return s;
   auto ex = exec::TrainerExecutor::create(impl->job->in, impl->job->plan, rank, nics(cfg),
                                           impl->rdv.get(), false);
   if (!ex) return ex.status();
@@ -263,7 +269,7 @@ struct Receiver::Impl : PeerBase {
 
 Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   auto impl = std::make_unique<Impl>();
-  if (Status s = open_peer(cfg, *impl); !s) return s;
+  if (Status s = open_peer(cfg, *impl, "inference", index); !s) return s;
   auto rc = exec::InferenceReceiver::create(impl->job->in, impl->job->plan, index, nics(cfg),
                                             impl->rdv.get(), false);
   if (!rc) return rc.status();

@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "weightcast/exec/executor.h"
+#include "weightcast/exec/parts.h"
 #include "weightcast/exec/safetensors.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
@@ -287,18 +288,16 @@ int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan:
 int run_worker(const WorkerOptions& w) {
   auto in = load(w.demo);
   if (!in) return 2;
-  auto p = plan::make_plan(*in, demo_plan_options());
-  if (!p) return 2;
   const auto colon = w.rdv.find(':');
   auto rdv = transport::RendezvousClient::connect(
       w.rdv.substr(0, colon), static_cast<uint16_t>(std::stoi(w.rdv.substr(colon + 1))), w.token,
       in_s(20));
   if (!rdv) return 1;
-  // Everyone must run the same plan.
-  auto digest = (*rdv)->get("plan/digest", in_s(20));
-  if (!digest || str(*digest) != p->inputs_digest) {
-    (void)(*rdv)->put(fmt::format("fail/{}/{}", w.role, w.index),
-                      "plan digest differs from the controller's");
+  // This worker's part of the controller's plan (it never plans itself).
+  auto p = exec::fetch_part(w.role, static_cast<uint32_t>(w.index), plan::digest_inputs(*in), **rdv,
+                            in_s(20));
+  if (!p) {
+    (void)(*rdv)->put(fmt::format("fail/{}/{}", w.role, w.index), p.status().message());
     return 2;
   }
   auto values = value_source(*in, w.demo.weights);
@@ -342,7 +341,12 @@ int run_demo(const DemoOptions& o) {
   }
   const std::string where = fmt::format("127.0.0.1:{}", (*server)->port());
   auto rdv = transport::RendezvousClient::connect("127.0.0.1", (*server)->port(), token, in_s(10));
-  if (!rdv || !(*rdv)->put("plan/digest", p->inputs_digest)) return 1;
+  if (!rdv) return 1;
+  if (Status s = exec::publish_parts(*p, **rdv); !s) {
+    std::fprintf(stderr, "weightcast: error: publishing the plan's parts: %s\n",
+                 s.message().c_str());
+    return 1;
+  }
   uint64_t moved = 0;
   for (const plan::Write& w : p->writes) moved += w.len;
   std::printf(

@@ -5,6 +5,7 @@
 
 #include <set>
 
+#include "weightcast/plan/part.h"
 #include "weightcast/plan/project.h"
 
 namespace weightcast::exec {
@@ -128,14 +129,17 @@ Status TrainerExecutor::connect_receiver(uint32_t r, uint32_t incarnation,
   if (!tensors)
     return Status(tensors.status().code(),
                   fmt::format("receiver {}: {}", r, tensors.status().message()));
+  // Descriptors are keyed by whole-plan dest ids; this rank's plan may be a part (plan/part.h).
+  std::map<uint32_t, transport::RemoteRegion> mine;
   for (uint32_t d = 0; d < plan_.dests.size(); ++d) {
     if (plan_.dests[d].receiver != r) continue;
-    auto it = tensors->find(d);
+    auto it = tensors->find(plan::global_dest(plan_, d));
     if (it == tensors->end() || it->second.len < plan_.dests[d].bytes)
       return invalid("receiver {} published no (or a too small) buffer for '{}'", r,
                      plan_.dest_names[plan_.dests[d].param]);
+    mine[d] = it->second;
   }
-  receivers_[r] = Target{*peer, std::move(tensors).value(), incarnation};
+  receivers_[r] = Target{*peer, std::move(mine), incarnation};
   return Status::ok();
 }
 
@@ -347,7 +351,7 @@ Status InferenceReceiver::publish() {
       k.len = plan_.dests[d].bytes;
     }
     rr.len = plan_.dests[d].bytes;
-    descs.push_back({d, rr});
+    descs.push_back({plan::global_dest(plan_, d), rr});
   }
   if (!unbound.empty()) return invalid("receiver {}: tensors not bound: {}", receiver_, unbound);
   const std::string suffix = incarnation_ ? fmt::format("@{}", incarnation_) : "";

@@ -51,6 +51,13 @@ std::string to_json(const Plan& p) {
                  "\"intra_domain_gathers_only\": {}}},\n",
                  p.options.max_write_bytes, p.options.staging_watermark,
                  p.options.intra_domain_gathers_only);
+  if (!p.part_role.empty()) {
+    fmt::format_to(out,
+                   "\"part\": {{\"role\": {}, \"rank\": {}, \"dest_ids\": ", quoted(p.part_role),
+                   p.part_rank);
+    put_list(o, p.dest_ids);
+    fmt::format_to(out, "}},\n");
+  }
   auto names = [&](const char* key, const std::vector<std::string>& v) {
     fmt::format_to(out, "\"{}\": [", key);
     for (size_t i = 0; i < v.size(); ++i) fmt::format_to(out, "{}{}", i ? "," : "", quoted(v[i]));
@@ -229,6 +236,15 @@ Result<Plan> from_json(const std::string& text) {
     p.options.staging_watermark =
         u(at(o, "staging_watermark", "options"), "options.staging_watermark");
     p.options.intra_domain_gathers_only = at(o, "intra_domain_gathers_only", "options").get<bool>();
+    if (j.contains("part")) {
+      const json& pt = j["part"];
+      p.part_role = at(pt, "role", "part").is_string() ? pt["role"].get<std::string>() : "";
+      if (p.part_role != "trainer" && p.part_role != "inference")
+        bad("part.role", "expected \"trainer\" or \"inference\"");
+      p.part_rank = static_cast<uint32_t>(u(at(pt, "rank", "part"), "part.rank", UINT32_MAX));
+      for (const auto& d : arr(at(pt, "dest_ids", "part"), "part.dest_ids"))
+        p.dest_ids.push_back(static_cast<uint32_t>(u(d, "part.dest_ids", UINT32_MAX)));
+    }
     for (const auto& s : arr(at(j, "source_names", ""), "source_names"))
       p.source_names.push_back(s.get<std::string>());
     for (const auto& s : arr(at(j, "dest_names", ""), "dest_names"))
@@ -352,7 +368,9 @@ Result<Plan> from_json(const std::string& text) {
       w.src_off = u(r[7], path);
       w.dst_off = u(r[8], path);
       w.len = u(r[9], path);
-      if ((w.project < 0) == (w.src_param < 0))
+      // An inference rank's part keeps no source side; every other write reads exactly one.
+      const bool sourceless = p.part_role == "inference" && w.project < 0 && w.src_param < 0;
+      if ((w.project < 0) == (w.src_param < 0) && !sourceless)
         bad(path, "a write reads either staging or a source shard");
       if (w.dst_off + w.len > p.dests[w.dest].bytes)
         bad(path, "write runs past its destination tensor");
@@ -360,6 +378,12 @@ Result<Plan> from_json(const std::string& text) {
     }
     for (const Gather& g : p.gathers)
       if (g.root >= p.senders.size()) bad("gathers", "root out of range");
+    if (!p.dest_ids.empty() && p.dest_ids.size() != p.dests.size())
+      bad("part.dest_ids", fmt::format("{} ids for {} dests", p.dest_ids.size(), p.dests.size()));
+    if (p.part_role == "trainer" && p.part_rank >= p.senders.size())
+      bad("part.rank", "no such trainer rank");
+    if (p.part_role == "inference" && p.part_rank >= p.receivers.size())
+      bad("part.rank", "no such inference rank");
     for (const Sender& s : p.senders)
       for (const Task& t : s.tasks) {
         const size_t n = t.op == Task::Op::kGather    ? p.gathers.size()

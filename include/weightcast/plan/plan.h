@@ -123,6 +123,10 @@ struct Plan {
   std::vector<Write> writes;
   std::vector<Sender> senders;
   std::vector<Receiver> receivers;
+  // A rank's part (plan/part.h) says whose it is; empty for the whole plan.
+  std::string part_role;  // "", "trainer" or "inference"
+  uint32_t part_rank = 0;
+  std::vector<uint32_t> dest_ids;  // parts: index of each dest in the whole plan
 };
 
 }  // namespace weightcast::plan

@@ -1,12 +1,17 @@
 // Planner, plan format and verifier on the tiny specs and the shipped configs: plans verify
 // byte-exact, round-trip through JSON, and every tampering is caught with a precise message.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
+#include <tuple>
 
 #include "../test_specs.h"
+#include "weightcast/plan/part.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
@@ -283,6 +288,119 @@ INSTANTIATE_TEST_SUITE_P(Configs, ConfigVerify,
                              if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return n;
                          });
+
+// Where each gather lands in its root's buffer, computed as the host collective does: per root,
+// gathers in phase order, then in list order.
+std::vector<std::pair<uint32_t, uint64_t>> gather_offsets(const Plan& p) {
+  std::map<uint32_t, uint64_t> size;
+  std::vector<std::pair<uint32_t, uint64_t>> off(p.gathers.size());
+  for (uint16_t ph = 0; ph < p.phases; ++ph)
+    for (uint32_t g = 0; g < p.gathers.size(); ++g)
+      if (p.gathers[g].phase == ph) {
+        off[g] = {p.gathers[g].root, size[p.gathers[g].root]};
+        size[p.gathers[g].root] += static_cast<uint64_t>(p.gathers[g].box.numel());
+      }
+  return off;
+}
+
+class PlanParts : public ::testing::TestWithParam<std::pair<const char*, int64_t>> {};
+
+TEST_P(PlanParts, EveryRankGetsExactlyItsWorkWithWholePlanIds) {
+  const spec::Inputs in = config(GetParam().first, GetParam().second);
+  auto whole = make_plan(in, {});
+  ASSERT_TRUE(whole) << whole.status().message();
+  const auto whole_off = gather_offsets(*whole);
+  size_t writes = 0, sizes = 0;
+  for (uint32_t r = 0; r < whole->senders.size(); ++r) {
+    const Plan part = trainer_part(*whole, r);
+    const std::string text = to_json(part);
+    sizes += text.size();
+    auto back = from_json(text);
+    ASSERT_TRUE(back) << back.status().message();
+    ASSERT_EQ(to_json(*back), text);
+    // Its writes are the whole plan's writes of this sender, in order, same bytes and targets.
+    std::vector<const Write*> mine;
+    for (const Write& w : whole->writes)
+      if (w.sender == r) mine.push_back(&w);
+    ASSERT_EQ(part.writes.size(), mine.size()) << "trainer " << r;
+    for (size_t i = 0; i < mine.size(); ++i) {
+      const Write &a = part.writes[i], &b = *mine[i];
+      ASSERT_EQ(global_dest(part, a.dest), b.dest);
+      ASSERT_EQ(std::tie(a.src_off, a.dst_off, a.len, a.phase, a.nic, a.src_param),
+                std::tie(b.src_off, b.dst_off, b.len, b.phase, b.nic, b.src_param));
+      ASSERT_EQ(a.project < 0, b.project < 0);
+      if (a.project >= 0) {
+        const Project &pa = part.projects[a.project], &pb = whole->projects[b.project];
+        ASSERT_EQ(pa.staging_off, pb.staging_off);
+        ASSERT_EQ(global_dest(part, pa.dest), pb.dest);
+        ASSERT_EQ(pa.inputs.size(), pb.inputs.size());
+        for (size_t k = 0; k < pa.inputs.size(); ++k)
+          if (pb.inputs[k].gather >= 0) {  // the same gather, at the same place in its root
+            ASSERT_GE(pa.inputs[k].gather, 0);
+            EXPECT_EQ(part.gathers[pa.inputs[k].gather].box.str(),
+                      whole->gathers[pb.inputs[k].gather].box.str());
+          }
+      }
+    }
+    writes += part.writes.size();
+    // Every gather it takes part in sits at the same offset of its root's buffer as in the
+    // whole plan (members and roots must agree), and its tasks are all present.
+    const auto part_off = gather_offsets(part);
+    auto per_root = [](const Plan& p, const std::vector<std::pair<uint32_t, uint64_t>>& off,
+                       uint32_t root) {
+      std::vector<std::string> v;
+      for (uint32_t g = 0; g < p.gathers.size(); ++g)
+        if (p.gathers[g].root == root)
+          v.push_back(fmt::format("{}@{}/{} at {}", p.gathers[g].box.str(), p.gathers[g].param,
+                                  p.gathers[g].phase, off[g].second));
+      return v;
+    };
+    std::set<uint32_t> roots;
+    for (const Gather& g : part.gathers) roots.insert(g.root);
+    for (uint32_t root : roots)
+      ASSERT_EQ(per_root(part, part_off, root), per_root(*whole, whole_off, root))
+          << "trainer " << r << " root " << root;
+    EXPECT_EQ(part.senders[r].tasks.size(), whole->senders[r].tasks.size());
+  }
+  EXPECT_EQ(writes, whole->writes.size());
+  for (uint32_t r = 0; r < whole->receivers.size(); ++r) {
+    const Plan part = inference_part(*whole, r);
+    const std::string text = to_json(part);
+    sizes += text.size();
+    auto back = from_json(text);
+    ASSERT_TRUE(back) << back.status().message();
+    // Same dest tensors in the same order, and the same immediates expected per sender and phase.
+    std::vector<uint32_t> ids;
+    for (uint32_t d = 0; d < whole->dests.size(); ++d)
+      if (whole->dests[d].receiver == r) ids.push_back(d);
+    EXPECT_EQ(back->dest_ids, ids);
+    std::map<std::pair<uint16_t, uint32_t>, int> a, b;
+    for (const Write& w : back->writes) ++a[{w.phase, w.sender}];
+    for (const Write& w : whole->writes)
+      if (whole->dests[w.dest].receiver == r) ++b[{w.phase, w.sender}];
+    EXPECT_EQ(a, b) << "inference " << r;
+  }
+  std::printf("%s: whole plan %zu B of JSON, all parts together %zu B\n", GetParam().first,
+              to_json(*whole).size(), sizes);
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, PlanParts,
+                         ::testing::Values(std::make_pair("demo-moe", int64_t{1}),
+                                           std::make_pair("qwen3-30b-a3b", int64_t{16}),
+                                           std::make_pair("deepseek-v3", int64_t{64})));
+
+TEST(PlanParts, SourcelessWritesAreOnlyValidInAnInferencePart) {
+  auto p = make_plan(tiny(), {});
+  ASSERT_TRUE(p);
+  Plan part = inference_part(*p, 0);
+  ASSERT_TRUE(from_json(to_json(part)));
+  part.part_role = "trainer";  // the same writes in a trainer's part have lost their source
+  auto bad = from_json(to_json(part));
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.status().message().find("a write reads either staging or a source shard"),
+            std::string::npos)
+      << bad.status().message();
+}
 
 }  // namespace
 }  // namespace weightcast::plan
