@@ -69,6 +69,14 @@ done
 [[ -x "$build/tests/fabric_test" && -x "$build/weightcast" ]] ||
   cannot "$build has no fabric_test / weightcast: build first (scripts/setup.sh)"
 
+# One VM at a time per build tree (they share the cache and the results folder).
+mkdir -p "$cache"
+exec 9>"$cache/lock"
+if ! flock -n 9; then
+  echo "verbs-vm: another VM suite runs on $build; waiting for it" >&2
+  flock 9
+fi
+
 # The initramfs: busybox, the modules that reach the 9p root, and /init.
 hash="$(sha1sum "$0" | cut -c1-12)"
 initrd="$cache/initramfs-$kver-$hash.cpio.gz"

@@ -89,24 +89,33 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr,
   const int64_t sr = pr.scale_box.extent(nd - 2), sc = pr.scale_box.extent(nd - 1);
   if (pr.scale_off + static_cast<uint64_t>(lead * sr * sc) * 4 > staging_size)
     return invalid("scales run past staging");
-  const float qmax = core::quant_max(dt.dtype);
+  if (sr != (R + q.block_rows - 1) / q.block_rows || sc != (C + q.block_cols - 1) / q.block_cols)
+    return invalid("scale box {} does not match box {}", pr.scale_box.str(), pr.box.str());
+  quantize_blocks_cpu(x.data(), lead, R, C, q.block_rows, q.block_cols, dt.dtype, out,
+                      staging + pr.scale_off);
+  return Status::ok();
+}
+
+void quantize_blocks_cpu(const float* x, int64_t lead, int64_t R, int64_t C, int64_t block_rows,
+                         int64_t block_cols, core::DType fp8, std::byte* out, std::byte* scales) {
+  const float qmax = core::quant_max(fp8);
+  const int64_t sr = (R + block_rows - 1) / block_rows, sc = (C + block_cols - 1) / block_cols;
   for (int64_t l = 0; l < lead; ++l)
     for (int64_t br = 0; br < sr; ++br)
       for (int64_t bc = 0; bc < sc; ++bc) {
-        const int64_t r0 = br * q.block_rows, r1 = std::min(R, r0 + q.block_rows);
-        const int64_t c0 = bc * q.block_cols, c1 = std::min(C, c0 + q.block_cols);
+        const int64_t r0 = br * block_rows, r1 = std::min(R, r0 + block_rows);
+        const int64_t c0 = bc * block_cols, c1 = std::min(C, c0 + block_cols);
         float amax = 0;
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = c0; c < c1; ++c)
             amax = std::fmax(amax, std::fabs(x[(l * R + r) * C + c]));
         const float scale = amax > 0 ? amax / qmax : 1.0f;
-        std::memcpy(staging + pr.scale_off + ((l * sr + br) * sc + bc) * 4, &scale, 4);
+        std::memcpy(scales + ((l * sr + br) * sc + bc) * 4, &scale, 4);
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = c0; c < c1; ++c)
-            core::store_from_float(dt.dtype, x[(l * R + r) * C + c] / scale,
-                                   out + ((l * R + r) * C + c) * esz);
+            core::store_from_float(fp8, x[(l * R + r) * C + c] / scale,
+                                   out + ((l * R + r) * C + c));
       }
-  return Status::ok();
 }
 
 }  // namespace weightcast::plan

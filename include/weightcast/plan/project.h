@@ -25,4 +25,11 @@ using InputResolver = std::function<Held(const Project::Input&)>;
 Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& p,
                    const InputResolver& resolve, std::byte* staging, uint64_t staging_size);
 
+// FP8 block quantization of `lead` row-major R x C matrices of floats: per block_rows x
+// block_cols block (edge blocks smaller), scale = absmax / max(fp8) (1 for an all-zero block),
+// FP8 = round-to-nearest-even(x / scale), saturating; scales are FP32, row-major per matrix.
+// The reference the GPU kernel (exec/cuda_project.h) must match bit for bit.
+void quantize_blocks_cpu(const float* x, int64_t lead, int64_t R, int64_t C, int64_t block_rows,
+                         int64_t block_cols, core::DType fp8, std::byte* out, std::byte* scales);
+
 }  // namespace weightcast::plan

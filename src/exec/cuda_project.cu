@@ -1,0 +1,166 @@
+// CUDA projections (see cuda_project.h). The scalar conversions mirror core/dtype.cpp's integer
+// encoders exactly (no hardware FP8 intrinsics: their rounding of out-of-range values differs),
+// and divisions stay IEEE (no fast math), so results match the CPU reference bit for bit.
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include "weightcast/exec/cuda_project.h"
+
+namespace weightcast::exec {
+
+namespace {
+
+using core::DType;
+
+Status cuda_err(const char* call, cudaError_t e) {
+  return Status(Code::kSystem,
+                fmt::format("{}: {} ({})", call, cudaGetErrorName(e), cudaGetErrorString(e)));
+}
+
+__device__ float load(const void* p, DType t, int64_t i) {
+  if (t == DType::kFP32) return static_cast<const float*>(p)[i];
+  const uint16_t v = static_cast<const uint16_t*>(p)[i];
+  if (t == DType::kBF16) return __uint_as_float(static_cast<uint32_t>(v) << 16);
+  // FP16
+  const uint32_t sign = (v & 0x8000u) << 16, mag = v & 0x7fffu;
+  const uint32_t field = mag >> 10, m = mag & 0x3ffu;
+  if (field == 0x1f)  // as core::fp16_to_float: one positive NaN, signed infinities
+    return m ? __uint_as_float(0x7fc00000u) : __uint_as_float(0x7f800000u | sign);
+  const float a =
+      field == 0 ? ldexpf(static_cast<float>(m), -24)
+                 : ldexpf(1.0f + static_cast<float>(m) / 1024.0f, static_cast<int>(field) - 15);
+  return __uint_as_float(__float_as_uint(a) | sign);
+}
+
+// core/dtype.cpp's encode_magnitude: |a| to a code with `mbits` mantissa bits, RNE.
+__device__ uint32_t encode_magnitude(float a, int mbits, int bias) {
+  const int min_normal_exp = 1 - bias;
+  if (a == 0.0f) return 0;
+  const uint32_t u = __float_as_uint(a);
+  const int e = static_cast<int>(u >> 23) - 127;
+  if (e < min_normal_exp) return static_cast<uint32_t>(rintf(ldexpf(a, mbits - min_normal_exp)));
+  const uint32_t m = u & 0x7fffffu;
+  const int shift = 23 - mbits;
+  const uint32_t r = (m + ((1u << (shift - 1)) - 1) + ((m >> shift) & 1)) >> shift;
+  return (static_cast<uint32_t>(e + bias) << mbits) + r;
+}
+
+__device__ uint8_t to_fp8(float f, DType t) {
+  const bool e4 = t == DType::kFP8E4M3;
+  if (isnan(f)) return 0x7f;
+  const uint8_t sign = signbit(f) ? 0x80 : 0;
+  const float a = fabsf(f);
+  const uint32_t top = e4 ? 0x7e : 0x7b;
+  uint32_t code = isinf(a) ? top : encode_magnitude(a, e4 ? 3 : 2, e4 ? 7 : 15);
+  if (code > top) code = top;
+  return static_cast<uint8_t>(sign | code);
+}
+
+__device__ uint16_t to_bf16(float f) {
+  const uint32_t u = __float_as_uint(f);
+  if (isnan(f)) return static_cast<uint16_t>((u >> 16) | 0x40);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+__device__ uint16_t to_fp16(float f) {
+  const uint32_t u = __float_as_uint(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  if (isnan(f)) return sign | 0x7e00;
+  const float a = fabsf(f);
+  if (isinf(a)) return sign | 0x7c00;
+  uint32_t code = encode_magnitude(a, 10, 15);
+  if (code >= 0x7c00) code = 0x7c00;
+  return static_cast<uint16_t>(sign | code);
+}
+
+__device__ void store(void* p, DType t, int64_t i, float f) {
+  switch (t) {
+    case DType::kFP32:
+      static_cast<float*>(p)[i] = f;
+      return;
+    case DType::kBF16:
+      static_cast<uint16_t*>(p)[i] = to_bf16(f);
+      return;
+    case DType::kFP16:
+      static_cast<uint16_t*>(p)[i] = to_fp16(f);
+      return;
+    default:
+      static_cast<uint8_t*>(p)[i] = to_fp8(f, t);
+  }
+}
+
+__global__ void cast_kernel(const void* src, DType st, void* dst, DType dt, uint64_t n) {
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+    store(dst, dt, static_cast<int64_t>(i), load(src, st, static_cast<int64_t>(i)));
+}
+
+constexpr int kThreads = 256;
+
+// One thread block per quantization block: absmax by reduction, then encode.
+__global__ void quant_kernel(const void* src, DType st, int64_t R, int64_t C, int64_t br,
+                             int64_t bc, int64_t sr, int64_t sc, DType fp8, float qmax,
+                             uint8_t* out, float* scales) {
+  const int64_t blk = blockIdx.x;  // (l * sr + i) * sc + j
+  const int64_t j = blk % sc, i = (blk / sc) % sr, l = blk / (sc * sr);
+  const int64_t r0 = i * br, r1 = min(R, r0 + br), c0 = j * bc, c1 = min(C, c0 + bc);
+  const int64_t w = c1 - c0, n = (r1 - r0) * w;
+  const int64_t base = l * R * C;
+  float amax = 0;
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x)
+    amax = fmaxf(amax, fabsf(load(src, st, base + (r0 + k / w) * C + c0 + k % w)));
+  __shared__ float red[kThreads];
+  red[threadIdx.x] = amax;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const float scale = red[0] > 0 ? __fdiv_rn(red[0], qmax) : 1.0f;
+  if (threadIdx.x == 0) scales[blk] = scale;
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
+    const int64_t e = base + (r0 + k / w) * C + c0 + k % w;
+    out[e] = to_fp8(__fdiv_rn(load(src, st, e), scale), fp8);
+  }
+}
+
+bool is_float_in(DType t) { return t == DType::kBF16 || t == DType::kFP16 || t == DType::kFP32; }
+bool is_fp8(DType t) { return t == DType::kFP8E4M3 || t == DType::kFP8E5M2; }
+
+Status finish(const char* what) {
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return cuda_err(what, e);
+  if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess)
+    return cuda_err("cudaDeviceSynchronize", e);
+  return Status::ok();
+}
+
+}  // namespace
+
+Status cuda_cast(const void* src, DType src_type, void* dst, DType dst_type, uint64_t n) {
+  if (!is_float_in(src_type) || !(is_float_in(dst_type) || is_fp8(dst_type)))
+    return invalid("cuda_cast: {} -> {} is not supported", core::dtype_name(src_type),
+                   core::dtype_name(dst_type));
+  if (n == 0) return Status::ok();
+  const uint64_t blocks = std::min<uint64_t>((n + kThreads - 1) / kThreads, 65535u * 16);
+  cast_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(src, src_type, dst, dst_type, n);
+  return finish("cast_kernel launch");
+}
+
+Status cuda_quantize_blocks(const void* src, DType src_type, int64_t lead, int64_t R, int64_t C,
+                            int64_t block_rows, int64_t block_cols, DType fp8, void* out,
+                            float* scales) {
+  if (!is_float_in(src_type) || !is_fp8(fp8))
+    return invalid("cuda_quantize_blocks: {} -> {} is not supported", core::dtype_name(src_type),
+                   core::dtype_name(fp8));
+  if (lead <= 0 || R <= 0 || C <= 0 || block_rows <= 0 || block_cols <= 0)
+    return invalid("cuda_quantize_blocks: empty shape or block");
+  const int64_t sr = (R + block_rows - 1) / block_rows, sc = (C + block_cols - 1) / block_cols;
+  const int64_t blocks = lead * sr * sc;
+  if (blocks > 0x7fffffff) return invalid("cuda_quantize_blocks: {} blocks is too many", blocks);
+  quant_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(
+      src, src_type, R, C, block_rows, block_cols, sr, sc, fp8, core::quant_max(fp8),
+      static_cast<uint8_t*>(out), scales);
+  return finish("quant_kernel launch");
+}
+
+}  // namespace weightcast::exec

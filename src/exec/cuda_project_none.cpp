@@ -1,0 +1,19 @@
+// cuda_project.h in a build without CUDA: every call says so.
+#include "weightcast/exec/cuda_project.h"
+
+namespace weightcast::exec {
+
+namespace {
+Status no_cuda() {
+  return Status(Code::kInvalidArgument,
+                "this weightcast was built without CUDA (no nvcc at configure time)");
+}
+}  // namespace
+
+Status cuda_cast(const void*, core::DType, void*, core::DType, uint64_t) { return no_cuda(); }
+Status cuda_quantize_blocks(const void*, core::DType, int64_t, int64_t, int64_t, int64_t, int64_t,
+                            core::DType, void*, float*) {
+  return no_cuda();
+}
+
+}  // namespace weightcast::exec
