@@ -130,9 +130,14 @@ fi
 results="$cache/results"
 rm -rf "$results"
 mkdir -p "$results"
+only=""
+if [[ -n "${WC_VERBS_VM_ONLY:-}" ]]; then
+  printf '%s\n' "$WC_VERBS_VM_ONLY" >"$results/only.sh"
+  only=/tmp/wc-vm/only.sh  # where the VM sees the results folder
+fi
 cat >"$results/run.sh" <<EOF
 cd "$repo"
-exec bash tests/verbs/vm_suite.sh "$build" $bench ${WC_VERBS_VM_ONLY:+"$WC_VERBS_VM_ONLY"}
+exec bash tests/verbs/vm_suite.sh "$build" $bench $only
 EOF
 
 # Software emulation by default: on these machines /dev/kvm exists but a KVM guest hangs before

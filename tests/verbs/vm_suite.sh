@@ -6,7 +6,7 @@
 #   3. the end-to-end demo over verbs (4 trainers -> 2 inference processes, every byte verified),
 #      plain and with an inference process restarted between steps (QPs reconnected),
 #   4. with bench=1: perf/transport_bw over both.
-# Usage: vm_suite.sh BUILD_DIR [bench] [ONLY]   (ONLY: a shell line to run instead of the tests)
+# Usage: vm_suite.sh BUILD_DIR [bench] [ONLY]   (ONLY: a script to run instead of the tests)
 set -uo pipefail
 build="$1"
 bench="${2:-0}"
@@ -46,7 +46,7 @@ ibv_devinfo -v 2>/dev/null | grep -E "hca_id|max_qp_wr|max_cqe|max_srq_wr|max_ms
 
 if [[ -n "$only" ]]; then
   step "only: $only"
-  bash -c "$only"
+  bash "$only"
   exit $?
 fi
 

@@ -3,9 +3,13 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <bit>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
+#include <random>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -14,6 +18,7 @@
 #include "weightcast/plan/part.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
+#include "weightcast/plan/project.h"
 #include "weightcast/plan/report.h"
 #include "weightcast/plan/verify.h"
 
@@ -387,7 +392,13 @@ TEST_P(PlanParts, EveryRankGetsExactlyItsWorkWithWholePlanIds) {
 INSTANTIATE_TEST_SUITE_P(Configs, PlanParts,
                          ::testing::Values(std::make_pair("demo-moe", int64_t{1}),
                                            std::make_pair("qwen3-30b-a3b", int64_t{16}),
-                                           std::make_pair("deepseek-v3", int64_t{64})));
+                                           std::make_pair("deepseek-v3", int64_t{64})),
+                         [](const auto& p) {
+                           std::string n = p.param.first;
+                           for (char& ch : n)
+                             if (ch == '-' || ch == '.') ch = '_';
+                           return n;
+                         });
 
 TEST(PlanParts, SourcelessWritesAreOnlyValidInAnInferencePart) {
   auto p = make_plan(tiny(), {});
@@ -400,6 +411,51 @@ TEST(PlanParts, SourcelessWritesAreOnlyValidInAnInferencePart) {
   EXPECT_NE(bad.status().message().find("a write reads either staging or a source shard"),
             std::string::npos)
       << bad.status().message();
+}
+
+}  // namespace
+}  // namespace weightcast::plan
+
+namespace weightcast::plan {
+namespace {
+
+// quantize_blocks_cpu's inlined FP8 encoders against core's scalar ones, written out here as the
+// plain loop: random magnitudes over 12 decades (so blocks hold subnormal FP8 results too), edge
+// blocks, both formats, and NaN / infinity / zero entries.
+TEST(Quantize, FastPathMatchesTheScalarReference) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> mant(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> expo(-30, 10);
+  const int64_t lead = 2, R = 37, C = 300, br = 16, bc = 128;
+  std::vector<float> x(static_cast<size_t>(lead * R * C));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::ldexp(mant(rng), expo(rng));
+  x[5] = 0.0f, x[6] = -0.0f, x[7] = INFINITY, x[8] = NAN, x[900] = -INFINITY;
+  for (core::DType t : {core::DType::kFP8E4M3, core::DType::kFP8E5M2}) {
+    const int64_t sr = (R + br - 1) / br, sc = (C + bc - 1) / bc;
+    std::vector<std::byte> got(x.size()), got_s(static_cast<size_t>(lead * sr * sc) * 4);
+    quantize_blocks_cpu(x.data(), lead, R, C, br, bc, t, got.data(), got_s.data());
+    for (int64_t l = 0; l < lead; ++l)
+      for (int64_t i = 0; i < sr; ++i)
+        for (int64_t j = 0; j < sc; ++j) {
+          float amax = 0;
+          for (int64_t r = i * br; r < std::min(R, (i + 1) * br); ++r)
+            for (int64_t c = j * bc; c < std::min(C, (j + 1) * bc); ++c)
+              amax = std::fmax(amax, std::fabs(x[static_cast<size_t>((l * R + r) * C + c)]));
+          const float scale = amax > 0 ? amax / core::quant_max(t) : 1.0f;
+          float s;
+          std::memcpy(&s, got_s.data() + ((l * sr + i) * sc + j) * 4, 4);
+          ASSERT_EQ(std::bit_cast<uint32_t>(s), std::bit_cast<uint32_t>(scale));
+          for (int64_t r = i * br; r < std::min(R, (i + 1) * br); ++r)
+            for (int64_t c = j * bc; c < std::min(C, (j + 1) * bc); ++c) {
+              const size_t e = static_cast<size_t>((l * R + r) * C + c);
+              const float q = x[e] / scale;
+              const uint8_t want = t == core::DType::kFP8E4M3 ? core::float_to_fp8e4m3(q)
+                                                              : core::float_to_fp8e5m2(q);
+              ASSERT_EQ(static_cast<uint8_t>(got[e]), want)
+                  << core::dtype_name(t) << " element " << e << " = " << q;
+            }
+        }
+  }
 }
 
 }  // namespace
