@@ -41,7 +41,9 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
       c->offset_[g] = size[x.root];
       size[x.root] += c->box_bytes(x);
     }
-  c->gbuf_.resize(std::max<uint64_t>(size[rank], 1));
+  auto gbuf = Buffer::allocate(MemoryKind::kHost, std::max<uint64_t>(size[rank], 1));
+  if (!gbuf) return gbuf.status();
+  c->gbuf_ = std::move(gbuf).value();
   // Packing space: the largest total of this rank's pieces sent in one phase.
   std::map<uint16_t, uint64_t> pack;
   for (const plan::Gather& x : plan.gathers)
@@ -51,7 +53,9 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
                          core::dtype_size(in.trainer.params[x.param].dtype);
   uint64_t most = 1;
   for (const auto& [ph, b] : pack) most = std::max(most, b);
-  c->pack_.resize(most);
+  auto packing = Buffer::allocate(MemoryKind::kHost, most);
+  if (!packing) return packing.status();
+  c->pack_ = std::move(packing).value();
   auto g = engine->register_memory(c->gbuf_.data(), c->gbuf_.size(), transport::MemKind::kHost);
   if (!g) return g.status();
   c->gbuf_region_ = *g;
@@ -100,7 +104,6 @@ Status HostCollective::prepare(Clock::time_point deadline) {
       if (p.rank == rank_ && x.root != rank_) roots.insert(x.root);
   for (uint32_t r : roots)
     if (Status s = connect_root(r, 0, deadline); !s) return s;
-  if (!both_ends_) return Status::ok();
   std::set<uint32_t> members;
   for (const plan::Gather& x : plan_.gathers)
     if (x.root == rank_)
@@ -119,16 +122,37 @@ Status HostCollective::connect_member(uint32_t m, uint32_t incarnation,
                   fmt::format("gather member {}: {}", m, addr.status().message()));
   auto peer = engine_->connect(*addr);
   if (!peer) return peer.status();
-  members_[m] = incarnation;
+  auto desc = rdv_->get(key("gbuf", m) + suffix(incarnation), deadline);
+  if (!desc) return desc.status();
+  auto region = transport::RemoteRegion::parse(*desc);
+  if (!region) return region.status();
+  members_[m] = Member{*peer, *region, incarnation};
+  if (both_ends_) return Status::ok();
+  return engine_->wait(  // warm the connection up, as for roots
+      engine_->submit({{&pack_region_, 0, members_[m].peer, &members_[m].gbuf, 0, 0, false, 0}}),
+      deadline);
+}
+
+Status HostCollective::open(uint8_t gen, Clock::time_point deadline) {
+  std::vector<transport::GroupWrite> w;
+  const uint32_t imm =
+      transport::Imm{gen, transport::Imm::kGatherOpenPhase, static_cast<uint16_t>(rank_)}.encode();
+  for (const auto& [m, x] : members_)
+    w.push_back({&pack_region_, 0, x.peer, &x.gbuf, 0, 0, true, imm});
+  if (w.empty()) return Status::ok();
+  if (Status s = engine_->wait(engine_->submit(std::move(w)), deadline); !s)
+    return Status(s.code(), fmt::format("gather root {} opening generation {} to its members: {}",
+                                        rank_, gen, s.message()));
   return Status::ok();
 }
 
 Status HostCollective::rejoin(uint32_t trainer, uint32_t incarnation, Clock::time_point deadline) {
   auto m = members_.find(trainer);
-  if (m != members_.end() && m->second != incarnation)
+  if (m != members_.end() && m->second.incarnation != incarnation)
     if (Status s = connect_member(trainer, incarnation, deadline); !s) return s;
   auto it = roots_.find(trainer);
   if (it == roots_.end() || it->second.incarnation == incarnation) return Status::ok();
+  opened_.erase(trainer);
   return connect_root(trainer, incarnation, deadline);
 }
 
@@ -185,6 +209,18 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
         std::memcpy(out, data + off * esz, len * esz);
         out += len * esz;
         packed += static_cast<uint64_t>(len) * esz;
+      }
+      // The root must have opened its buffer for this generation (it may still be projecting
+      // the previous step's boxes from it).
+      if (auto o = opened_.find(g.root); o == opened_.end() || o->second != gen) {
+        if (Status s = counters_->wait(
+                gen, {{transport::Imm::kGatherOpenPhase, static_cast<uint16_t>(g.root), nics}},
+                deadline);
+            !s)
+          return Status(s.code(), fmt::format("gather member {}: root {} never opened its buffer "
+                                              "for generation {}: {}",
+                                              rank_, g.root, gen, s.message()));
+        opened_[g.root] = gen;
       }
       // One write per run of the piece inside the root's box, each with the immediate.
       uint64_t from = start;

@@ -3,7 +3,10 @@
 
 #include <fmt/format.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <set>
+#include <thread>
 
 #include "weightcast/plan/part.h"
 #include "weightcast/plan/project.h"
@@ -26,13 +29,30 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     bool allocate) {
   if (rank >= plan.senders.size())
     return invalid("trainer rank {} is not in the plan ({} senders)", rank, plan.senders.size());
+  if (plan.phases > transport::Imm::kGatherOpenPhase)
+    return invalid("the plan has {} phases; immediates carry at most {}", plan.phases,
+                   transport::Imm::kGatherOpenPhase);
   std::unique_ptr<TrainerExecutor> e(new TrainerExecutor(in, plan));
   e->rank_ = rank;
   e->rdv_ = rdv;
+  // Test hook: WEIGHTCAST_DEBUG_PROJECT_DELAY=RANK:MS makes trainer RANK sleep MS before each
+  // projection, so tests can hold a gather root in a step while its members run ahead.
+  if (const char* d = std::getenv("WEIGHTCAST_DEBUG_PROJECT_DELAY")) {
+    unsigned r = 0, ms = 0;
+    if (std::sscanf(d, "%u:%u", &r, &ms) == 2 && r == rank) e->debug_project_delay_ms_ = ms;
+  }
   e->layout_ = sender_layout(in, rank);
-  e->arena_.resize(allocate ? std::max<uint64_t>(e->layout_.bytes, 1) : 1);
+  // Host memory for now (exec::Buffer; the GPU executor allocates the same areas on the device).
   const plan::Sender& s = plan.senders[rank];
-  e->staging_.resize(std::max<uint64_t>(s.staging_gather + s.staging_ring, 1));
+  // (At least a byte each: every area is registered with the NICs.)
+  auto arena =
+      Buffer::allocate(MemoryKind::kHost, allocate ? std::max<uint64_t>(e->layout_.bytes, 1) : 1);
+  auto staging =
+      Buffer::allocate(MemoryKind::kHost, std::max<uint64_t>(s.staging_gather + s.staging_ring, 1));
+  if (!arena) return arena.status();
+  if (!staging) return staging.status();
+  e->arena_ = std::move(arena).value();
+  e->staging_ = std::move(staging).value();
   auto eng = transport::ProgressEngine::start(nics, &e->counters_);
   if (!eng) return eng.status();
   e->engine_ = std::move(eng).value();
@@ -163,6 +183,9 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   rep.step = gen;
   const uint64_t step = gen;
   counters_.begin_generation(gen);  // this rank's gathers count immediates of this generation
+  // As a gather root: done with last step's boxes, so members may write this step's.
+  if (Status s = collective_->open(gen, deadline); !s)
+    return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
   // Staging ranges still being read by in-flight writes.
   struct Inflight {
     uint64_t lo, hi, batch;
@@ -222,6 +245,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
         if (it == layout_.by_param.end()) return {};
         return {layout_.shards[it->second].box, bound_.at(src).data};
       };
+      if (debug_project_delay_ms_ > 0)  // test hook: a root slow to project (see create)
+        std::this_thread::sleep_for(std::chrono::milliseconds(debug_project_delay_ms_));
       const auto tp = Clock::now();
       if (Status s = plan::project_cpu(in_, plan_, p, res, staging_.data(), staging_.size()); !s)
         return Status(s.code(),
@@ -287,7 +312,9 @@ Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(
   if (!eng) return eng.status();
   r->engine_ = std::move(eng).value();
   if (allocate) {
-    r->arena_.resize(std::max<uint64_t>(r->layout_.bytes, 1));
+    auto arena = Buffer::allocate(MemoryKind::kHost, std::max<uint64_t>(r->layout_.bytes, 1));
+    if (!arena) return arena.status();
+    r->arena_ = std::move(arena).value();
     auto reg =
         r->engine_->register_memory(r->arena_.data(), r->arena_.size(), transport::MemKind::kHost);
     if (!reg) return reg.status();

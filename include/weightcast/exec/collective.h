@@ -12,6 +12,7 @@
 #include <span>
 #include <vector>
 
+#include "weightcast/exec/memory.h"
 #include "weightcast/plan/plan.h"
 #include "weightcast/spec/spec_parser.h"
 #include "weightcast/transport/progress.h"
@@ -35,6 +36,11 @@ class Collective {
   virtual const std::byte* gathered(uint32_t gather) const = 0;
   // A root restarted: reconnect to its new incarnation before the next run.
   virtual Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) = 0;
+  // Called by a root at the start of each step, once it no longer reads its gather buffer from
+  // the previous step: tells its members they may write this generation's pieces. Members wait
+  // for it before writing, so a member that runs ahead never overwrites a box its root is still
+  // projecting from.
+  virtual Status open(uint8_t generation, Clock::time_point deadline) = 0;
   // This process's incarnation (a restarted trainer publishes under a new one).
   virtual void set_incarnation(uint32_t k) = 0;
 };
@@ -56,11 +62,12 @@ class HostCollective final : public Collective {
              Clock::time_point deadline) override;
   const std::byte* gathered(uint32_t gather) const override;
   Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) override;
+  Status open(uint8_t generation, Clock::time_point deadline) override;
   void set_incarnation(uint32_t k) override { incarnation_ = k; }
 
  private:
   Status connect_root(uint32_t root, uint32_t incarnation, Clock::time_point deadline);
-  // Transports whose targets connect too (verbs RC): a root connects to each of its members.
+  // A root connects to each of its members (to open its buffer to them each step).
   Status connect_member(uint32_t member, uint32_t incarnation, Clock::time_point deadline);
   HostCollective(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
   uint64_t box_bytes(const plan::Gather& g) const;
@@ -72,8 +79,8 @@ class HostCollective final : public Collective {
   transport::RendezvousClient* rdv_ = nullptr;
   ShardLookup shards_;
   std::vector<uint64_t> offset_;  // per gather: where its box sits in its root's gather buffer
-  std::vector<std::byte> gbuf_;   // this rank's gather buffer (as a root), one area per phase
-  std::vector<std::byte> pack_;   // pieces packed contiguously before they are sent
+  Buffer gbuf_;                   // this rank's gather buffer (as a root), one area per phase
+  Buffer pack_;                   // pieces packed contiguously before they are sent
   transport::Region gbuf_region_, pack_region_;
   struct Root {
     uint32_t peer;
@@ -82,8 +89,14 @@ class HostCollective final : public Collective {
   };
   uint32_t incarnation_ = 0;
   std::map<uint32_t, Root> roots_;
-  bool both_ends_ = false;                // the transport needs targets to connect as well
-  std::map<uint32_t, uint32_t> members_;  // member -> incarnation connected (both_ends_ only)
+  bool both_ends_ = false;  // the transport needs targets to connect as well
+  struct Member {
+    uint32_t peer;
+    transport::RemoteRegion gbuf;  // any registered region of the member: the open signal
+    uint32_t incarnation = 0;      // carries no bytes, only its immediate
+  };
+  std::map<uint32_t, Member> members_;
+  std::map<uint32_t, int> opened_;  // root -> the generation it last opened to us (-1: none)
 };
 
 }  // namespace weightcast::exec

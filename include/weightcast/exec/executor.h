@@ -10,6 +10,7 @@
 
 #include "weightcast/exec/binding.h"
 #include "weightcast/exec/collective.h"
+#include "weightcast/exec/memory.h"
 #include "weightcast/transport/progress.h"
 #include "weightcast/transport/rendezvous.h"
 
@@ -76,7 +77,8 @@ class TrainerExecutor {
   const plan::Plan& plan_;
   uint32_t rank_ = 0;
   SenderLayout layout_;
-  std::vector<std::byte> arena_, staging_;
+  unsigned debug_project_delay_ms_ = 0;
+  Buffer arena_, staging_;  // shards (when the executor allocates them) and the staging areas
   transport::ImmCounters counters_;
   std::unique_ptr<transport::ProgressEngine> engine_;
   transport::Region arena_region_, staging_region_;
@@ -131,7 +133,7 @@ class InferenceReceiver {
   const plan::Plan& plan_;
   uint32_t receiver_ = 0;
   ReceiverLayout layout_;
-  std::vector<std::byte> arena_;
+  Buffer arena_;  // the tensors, when the receiver allocates them
   transport::ImmCounters counters_;
   std::unique_ptr<transport::ProgressEngine> engine_;
   std::deque<transport::Region> regions_;

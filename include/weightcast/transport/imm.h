@@ -14,6 +14,9 @@ struct Imm {
 
   static constexpr uint32_t kMaxSenders = 1u << 16;
   static constexpr uint32_t kMaxPhases = 1u << 8;
+  // Not a plan phase: a gather root's "my buffer is free for this generation" to its members
+  // (exec/collective.h). Plans use phases 0 .. 254.
+  static constexpr uint8_t kGatherOpenPhase = 255;
 
   uint32_t encode() const {
     return (uint32_t{generation} << 24) | (uint32_t{phase} << 16) | uint32_t{sender};

@@ -173,6 +173,13 @@ TEST_F(Fabric, BarrierCreditsStaleGenerationsAndDeadlines) {
   expect_pass(s, 60);
 }
 
+TEST_F(Fabric, FiveThousandImmediatesAreCountedExactly) {
+  Proc r = spawn(args("receiver", "flood", 0, 1, kNics2), log("flood_r"));
+  Proc s = spawn(args("sender", "flood", 0, 1, kNics2), log("flood_s"));
+  expect_pass(r, 180);
+  expect_pass(s, 180);
+}
+
 TEST_F(Fabric, DeadlineNamesTheMissingSender) {
   Proc r = spawn(args("receiver", "missing", 0, 2), log("missing_r"));
   Proc s0 = spawn(args("sender", "missing", 0, 2), log("missing_s0"));
