@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include "cuda_kernels.h"
 #include "weightcast/exec/cuda_project.h"
 
 namespace weightcast::exec {
@@ -124,6 +125,20 @@ __global__ void quant_kernel(const void* src, DType st, int64_t R, int64_t C, in
   }
 }
 
+__global__ void assemble_kernel(kernels::AssembleInput in, int64_t n, float* x) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t rest = e, s = in.src_base, d = in.dst_base;
+    for (int k = in.nd - 1; k >= 0; --k) {
+      const int64_t j = rest % in.ext[k];
+      rest /= in.ext[k];
+      s += j * in.src_stride[k];
+      d += j * in.dst_stride[k];
+    }
+    x[d] = load(in.src, in.dtype, s);
+  }
+}
+
 bool is_float_in(DType t) { return t == DType::kBF16 || t == DType::kFP16 || t == DType::kFP32; }
 bool is_fp8(DType t) { return t == DType::kFP8E4M3 || t == DType::kFP8E5M2; }
 
@@ -135,6 +150,21 @@ Status finish(const char* what) {
 }
 
 }  // namespace
+
+namespace kernels {
+Status assemble(const AssembleInput* inputs, int n, float* x) {
+  for (int i = 0; i < n; ++i) {
+    int64_t count = 1;
+    for (int k = 0; k < inputs[i].nd; ++k) count *= inputs[i].ext[k];
+    if (count == 0) continue;
+    const int64_t blocks = std::min<int64_t>((count + kThreads - 1) / kThreads, 65535 * 16);
+    assemble_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(inputs[i], count, x);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
+      return cuda_err("assemble_kernel launch", e);
+  }
+  return finish("assemble_kernel");
+}
+}  // namespace kernels
 
 Status cuda_cast(const void* src, DType src_type, void* dst, DType dst_type, uint64_t n) {
   if (!is_float_in(src_type) || !(is_float_in(dst_type) || is_fp8(dst_type)))

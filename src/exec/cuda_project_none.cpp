@@ -1,4 +1,5 @@
 // cuda_project.h in a build without CUDA: every call says so.
+#include "cuda_kernels.h"
 #include "weightcast/exec/cuda_project.h"
 
 namespace weightcast::exec {
@@ -9,6 +10,10 @@ Status no_cuda() {
                 "this weightcast was built without CUDA (no nvcc at configure time)");
 }
 }  // namespace
+
+namespace kernels {
+Status assemble(const AssembleInput*, int, float*) { return no_cuda(); }
+}  // namespace kernels
 
 Status cuda_cast(const void*, core::DType, void*, core::DType, uint64_t) { return no_cuda(); }
 Status cuda_quantize_blocks(const void*, core::DType, int64_t, int64_t, int64_t, int64_t, int64_t,

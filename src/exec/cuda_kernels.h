@@ -1,0 +1,30 @@
+// Internal: the plain-data interface between the projection's host side (cuda_project_host.cpp,
+// C++20, knows plans and specs) and its kernels (cuda_project.cu, nvcc's C++17).
+#pragma once
+
+#include <cstdint>
+
+#include "weightcast/core/dtype.h"
+#include "weightcast/core/status.h"
+
+namespace weightcast::exec::kernels {
+
+constexpr int kMaxDims = 6;
+
+// One input box of a projection: element j (a multi-index over `ext`) is read at
+// src + (src_base + sum j[k] * src_stride[k]) elements and lands in the float box at
+// dst_base + sum j[k] * dst_stride[k] (the transpose of a part is in dst_stride).
+struct AssembleInput {
+  const void* src = nullptr;
+  core::DType dtype = core::DType::kBF16;
+  int nd = 0;
+  int64_t ext[kMaxDims] = {};
+  int64_t src_stride[kMaxDims] = {};
+  int64_t dst_stride[kMaxDims] = {};
+  int64_t src_base = 0, dst_base = 0;
+};
+
+// Runs every input into `x` (device floats). Synchronous.
+Status assemble(const AssembleInput* inputs, int n, float* x);
+
+}  // namespace weightcast::exec::kernels

@@ -1,0 +1,96 @@
+// Host side of the device projection (see project_cuda.h): the index arithmetic of
+// plan::project_cpu, done once per input box, handed to the assembly kernel.
+#include "weightcast/exec/project_cuda.h"
+
+#include <fmt/format.h>
+
+#include "cuda_kernels.h"
+#include "weightcast/exec/cuda_project.h"
+#include "weightcast/spec/layout.h"
+
+namespace weightcast::exec {
+
+Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::Project& pr,
+                    const plan::InputResolver& resolve, std::byte* staging, uint64_t staging_size,
+                    Buffer& scratch) {
+  const plan::DestTensor& dt = plan.dests[pr.dest];
+  const spec::DestParam& dp = in.inference.params[dt.param];
+  const plan::Receiver& rv = plan.receivers[dt.receiver];
+  const auto local = spec::dest_local(dp, in.inference.replicas[rv.replica], rv.rank);
+  if (!local) return Status(Code::kInternal, "projection for a rank that holds nothing");
+  const core::Shape bs = pr.box.extents();
+  const int64_t n = bs.numel();
+  const int nd = bs.nd;
+  if (nd > kernels::kMaxDims) return invalid("projection box {} has too many dims", pr.box.str());
+  int64_t bstride[kernels::kMaxDims] = {};
+  for (int k = nd - 1, st = 1; k >= 0; --k) bstride[k] = st, st *= bs[k];
+  std::vector<kernels::AssembleInput> ins;
+  int64_t covered = 0;
+  for (const auto& inp : pr.inputs) {
+    if (inp.part >= dp.parts.size())
+      return invalid("projection input names part {} of '{}'", inp.part, dp.name);
+    const spec::Part& part = dp.parts[inp.part];
+    const spec::Param& sp = in.trainer.params[part.src];
+    const plan::Held h = resolve(inp);
+    if (!h.data || !h.box.contains(inp.src))
+      return invalid("projection of '{}': source {} of '{}' is not held here (holds {})", dp.name,
+                     inp.src.str(), sp.name, h.box.str());
+    const core::Shape hs = h.box.extents();
+    const auto& lp = local->parts[inp.part];
+    kernels::AssembleInput a;
+    a.src = h.data;
+    a.dtype = sp.dtype;
+    a.nd = nd;
+    int64_t hstride[kernels::kMaxDims] = {};
+    for (int k = nd - 1, st = 1; k >= 0; --k) hstride[k] = st, st *= hs[k];
+    for (int k = 0; k < nd; ++k) {
+      a.ext[k] = inp.src.extent(k);
+      a.src_stride[k] = hstride[k];
+      a.src_base += (inp.src.lo[k] - h.box.lo[k]) * hstride[k];
+    }
+    // Source dim k lands in dest dim k, or in the other of the last two when transposed.
+    auto dest_dim = [&](int k) {
+      if (!part.transpose || nd < 2) return k;
+      return k == nd - 1 ? nd - 2 : k == nd - 2 ? nd - 1 : k;
+    };
+    for (int k = 0; k < nd; ++k) {
+      const int d = dest_dim(k);
+      const int64_t v0 =
+          inp.src.lo[k] - lp.global.lo[d] + (d == dp.concat_dim ? lp.offset : 0) - pr.box.lo[d];
+      if (v0 < 0 || v0 + a.ext[k] > bs[d])
+        return invalid("projection input {} maps outside its box {}", inp.src.str(), pr.box.str());
+      a.dst_stride[k] = bstride[d];
+      a.dst_base += v0 * bstride[d];
+    }
+    covered += inp.src.numel();
+    ins.push_back(a);
+  }
+  if (covered != n)
+    return invalid("projection box {}: inputs cover {} of {} elements", pr.box.str(), covered, n);
+  const size_t esz = core::dtype_size(dt.dtype);
+  if (pr.staging_off + static_cast<uint64_t>(n) * esz > staging_size)
+    return invalid("projection runs past staging");
+  if (scratch.size() < static_cast<uint64_t>(n) * 4 || scratch.kind() != MemoryKind::kCuda) {
+    auto b = Buffer::allocate(MemoryKind::kCuda, static_cast<uint64_t>(n) * 4);
+    if (!b) return b.status();
+    scratch = std::move(b).value();
+  }
+  auto* x = reinterpret_cast<float*>(scratch.data());
+  if (Status s = kernels::assemble(ins.data(), static_cast<int>(ins.size()), x); !s) return s;
+  std::byte* out = staging + pr.staging_off;
+  if (pr.kind != plan::Project::Kind::kQuant)
+    return cuda_cast(x, core::DType::kFP32, out, dt.dtype, static_cast<uint64_t>(n));
+  const spec::Quant& q = *dp.quant;
+  const int64_t R = bs[nd - 2], C = bs[nd - 1], lead = n / (R * C);
+  if (pr.box.lo[nd - 2] % q.block_rows || C != dt.shape[nd - 1])
+    return invalid("quantized box {} is not whole blocks of whole rows", pr.box.str());
+  const int64_t sr = pr.scale_box.extent(nd - 2), sc = pr.scale_box.extent(nd - 1);
+  if (sr != (R + q.block_rows - 1) / q.block_rows || sc != (C + q.block_cols - 1) / q.block_cols)
+    return invalid("scale box {} does not match box {}", pr.scale_box.str(), pr.box.str());
+  if (pr.scale_off + static_cast<uint64_t>(lead * sr * sc) * 4 > staging_size)
+    return invalid("scales run past staging");
+  return cuda_quantize_blocks(x, core::DType::kFP32, lead, R, C, q.block_rows, q.block_cols,
+                              dt.dtype, out, reinterpret_cast<float*>(staging + pr.scale_off));
+}
+
+}  // namespace weightcast::exec
