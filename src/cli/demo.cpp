@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "weightcast/exec/executor.h"
+#include "weightcast/exec/memory.h"
 #include "weightcast/exec/parts.h"
 #include "weightcast/exec/safetensors.h"
 #include "weightcast/plan/planner.h"
@@ -105,20 +106,26 @@ float value_at(const plan::ValueFn& values, int param, uint64_t seed, int64_t in
 }
 
 // What training did this step: new values in every element of every shard.
-void fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t step,
-                 const plan::ValueFn& values) {
+Status fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t step,
+                   const plan::ValueFn& values) {
   for (const exec::ShardSlot& s : ex.layout().shards) {
     const spec::Param& p = in.trainer.params[s.param];
     const uint64_t seed = plan::pattern_seed(p.name);
     const size_t esz = core::dtype_size(p.dtype);
-    std::byte* out = ex.shard(s.param);
+    const bool device = ex.shard_memory() == exec::MemoryKind::kCuda;
+    std::vector<std::byte> host(device ? s.bytes : 0);
+    std::byte* out = device ? host.data() : ex.shard(s.param);
     size_t e = 0;
     core::for_each_run(p.shape, s.box, [&](int64_t off, int64_t len) {
       for (int64_t i = 0; i < len; ++i, ++e)
         core::store_from_float(p.dtype, value_at(values, s.param, seed, off + i, step),
                                out + e * esz);
     });
+    if (device)
+      if (Status st = exec::copy_host_to_device(ex.shard(s.param), host.data(), s.bytes); !st)
+        return st;
   }
+  return Status::ok();
 }
 
 uint64_t rss_kib() {
@@ -165,7 +172,8 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
   const auto peers = static_cast<uint32_t>(p.senders.size() + p.receivers.size());
   auto ex = exec::TrainerExecutor::create(
       in, p, static_cast<uint32_t>(w.index),
-      nic_configs(w.demo, static_cast<uint32_t>(w.index), peers), &rdv);
+      nic_configs(w.demo, static_cast<uint32_t>(w.index), peers), &rdv, true,
+      w.demo.device == "cuda" ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost);
   if (!ex) {
     (void)rdv.put(fmt::format("fail/trainer/{}", w.index), ex.status().message());
     return 1;
@@ -195,7 +203,10 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
         (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + s.message());
         return 1;
       }
-    fill_shards(in, **ex, r->step, values);
+    if (Status s = fill_shards(in, **ex, r->step, values); !s) {
+      (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + s.message());
+      return 1;
+    }
     for (uint32_t rc : recvs)
       if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k)
         return 1;
@@ -316,6 +327,12 @@ int run_demo(const DemoOptions& o) {
                  "(see `ibv_devices`), e.g. --nic-list mlx5_0 or rxe0,rxe1\n");
     return 2;
   }
+  if (o.device == "cuda" && (!exec::cuda_built() || exec::cuda_devices() == 0)) {
+    std::fprintf(stderr, "weightcast: error: --device cuda needs %s\n",
+                 exec::cuda_built() ? "a GPU, and the driver reports none"
+                                    : "a CUDA build (no nvcc was found at configure time)");
+    return 2;
+  }
   auto in = load(o);
   if (!in) {
     std::fprintf(stderr, "weightcast: error: %s\n", in.status().message().c_str());
@@ -376,6 +393,7 @@ int run_demo(const DemoOptions& o) {
                                   "--provider",     o.provider,
                                   "--backend",      o.backend,
                                   "--nic-list",     o.nic_list,
+                                  "--device",       o.device,
                                   "--deadline",     std::to_string(o.deadline_s),
                                   "--first-round",  std::to_string(first_round),
                                   "--die-in-round", std::to_string(die_in_round),

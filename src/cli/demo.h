@@ -13,6 +13,7 @@ struct DemoOptions {
   std::string provider = "tcp";
   std::string backend = "fabric";  // fabric (libfabric) or verbs (ibverbs RC)
   std::string nic_list;            // comma-separated local IPs (fabric) or RDMA devices (verbs)
+  std::string device = "host";     // where trainer shards live: host, or cuda (GPU projections)
   double deadline_s = 60;
   int kill_trainer_at_step = 0;  // fault injection: trainer 0 dies mid-push at this step
   int restart_receiver_at_step =

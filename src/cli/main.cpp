@@ -269,6 +269,12 @@ int main(int argc, char** argv) {
       ->add_option("--backend", demo.backend, "Transport: fabric (libfabric) or verbs (ibverbs RC)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fabric", "verbs"}));
+  demo_cmd
+      ->add_option("--device", demo.device,
+                   "Where trainer shards live: host, or cuda (shards in GPU memory, projections "
+                   "on the GPU; needs a CUDA build and a GPU)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"host", "cuda"}));
   demo_cmd->add_option("--nic-list", demo.nic_list,
                        "NICs of every process, comma-separated: local IPs (fabric) or RDMA "
                        "devices such as rxe0,rxe1 (verbs; required there). Overrides --nics");
@@ -313,6 +319,7 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--provider", worker.demo.provider);
   worker_cmd->add_option("--backend", worker.demo.backend);
   worker_cmd->add_option("--nic-list", worker.demo.nic_list);
+  worker_cmd->add_option("--device", worker.demo.device);
   worker_cmd->add_option("--deadline", worker.demo.deadline_s);
   worker_cmd->add_option("--first-round", worker.first_round);
   worker_cmd->add_option("--steps", worker.demo.steps);

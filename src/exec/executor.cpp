@@ -8,6 +8,7 @@
 #include <set>
 #include <thread>
 
+#include "weightcast/exec/project_cuda.h"
 #include "weightcast/plan/part.h"
 #include "weightcast/plan/project.h"
 
@@ -26,7 +27,7 @@ double since(Clock::time_point t0) {
 Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
     const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
-    bool allocate) {
+    bool allocate, MemoryKind shards) {
   if (rank >= plan.senders.size())
     return invalid("trainer rank {} is not in the plan ({} senders)", rank, plan.senders.size());
   if (plan.phases > transport::Imm::kGatherOpenPhase)
@@ -45,8 +46,10 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   // Host memory for now (exec::Buffer; the GPU executor allocates the same areas on the device).
   const plan::Sender& s = plan.senders[rank];
   // (At least a byte each: every area is registered with the NICs.)
-  auto arena =
-      Buffer::allocate(MemoryKind::kHost, allocate ? std::max<uint64_t>(e->layout_.bytes, 1) : 1);
+  e->shard_kind_ = shards;
+  const bool device = shards == MemoryKind::kCuda;
+  auto arena = Buffer::allocate(MemoryKind::kHost,
+                                allocate || device ? std::max<uint64_t>(e->layout_.bytes, 1) : 1);
   auto staging =
       Buffer::allocate(MemoryKind::kHost, std::max<uint64_t>(s.staging_gather + s.staging_ring, 1));
   if (!arena) return arena.status();
@@ -64,6 +67,19 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
                                         transport::MemKind::kHost);
   if (!st) return st.status();
   e->staging_region_ = *st;
+  if (device) {
+    auto ds = Buffer::allocate(MemoryKind::kCuda, e->staging_.size());
+    if (!ds) return ds.status();
+    e->device_staging_ = std::move(ds).value();
+    if (allocate) {
+      auto da = Buffer::allocate(MemoryKind::kCuda, std::max<uint64_t>(e->layout_.bytes, 1));
+      if (!da) return da.status();
+      e->device_arena_ = std::move(da).value();
+      for (const ShardSlot& slot : e->layout_.shards)
+        e->device_shard_[slot.param] = e->device_arena_.data() + slot.offset;
+    }
+  }
+  // Writes and gathers read shards from `bound_`: the shards themselves, or their host mirror.
   if (allocate)
     for (const ShardSlot& slot : e->layout_.shards)
       e->bound_[slot.param] = {e->arena_.data() + slot.offset, &e->arena_region_, slot.offset};
@@ -93,6 +109,11 @@ Status TrainerExecutor::bind_shard(const std::string& name, void* data, uint64_t
   if (bytes != s.bytes)
     return invalid("bind_shard('{}'): {} bytes given, the rank's shard {} is {} bytes", name, bytes,
                    s.box.str(), s.bytes);
+  if (shard_kind_ == MemoryKind::kCuda) {  // the mirror slot stands in for it on the wire
+    device_shard_[s.param] = static_cast<std::byte*>(data);
+    bound_[s.param] = {arena_.data() + s.offset, &arena_region_, s.offset};
+    return Status::ok();
+  }
   auto reg = engine_->register_memory(data, bytes, transport::MemKind::kHost);
   if (!reg) return reg.status();
   user_regions_.push_back(*reg);
@@ -101,8 +122,22 @@ Status TrainerExecutor::bind_shard(const std::string& name, void* data, uint64_t
 }
 
 std::byte* TrainerExecutor::shard(int param) {
+  if (shard_kind_ == MemoryKind::kCuda) {
+    auto it = device_shard_.find(param);
+    return it == device_shard_.end() ? nullptr : it->second;
+  }
   auto it = bound_.find(param);
   return it == bound_.end() ? nullptr : it->second.data;
+}
+
+Status TrainerExecutor::mirror_shards() {
+  for (const ShardSlot& s : layout_.shards) {
+    auto it = device_shard_.find(s.param);
+    if (it == device_shard_.end()) continue;
+    if (Status st = copy_device_to_host(arena_.data() + s.offset, it->second, s.bytes); !st)
+      return st;
+  }
+  return Status::ok();
 }
 
 Status TrainerExecutor::publish() {
@@ -183,6 +218,11 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   rep.step = gen;
   const uint64_t step = gen;
   counters_.begin_generation(gen);  // this rank's gathers count immediates of this generation
+  const bool device = shard_kind_ == MemoryKind::kCuda;
+  if (device)
+    if (Status s = mirror_shards(); !s)
+      return Status(s.code(), fmt::format("trainer rank {} step {}: copying shards to the host: {}",
+                                          rank_, gen, s.message()));
   // As a gather root: done with last step's boxes, so members may write this step's.
   if (Status s = collective_->open(gen, deadline); !s)
     return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
@@ -218,6 +258,15 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       if (Status s = collective_->run(gen, phase, batch, deadline); !s)
         return Status(s.code(),
                       fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
+      if (device) {  // the GPU projects gathered boxes from a device copy of the buffer
+        const Buffer& g = collective_->buffer();
+        if (device_gbuf_.size() < g.size()) {
+          auto b = Buffer::allocate(MemoryKind::kCuda, g.size());
+          if (!b) return b.status();
+          device_gbuf_ = std::move(b).value();
+        }
+        if (Status s = copy_host_to_device(device_gbuf_.data(), g.data(), g.size()); !s) return s;
+      }
       rep.gather_s += since(tg);
       continue;
     }
@@ -248,9 +297,37 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       if (debug_project_delay_ms_ > 0)  // test hook: a root slow to project (see create)
         std::this_thread::sleep_for(std::chrono::milliseconds(debug_project_delay_ms_));
       const auto tp = Clock::now();
-      if (Status s = plan::project_cpu(in_, plan_, p, res, staging_.data(), staging_.size()); !s)
+      if (device) {
+        // On the GPU from the device shards or the device copy of the gather buffer, into
+        // device staging; then the output (and scales) to the registered host staging.
+        auto dres = [&](const plan::Project::Input& inp) -> plan::Held {
+          if (inp.gather >= 0)
+            return {plan_.gathers[inp.gather].box,
+                    device_gbuf_.data() +
+                        (collective_->gathered(inp.gather) - collective_->buffer().data())};
+          const int src = dp.parts.at(inp.part).src;
+          auto it = layout_.by_param.find(src);
+          auto d = device_shard_.find(src);
+          if (it == layout_.by_param.end() || d == device_shard_.end()) return {};
+          return {layout_.shards[it->second].box, d->second};
+        };
+        Status s = project_cuda(in_, plan_, p, dres, device_staging_.data(), device_staging_.size(),
+                                scratch_);
+        if (s)
+          s = copy_device_to_host(staging_.data() + p.staging_off,
+                                  device_staging_.data() + p.staging_off, p.out_bytes);
+        if (s && p.scale_dest >= 0)
+          s = copy_device_to_host(staging_.data() + p.scale_off,
+                                  device_staging_.data() + p.scale_off,
+                                  static_cast<uint64_t>(p.scale_box.numel()) * 4);
+        if (!s)
+          return Status(s.code(),
+                        fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
+      } else if (Status s = plan::project_cpu(in_, plan_, p, res, staging_.data(), staging_.size());
+                 !s) {
         return Status(s.code(),
                       fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
+      }
       rep.project_s += since(tp);
       ++rep.projects;
       pend_lo = lo;

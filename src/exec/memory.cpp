@@ -88,4 +88,11 @@ Status Buffer::copy_to_host(void* dst, uint64_t bytes, uint64_t offset) const {
   return cuda_copy(dst, data_ + offset, bytes, false, device_);
 }
 
+Status copy_device_to_host(void* host_dst, const void* device_src, uint64_t bytes, int device) {
+  return cuda_copy(host_dst, device_src, bytes, false, device);
+}
+Status copy_host_to_device(void* device_dst, const void* host_src, uint64_t bytes, int device) {
+  return cuda_copy(device_dst, host_src, bytes, true, device);
+}
+
 }  // namespace weightcast::exec

@@ -41,6 +41,8 @@ class Collective {
   // for it before writing, so a member that runs ahead never overwrites a box its root is still
   // projecting from.
   virtual Status open(uint8_t generation, Clock::time_point deadline) = 0;
+  // This rank's gather buffer (as a root): gathered(g) points inside it.
+  virtual const Buffer& buffer() const = 0;
   // This process's incarnation (a restarted trainer publishes under a new one).
   virtual void set_incarnation(uint32_t k) = 0;
 };
@@ -63,6 +65,7 @@ class HostCollective final : public Collective {
   const std::byte* gathered(uint32_t gather) const override;
   Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) override;
   Status open(uint8_t generation, Clock::time_point deadline) override;
+  const Buffer& buffer() const override { return gbuf_; }
   void set_incarnation(uint32_t k) override { incarnation_ = k; }
 
  private:

@@ -28,17 +28,24 @@ struct StepReport {
 
 class TrainerExecutor {
  public:
-  // With `allocate`, the executor owns one registered arena holding every shard of the rank;
-  // without, the caller binds its own tensors (bind_shard) before prepare().
+  // With `allocate`, the executor owns one arena holding every shard of the rank; without, the
+  // caller binds its own tensors (bind_shard) before prepare(). `shards` says where shards live:
+  // kCuda runs projections on the GPU (exec/project_cuda.h) from the device shards; since this
+  // libfabric cannot register GPU memory, every step first copies the shards to a registered
+  // host mirror (read by direct writes and gathers) and staged results come back to host
+  // staging before they are written.
   static Result<std::unique_ptr<TrainerExecutor>> create(
       const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
       const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
-      bool allocate = true);
-  // Registers the caller's memory as this rank's shard of trainer param `name` (row-major over
-  // the rank's local box, trainer dtype); `bytes` must be exactly the shard's size.
+      bool allocate = true, MemoryKind shards = MemoryKind::kHost);
+  // Registers the caller's memory (device memory when shards are kCuda) as this rank's shard of
+  // trainer param `name` (row-major over the rank's local box, trainer dtype); `bytes` must be
+  // exactly the shard's size.
   Status bind_shard(const std::string& name, void* data, uint64_t bytes);
-  // The rank's shard of a trainer param (nullptr if not held here or not bound yet).
+  // The rank's shard of a trainer param (nullptr if not held here or not bound yet); a device
+  // pointer when shards are kCuda.
   std::byte* shard(int param);
+  MemoryKind shard_memory() const { return shard_kind_; }
   const SenderLayout& layout() const { return layout_; }
   // Publishes this rank's address and gather buffer. prepare() does it too; call it early when
   // one thread prepares several ranks that gather from each other.
@@ -78,6 +85,13 @@ class TrainerExecutor {
   uint32_t rank_ = 0;
   SenderLayout layout_;
   unsigned debug_project_delay_ms_ = 0;
+  // kCuda shards: their device pointers, the device arena (when allocated here), the device
+  // staging the GPU projects into, the device copy of the gather buffer, assembly scratch. The
+  // host arena_ is then the registered mirror of the shards.
+  MemoryKind shard_kind_ = MemoryKind::kHost;
+  std::map<int, std::byte*> device_shard_;
+  Buffer device_arena_, device_staging_, device_gbuf_, scratch_;
+  Status mirror_shards();
   Buffer arena_, staging_;  // shards (when the executor allocates them) and the staging areas
   transport::ImmCounters counters_;
   std::unique_ptr<transport::ProgressEngine> engine_;

@@ -37,6 +37,11 @@ class Buffer {
   int device_ = 0;
 };
 
+// Copies between CUDA device memory on `device` and host memory (errors name the CUDA call; an
+// error without CUDA).
+Status copy_device_to_host(void* host_dst, const void* device_src, uint64_t bytes, int device = 0);
+Status copy_host_to_device(void* device_dst, const void* host_src, uint64_t bytes, int device = 0);
+
 // Whether this build has CUDA, and how many devices the driver reports (0 without a GPU).
 bool cuda_built();
 int cuda_devices();

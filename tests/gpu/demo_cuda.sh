@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The demo with trainer shards in GPU memory and projections on the GPU (exec/project_cuda.h):
+# every inference byte verified each step, then the trainer-kill drill. Skips (77) without a
+# CUDA build or a GPU; scripts/gpu-tests.sh runs it on the GPU machine.
+set -uo pipefail
+wc="$1"
+out="$("$wc" demo --device cuda --steps 1 2>&1)"
+if [[ $? -eq 2 && "$out" == *"--device cuda needs"* ]]; then
+  echo "skipped: $out"
+  exit 77
+fi
+set -e
+"$wc" demo --device cuda --steps 4 | tee /dev/stderr | grep -q "demo OK: 4 steps, every inference byte verified"
+"$wc" demo --device cuda --steps 3 --replicas 2 --nics 2 --kill-trainer-at-step 2 --deadline 5 |
+  tee /dev/stderr | grep -q "demo OK: 3 steps, every inference byte verified"
+echo "PASS demo with GPU shards and GPU projections"
