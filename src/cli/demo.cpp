@@ -469,7 +469,10 @@ int run_demo(const DemoOptions& o) {
       for (size_t s = 0; s < S; ++s) {
         auto v = (*rdv)->get(fmt::format("pushed/{}/{}", round, s),
                              in_s(why.empty() ? o.deadline_s + 30 : 2));
-        const std::string t = v ? str(*v) : "FAIL no report (" + v.status().message() + ")";
+        std::string t = v ? str(*v) : "FAIL no report (" + v.status().message() + ")";
+        if (!v)  // a trainer that could not even start says why under fail/
+          if (auto f = (*rdv)->get(fmt::format("fail/trainer/{}", s), in_s(0.05)); f)
+            t = "FAIL could not start: " + str(*f);
         if (t.rfind("FAIL", 0) == 0) {
           why.push_back(fmt::format("trainer {}: {}", s, t.substr(5)));
           continue;
