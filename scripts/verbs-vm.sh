@@ -107,18 +107,18 @@ mount -t devtmpfs dev /dev
 for m in /mods/*.ko; do insmod "$m" || echo "init: insmod $m failed"; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 hostroot /host || {
   echo "init: cannot mount the host root"; poweroff -f; }
-mount -t tmpfs -o size=1g tmp /host/tmp
-mkdir -p /host/tmp/wc-vm
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results /host/tmp/wc-vm
+# The host's /tmp stays visible (a checkout may live there): scratch space is /dev/shm and the
+# results folder is mounted at /dev/wc-vm, both on the VM's own file systems.
 mount -t tmpfs run /host/run
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
-mkdir -p /host/dev/pts /host/dev/shm
+mkdir -p /host/dev/pts /host/dev/shm /host/dev/wc-vm
 mount -t devpts pts /host/dev/pts
-mount -t tmpfs shm /host/dev/shm
-chroot /host /bin/bash /tmp/wc-vm/run.sh >/host/tmp/wc-vm/suite.log 2>&1
-echo $? >/host/tmp/wc-vm/rc
+mount -t tmpfs -o size=1g shm /host/dev/shm
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results /host/dev/wc-vm
+chroot /host /bin/bash /dev/wc-vm/run.sh >/host/dev/wc-vm/suite.log 2>&1
+echo $? >/host/dev/wc-vm/rc
 sync
 poweroff -f
 EOF
@@ -133,7 +133,7 @@ mkdir -p "$results"
 only=""
 if [[ -n "${WC_VERBS_VM_ONLY:-}" ]]; then
   printf '%s\n' "$WC_VERBS_VM_ONLY" >"$results/only.sh"
-  only=/tmp/wc-vm/only.sh  # where the VM sees the results folder
+  only=/dev/wc-vm/only.sh  # where the VM sees the results folder
 fi
 cat >"$results/run.sh" <<EOF
 cd "$repo"

@@ -12,8 +12,9 @@ build="$1"
 bench="${2:-0}"
 only="${3:-}"
 # Worker logs go to the shared results folder, so they outlive the VM.
-mkdir -p /tmp/wc-vm/tmp
-export TMPDIR=/tmp/wc-vm/tmp HOME=/tmp
+# (/tmp is the host's, read-only here; /dev/shm is the VM's own tmpfs.)
+mkdir -p /dev/wc-vm/tmp
+export TMPDIR=/dev/wc-vm/tmp TEST_TMPDIR=/dev/wc-vm/tmp HOME=/dev/shm
 failed=()
 
 step() { echo; echo "=== $* ==="; }
