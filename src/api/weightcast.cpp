@@ -298,11 +298,11 @@ std::vector<TensorInfo> Receiver::tensors() const {
 Status Receiver::register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales) {
   return impl_->rc->bind_tensor(name, scales, data, bytes);
 }
-Status Receiver::publish() {
-  if (Status s = impl_->rc->publish(); !s) return s;
-  return impl_->rc->connect_senders({}, in_s(impl_->job->cfg.deadline_s));
-}
+Status Receiver::publish() { return impl_->rc->publish(); }
 Result<WaitStats> Receiver::wait(uint64_t step) {
+  // Transports whose targets connect too (verbs): to every sender, before saying "ready" (a
+  // no-op once connected, and on libfabric).
+  if (Status s = impl_->rc->connect_senders({}, in_s(impl_->job->cfg.deadline_s)); !s) return s;
   impl_->rc->begin(static_cast<uint8_t>(step));
   if (Status s = impl_->rdv->put(fmt::format("ready/{}/{}", step, impl_->index), "1"); !s) return s;
   auto w = impl_->rc->wait(static_cast<uint8_t>(step), in_s(impl_->job->cfg.deadline_s));
