@@ -72,23 +72,23 @@ std::string suffix(uint32_t incarnation) {
 }
 }  // namespace
 
-Status HostCollective::connect_root(uint32_t r, uint32_t incarnation, Clock::time_point deadline) {
+Status HostCollective::link(const char* role, uint32_t r, uint32_t incarnation,
+                            Clock::time_point deadline, std::map<uint32_t, Link>& into) {
   auto addr = rdv_->get(key("send", r) + suffix(incarnation), deadline);
   if (!addr)
     return Status(addr.status().code(),
-                  fmt::format("gather root {}: {}", r, addr.status().message()));
+                  fmt::format("gather {} {}: {}", role, r, addr.status().message()));
   auto peer = engine_->connect(*addr);
   if (!peer) return peer.status();
   auto desc = rdv_->get(key("gbuf", r) + suffix(incarnation), deadline);
   if (!desc) return desc.status();
   auto region = transport::RemoteRegion::parse(*desc);
   if (!region) return region.status();
-  roots_[r] = Root{*peer, *region, incarnation};
+  const Link& l = into[r] = Link{*peer, *region, incarnation};
   if (both_ends_) return Status::ok();  // connected already; nothing to warm up
   // Warm the connection up (the first write to a peer pays for its set-up).
-  return engine_->wait(
-      engine_->submit({{&pack_region_, 0, roots_[r].peer, &roots_[r].gbuf, 0, 0, false, 0}}),
-      deadline);
+  return engine_->wait(engine_->submit({{&pack_region_, 0, l.peer, &l.gbuf, 0, 0, false, 0}}),
+                       deadline);
 }
 
 Status HostCollective::publish() {
@@ -103,34 +103,15 @@ Status HostCollective::prepare(Clock::time_point deadline) {
     for (const auto& p : x.pieces)
       if (p.rank == rank_ && x.root != rank_) roots.insert(x.root);
   for (uint32_t r : roots)
-    if (Status s = connect_root(r, 0, deadline); !s) return s;
+    if (Status s = link("root", r, 0, deadline, roots_); !s) return s;
   std::set<uint32_t> members;
   for (const plan::Gather& x : plan_.gathers)
     if (x.root == rank_)
       for (const auto& p : x.pieces)
         if (p.rank != rank_) members.insert(p.rank);
   for (uint32_t m : members)
-    if (Status s = connect_member(m, 0, deadline); !s) return s;
+    if (Status s = link("member", m, 0, deadline, members_); !s) return s;
   return Status::ok();
-}
-
-Status HostCollective::connect_member(uint32_t m, uint32_t incarnation,
-                                      Clock::time_point deadline) {
-  auto addr = rdv_->get(key("send", m) + suffix(incarnation), deadline);
-  if (!addr)
-    return Status(addr.status().code(),
-                  fmt::format("gather member {}: {}", m, addr.status().message()));
-  auto peer = engine_->connect(*addr);
-  if (!peer) return peer.status();
-  auto desc = rdv_->get(key("gbuf", m) + suffix(incarnation), deadline);
-  if (!desc) return desc.status();
-  auto region = transport::RemoteRegion::parse(*desc);
-  if (!region) return region.status();
-  members_[m] = Member{*peer, *region, incarnation};
-  if (both_ends_) return Status::ok();
-  return engine_->wait(  // warm the connection up, as for roots
-      engine_->submit({{&pack_region_, 0, members_[m].peer, &members_[m].gbuf, 0, 0, false, 0}}),
-      deadline);
 }
 
 Status HostCollective::open(uint8_t gen, Clock::time_point deadline) {
@@ -149,11 +130,11 @@ Status HostCollective::open(uint8_t gen, Clock::time_point deadline) {
 Status HostCollective::rejoin(uint32_t trainer, uint32_t incarnation, Clock::time_point deadline) {
   auto m = members_.find(trainer);
   if (m != members_.end() && m->second.incarnation != incarnation)
-    if (Status s = connect_member(trainer, incarnation, deadline); !s) return s;
+    if (Status s = link("member", trainer, incarnation, deadline, members_); !s) return s;
   auto it = roots_.find(trainer);
   if (it == roots_.end() || it->second.incarnation == incarnation) return Status::ok();
   opened_.erase(trainer);
-  return connect_root(trainer, incarnation, deadline);
+  return link("root", trainer, incarnation, deadline, roots_);
 }
 
 Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t> gathers,
@@ -224,7 +205,7 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
       }
       // One write per run of the piece inside the root's box, each with the immediate.
       uint64_t from = start;
-      const Root& root = roots_.at(g.root);
+      const Link& root = roots_.at(g.root);
       core::for_each_run(gs, rel, [&](int64_t off, int64_t len) {
         writes.push_back(
             {&pack_region_, from, root.peer, &root.gbuf, offset_[gi] + off * esz,

@@ -69,9 +69,16 @@ class HostCollective final : public Collective {
   void set_incarnation(uint32_t k) override { incarnation_ = k; }
 
  private:
-  Status connect_root(uint32_t root, uint32_t incarnation, Clock::time_point deadline);
-  // A root connects to each of its members (to open its buffer to them each step).
-  Status connect_member(uint32_t member, uint32_t incarnation, Clock::time_point deadline);
+  // A root or a member this rank exchanges with: its connection and its gather buffer (a root's
+  // receives our pieces; a member's only carries the zero-length "open" writes).
+  struct Link {
+    uint32_t peer;
+    transport::RemoteRegion gbuf;
+    uint32_t incarnation = 0;
+  };
+  // Connects to trainer `r` at `incarnation` and records it in `into` (roots_ or members_).
+  Status link(const char* role, uint32_t r, uint32_t incarnation, Clock::time_point deadline,
+              std::map<uint32_t, Link>& into);
   HostCollective(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
   uint64_t box_bytes(const plan::Gather& g) const;
   const spec::Inputs& in_;
@@ -85,20 +92,9 @@ class HostCollective final : public Collective {
   Buffer gbuf_;                   // this rank's gather buffer (as a root), one area per phase
   Buffer pack_;                   // pieces packed contiguously before they are sent
   transport::Region gbuf_region_, pack_region_;
-  struct Root {
-    uint32_t peer;
-    transport::RemoteRegion gbuf;
-    uint32_t incarnation = 0;
-  };
   uint32_t incarnation_ = 0;
-  std::map<uint32_t, Root> roots_;
-  bool both_ends_ = false;  // the transport needs targets to connect as well
-  struct Member {
-    uint32_t peer;
-    transport::RemoteRegion gbuf;  // any registered region of the member: the open signal
-    uint32_t incarnation = 0;      // carries no bytes, only its immediate
-  };
-  std::map<uint32_t, Member> members_;
+  std::map<uint32_t, Link> roots_, members_;
+  bool both_ends_ = false;          // the transport needs targets to connect as well
   std::map<uint32_t, int> opened_;  // root -> the generation it last opened to us (-1: none)
 };
 
