@@ -219,8 +219,14 @@ struct Sender::Impl : PeerBase {
 Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   auto impl = std::make_unique<Impl>();
   if (Status s = open_peer(cfg, *impl, "trainer", rank); !s) return s;
-  auto ex = exec::TrainerExecutor::create(impl->job->in, impl->job->plan, rank, nics(cfg),
-                                          impl->rdv.get(), false);
+  if (cfg.cuda_device >= 0 && cfg.cuda_device >= exec::cuda_devices())
+    return invalid("JobConfig.cuda_device is {}, but this process sees {} CUDA device(s){}",
+                   cfg.cuda_device, exec::cuda_devices(),
+                   exec::cuda_built() ? "" : " (weightcast was built without CUDA)");
+  auto ex = exec::TrainerExecutor::create(
+      impl->job->in, impl->job->plan, rank, nics(cfg), impl->rdv.get(), false,
+      cfg.cuda_device >= 0 ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost,
+      std::max(cfg.cuda_device, 0));
   if (!ex) return ex.status();
   impl->ex = std::move(ex).value();
   if (Status s = impl->ex->publish(); !s) return s;  // peers may prepare before this one does

@@ -26,6 +26,9 @@ Status cuda_alloc(std::byte** p, uint64_t bytes, int device) {
   if (cudaError_t e = cudaMalloc(&q, bytes ? bytes : 1); e != cudaSuccess)
     return cuda_err("cudaMalloc", e);
   if (cudaError_t e = cudaMemset(q, 0, bytes); e != cudaSuccess) return cuda_err("cudaMemset", e);
+  // The zeroing runs on this thread's stream; finish it before another thread uses the memory.
+  if (cudaError_t e = cudaStreamSynchronize(cudaStreamPerThread); e != cudaSuccess)
+    return cuda_err("cudaStreamSynchronize", e);
   *p = static_cast<std::byte*>(q);
   return Status::ok();
 }
@@ -40,6 +43,30 @@ Status cuda_copy(void* dst, const void* src, uint64_t bytes, bool to_device, int
   const cudaError_t e =
       cudaMemcpy(dst, src, bytes, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
   return e == cudaSuccess ? Status::ok() : cuda_err("cudaMemcpy", e);
+}
+
+Status cuda_host_register(void* p, uint64_t bytes) {
+  if (cudaError_t e = cudaHostRegister(p, bytes ? bytes : 1, cudaHostRegisterDefault);
+      e != cudaSuccess)
+    return cuda_err("cudaHostRegister", e);
+  return Status::ok();
+}
+
+void cuda_host_unregister(void* p) { cudaHostUnregister(p); }
+
+MemoryKind pointer_kind(const void* p) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();  // plain host memory on older drivers: clear the sticky-free error
+    return MemoryKind::kHost;
+  }
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged ? MemoryKind::kCuda
+                                                                           : MemoryKind::kHost;
+}
+
+Status cuda_use_device(int device) {
+  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) return cuda_err("cudaSetDevice", e);
+  return Status::ok();
 }
 
 }  // namespace weightcast::exec

@@ -144,8 +144,8 @@ bool is_fp8(DType t) { return t == DType::kFP8E4M3 || t == DType::kFP8E5M2; }
 
 Status finish(const char* what) {
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return cuda_err(what, e);
-  if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess)
-    return cuda_err("cudaDeviceSynchronize", e);
+  if (cudaError_t e = cudaStreamSynchronize(cudaStreamPerThread); e != cudaSuccess)
+    return cuda_err("cudaStreamSynchronize", e);
   return Status::ok();
 }
 

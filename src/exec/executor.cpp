@@ -27,7 +27,7 @@ double since(Clock::time_point t0) {
 Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
     const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
-    bool allocate, MemoryKind shards) {
+    bool allocate, MemoryKind shards, int cuda_device) {
   if (rank >= plan.senders.size())
     return invalid("trainer rank {} is not in the plan ({} senders)", rank, plan.senders.size());
   if (plan.phases > transport::Imm::kGatherOpenPhase)
@@ -47,7 +47,13 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   const plan::Sender& s = plan.senders[rank];
   // (At least a byte each: every area is registered with the NICs.)
   e->shard_kind_ = shards;
+  e->cuda_device_ = cuda_device;
   const bool device = shards == MemoryKind::kCuda;
+  for (const plan::Write& w : plan.writes)
+    if (w.sender == rank && w.project < 0) e->host_read_.insert(w.src_param);
+  for (const plan::Gather& g : plan.gathers)
+    for (const plan::Gather::Piece& p : g.pieces)
+      if (p.rank == rank) e->host_read_.insert(g.param);
   auto arena = Buffer::allocate(MemoryKind::kHost,
                                 allocate || device ? std::max<uint64_t>(e->layout_.bytes, 1) : 1);
   auto staging =
@@ -68,11 +74,15 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   if (!st) return st.status();
   e->staging_region_ = *st;
   if (device) {
-    auto ds = Buffer::allocate(MemoryKind::kCuda, e->staging_.size());
+    // Page-locked, so the copies to and from the device run at full speed.
+    for (Buffer* b : {&e->arena_, &e->staging_})
+      if (Status p = b->pin(); !p) return p;
+    auto ds = Buffer::allocate(MemoryKind::kCuda, e->staging_.size(), cuda_device);
     if (!ds) return ds.status();
     e->device_staging_ = std::move(ds).value();
     if (allocate) {
-      auto da = Buffer::allocate(MemoryKind::kCuda, std::max<uint64_t>(e->layout_.bytes, 1));
+      auto da =
+          Buffer::allocate(MemoryKind::kCuda, std::max<uint64_t>(e->layout_.bytes, 1), cuda_device);
       if (!da) return da.status();
       e->device_arena_ = std::move(da).value();
       for (const ShardSlot& slot : e->layout_.shards)
@@ -95,6 +105,8 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
                              });
   if (!coll) return coll.status();
   e->collective_ = std::move(coll).value();
+  if (device)
+    if (Status p = e->collective_->pin_buffer(); !p) return p;
   return e;
 }
 
@@ -109,6 +121,10 @@ Status TrainerExecutor::bind_shard(const std::string& name, void* data, uint64_t
   if (bytes != s.bytes)
     return invalid("bind_shard('{}'): {} bytes given, the rank's shard {} is {} bytes", name, bytes,
                    s.box.str(), s.bytes);
+  if (const MemoryKind k = pointer_kind(data); k != shard_kind_)
+    return invalid("bind_shard('{}'): the pointer is {} memory, but this rank's shards are {}",
+                   name, k == MemoryKind::kCuda ? "CUDA device" : "host",
+                   shard_kind_ == MemoryKind::kCuda ? "on the GPU" : "in host memory");
   if (shard_kind_ == MemoryKind::kCuda) {  // the mirror slot stands in for it on the wire
     device_shard_[s.param] = static_cast<std::byte*>(data);
     bound_[s.param] = {arena_.data() + s.offset, &arena_region_, s.offset};
@@ -133,8 +149,10 @@ std::byte* TrainerExecutor::shard(int param) {
 Status TrainerExecutor::mirror_shards() {
   for (const ShardSlot& s : layout_.shards) {
     auto it = device_shard_.find(s.param);
-    if (it == device_shard_.end()) continue;
-    if (Status st = copy_device_to_host(arena_.data() + s.offset, it->second, s.bytes); !st)
+    if (it == device_shard_.end() || !host_read_.count(s.param)) continue;
+    if (Status st =
+            copy_device_to_host(arena_.data() + s.offset, it->second, s.bytes, cuda_device_);
+        !st)
       return st;
   }
   return Status::ok();
@@ -220,6 +238,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   counters_.begin_generation(gen);  // this rank's gathers count immediates of this generation
   const bool device = shard_kind_ == MemoryKind::kCuda;
   if (device)
+    if (Status s = cuda_use_device(cuda_device_); !s) return s;
+  if (device)
     if (Status s = mirror_shards(); !s)
       return Status(s.code(), fmt::format("trainer rank {} step {}: copying shards to the host: {}",
                                           rank_, gen, s.message()));
@@ -261,11 +281,21 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       if (device) {  // the GPU projects gathered boxes from a device copy of the buffer
         const Buffer& g = collective_->buffer();
         if (device_gbuf_.size() < g.size()) {
-          auto b = Buffer::allocate(MemoryKind::kCuda, g.size());
+          auto b = Buffer::allocate(MemoryKind::kCuda, g.size(), cuda_device_);
           if (!b) return b.status();
           device_gbuf_ = std::move(b).value();
         }
-        if (Status s = copy_host_to_device(device_gbuf_.data(), g.data(), g.size()); !s) return s;
+        for (uint32_t gi : batch) {  // the boxes this root gathered (members hold nothing)
+          const std::byte* h = collective_->gathered(gi);
+          if (!h) continue;
+          const plan::Gather& ga = plan_.gathers[gi];
+          const uint64_t n = static_cast<uint64_t>(ga.box.numel()) *
+                             core::dtype_size(in_.trainer.params[ga.param].dtype);
+          if (Status s =
+                  copy_host_to_device(device_gbuf_.data() + (h - g.data()), h, n, cuda_device_);
+              !s)
+            return s;
+        }
       }
       rep.gather_s += since(tg);
       continue;
@@ -312,14 +342,15 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
           return {layout_.shards[it->second].box, d->second};
         };
         Status s = project_cuda(in_, plan_, p, dres, device_staging_.data(), device_staging_.size(),
-                                scratch_);
+                                scratch_, cuda_device_);
         if (s)
           s = copy_device_to_host(staging_.data() + p.staging_off,
-                                  device_staging_.data() + p.staging_off, p.out_bytes);
+                                  device_staging_.data() + p.staging_off, p.out_bytes,
+                                  cuda_device_);
         if (s && p.scale_dest >= 0)
           s = copy_device_to_host(staging_.data() + p.scale_off,
                                   device_staging_.data() + p.scale_off,
-                                  static_cast<uint64_t>(p.scale_box.numel()) * 4);
+                                  static_cast<uint64_t>(p.scale_box.numel()) * 4, cuda_device_);
         if (!s)
           return Status(s.code(),
                         fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
@@ -421,8 +452,14 @@ Status InferenceReceiver::bind_tensor(const std::string& name, bool scales, void
       return invalid("bind_tensor('{}'{}): {} bytes given, receiver {} needs {} ({} {})", name,
                      scales ? ", scales" : "", bytes, receiver_, dt.bytes,
                      core::dtype_name(dt.dtype), dt.shape.str());
-    auto reg = engine_->register_memory(data, bytes, transport::MemKind::kHost);
-    if (!reg) return reg.status();
+    // GPU memory is registered as such: the NIC writes into it where the transport can
+    // (dma-buf / peer memory, FI_HMEM), and says why not where it cannot.
+    const auto kind = pointer_kind(data) == MemoryKind::kCuda ? transport::MemKind::kCuda
+                                                              : transport::MemKind::kHost;
+    auto reg = engine_->register_memory(data, bytes, kind);
+    if (!reg)
+      return Status(reg.status().code(),
+                    fmt::format("bind_tensor('{}'): {}", name, reg.status().message()));
     regions_.push_back(*reg);
     bound_[d] = {static_cast<std::byte*>(data), &regions_.back()};
     bound_off_[d] = 0;

@@ -12,6 +12,8 @@ namespace weightcast::exec {
 Status cuda_alloc(std::byte** p, uint64_t bytes, int device);
 void cuda_free(std::byte* p, int device);
 Status cuda_copy(void* dst, const void* src, uint64_t bytes, bool to_device, int device);
+Status cuda_host_register(void* p, uint64_t bytes);
+void cuda_host_unregister(void* p);
 
 #ifndef WEIGHTCAST_HAVE_CUDA
 bool cuda_built() { return false; }
@@ -22,6 +24,14 @@ Status cuda_alloc(std::byte**, uint64_t, int) {
 }
 void cuda_free(std::byte*, int) {}
 Status cuda_copy(void*, const void*, uint64_t, bool, int) {
+  return Status(Code::kInvalidArgument, "this weightcast was built without CUDA");
+}
+Status cuda_host_register(void*, uint64_t) {
+  return Status(Code::kInvalidArgument, "pinning host memory needs a CUDA build");
+}
+void cuda_host_unregister(void*) {}
+MemoryKind pointer_kind(const void*) { return MemoryKind::kHost; }
+Status cuda_use_device(int) {
   return Status(Code::kInvalidArgument, "this weightcast was built without CUDA");
 }
 #endif
@@ -52,6 +62,8 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
     size_ = o.size_;
     kind_ = o.kind_;
     device_ = o.device_;
+    pinned_ = o.pinned_;
+    o.pinned_ = false;
     o.data_ = nullptr;
     o.size_ = 0;
   }
@@ -60,11 +72,21 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
 
 Buffer::~Buffer() {
   if (!data_) return;
-  if (kind_ == MemoryKind::kCuda)
+  if (kind_ == MemoryKind::kCuda) {
     cuda_free(data_, device_);
-  else
+  } else {
+    if (pinned_) cuda_host_unregister(data_);
     std::free(data_);
+  }
   data_ = nullptr;
+}
+
+Status Buffer::pin() {
+  if (kind_ != MemoryKind::kHost) return invalid("pin: only host buffers can be page-locked");
+  if (pinned_) return Status::ok();
+  if (Status s = cuda_host_register(data_, size_); !s) return s;
+  pinned_ = true;
+  return Status::ok();
 }
 
 Status Buffer::copy_from_host(const void* src, uint64_t bytes, uint64_t offset) {

@@ -12,7 +12,7 @@ namespace weightcast::exec {
 
 Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::Project& pr,
                     const plan::InputResolver& resolve, std::byte* staging, uint64_t staging_size,
-                    Buffer& scratch) {
+                    Buffer& scratch, int device) {
   const plan::DestTensor& dt = plan.dests[pr.dest];
   const spec::DestParam& dp = in.inference.params[dt.param];
   const plan::Receiver& rv = plan.receivers[dt.receiver];
@@ -71,7 +71,7 @@ Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::
   if (pr.staging_off + static_cast<uint64_t>(n) * esz > staging_size)
     return invalid("projection runs past staging");
   if (scratch.size() < static_cast<uint64_t>(n) * 4 || scratch.kind() != MemoryKind::kCuda) {
-    auto b = Buffer::allocate(MemoryKind::kCuda, static_cast<uint64_t>(n) * 4);
+    auto b = Buffer::allocate(MemoryKind::kCuda, static_cast<uint64_t>(n) * 4, device);
     if (!b) return b.status();
     scratch = std::move(b).value();
   }

@@ -13,9 +13,12 @@ class JobConfig:
     nics: List[str]
     deadline_s: float
     plan_file: str  # a plan saved by `weightcast plan --json`, loaded instead of planned
+    # trainers: -1 for shards in host memory, else the CUDA device holding them (register
+    # torch CUDA tensors' data_ptr(); projections then run on that GPU)
+    cuda_device: int
     def __init__(self, trainer_spec: str, inference_spec: str, topology: str, rendezvous: str = "",
                  token: str = "", provider: str = "tcp", nics: List[str] = ["127.0.0.1"],
-                 deadline_s: float = 60.0, plan_file: str = "") -> None: ...
+                 deadline_s: float = 60.0, plan_file: str = "", cuda_device: int = -1) -> None: ...
 
 class PeerInfo:
     role: str  # "trainer" or "inference"

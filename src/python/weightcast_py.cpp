@@ -64,13 +64,14 @@ PYBIND11_MODULE(weightcast, m) {
   py::class_<api::JobConfig>(m, "JobConfig")
       .def(py::init([](std::string t, std::string i, std::string c, std::string rdv,
                        std::string token, std::string provider, std::vector<std::string> nics,
-                       double deadline, std::string plan) {
-             return api::JobConfig{t, i, c, rdv, token, provider, nics, deadline, plan};
+                       double deadline, std::string plan, int cuda_device) {
+             return api::JobConfig{t,        i,    c,        rdv,  token,
+                                   provider, nics, deadline, plan, cuda_device};
            }),
            py::arg("trainer_spec"), py::arg("inference_spec"), py::arg("topology"),
            py::arg("rendezvous") = "", py::arg("token") = "", py::arg("provider") = "tcp",
            py::arg("nics") = std::vector<std::string>{"127.0.0.1"}, py::arg("deadline_s") = 60.0,
-           py::arg("plan_file") = "")
+           py::arg("plan_file") = "", py::arg("cuda_device") = -1)
       .def_readwrite("trainer_spec", &api::JobConfig::trainer_spec)
       .def_readwrite("inference_spec", &api::JobConfig::inference_spec)
       .def_readwrite("topology", &api::JobConfig::topology)
@@ -79,7 +80,8 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readwrite("provider", &api::JobConfig::provider)
       .def_readwrite("nics", &api::JobConfig::nics)
       .def_readwrite("deadline_s", &api::JobConfig::deadline_s)
-      .def_readwrite("plan_file", &api::JobConfig::plan_file);
+      .def_readwrite("plan_file", &api::JobConfig::plan_file)
+      .def_readwrite("cuda_device", &api::JobConfig::cuda_device);
   py::class_<api::PeerInfo>(m, "PeerInfo")
       .def_readonly("role", &api::PeerInfo::role)
       .def_readonly("rank", &api::PeerInfo::rank)

@@ -176,6 +176,17 @@ def test_errors_are_python_exceptions(tmp_path):
         weightcast.Controller(bad)
 
 
+def test_a_cuda_device_the_process_does_not_have_is_refused(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=5)
+    ctl = weightcast.Controller(job)  # noqa: F841 - keeps the rendezvous alive
+    job.cuda_device = 64
+    with pytest.raises(ValueError, match=r"JobConfig.cuda_device is 64, but this process sees \d+ CUDA device"):
+        weightcast.Sender(job, 0)
+    job.cuda_device = -1
+    weightcast.Sender(job, 0)  # host shards: fine
+
+
 def test_wait_times_out_naming_the_silent_sender(tmp_path):
     t, i, c = write_specs(tmp_path)
     job = weightcast.JobConfig(t, i, c, deadline_s=1.5)

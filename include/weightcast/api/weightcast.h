@@ -33,6 +33,11 @@ struct JobConfig {
   // A plan saved by `weightcast plan --json FILE` (optional): loaded instead of planned, refused if
   // it was made for other specs. Saves every peer the planning time and memory.
   std::string plan_file;
+  // Trainers: where registered shards live. -1: host memory (projections on the CPU); a CUDA
+  // device index: shards are device pointers on that GPU (a torch tensor's data_ptr()), and
+  // projections (cast, fused concat, FP8 quantization) run there. A pointer of the other kind is
+  // refused by register_tensor.
+  int cuda_device = -1;
 };
 
 // What one peer told the controller when it joined (Controller::wait_for_peers).

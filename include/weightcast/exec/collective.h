@@ -43,6 +43,8 @@ class Collective {
   virtual Status open(uint8_t generation, Clock::time_point deadline) = 0;
   // This rank's gather buffer (as a root): gathered(g) points inside it.
   virtual const Buffer& buffer() const = 0;
+  // Page-locks the gather buffer (Buffer::pin) when the GPU copies gathered boxes from it.
+  virtual Status pin_buffer() = 0;
   // This process's incarnation (a restarted trainer publishes under a new one).
   virtual void set_incarnation(uint32_t k) = 0;
 };
@@ -66,6 +68,7 @@ class HostCollective final : public Collective {
   Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) override;
   Status open(uint8_t generation, Clock::time_point deadline) override;
   const Buffer& buffer() const override { return gbuf_; }
+  Status pin_buffer() override { return gbuf_.pin(); }
   void set_incarnation(uint32_t k) override { incarnation_ = k; }
 
  private:

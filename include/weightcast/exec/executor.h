@@ -6,6 +6,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <vector>
 
 #include "weightcast/exec/binding.h"
@@ -30,14 +31,15 @@ class TrainerExecutor {
  public:
   // With `allocate`, the executor owns one arena holding every shard of the rank; without, the
   // caller binds its own tensors (bind_shard) before prepare(). `shards` says where shards live:
-  // kCuda runs projections on the GPU (exec/project_cuda.h) from the device shards; since this
-  // libfabric cannot register GPU memory, every step first copies the shards to a registered
-  // host mirror (read by direct writes and gathers) and staged results come back to host
+  // kCuda runs projections on the GPU (exec/project_cuda.h) from the device shards, on CUDA
+  // device `cuda_device`; since this libfabric cannot register GPU memory, every step first
+  // copies the shards that are read on the host (by direct writes and gather pieces) to a
+  // registered, page-locked host mirror, and staged results come back to page-locked host
   // staging before they are written.
   static Result<std::unique_ptr<TrainerExecutor>> create(
       const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
       const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
-      bool allocate = true, MemoryKind shards = MemoryKind::kHost);
+      bool allocate = true, MemoryKind shards = MemoryKind::kHost, int cuda_device = 0);
   // Registers the caller's memory (device memory when shards are kCuda) as this rank's shard of
   // trainer param `name` (row-major over the rank's local box, trainer dtype); `bytes` must be
   // exactly the shard's size.
@@ -89,7 +91,9 @@ class TrainerExecutor {
   // staging the GPU projects into, the device copy of the gather buffer, assembly scratch. The
   // host arena_ is then the registered mirror of the shards.
   MemoryKind shard_kind_ = MemoryKind::kHost;
+  int cuda_device_ = 0;
   std::map<int, std::byte*> device_shard_;
+  std::set<int> host_read_;  // shards read on the host (mirrored each step in kCuda mode)
   Buffer device_arena_, device_staging_, device_gbuf_, scratch_;
   Status mirror_shards();
   Buffer arena_, staging_;  // shards (when the executor allocates them) and the staging areas

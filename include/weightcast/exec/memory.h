@@ -29,18 +29,31 @@ class Buffer {
   // Copies between this buffer and host memory (a memcpy for host buffers).
   Status copy_from_host(const void* src, uint64_t bytes, uint64_t offset = 0);
   Status copy_to_host(void* dst, uint64_t bytes, uint64_t offset = 0) const;
+  // Page-locks a host buffer for the CUDA driver (cudaHostRegister), so copies between it and the
+  // device run at full PCIe speed and can be asynchronous; undone when the buffer is freed. An
+  // error for device buffers and without CUDA. Idempotent.
+  Status pin();
+  bool pinned() const { return pinned_; }
 
  private:
   std::byte* data_ = nullptr;
   uint64_t size_ = 0;
   MemoryKind kind_ = MemoryKind::kHost;
   int device_ = 0;
+  bool pinned_ = false;
 };
 
 // Copies between CUDA device memory on `device` and host memory (errors name the CUDA call; an
 // error without CUDA).
 Status copy_device_to_host(void* host_dst, const void* device_src, uint64_t bytes, int device = 0);
 Status copy_host_to_device(void* device_dst, const void* host_src, uint64_t bytes, int device = 0);
+
+// Where a pointer points: kCuda for CUDA device memory (or managed memory), kHost otherwise
+// (always kHost without CUDA). Lets APIs reject a device pointer given where host memory is
+// expected, and the reverse, with a message instead of a crash.
+MemoryKind pointer_kind(const void* p);
+// Makes `device` the calling thread's current CUDA device (kernels launch there).
+Status cuda_use_device(int device);
 
 // Whether this build has CUDA, and how many devices the driver reports (0 without a GPU).
 bool cuda_built();

@@ -10,9 +10,10 @@
 namespace weightcast::exec {
 
 // `resolve` returns device pointers; `staging` is device memory; `scratch` is a device buffer
-// the call grows as needed (4 bytes per element of the largest box) and may be reused.
+// the call grows as needed (4 bytes per element of the largest box, on CUDA device `device`) and
+// may be reused. Kernels run on the calling thread's current device (cuda_use_device).
 Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::Project& p,
                     const plan::InputResolver& resolve, std::byte* staging, uint64_t staging_size,
-                    Buffer& scratch);
+                    Buffer& scratch, int device = 0);
 
 }  // namespace weightcast::exec
