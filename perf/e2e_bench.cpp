@@ -93,6 +93,8 @@ void receivers_child(api::JobConfig job, int fd, uint32_t n) {
 
 struct E2E {
   double gbps = 0, cpu_us_per_write = 0, proj_ms = 0;
+  // Per stage, ms per step: the slowest sender's, averaged over the measured steps.
+  double ready = 0, mirror = 0, gather = 0, project = 0, ring = 0, post = 0, drain = 0, push = 0;
   uint64_t bytes = 0, writes = 0;
 };
 
@@ -181,6 +183,18 @@ E2E run_job(const std::string& dir, Child child, int cuda_device) {
     (void)c0;
     if (step > 2) {  // the first steps warm caches and connections
       rates.push_back(static_cast<double>(bytes) / dt / 1e9);
+      const auto& slow = *std::max_element(st.begin(), st.end(), [](const auto& a, const auto& b) {
+        return a.ready_seconds + a.seconds < b.ready_seconds + b.seconds;
+      });
+      const double k = 1e3 / (kSteps - 2);
+      out.ready += slow.ready_seconds * k;
+      out.mirror += slow.mirror_seconds * k;
+      out.gather += slow.gather_seconds * k;
+      out.project += slow.projection_seconds * k;
+      out.ring += slow.ring_wait_seconds * k;
+      out.post += slow.post_seconds * k;
+      out.drain += slow.drain_seconds * k;
+      out.push += slow.seconds * k;
       cpu += post;
       proj += p;
       out.writes += writes;
@@ -223,11 +237,11 @@ struct RawPeer {
 // here, their receivers in one child): every writer sends kCount 16 MiB writes to every target,
 // all at once; a repetition ends when each target has counted every immediate. Best of 2 after a
 // warm-up, in GB/s over all pairs.
-double raw_gbps(uint32_t ns, uint32_t nr) {
+double raw_gbps(uint32_t ns, uint32_t nr, uint64_t kSize) {
   int pipefd[2];
   if (pipe(pipefd) != 0) std::exit(1);
   const pid_t child = fork();
-  constexpr uint64_t kSize = 16 << 20, kCount = 8;
+  const uint64_t kCount = std::max<uint64_t>(8, (128ull << 20) / kSize);  // 128 MiB per pair
   const auto dl = [] { return Clock::now() + std::chrono::seconds(120); };
   if (child == 0) {
     uint16_t port = 0;
@@ -292,6 +306,7 @@ double raw_gbps(uint32_t ns, uint32_t nr) {
 
 int main(int argc, char** argv) {
   int cuda_device = -1, scale = 1;
+  uint64_t raw_bytes = 16 << 20;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--device" && i + 1 < argc) {
@@ -301,6 +316,12 @@ int main(int argc, char** argv) {
         return 2;
       }
       cuda_device = d == "cuda" ? 0 : -1;
+    } else if (a == "--raw-kib" && i + 1 < argc) {
+      raw_bytes = std::strtoull(argv[++i], nullptr, 10) << 10;
+      if (raw_bytes == 0 || raw_bytes > (64ull << 20)) {
+        std::fprintf(stderr, "e2e_bench: --raw-kib takes 1..65536\n");
+        return 2;
+      }
     } else if (a == "--scale" && i + 1 < argc) {
       scale = std::atoi(argv[++i]);
       if (scale < 1 || scale > 64) {
@@ -309,9 +330,10 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: e2e_bench [--device host|cuda] [--scale K]\n"
+                   "usage: e2e_bench [--device host|cuda] [--scale K] [--raw-kib N]\n"
                    "  --device cuda  trainer shards in GPU memory, projections on GPU 0\n"
-                   "  --scale K      demo-moe with every dimension times K (default 1)\n");
+                   "  --scale K      demo-moe with every dimension times K (default 1)\n"
+                   "  --raw-kib N    size of the raw baseline's writes (default 16384)\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
@@ -327,7 +349,8 @@ int main(int argc, char** argv) {
   write_scaled_moe((dir / "moe").string(), scale);
   // The baseline is the better of two raw runs: one pair (transport_bw's method), and the jobs'
   // shape (4 trainer ranks as threads here, 2 inference ranks in a child), which many cores favour.
-  const double raw1 = raw_gbps(1, 1), raw42 = raw_gbps(4, 2), raw = std::max(raw1, raw42);
+  const double raw1 = raw_gbps(1, 1, raw_bytes), raw42 = raw_gbps(4, 2, raw_bytes),
+               raw = std::max(raw1, raw42);
   const Child copy_rx = spawn_receivers((dir / "copy").string(), 2);
   const Child moe_rx = spawn_receivers((dir / "moe").string(), 2);
   const E2E copy = run_job((dir / "copy").string(), copy_rx, cuda_device);
@@ -339,16 +362,23 @@ int main(int argc, char** argv) {
       "median step of %d (2 warm-up steps dropped)\n",
       cuda_device >= 0 ? "GPU" : "host", kSteps);
   std::printf(
-      "  raw 16 MiB writes                  %.2f GB/s (the baseline: the better of %.2f GB/s for "
+      "  raw %5.0f KiB writes               %.2f GB/s (the baseline: the better of %.2f GB/s for "
       "1 pair and %.2f GB/s from 4 writers to 2 targets)\n",
-      raw, raw1, raw42);
+      static_cast<double>(raw_bytes >> 10), raw, raw1, raw42);
   std::printf("  copy (BF16 FSDP4 -> TP2, 64 MiB)   %.2f GB/s per step, %llu writes/step\n",
               copy.gbps, static_cast<unsigned long long>(copy.writes / (kSteps - 2)));
   std::printf(
-      "  moe  (demo-moe x%d, FP8 on the %s) %.2f GB/s per step, %.1f MB/step, %llu writes/step, "
-      "projection %.1f ms/step summed over senders\n",
+      "  moe  (demo-moe x%d, FP8 on the %s) %.2f GB/s per step (%.1f MB in %.2f ms), %llu "
+      "writes/step, projection %.1f ms/step summed over senders\n",
       scale, where, q.gbps, static_cast<double>(q.bytes) / 1e6,
+      static_cast<double>(q.bytes) / q.gbps / 1e6,
       static_cast<unsigned long long>(q.writes / (kSteps - 2)), q.proj_ms);
+  for (const auto& [name, e] : {std::pair<const char*, const E2E&>{"copy", copy}, {"moe", q}})
+    std::printf(
+        "  %-4s slowest sender, ms/step: ready %.2f, push %.2f = mirror %.2f + gather %.2f + "
+        "projection %.2f + ring wait %.2f + drain %.2f + rest (posting on the progress thread: "
+        "%.2f)\n",
+        name, e.ready, e.push, e.mirror, e.gather, e.project, e.ring, e.drain, e.post);
   perf::ratio("e2e copy step vs raw transport", copy.gbps, raw, "GB/s", "target >= 0.8");
   const std::string moe_note =
       std::string("target >= 0.8; ") + (cuda_device >= 0 ? "GPU projection" : "CPU projection");

@@ -258,14 +258,28 @@ Status Sender::register_tensor(const std::string& name, void* data, uint64_t byt
 Status Sender::prepare() { return impl_->ex->prepare(in_s(impl_->job->cfg.deadline_s)); }
 Result<PushStats> Sender::push(uint64_t step) {
   const double dl = impl_->job->cfg.deadline_s;
+  const auto t0 = std::chrono::steady_clock::now();
   for (uint32_t r : impl_->receivers)
     if (auto k = impl_->rdv->get(fmt::format("ready/{}/{}", step, r), in_s(dl)); !k)
       return Status(k.status().code(), fmt::format("step {}: receiver {} never became ready: {}",
                                                    step, r, k.status().message()));
+  const double ready = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto rep = impl_->ex->push(static_cast<uint8_t>(step), in_s(dl));
   if (!rep) return rep.status();
-  return PushStats{rep->bytes,     rep->writes, rep->projects, rep->total_s,
-                   rep->project_s, rep->post_s, rep->nic_gbps};
+  PushStats st;
+  st.bytes = rep->bytes;
+  st.writes = rep->writes;
+  st.projections = rep->projects;
+  st.seconds = rep->total_s;
+  st.projection_seconds = rep->project_s;
+  st.post_seconds = rep->post_s;
+  st.nic_gbps = rep->nic_gbps;
+  st.ready_seconds = ready;
+  st.gather_seconds = rep->gather_s;
+  st.ring_wait_seconds = rep->ring_wait_s;
+  st.mirror_seconds = rep->mirror_s;
+  st.drain_seconds = rep->write_s;
+  return st;
 }
 
 struct Receiver::Impl : PeerBase {

@@ -24,7 +24,8 @@ struct AssembleInput {
   int64_t src_base = 0, dst_base = 0;
 };
 
-// Runs every input into `x` (device floats). Synchronous.
+// Runs every input into `x` (device floats), on the calling thread's default stream; returns once
+// the kernels are queued.
 Status assemble(const AssembleInput* inputs, int n, float* x);
 
 }  // namespace weightcast::exec::kernels

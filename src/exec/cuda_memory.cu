@@ -64,6 +64,28 @@ MemoryKind pointer_kind(const void* p) {
                                                                            : MemoryKind::kHost;
 }
 
+Status copy_device_to_host_async(void* host_dst, const void* device_src, uint64_t bytes) {
+  if (cudaError_t e =
+          cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, cudaStreamPerThread);
+      e != cudaSuccess)
+    return cuda_err("cudaMemcpyAsync (device to host)", e);
+  return Status::ok();
+}
+
+Status copy_host_to_device_async(void* device_dst, const void* host_src, uint64_t bytes) {
+  if (cudaError_t e =
+          cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, cudaStreamPerThread);
+      e != cudaSuccess)
+    return cuda_err("cudaMemcpyAsync (host to device)", e);
+  return Status::ok();
+}
+
+Status cuda_sync() {
+  if (cudaError_t e = cudaStreamSynchronize(cudaStreamPerThread); e != cudaSuccess)
+    return cuda_err("cudaStreamSynchronize", e);
+  return Status::ok();
+}
+
 Status cuda_use_device(int device) {
   if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) return cuda_err("cudaSetDevice", e);
   return Status::ok();

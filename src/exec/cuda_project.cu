@@ -142,8 +142,9 @@ __global__ void assemble_kernel(kernels::AssembleInput in, int64_t n, float* x) 
 bool is_float_in(DType t) { return t == DType::kBF16 || t == DType::kFP16 || t == DType::kFP32; }
 bool is_fp8(DType t) { return t == DType::kFP8E4M3 || t == DType::kFP8E5M2; }
 
-Status finish(const char* what) {
+Status finish(const char* what, bool wait = true) {
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return cuda_err(what, e);
+  if (!wait) return Status::ok();
   if (cudaError_t e = cudaStreamSynchronize(cudaStreamPerThread); e != cudaSuccess)
     return cuda_err("cudaStreamSynchronize", e);
   return Status::ok();
@@ -162,23 +163,24 @@ Status assemble(const AssembleInput* inputs, int n, float* x) {
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
       return cuda_err("assemble_kernel launch", e);
   }
-  return finish("assemble_kernel");
+  return finish("assemble_kernel", false);  // the conversion kernel follows on this stream
 }
 }  // namespace kernels
 
-Status cuda_cast(const void* src, DType src_type, void* dst, DType dst_type, uint64_t n) {
+Status cuda_cast(const void* src, DType src_type, void* dst, DType dst_type, uint64_t n,
+                 bool wait) {
   if (!is_float_in(src_type) || !(is_float_in(dst_type) || is_fp8(dst_type)))
     return invalid("cuda_cast: {} -> {} is not supported", core::dtype_name(src_type),
                    core::dtype_name(dst_type));
   if (n == 0) return Status::ok();
   const uint64_t blocks = std::min<uint64_t>((n + kThreads - 1) / kThreads, 65535u * 16);
   cast_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(src, src_type, dst, dst_type, n);
-  return finish("cast_kernel launch");
+  return finish("cast_kernel launch", wait);
 }
 
 Status cuda_quantize_blocks(const void* src, DType src_type, int64_t lead, int64_t R, int64_t C,
                             int64_t block_rows, int64_t block_cols, DType fp8, void* out,
-                            float* scales) {
+                            float* scales, bool wait) {
   if (!is_float_in(src_type) || !is_fp8(fp8))
     return invalid("cuda_quantize_blocks: {} -> {} is not supported", core::dtype_name(src_type),
                    core::dtype_name(fp8));
@@ -190,7 +192,7 @@ Status cuda_quantize_blocks(const void* src, DType src_type, int64_t lead, int64
   quant_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(
       src, src_type, R, C, block_rows, block_cols, sr, sc, fp8, core::quant_max(fp8),
       static_cast<uint8_t*>(out), scales);
-  return finish("quant_kernel launch");
+  return finish("quant_kernel launch", wait);
 }
 
 }  // namespace weightcast::exec

@@ -15,9 +15,9 @@ namespace kernels {
 Status assemble(const AssembleInput*, int, float*) { return no_cuda(); }
 }  // namespace kernels
 
-Status cuda_cast(const void*, core::DType, void*, core::DType, uint64_t) { return no_cuda(); }
+Status cuda_cast(const void*, core::DType, void*, core::DType, uint64_t, bool) { return no_cuda(); }
 Status cuda_quantize_blocks(const void*, core::DType, int64_t, int64_t, int64_t, int64_t, int64_t,
-                            core::DType, void*, float*) {
+                            core::DType, void*, float*, bool) {
   return no_cuda();
 }
 

@@ -146,15 +146,23 @@ std::byte* TrainerExecutor::shard(int param) {
   return it == bound_.end() ? nullptr : it->second.data;
 }
 
-Status TrainerExecutor::mirror_shards() {
-  for (const ShardSlot& s : layout_.shards) {
-    auto it = device_shard_.find(s.param);
-    if (it == device_shard_.end() || !host_read_.count(s.param)) continue;
-    if (Status st =
-            copy_device_to_host(arena_.data() + s.offset, it->second, s.bytes, cuda_device_);
-        !st)
-      return st;
-  }
+Status TrainerExecutor::mirror(int param) {
+  if (shard_kind_ != MemoryKind::kCuda || !host_read_.count(param) || mirrored_.count(param))
+    return Status::ok();
+  auto it = device_shard_.find(param);
+  auto slot = layout_.by_param.find(param);
+  if (it == device_shard_.end() || slot == layout_.by_param.end())
+    return invalid("trainer rank {}: shard of '{}' is not bound", rank_,
+                   in_.trainer.params[param].name);
+  const ShardSlot& s = layout_.shards[slot->second];
+  const auto t0 = Clock::now();
+  if (Status st = copy_device_to_host_async(arena_.data() + s.offset, it->second, s.bytes); !st)
+    return st;
+  if (Status st = cuda_sync(); !st)
+    return Status(st.code(), fmt::format("trainer rank {}: copying '{}' to the host: {}", rank_,
+                                         in_.trainer.params[param].name, st.message()));
+  mirrored_.insert(param);
+  mirror_s_ += since(t0);
   return Status::ok();
 }
 
@@ -239,10 +247,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   const bool device = shard_kind_ == MemoryKind::kCuda;
   if (device)
     if (Status s = cuda_use_device(cuda_device_); !s) return s;
-  if (device)
-    if (Status s = mirror_shards(); !s)
-      return Status(s.code(), fmt::format("trainer rank {} step {}: copying shards to the host: {}",
-                                          rank_, gen, s.message()));
+  mirror_s_ = 0;
+  mirrored_.clear();  // kCuda: shards are copied to the host mirror as they are first read
   // As a gather root: done with last step's boxes, so members may write this step's.
   if (Status s = collective_->open(gen, deadline); !s)
     return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
@@ -259,8 +265,9 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     const uint64_t b = engine_->submit(std::move(pending));
     pending.clear();
     batches.push_back(b);
+    // The staging range of the last projection, read by these writes. It stays set: a flush in
+    // the middle of a projection's writes (a shard mirrored in between) protects it again.
     if (pend_hi > pend_lo) inflight.push_back({pend_lo, pend_hi, b});
-    pend_lo = pend_hi = 0;
   };
   const auto& tasks = plan_.senders[rank_].tasks;
   for (size_t ti = 0; ti < tasks.size(); ++ti) {
@@ -269,12 +276,17 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     if (t.op == plan::Task::Op::kGather) {
       // A phase's gathers run together, before its projections.
       flush();
+      pend_lo = pend_hi = 0;
       std::vector<uint32_t> batch{t.index};
       const uint16_t phase = plan_.gathers[t.index].phase;
       while (ti + 1 < tasks.size() && tasks[ti + 1].op == plan::Task::Op::kGather &&
              plan_.gathers[tasks[ti + 1].index].phase == phase)
         batch.push_back(tasks[++ti].index);
       const auto tg = Clock::now();
+      for (uint32_t gi : batch)  // this rank's pieces are read from host memory
+        for (const plan::Gather::Piece& pc : plan_.gathers[gi].pieces)
+          if (pc.rank == rank_)
+            if (Status s = mirror(plan_.gathers[gi].param); !s) return s;
       if (Status s = collective_->run(gen, phase, batch, deadline); !s)
         return Status(s.code(),
                       fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
@@ -291,9 +303,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
           const plan::Gather& ga = plan_.gathers[gi];
           const uint64_t n = static_cast<uint64_t>(ga.box.numel()) *
                              core::dtype_size(in_.trainer.params[ga.param].dtype);
-          if (Status s =
-                  copy_host_to_device(device_gbuf_.data() + (h - g.data()), h, n, cuda_device_);
-              !s)
+          // Queued before the projections that read it, on the same stream.
+          if (Status s = copy_host_to_device_async(device_gbuf_.data() + (h - g.data()), h, n); !s)
             return s;
         }
       }
@@ -307,6 +318,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
                                                   ? p.scale_off + p.scale_box.numel() * 4
                                                   : p.staging_off + p.out_bytes;
       // Ring admission: wait for writes still reading this slot.
+      const auto tr = Clock::now();
       while (!inflight.empty()) {
         bool overlap = false;
         for (const Inflight& f : inflight) overlap = overlap || (f.lo < hi && lo < f.hi);
@@ -315,6 +327,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
         inflight.pop_front();
         if (Status s = engine_->wait(f.batch, deadline); !s) return s;
       }
+      rep.ring_wait_s += since(tr);
       const auto& dp = in_.inference.params[plan_.dests[p.dest].param];
       auto res = [&](const plan::Project::Input& inp) -> plan::Held {
         if (inp.gather >= 0)
@@ -344,13 +357,13 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
         Status s = project_cuda(in_, plan_, p, dres, device_staging_.data(), device_staging_.size(),
                                 scratch_, cuda_device_);
         if (s)
-          s = copy_device_to_host(staging_.data() + p.staging_off,
-                                  device_staging_.data() + p.staging_off, p.out_bytes,
-                                  cuda_device_);
+          s = copy_device_to_host_async(staging_.data() + p.staging_off,
+                                        device_staging_.data() + p.staging_off, p.out_bytes);
         if (s && p.scale_dest >= 0)
-          s = copy_device_to_host(staging_.data() + p.scale_off,
-                                  device_staging_.data() + p.scale_off,
-                                  static_cast<uint64_t>(p.scale_box.numel()) * 4, cuda_device_);
+          s = copy_device_to_host_async(staging_.data() + p.scale_off,
+                                        device_staging_.data() + p.scale_off,
+                                        static_cast<uint64_t>(p.scale_box.numel()) * 4);
+        if (s) s = cuda_sync();  // one wait per projection: kernels and both copies
         if (!s)
           return Status(s.code(),
                         fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
@@ -373,6 +386,10 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       g.src = &staging_region_;
       g.src_off = w.src_off;
     } else {
+      if (device && !mirrored_.count(w.src_param)) {
+        flush();  // what is queued streams while this shard comes to the host
+        if (Status s = mirror(w.src_param); !s) return s;
+      }
       auto it = bound_.find(w.src_param);
       if (it == bound_.end())
         return invalid("write {} reads a shard rank {} does not hold", t.index, rank_);
@@ -390,11 +407,14 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     ++rep.writes;
   }
   flush();
+  if (device)  // nothing of this step may still read the gather buffer when members refill it
+    if (Status s = cuda_sync(); !s) return s;
   const auto tw = Clock::now();
   for (uint64_t b : batches)
     if (Status s = engine_->wait(b, deadline); !s)
       return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
   rep.write_s = since(tw);
+  rep.mirror_s = mirror_s_;
   rep.total_s = since(t0);
   const transport::ProgressStats stats1 = engine_->stats();
   rep.post_s = static_cast<double>(stats1.post_ns - post0) * 1e-9;

@@ -34,6 +34,9 @@ MemoryKind pointer_kind(const void*) { return MemoryKind::kHost; }
 Status cuda_use_device(int) {
   return Status(Code::kInvalidArgument, "this weightcast was built without CUDA");
 }
+Status copy_device_to_host_async(void*, const void*, uint64_t) { return cuda_use_device(0); }
+Status copy_host_to_device_async(void*, const void*, uint64_t) { return cuda_use_device(0); }
+Status cuda_sync() { return cuda_use_device(0); }
 #endif
 
 Result<Buffer> Buffer::allocate(MemoryKind kind, uint64_t bytes, int device) {

@@ -79,7 +79,7 @@ Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::
   if (Status s = kernels::assemble(ins.data(), static_cast<int>(ins.size()), x); !s) return s;
   std::byte* out = staging + pr.staging_off;
   if (pr.kind != plan::Project::Kind::kQuant)
-    return cuda_cast(x, core::DType::kFP32, out, dt.dtype, static_cast<uint64_t>(n));
+    return cuda_cast(x, core::DType::kFP32, out, dt.dtype, static_cast<uint64_t>(n), false);
   const spec::Quant& q = *dp.quant;
   const int64_t R = bs[nd - 2], C = bs[nd - 1], lead = n / (R * C);
   if (pr.box.lo[nd - 2] % q.block_rows || C != dt.shape[nd - 1])
@@ -90,7 +90,8 @@ Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::
   if (pr.scale_off + static_cast<uint64_t>(lead * sr * sc) * 4 > staging_size)
     return invalid("scales run past staging");
   return cuda_quantize_blocks(x, core::DType::kFP32, lead, R, C, q.block_rows, q.block_cols,
-                              dt.dtype, out, reinterpret_cast<float*>(staging + pr.scale_off));
+                              dt.dtype, out, reinterpret_cast<float*>(staging + pr.scale_off),
+                              false);
 }
 
 }  // namespace weightcast::exec

@@ -42,6 +42,13 @@ class PushStats:
     seconds: float
     projection_seconds: float
     post_seconds: float
+    # where the time went: receivers getting ready, gathers, projections waiting for staging
+    # slots, GPU shards copied to the host, the last writes completing
+    ready_seconds: float
+    gather_seconds: float
+    ring_wait_seconds: float
+    mirror_seconds: float
+    drain_seconds: float
     nic_gbps: List[float]
 
 class WaitStats:

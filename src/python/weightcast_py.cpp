@@ -110,6 +110,11 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readonly("seconds", &api::PushStats::seconds)
       .def_readonly("projection_seconds", &api::PushStats::projection_seconds)
       .def_readonly("post_seconds", &api::PushStats::post_seconds)
+      .def_readonly("ready_seconds", &api::PushStats::ready_seconds)
+      .def_readonly("gather_seconds", &api::PushStats::gather_seconds)
+      .def_readonly("ring_wait_seconds", &api::PushStats::ring_wait_seconds)
+      .def_readonly("mirror_seconds", &api::PushStats::mirror_seconds)
+      .def_readonly("drain_seconds", &api::PushStats::drain_seconds)
       .def_readonly("nic_gbps", &api::PushStats::nic_gbps);
   py::class_<api::WaitStats>(m, "WaitStats")
       .def_readonly("bytes", &api::WaitStats::bytes)

@@ -24,6 +24,8 @@ struct StepReport {
   double project_s = 0, write_s = 0, total_s = 0;  // write_s: time not hidden behind projection
   double post_s = 0;  // CPU time the progress thread spent posting this step's writes
   double gather_s = 0;
+  double ring_wait_s = 0;        // projections waiting for writes to free their staging slot
+  double mirror_s = 0;           // kCuda: shards copied to their host mirror
   std::vector<double> nic_gbps;  // bytes this step posted on each NIC over the step's time
 };
 
@@ -94,8 +96,12 @@ class TrainerExecutor {
   int cuda_device_ = 0;
   std::map<int, std::byte*> device_shard_;
   std::set<int> host_read_;  // shards read on the host (mirrored each step in kCuda mode)
+  std::set<int> mirrored_;   // those already mirrored this step
+  double mirror_s_ = 0;      // time spent mirroring this step
   Buffer device_arena_, device_staging_, device_gbuf_, scratch_;
-  Status mirror_shards();
+  // kCuda: copies shard `param` to its host mirror once per step, when first needed (so earlier
+  // writes stream while later shards are still being copied). A no-op for other shards.
+  Status mirror(int param);
   Buffer arena_, staging_;  // shards (when the executor allocates them) and the staging areas
   transport::ImmCounters counters_;
   std::unique_ptr<transport::ProgressEngine> engine_;

@@ -55,6 +55,14 @@ MemoryKind pointer_kind(const void* p);
 // Makes `device` the calling thread's current CUDA device (kernels launch there).
 Status cuda_use_device(int device);
 
+// The same on the calling thread's default stream, returning once queued: the host memory must
+// be pinned (Buffer::pin) and stay untouched until cuda_sync() on this thread returns.
+Status copy_device_to_host_async(void* host_dst, const void* device_src, uint64_t bytes);
+Status copy_host_to_device_async(void* device_dst, const void* host_src, uint64_t bytes);
+// Waits for everything queued on the calling thread's default stream; reports the first error
+// of its kernels and copies.
+Status cuda_sync();
+
 // Whether this build has CUDA, and how many devices the driver reports (0 without a GPU).
 bool cuda_built();
 int cuda_devices();

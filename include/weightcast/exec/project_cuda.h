@@ -11,7 +11,9 @@ namespace weightcast::exec {
 
 // `resolve` returns device pointers; `staging` is device memory; `scratch` is a device buffer
 // the call grows as needed (4 bytes per element of the largest box, on CUDA device `device`) and
-// may be reused. Kernels run on the calling thread's current device (cuda_use_device).
+// may be reused. Kernels run on the calling thread's current device (cuda_use_device) and default
+// stream, and the call returns once they are queued: copy the results out on the same thread
+// (copies wait for them) or cuda_sync().
 Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::Project& p,
                     const plan::InputResolver& resolve, std::byte* staging, uint64_t staging_size,
                     Buffer& scratch, int device = 0);
