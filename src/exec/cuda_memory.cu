@@ -64,20 +64,21 @@ MemoryKind pointer_kind(const void* p) {
                                                                            : MemoryKind::kHost;
 }
 
-Status copy_device_to_host_async(void* host_dst, const void* device_src, uint64_t bytes) {
-  if (cudaError_t e =
-          cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, cudaStreamPerThread);
-      e != cudaSuccess)
-    return cuda_err("cudaMemcpyAsync (device to host)", e);
+namespace {
+Status copy_async(void* dst, const void* src, uint64_t bytes, cudaMemcpyKind kind) {
+  if (cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, cudaStreamPerThread); e != cudaSuccess)
+    return cuda_err(kind == cudaMemcpyDeviceToHost ? "cudaMemcpyAsync (device to host)"
+                                                   : "cudaMemcpyAsync (host to device)",
+                    e);
   return Status::ok();
 }
+}  // namespace
 
+Status copy_device_to_host_async(void* host_dst, const void* device_src, uint64_t bytes) {
+  return copy_async(host_dst, device_src, bytes, cudaMemcpyDeviceToHost);
+}
 Status copy_host_to_device_async(void* device_dst, const void* host_src, uint64_t bytes) {
-  if (cudaError_t e =
-          cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, cudaStreamPerThread);
-      e != cudaSuccess)
-    return cuda_err("cudaMemcpyAsync (host to device)", e);
-  return Status::ok();
+  return copy_async(device_dst, host_src, bytes, cudaMemcpyHostToDevice);
 }
 
 Status cuda_sync() {
