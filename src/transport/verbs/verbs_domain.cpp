@@ -124,6 +124,7 @@ class VerbsDomain final : public Domain {
         return Status(Code::kTransport, errno_str("ibv_modify_qp(INIT)"));
       addr_.qpns.push_back(q->qp_num);
     }
+    linked_.resize(qps_.size());
     return Status::ok();
   }
 
@@ -137,7 +138,15 @@ class VerbsDomain final : public Domain {
       return invalid("verbs peer rank {} has no QP slot (max_peers {})", peer->rank, qps_.size());
     if (cfg_.rank >= peer->qpns.size())
       return invalid("verbs peer {} has no QP slot for our rank {}", peer->rank, cfg_.rank);
+    // Connecting again to the very same peer (one process links to another as a gather root and
+    // as a member, or as a writer and a target) keeps the connection: a reset would rewind the
+    // expected PSN after the peer has written, and its next writes would meet a sequence error
+    // on every retransmission: the link stalls (seen in the Soft-RoCE suite, where a gather
+    // root's "open" reached a member between the member's two connects).
+    const std::vector<uint8_t> key(blob.begin(), blob.end());
+    if (linked_[peer->rank] == key) return static_cast<PeerId>(peer->rank);
     ibv_qp* q = qps_[peer->rank];
+    linked_[peer->rank].clear();
     // Through RESET first: a restarted peer (new QP numbers) reuses its slot's QP, which is in
     // RTS or ERROR from the previous connection.
     ibv_qp_attr reset{};
@@ -157,6 +166,7 @@ class VerbsDomain final : public Domain {
     if (ibv_modify_qp(q, &rts.attr, rts.mask))
       return Status(Code::kTransport,
                     errno_str(fmt::format("ibv_modify_qp(RTS, peer {})", peer->rank).c_str()));
+    linked_[peer->rank] = key;
     return static_cast<PeerId>(peer->rank);
   }
 
@@ -267,6 +277,7 @@ class VerbsDomain final : public Domain {
   ibv_cq* cq_ = nullptr;
   ibv_srq* srq_ = nullptr;
   std::vector<ibv_qp*> qps_;
+  std::vector<std::vector<uint8_t>> linked_;  // per slot: the address its QP is connected to
   std::map<uint32_t, ibv_mr*> mrs_;
   uint32_t next_id_ = 1;
   verbs::Chain chain_;

@@ -180,6 +180,13 @@ TEST_F(Fabric, FiveThousandImmediatesAreCountedExactly) {
   expect_pass(s, 180);
 }
 
+TEST_F(Fabric, ConnectingAgainKeepsTheConnection) {
+  Proc r = spawn(args("receiver", "relink", 0, 1, kNics2), log("relink_r"));
+  Proc s = spawn(args("sender", "relink", 0, 1, kNics2), log("relink_s"));
+  expect_pass(r, 90);
+  expect_pass(s, 90);
+}
+
 TEST_F(Fabric, DeadlineNamesTheMissingSender) {
   Proc r = spawn(args("receiver", "missing", 0, 2), log("missing_r"));
   Proc s0 = spawn(args("sender", "missing", 0, 2), log("missing_s0"));
