@@ -1,6 +1,11 @@
 // End-to-end update throughput against the raw transport, in one run on this machine.
-//   raw:  one-sided 16 MiB writes between two processes over the same provider (transport_bw's
-//         method), the physical limit of this "fabric";
+//   raw:  one-sided 16 MiB writes over the same provider (transport_bw's method), one pair and
+//         4 writers x 2 targets (the jobs' processes), from and to one reused buffer; and the
+//         4 x 2 run again with every write from and to memory of its own, as a step's writes
+//         are (on loopback the "fabric" is memcpy, so a reused buffer that stays in the CPU's
+//         cache flatters it);
+//   replay: each job's own writes from its plan (sizes, pairs, scale rows) posted at once with
+//         nothing of the executor around them: e2e / replay is what the executor costs;
 //   e2e:  full steps through the public API (Controller, Senders in this process, Receivers in a
 //         child process): bytes of a step over the step's wall time, for
 //           copy: a BF16 FSDP4 -> TP2 reshard that is pure zero-copy writes, and
@@ -25,6 +30,8 @@
 #include "harness.h"
 #include "weightcast/api/weightcast.h"
 #include "weightcast/exec/memory.h"
+#include "weightcast/plan/planner.h"
+#include "weightcast/spec/spec_parser.h"
 #include "weightcast/transport/progress.h"
 #include "weightcast/transport/rendezvous.h"
 
@@ -232,34 +239,95 @@ struct RawPeer {
   }
 };
 
-// transport_bw's method at 16 MiB, between `ns` writer engines in this process and `nr` target
-// engines in a child (the processes and endpoints of the e2e jobs: their senders run as threads
-// here, their receivers in one child): every writer sends kCount 16 MiB writes to every target,
-// all at once; a repetition ends when each target has counted every immediate. Best of 2 after a
-// warm-up, in GB/s over all pairs.
-double raw_gbps(uint32_t ns, uint32_t nr, uint64_t kSize) {
+// A raw transfer: per writer, the writes it posts (all at once); writers are engines in this
+// process (as the jobs' senders are threads here), targets engines in a child (as the jobs'
+// receivers are).
+struct Pattern {
+  struct Op {
+    uint32_t target = 0;
+    uint64_t src_off = 0, dst_off = 0, len = 0;
+  };
+  std::vector<uint64_t> src_bytes, dst_bytes;  // buffer size per writer, per target
+  std::vector<std::vector<Op>> ops;            // per writer
+};
+
+// transport_bw's method: every writer sends writes of `size` bytes to every target (128 MiB per
+// pair), all from and to the same buffer of `size` bytes (`fresh` = false), or each write from
+// and to memory of its own (`fresh`), as a step's writes are: then no byte is in a CPU cache.
+Pattern all_pairs(uint32_t ns, uint32_t nr, uint64_t size, bool fresh) {
+  Pattern p;
+  const uint64_t count = std::max<uint64_t>(8, (128ull << 20) / size);
+  p.src_bytes.assign(ns, fresh ? count * nr * size : size);
+  p.dst_bytes.assign(nr, fresh ? ns * count * size : size);
+  p.ops.resize(ns);
+  for (uint32_t w = 0; w < ns; ++w)
+    for (uint64_t k = 0; k < count; ++k)
+      for (uint32_t r = 0; r < nr; ++r)
+        p.ops[w].push_back(
+            {r, fresh ? (k * nr + r) * size : 0, fresh ? (w * count + k) * size : 0, size});
+  return p;
+}
+
+// The job's own writes, as its plan orders them (sizes, writer -> target pairs, scale rows), each
+// from and to memory of its own, as in a step: no gathers, no projections, no phases.
+Pattern replay(const std::string& dir) {
+  auto in =
+      spec::load_inputs(dir + "/trainer.json", dir + "/inference.json", dir + "/topology.json");
+  if (!in) {
+    std::fprintf(stderr, "e2e_bench: %s\n", in.status().message().c_str());
+    std::exit(1);
+  }
+  auto plan = plan::make_plan(*in, plan::Options{});
+  if (!plan) {
+    std::fprintf(stderr, "e2e_bench: %s\n", plan.status().message().c_str());
+    std::exit(1);
+  }
+  Pattern p;
+  p.src_bytes.assign(plan->senders.size(), 0);
+  p.dst_bytes.assign(plan->receivers.size(), 0);
+  p.ops.resize(plan->senders.size());
+  for (uint32_t s = 0; s < plan->senders.size(); ++s)
+    for (const plan::Task& t : plan->senders[s].tasks) {
+      if (t.op != plan::Task::Op::kWrite) continue;
+      const plan::Write& w = plan->writes[t.index];
+      const uint32_t r = plan->dests[w.dest].receiver;
+      p.ops[s].push_back({r, p.src_bytes[s], p.dst_bytes[r], w.len});
+      p.src_bytes[s] += w.len;
+      p.dst_bytes[r] += w.len;
+    }
+  return p;
+}
+
+// GB/s over all writes of the pattern: best of 2 repetitions after a warm-up; a repetition ends
+// when every target has counted every immediate.
+double raw_gbps(const Pattern& pat) {
+  const auto ns = static_cast<uint32_t>(pat.src_bytes.size());
+  const auto nr = static_cast<uint32_t>(pat.dst_bytes.size());
   int pipefd[2];
   if (pipe(pipefd) != 0) std::exit(1);
   const pid_t child = fork();
-  const uint64_t kCount = std::max<uint64_t>(8, (128ull << 20) / kSize);  // 128 MiB per pair
   const auto dl = [] { return Clock::now() + std::chrono::seconds(120); };
   if (child == 0) {
     uint16_t port = 0;
     if (read(pipefd[0], &port, sizeof port) != sizeof port) _exit(1);
     std::vector<std::unique_ptr<RawPeer>> me;
+    std::vector<std::vector<transport::Expect>> expect(nr);
     for (uint32_t r = 0; r < nr; ++r) {
-      me.push_back(std::make_unique<RawPeer>(port, kSize, 0));
+      me.push_back(std::make_unique<RawPeer>(port, std::max<uint64_t>(pat.dst_bytes[r], 1), 0));
       (void)me[r]->rdv->put("addr" + std::to_string(r), me[r]->engine->address());
       (void)me[r]->rdv->put("region" + std::to_string(r),
                             transport::NicGroup::remote(me[r]->region).serialize());
+      for (uint32_t w = 0; w < ns; ++w) {
+        uint64_t n = 0;
+        for (const Pattern::Op& op : pat.ops[w]) n += op.target == r;
+        if (n) expect[r].push_back({0, static_cast<uint16_t>(w), n});
+      }
     }
-    std::vector<transport::Expect> expect;
-    for (uint32_t w = 0; w < ns; ++w) expect.push_back({0, static_cast<uint16_t>(w), kCount});
     for (int rep = 1; rep <= 3; ++rep) {
       for (auto& p : me) p->counters.begin_generation(static_cast<uint8_t>(rep));
       (void)me[0]->rdv->put("ready" + std::to_string(rep), "1");
-      for (auto& p : me)
-        if (!p->counters.wait(static_cast<uint8_t>(rep), expect, dl())) _exit(2);
+      for (uint32_t r = 0; r < nr; ++r)
+        if (!me[r]->counters.wait(static_cast<uint8_t>(rep), expect[r], dl())) _exit(2);
       (void)me[0]->rdv->put("done" + std::to_string(rep), "1");
     }
     _exit(0);
@@ -268,7 +336,11 @@ double raw_gbps(uint32_t ns, uint32_t nr, uint64_t kSize) {
   const uint16_t port = (*server)->port();
   if (write(pipefd[1], &port, sizeof port) != sizeof port) std::exit(1);
   std::vector<std::unique_ptr<RawPeer>> me;
-  for (uint32_t w = 0; w < ns; ++w) me.push_back(std::make_unique<RawPeer>(port, kSize, 1));
+  uint64_t total = 0;
+  for (uint32_t w = 0; w < ns; ++w) {
+    me.push_back(std::make_unique<RawPeer>(port, std::max<uint64_t>(pat.src_bytes[w], 1), 1));
+    for (const Pattern::Op& op : pat.ops[w]) total += op.len;
+  }
   std::vector<transport::RemoteRegion> rr;
   std::vector<std::vector<uint32_t>> peer(ns);
   for (uint32_t r = 0; r < nr; ++r) {
@@ -285,18 +357,16 @@ double raw_gbps(uint32_t ns, uint32_t nr, uint64_t kSize) {
     for (uint32_t w = 0; w < ns; ++w)
       ts.emplace_back([&, w] {
         std::vector<transport::GroupWrite> ws;
-        for (uint64_t k = 0; k < kCount; ++k)
-          for (uint32_t r = 0; r < nr; ++r)
-            ws.push_back(
-                {&me[w]->region, 0, peer[w][r], &rr[r], 0, kSize, true,
-                 transport::Imm{static_cast<uint8_t>(rep), 0, static_cast<uint16_t>(w)}.encode()});
+        const uint32_t imm =
+            transport::Imm{static_cast<uint8_t>(rep), 0, static_cast<uint16_t>(w)}.encode();
+        for (const Pattern::Op& op : pat.ops[w])
+          ws.push_back({&me[w]->region, op.src_off, peer[w][op.target], &rr[op.target], op.dst_off,
+                        op.len, true, imm});
         (void)me[w]->engine->wait(me[w]->engine->submit(ws), dl());
       });
     for (auto& t : ts) t.join();
     (void)me[0]->rdv->get("done" + std::to_string(rep), dl());
-    if (rep > 1)
-      best = std::max(best,
-                      static_cast<double>(kSize * kCount * ns * nr) / (perf::now_s() - t0) / 1e9);
+    if (rep > 1) best = std::max(best, static_cast<double>(total) / (perf::now_s() - t0) / 1e9);
   }
   waitpid(child, nullptr, 0);
   return best;
@@ -349,8 +419,17 @@ int main(int argc, char** argv) {
   write_scaled_moe((dir / "moe").string(), scale);
   // The baseline is the better of two raw runs: one pair (transport_bw's method), and the jobs'
   // shape (4 trainer ranks as threads here, 2 inference ranks in a child), which many cores favour.
-  const double raw1 = raw_gbps(1, 1, raw_bytes), raw42 = raw_gbps(4, 2, raw_bytes),
-               raw = std::max(raw1, raw42);
+  const double raw1 = raw_gbps(all_pairs(1, 1, raw_bytes, false)),
+               raw42 = raw_gbps(all_pairs(4, 2, raw_bytes, false)), raw = std::max(raw1, raw42);
+  const Pattern fresh = all_pairs(4, 2, raw_bytes, true);
+  double fresh_gib = 0;
+  for (uint64_t b : fresh.src_bytes) fresh_gib += static_cast<double>(b) / (1 << 30);
+  for (uint64_t b : fresh.dst_bytes) fresh_gib += static_cast<double>(b) / (1 << 30);
+  const double raw42_fresh = raw_gbps(fresh);
+  // Each job's own writes with nothing of the executor around them: what the transport does with
+  // exactly this schedule's sizes and pairs, from and to a step's worth of memory.
+  const double copy_replay = raw_gbps(replay((dir / "copy").string()));
+  const double moe_replay = raw_gbps(replay((dir / "moe").string()));
   const Child copy_rx = spawn_receivers((dir / "copy").string(), 2);
   const Child moe_rx = spawn_receivers((dir / "moe").string(), 2);
   const E2E copy = run_job((dir / "copy").string(), copy_rx, cuda_device);
@@ -365,8 +444,9 @@ int main(int argc, char** argv) {
       "  raw %5.0f KiB writes               %.2f GB/s (the baseline: the better of %.2f GB/s for "
       "1 pair and %.2f GB/s from 4 writers to 2 targets)\n",
       static_cast<double>(raw_bytes >> 10), raw, raw1, raw42);
-  std::printf("  copy (BF16 FSDP4 -> TP2, 64 MiB)   %.2f GB/s per step, %llu writes/step\n",
-              copy.gbps, static_cast<unsigned long long>(copy.writes / (kSteps - 2)));
+  std::printf("  copy (BF16 FSDP4 -> TP2, %.0f MiB)  %.2f GB/s per step, %llu writes/step\n",
+              static_cast<double>(copy.bytes) / (1 << 20), copy.gbps,
+              static_cast<unsigned long long>(copy.writes / (kSteps - 2)));
   std::printf(
       "  moe  (demo-moe x%d, FP8 on the %s) %.2f GB/s per step (%.1f MB in %.2f ms), %llu "
       "writes/step, projection %.1f ms/step summed over senders\n",
@@ -379,10 +459,26 @@ int main(int argc, char** argv) {
         "projection %.2f + ring wait %.2f + drain %.2f + rest (posting on the progress thread: "
         "%.2f)\n",
         name, e.ready, e.push, e.mirror, e.gather, e.project, e.ring, e.drain, e.post);
+  std::printf(
+      "  raw 4x2, every write from and to memory of its own (%.1f GiB, as a step's writes): %.2f "
+      "GB/s\n",
+      fresh_gib, raw42_fresh);
+  std::printf(
+      "  replay: the jobs' writes alone (same sizes and pairs, a step's memory, all posted at "
+      "once): copy %.2f GB/s, moe %.2f GB/s\n",
+      copy_replay, moe_replay);
   perf::ratio("e2e copy step vs raw transport", copy.gbps, raw, "GB/s", "target >= 0.8");
   const std::string moe_note =
       std::string("target >= 0.8; ") + (cuda_device >= 0 ? "GPU projection" : "CPU projection");
   perf::ratio("e2e moe step vs raw transport", q.gbps, raw, "GB/s", moe_note.c_str());
+  perf::ratio("e2e copy vs raw 4x2, own memory", copy.gbps, raw42_fresh, "GB/s",
+              "no write reuses a cached buffer");
+  perf::ratio("e2e moe vs raw 4x2, own memory", q.gbps, raw42_fresh, "GB/s",
+              "no write reuses a cached buffer");
+  perf::ratio("e2e copy step vs its writes alone", copy.gbps, copy_replay, "GB/s",
+              "what the executor costs");
+  perf::ratio("e2e moe step vs its writes alone", q.gbps, moe_replay, "GB/s",
+              "what the executor costs: gathers, projection, phases");
   std::printf(
       "%-34s %.1f us per write (time in the NICs' post calls per write; copy %.1f, moe %.1f)\n",
       "binding-free re-posting", std::max(copy.cpu_us_per_write, q.cpu_us_per_write),
