@@ -3,8 +3,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <set>
+#include <utility>
 
 namespace weightcast::exec {
 
@@ -53,7 +55,20 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
                          core::dtype_size(in.trainer.params[x.param].dtype);
   uint64_t most = 1;
   for (const auto& [ph, b] : pack) most = std::max(most, b);
-  auto packing = Buffer::allocate(MemoryKind::kHost, most);
+  c->pack_half_ = most;
+  c->member_of_.resize(plan.phases);
+  c->sent_.assign(plan.phases, -1);
+  for (uint32_t g = 0; g < plan.gathers.size(); ++g) {
+    const plan::Gather& x = plan.gathers[g];
+    if (x.root == rank || x.phase >= plan.phases) continue;
+    for (const auto& p : x.pieces)
+      if (p.rank == rank) {
+        c->member_of_[x.phase].push_back(g);
+        break;
+      }
+  }
+  // Two halves: one phase's pieces in flight while the next phase's are sent ahead.
+  auto packing = Buffer::allocate(MemoryKind::kHost, 2 * most);
   if (!packing) return packing.status();
   c->pack_ = std::move(packing).value();
   auto g = engine->register_memory(c->gbuf_.data(), c->gbuf_.size(), transport::MemKind::kHost);
@@ -115,6 +130,11 @@ Status HostCollective::prepare(Clock::time_point deadline) {
 }
 
 Status HostCollective::open(uint8_t gen, Clock::time_point deadline) {
+  // A new step: nothing of it was sent yet. Pieces of an aborted step may still be in flight from
+  // the packing buffer; they finish (their error was reported with that step) before it is reused.
+  std::fill(sent_.begin(), sent_.end(), -1);
+  for (uint64_t& b : pack_batch_)
+    if (const uint64_t id = std::exchange(b, 0); id != 0) (void)engine_->wait(id, deadline);
   std::vector<transport::GroupWrite> w;
   const uint32_t imm =
       transport::Imm{gen, transport::Imm::kGatherOpenPhase, static_cast<uint16_t>(rank_)}.encode();
@@ -137,87 +157,127 @@ Status HostCollective::rejoin(uint32_t trainer, uint32_t incarnation, Clock::tim
   return link("root", trainer, incarnation, deadline, roots_);
 }
 
+bool HostCollective::opened(uint8_t gen, uint32_t root, Clock::time_point deadline) {
+  if (auto o = opened_.find(root); o != opened_.end() && o->second == gen) return true;
+  const uint64_t nics = engine_->nics();
+  if (!counters_->wait(gen, {{transport::Imm::kGatherOpenPhase, static_cast<uint16_t>(root), nics}},
+                       deadline))
+    return false;
+  opened_[root] = gen;
+  return true;
+}
+
+Status HostCollective::send(uint8_t gen, uint16_t phase, bool ahead, Clock::time_point deadline) {
+  const std::vector<uint32_t>& mine = member_of_[phase];
+  if (mine.empty() || sent_[phase] == gen) return Status::ok();
+  if (ahead)  // never block on a root that is not ready: run(phase) sends these later then
+    for (uint32_t gi : mine)
+      if (!opened(gen, plan_.gathers[gi].root, Clock::now())) return Status::ok();
+  const unsigned half = sends_++ % 2;
+  if (uint64_t& b = pack_batch_[half]; b != 0) {  // that half's last pieces must have left
+    const uint64_t id = std::exchange(b, 0);
+    if (Status s = engine_->wait(id, deadline); !s)
+      return Status(s.code(), fmt::format("gather member {}: {}", rank_, s.message()));
+  }
+  std::vector<transport::GroupWrite> writes;
+  uint64_t packed = half * pack_half_;
+  const uint32_t imm =
+      transport::Imm{gen, static_cast<uint8_t>(phase), static_cast<uint16_t>(rank_)}.encode();
+  for (uint32_t gi : mine) {
+    const plan::Gather& g = plan_.gathers[gi];
+    const size_t esz = core::dtype_size(in_.trainer.params[g.param].dtype);
+    const core::Shape gs = g.box.extents();
+    // The root must have opened its buffer for this generation (it may still be projecting the
+    // previous step's boxes from it).
+    if (!opened(gen, g.root, deadline))
+      return Status(Code::kTimeout,
+                    fmt::format("gather member {}: root {} never opened its buffer for generation "
+                                "{} (phase {})",
+                                rank_, g.root, gen, phase));
+    const Link& root = roots_.at(g.root);
+    for (const auto& piece : g.pieces) {
+      if (piece.rank != rank_) continue;
+      auto found = shards_(g.param);
+      if (!found) return found.status();
+      auto [held, data] = *found;
+      if (!data || !held.contains(piece.box))
+        return invalid("gather {}: rank {} does not hold its piece {} of '{}'", gi, rank_,
+                       piece.box.str(), in_.trainer.params[g.param].name);
+      // Pack the piece row-major (runs of it inside the shard, in order), then one write per run
+      // of the piece inside the root's box, each with the immediate.
+      uint64_t from = packed;
+      core::for_each_run(held.extents(), core::relative(piece.box, held),
+                         [&](int64_t off, int64_t len) {
+                           std::memcpy(pack_.data() + packed, data + off * esz, len * esz);
+                           packed += static_cast<uint64_t>(len) * esz;
+                         });
+      core::for_each_run(gs, core::relative(piece.box, g.box), [&](int64_t off, int64_t len) {
+        writes.push_back({&pack_region_, from, root.peer, &root.gbuf, offset_[gi] + off * esz,
+                          static_cast<uint64_t>(len) * esz, true, imm});
+        from += static_cast<uint64_t>(len) * esz;
+      });
+    }
+  }
+  sent_[phase] = gen;
+  if (!writes.empty()) pack_batch_[half] = engine_->submit(std::move(writes));
+  return Status::ok();
+}
+
 Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t> gathers,
                            Clock::time_point deadline) {
+  if (phase >= member_of_.size())
+    return invalid("gather phase {} is not in the plan ({} phases)", phase, member_of_.size());
   const uint64_t nics = engine_->nics();
-  std::vector<transport::GroupWrite> writes;
   std::map<uint16_t, uint64_t> expect;  // member -> imms this root waits for
-  uint64_t packed = 0;
   for (uint32_t gi : gathers) {
     const plan::Gather& g = plan_.gathers[gi];
     if (g.phase != phase) return invalid("gather {} is in phase {}, not {}", gi, g.phase, phase);
+    if (g.root != rank_) continue;
     const size_t esz = core::dtype_size(in_.trainer.params[g.param].dtype);
     const core::Shape gs = g.box.extents();
     for (const auto& piece : g.pieces) {
       const core::Box rel = core::relative(piece.box, g.box);
       if (piece.rank != rank_) {
-        if (g.root == rank_)
-          expect[static_cast<uint16_t>(piece.rank)] += core::count_runs(gs, rel) * nics;
+        expect[static_cast<uint16_t>(piece.rank)] += core::count_runs(gs, rel) * nics;
         continue;
       }
-      auto [held, data] = shards_(g.param);
+      // The root's own piece: copied run by run into place.
+      auto found = shards_(g.param);
+      if (!found) return found.status();
+      auto [held, data] = *found;
       if (!data || !held.contains(piece.box))
         return invalid("gather {}: rank {} does not hold its piece {} of '{}'", gi, rank_,
                        piece.box.str(), in_.trainer.params[g.param].name);
-      // Pack the piece row-major (runs of it inside the shard, in order).
-      const core::Box in_shard = core::relative(piece.box, held);
-      std::byte* out = g.root == rank_ ? nullptr : pack_.data() + packed;
-      const uint64_t start = packed;
       std::vector<std::pair<int64_t, int64_t>> src_runs;
-      core::for_each_run(held.extents(), in_shard, [&](int64_t off, int64_t len) {
-        src_runs.push_back({off, len});
-      });
-      if (g.root == rank_) {  // the root's own piece: copy run by run into place
-        size_t k = 0;
-        int64_t used = 0;
-        core::for_each_run(gs, rel, [&](int64_t off, int64_t len) {
-          while (len > 0) {
-            const int64_t take = std::min(len, src_runs[k].second - used);
-            std::memcpy(gbuf_.data() + offset_[gi] + off * esz,
-                        data + (src_runs[k].first + used) * esz, take * esz);
-            off += take;
-            len -= take;
-            used += take;
-            if (used == src_runs[k].second) {
-              ++k;
-              used = 0;
-            }
-          }
-        });
-        continue;
-      }
-      for (const auto& [off, len] : src_runs) {
-        std::memcpy(out, data + off * esz, len * esz);
-        out += len * esz;
-        packed += static_cast<uint64_t>(len) * esz;
-      }
-      // The root must have opened its buffer for this generation (it may still be projecting
-      // the previous step's boxes from it).
-      if (auto o = opened_.find(g.root); o == opened_.end() || o->second != gen) {
-        if (Status s = counters_->wait(
-                gen, {{transport::Imm::kGatherOpenPhase, static_cast<uint16_t>(g.root), nics}},
-                deadline);
-            !s)
-          return Status(s.code(), fmt::format("gather member {}: root {} never opened its buffer "
-                                              "for generation {}: {}",
-                                              rank_, g.root, gen, s.message()));
-        opened_[g.root] = gen;
-      }
-      // One write per run of the piece inside the root's box, each with the immediate.
-      uint64_t from = start;
-      const Link& root = roots_.at(g.root);
+      core::for_each_run(held.extents(), core::relative(piece.box, held),
+                         [&](int64_t off, int64_t len) {
+                           src_runs.push_back({off, len});
+                         });
+      size_t k = 0;
+      int64_t used = 0;
       core::for_each_run(gs, rel, [&](int64_t off, int64_t len) {
-        writes.push_back(
-            {&pack_region_, from, root.peer, &root.gbuf, offset_[gi] + off * esz,
-             static_cast<uint64_t>(len) * esz, true,
-             transport::Imm{gen, static_cast<uint8_t>(phase), static_cast<uint16_t>(rank_)}
-                 .encode()});
-        from += static_cast<uint64_t>(len) * esz;
+        while (len > 0) {
+          const int64_t take = std::min(len, src_runs[k].second - used);
+          std::memcpy(gbuf_.data() + offset_[gi] + off * esz,
+                      data + (src_runs[k].first + used) * esz, take * esz);
+          off += take;
+          len -= take;
+          used += take;
+          if (used == src_runs[k].second) {
+            ++k;
+            used = 0;
+          }
+        }
       });
     }
   }
-  if (!writes.empty())
-    if (Status s = engine_->wait(engine_->submit(std::move(writes)), deadline); !s) return s;
+  // As a member: this phase's pieces (unless they went ahead), then the next phase's, ahead.
+  if (Status s = send(gen, phase, false, deadline); !s) return s;
+  for (size_t q = phase + 1; q < member_of_.size(); ++q)
+    if (!member_of_[q].empty()) {
+      if (Status s = send(gen, static_cast<uint16_t>(q), true, deadline); !s) return s;
+      break;
+    }
   if (expect.empty()) return Status::ok();
   std::vector<transport::Expect> e;
   for (const auto& [m, n] : expect) e.push_back({static_cast<uint8_t>(phase), m, n});
@@ -225,6 +285,15 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
     return Status(s.code(),
                   fmt::format("gathers of phase {} at root {}: {}", phase, rank_, s.message()));
   return Status::ok();
+}
+
+Status HostCollective::finish(Clock::time_point deadline) {
+  Status first;
+  for (uint64_t& b : pack_batch_)
+    if (const uint64_t id = std::exchange(b, 0); id != 0)
+      if (Status s = engine_->wait(id, deadline); !s && first.is_ok())
+        first = Status(s.code(), fmt::format("gather member {}: {}", rank_, s.message()));
+  return first;
 }
 
 const std::byte* HostCollective::gathered(uint32_t gather) const {

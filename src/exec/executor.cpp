@@ -94,15 +94,18 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     for (const ShardSlot& slot : e->layout_.shards)
       e->bound_[slot.param] = {e->arena_.data() + slot.offset, &e->arena_region_, slot.offset};
   TrainerExecutor* self = e.get();
-  auto coll =
-      HostCollective::create(in, plan, rank, e->engine_.get(), &e->counters_, rdv,
-                             [self](int param) -> std::pair<core::Box, const std::byte*> {
-                               auto it = self->layout_.by_param.find(param);
-                               auto b = self->bound_.find(param);
-                               if (it == self->layout_.by_param.end() || b == self->bound_.end())
-                                 return {core::Box{}, nullptr};
-                               return {self->layout_.shards[it->second].box, b->second.data};
-                             });
+  auto coll = HostCollective::create(
+      in, plan, rank, e->engine_.get(), &e->counters_, rdv,
+      [self](int param) -> Result<std::pair<core::Box, const std::byte*>> {
+        // GPU shards: this step's bytes come to the host mirror first.
+        if (Status m = self->mirror(param); !m) return m;
+        auto it = self->layout_.by_param.find(param);
+        auto b = self->bound_.find(param);
+        if (it == self->layout_.by_param.end() || b == self->bound_.end())
+          return std::pair{core::Box{}, static_cast<const std::byte*>(nullptr)};
+        return std::pair{self->layout_.shards[it->second].box,
+                         static_cast<const std::byte*>(b->second.data)};
+      });
   if (!coll) return coll.status();
   e->collective_ = std::move(coll).value();
   if (device)
@@ -283,10 +286,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
              plan_.gathers[tasks[ti + 1].index].phase == phase)
         batch.push_back(tasks[++ti].index);
       const auto tg = Clock::now();
-      for (uint32_t gi : batch)  // this rank's pieces are read from host memory
-        for (const plan::Gather::Piece& pc : plan_.gathers[gi].pieces)
-          if (pc.rank == rank_)
-            if (Status s = mirror(plan_.gathers[gi].param); !s) return s;
+      // (Pieces are read from host memory: the collective's shard lookup mirrors GPU shards.)
       if (Status s = collective_->run(gen, phase, batch, deadline); !s)
         return Status(s.code(),
                       fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
@@ -409,6 +409,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   flush();
   if (device)  // nothing of this step may still read the gather buffer when members refill it
     if (Status s = cuda_sync(); !s) return s;
+  if (Status s = collective_->finish(deadline); !s)  // pieces this rank sent to its roots
+    return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
   const auto tw = Clock::now();
   for (uint64_t b : batches)
     if (Status s = engine_->wait(b, deadline); !s)

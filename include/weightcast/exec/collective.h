@@ -28,10 +28,14 @@ class Collective {
   // to the roots this rank sends to.
   virtual Status publish() = 0;
   virtual Status prepare(Clock::time_point deadline) = 0;
-  // This rank's part of the listed gathers (all of `phase`); returns when its pieces are sent
-  // and, for a root, when every piece of its gathers has landed.
+  // This rank's part of the listed gathers (all of `phase`); returns when its pieces are on
+  // their way and, for a root, when every piece of its gathers has landed. A member also sends
+  // its pieces of its next phase ahead, when their roots have opened, so that a root rarely
+  // waits for a member still busy with its own projections.
   virtual Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
                      Clock::time_point deadline) = 0;
+  // End of a step: waits until every piece this rank sent has been written (or failed).
+  virtual Status finish(Clock::time_point deadline) = 0;
   // Where a gathered box sits on its root (nullptr on other ranks).
   virtual const std::byte* gathered(uint32_t gather) const = 0;
   // A root restarted: reconnect to its new incarnation before the next run.
@@ -49,8 +53,10 @@ class Collective {
   virtual void set_incarnation(uint32_t k) = 0;
 };
 
-// Finds this rank's shard of a trainer param: its global box and bytes (nullptr if not held).
-using ShardLookup = std::function<std::pair<core::Box, const std::byte*>(int param)>;
+// Finds this rank's shard of a trainer param: its global box and its bytes in host memory (nullptr
+// if not held). With GPU shards the lookup brings this step's shard to the host first, so it can
+// fail.
+using ShardLookup = std::function<Result<std::pair<core::Box, const std::byte*>>(int param)>;
 
 class HostCollective final : public Collective {
  public:
@@ -64,6 +70,7 @@ class HostCollective final : public Collective {
   Status prepare(Clock::time_point deadline) override;
   Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
              Clock::time_point deadline) override;
+  Status finish(Clock::time_point deadline) override;
   const std::byte* gathered(uint32_t gather) const override;
   Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) override;
   Status open(uint8_t generation, Clock::time_point deadline) override;
@@ -82,6 +89,12 @@ class HostCollective final : public Collective {
   // Connects to trainer `r` at `incarnation` and records it in `into` (roots_ or members_).
   Status link(const char* role, uint32_t r, uint32_t incarnation, Clock::time_point deadline,
               std::map<uint32_t, Link>& into);
+  // Packs and writes this rank's pieces of `phase` to their roots, into the half of the packing
+  // buffer not used by the last send. `ahead`: only if every root has opened already (else
+  // nothing is sent, and run(phase) sends them later).
+  Status send(uint8_t gen, uint16_t phase, bool ahead, Clock::time_point deadline);
+  // Whether `root` opened its buffer for `gen` to us; waits for it until `deadline`.
+  bool opened(uint8_t gen, uint32_t root, Clock::time_point deadline);
   HostCollective(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
   uint64_t box_bytes(const plan::Gather& g) const;
   const spec::Inputs& in_;
@@ -93,7 +106,12 @@ class HostCollective final : public Collective {
   ShardLookup shards_;
   std::vector<uint64_t> offset_;  // per gather: where its box sits in its root's gather buffer
   Buffer gbuf_;                   // this rank's gather buffer (as a root), one area per phase
-  Buffer pack_;                   // pieces packed contiguously before they are sent
+  Buffer pack_;  // pieces packed contiguously before they are sent: two halves of pack_half_
+  uint64_t pack_half_ = 0;
+  std::vector<std::vector<uint32_t>> member_of_;  // per phase: gathers this rank sends pieces to
+  std::vector<int> sent_;                         // per phase: the generation last sent (-1: none)
+  uint64_t pack_batch_[2] = {0, 0};               // the write batch reading each half (0: none)
+  unsigned sends_ = 0;                            // sends so far: which half is next
   transport::Region gbuf_region_, pack_region_;
   uint32_t incarnation_ = 0;
   std::map<uint32_t, Link> roots_, members_;
