@@ -87,6 +87,73 @@ Status cuda_sync() {
   return Status::ok();
 }
 
+Result<CopyQueue> CopyQueue::create(int device, size_t slots, bool own_stream) {
+  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) return cuda_err("cudaSetDevice", e);
+  CopyQueue q;
+  q.device_ = device;
+  q.own_ = own_stream;
+  cudaStream_t st = cudaStreamPerThread;
+  // Non-blocking: it neither waits for nor holds up the ranks' own (per-thread) streams.
+  if (own_stream)
+    if (cudaError_t e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking); e != cudaSuccess)
+      return cuda_err("cudaStreamCreateWithFlags", e);
+  q.stream_ = st;
+  for (size_t i = 0; i < slots; ++i) {
+    cudaEvent_t ev = nullptr;
+    if (cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming); e != cudaSuccess)
+      return cuda_err("cudaEventCreateWithFlags", e);
+    q.events_.push_back(ev);
+  }
+  return Result<CopyQueue>(std::move(q));
+}
+
+void CopyQueue::release() {
+  if (!stream_ && events_.empty()) return;
+  cudaSetDevice(device_);
+  for (void* ev : events_) {
+    cudaEventSynchronize(static_cast<cudaEvent_t>(ev));
+    cudaEventDestroy(static_cast<cudaEvent_t>(ev));
+  }
+  if (own_ && stream_) {
+    cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+    cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+  }
+  stream_ = nullptr;
+  events_.clear();
+}
+
+Status CopyQueue::mark(size_t slot) {
+  if (slot >= events_.size())
+    return Status(Code::kInvalidArgument,
+                  fmt::format("CopyQueue: slot {} of {}", slot, events_.size()));
+  if (cudaError_t e = cudaEventRecord(static_cast<cudaEvent_t>(events_[slot]),
+                                      static_cast<cudaStream_t>(stream_));
+      e != cudaSuccess)
+    return cuda_err("cudaEventRecord", e);
+  return Status::ok();
+}
+
+Status CopyQueue::to_host(size_t slot, void* host_dst, const void* device_src, uint64_t bytes) {
+  if (slot >= events_.size())
+    return Status(Code::kInvalidArgument,
+                  fmt::format("CopyQueue: slot {} of {}", slot, events_.size()));
+  auto st = static_cast<cudaStream_t>(stream_);
+  if (cudaError_t e = cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, st);
+      e != cudaSuccess)
+    return cuda_err("cudaMemcpyAsync (device to host)", e);
+  return mark(slot);
+}
+
+Status CopyQueue::wait(size_t slot) {
+  if (slot >= events_.size())
+    return Status(Code::kInvalidArgument,
+                  fmt::format("CopyQueue: slot {} of {}", slot, events_.size()));
+  if (cudaError_t e = cudaEventSynchronize(static_cast<cudaEvent_t>(events_[slot]));
+      e != cudaSuccess)
+    return cuda_err("cudaEventSynchronize", e);
+  return Status::ok();
+}
+
 Status cuda_use_device(int device) {
   if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) return cuda_err("cudaSetDevice", e);
   return Status::ok();

@@ -74,6 +74,27 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   if (!st) return st.status();
   e->staging_region_ = *st;
   if (device) {
+    // The order in which a step first reads its host-read shards: its mirror copies queue so.
+    auto first_read = [&](int param) {
+      if (e->mirror_slot_.emplace(param, e->mirror_order_.size()).second)
+        e->mirror_order_.push_back(param);
+    };
+    for (const plan::Task& t : s.tasks) {
+      if (t.op == plan::Task::Op::kGather) {
+        const plan::Gather& g = plan.gathers[t.index];
+        for (const plan::Gather::Piece& p : g.pieces)
+          if (p.rank == rank) first_read(g.param);
+      } else if (t.op == plan::Task::Op::kWrite && plan.writes[t.index].project < 0) {
+        first_read(plan.writes[t.index].src_param);
+      }
+    }
+    for (int param : e->host_read_) first_read(param);
+    auto q = CopyQueue::create(cuda_device, e->mirror_order_.size());
+    if (!q) return q.status();
+    e->mirror_queue_ = std::move(q).value();
+    auto m = CopyQueue::create(cuda_device, 2, false);  // marks on the pushing thread's stream
+    if (!m) return m.status();
+    e->proj_marks_ = std::move(m).value();
     // Page-locked, so the copies to and from the device run at full speed.
     for (Buffer* b : {&e->arena_, &e->staging_})
       if (Status p = b->pin(); !p) return p;
@@ -149,19 +170,29 @@ std::byte* TrainerExecutor::shard(int param) {
   return it == bound_.end() ? nullptr : it->second.data;
 }
 
-Status TrainerExecutor::mirror(int param) {
-  if (shard_kind_ != MemoryKind::kCuda || !host_read_.count(param) || mirrored_.count(param))
-    return Status::ok();
+Status TrainerExecutor::queue_mirror(int param) {
   auto it = device_shard_.find(param);
   auto slot = layout_.by_param.find(param);
   if (it == device_shard_.end() || slot == layout_.by_param.end())
     return invalid("trainer rank {}: shard of '{}' is not bound", rank_,
                    in_.trainer.params[param].name);
   const ShardSlot& s = layout_.shards[slot->second];
+  if (Status st = mirror_queue_.to_host(mirror_slot_.at(param), arena_.data() + s.offset,
+                                        it->second, s.bytes);
+      !st)
+    return Status(st.code(), fmt::format("trainer rank {}: copying '{}' to the host: {}", rank_,
+                                         in_.trainer.params[param].name, st.message()));
+  queued_.insert(param);
+  return Status::ok();
+}
+
+Status TrainerExecutor::mirror(int param) {
+  if (shard_kind_ != MemoryKind::kCuda || !host_read_.count(param) || mirrored_.count(param))
+    return Status::ok();
   const auto t0 = Clock::now();
-  if (Status st = copy_device_to_host_async(arena_.data() + s.offset, it->second, s.bytes); !st)
-    return st;
-  if (Status st = cuda_sync(); !st)
+  if (!queued_.count(param))
+    if (Status st = queue_mirror(param); !st) return st;
+  if (Status st = mirror_queue_.wait(mirror_slot_.at(param)); !st)
     return Status(st.code(), fmt::format("trainer rank {}: copying '{}' to the host: {}", rank_,
                                          in_.trainer.params[param].name, st.message()));
   mirrored_.insert(param);
@@ -251,7 +282,14 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   if (device)
     if (Status s = cuda_use_device(cuda_device_); !s) return s;
   mirror_s_ = 0;
-  mirrored_.clear();  // kCuda: shards are copied to the host mirror as they are first read
+  // kCuda: every host-read shard's copy to the host mirror is queued now, in the order the step
+  // reads them, on a stream of their own; each read waits for its own copy only.
+  mirrored_.clear();
+  queued_.clear();
+  if (device)
+    for (int param : mirror_order_)
+      if (device_shard_.count(param))
+        if (Status s = queue_mirror(param); !s) return s;
   // As a gather root: done with last step's boxes, so members may write this step's.
   if (Status s = collective_->open(gen, deadline); !s)
     return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
@@ -263,14 +301,27 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   std::vector<uint64_t> batches;
   std::vector<GroupWrite> pending;
   uint64_t pend_lo = 0, pend_hi = 0;
-  auto flush = [&] {
-    if (pending.empty()) return;
+  // kCuda: the last projection's kernels and copies may still run when its writes are queued;
+  // its mark is waited for before they go out (while the next projection already computes).
+  int armed = -1;
+  unsigned marks = 0;
+  auto flush = [&]() -> Status {
+    if (pending.empty()) return Status::ok();
+    if (armed >= 0) {
+      const auto tm = Clock::now();
+      Status m = proj_marks_.wait(static_cast<size_t>(std::exchange(armed, -1)));
+      rep.project_s += since(tm);
+      if (!m)
+        return Status(m.code(),
+                      fmt::format("trainer rank {} step {}: {}", rank_, step, m.message()));
+    }
     const uint64_t b = engine_->submit(std::move(pending));
     pending.clear();
     batches.push_back(b);
     // The staging range of the last projection, read by these writes. It stays set: a flush in
     // the middle of a projection's writes (a shard mirrored in between) protects it again.
     if (pend_hi > pend_lo) inflight.push_back({pend_lo, pend_hi, b});
+    return Status::ok();
   };
   const auto& tasks = plan_.senders[rank_].tasks;
   for (size_t ti = 0; ti < tasks.size(); ++ti) {
@@ -278,7 +329,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     if (rep.writes >= max_writes) break;
     if (t.op == plan::Task::Op::kGather) {
       // A phase's gathers run together, before its projections.
-      flush();
+      if (Status fs = flush(); !fs) return fs;
       pend_lo = pend_hi = 0;
       std::vector<uint32_t> batch{t.index};
       const uint16_t phase = plan_.gathers[t.index].phase;
@@ -312,11 +363,14 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       continue;
     }
     if (t.op == plan::Task::Op::kProject) {
-      flush();
       const plan::Project& p = plan_.projects[t.index];
       const uint64_t lo = p.staging_off, hi = p.scale_dest >= 0
                                                   ? p.scale_off + p.scale_box.numel() * 4
                                                   : p.staging_off + p.out_bytes;
+      // On the CPU the last projection's writes go out now. On the GPU they go out once this
+      // projection is queued, unless this one's staging overlaps theirs.
+      if (!device || (pend_lo < hi && lo < pend_hi))
+        if (Status fs = flush(); !fs) return fs;
       // Ring admission: wait for writes still reading this slot.
       const auto tr = Clock::now();
       while (!inflight.empty()) {
@@ -363,10 +417,20 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
           s = copy_device_to_host_async(staging_.data() + p.scale_off,
                                         device_staging_.data() + p.scale_off,
                                         static_cast<uint64_t>(p.scale_box.numel()) * 4);
-        if (s) s = cuda_sync();  // one wait per projection: kernels and both copies
+        // One mark per projection (kernels and both copies), waited for when its writes go out.
+        const unsigned slot = marks++ % 2;
+        if (s) s = proj_marks_.mark(slot);
         if (!s)
           return Status(s.code(),
                         fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
+        rep.project_s += since(tp);
+        // The previous projection's writes go out while this one computes.
+        if (Status fs = flush(); !fs) return fs;
+        armed = static_cast<int>(slot);
+        ++rep.projects;
+        pend_lo = lo;
+        pend_hi = hi;
+        continue;
       } else if (Status s = plan::project_cpu(in_, plan_, p, res, staging_.data(), staging_.size());
                  !s) {
         return Status(s.code(),
@@ -387,7 +451,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       g.src_off = w.src_off;
     } else {
       if (device && !mirrored_.count(w.src_param)) {
-        flush();  // what is queued streams while this shard comes to the host
+        // What is queued streams while this shard comes to the host.
+        if (Status fs = flush(); !fs) return fs;
         if (Status s = mirror(w.src_param); !s) return s;
       }
       auto it = bound_.find(w.src_param);
@@ -406,7 +471,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     rep.bytes += w.len;
     ++rep.writes;
   }
-  flush();
+  if (Status fs = flush(); !fs) return fs;
   if (device)  // nothing of this step may still read the gather buffer when members refill it
     if (Status s = cuda_sync(); !s) return s;
   if (Status s = collective_->finish(deadline); !s)  // pieces this rank sent to its roots

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 namespace weightcast::exec {
 
@@ -37,7 +38,29 @@ Status cuda_use_device(int) {
 Status copy_device_to_host_async(void*, const void*, uint64_t) { return cuda_use_device(0); }
 Status copy_host_to_device_async(void*, const void*, uint64_t) { return cuda_use_device(0); }
 Status cuda_sync() { return cuda_use_device(0); }
+Result<CopyQueue> CopyQueue::create(int, size_t, bool) { return cuda_use_device(0); }
+Status CopyQueue::mark(size_t) { return cuda_use_device(0); }
+void CopyQueue::release() {}
+Status CopyQueue::to_host(size_t, void*, const void*, uint64_t) { return cuda_use_device(0); }
+Status CopyQueue::wait(size_t) { return cuda_use_device(0); }
 #endif
+
+CopyQueue::CopyQueue(CopyQueue&& o) noexcept
+    : stream_(std::exchange(o.stream_, nullptr)),
+      events_(std::move(o.events_)),
+      device_(o.device_),
+      own_(o.own_) {}
+CopyQueue& CopyQueue::operator=(CopyQueue&& o) noexcept {
+  if (this != &o) {
+    release();
+    stream_ = std::exchange(o.stream_, nullptr);
+    events_ = std::move(o.events_);
+    device_ = o.device_;
+    own_ = o.own_;
+  }
+  return *this;
+}
+CopyQueue::~CopyQueue() { release(); }
 
 Result<Buffer> Buffer::allocate(MemoryKind kind, uint64_t bytes, int device) {
   Buffer b;

@@ -97,11 +97,20 @@ class TrainerExecutor {
   std::map<int, std::byte*> device_shard_;
   std::set<int> host_read_;  // shards read on the host (mirrored each step in kCuda mode)
   std::set<int> mirrored_;   // those already mirrored this step
-  double mirror_s_ = 0;      // time spent mirroring this step
+  // kCuda: every step queues all host-read shards' copies at once, in the order the step first
+  // reads them, on a stream of their own; mirror(param) waits for its slot.
+  CopyQueue mirror_queue_;
+  std::vector<int> mirror_order_;
+  std::map<int, size_t> mirror_slot_;
+  std::set<int> queued_;  // mirror copies queued this step
+  CopyQueue proj_marks_;  // kCuda: two marks, the last projection's and the one computing
+  double mirror_s_ = 0;   // time spent mirroring this step
   Buffer device_arena_, device_staging_, device_gbuf_, scratch_;
-  // kCuda: copies shard `param` to its host mirror once per step, when first needed (so earlier
-  // writes stream while later shards are still being copied). A no-op for other shards.
+  // kCuda: waits until shard `param`'s copy to its host mirror is done (queued at the start of the
+  // step, so earlier writes stream while later shards are still being copied). A no-op for other
+  // shards and once done.
   Status mirror(int param);
+  Status queue_mirror(int param);
   Buffer arena_, staging_;  // shards (when the executor allocates them) and the staging areas
   transport::ImmCounters counters_;
   std::unique_ptr<transport::ProgressEngine> engine_;

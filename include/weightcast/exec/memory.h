@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "weightcast/core/status.h"
 
@@ -62,6 +63,36 @@ Status copy_host_to_device_async(void* device_dst, const void* host_src, uint64_
 // Waits for everything queued on the calling thread's default stream; reports the first error
 // of its kernels and copies.
 Status cuda_sync();
+
+// Work on a CUDA stream marked by events (slots): queue work, mark a slot, queue more, and wait
+// for a slot when its results are needed. `own_stream`: a stream of its own that neither waits
+// for nor holds up others (the executor copies a step's host-read GPU shards to the host on it
+// while the GPU projects); otherwise the calling thread's default stream (the executor marks each
+// projection there and waits for one while the next computes). Host memory must be pinned.
+// Without CUDA, create() is an error that says so.
+class CopyQueue {
+ public:
+  static Result<CopyQueue> create(int device, size_t slots, bool own_stream = true);
+  CopyQueue() = default;
+  CopyQueue(CopyQueue&& o) noexcept;
+  CopyQueue& operator=(CopyQueue&& o) noexcept;
+  CopyQueue(const CopyQueue&) = delete;
+  CopyQueue& operator=(const CopyQueue&) = delete;
+  ~CopyQueue();
+  // Queues the copy and marks `slot` (< slots) done when it completes.
+  Status to_host(size_t slot, void* host_dst, const void* device_src, uint64_t bytes);
+  // Marks `slot` done once everything queued on the stream so far is.
+  Status mark(size_t slot);
+  // Blocks until the copy last queued under `slot` is done; reports its error.
+  Status wait(size_t slot);
+
+ private:
+  void release();
+  void* stream_ = nullptr;
+  std::vector<void*> events_;
+  int device_ = 0;
+  bool own_ = false;
+};
 
 // Whether this build has CUDA, and how many devices the driver reports (0 without a GPU).
 bool cuda_built();
