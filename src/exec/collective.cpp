@@ -46,29 +46,30 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
   auto gbuf = Buffer::allocate(MemoryKind::kHost, std::max<uint64_t>(size[rank], 1));
   if (!gbuf) return gbuf.status();
   c->gbuf_ = std::move(gbuf).value();
-  // Packing space: the largest total of this rank's pieces sent in one phase.
-  std::map<uint16_t, uint64_t> pack;
-  for (const plan::Gather& x : plan.gathers)
-    for (const auto& p : x.pieces)
-      if (p.rank == rank && x.root != rank)
-        pack[x.phase] += static_cast<uint64_t>(p.box.numel()) *
-                         core::dtype_size(in.trainer.params[x.param].dtype);
-  uint64_t most = 1;
-  for (const auto& [ph, b] : pack) most = std::max(most, b);
-  c->pack_half_ = most;
+  // Packing space: a ring that holds at least two phases' pieces (one in flight while the next
+  // is packed), and every phase's when they fit in kPackAhead.
+  c->pack_bytes_.assign(plan.phases, 0);
   c->member_of_.resize(plan.phases);
   c->sent_.assign(plan.phases, -1);
   for (uint32_t g = 0; g < plan.gathers.size(); ++g) {
     const plan::Gather& x = plan.gathers[g];
     if (x.root == rank || x.phase >= plan.phases) continue;
+    bool member = false;
     for (const auto& p : x.pieces)
       if (p.rank == rank) {
-        c->member_of_[x.phase].push_back(g);
-        break;
+        member = true;
+        c->pack_bytes_[x.phase] += static_cast<uint64_t>(p.box.numel()) *
+                                   core::dtype_size(in.trainer.params[x.param].dtype);
       }
+    if (member) c->member_of_[x.phase].push_back(g);
   }
-  // Two halves: one phase's pieces in flight while the next phase's are sent ahead.
-  auto packing = Buffer::allocate(MemoryKind::kHost, 2 * most);
+  uint64_t most = 1, total = 0;
+  for (uint64_t b : c->pack_bytes_) {
+    most = std::max(most, b);
+    total += b;
+  }
+  auto packing =
+      Buffer::allocate(MemoryKind::kHost, std::max(2 * most, std::min(total, kPackAhead)));
   if (!packing) return packing.status();
   c->pack_ = std::move(packing).value();
   auto g = engine->register_memory(c->gbuf_.data(), c->gbuf_.size(), transport::MemKind::kHost);
@@ -133,17 +134,18 @@ Status HostCollective::open(uint8_t gen, Clock::time_point deadline) {
   // A new step: nothing of it was sent yet. Pieces of an aborted step may still be in flight from
   // the packing buffer; they finish (their error was reported with that step) before it is reused.
   std::fill(sent_.begin(), sent_.end(), -1);
-  for (uint64_t& b : pack_batch_)
-    if (const uint64_t id = std::exchange(b, 0); id != 0) (void)engine_->wait(id, deadline);
+  for (const Packed& r : packed_) (void)engine_->wait(r.batch, deadline);
+  packed_.clear();
+  if (const uint64_t b = std::exchange(open_batch_, 0); b != 0) (void)engine_->wait(b, deadline);
   std::vector<transport::GroupWrite> w;
   const uint32_t imm =
       transport::Imm{gen, transport::Imm::kGatherOpenPhase, static_cast<uint16_t>(rank_)}.encode();
   for (const auto& [m, x] : members_)
     w.push_back({&pack_region_, 0, x.peer, &x.gbuf, 0, 0, true, imm});
   if (w.empty()) return Status::ok();
-  if (Status s = engine_->wait(engine_->submit(std::move(w)), deadline); !s)
-    return Status(s.code(), fmt::format("gather root {} opening generation {} to its members: {}",
-                                        rank_, gen, s.message()));
+  // Not waited for here (a round trip at the start of every step): finish() collects it.
+  open_batch_ = engine_->submit(std::move(w));
+  open_gen_ = gen;
   return Status::ok();
 }
 
@@ -167,20 +169,29 @@ bool HostCollective::opened(uint8_t gen, uint32_t root, Clock::time_point deadli
   return true;
 }
 
-Status HostCollective::send(uint8_t gen, uint16_t phase, bool ahead, Clock::time_point deadline) {
+Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
+                                  Clock::time_point deadline) {
   const std::vector<uint32_t>& mine = member_of_[phase];
-  if (mine.empty() || sent_[phase] == gen) return Status::ok();
+  if (mine.empty() || sent_[phase] == gen) return true;
   if (ahead)  // never block on a root that is not ready: run(phase) sends these later then
     for (uint32_t gi : mine)
-      if (!opened(gen, plan_.gathers[gi].root, Clock::now())) return Status::ok();
-  const unsigned half = sends_++ % 2;
-  if (uint64_t& b = pack_batch_[half]; b != 0) {  // that half's last pieces must have left
-    const uint64_t id = std::exchange(b, 0);
-    if (Status s = engine_->wait(id, deadline); !s)
-      return Status(s.code(), fmt::format("gather member {}: {}", rank_, s.message()));
+      if (!opened(gen, plan_.gathers[gi].root, Clock::now())) return false;
+  // The ring range for this phase: after the last one, or from the start when it does not fit;
+  // older ranges it overlaps must have been written out first.
+  const uint64_t need = pack_bytes_[phase];
+  const uint64_t lo = pack_head_ + need <= pack_.size() ? pack_head_ : 0, hi = lo + need;
+  while (!packed_.empty()) {
+    bool overlap = false;
+    for (const Packed& r : packed_) overlap = overlap || (r.lo < hi && lo < r.hi);
+    if (!overlap) break;
+    const Packed oldest = packed_.front();
+    Status s = engine_->wait(oldest.batch, ahead ? Clock::now() : deadline);
+    if (ahead && s.code() == Code::kTimeout) return false;  // still in flight: no room yet
+    packed_.pop_front();
+    if (!s) return Status(s.code(), fmt::format("gather member {}: {}", rank_, s.message()));
   }
   std::vector<transport::GroupWrite> writes;
-  uint64_t packed = half * pack_half_;
+  uint64_t packed = lo;
   const uint32_t imm =
       transport::Imm{gen, static_cast<uint8_t>(phase), static_cast<uint16_t>(rank_)}.encode();
   for (uint32_t gi : mine) {
@@ -219,8 +230,9 @@ Status HostCollective::send(uint8_t gen, uint16_t phase, bool ahead, Clock::time
     }
   }
   sent_[phase] = gen;
-  if (!writes.empty()) pack_batch_[half] = engine_->submit(std::move(writes));
-  return Status::ok();
+  pack_head_ = hi;
+  if (!writes.empty()) packed_.push_back({lo, hi, engine_->submit(std::move(writes))});
+  return true;
 }
 
 Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t> gathers,
@@ -271,13 +283,14 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
       });
     }
   }
-  // As a member: this phase's pieces (unless they went ahead), then the next phase's, ahead.
-  if (Status s = send(gen, phase, false, deadline); !s) return s;
-  for (size_t q = phase + 1; q < member_of_.size(); ++q)
-    if (!member_of_[q].empty()) {
-      if (Status s = send(gen, static_cast<uint16_t>(q), true, deadline); !s) return s;
-      break;
-    }
+  // As a member: this phase's pieces (unless they went ahead), then later phases', ahead, in
+  // order, for as long as their roots have opened and the ring has room.
+  if (auto s = send(gen, phase, false, deadline); !s) return s.status();
+  for (size_t q = phase + 1; q < member_of_.size(); ++q) {
+    auto s = send(gen, static_cast<uint16_t>(q), true, deadline);
+    if (!s) return s.status();
+    if (!*s) break;
+  }
   if (expect.empty()) return Status::ok();
   std::vector<transport::Expect> e;
   for (const auto& [m, n] : expect) e.push_back({static_cast<uint8_t>(phase), m, n});
@@ -289,10 +302,15 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
 
 Status HostCollective::finish(Clock::time_point deadline) {
   Status first;
-  for (uint64_t& b : pack_batch_)
-    if (const uint64_t id = std::exchange(b, 0); id != 0)
-      if (Status s = engine_->wait(id, deadline); !s && first.is_ok())
-        first = Status(s.code(), fmt::format("gather member {}: {}", rank_, s.message()));
+  for (const Packed& r : packed_)
+    if (Status s = engine_->wait(r.batch, deadline); !s && first.is_ok())
+      first = Status(s.code(), fmt::format("gather member {}: {}", rank_, s.message()));
+  packed_.clear();
+  if (const uint64_t b = std::exchange(open_batch_, 0); b != 0)
+    if (Status s = engine_->wait(b, deadline); !s && first.is_ok())
+      first =
+          Status(s.code(), fmt::format("gather root {} opening generation {} to its members: {}",
+                                       rank_, open_gen_, s.message()));
   return first;
 }
 

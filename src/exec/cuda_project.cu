@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "cuda_kernels.h"
 #include "weightcast/exec/cuda_project.h"
 
@@ -125,7 +127,16 @@ __global__ void quant_kernel(const void* src, DType st, int64_t R, int64_t C, in
   }
 }
 
-__global__ void assemble_kernel(kernels::AssembleInput in, int64_t n, float* x) {
+// Up to kBatch inputs in one launch: grid row y runs input y.
+constexpr int kBatch = 8;
+struct AssembleBatch {
+  kernels::AssembleInput in[kBatch];
+  int64_t count[kBatch];
+};
+
+__global__ void assemble_kernel(AssembleBatch b, float* x) {
+  const kernels::AssembleInput& in = b.in[blockIdx.y];
+  const int64_t n = b.count[blockIdx.y];
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t rest = e, s = in.src_base, d = in.dst_base;
@@ -154,12 +165,24 @@ Status finish(const char* what, bool wait = true) {
 
 namespace kernels {
 Status assemble(const AssembleInput* inputs, int n, float* x) {
-  for (int i = 0; i < n; ++i) {
-    int64_t count = 1;
-    for (int k = 0; k < inputs[i].nd; ++k) count *= inputs[i].ext[k];
-    if (count == 0) continue;
-    const int64_t blocks = std::min<int64_t>((count + kThreads - 1) / kThreads, 65535 * 16);
-    assemble_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(inputs[i], count, x);
+  // One launch per kBatch inputs (a fused qkv is one): launches, not bytes, set the time of the
+  // many small projections of a step.
+  for (int first = 0; first < n; first += kBatch) {
+    AssembleBatch b{};
+    int used = 0;
+    int64_t most = 0;
+    for (int i = first; i < n && i < first + kBatch; ++i) {
+      int64_t count = 1;
+      for (int k = 0; k < inputs[i].nd; ++k) count *= inputs[i].ext[k];
+      if (count == 0) continue;
+      b.in[used] = inputs[i];
+      b.count[used++] = count;
+      most = std::max(most, count);
+    }
+    if (used == 0) continue;
+    const int64_t blocks = std::min<int64_t>((most + kThreads - 1) / kThreads, 65535 * 16);
+    assemble_kernel<<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(used)), kThreads>>>(
+        b, x);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
       return cuda_err("assemble_kernel launch", e);
   }

@@ -410,13 +410,17 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
         };
         Status s = project_cuda(in_, plan_, p, dres, device_staging_.data(), device_staging_.size(),
                                 scratch_, cuda_device_);
+        // Output and scales in one copy when the scales follow the output (as planned).
+        const uint64_t scale_bytes =
+            p.scale_dest >= 0 ? static_cast<uint64_t>(p.scale_box.numel()) * 4 : 0;
+        const bool one_copy = scale_bytes == 0 || p.scale_off == p.staging_off + p.out_bytes;
         if (s)
           s = copy_device_to_host_async(staging_.data() + p.staging_off,
-                                        device_staging_.data() + p.staging_off, p.out_bytes);
-        if (s && p.scale_dest >= 0)
+                                        device_staging_.data() + p.staging_off,
+                                        p.out_bytes + (one_copy ? scale_bytes : 0));
+        if (s && !one_copy)
           s = copy_device_to_host_async(staging_.data() + p.scale_off,
-                                        device_staging_.data() + p.scale_off,
-                                        static_cast<uint64_t>(p.scale_box.numel()) * 4);
+                                        device_staging_.data() + p.scale_off, scale_bytes);
         // One mark per projection (kernels and both copies), waited for when its writes go out.
         const unsigned slot = marks++ % 2;
         if (s) s = proj_marks_.mark(slot);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <span>
@@ -30,11 +31,12 @@ class Collective {
   virtual Status prepare(Clock::time_point deadline) = 0;
   // This rank's part of the listed gathers (all of `phase`); returns when its pieces are on
   // their way and, for a root, when every piece of its gathers has landed. A member also sends
-  // its pieces of its next phase ahead, when their roots have opened, so that a root rarely
-  // waits for a member still busy with its own projections.
+  // its pieces of later phases ahead, in phase order, while their roots have opened and its
+  // packing ring has room, so that a root rarely waits for a member still busy projecting.
   virtual Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
                      Clock::time_point deadline) = 0;
-  // End of a step: waits until every piece this rank sent has been written (or failed).
+  // End of a step: waits until every piece this rank sent, and its "open" writes as a root, have
+  // been written (or failed).
   virtual Status finish(Clock::time_point deadline) = 0;
   // Where a gathered box sits on its root (nullptr on other ranks).
   virtual const std::byte* gathered(uint32_t gather) const = 0;
@@ -43,7 +45,7 @@ class Collective {
   // Called by a root at the start of each step, once it no longer reads its gather buffer from
   // the previous step: tells its members they may write this generation's pieces. Members wait
   // for it before writing, so a member that runs ahead never overwrites a box its root is still
-  // projecting from.
+  // projecting from. Returns once the writes are queued; finish() reports their errors.
   virtual Status open(uint8_t generation, Clock::time_point deadline) = 0;
   // This rank's gather buffer (as a root): gathered(g) points inside it.
   virtual const Buffer& buffer() const = 0;
@@ -89,10 +91,10 @@ class HostCollective final : public Collective {
   // Connects to trainer `r` at `incarnation` and records it in `into` (roots_ or members_).
   Status link(const char* role, uint32_t r, uint32_t incarnation, Clock::time_point deadline,
               std::map<uint32_t, Link>& into);
-  // Packs and writes this rank's pieces of `phase` to their roots, into the half of the packing
-  // buffer not used by the last send. `ahead`: only if every root has opened already (else
-  // nothing is sent, and run(phase) sends them later).
-  Status send(uint8_t gen, uint16_t phase, bool ahead, Clock::time_point deadline);
+  // Packs and writes this rank's pieces of `phase` to their roots, from the next free range of
+  // the packing ring. `ahead`: only if every root has opened already and the ring has room
+  // without waiting (else returns false with nothing sent, and run(phase) sends them later).
+  Result<bool> send(uint8_t gen, uint16_t phase, bool ahead, Clock::time_point deadline);
   // Whether `root` opened its buffer for `gen` to us; waits for it until `deadline`.
   bool opened(uint8_t gen, uint32_t root, Clock::time_point deadline);
   HostCollective(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
@@ -106,12 +108,20 @@ class HostCollective final : public Collective {
   ShardLookup shards_;
   std::vector<uint64_t> offset_;  // per gather: where its box sits in its root's gather buffer
   Buffer gbuf_;                   // this rank's gather buffer (as a root), one area per phase
-  Buffer pack_;  // pieces packed contiguously before they are sent: two halves of pack_half_
-  uint64_t pack_half_ = 0;
+  // Pieces are packed contiguously before they are sent, each phase's into a range of a ring:
+  // at least two phases' worth, and all of them when they fit in kPackAhead bytes.
+  static constexpr uint64_t kPackAhead = 64ull << 20;
+  Buffer pack_;
   std::vector<std::vector<uint32_t>> member_of_;  // per phase: gathers this rank sends pieces to
+  std::vector<uint64_t> pack_bytes_;              // per phase: bytes of this rank's pieces
   std::vector<int> sent_;                         // per phase: the generation last sent (-1: none)
-  uint64_t pack_batch_[2] = {0, 0};               // the write batch reading each half (0: none)
-  unsigned sends_ = 0;                            // sends so far: which half is next
+  struct Packed {  // a range of the ring still read by a batch of writes
+    uint64_t lo, hi, batch;
+  };
+  std::deque<Packed> packed_;
+  uint64_t pack_head_ = 0;   // where the next phase's pieces go
+  uint64_t open_batch_ = 0;  // this step's "open" writes, as a root (0: none)
+  uint8_t open_gen_ = 0;
   transport::Region gbuf_region_, pack_region_;
   uint32_t incarnation_ = 0;
   std::map<uint32_t, Link> roots_, members_;
