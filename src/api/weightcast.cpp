@@ -258,13 +258,16 @@ Status Sender::register_tensor(const std::string& name, void* data, uint64_t byt
 Status Sender::prepare() { return impl_->ex->prepare(in_s(impl_->job->cfg.deadline_s)); }
 Result<PushStats> Sender::push(uint64_t step) {
   const double dl = impl_->job->cfg.deadline_s;
-  const auto t0 = std::chrono::steady_clock::now();
-  for (uint32_t r : impl_->receivers)
-    if (auto k = impl_->rdv->get(fmt::format("ready/{}/{}", step, r), in_s(dl)); !k)
-      return Status(k.status().code(), fmt::format("step {}: receiver {} never became ready: {}",
-                                                   step, r, k.status().message()));
-  const double ready = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  auto rep = impl_->ex->push(static_cast<uint8_t>(step), in_s(dl));
+  // Gathers and projections start at once; the first write waits for the receivers to be ready
+  // (this rendezvous client is used by nothing else during a push).
+  auto ready = [&]() -> Status {
+    for (uint32_t r : impl_->receivers)
+      if (auto k = impl_->rdv->get(fmt::format("ready/{}/{}", step, r), in_s(dl)); !k)
+        return Status(k.status().code(), fmt::format("step {}: receiver {} never became ready: {}",
+                                                     step, r, k.status().message()));
+    return Status::ok();
+  };
+  auto rep = impl_->ex->push(static_cast<uint8_t>(step), in_s(dl), UINT64_MAX, ready);
   if (!rep) return rep.status();
   PushStats st;
   st.bytes = rep->bytes;
@@ -274,7 +277,7 @@ Result<PushStats> Sender::push(uint64_t step) {
   st.projection_seconds = rep->project_s;
   st.post_seconds = rep->post_s;
   st.nic_gbps = rep->nic_gbps;
-  st.ready_seconds = ready;
+  st.ready_seconds = rep->ready_s;
   st.gather_seconds = rep->gather_s;
   st.ring_wait_seconds = rep->ring_wait_s;
   st.mirror_seconds = rep->mirror_s;

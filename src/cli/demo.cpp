@@ -207,17 +207,22 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
       (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + s.message());
       return 1;
     }
-    for (uint32_t rc : recvs)
-      if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k)
-        return 1;
+    // Gathers and projections start at once; the first write waits for the receivers.
+    auto ready = [&]() -> Status {
+      for (uint32_t rc : recvs)
+        if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k)
+          return Status(k.status().code(), fmt::format("receiver {} never became ready: {}", rc,
+                                                       k.status().message()));
+      return Status::ok();
+    };
     if (n == w.die_in_round) {  // fault injection: half the writes, then die
       uint64_t mine = 0;
       for (const plan::Write& x : p.writes) mine += x.sender == static_cast<uint32_t>(w.index);
-      (void)(*ex)->push(r->gen, in_s(w.demo.deadline_s), mine / 2);
+      (void)(*ex)->push(r->gen, in_s(w.demo.deadline_s), mine / 2, ready);
       std::fflush(stdout);
       kill(getpid(), SIGKILL);
     }
-    auto rep = (*ex)->push(r->gen, in_s(w.demo.deadline_s));
+    auto rep = (*ex)->push(r->gen, in_s(w.demo.deadline_s), UINT64_MAX, ready);
     if (!rep) {
       (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + rep.status().message());
       continue;

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 #include <set>
 #include <thread>
 
@@ -270,7 +271,8 @@ Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_poi
 }
 
 Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline,
-                                         uint64_t max_writes) {
+                                         uint64_t max_writes,
+                                         const std::function<Status()>& ready) {
   const auto t0 = Clock::now();
   const transport::ProgressStats stats0 = engine_->stats();
   const uint64_t post0 = stats0.post_ns;
@@ -305,8 +307,24 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   // its mark is waited for before they go out (while the next projection already computes).
   int armed = -1;
   unsigned marks = 0;
-  auto flush = [&]() -> Status {
+  // The receivers' readiness, awaited on a thread of its own while gathers and projections run.
+  std::future<Status> ready_f;
+  if (ready) ready_f = std::async(std::launch::async, ready);
+  auto await_ready = [&]() -> Status {
+    if (!ready_f.valid()) return Status::ok();
+    const auto tw = Clock::now();
+    Status r = ready_f.get();
+    rep.ready_s += since(tw);
+    return r;
+  };
+  // Submits what is pending. `block` = false: only once the receivers are ready (else the writes
+  // stay pending and go with a later flush).
+  auto flush = [&](bool block = true) -> Status {
     if (pending.empty()) return Status::ok();
+    if (!block && ready_f.valid() &&
+        ready_f.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+      return Status::ok();
+    if (Status r = await_ready(); !r) return r;
     if (armed >= 0) {
       const auto tm = Clock::now();
       Status m = proj_marks_.wait(static_cast<size_t>(std::exchange(armed, -1)));
@@ -328,8 +346,9 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     const plan::Task& t = tasks[ti];
     if (rep.writes >= max_writes) break;
     if (t.op == plan::Task::Op::kGather) {
-      // A phase's gathers run together, before its projections.
-      if (Status fs = flush(); !fs) return fs;
+      // A phase's gathers run together, before its projections; what is queued goes out first
+      // if the receivers are ready.
+      if (Status fs = flush(false); !fs) return fs;
       pend_lo = pend_hi = 0;
       std::vector<uint32_t> batch{t.index};
       const uint16_t phase = plan_.gathers[t.index].phase;
@@ -456,7 +475,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     } else {
       if (device && !mirrored_.count(w.src_param)) {
         // What is queued streams while this shard comes to the host.
-        if (Status fs = flush(); !fs) return fs;
+        if (Status fs = flush(false); !fs) return fs;
         if (Status s = mirror(w.src_param); !s) return s;
       }
       auto it = bound_.find(w.src_param);
@@ -476,6 +495,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     ++rep.writes;
   }
   if (Status fs = flush(); !fs) return fs;
+  if (Status r = await_ready(); !r) return r;  // a step without writes still waits for it
   if (device)  // nothing of this step may still read the gather buffer when members refill it
     if (Status s = cuda_sync(); !s) return s;
   if (Status s = collective_->finish(deadline); !s)  // pieces this rank sent to its roots

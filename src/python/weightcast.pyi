@@ -42,7 +42,8 @@ class PushStats:
     seconds: float
     projection_seconds: float
     post_seconds: float
-    # where the time went: receivers getting ready, gathers, projections waiting for staging
+    # where the time went (all within seconds): the first write waiting for the receivers to be
+    # ready (gathers and projections run meanwhile), gathers, projections waiting for staging
     # slots, GPU shards copied to the host, the last writes completing
     ready_seconds: float
     gather_seconds: float

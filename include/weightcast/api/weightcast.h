@@ -62,9 +62,10 @@ struct PushStats {
   uint64_t bytes = 0, writes = 0, projections = 0;
   double seconds = 0, projection_seconds = 0;
   double post_seconds = 0;  // posting writes to the NICs (the per-step CPU cost of a bound plan)
-  // Where the step's time went (seconds): waiting for the receivers to be ready, gathers,
-  // projections waiting for staging slots, GPU shards copied to the host, and waiting for the
-  // last writes to complete after everything was posted.
+  // Where the step's time went (seconds, all within `seconds`): the first write waiting for the
+  // receivers to be ready (gathers and projections run meanwhile), gathers, projections waiting
+  // for staging slots, GPU shards copied to the host, and waiting for the last writes to
+  // complete after everything was posted.
   double ready_seconds = 0, gather_seconds = 0, ring_wait_seconds = 0, mirror_seconds = 0,
          drain_seconds = 0;
   std::vector<double> nic_gbps;  // per NIC of this rank: bytes posted / step time

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -26,6 +27,7 @@ struct StepReport {
   double gather_s = 0;
   double ring_wait_s = 0;        // projections waiting for writes to free their staging slot
   double mirror_s = 0;           // kCuda: shards copied to their host mirror
+  double ready_s = 0;            // blocked on `ready` before the first write could go out
   std::vector<double> nic_gbps;  // bytes this step posted on each NIC over the step's time
 };
 
@@ -61,8 +63,12 @@ class TrainerExecutor {
   // only after the writes reading it completed), writes tagged {generation, phase, rank}. The
   // generation identifies the attempt: a retried step uses a new one, so writes of an aborted
   // attempt can never count toward it. `max_writes` stops early (fault-injection tests).
+  // `ready` (optional) blocks until the receivers may be written (their engines no longer read
+  // the weights); it runs on a thread of its own while gathers and projections start, and the
+  // first write waits for it.
   Result<StepReport> push(uint8_t generation, Clock::time_point deadline,
-                          uint64_t max_writes = UINT64_MAX);
+                          uint64_t max_writes = UINT64_MAX,
+                          const std::function<Status()>& ready = {});
   // A receiver restarted (new incarnation, new buffers): reconnect to it and use its new
   // descriptors from the next push on. No-op when the incarnation is the one in use.
   Status rejoin(uint32_t receiver, uint32_t incarnation, Clock::time_point deadline);
