@@ -181,8 +181,9 @@ Status TrainerExecutor::queue_mirror(int param) {
   if (Status st = mirror_queue_.to_host(mirror_slot_.at(param), arena_.data() + s.offset,
                                         it->second, s.bytes);
       !st)
-    return Status(st.code(), fmt::format("trainer rank {}: copying '{}' to the host: {}", rank_,
-                                         in_.trainer.params[param].name, st.message()));
+    return Status(st.code(),
+                  fmt::format("trainer rank {} step {}: copying '{}' to the host: {}", rank_, step_,
+                              in_.trainer.params[param].name, st.message()));
   queued_.insert(param);
   return Status::ok();
 }
@@ -194,8 +195,9 @@ Status TrainerExecutor::mirror(int param) {
   if (!queued_.count(param))
     if (Status st = queue_mirror(param); !st) return st;
   if (Status st = mirror_queue_.wait(mirror_slot_.at(param)); !st)
-    return Status(st.code(), fmt::format("trainer rank {}: copying '{}' to the host: {}", rank_,
-                                         in_.trainer.params[param].name, st.message()));
+    return Status(st.code(),
+                  fmt::format("trainer rank {} step {}: copying '{}' to the host: {}", rank_, step_,
+                              in_.trainer.params[param].name, st.message()));
   mirrored_.insert(param);
   mirror_s_ += since(t0);
   return Status::ok();
@@ -284,6 +286,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   if (device)
     if (Status s = cuda_use_device(cuda_device_); !s) return s;
   mirror_s_ = 0;
+  step_ = gen;
   // kCuda: every host-read shard's copy to the host mirror is queued now, in the order the step
   // reads them, on a stream of their own; each read waits for its own copy only.
   mirrored_.clear();

@@ -14,7 +14,8 @@ class JobConfig:
     deadline_s: float
     plan_file: str  # a plan saved by `weightcast plan --json`, loaded instead of planned
     # trainers: -1 for shards in host memory, else the CUDA device holding them (register
-    # torch CUDA tensors' data_ptr(); projections then run on that GPU)
+    # torch CUDA tensors' data_ptr(); projections then run on that GPU). push() reads them on
+    # CUDA streams of its own: call torch.cuda.synchronize() after the optimizer step first.
     cuda_device: int
     def __init__(self, trainer_spec: str, inference_spec: str, topology: str, rendezvous: str = "",
                  token: str = "", provider: str = "tcp", nics: List[str] = ["127.0.0.1"],

@@ -36,7 +36,8 @@ struct JobConfig {
   // Trainers: where registered shards live. -1: host memory (projections on the CPU); a CUDA
   // device index: shards are device pointers on that GPU (a torch tensor's data_ptr()), and
   // projections (cast, fused concat, FP8 quantization) run there. A pointer of the other kind is
-  // refused by register_tensor.
+  // refused by register_tensor. push() reads the shards on CUDA streams of its own: they must
+  // hold the step's weights when it is called (synchronize the optimizer's stream first).
   int cuda_device = -1;
 };
 

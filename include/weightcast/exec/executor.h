@@ -110,6 +110,7 @@ class TrainerExecutor {
   std::map<int, size_t> mirror_slot_;
   std::set<int> queued_;  // mirror copies queued this step
   CopyQueue proj_marks_;  // kCuda: two marks, the last projection's and the one computing
+  uint8_t step_ = 0;      // the generation being pushed (for messages)
   double mirror_s_ = 0;   // time spent mirroring this step
   Buffer device_arena_, device_staging_, device_gbuf_, scratch_;
   // kCuda: waits until shard `param`'s copy to its host mirror is done (queued at the start of the
