@@ -93,7 +93,7 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     auto q = CopyQueue::create(cuda_device, e->mirror_order_.size());
     if (!q) return q.status();
     e->mirror_queue_ = std::move(q).value();
-    auto m = CopyQueue::create(cuda_device, 2, false);  // marks on the pushing thread's stream
+    auto m = CopyQueue::create(cuda_device, kMarks, false);  // on the pushing thread's stream
     if (!m) return m.status();
     e->proj_marks_ = std::move(m).value();
     // Page-locked, so the copies to and from the device run at full speed.
@@ -287,6 +287,13 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     if (Status s = cuda_use_device(cuda_device_); !s) return s;
   mirror_s_ = 0;
   step_ = gen;
+  // First what others wait for. As a gather root: done with last step's boxes, so members may
+  // write this step's.
+  if (Status s = collective_->open(gen, deadline); !s)
+    return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
+  // The receivers' readiness, awaited on a thread of its own while gathers and projections run.
+  std::future<Status> ready_f;
+  if (ready) ready_f = std::async(std::launch::async, ready);
   // kCuda: every host-read shard's copy to the host mirror is queued now, in the order the step
   // reads them, on a stream of their own; each read waits for its own copy only.
   mirrored_.clear();
@@ -295,24 +302,24 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     for (int param : mirror_order_)
       if (device_shard_.count(param))
         if (Status s = queue_mirror(param); !s) return s;
-  // As a gather root: done with last step's boxes, so members may write this step's.
-  if (Status s = collective_->open(gen, deadline); !s)
-    return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
   // Staging ranges still being read by in-flight writes.
   struct Inflight {
     uint64_t lo, hi, batch;
   };
   std::deque<Inflight> inflight;
   std::vector<uint64_t> batches;
-  std::vector<GroupWrite> pending;
-  uint64_t pend_lo = 0, pend_hi = 0;
-  // kCuda: the last projection's kernels and copies may still run when its writes are queued;
-  // its mark is waited for before they go out (while the next projection already computes).
-  int armed = -1;
+  // Projections whose writes have not gone out yet, oldest first: their staging range, their mark
+  // on the GPU stream (kCuda; -1 once waited for, or on the CPU) and the writes reading them. On
+  // the GPU up to kMarks projections are queued ahead, so the GPU computes while earlier writes
+  // are posted. Writes straight from shards wait in `direct`.
+  struct Produced {
+    uint64_t lo, hi;
+    int mark;
+    std::vector<GroupWrite> writes;
+  };
+  std::deque<Produced> produced;
+  std::vector<GroupWrite> direct;
   unsigned marks = 0;
-  // The receivers' readiness, awaited on a thread of its own while gathers and projections run.
-  std::future<Status> ready_f;
-  if (ready) ready_f = std::async(std::launch::async, ready);
   auto await_ready = [&]() -> Status {
     if (!ready_f.valid()) return Status::ok();
     const auto tw = Clock::now();
@@ -320,28 +327,42 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     rep.ready_s += since(tw);
     return r;
   };
-  // Submits what is pending. `block` = false: only once the receivers are ready (else the writes
-  // stay pending and go with a later flush).
-  auto flush = [&](bool block = true) -> Status {
-    if (pending.empty()) return Status::ok();
+  auto submit = [&](std::vector<GroupWrite>& ws, uint64_t lo, uint64_t hi) {
+    if (ws.empty()) return;
+    const uint64_t b = engine_->submit(std::move(ws));
+    ws.clear();
+    batches.push_back(b);
+    if (hi > lo) inflight.push_back({lo, hi, b});  // the staging range these writes read
+  };
+  // Sends the writes of the oldest `n` projections (after their marks) and the direct ones, and
+  // drops those projections; `keep_last` keeps the newest one, so writes that follow it are still
+  // tied to its staging range. `block` = false: only if the receivers are ready already (else
+  // everything stays queued for a later release).
+  auto release = [&](size_t n, bool block, bool keep_last) -> Status {
     if (!block && ready_f.valid() &&
         ready_f.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
       return Status::ok();
-    if (Status r = await_ready(); !r) return r;
-    if (armed >= 0) {
-      const auto tm = Clock::now();
-      Status m = proj_marks_.wait(static_cast<size_t>(std::exchange(armed, -1)));
-      rep.project_s += since(tm);
-      if (!m)
-        return Status(m.code(),
-                      fmt::format("trainer rank {} step {}: {}", rank_, step, m.message()));
+    n = std::min(n, produced.size());
+    const size_t drop = keep_last && n == produced.size() && n > 0 ? n - 1 : n;
+    bool any = !direct.empty();
+    for (size_t i = 0; i < n; ++i) any = any || !produced[i].writes.empty();
+    if (any) {
+      if (Status r = await_ready(); !r) return r;
+      submit(direct, 0, 0);
     }
-    const uint64_t b = engine_->submit(std::move(pending));
-    pending.clear();
-    batches.push_back(b);
-    // The staging range of the last projection, read by these writes. It stays set: a flush in
-    // the middle of a projection's writes (a shard mirrored in between) protects it again.
-    if (pend_hi > pend_lo) inflight.push_back({pend_lo, pend_hi, b});
+    for (size_t i = 0; i < n && any; ++i) {
+      Produced& e = produced[i];
+      if (e.mark >= 0) {
+        const auto tm = Clock::now();
+        Status m = proj_marks_.wait(static_cast<size_t>(std::exchange(e.mark, -1)));
+        rep.project_s += since(tm);
+        if (!m)
+          return Status(m.code(),
+                        fmt::format("trainer rank {} step {}: {}", rank_, step, m.message()));
+      }
+      submit(e.writes, e.lo, e.hi);
+    }
+    produced.erase(produced.begin(), produced.begin() + static_cast<long>(drop));
     return Status::ok();
   };
   const auto& tasks = plan_.senders[rank_].tasks;
@@ -351,8 +372,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     if (t.op == plan::Task::Op::kGather) {
       // A phase's gathers run together, before its projections; what is queued goes out first
       // if the receivers are ready.
-      if (Status fs = flush(false); !fs) return fs;
-      pend_lo = pend_hi = 0;
+      if (Status fs = release(produced.size(), false, true); !fs) return fs;
       std::vector<uint32_t> batch{t.index};
       const uint16_t phase = plan_.gathers[t.index].phase;
       while (ti + 1 < tasks.size() && tasks[ti + 1].op == plan::Task::Op::kGather &&
@@ -389,16 +409,18 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       const uint64_t lo = p.staging_off, hi = p.scale_dest >= 0
                                                   ? p.scale_off + p.scale_box.numel() * 4
                                                   : p.staging_off + p.out_bytes;
-      // On the CPU the last projection's writes go out now. On the GPU they go out once this
-      // projection is queued, unless this one's staging overlaps theirs.
-      if (!device || (pend_lo < hi && lo < pend_hi))
-        if (Status fs = flush(); !fs) return fs;
+      // On the CPU the earlier projections' writes go out now. On the GPU they stay queued
+      // behind their marks, unless this projection's staging overlaps one of theirs.
+      bool overlap = !device;
+      for (const Produced& e : produced) overlap = overlap || (e.lo < hi && lo < e.hi);
+      if (overlap)
+        if (Status fs = release(produced.size(), true, false); !fs) return fs;
       // Ring admission: wait for writes still reading this slot.
       const auto tr = Clock::now();
       while (!inflight.empty()) {
-        bool overlap = false;
-        for (const Inflight& f : inflight) overlap = overlap || (f.lo < hi && lo < f.hi);
-        if (!overlap) break;
+        bool busy = false;
+        for (const Inflight& f : inflight) busy = busy || (f.lo < hi && lo < f.hi);
+        if (!busy) break;
         const Inflight f = inflight.front();
         inflight.pop_front();
         if (Status s = engine_->wait(f.batch, deadline); !s) return s;
@@ -416,6 +438,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       if (debug_project_delay_ms_ > 0)  // test hook: a root slow to project (see create)
         std::this_thread::sleep_for(std::chrono::milliseconds(debug_project_delay_ms_));
       const auto tp = Clock::now();
+      int mark = -1;
       if (device) {
         // On the GPU from the device shards or the device copy of the gather buffer, into
         // device staging; then the output (and scales) to the registered host staging.
@@ -443,20 +466,12 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
         if (s && !one_copy)
           s = copy_device_to_host_async(staging_.data() + p.scale_off,
                                         device_staging_.data() + p.scale_off, scale_bytes);
-        // One mark per projection (kernels and both copies), waited for when its writes go out.
-        const unsigned slot = marks++ % 2;
-        if (s) s = proj_marks_.mark(slot);
+        // One mark per projection (kernels and copies), waited for when its writes go out.
+        mark = static_cast<int>(marks++ % kMarks);
+        if (s) s = proj_marks_.mark(static_cast<size_t>(mark));
         if (!s)
           return Status(s.code(),
                         fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
-        rep.project_s += since(tp);
-        // The previous projection's writes go out while this one computes.
-        if (Status fs = flush(); !fs) return fs;
-        armed = static_cast<int>(slot);
-        ++rep.projects;
-        pend_lo = lo;
-        pend_hi = hi;
-        continue;
       } else if (Status s = plan::project_cpu(in_, plan_, p, res, staging_.data(), staging_.size());
                  !s) {
         return Status(s.code(),
@@ -464,8 +479,10 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       }
       rep.project_s += since(tp);
       ++rep.projects;
-      pend_lo = lo;
-      pend_hi = hi;
+      // At most kMarks projections in flight on the GPU: the oldest one's writes go out now.
+      if (produced.size() + 1 >= kMarks)
+        if (Status fs = release(produced.size() + 2 - kMarks, true, false); !fs) return fs;
+      produced.push_back({lo, hi, mark, {}});
       continue;
     }
     const plan::Write& w = plan_.writes[t.index];
@@ -473,12 +490,16 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     Target& tg = receivers_.at(r);
     GroupWrite g;
     if (w.project >= 0) {
+      if (produced.empty())  // a plan invariant: a projection's writes follow it
+        return Status(Code::kInternal,
+                      fmt::format("write {} of projection {} comes before it in rank {}'s tasks",
+                                  t.index, w.project, rank_));
       g.src = &staging_region_;
       g.src_off = w.src_off;
     } else {
       if (device && !mirrored_.count(w.src_param)) {
         // What is queued streams while this shard comes to the host.
-        if (Status fs = flush(false); !fs) return fs;
+        if (Status fs = release(produced.size(), false, true); !fs) return fs;
         if (Status s = mirror(w.src_param); !s) return s;
       }
       auto it = bound_.find(w.src_param);
@@ -493,11 +514,11 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     g.len = w.len;
     g.has_imm = true;
     g.imm = Imm{gen, static_cast<uint8_t>(w.phase), static_cast<uint16_t>(rank_)}.encode();
-    pending.push_back(g);
+    (w.project >= 0 ? produced.back().writes : direct).push_back(g);
     rep.bytes += w.len;
     ++rep.writes;
   }
-  if (Status fs = flush(); !fs) return fs;
+  if (Status fs = release(produced.size(), true, false); !fs) return fs;
   if (Status r = await_ready(); !r) return r;  // a step without writes still waits for it
   if (device)  // nothing of this step may still read the gather buffer when members refill it
     if (Status s = cuda_sync(); !s) return s;

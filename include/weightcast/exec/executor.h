@@ -109,9 +109,11 @@ class TrainerExecutor {
   std::vector<int> mirror_order_;
   std::map<int, size_t> mirror_slot_;
   std::set<int> queued_;  // mirror copies queued this step
-  CopyQueue proj_marks_;  // kCuda: two marks, the last projection's and the one computing
-  uint8_t step_ = 0;      // the generation being pushed (for messages)
-  double mirror_s_ = 0;   // time spent mirroring this step
+  // kCuda: one mark per projection queued on the GPU whose writes have not gone out yet.
+  static constexpr unsigned kMarks = 4;
+  CopyQueue proj_marks_;
+  uint8_t step_ = 0;     // the generation being pushed (for messages)
+  double mirror_s_ = 0;  // time spent mirroring this step
   Buffer device_arena_, device_staging_, device_gbuf_, scratch_;
   // kCuda: waits until shard `param`'s copy to its host mirror is done (queued at the start of the
   // step, so earlier writes stream while later shards are still being copied). A no-op for other
