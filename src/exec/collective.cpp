@@ -240,6 +240,11 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
   if (phase >= member_of_.size())
     return invalid("gather phase {} is not in the plan ({} phases)", phase, member_of_.size());
   const uint64_t nics = engine_->nics();
+  // What others wait for first: as a member, this phase's pieces (unless they went ahead), then
+  // later phases', ahead, in order, for as long as their roots have opened and the ring has room.
+  // Then, as a root, its own pieces into place, and the wait for the members'.
+  if (auto s = send(gen, phase, false, deadline); !s) return s.status();
+  if (Status s = pump(gen, deadline); !s) return s;
   std::map<uint16_t, uint64_t> expect;  // member -> imms this root waits for
   for (uint32_t gi : gathers) {
     const plan::Gather& g = plan_.gathers[gi];
@@ -283,20 +288,21 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
       });
     }
   }
-  // As a member: this phase's pieces (unless they went ahead), then later phases', ahead, in
-  // order, for as long as their roots have opened and the ring has room.
-  if (auto s = send(gen, phase, false, deadline); !s) return s.status();
-  for (size_t q = phase + 1; q < member_of_.size(); ++q) {
-    auto s = send(gen, static_cast<uint16_t>(q), true, deadline);
-    if (!s) return s.status();
-    if (!*s) break;
-  }
   if (expect.empty()) return Status::ok();
   std::vector<transport::Expect> e;
   for (const auto& [m, n] : expect) e.push_back({static_cast<uint8_t>(phase), m, n});
   if (Status s = counters_->wait(gen, e, deadline); !s)
     return Status(s.code(),
                   fmt::format("gathers of phase {} at root {}: {}", phase, rank_, s.message()));
+  return Status::ok();
+}
+
+Status HostCollective::pump(uint8_t gen, Clock::time_point deadline) {
+  for (size_t q = 0; q < member_of_.size(); ++q) {
+    auto s = send(gen, static_cast<uint16_t>(q), true, deadline);
+    if (!s) return s.status();
+    if (!*s) break;  // phases go in order: the rest waits for this one
+  }
   return Status::ok();
 }
 

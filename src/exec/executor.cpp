@@ -302,6 +302,13 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     for (int param : mirror_order_)
       if (device_shard_.count(param))
         if (Status s = queue_mirror(param); !s) return s;
+  // Gather pieces go to their roots as early as the roots allow (again between projections).
+  auto pump = [&]() -> Status {
+    if (Status s = collective_->pump(gen, deadline); !s)
+      return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
+    return Status::ok();
+  };
+  if (Status s = pump(); !s) return s;
   // Staging ranges still being read by in-flight writes.
   struct Inflight {
     uint64_t lo, hi, batch;
@@ -405,6 +412,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       continue;
     }
     if (t.op == plan::Task::Op::kProject) {
+      if (Status s = pump(); !s) return s;
       const plan::Project& p = plan_.projects[t.index];
       const uint64_t lo = p.staging_off, hi = p.scale_dest >= 0
                                                   ? p.scale_off + p.scale_box.numel() * 4

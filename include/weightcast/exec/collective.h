@@ -35,6 +35,11 @@ class Collective {
   // packing ring has room, so that a root rarely waits for a member still busy projecting.
   virtual Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
                      Clock::time_point deadline) = 0;
+  // Sends ahead, without waiting, what this rank can of the step's pieces (the next phases, in
+  // order, whose roots have opened, while the packing ring has room). Called at the start of a
+  // step and between projections, so a root does not wait for a member that reaches the phase
+  // later.
+  virtual Status pump(uint8_t generation, Clock::time_point deadline) = 0;
   // End of a step: waits until every piece this rank sent, and its "open" writes as a root, have
   // been written (or failed).
   virtual Status finish(Clock::time_point deadline) = 0;
@@ -73,6 +78,7 @@ class HostCollective final : public Collective {
   Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
              Clock::time_point deadline) override;
   Status finish(Clock::time_point deadline) override;
+  Status pump(uint8_t generation, Clock::time_point deadline) override;
   const std::byte* gathered(uint32_t gather) const override;
   Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) override;
   Status open(uint8_t generation, Clock::time_point deadline) override;
