@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <barrier>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -166,18 +167,30 @@ E2E run_job(const std::string& dir, Child child, int cuda_device) {
   std::vector<double> rates;
   E2E out;
   double cpu = 0, proj = 0;
+  // One thread per sender for the whole run, as a trainer rank calls push from its own loop;
+  // each step starts them together and ends when the last push returns.
+  std::vector<api::PushStats> st(senders.size());
+  std::barrier start(static_cast<std::ptrdiff_t>(senders.size() + 1)),
+      done(static_cast<std::ptrdiff_t>(senders.size() + 1));
+  std::vector<std::thread> ts;
+  for (size_t s = 0; s < senders.size(); ++s)
+    ts.emplace_back([&, s] {
+      for (int step = 1; step <= kSteps; ++step) {
+        start.arrive_and_wait();
+        auto r = senders[s].push(static_cast<uint64_t>(step));
+        if (!r) {
+          std::fprintf(stderr, "e2e_bench: %s\n", r.status().message().c_str());
+          std::exit(1);
+        }
+        st[s] = *r;
+        done.arrive_and_wait();
+      }
+    });
   for (int step = 1; step <= kSteps; ++step) {
-    std::vector<api::PushStats> st(senders.size());
     const double c0 = cpu_s();
     const double t0 = perf::now_s();
-    std::vector<std::thread> ts;
-    for (size_t s = 0; s < senders.size(); ++s)
-      ts.emplace_back([&, s] {
-        auto r = senders[s].push(static_cast<uint64_t>(step));
-        if (!r) std::exit(1);
-        st[s] = *r;
-      });
-    for (auto& t : ts) t.join();
+    start.arrive_and_wait();
+    done.arrive_and_wait();
     const double dt = perf::now_s() - t0;
     uint64_t bytes = 0, writes = 0;
     double p = 0, post = 0;
@@ -207,6 +220,7 @@ E2E run_job(const std::string& dir, Child child, int cuda_device) {
     }
     out.bytes = bytes;
   }
+  for (auto& t : ts) t.join();
   int status = 0;
   waitpid(child.pid, &status, 0);
   std::sort(rates.begin(), rates.end());
