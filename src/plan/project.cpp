@@ -108,51 +108,58 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& pr,
 
 namespace {
 
-// core::float_to_fp8e4m3 / e5m2, inlined for the quantization loop (same integer rounding, the
-// same bytes; the unit test compares the two over every BF16 input).
+// core::float_to_fp8e4m3 / e5m2, inlined for the quantization loop: the same integer rounding and
+// the same bytes (plan_test compares them), written without branches so that the compiler can
+// encode several elements per instruction: both the normal and the subnormal code are computed,
+// then selected. The subnormal one (multiples of 2^(1 - bias - mbits)) is rounded to nearest even
+// by adding 1.5 * 2^23, which is what nearbyint does in the default rounding mode.
 template <int kMbits, int kBias, uint32_t kTop>
 inline uint8_t fp8_fast(float f) {
   const uint32_t u = std::bit_cast<uint32_t>(f);
-  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
+  const uint32_t sign = (u >> 24) & 0x80;
   const uint32_t mag = u & 0x7fffffff;
-  if (mag > 0x7f800000) return 0x7f;          // NaN
-  if (mag == 0x7f800000) return sign | kTop;  // infinity saturates
-  if (mag == 0) return sign;
-  const int e = static_cast<int>(mag >> 23) - 127;
-  uint32_t code;
-  if (e < 1 - kBias) {  // subnormal in the target: multiples of 2^(1 - bias - mbits)
-    const float scaled = std::bit_cast<float>(mag) * static_cast<float>(1 << (kMbits + kBias - 1));
-    code = static_cast<uint32_t>(std::nearbyint(scaled));
-  } else {
-    const uint32_t m = mag & 0x7fffff;
-    constexpr int kShift = 23 - kMbits;
-    const uint32_t r = (m + ((1u << (kShift - 1)) - 1) + ((m >> kShift) & 1)) >> kShift;
-    code = (static_cast<uint32_t>(e + kBias) << kMbits) + r;
-  }
-  return static_cast<uint8_t>(sign | (code > kTop ? kTop : code));
+  const int32_t e = static_cast<int32_t>(mag >> 23) - 127;
+  constexpr int kShift = 23 - kMbits;
+  const uint32_t m = mag & 0x7fffff;
+  const uint32_t r = (m + ((1u << (kShift - 1)) - 1) + ((m >> kShift) & 1)) >> kShift;
+  const uint32_t normal = (static_cast<uint32_t>(e + kBias) << kMbits) + r;
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  const float scaled = std::bit_cast<float>(mag < 0x7f800000 ? mag : 0u) *
+                       static_cast<float>(1 << (kMbits + kBias - 1));
+  const uint32_t sub = std::bit_cast<uint32_t>(scaled + kMagic) - std::bit_cast<uint32_t>(kMagic);
+  uint32_t code = e < 1 - kBias ? sub : normal;  // infinity: `normal` saturates below
+  code = code > kTop ? kTop : code;
+  return static_cast<uint8_t>(mag > 0x7f800000 ? 0x7fu : (sign | code));  // NaN: 0x7f
 }
 
 template <uint8_t (*kEncode)(float)>
-void quantize_blocks(const float* x, int64_t lead, int64_t R, int64_t C, int64_t block_rows,
-                     int64_t block_cols, float qmax, std::byte* out, std::byte* scales) {
+[[gnu::always_inline]] inline void quantize_blocks(const float* x, int64_t lead, int64_t R,
+                                                   int64_t C, int64_t block_rows,
+                                                   int64_t block_cols, float qmax, std::byte* out,
+                                                   std::byte* scales) {
   const int64_t sr = (R + block_rows - 1) / block_rows, sc = (C + block_cols - 1) / block_cols;
   for (int64_t l = 0; l < lead; ++l)
     for (int64_t br = 0; br < sr; ++br) {
       const int64_t r0 = br * block_rows, r1 = std::min(R, r0 + block_rows);
-      // Absmax of every block of this band of rows in one pass over it.
-      std::vector<float> amax(static_cast<size_t>(sc), 0.0f);
+      // Absmax of every block of this band of rows in one pass over it, on the bit patterns: for
+      // magnitudes their order is the floats' order, and a NaN counts as 0, as std::fmax ignores
+      // it. Integer maxima vectorize; float ones do not without fast-math.
+      std::vector<uint32_t> amax(static_cast<size_t>(sc), 0);
       for (int64_t r = r0; r < r1; ++r) {
         const float* row = x + (l * R + r) * C;
         for (int64_t bc = 0; bc < sc; ++bc) {
-          float a = amax[static_cast<size_t>(bc)];
-          for (int64_t c = bc * block_cols, c1 = std::min(C, c + block_cols); c < c1; ++c)
-            a = std::fmax(a, std::fabs(row[c]));
+          uint32_t a = amax[static_cast<size_t>(bc)];
+          for (int64_t c = bc * block_cols, c1 = std::min(C, c + block_cols); c < c1; ++c) {
+            uint32_t m = std::bit_cast<uint32_t>(row[c]) & 0x7fffffff;
+            m = m > 0x7f800000 ? 0 : m;
+            a = m > a ? m : a;
+          }
           amax[static_cast<size_t>(bc)] = a;
         }
       }
       std::vector<float> scale(static_cast<size_t>(sc));
       for (int64_t bc = 0; bc < sc; ++bc) {
-        const float a = amax[static_cast<size_t>(bc)];
+        const float a = std::bit_cast<float>(amax[static_cast<size_t>(bc)]);
         scale[static_cast<size_t>(bc)] = a > 0 ? a / qmax : 1.0f;
         std::memcpy(scales + ((l * sr + br) * sc + bc) * 4, &scale[static_cast<size_t>(bc)], 4);
       }
@@ -170,8 +177,11 @@ void quantize_blocks(const float* x, int64_t lead, int64_t R, int64_t C, int64_t
 
 }  // namespace
 
-void quantize_blocks_cpu(const float* x, int64_t lead, int64_t R, int64_t C, int64_t block_rows,
-                         int64_t block_cols, core::DType fp8, std::byte* out, std::byte* scales) {
+// Compiled twice, for AVX2 and for the x86-64 baseline, and picked when the program loads: the
+// loops above vectorize (their maxima need more than SSE2).
+[[gnu::target_clones("avx2", "default")]] void quantize_blocks_cpu(
+    const float* x, int64_t lead, int64_t R, int64_t C, int64_t block_rows, int64_t block_cols,
+    core::DType fp8, std::byte* out, std::byte* scales) {
   const float qmax = core::quant_max(fp8);
   if (fp8 == core::DType::kFP8E4M3)
     return quantize_blocks<fp8_fast<3, 7, 0x7e>>(x, lead, R, C, block_rows, block_cols, qmax, out,
