@@ -179,7 +179,16 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
     return 1;
   }
   (*ex)->set_incarnation(static_cast<uint32_t>(w.incarnation));
-  if (Status s = (*ex)->prepare(in_s(w.demo.deadline_s)); !s) {
+  // A restarted trainer links to its peers as they are now (a receiver or another trainer may
+  // have restarted before it): the incarnations of the round it joins at.
+  std::vector<uint32_t> recv_inc, trainer_inc;
+  if (w.incarnation > 0) {
+    auto r0 = next_round(rdv, w.first_round);
+    if (!r0) return 1;
+    recv_inc = r0->incarnations;
+    trainer_inc = r0->trainer_incarnations;
+  }
+  if (Status s = (*ex)->prepare(in_s(w.demo.deadline_s), recv_inc, trainer_inc); !s) {
     (void)rdv.put(fmt::format("fail/trainer/{}", w.index), s.message());
     return 1;
   }

@@ -112,21 +112,22 @@ Status HostCollective::publish() {
                    transport::NicGroup::remote(gbuf_region_).serialize());
 }
 
-Status HostCollective::prepare(Clock::time_point deadline) {
+Status HostCollective::prepare(Clock::time_point deadline, std::span<const uint32_t> incarnations) {
   if (Status s = publish(); !s) return s;
+  auto inc = [&](uint32_t r) { return r < incarnations.size() ? incarnations[r] : 0u; };
   std::set<uint32_t> roots;
   for (const plan::Gather& x : plan_.gathers)
     for (const auto& p : x.pieces)
       if (p.rank == rank_ && x.root != rank_) roots.insert(x.root);
   for (uint32_t r : roots)
-    if (Status s = link("root", r, 0, deadline, roots_); !s) return s;
+    if (Status s = link("root", r, inc(r), deadline, roots_); !s) return s;
   std::set<uint32_t> members;
   for (const plan::Gather& x : plan_.gathers)
     if (x.root == rank_)
       for (const auto& p : x.pieces)
         if (p.rank != rank_) members.insert(p.rank);
   for (uint32_t m : members)
-    if (Status s = link("member", m, 0, deadline, members_); !s) return s;
+    if (Status s = link("member", m, inc(m), deadline, members_); !s) return s;
   return Status::ok();
 }
 

@@ -212,19 +212,24 @@ Status TrainerExecutor::publish() {
   return collective_->publish();
 }
 
-Status TrainerExecutor::prepare(Clock::time_point deadline) {
+Status TrainerExecutor::prepare(Clock::time_point deadline,
+                                std::span<const uint32_t> receiver_incarnations,
+                                std::span<const uint32_t> trainer_incarnations) {
   std::string unbound;
   for (const ShardSlot& s : layout_.shards)
     if (!bound_.count(s.param))
       unbound += (unbound.empty() ? "" : ", ") + in_.trainer.params[s.param].name;
   if (!unbound.empty()) return invalid("trainer rank {}: shards not bound: {}", rank_, unbound);
   if (Status s = publish(); !s) return s;
-  if (Status s = collective_->prepare(deadline); !s) return s;
+  if (Status s = collective_->prepare(deadline, trainer_incarnations); !s) return s;
   std::set<uint32_t> recvs;
   for (const plan::Write& w : plan_.writes)
     if (w.sender == rank_) recvs.insert(plan_.dests[w.dest].receiver);
   for (uint32_t r : recvs)
-    if (Status s = connect_receiver(r, 0, deadline); !s) return s;
+    if (Status s = connect_receiver(
+            r, r < receiver_incarnations.size() ? receiver_incarnations[r] : 0, deadline);
+        !s)
+      return s;
   if (engine_->caps().connect_both_ends) return Status::ok();  // RC: nothing to warm up
   // Warm every connection up (the first write to a peer pays for connection set-up).
   std::vector<GroupWrite> warm;

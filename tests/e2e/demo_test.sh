@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end through `weightcast demo`: real trainer and inference processes over libfabric
 # tcp;ofi_rxm, every inference byte verified against the reference each step.
-#   demo_test.sh WEIGHTCAST basic|fault|rejoin|soak
+#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|soak
 set -u
 wc="$1"; what="$2"
 out=$(mktemp); trap 'rm -f "$out"' EXIT
@@ -23,6 +23,16 @@ case "$what" in
     expect "inference 0 killed after step 1 and restarted \(incarnation 1\)"
     expect "^step 2/3: .*5771008 bytes on 2 receivers verified"
     expect "demo OK: 3 steps" ;;
+  restart_then_kill)  # inference 0 restarts, then trainer 0 dies: the new trainer must link to
+    # inference 0's second incarnation, not its dead first one
+    timeout 300 "$wc" demo --steps 4 --restart-receiver-at-step 2 --kill-trainer-at-step 3 \
+      --deadline 5 >"$out" 2>&1; rc=$?
+    expect "inference 0 killed after step 1 and restarted \(incarnation 1\)"
+    expect "step 3/4 attempt 1 FAILED"
+    expect "trainer 0 died \(Killed\); restarting"
+    expect "^step 3/4: .*verified against the reference \(attempt 2\)"
+    expect "^step 4/4: .*5771008 bytes on 2 receivers verified"
+    expect "demo OK: 4 steps" ;;
   soak)  # 200 consecutive steps, every byte verified, no RSS growth
     timeout 900 "$wc" demo --steps 200 >"$out" 2>&1; rc=$?
     expect "^step 200/200: "; expect "RSS: largest growth after step 10 is"; expect "demo OK: 200 steps" ;;

@@ -26,9 +26,11 @@ class Collective {
   using Clock = std::chrono::steady_clock;
   virtual ~Collective() = default;
   // Publishes what peers need (callable early and again); prepare() publishes too, then connects
-  // to the roots this rank sends to.
+  // to the roots this rank sends to and the members that send to it, at their `incarnations`
+  // (per trainer rank; missing entries are 0: a trainer that restarts while others already did
+  // must not link to their dead first incarnations).
   virtual Status publish() = 0;
-  virtual Status prepare(Clock::time_point deadline) = 0;
+  virtual Status prepare(Clock::time_point deadline, std::span<const uint32_t> incarnations) = 0;
   // This rank's part of the listed gathers (all of `phase`); returns when its pieces are on
   // their way and, for a root, when every piece of its gathers has landed. A member also sends
   // its pieces of later phases ahead, in phase order, while their roots have opened and its
@@ -74,7 +76,7 @@ class HostCollective final : public Collective {
                                                         transport::RendezvousClient* rdv,
                                                         ShardLookup shards);
   Status publish() override;
-  Status prepare(Clock::time_point deadline) override;
+  Status prepare(Clock::time_point deadline, std::span<const uint32_t> incarnations) override;
   Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
              Clock::time_point deadline) override;
   Status finish(Clock::time_point deadline) override;

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <span>
 #include <vector>
 
 #include "weightcast/exec/binding.h"
@@ -57,8 +58,11 @@ class TrainerExecutor {
   // one thread prepares several ranks that gather from each other.
   Status publish();
   // Publishes, connects to every receiver it writes to (and the gather roots it sends to),
-  // fetches their descriptors and warms each connection up with a zero-length write.
-  Status prepare(Clock::time_point deadline);
+  // fetches their descriptors and warms each connection up with a zero-length write. A restarted
+  // trainer passes its peers' current incarnations (per receiver, per trainer rank; missing
+  // entries are 0), so it never links to, or warms up, a peer's dead earlier incarnation.
+  Status prepare(Clock::time_point deadline, std::span<const uint32_t> receiver_incarnations = {},
+                 std::span<const uint32_t> trainer_incarnations = {});
   // Runs the rank's tasks for one step: projections into the staging ring (a slot is reused
   // only after the writes reading it completed), writes tagged {generation, phase, rank}. The
   // generation identifies the attempt: a retried step uses a new one, so writes of an aborted
