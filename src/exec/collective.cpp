@@ -160,6 +160,17 @@ Status HostCollective::rejoin(uint32_t trainer, uint32_t incarnation, Clock::tim
   return link("root", trainer, incarnation, deadline, roots_);
 }
 
+Result<std::pair<core::Box, const std::byte*>> HostCollective::held_piece(
+    uint32_t gi, const core::Box& piece) const {
+  const plan::Gather& g = plan_.gathers[gi];
+  auto found = shards_(g.param);
+  if (!found) return found.status();
+  if (!found->second || !found->first.contains(piece))
+    return invalid("gather {}: rank {} does not hold its piece {} of '{}'", gi, rank_, piece.str(),
+                   in_.trainer.params[g.param].name);
+  return found;
+}
+
 bool HostCollective::opened(uint8_t gen, uint32_t root, Clock::time_point deadline) {
   if (auto o = opened_.find(root); o != opened_.end() && o->second == gen) return true;
   const uint64_t nics = engine_->nics();
@@ -209,12 +220,9 @@ Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
     const Link& root = roots_.at(g.root);
     for (const auto& piece : g.pieces) {
       if (piece.rank != rank_) continue;
-      auto found = shards_(g.param);
+      auto found = held_piece(gi, piece.box);
       if (!found) return found.status();
       auto [held, data] = *found;
-      if (!data || !held.contains(piece.box))
-        return invalid("gather {}: rank {} does not hold its piece {} of '{}'", gi, rank_,
-                       piece.box.str(), in_.trainer.params[g.param].name);
       // Pack the piece row-major (runs of it inside the shard, in order), then one write per run
       // of the piece inside the root's box, each with the immediate.
       uint64_t from = packed;
@@ -260,12 +268,9 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
         continue;
       }
       // The root's own piece: copied run by run into place.
-      auto found = shards_(g.param);
+      auto found = held_piece(gi, piece.box);
       if (!found) return found.status();
       auto [held, data] = *found;
-      if (!data || !held.contains(piece.box))
-        return invalid("gather {}: rank {} does not hold its piece {} of '{}'", gi, rank_,
-                       piece.box.str(), in_.trainer.params[g.param].name);
       std::vector<std::pair<int64_t, int64_t>> src_runs;
       core::for_each_run(held.extents(), core::relative(piece.box, held),
                          [&](int64_t off, int64_t len) {

@@ -103,6 +103,9 @@ class HostCollective final : public Collective {
   // the packing ring. `ahead`: only if every root has opened already and the ring has room
   // without waiting (else returns false with nothing sent, and run(phase) sends them later).
   Result<bool> send(uint8_t gen, uint16_t phase, bool ahead, Clock::time_point deadline);
+  // This rank's shard holding `piece` of gather `gi` (host bytes), or why it cannot be read.
+  Result<std::pair<core::Box, const std::byte*>> held_piece(uint32_t gi,
+                                                            const core::Box& piece) const;
   // Whether `root` opened its buffer for `gen` to us; waits for it until `deadline`.
   bool opened(uint8_t gen, uint32_t root, Clock::time_point deadline);
   HostCollective(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
