@@ -132,24 +132,87 @@ inline uint8_t fp8_fast(float f) {
   return static_cast<uint8_t>(mag > 0x7f800000 ? 0x7fu : (sign | code));  // NaN: 0x7f
 }
 
-template <uint8_t (*kEncode)(float)>
+// The same encoder on kLanes floats at a time, written with GCC's vector extensions; each build
+// below (one per instruction set) picks kLanes to fill one of its registers (AVX-512: 16, AVX2: 8,
+// the x86-64 baseline: 4; wider generic vectors are split badly). Every operation is the scalar
+// one lane by lane, so the bytes are fp8_fast's; the division is the IEEE one, not a reciprocal.
+template <int kLanes>
+struct Lanes {
+  typedef float VF __attribute__((vector_size(4 * kLanes)));
+  typedef uint32_t VU __attribute__((vector_size(4 * kLanes)));
+  typedef int32_t VI __attribute__((vector_size(4 * kLanes)));
+  typedef uint8_t VB __attribute__((vector_size(kLanes)));
+};
+
+// Encodes in[0..kLanes) / s into o (pointers, not vectors, cross the call: no vector ABI).
+template <int kLanes, int kMbits, int kBias, uint32_t kTop>
+[[gnu::always_inline]] inline void fp8_lanes(const float* in, float s, uint8_t* o) {
+  using VF = typename Lanes<kLanes>::VF;
+  using VU = typename Lanes<kLanes>::VU;
+  using VI = typename Lanes<kLanes>::VI;
+  using VB = typename Lanes<kLanes>::VB;
+  VF f;
+  std::memcpy(&f, in, sizeof f);
+  f = f / s;
+  const VU u = (VU)(f);
+  const VU zero = {};
+  const VU sign = (u >> 24) & 0x80;
+  const VU mag = u & 0x7fffffff;
+  const VI e = (VI)(mag) >> 23;  // biased: mag's top bit is clear
+  constexpr int kShift = 23 - kMbits;
+  const VU m = mag & 0x7fffff;
+  const VU r = (m + ((1u << (kShift - 1)) - 1) + ((m >> kShift) & 1)) >> kShift;
+  const VU normal = ((VU)(e) + (kBias - 127)) * (1u << kMbits) + r;
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  const VU finite = mag < 0x7f800000 ? mag : zero;
+  const VF scaled = (VF)(finite) * static_cast<float>(1 << (kMbits + kBias - 1)) + kMagic;
+  const VU sub = (VU)(scaled)-std::bit_cast<uint32_t>(kMagic);
+  VU code = e < 128 - kBias ? sub : normal;  // e - 127 < 1 - kBias
+  code = code > kTop ? zero + kTop : code;
+  const VU out = mag > 0x7f800000 ? zero + 0x7fu : (sign | code);
+  const VB b = __builtin_convertvector(out, VB);
+  std::memcpy(o, &b, sizeof b);
+}
+
+template <int kLanes, int kMbits, int kBias, uint32_t kTop>
 [[gnu::always_inline]] inline void quantize_blocks(const float* x, int64_t lead, int64_t R,
                                                    int64_t C, int64_t block_rows,
                                                    int64_t block_cols, float qmax, std::byte* out,
                                                    std::byte* scales) {
   const int64_t sr = (R + block_rows - 1) / block_rows, sc = (C + block_cols - 1) / block_cols;
+  // Per block column of a band: the lanes' maxima and the tail's (the columns past the block's
+  // last whole group of kLanes).
+  // (Plain words, loaded and stored by memcpy: a std::vector of vectors may not be aligned.)
+  std::vector<uint32_t> vmax(static_cast<size_t>(sc * kLanes));
+  std::vector<uint32_t> amax(static_cast<size_t>(sc));
+  std::vector<float> scale(static_cast<size_t>(sc));
+  using VU = typename Lanes<kLanes>::VU;
+  const VU zero = {};
   for (int64_t l = 0; l < lead; ++l)
     for (int64_t br = 0; br < sr; ++br) {
       const int64_t r0 = br * block_rows, r1 = std::min(R, r0 + block_rows);
       // Absmax of every block of this band of rows in one pass over it, on the bit patterns: for
       // magnitudes their order is the floats' order, and a NaN counts as 0, as std::fmax ignores
-      // it. Integer maxima vectorize; float ones do not without fast-math.
-      std::vector<uint32_t> amax(static_cast<size_t>(sc), 0);
+      // it.
+      std::fill(vmax.begin(), vmax.end(), 0u);
+      std::fill(amax.begin(), amax.end(), 0u);
       for (int64_t r = r0; r < r1; ++r) {
         const float* row = x + (l * R + r) * C;
         for (int64_t bc = 0; bc < sc; ++bc) {
+          const int64_t c0 = bc * block_cols, c1 = std::min(C, c0 + block_cols);
+          int64_t c = c0;
+          VU va;
+          std::memcpy(&va, vmax.data() + bc * kLanes, sizeof va);
+          for (; c + kLanes <= c1; c += kLanes) {
+            VU v;
+            std::memcpy(&v, row + c, sizeof v);
+            v &= 0x7fffffff;
+            v = v > 0x7f800000 ? zero : v;
+            va = v > va ? v : va;
+          }
+          std::memcpy(vmax.data() + bc * kLanes, &va, sizeof va);
           uint32_t a = amax[static_cast<size_t>(bc)];
-          for (int64_t c = bc * block_cols, c1 = std::min(C, c + block_cols); c < c1; ++c) {
+          for (; c < c1; ++c) {
             uint32_t m = std::bit_cast<uint32_t>(row[c]) & 0x7fffffff;
             m = m > 0x7f800000 ? 0 : m;
             a = m > a ? m : a;
@@ -157,10 +220,12 @@ template <uint8_t (*kEncode)(float)>
           amax[static_cast<size_t>(bc)] = a;
         }
       }
-      std::vector<float> scale(static_cast<size_t>(sc));
       for (int64_t bc = 0; bc < sc; ++bc) {
-        const float a = std::bit_cast<float>(amax[static_cast<size_t>(bc)]);
-        scale[static_cast<size_t>(bc)] = a > 0 ? a / qmax : 1.0f;
+        uint32_t a = amax[static_cast<size_t>(bc)];
+        for (int k = 0; k < kLanes; ++k)
+          a = std::max(a, vmax[static_cast<size_t>(bc * kLanes + k)]);
+        const float f = std::bit_cast<float>(a);
+        scale[static_cast<size_t>(bc)] = f > 0 ? f / qmax : 1.0f;
         std::memcpy(scales + ((l * sr + br) * sc + bc) * 4, &scale[static_cast<size_t>(bc)], 4);
       }
       for (int64_t r = r0; r < r1; ++r) {
@@ -168,8 +233,11 @@ template <uint8_t (*kEncode)(float)>
         auto* o = reinterpret_cast<uint8_t*>(out + (l * R + r) * C);
         for (int64_t bc = 0; bc < sc; ++bc) {
           const float s = scale[static_cast<size_t>(bc)];
-          for (int64_t c = bc * block_cols, c1 = std::min(C, c + block_cols); c < c1; ++c)
-            o[c] = kEncode(row[c] / s);
+          const int64_t c0 = bc * block_cols, c1 = std::min(C, c0 + block_cols);
+          int64_t c = c0;
+          for (; c + kLanes <= c1; c += kLanes)
+            fp8_lanes<kLanes, kMbits, kBias, kTop>(row + c, s, o + c);
+          for (; c < c1; ++c) o[c] = fp8_fast<kMbits, kBias, kTop>(row[c] / s);
         }
       }
     }
@@ -177,18 +245,21 @@ template <uint8_t (*kEncode)(float)>
 
 }  // namespace
 
-// Compiled twice, for AVX2 and for the x86-64 baseline, and picked when the program loads: the
-// loops above vectorize (their maxima need more than SSE2).
-[[gnu::target_clones("avx2", "default")]] void quantize_blocks_cpu(
-    const float* x, int64_t lead, int64_t R, int64_t C, int64_t block_rows, int64_t block_cols,
-    core::DType fp8, std::byte* out, std::byte* scales) {
+namespace {
+
+// The FP8 formats through the lanes above; anything else element by element through core.
+template <int kLanes>
+[[gnu::always_inline]] inline void quantize_any(const float* x, int64_t lead, int64_t R, int64_t C,
+                                                int64_t block_rows, int64_t block_cols,
+                                                core::DType fp8, std::byte* out,
+                                                std::byte* scales) {
   const float qmax = core::quant_max(fp8);
   if (fp8 == core::DType::kFP8E4M3)
-    return quantize_blocks<fp8_fast<3, 7, 0x7e>>(x, lead, R, C, block_rows, block_cols, qmax, out,
-                                                 scales);
+    return quantize_blocks<kLanes, 3, 7, 0x7e>(x, lead, R, C, block_rows, block_cols, qmax, out,
+                                               scales);
   if (fp8 == core::DType::kFP8E5M2)
-    return quantize_blocks<fp8_fast<2, 15, 0x7b>>(x, lead, R, C, block_rows, block_cols, qmax, out,
-                                                  scales);
+    return quantize_blocks<kLanes, 2, 15, 0x7b>(x, lead, R, C, block_rows, block_cols, qmax, out,
+                                                scales);
   const int64_t sr = (R + block_rows - 1) / block_rows, sc = (C + block_cols - 1) / block_cols;
   for (int64_t l = 0; l < lead; ++l)
     for (int64_t br = 0; br < sr; ++br)
@@ -206,6 +277,68 @@ template <uint8_t (*kEncode)(float)>
             core::store_from_float(fp8, x[(l * R + r) * C + c] / scale,
                                    out + ((l * R + r) * C + c));
       }
+}
+
+#if defined(__x86_64__)
+// One build per instruction set, its lanes one register wide. (Explicit
+// builds rather than target_clones, so that tests can run each one this CPU can.)
+[[gnu::target("avx512f")]] void quantize_avx512(const float* x, int64_t lead, int64_t R, int64_t C,
+                                                int64_t br, int64_t bc, core::DType fp8,
+                                                std::byte* out, std::byte* scales) {
+  quantize_any<16>(x, lead, R, C, br, bc, fp8, out, scales);
+}
+[[gnu::target("avx2")]] void quantize_avx2(const float* x, int64_t lead, int64_t R, int64_t C,
+                                           int64_t br, int64_t bc, core::DType fp8, std::byte* out,
+                                           std::byte* scales) {
+  quantize_any<8>(x, lead, R, C, br, bc, fp8, out, scales);
+}
+#endif
+void quantize_baseline(const float* x, int64_t lead, int64_t R, int64_t C, int64_t br, int64_t bc,
+                       core::DType fp8, std::byte* out, std::byte* scales) {
+  quantize_any<4>(x, lead, R, C, br, bc, fp8, out, scales);
+}
+
+}  // namespace
+
+bool cpu_has(CpuIsa isa) {
+#if !defined(__x86_64__)
+  return isa == CpuIsa::kBaseline;
+#else
+  switch (isa) {
+    case CpuIsa::kAvx512:
+      return __builtin_cpu_supports("avx512f");
+    case CpuIsa::kAvx2:
+      return __builtin_cpu_supports("avx2");
+    case CpuIsa::kBaseline:
+      return true;
+  }
+  return false;
+#endif
+}
+
+void quantize_blocks_cpu(const float* x, int64_t lead, int64_t R, int64_t C, int64_t block_rows,
+                         int64_t block_cols, core::DType fp8, std::byte* out, std::byte* scales) {
+  static const CpuIsa best = cpu_has(CpuIsa::kAvx512) ? CpuIsa::kAvx512
+                             : cpu_has(CpuIsa::kAvx2) ? CpuIsa::kAvx2
+                                                      : CpuIsa::kBaseline;
+  quantize_blocks_cpu_on(best, x, lead, R, C, block_rows, block_cols, fp8, out, scales);
+}
+
+void quantize_blocks_cpu_on(CpuIsa isa, const float* x, int64_t lead, int64_t R, int64_t C,
+                            int64_t block_rows, int64_t block_cols, core::DType fp8, std::byte* out,
+                            std::byte* scales) {
+  if (!cpu_has(isa)) isa = CpuIsa::kBaseline;
+#if defined(__x86_64__)
+  switch (isa) {
+    case CpuIsa::kAvx512:
+      return quantize_avx512(x, lead, R, C, block_rows, block_cols, fp8, out, scales);
+    case CpuIsa::kAvx2:
+      return quantize_avx2(x, lead, R, C, block_rows, block_cols, fp8, out, scales);
+    case CpuIsa::kBaseline:
+      break;
+  }
+#endif
+  quantize_baseline(x, lead, R, C, block_rows, block_cols, fp8, out, scales);
 }
 
 }  // namespace weightcast::plan

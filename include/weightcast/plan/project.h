@@ -29,7 +29,16 @@ Status project_cpu(const spec::Inputs& in, const Plan& plan, const Project& p,
 // block_cols block (edge blocks smaller), scale = absmax / max(fp8) (1 for an all-zero block),
 // FP8 = round-to-nearest-even(x / scale), saturating; scales are FP32, row-major per matrix.
 // The reference the GPU kernel (exec/cuda_project.h) must match bit for bit.
+// Runs the widest build this CPU has.
 void quantize_blocks_cpu(const float* x, int64_t lead, int64_t R, int64_t C, int64_t block_rows,
                          int64_t block_cols, core::DType fp8, std::byte* out, std::byte* scales);
+
+// The instruction sets quantize_blocks_cpu is built for; every build gives the same bytes (tests
+// run each one the CPU has through quantize_blocks_cpu_on, which falls back to kBaseline).
+enum class CpuIsa { kBaseline, kAvx2, kAvx512 };
+bool cpu_has(CpuIsa isa);
+void quantize_blocks_cpu_on(CpuIsa isa, const float* x, int64_t lead, int64_t R, int64_t C,
+                            int64_t block_rows, int64_t block_cols, core::DType fp8, std::byte* out,
+                            std::byte* scales);
 
 }  // namespace weightcast::plan

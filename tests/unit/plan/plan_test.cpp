@@ -419,6 +419,13 @@ TEST(PlanParts, SourcelessWritesAreOnlyValidInAnInferencePart) {
 namespace weightcast::plan {
 namespace {
 
+// Every build of quantize_blocks_cpu this CPU can run (the others fall back to the baseline).
+constexpr CpuIsa kIsas[] = {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512};
+const char* isa_name(CpuIsa isa) {
+  if (!cpu_has(isa)) return "baseline (the CPU lacks the requested build's instructions)";
+  return isa == CpuIsa::kAvx512 ? "avx512" : isa == CpuIsa::kAvx2 ? "avx2" : "baseline";
+}
+
 // quantize_blocks_cpu's inlined FP8 encoders against core's scalar ones, written out here as the
 // plain loop: random magnitudes over 12 decades (so blocks hold subnormal FP8 results too), edge
 // blocks, both formats, and NaN / infinity / zero entries.
@@ -430,41 +437,45 @@ TEST(Quantize, FastPathMatchesTheScalarReference) {
   std::vector<float> x(static_cast<size_t>(lead * R * C));
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::ldexp(mant(rng), expo(rng));
   x[5] = 0.0f, x[6] = -0.0f, x[7] = INFINITY, x[8] = NAN, x[900] = -INFINITY;
-  for (core::DType t : {core::DType::kFP8E4M3, core::DType::kFP8E5M2}) {
-    const int64_t sr = (R + br - 1) / br, sc = (C + bc - 1) / bc;
-    std::vector<std::byte> got(x.size()), got_s(static_cast<size_t>(lead * sr * sc) * 4);
-    quantize_blocks_cpu(x.data(), lead, R, C, br, bc, t, got.data(), got_s.data());
-    for (int64_t l = 0; l < lead; ++l)
-      for (int64_t i = 0; i < sr; ++i)
-        for (int64_t j = 0; j < sc; ++j) {
-          float amax = 0;
-          for (int64_t r = i * br; r < std::min(R, (i + 1) * br); ++r)
-            for (int64_t c = j * bc; c < std::min(C, (j + 1) * bc); ++c)
-              amax = std::fmax(amax, std::fabs(x[static_cast<size_t>((l * R + r) * C + c)]));
-          const float scale = amax > 0 ? amax / core::quant_max(t) : 1.0f;
-          float s;
-          std::memcpy(&s, got_s.data() + ((l * sr + i) * sc + j) * 4, 4);
-          ASSERT_EQ(std::bit_cast<uint32_t>(s), std::bit_cast<uint32_t>(scale));
-          for (int64_t r = i * br; r < std::min(R, (i + 1) * br); ++r)
-            for (int64_t c = j * bc; c < std::min(C, (j + 1) * bc); ++c) {
-              const size_t e = static_cast<size_t>((l * R + r) * C + c);
-              const float q = x[e] / scale;
-              const uint8_t want = t == core::DType::kFP8E4M3 ? core::float_to_fp8e4m3(q)
-                                                              : core::float_to_fp8e5m2(q);
-              ASSERT_EQ(static_cast<uint8_t>(got[e]), want)
-                  << core::dtype_name(t) << " element " << e << " = " << q;
-            }
-        }
-  }
+  for (CpuIsa isa : kIsas)
+    for (core::DType t : {core::DType::kFP8E4M3, core::DType::kFP8E5M2}) {
+      SCOPED_TRACE(isa_name(isa));
+      const int64_t sr = (R + br - 1) / br, sc = (C + bc - 1) / bc;
+      std::vector<std::byte> got(x.size()), got_s(static_cast<size_t>(lead * sr * sc) * 4);
+      quantize_blocks_cpu_on(isa, x.data(), lead, R, C, br, bc, t, got.data(), got_s.data());
+      for (int64_t l = 0; l < lead; ++l)
+        for (int64_t i = 0; i < sr; ++i)
+          for (int64_t j = 0; j < sc; ++j) {
+            float amax = 0;
+            for (int64_t r = i * br; r < std::min(R, (i + 1) * br); ++r)
+              for (int64_t c = j * bc; c < std::min(C, (j + 1) * bc); ++c)
+                amax = std::fmax(amax, std::fabs(x[static_cast<size_t>((l * R + r) * C + c)]));
+            const float scale = amax > 0 ? amax / core::quant_max(t) : 1.0f;
+            float s;
+            std::memcpy(&s, got_s.data() + ((l * sr + i) * sc + j) * 4, 4);
+            ASSERT_EQ(std::bit_cast<uint32_t>(s), std::bit_cast<uint32_t>(scale));
+            for (int64_t r = i * br; r < std::min(R, (i + 1) * br); ++r)
+              for (int64_t c = j * bc; c < std::min(C, (j + 1) * bc); ++c) {
+                const size_t e = static_cast<size_t>((l * R + r) * C + c);
+                const float q = x[e] / scale;
+                const uint8_t want = t == core::DType::kFP8E4M3 ? core::float_to_fp8e4m3(q)
+                                                                : core::float_to_fp8e5m2(q);
+                ASSERT_EQ(static_cast<uint8_t>(got[e]), want)
+                    << core::dtype_name(t) << " element " << e << " = " << q;
+              }
+          }
+    }
 }
 
-// The encoders on every value that matters, through quantize_blocks_cpu itself: blocks of two
-// whose first element is the format's largest value, so the scale is exactly 1 and the second
-// element is encoded as it is. Every BF16 pattern up to that value, then 2^20 random float32
-// patterns (mantissas BF16 cannot hold, where rounding is decided), each checked against core's
-// scalar encoder; the vectorized and the plain builds must give the same bytes.
+// The encoders on every value that matters, through quantize_blocks_cpu itself: one-row blocks of
+// 40 whose first element is the format's largest value, so the scale is exactly 1 and the others
+// are encoded as they are (columns 0-31 through the vector lanes, 32-39 through the scalar tail).
+// Every BF16 pattern up to that value, then 2^20 random float32 patterns (mantissas BF16 cannot
+// hold, where rounding is decided), each checked against core's scalar encoder; every
+// target_clones build must give the same bytes.
 TEST(Quantize, EveryBf16AndRandomFloatsEncodeExactly) {
   std::mt19937 rng(11);
+  constexpr int64_t kC = 40;
   for (core::DType t : {core::DType::kFP8E4M3, core::DType::kFP8E5M2}) {
     const float qmax = core::quant_max(t);
     std::vector<float> vals;
@@ -476,24 +487,29 @@ TEST(Quantize, EveryBf16AndRandomFloatsEncodeExactly) {
       const float v = std::bit_cast<float>(static_cast<uint32_t>(rng()));
       if (std::fabs(v) <= qmax) vals.push_back(v);
     }
-    const auto R = static_cast<int64_t>(vals.size());
-    std::vector<float> x(static_cast<size_t>(R) * 2);
-    for (int64_t r = 0; r < R; ++r) {
-      x[static_cast<size_t>(2 * r)] = qmax;
-      x[static_cast<size_t>(2 * r + 1)] = vals[static_cast<size_t>(r)];
-    }
-    std::vector<std::byte> got(x.size()), scales(static_cast<size_t>(R) * 4);
-    quantize_blocks_cpu(x.data(), 1, R, 2, 1, 2, t, got.data(), scales.data());
-    for (int64_t r = 0; r < R; ++r) {
-      float s;
-      std::memcpy(&s, scales.data() + r * 4, 4);
-      ASSERT_EQ(s, 1.0f);
-      const float v = vals[static_cast<size_t>(r)];
-      const uint8_t want =
-          t == core::DType::kFP8E4M3 ? core::float_to_fp8e4m3(v) : core::float_to_fp8e5m2(v);
-      ASSERT_EQ(static_cast<uint8_t>(got[static_cast<size_t>(2 * r + 1)]), want)
-          << core::dtype_name(t) << " value " << v << " (bits 0x" << std::hex
-          << std::bit_cast<uint32_t>(v) << ")";
+    const auto R = static_cast<int64_t>((vals.size() + kC - 2) / (kC - 1));
+    std::vector<float> x(static_cast<size_t>(R * kC), 0.0f);
+    for (size_t i = 0; i < vals.size(); ++i)
+      x[static_cast<size_t>(i / (kC - 1) * kC + 1 + i % (kC - 1))] = vals[i];
+    for (int64_t r = 0; r < R; ++r) x[static_cast<size_t>(r * kC)] = qmax;
+    for (CpuIsa isa : kIsas) {
+      SCOPED_TRACE(isa_name(isa));
+      std::vector<std::byte> got(x.size()), scales(static_cast<size_t>(R) * 4);
+      quantize_blocks_cpu_on(isa, x.data(), 1, R, kC, 1, kC, t, got.data(), scales.data());
+      for (int64_t r = 0; r < R; ++r) {
+        float s;
+        std::memcpy(&s, scales.data() + r * 4, 4);
+        ASSERT_EQ(s, 1.0f);
+      }
+      for (size_t i = 0; i < vals.size(); ++i) {
+        const float v = vals[i];
+        const uint8_t want =
+            t == core::DType::kFP8E4M3 ? core::float_to_fp8e4m3(v) : core::float_to_fp8e5m2(v);
+        const size_t e = i / (kC - 1) * kC + 1 + i % (kC - 1);
+        ASSERT_EQ(static_cast<uint8_t>(got[e]), want)
+            << core::dtype_name(t) << " value " << v << " (bits 0x" << std::hex
+            << std::bit_cast<uint32_t>(v) << ")";
+      }
     }
   }
 }
