@@ -31,6 +31,7 @@
 #include "harness.h"
 #include "weightcast/api/weightcast.h"
 #include "weightcast/exec/memory.h"
+#include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/spec/spec_parser.h"
 #include "weightcast/transport/progress.h"
@@ -106,12 +107,28 @@ struct E2E {
   uint64_t bytes = 0, writes = 0;
 };
 
+// The planner's options for both jobs (--gather-cost-us); the plan is saved next to the specs
+// and the job loads it from there.
+plan::Options g_plan_options;
+
 api::JobConfig job_in(const std::string& dir) {
   api::JobConfig job;
   job.trainer_spec = dir + "/trainer.json";
   job.inference_spec = dir + "/inference.json";
   job.topology = dir + "/topology.json";
+  job.plan_file = dir + "/plan.json";
   return job;
+}
+
+plan::Plan plan_of(const std::string& dir) {
+  auto in =
+      spec::load_inputs(dir + "/trainer.json", dir + "/inference.json", dir + "/topology.json");
+  auto p = in ? plan::make_plan(*in, g_plan_options) : Result<plan::Plan>(in.status());
+  if (!p) {
+    std::fprintf(stderr, "e2e_bench: %s\n", p.status().message().c_str());
+    std::exit(1);
+  }
+  return std::move(p).value();
 }
 
 // A job's receivers in a child process that waits for the rendezvous on a pipe. Children are
@@ -284,17 +301,7 @@ Pattern all_pairs(uint32_t ns, uint32_t nr, uint64_t size, bool fresh) {
 // The job's own writes, as its plan orders them (sizes, writer -> target pairs, scale rows), each
 // from and to memory of its own, as in a step: no gathers, no projections, no phases.
 Pattern replay(const std::string& dir) {
-  auto in =
-      spec::load_inputs(dir + "/trainer.json", dir + "/inference.json", dir + "/topology.json");
-  if (!in) {
-    std::fprintf(stderr, "e2e_bench: %s\n", in.status().message().c_str());
-    std::exit(1);
-  }
-  auto plan = plan::make_plan(*in, plan::Options{});
-  if (!plan) {
-    std::fprintf(stderr, "e2e_bench: %s\n", plan.status().message().c_str());
-    std::exit(1);
-  }
+  const auto plan = std::make_optional(plan_of(dir));  // (read through ->, as before)
   Pattern p;
   p.src_bytes.assign(plan->senders.size(), 0);
   p.dst_bytes.assign(plan->receivers.size(), 0);
@@ -405,6 +412,12 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "e2e_bench: --raw-kib takes 1..65536\n");
         return 2;
       }
+    } else if (a == "--gather-cost-us" && i + 1 < argc) {
+      g_plan_options.gather_cost_us = std::strtod(argv[++i], nullptr);
+      if (!(g_plan_options.gather_cost_us >= 0)) {
+        std::fprintf(stderr, "e2e_bench: --gather-cost-us takes a number >= 0\n");
+        return 2;
+      }
     } else if (a == "--scale" && i + 1 < argc) {
       scale = std::atoi(argv[++i]);
       if (scale < 1 || scale > 64) {
@@ -413,10 +426,14 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: e2e_bench [--device host|cuda] [--scale K] [--raw-kib N]\n"
+                   "usage: e2e_bench [--device host|cuda] [--scale K] [--raw-kib N] "
+                   "[--gather-cost-us X]\n"
                    "  --device cuda  trainer shards in GPU memory, projections on GPU 0\n"
                    "  --scale K      demo-moe with every dimension times K (default 1)\n"
-                   "  --raw-kib N    size of the raw baseline's writes (default 16384)\n");
+                   "  --raw-kib N    size of the raw baseline's writes (default 16384)\n"
+                   "  --gather-cost-us X  the planner's fixed cost per gathered piece (packing "
+                   "small units\n"
+                   "                 into gathers; default: the planner's)\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
@@ -430,6 +447,13 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(dir / "moe");
   write_copy_specs((dir / "copy").string());
   write_scaled_moe((dir / "moe").string(), scale);
+  for (const char* job : {"copy", "moe"})
+    if (Status st =
+            plan::save_json(plan_of((dir / job).string()), (dir / job / "plan.json").string());
+        !st) {
+      std::fprintf(stderr, "e2e_bench: %s\n", st.message().c_str());
+      return 1;
+    }
   // The baseline is the better of two raw runs: one pair (transport_bw's method), and the jobs'
   // shape (4 trainer ranks as threads here, 2 inference ranks in a child), which many cores favour.
   const double raw1 = raw_gbps(all_pairs(1, 1, raw_bytes, false)),

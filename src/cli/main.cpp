@@ -83,6 +83,7 @@ struct PlanFlags {
   double max_write_mb = 16;
   double staging_mb = 512;
   bool intra_node_only = false;
+  plan::Options defaults;
 
   void add(CLI::App* app) {
     app->add_option("--max-write-mb", max_write_mb,
@@ -95,11 +96,23 @@ struct PlanFlags {
            "Staging watermark per sender: gather buffers of one phase plus the projection ring")
         ->capture_default_str()
         ->check(CLI::Range(0.001, 16777216.0));
+    app->add_option("--write-cost-us", defaults.write_cost_us,
+                    "Packing trade: fixed cost of one write (posting, NIC, immediate). Small units "
+                    "are merged into one projection, fed by a gather, when the writes saved cost "
+                    "more than the gather added")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 1e9));
+    app->add_option("--gather-cost-us", defaults.gather_cost_us,
+                    "Packing trade: fixed cost per piece a gather root receives from another rank "
+                    "(the member's send, the ranks meeting, the root's wait), on top of the bytes' "
+                    "NVLink time. 0 packs whenever writes are saved; a large value never packs. "
+                    "Default: the topology's gather_us (0 where not given)")
+        ->check(CLI::Range(0.0, 1e9));
     app->add_flag("--intra-node-gathers-only", intra_node_only,
                   "Refuse plans that need a gather across NVLink domains (default: plan it, warn)");
   }
   plan::Options options() const {
-    plan::Options o;
+    plan::Options o = defaults;
     o.max_write_bytes = static_cast<uint64_t>(max_write_mb * (1 << 20));
     o.staging_watermark = static_cast<uint64_t>(staging_mb * (1 << 20));
     o.intra_domain_gathers_only = intra_node_only;

@@ -48,9 +48,11 @@ std::string to_json(const Plan& p) {
       Plan::kFormat, quoted(p.inputs_digest), p.scale, p.phases);
   fmt::format_to(out,
                  "\"options\": {{\"max_write_bytes\": {}, \"staging_watermark\": {}, "
-                 "\"intra_domain_gathers_only\": {}}},\n",
+                 "\"intra_domain_gathers_only\": {}, \"write_cost_us\": {}, "
+                 "\"gather_cost_us\": {}}},\n",
                  p.options.max_write_bytes, p.options.staging_watermark,
-                 p.options.intra_domain_gathers_only);
+                 p.options.intra_domain_gathers_only, p.options.write_cost_us,
+                 p.options.gather_cost_us);
   if (!p.part_role.empty()) {
     fmt::format_to(out,
                    "\"part\": {{\"role\": {}, \"rank\": {}, \"dest_ids\": ", quoted(p.part_role),
@@ -236,6 +238,15 @@ Result<Plan> from_json(const std::string& text) {
     p.options.staging_watermark =
         u(at(o, "staging_watermark", "options"), "options.staging_watermark");
     p.options.intra_domain_gathers_only = at(o, "intra_domain_gathers_only", "options").get<bool>();
+    // The packing trade's costs: what the plan was made with (plans saved before they were
+    // recorded lack them; they do not change how a plan runs).
+    for (auto [key, field] : {std::pair{"write_cost_us", &p.options.write_cost_us},
+                              std::pair{"gather_cost_us", &p.options.gather_cost_us}}) {
+      if (!o.contains(key)) continue;
+      if (!o[key].is_number() || !(o[key].get<double>() >= 0))
+        bad(std::string("options.") + key, "expected a number >= 0, got " + o[key].dump());
+      *field = o[key].get<double>();
+    }
     if (j.contains("part")) {
       const json& pt = j["part"];
       p.part_role = at(pt, "role", "part").is_string() ? pt["role"].get<std::string>() : "";

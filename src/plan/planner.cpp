@@ -425,14 +425,23 @@ std::string digest_inputs(const spec::Inputs& in) {
     if (p.quant)
       mix(fmt::format("{}x{}{}", p.quant->block_rows, p.quant->block_cols, p.quant->scale_name));
   }
-  for (const auto& hi : in.topology.hosts)
+  for (const auto& hi : in.topology.hosts) {
     mix(fmt::format("{}/{}/{}/{}/{}/{}", hi.name, hi.gpus, hi.nics_per_gpu, hi.nic_gbps,
                     hi.nvlink_gbps, hi.nvlink_domain));
+    if (hi.gather_us != 0) mix(fmt::format("gather_us={}", hi.gather_us));  // (older digests hold)
+  }
   return fmt::format("fnv1a64:{:016x}", h);
 }
 
-Result<Plan> make_plan(const spec::Inputs& in, const Options& opts) {
-  if (opts.max_write_bytes == 0) return invalid("max write size must be positive");
+Result<Plan> make_plan(const spec::Inputs& in, const Options& options) {
+  if (options.max_write_bytes == 0) return invalid("max write size must be positive");
+  Options opts = options;
+  if (opts.gather_cost_us < 0) {  // the topology's: the costliest trainer host's
+    opts.gather_cost_us = 0;
+    for (const spec::Device& d : in.trainer.mesh.devices)
+      if (const spec::HostInfo* h = in.topology.find(d.host))
+        opts.gather_cost_us = std::max(opts.gather_cost_us, h->gather_us);
+  }
   Plan plan;
   plan.options = opts;
   for (const auto& p : in.trainer.params) plan.source_names.push_back(p.name);

@@ -157,28 +157,35 @@ struct TensorCutter {
     return r;
   }
 
-  // Bytes a unit must gather: everything but what its best-placed holder already has.
-  uint64_t gathered(const Unit& u) const {
-    std::map<uint32_t, uint64_t> held;
+  // What a unit must gather: every need but those its best-placed holder (the one holding the
+  // most bytes) already has; bytes and pieces.
+  std::pair<uint64_t, uint64_t> gathered(const Unit& u) const {
+    std::map<uint32_t, std::pair<uint64_t, uint64_t>> held;  // rank -> bytes, needs
     uint64_t total = 0;
     for (const Need& n : u.needs) {
       const uint64_t b = static_cast<uint64_t>(n.src.numel()) *
                          core::dtype_size(in.trainer.params[dp.parts[n.part].src].dtype);
       total += b;
-      for (uint32_t r : ranks_of(n)) held[r] += b;
+      for (uint32_t r : ranks_of(n)) {
+        held[r].first += b;
+        ++held[r].second;
+      }
     }
-    uint64_t best = 0;
-    for (const auto& [r, b] : held) best = std::max(best, b);
-    return total - best;
+    std::pair<uint64_t, uint64_t> best{0, 0};
+    for (const auto& [r, h] : held) best = std::max(best, h);
+    return {total - best.first, u.needs.size() - best.second};
   }
 
-  // Seconds a set of units costs beyond its bytes on the wire: fixed cost per write plus the
-  // NVLink time of its gathers.
+  // Seconds a set of units costs beyond its bytes on the wire: fixed cost per write, plus per
+  // gathered piece its fixed cost and its NVLink time.
   double overhead(const std::vector<const Unit*>& us) const {
     double t = 0;
-    for (const Unit* u : us)
+    for (const Unit* u : us) {
+      const auto [bytes, from_others] = gathered(*u);
       t += static_cast<double>(runs(*u)) * opts.write_cost_us * 1e-6 +
-           static_cast<double>(gathered(*u)) * 8 / (nvlink_gbps * 1e9);
+           static_cast<double>(from_others) * opts.gather_cost_us * 1e-6 +
+           static_cast<double>(bytes) * 8 / (nvlink_gbps * 1e9);
+    }
     return t;
   }
 

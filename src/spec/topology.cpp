@@ -61,9 +61,10 @@ Result<Topology> parse_topology(const json& j) {
     for (size_t i = 0; i < hosts.size(); ++i) {
       const std::string p = child(hp, i);
       const json& h = hosts[i];
-      check_keys(
-          h, {"name", "for", "gpus", "nics_per_gpu", "nic_gbps", "nvlink_gbps", "nvlink_domain"},
-          p);
+      check_keys(h,
+                 {"name", "for", "gpus", "nics_per_gpu", "nic_gbps", "nvlink_gbps", "gather_us",
+                  "nvlink_domain"},
+                 p);
       const std::string tmpl = get_string(require(h, "name", p), child(p, "name"));
       HostInfo base;
       base.gpus = static_cast<int>(get_int(require(h, "gpus", p), child(p, "gpus"), 1, 1024));
@@ -73,6 +74,8 @@ Result<Topology> parse_topology(const json& j) {
         base.nic_gbps = get_number(*v, child(p, "nic_gbps"), 0.001, 1e6);
       if (const json* v = optional(h, "nvlink_gbps", p))
         base.nvlink_gbps = get_number(*v, child(p, "nvlink_gbps"), 0.001, 1e7);
+      if (const json* v = optional(h, "gather_us", p))
+        base.gather_us = get_number(*v, child(p, "gather_us"), 0, 1e6);
       const json* dom = optional(h, "nvlink_domain", p);
       expand(optional(h, "for", p), p, 1 << 20, [&](const Vars& vars) {
         HostInfo hi = base;

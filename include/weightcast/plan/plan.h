@@ -16,8 +16,12 @@ struct Options {
   uint64_t max_write_bytes = 16ull << 20;  // longer runs are split into writes of this size
   uint64_t max_unit_bytes = 64ull << 20;   // largest piece of work one projection handles
   // Packing trade: one write costs this much fixed time (posting, NIC, imm handling); merging
-  // small units is worth it when the writes it saves cost more than the NVLink gather it adds.
+  // small units is worth it when the writes it saves cost more than the gather it adds: per piece
+  // a root receives, gather_cost_us of fixed time (the member's send, the ranks meeting, the
+  // root's wait) plus the bytes' NVLink time. Negative: the topology's `gather_us` (the
+  // costliest trainer host's; 0 where it is not given). The plan records the value used.
   double write_cost_us = 2.0;
+  double gather_cost_us = -1.0;
   uint64_t staging_watermark = 512ull << 20;  // per sender: gather buffers + projection ring
   bool intra_domain_gathers_only = false;     // refuse plans whose gathers cross NVLink domains
 };

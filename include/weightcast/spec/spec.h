@@ -96,6 +96,10 @@ struct HostInfo {
   int nics_per_gpu = 1;
   double nic_gbps = 400;      // per NIC, gigabits per second
   double nvlink_gbps = 3600;  // per GPU, for gather estimates
+  // Fixed cost of one piece gathered on this host (the member's send, the ranks meeting, the
+  // root's wait), on top of its bytes' NVLink time: near 0 for NCCL on NVLink; more for the
+  // host collective over the fabric (docs/spec-format.md).
+  double gather_us = 0;
   std::string nvlink_domain;  // hosts in one domain may gather among each other
 };
 

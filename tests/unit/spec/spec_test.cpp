@@ -138,6 +138,8 @@ const BadCase kBadCases[] = {
      "trainer.format: expected \"weightcast.spec/v1\", got \"weightcast.spec/v9\""},
     {"host not in topology", [](json&, json&, json& c) { c["hosts"][1]["name"] = "x{h}"; },
      "inference replica 0 rank 0 runs on host 'i0', which the topology does not list"},
+    {"negative gather cost", [](json&, json&, json& c) { c["hosts"][0]["gather_us"] = -2; },
+     "topology.hosts[0].gather_us: expected a number in [0, 1000000], got -2"},
     {"too few GPUs", [](json&, json&, json& c) { c["hosts"][1]["gpus"] = 3; },
      "inference replica 1 rank 1 runs on i0 GPU 3, but the topology gives that host 3 GPUs"},
     {"GPU used twice", [](json&, json& i, json&) { i["replicas"]["devices"]["host"] = "t{h}"; },
