@@ -504,10 +504,17 @@ int main(int argc, char** argv) {
       "  replay: the jobs' writes alone (same sizes and pairs, a step's memory, all posted at "
       "once): copy %.2f GB/s, moe %.2f GB/s\n",
       copy_replay, moe_replay);
-  perf::ratio("e2e copy step vs raw transport", copy.gbps, raw, "GB/s", "target >= 0.8");
-  const std::string moe_note =
-      std::string("target >= 0.8; ") + (cuda_device >= 0 ? "GPU projection" : "CPU projection");
-  perf::ratio("e2e moe step vs raw transport", q.gbps, raw, "GB/s", moe_note.c_str());
+  // The target (issue 4): >= 0.8x transport_bw's raw number, one pair of processes. Stricter:
+  // the better raw run, which on many cores is the 4 x 2 one from one reused (cached) buffer.
+  perf::ratio("e2e copy step vs raw 1 pair", copy.gbps, raw1, "GB/s",
+              "target >= 0.8: transport_bw's method");
+  const std::string moe_note = std::string("target >= 0.8: transport_bw's method; ") +
+                               (cuda_device >= 0 ? "GPU projection" : "CPU projection");
+  perf::ratio("e2e moe step vs raw 1 pair", q.gbps, raw1, "GB/s", moe_note.c_str());
+  perf::ratio("e2e copy step vs best raw", copy.gbps, raw, "GB/s",
+              "stricter: 1 pair or 4x2 from one reused buffer");
+  perf::ratio("e2e moe step vs best raw", q.gbps, raw, "GB/s",
+              "stricter: 1 pair or 4x2 from one reused buffer");
   perf::ratio("e2e copy vs raw 4x2, own memory", copy.gbps, raw42_fresh, "GB/s",
               "no write reuses a cached buffer");
   perf::ratio("e2e moe vs raw 4x2, own memory", q.gbps, raw42_fresh, "GB/s",

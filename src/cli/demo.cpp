@@ -40,8 +40,9 @@ Result<spec::Inputs> load(const DemoOptions& o) {
   return spec::load_inputs(o.trainer, o.inference, o.topology);
 }
 
-plan::Options demo_plan_options() {
+plan::Options demo_plan_options(const DemoOptions& o) {
   plan::Options opts;
+  opts.gather_cost_us = o.gather_cost_us;
   return opts;
 }
 
@@ -352,7 +353,7 @@ int run_demo(const DemoOptions& o) {
     std::fprintf(stderr, "weightcast: error: %s\n", in.status().message().c_str());
     return 2;
   }
-  auto p = plan::make_plan(*in, demo_plan_options());
+  auto p = plan::make_plan(*in, demo_plan_options(o));
   if (!p) {
     std::fprintf(stderr, "weightcast: error: %s\n", p.status().message().c_str());
     return 2;

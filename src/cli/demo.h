@@ -15,6 +15,7 @@ struct DemoOptions {
   std::string nic_list;            // comma-separated local IPs (fabric) or RDMA devices (verbs)
   std::string device = "host";     // where trainer shards live: host, or cuda (GPU projections)
   double deadline_s = 60;
+  double gather_cost_us = -1;    // the planner's packing trade (< 0: the topology's gather_us)
   int kill_trainer_at_step = 0;  // fault injection: trainer 0 dies mid-push at this step
   int restart_receiver_at_step =
       0;                // fault injection: inference 0 is killed and restarted before this step

@@ -307,6 +307,12 @@ int main(int argc, char** argv) {
       "--weights", demo.weights,
       "safetensors file with the full trainer weights (names and shapes of the trainer spec); "
       "step k pushes them scaled by 1 + (k-1)/8. Default: a deterministic pattern");
+  demo_cmd
+      ->add_option("--gather-cost-us", demo.gather_cost_us,
+                   "The planner's fixed cost per gathered piece (see `weightcast plan --help`); "
+                   "default: the topology's gather_us. 0 packs small units into gathers, which "
+                   "exercises the trainers' host collective (the fault drills in tests/e2e do)")
+      ->check(CLI::Range(0.0, 1e9));
   demo_cmd->add_option("--dump", demo.dump,
                        "Directory where each inference rank writes what it received after "
                        "the last step, as replica<R>-rank<Q>.safetensors");

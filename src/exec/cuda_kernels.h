@@ -24,8 +24,25 @@ struct AssembleInput {
   int64_t src_base = 0, dst_base = 0;
 };
 
-// Runs every input into `x` (device floats), on the calling thread's default stream; returns once
-// the kernels are queued.
+// Runs every input into `x` (device floats), on the calling thread's default stream, one launch
+// per 16 inputs; returns once the kernels are queued.
 Status assemble(const AssembleInput* inputs, int n, float* x);
+
+// The conversion of one assembled projection: the `n` floats at `x` into `out` as `out_type`
+// (a cast), or with `quant` FP8 block quantization of `lead` row-major R x C matrices, FP32
+// scales at `scales` (the bytes of cuda_cast / cuda_quantize_blocks).
+struct ConvertJob {
+  const float* x = nullptr;
+  int64_t n = 0;
+  void* out = nullptr;
+  core::DType out_type = core::DType::kBF16;
+  bool quant = false;
+  int64_t lead = 0, R = 0, C = 0, block_rows = 0, block_cols = 0;
+  float* scales = nullptr;
+};
+
+// Runs every job on the calling thread's default stream, one launch per 16 jobs (casts and
+// quantizations mixed); returns once the kernels are queued.
+Status convert(const ConvertJob* jobs, int n);
 
 }  // namespace weightcast::exec::kernels

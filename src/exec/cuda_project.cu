@@ -92,19 +92,24 @@ __device__ void store(void* p, DType t, int64_t i, float f) {
   }
 }
 
-__global__ void cast_kernel(const void* src, DType st, void* dst, DType dt, uint64_t n) {
-  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+// Elements block, block + blocks, ... (of blockDim.x each) of a cast.
+__device__ void cast_part(const void* src, DType st, void* dst, DType dt, uint64_t n,
+                          uint64_t block, uint64_t blocks) {
+  for (uint64_t i = block * blockDim.x + threadIdx.x; i < n; i += blocks * blockDim.x)
     store(dst, dt, static_cast<int64_t>(i), load(src, st, static_cast<int64_t>(i)));
+}
+
+__global__ void cast_kernel(const void* src, DType st, void* dst, DType dt, uint64_t n) {
+  cast_part(src, st, dst, dt, n, blockIdx.x, gridDim.x);
 }
 
 constexpr int kThreads = 256;
 
-// One thread block per quantization block: absmax by reduction, then encode.
-__global__ void quant_kernel(const void* src, DType st, int64_t R, int64_t C, int64_t br,
-                             int64_t bc, int64_t sr, int64_t sc, DType fp8, float qmax,
-                             uint8_t* out, float* scales) {
-  const int64_t blk = blockIdx.x;  // (l * sr + i) * sc + j
+// One thread block per quantization block `blk` = (l * sr + i) * sc + j: absmax by reduction,
+// then encode.
+__device__ void quant_block(const void* src, DType st, int64_t R, int64_t C, int64_t br, int64_t bc,
+                            int64_t sr, int64_t sc, DType fp8, float qmax, uint8_t* out,
+                            float* scales, int64_t blk) {
   const int64_t j = blk % sc, i = (blk / sc) % sr, l = blk / (sc * sr);
   const int64_t r0 = i * br, r1 = min(R, r0 + br), c0 = j * bc, c1 = min(C, c0 + bc);
   const int64_t w = c1 - c0, n = (r1 - r0) * w;
@@ -127,8 +132,41 @@ __global__ void quant_kernel(const void* src, DType st, int64_t R, int64_t C, in
   }
 }
 
+__global__ void quant_kernel(const void* src, DType st, int64_t R, int64_t C, int64_t br,
+                             int64_t bc, int64_t sr, int64_t sc, DType fp8, float qmax,
+                             uint8_t* out, float* scales) {
+  quant_block(src, st, R, C, br, bc, sr, sc, fp8, qmax, out, scales, blockIdx.x);
+}
+
+// Up to kBatch conversions in one launch: job k owns blocks [first[k], first[k + 1]), one per
+// quantization block, or a grid-stride share of a cast.
+constexpr int kBatch = 16;
+constexpr int64_t kCastBlocks = 1024;  // per cast job, at most
+
+struct ConvertBatch {
+  kernels::ConvertJob job[kBatch];
+  int64_t first[kBatch + 1];
+  float qmax[kBatch];  // the FP8 format's largest value, per quantization job
+  int n;
+};
+
+__global__ void convert_kernel(ConvertBatch b) {
+  int k = 0;
+  while (k + 1 < b.n && static_cast<int64_t>(blockIdx.x) >= b.first[k + 1]) ++k;
+  const kernels::ConvertJob& c = b.job[k];
+  const int64_t blk = blockIdx.x - b.first[k], blocks = b.first[k + 1] - b.first[k];
+  if (!c.quant) {
+    cast_part(c.x, DType::kFP32, c.out, c.out_type, static_cast<uint64_t>(c.n),
+              static_cast<uint64_t>(blk), static_cast<uint64_t>(blocks));
+    return;
+  }
+  const int64_t sr = (c.R + c.block_rows - 1) / c.block_rows,
+                sc = (c.C + c.block_cols - 1) / c.block_cols;
+  quant_block(c.x, DType::kFP32, c.R, c.C, c.block_rows, c.block_cols, sr, sc, c.out_type,
+              b.qmax[k], static_cast<uint8_t*>(c.out), c.scales, blk);
+}
+
 // Up to kBatch inputs in one launch: grid row y runs input y.
-constexpr int kBatch = 8;
 struct AssembleBatch {
   kernels::AssembleInput in[kBatch];
   int64_t count[kBatch];
@@ -187,6 +225,41 @@ Status assemble(const AssembleInput* inputs, int n, float* x) {
       return cuda_err("assemble_kernel launch", e);
   }
   return finish("assemble_kernel", false);  // the conversion kernel follows on this stream
+}
+
+Status convert(const ConvertJob* jobs, int n) {
+  for (int first = 0; first < n; first += kBatch) {
+    ConvertBatch b{};
+    int64_t blocks = 0;
+    for (int i = first; i < n && i < first + kBatch; ++i) {
+      const ConvertJob& c = jobs[i];
+      int64_t need = 0;
+      if (c.quant) {
+        if (c.lead <= 0 || c.R <= 0 || c.C <= 0 || c.block_rows <= 0 || c.block_cols <= 0 ||
+            !is_fp8(c.out_type))
+          return invalid("convert: quantization job {} has an empty shape or block, or {}", i,
+                         core::dtype_name(c.out_type));
+        need = c.lead * ((c.R + c.block_rows - 1) / c.block_rows) *
+               ((c.C + c.block_cols - 1) / c.block_cols);
+      } else {
+        if (!(is_float_in(c.out_type) || is_fp8(c.out_type)))
+          return invalid("convert: cast job {} to {}", i, core::dtype_name(c.out_type));
+        need = std::min<int64_t>((c.n + kThreads - 1) / kThreads, kCastBlocks);
+      }
+      if (need == 0) continue;
+      b.job[b.n] = c;
+      b.qmax[b.n] = core::quant_max(c.out_type);
+      b.first[b.n++] = blocks;
+      blocks += need;
+    }
+    if (b.n == 0) continue;
+    b.first[b.n] = blocks;
+    if (blocks > 0x7fffffff) return invalid("convert: {} blocks is too many", blocks);
+    convert_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(b);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
+      return cuda_err("convert_kernel launch", e);
+  }
+  return Status::ok();
 }
 }  // namespace kernels
 

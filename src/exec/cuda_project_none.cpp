@@ -13,6 +13,7 @@ Status no_cuda() {
 
 namespace kernels {
 Status assemble(const AssembleInput*, int, float*) { return no_cuda(); }
+Status convert(const ConvertJob*, int) { return no_cuda(); }
 }  // namespace kernels
 
 Status cuda_cast(const void*, core::DType, void*, core::DType, uint64_t, bool) { return no_cuda(); }

@@ -332,6 +332,17 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   std::deque<Produced> produced;
   std::vector<GroupWrite> direct;
   unsigned marks = 0;
+  int batch_mark = -1;    // the mark of the last batch of GPU projections queued, and
+  size_t batch_last = 0;  // the task index of its last projection
+  // A projection's staging range (output, then scales where planned), and whether one copy
+  // brings both to the host.
+  auto staged = [](const plan::Project& q) -> std::pair<uint64_t, uint64_t> {
+    return {q.staging_off, q.scale_dest >= 0 ? q.scale_off + q.scale_box.numel() * 4
+                                             : q.staging_off + q.out_bytes};
+  };
+  auto one_copy = [](const plan::Project& q) {
+    return q.scale_dest < 0 || q.scale_off == q.staging_off + q.out_bytes;
+  };
   auto await_ready = [&]() -> Status {
     if (!ready_f.valid()) return Status::ok();
     const auto tw = Clock::now();
@@ -419,20 +430,43 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     if (t.op == plan::Task::Op::kProject) {
       if (Status s = pump(); !s) return s;
       const plan::Project& p = plan_.projects[t.index];
-      const uint64_t lo = p.staging_off, hi = p.scale_dest >= 0
-                                                  ? p.scale_off + p.scale_box.numel() * 4
-                                                  : p.staging_off + p.out_bytes;
+      const auto [lo, hi] = staged(p);
+      if (device && batch_mark >= 0 && ti <= batch_last) {  // queued with its batch's first
+        ++rep.projects;
+        produced.push_back({lo, hi, batch_mark, {}});
+        continue;
+      }
+      // On the GPU, this projection and the next ones of the phase whose staging follows on
+      // from it run as one batch: one assembly and one conversion launch, one copy out, one mark
+      // (launches, not bytes, set the time of a small model's many projections).
+      std::vector<const plan::Project*> batch{&p};
+      uint64_t bhi = hi;
+      size_t last = ti;
+      if (device && one_copy(p)) {
+        int64_t elems = p.box.numel();
+        for (size_t j = ti + 1; j < tasks.size() && batch.size() < kBatchProjects; ++j) {
+          if (tasks[j].op == plan::Task::Op::kWrite) continue;
+          if (tasks[j].op != plan::Task::Op::kProject) break;
+          const plan::Project& q = plan_.projects[tasks[j].index];
+          const auto [qlo, qhi] = staged(q);
+          if (qlo != bhi || !one_copy(q) || elems + q.box.numel() > kBatchElems) break;
+          batch.push_back(&q);
+          bhi = qhi;
+          elems += q.box.numel();
+          last = j;
+        }
+      }
       // On the CPU the earlier projections' writes go out now. On the GPU they stay queued
-      // behind their marks, unless this projection's staging overlaps one of theirs.
+      // behind their marks, unless this batch's staging overlaps one of theirs.
       bool overlap = !device;
-      for (const Produced& e : produced) overlap = overlap || (e.lo < hi && lo < e.hi);
+      for (const Produced& e : produced) overlap = overlap || (e.lo < bhi && lo < e.hi);
       if (overlap)
         if (Status fs = release(produced.size(), true, false); !fs) return fs;
       // Ring admission: wait for writes still reading this slot.
       const auto tr = Clock::now();
       while (!inflight.empty()) {
         bool busy = false;
-        for (const Inflight& f : inflight) busy = busy || (f.lo < hi && lo < f.hi);
+        for (const Inflight& f : inflight) busy = busy || (f.lo < bhi && lo < f.hi);
         if (!busy) break;
         const Inflight f = inflight.front();
         inflight.pop_front();
@@ -455,32 +489,32 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       if (device) {
         // On the GPU from the device shards or the device copy of the gather buffer, into
         // device staging; then the output (and scales) to the registered host staging.
-        auto dres = [&](const plan::Project::Input& inp) -> plan::Held {
+        auto dres = [&](const plan::Project& q, const plan::Project::Input& inp) -> plan::Held {
           if (inp.gather >= 0)
             return {plan_.gathers[inp.gather].box,
                     device_gbuf_.data() +
                         (collective_->gathered(inp.gather) - collective_->buffer().data())};
-          const int src = dp.parts.at(inp.part).src;
+          const int src = in_.inference.params[plan_.dests[q.dest].param].parts.at(inp.part).src;
           auto it = layout_.by_param.find(src);
           auto d = device_shard_.find(src);
           if (it == layout_.by_param.end() || d == device_shard_.end()) return {};
           return {layout_.shards[it->second].box, d->second};
         };
-        Status s = project_cuda(in_, plan_, p, dres, device_staging_.data(), device_staging_.size(),
-                                scratch_, cuda_device_);
-        // Output and scales in one copy when the scales follow the output (as planned).
-        const uint64_t scale_bytes =
-            p.scale_dest >= 0 ? static_cast<uint64_t>(p.scale_box.numel()) * 4 : 0;
-        const bool one_copy = scale_bytes == 0 || p.scale_off == p.staging_off + p.out_bytes;
+        Status s = project_cuda_batch(in_, plan_, batch, dres, device_staging_.data(),
+                                      device_staging_.size(), scratch_, cuda_device_);
+        // Outputs and scales in one copy when the scales follow the output (as planned, and
+        // always in a batch of several); else the scales in a copy of their own.
+        const bool one = one_copy(p);
         if (s)
-          s = copy_device_to_host_async(staging_.data() + p.staging_off,
-                                        device_staging_.data() + p.staging_off,
-                                        p.out_bytes + (one_copy ? scale_bytes : 0));
-        if (s && !one_copy)
+          s = copy_device_to_host_async(staging_.data() + lo, device_staging_.data() + lo,
+                                        one ? bhi - lo : p.out_bytes);
+        if (s && !one)
           s = copy_device_to_host_async(staging_.data() + p.scale_off,
-                                        device_staging_.data() + p.scale_off, scale_bytes);
-        // One mark per projection (kernels and copies), waited for when its writes go out.
+                                        device_staging_.data() + p.scale_off, hi - p.scale_off);
+        // One mark per batch (kernels and copies), waited for when its writes go out.
         mark = static_cast<int>(marks++ % kMarks);
+        batch_mark = mark;
+        batch_last = last;
         if (s) s = proj_marks_.mark(static_cast<size_t>(mark));
         if (!s)
           return Status(s.code(),
@@ -492,9 +526,17 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       }
       rep.project_s += since(tp);
       ++rep.projects;
-      // At most kMarks projections in flight on the GPU: the oldest one's writes go out now.
-      if (produced.size() + 1 >= kMarks)
-        if (Status fs = release(produced.size() + 2 - kMarks, true, false); !fs) return fs;
+      // At most kMarks - 1 batches in flight on the GPU besides this one: the oldest one's writes
+      // go out now (a mark's slot is reused only once no projection waits for it).
+      for (;;) {
+        size_t groups = 0, oldest = 0;
+        for (size_t k = 0; k < produced.size(); ++k)
+          if (produced[k].mark >= 0 && (k == 0 || produced[k].mark != produced[k - 1].mark))
+            ++groups;
+        while (oldest < produced.size() && produced[oldest].mark == produced[0].mark) ++oldest;
+        if (groups + 1 < kMarks) break;
+        if (Status fs = release(oldest, true, false); !fs) return fs;
+      }
       produced.push_back({lo, hi, mark, {}});
       continue;
     }

@@ -10,9 +10,13 @@
 
 namespace weightcast::exec {
 
-Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::Project& pr,
-                    const plan::InputResolver& resolve, std::byte* staging, uint64_t staging_size,
-                    Buffer& scratch, int device) {
+namespace {
+
+// One projection as kernel work: its inputs' assembly into the floats at scratch offset
+// `x_off` (elements), and its conversion into staging. Every check of the plan's numbers is here.
+Status describe(const spec::Inputs& in, const plan::Plan& plan, const plan::Project& pr,
+                const plan::InputResolver& resolve, std::byte* staging, uint64_t staging_size,
+                int64_t x_off, std::vector<kernels::AssembleInput>& ins, kernels::ConvertJob& job) {
   const plan::DestTensor& dt = plan.dests[pr.dest];
   const spec::DestParam& dp = in.inference.params[dt.param];
   const plan::Receiver& rv = plan.receivers[dt.receiver];
@@ -24,7 +28,6 @@ Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::
   if (nd > kernels::kMaxDims) return invalid("projection box {} has too many dims", pr.box.str());
   int64_t bstride[kernels::kMaxDims] = {};
   for (int k = nd - 1, st = 1; k >= 0; --k) bstride[k] = st, st *= bs[k];
-  std::vector<kernels::AssembleInput> ins;
   int64_t covered = 0;
   for (const auto& inp : pr.inputs) {
     if (inp.part >= dp.parts.size())
@@ -41,6 +44,7 @@ Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::
     a.src = h.data;
     a.dtype = sp.dtype;
     a.nd = nd;
+    a.dst_base = x_off;
     int64_t hstride[kernels::kMaxDims] = {};
     for (int k = nd - 1, st = 1; k >= 0; --k) hstride[k] = st, st *= hs[k];
     for (int k = 0; k < nd; ++k) {
@@ -70,16 +74,11 @@ Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::
   const size_t esz = core::dtype_size(dt.dtype);
   if (pr.staging_off + static_cast<uint64_t>(n) * esz > staging_size)
     return invalid("projection runs past staging");
-  if (scratch.size() < static_cast<uint64_t>(n) * 4 || scratch.kind() != MemoryKind::kCuda) {
-    auto b = Buffer::allocate(MemoryKind::kCuda, static_cast<uint64_t>(n) * 4, device);
-    if (!b) return b.status();
-    scratch = std::move(b).value();
-  }
-  auto* x = reinterpret_cast<float*>(scratch.data());
-  if (Status s = kernels::assemble(ins.data(), static_cast<int>(ins.size()), x); !s) return s;
-  std::byte* out = staging + pr.staging_off;
-  if (pr.kind != plan::Project::Kind::kQuant)
-    return cuda_cast(x, core::DType::kFP32, out, dt.dtype, static_cast<uint64_t>(n), false);
+  job = {};
+  job.n = n;
+  job.out = staging + pr.staging_off;
+  job.out_type = dt.dtype;
+  if (pr.kind != plan::Project::Kind::kQuant) return Status::ok();
   const spec::Quant& q = *dp.quant;
   const int64_t R = bs[nd - 2], C = bs[nd - 1], lead = n / (R * C);
   if (pr.box.lo[nd - 2] % q.block_rows || C != dt.shape[nd - 1])
@@ -89,9 +88,56 @@ Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::
     return invalid("scale box {} does not match box {}", pr.scale_box.str(), pr.box.str());
   if (pr.scale_off + static_cast<uint64_t>(lead * sr * sc) * 4 > staging_size)
     return invalid("scales run past staging");
-  return cuda_quantize_blocks(x, core::DType::kFP32, lead, R, C, q.block_rows, q.block_cols,
-                              dt.dtype, out, reinterpret_cast<float*>(staging + pr.scale_off),
-                              false);
+  job.quant = true;
+  job.lead = lead;
+  job.R = R;
+  job.C = C;
+  job.block_rows = q.block_rows;
+  job.block_cols = q.block_cols;
+  job.scales = reinterpret_cast<float*>(staging + pr.scale_off);
+  return Status::ok();
+}
+
+}  // namespace
+
+Status project_cuda_batch(const spec::Inputs& in, const plan::Plan& plan,
+                          std::span<const plan::Project* const> ps, const BatchResolver& resolve,
+                          std::byte* staging, uint64_t staging_size, Buffer& scratch, int device) {
+  std::vector<kernels::AssembleInput> ins;
+  std::vector<kernels::ConvertJob> jobs(ps.size());
+  int64_t total = 0;  // floats, every projection's after the one before
+  for (size_t k = 0; k < ps.size(); ++k) {
+    const plan::InputResolver one = [&](const plan::Project::Input& i) {
+      return resolve(*ps[k], i);
+    };
+    if (Status s = describe(in, plan, *ps[k], one, staging, staging_size, total, ins, jobs[k]); !s)
+      return s;
+    total += jobs[k].n;
+  }
+  const uint64_t need = static_cast<uint64_t>(total) * 4;
+  if (scratch.size() < need || scratch.kind() != MemoryKind::kCuda) {
+    auto b = Buffer::allocate(MemoryKind::kCuda, need, device);
+    if (!b) return b.status();
+    scratch = std::move(b).value();
+  }
+  auto* x = reinterpret_cast<float*>(scratch.data());
+  int64_t off = 0;
+  for (kernels::ConvertJob& j : jobs) {
+    j.x = x + off;
+    off += j.n;
+  }
+  if (Status s = kernels::assemble(ins.data(), static_cast<int>(ins.size()), x); !s) return s;
+  return kernels::convert(jobs.data(), static_cast<int>(jobs.size()));
+}
+
+Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::Project& p,
+                    const plan::InputResolver& resolve, std::byte* staging, uint64_t staging_size,
+                    Buffer& scratch, int device) {
+  const plan::Project* one[] = {&p};
+  return project_cuda_batch(
+      in, plan, one,
+      [&](const plan::Project&, const plan::Project::Input& i) { return resolve(i); }, staging,
+      staging_size, scratch, device);
 }
 
 }  // namespace weightcast::exec

@@ -7,11 +7,15 @@ wc="$1"; what="$2"
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 expect() { grep -qE -- "$1" "$out" || { echo "FAIL: output lacks /$1/"; cat "$out"; echo "0 passed, 1 failed"; exit 1; }; }
 case "$what" in
-  basic)  # two replicas (4 inference processes), two NICs per process
-    timeout 300 "$wc" demo --steps 3 --replicas 2 --nics 2 >"$out" 2>&1; rc=$?
+  basic)  # two replicas (4 inference processes), two NICs per process, small units packed into
+    # gathers on the trainers' host collective (the built-in topology's cost would pack none)
+    timeout 300 "$wc" demo --steps 3 --replicas 2 --nics 2 --gather-cost-us 0 >"$out" 2>&1; rc=$?
     expect "4 trainer -> 4 inference processes"; expect "writes and [1-9][0-9]* gathers"; expect "^step 3/3: .* on 4 receivers verified"; expect "demo OK" ;;
-  fault)  # trainer 0 dies mid-step 2: every receiver must fail naming it, the retry must verify
-    timeout 300 "$wc" demo --steps 3 --kill-trainer-at-step 2 --deadline 3 >"$out" 2>&1; rc=$?
+  fault)  # trainer 0 dies mid-step 2: every receiver must fail naming it, the retry must verify;
+    # with gathers, so the restarted trainer also relinks its gather peers
+    timeout 300 "$wc" demo --steps 3 --kill-trainer-at-step 2 --deadline 3 --gather-cost-us 0 \
+      >"$out" 2>&1; rc=$?
+    expect "writes and [1-9][0-9]* gathers"
     expect "step 2/3 attempt 1 FAILED"
     expect "inference 0: .*missing: sender 0 \(phase"
     expect "inference 1: .*missing: sender 0 \(phase"
@@ -26,7 +30,7 @@ case "$what" in
   restart_then_kill)  # inference 0 restarts, then trainer 0 dies: the new trainer must link to
     # inference 0's second incarnation, not its dead first one
     timeout 300 "$wc" demo --steps 4 --restart-receiver-at-step 2 --kill-trainer-at-step 3 \
-      --deadline 5 >"$out" 2>&1; rc=$?
+      --deadline 5 --gather-cost-us 0 >"$out" 2>&1; rc=$?
     expect "inference 0 killed after step 1 and restarted \(incarnation 1\)"
     expect "step 3/4 attempt 1 FAILED"
     expect "trainer 0 died \(Killed\); restarting"

@@ -13,6 +13,9 @@
 #include "weightcast/api/weightcast.h"
 #include "weightcast/core/dtype.h"
 #include "weightcast/exec/memory.h"
+#include "weightcast/plan/plan_json.h"
+#include "weightcast/plan/planner.h"
+#include "weightcast/spec/spec_parser.h"
 
 namespace weightcast {
 namespace {
@@ -51,6 +54,18 @@ api::JobConfig demo_job(double deadline_s) {
   job.inference_spec = dir + "/inference.json";
   job.topology = dir + "/topology.json";
   job.deadline_s = deadline_s;
+  // Small units packed into gathers (the built-in topology's gather cost packs none), so the
+  // trainers' collective runs from GPU shards too.
+  job.plan_file = ::testing::TempDir() + "demo-moe-packed.plan.json";
+  auto in = spec::load_inputs(job.trainer_spec, job.inference_spec, job.topology);
+  EXPECT_TRUE(in) << in.status().message();
+  plan::Options o;
+  o.gather_cost_us = 0;
+  auto p = in ? plan::make_plan(*in, o) : Result<plan::Plan>(in.status());
+  EXPECT_TRUE(p && !p->gathers.empty()) << (p ? "no gathers" : p.status().message());
+  if (p) {
+    EXPECT_TRUE(plan::save_json(*p, job.plan_file));
+  }
   return job;
 }
 

@@ -11,6 +11,7 @@ if [[ $? -eq 2 && "$out" == *"--device cuda needs"* ]]; then
 fi
 set -e
 "$wc" demo --device cuda --steps 4 | tee /dev/stderr | grep -q "demo OK: 4 steps, every inference byte verified"
-"$wc" demo --device cuda --steps 3 --replicas 2 --nics 2 --kill-trainer-at-step 2 --deadline 5 |
+"$wc" demo --device cuda --steps 3 --replicas 2 --nics 2 --kill-trainer-at-step 2 --deadline 5 \
+  --gather-cost-us 0 |
   tee /dev/stderr | grep -q "demo OK: 3 steps, every inference byte verified"
 echo "PASS demo with GPU shards and GPU projections"

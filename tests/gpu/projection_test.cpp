@@ -184,6 +184,69 @@ void check_plan(const spec::Inputs& in, const char* name, size_t max_projects) {
   std::printf("%s: %zu of %zu projections identical on GPU and CPU\n", name, checked,
               p->projects.size());
   EXPECT_GT(checked, 0u);
+  // The same projections in batches, as the executor queues them: per sender, up to 16 in a row
+  // whose staging ranges do not overlap, through project_cuda_batch.
+  auto range = [](const plan::Project& q) {
+    return std::pair<uint64_t, uint64_t>{
+        q.staging_off,
+        std::max(
+            q.staging_off + q.out_bytes,
+            q.scale_dest >= 0 ? q.scale_off + static_cast<uint64_t>(q.scale_box.numel()) * 4 : 0)};
+  };
+  size_t batched = 0, batches = 0;
+  for (uint32_t s = 0; s < p->senders.size() && batched < max_projects; ++s) {
+    std::vector<size_t> mine;
+    for (size_t k = 0; k < p->projects.size(); ++k)
+      if (p->projects[k].sender == s) mine.push_back(k);
+    for (size_t at = 0; at < mine.size() && batched < max_projects;) {
+      std::vector<const plan::Project*> batch;
+      uint64_t end = 0;
+      for (; at < mine.size() && batch.size() < 16; ++at) {
+        const auto [lo, hi] = range(p->projects[mine[at]]);
+        bool overlap = false;
+        for (const plan::Project* q : batch)
+          overlap = overlap || (range(*q).first < hi && lo < range(*q).second);
+        if (overlap) break;
+        batch.push_back(&p->projects[mine[at]]);
+        end = std::max(end, hi);
+      }
+      std::vector<std::byte> want(end);
+      for (const plan::Project* q : batch) {
+        const spec::DestParam& dp = in.inference.params[p->dests[q->dest].param];
+        ASSERT_TRUE(plan::project_cpu(
+            in, *p, *q,
+            [&](const plan::Project::Input& inp) {
+              const int src = dp.parts.at(inp.part).src;
+              core::Box b = core::Box::full(in.trainer.params[src].shape);
+              return plan::Held{b, host[src].data()};
+            },
+            want.data(), want.size()));
+      }
+      auto staging = Buffer::allocate(MemoryKind::kCuda, end);
+      ASSERT_TRUE(staging);
+      Status st = project_cuda_batch(
+          in, *p, batch,
+          [&](const plan::Project& q, const plan::Project::Input& inp) {
+            const int src = in.inference.params[p->dests[q.dest].param].parts.at(inp.part).src;
+            return plan::Held{core::Box::full(in.trainer.params[src].shape), dev[src].data()};
+          },
+          staging->data(), end, scratch);
+      ASSERT_TRUE(st) << name << " batch of " << batch.size() << ": " << st.message();
+      const auto got = to_host(*staging, end);
+      for (const plan::Project* q : batch) {
+        const auto [lo, hi] = range(*q);
+        ASSERT_TRUE(std::equal(got.begin() + static_cast<long>(lo),
+                               got.begin() + static_cast<long>(hi),
+                               want.begin() + static_cast<long>(lo)))
+            << name << " batched project " << (q - p->projects.data()) << " of sender " << s;
+      }
+      batched += batch.size();
+      ++batches;
+    }
+  }
+  std::printf("%s: %zu projections in %zu batches identical on GPU and CPU\n", name, batched,
+              batches);
+  EXPECT_GT(batches, 0u);
 }
 
 TEST(ProjectCuda, WholePlansMatchTheCpuReference) {

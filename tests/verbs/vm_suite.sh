@@ -64,8 +64,9 @@ run fabric_verbs_rxm_transport env WC_TEST_BACKEND=fabric WC_TEST_PROVIDER=verbs
 
 step "weightcast demo over verbs: 4 trainers -> 2 inference processes (built-in demo-moe)"
 run demo_verbs "$build/weightcast" demo --backend verbs --nic-list rxe0,rxe1 --steps 3 --deadline 30
+# (with gathers: trainers link to each other as gather members and roots, which once broke here)
 run demo_verbs_trainer_killed "$build/weightcast" demo --backend verbs --nic-list rxe0 --steps 3 \
-  --kill-trainer-at-step 2 --deadline 15
+  --kill-trainer-at-step 2 --deadline 15 --gather-cost-us 0
 run demo_verbs_restart "$build/weightcast" demo --backend verbs --nic-list rxe0 --steps 3 \
   --restart-receiver-at-step 2 --deadline 30
 

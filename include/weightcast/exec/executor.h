@@ -115,6 +115,10 @@ class TrainerExecutor {
   std::set<int> queued_;  // mirror copies queued this step
   // kCuda: one mark per projection queued on the GPU whose writes have not gone out yet.
   static constexpr unsigned kMarks = 4;
+  // A batch of GPU projections: at most this many, and this many elements (4 bytes each of
+  // scratch) together; a larger projection runs alone.
+  static constexpr size_t kBatchProjects = 16;
+  static constexpr int64_t kBatchElems = 4 << 20;
   CopyQueue proj_marks_;
   uint8_t step_ = 0;     // the generation being pushed (for messages)
   double mirror_s_ = 0;  // time spent mirroring this step

@@ -57,8 +57,9 @@ TEST(Planner, TinyPlanVerifies) {
 }
 
 // Packing small units into gathered projections weighs the writes saved against the pieces
-// gathered: demo-moe packs everything at no gather cost, nothing at a prohibitive one, and in
-// between at its topology's gather_us (the default, recorded in the plan). Every plan verifies.
+// gathered: demo-moe packs everything at no gather cost, nothing at its topology's gather_us
+// (the default, recorded in the plan; the host collective's cost), some in between. Every plan
+// verifies.
 TEST(Planner, PackingWeighsTheGatherCost) {
   const spec::Inputs in = config("demo-moe", 1);
   auto plan_at = [&](double cost) {
@@ -70,19 +71,20 @@ TEST(Planner, PackingWeighsTheGatherCost) {
     EXPECT_TRUE(v) << v.status().message();
     return std::move(p).value();
   };
-  const Plan always = plan_at(0), never = plan_at(1e6), by_topology = plan_at(-1),
-             four = plan_at(4);
+  const Plan always = plan_at(0), never = plan_at(1e6), some = plan_at(4),
+             by_topology = plan_at(-1), twenty = plan_at(20);
   EXPECT_EQ(never.gathers.size(), 0u);  // demo-moe's shards fall on block boundaries
-  EXPECT_GT(always.gathers.size(), by_topology.gathers.size());
-  EXPECT_GT(by_topology.gathers.size(), 0u);
-  EXPECT_LT(always.writes.size(), by_topology.writes.size());
-  EXPECT_LT(by_topology.writes.size(), never.writes.size());
-  EXPECT_EQ(in.topology.hosts[0].gather_us, 4.0);
-  EXPECT_EQ(by_topology.options.gather_cost_us, 4.0);
-  EXPECT_EQ(to_json(by_topology), to_json(four));
+  EXPECT_GT(always.gathers.size(), some.gathers.size());
+  EXPECT_GT(some.gathers.size(), 0u);
+  EXPECT_LT(always.writes.size(), some.writes.size());
+  EXPECT_LT(some.writes.size(), never.writes.size());
+  EXPECT_EQ(in.topology.hosts[0].gather_us, 20.0);
+  EXPECT_EQ(by_topology.options.gather_cost_us, 20.0);
+  EXPECT_EQ(by_topology.gathers.size(), 0u);
+  EXPECT_EQ(to_json(by_topology), to_json(twenty));
   auto back = from_json(to_json(by_topology));
   ASSERT_TRUE(back) << back.status().message();
-  EXPECT_EQ(back->options.gather_cost_us, 4.0);
+  EXPECT_EQ(back->options.gather_cost_us, 20.0);
   EXPECT_EQ(back->options.write_cost_us, 2.0);
 }
 
