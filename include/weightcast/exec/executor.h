@@ -113,7 +113,8 @@ class TrainerExecutor {
   std::vector<int> mirror_order_;
   std::map<int, size_t> mirror_slot_;
   std::set<int> queued_;  // mirror copies queued this step
-  // kCuda: one mark per projection queued on the GPU whose writes have not gone out yet.
+  // kCuda: one mark per batch of projections queued on the GPU whose writes have not gone out
+  // yet.
   static constexpr unsigned kMarks = 4;
   // A batch of GPU projections: at most this many, and this many elements (4 bytes each of
   // scratch) together; a larger projection runs alone.
