@@ -43,6 +43,7 @@ Result<spec::Inputs> load(const DemoOptions& o) {
 plan::Options demo_plan_options(const DemoOptions& o) {
   plan::Options opts;
   opts.gather_cost_us = o.gather_cost_us;
+  if (o.staging_mb > 0) opts.staging_watermark = static_cast<uint64_t>(o.staging_mb * (1 << 20));
   return opts;
 }
 

@@ -16,6 +16,7 @@ struct DemoOptions {
   std::string device = "host";     // where trainer shards live: host, or cuda (GPU projections)
   double deadline_s = 60;
   double gather_cost_us = -1;    // the planner's packing trade (< 0: the topology's gather_us)
+  double staging_mb = 0;         // the plan's staging watermark per sender (0: the planner's)
   int kill_trainer_at_step = 0;  // fault injection: trainer 0 dies mid-push at this step
   int restart_receiver_at_step =
       0;                // fault injection: inference 0 is killed and restarted before this step

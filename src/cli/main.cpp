@@ -313,6 +313,11 @@ int main(int argc, char** argv) {
                    "default: the topology's gather_us. 0 packs small units into gathers, which "
                    "exercises the trainers' host collective (the fault drills in tests/e2e do)")
       ->check(CLI::Range(0.0, 1e9));
+  demo_cmd
+      ->add_option("--staging-mb", demo.staging_mb,
+                   "Staging watermark per sender (see `weightcast plan --help`; default 512). A "
+                   "small one makes the projection ring wrap, and slots wait for their writes")
+      ->check(CLI::Range(0.001, 16777216.0));
   demo_cmd->add_option("--dump", demo.dump,
                        "Directory where each inference rank writes what it received after "
                        "the last step, as replica<R>-rank<Q>.safetensors");

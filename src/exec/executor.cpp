@@ -471,6 +471,8 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
         const Inflight f = inflight.front();
         inflight.pop_front();
         if (Status s = engine_->wait(f.batch, deadline); !s) return s;
+        // Waited for (and forgotten by the engine): the end of the step must not wait again.
+        batches.erase(std::find(batches.begin(), batches.end(), f.batch));
       }
       rep.ring_wait_s += since(tr);
       const auto& dp = in_.inference.params[plan_.dests[p.dest].param];

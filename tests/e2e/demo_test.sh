@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end through `weightcast demo`: real trainer and inference processes over libfabric
 # tcp;ofi_rxm, every inference byte verified against the reference each step.
-#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|soak
+#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|soak
 set -u
 wc="$1"; what="$2"
 out=$(mktemp); trap 'rm -f "$out"' EXIT
@@ -37,6 +37,10 @@ case "$what" in
     expect "^step 3/4: .*verified against the reference \(attempt 2\)"
     expect "^step 4/4: .*5771008 bytes on 2 receivers verified"
     expect "demo OK: 4 steps" ;;
+  tight)  # a 512 KiB staging watermark: 10 gather phases, a projection ring that wraps every
+    # step, slots reused only once their writes completed
+    timeout 300 "$wc" demo --steps 3 --staging-mb 0.5 --gather-cost-us 0 >"$out" 2>&1; rc=$?
+    expect "writes and [1-9][0-9]* gathers"; expect "^step 3/3: .*verified"; expect "demo OK: 3 steps" ;;
   soak)  # 200 consecutive steps, every byte verified, no RSS growth
     timeout 900 "$wc" demo --steps 200 >"$out" 2>&1; rc=$?
     expect "^step 200/200: "; expect "RSS: largest growth after step 10 is"; expect "demo OK: 200 steps" ;;

@@ -47,7 +47,8 @@ std::vector<std::byte> shard_bytes(size_t tensor, uint64_t bytes, int step) {
 // Every receiver's tensors after each step: [step][receiver][tensor] -> bytes.
 using Received = std::vector<std::vector<std::vector<std::vector<std::byte>>>>;
 
-api::JobConfig demo_job(double deadline_s) {
+// `staging`: the plan's staging watermark per sender (0: the planner's default).
+api::JobConfig demo_job(double deadline_s, uint64_t staging = 0) {
   const std::string dir = source_dir() + "/configs/demo-moe";
   api::JobConfig job;
   job.trainer_spec = dir + "/trainer.json";
@@ -56,11 +57,13 @@ api::JobConfig demo_job(double deadline_s) {
   job.deadline_s = deadline_s;
   // Small units packed into gathers (the built-in topology's gather cost packs none), so the
   // trainers' collective runs from GPU shards too.
-  job.plan_file = ::testing::TempDir() + "demo-moe-packed.plan.json";
+  job.plan_file =
+      ::testing::TempDir() + "demo-moe-packed-" + std::to_string(staging) + ".plan.json";
   auto in = spec::load_inputs(job.trainer_spec, job.inference_spec, job.topology);
   EXPECT_TRUE(in) << in.status().message();
   plan::Options o;
   o.gather_cost_us = 0;
+  if (staging) o.staging_watermark = staging;
   auto p = in ? plan::make_plan(*in, o) : Result<plan::Plan>(in.status());
   EXPECT_TRUE(p && !p->gathers.empty()) << (p ? "no gathers" : p.status().message());
   if (p) {
@@ -69,8 +72,8 @@ api::JobConfig demo_job(double deadline_s) {
   return job;
 }
 
-Received run_job(int cuda_device) {
-  api::JobConfig job = demo_job(60);
+Received run_job(int cuda_device, uint64_t staging = 0) {
+  api::JobConfig job = demo_job(60, staging);
   auto ctl = api::Controller::start(job);
   EXPECT_TRUE(ctl) << ctl.status().message();
   if (!ctl) return {};
@@ -139,10 +142,8 @@ Received run_job(int cuda_device) {
 
 bool have_gpu() { return exec::cuda_built() && exec::cuda_devices() > 0; }
 
-TEST(ApiCuda, DeviceShardsDeliverTheSameBytesAsHostShards) {
-  if (!have_gpu()) GTEST_SKIP() << "no GPU here (scripts/gpu-tests.sh runs this on one)";
-  const Received host = run_job(-1);
-  const Received dev = run_job(0);
+// Every received byte of every step equal, and more than a MiB of it.
+void expect_same(const Received& host, const Received& dev) {
   ASSERT_EQ(host.size(), dev.size());
   uint64_t compared = 0;
   for (int step = 1; step <= kSteps; ++step)
@@ -158,6 +159,19 @@ TEST(ApiCuda, DeviceShardsDeliverTheSameBytesAsHostShards) {
   // Steps differ (the values change), so equal bytes are not two copies of one stale buffer.
   EXPECT_NE(host[1], host[2]);
   EXPECT_GT(compared, 1u << 20);
+}
+
+TEST(ApiCuda, DeviceShardsDeliverTheSameBytesAsHostShards) {
+  if (!have_gpu()) GTEST_SKIP() << "no GPU here (scripts/gpu-tests.sh runs this on one)";
+  expect_same(run_job(-1), run_job(0));
+}
+
+// A 512 KiB staging watermark: 10 gather phases, and a projection ring the GPU's batches wrap
+// around many times a step (a batch ends where the ring wraps; a slot is reused only once its
+// writes completed). The bytes must be those of the roomy plan from host shards.
+TEST(ApiCuda, ATightStagingRingDeliversTheSameBytes) {
+  if (!have_gpu()) GTEST_SKIP() << "no GPU here (scripts/gpu-tests.sh runs this on one)";
+  expect_same(run_job(-1), run_job(0, 512 << 10));
 }
 
 TEST(ApiCuda, APointerOfTheWrongKindIsRefused) {
