@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end through `weightcast demo`: real trainer and inference processes over libfabric
 # tcp;ofi_rxm, every inference byte verified against the reference each step.
-#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|soak
+#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|llama|soak
 set -u
 wc="$1"; what="$2"
 out=$(mktemp); trap 'rm -f "$out"' EXIT
@@ -41,6 +41,27 @@ case "$what" in
     # step, slots reused only once their writes completed
     timeout 300 "$wc" demo --steps 3 --staging-mb 0.5 --gather-cost-us 0 >"$out" 2>&1; rc=$?
     expect "writes and [1-9][0-9]* gathers"; expect "^step 3/3: .*verified"; expect "demo OK: 3 steps" ;;
+  llama)  # a shipped config instead of the built-in one: Llama-3.1-8B's FSDP8 -> 2 replicas of
+    # TP4 (fused qkv / gate_up split by rows and columns), every named dim / 32, 2 layers:
+    # 8 trainer and 8 inference processes
+    dir=$(mktemp -d); trap 'rm -rf "$out" "$dir"' EXIT
+    src="$(dirname "$0")/../../configs/llama-3.1-8b"
+    python3 - "$src" "$dir" <<'PY' || { echo "FAIL: could not write the scaled specs"; exit 1; }
+import json, sys
+src, dst = sys.argv[1], sys.argv[2]
+for f in ("trainer", "inference", "topology"):
+    j = json.load(open(f"{src}/{f}.json"))
+    for k, v in j.get("dims", {}).items():
+        j["dims"][k] = v // 32
+    for p in j.get("params", []):
+        if "i" in p.get("for", {}):
+            p["for"]["i"] = [0, 2]
+    json.dump(j, open(f"{dst}/{f}.json", "w"))
+PY
+    timeout 300 "$wc" demo -t "$dir/trainer.json" -i "$dir/inference.json" -c "$dir/topology.json" \
+      --steps 3 >"$out" 2>&1; rc=$?
+    expect "8 trainer -> 8 inference processes"; expect "^step 3/3: .* on 8 receivers verified"
+    expect "demo OK: 3 steps" ;;
   soak)  # 200 consecutive steps, every byte verified, no RSS growth
     timeout 900 "$wc" demo --steps 200 >"$out" 2>&1; rc=$?
     expect "^step 200/200: "; expect "RSS: largest growth after step 10 is"; expect "demo OK: 200 steps" ;;
