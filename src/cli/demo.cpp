@@ -454,11 +454,7 @@ int run_demo(const DemoOptions& o) {
           "it\n",
           step - 1, incarnation[0]);
     }
-    auto join_list = [](const std::vector<uint32_t>& v) {
-      std::string out;
-      for (uint32_t k : v) out += (out.empty() ? "" : ",") + std::to_string(k);
-      return out;
-    };
+    auto join_list = [](const std::vector<uint32_t>& v) { return fmt::format("{}", fmt::join(v, ",")); };
     for (int attempt = 1;; ++attempt) {
       ++round;
       const auto gen = static_cast<uint8_t>(round);

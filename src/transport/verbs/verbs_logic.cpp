@@ -105,11 +105,16 @@ Completion decode(const ibv_wc& wc, bool& repost) {
 }
 
 std::vector<uint8_t> Address::serialize() const {
-  std::vector<uint8_t> b{'W', 'C', 'V', '1'};
+  // Sized once, then filled with memcpy: GCC 12 at -O3 misreads vector::insert into a vector
+  // that starts as a 4-byte initializer list (-Warray-bounds).
+  std::vector<uint8_t> b(4 + 4 + 2 + 16 + 1 + 1 + 4 + 4 * qpns.size());
+  std::memcpy(b.data(), "WCV1", 4);
+  size_t at = 4;
   auto put = [&](const void* p, size_t n) {
-    b.insert(b.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + n);
+    if (n) std::memcpy(b.data() + at, p, n);
+    at += n;
   };
-  const uint32_t n = static_cast<uint32_t>(qpns.size());
+  const auto n = static_cast<uint32_t>(qpns.size());
   put(&rank, 4);
   put(&lid, 2);
   put(&gid, 16);
