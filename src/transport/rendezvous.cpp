@@ -3,6 +3,9 @@
 //   'H' token            -> 'O' | 'E' message      (must be the first frame)
 //   'P' key value        -> 'O' | 'E' message
 //   'G' key wait_ms(4B)  -> 'V' value | 'N'
+//   'W' key after(8B) wait_ms(4B) -> 'V' value version(8B) | 'N'   (a value put after `after`)
+// A put is answered 'O' version(8B). Until the token is presented the connection has
+// limits.handshake_timeout; after it, none (peers idle for minutes between steps stay connected).
 #include "weightcast/transport/rendezvous.h"
 
 #include <arpa/inet.h>
@@ -30,6 +33,11 @@ void put32(std::vector<uint8_t>& b, uint32_t v) {
 uint32_t get32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
+void put64(std::vector<uint8_t>& b, uint64_t v) {
+  put32(b, static_cast<uint32_t>(v >> 32));
+  put32(b, static_cast<uint32_t>(v));
+}
+uint64_t get64(const uint8_t* p) { return (uint64_t{get32(p)} << 32) | get32(p + 4); }
 void put_field(std::vector<uint8_t>& b, std::span<const uint8_t> f) {
   put32(b, static_cast<uint32_t>(f.size()));
   b.insert(b.end(), f.begin(), f.end());
@@ -83,7 +91,7 @@ bool send_frame(int fd, const std::vector<uint8_t>& payload) {
 
 std::vector<uint8_t> reply(char op, std::span<const uint8_t> field = {}) {
   std::vector<uint8_t> b{static_cast<uint8_t>(op)};
-  if (op != 'O' && op != 'N') put_field(b, field);
+  if (op != 'N') put_field(b, field);
   return b;
 }
 
@@ -173,7 +181,10 @@ void RendezvousServer::serve(int fd) {
   const size_t max_frame = limits_.max_key + limits_.max_value + kFrameOverhead;
   while (!stop_) {
     uint8_t hdr[4];
-    const auto deadline = std::chrono::steady_clock::now() + limits_.idle_timeout;
+    // Before the token: a short deadline. After it: none; a dead peer's socket is found by TCP
+    // keepalive (or by the server's shutdown).
+    const auto deadline = authed ? std::chrono::steady_clock::time_point::max()
+                                 : std::chrono::steady_clock::now() + limits_.handshake_timeout;
     if (!read_full(fd, hdr, 4, deadline)) break;
     const uint32_t n = get32(hdr);
     if (n == 0 || n > max_frame) {
@@ -199,6 +210,11 @@ void RendezvousServer::serve(int fd) {
         break;
       }
       authed = true;
+      int one = 1, idle = 60, intvl = 10, cnt = 6;
+      setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
       send_frame(fd, reply('O'));
       continue;
     }
@@ -207,25 +223,37 @@ void RendezvousServer::serve(int fd) {
         reject("key or value too large");
         break;
       }
+      std::vector<uint8_t> ver;
       {
         std::lock_guard<std::mutex> lk(mu_);
-        kv_[std::string(f[0].begin(), f[0].end())] = std::vector<uint8_t>(f[1].begin(), f[1].end());
+        kv_[std::string(f[0].begin(), f[0].end())] =
+            Entry{std::vector<uint8_t>(f[1].begin(), f[1].end()), ++version_};
         ++stats_.puts;
+        put64(ver, version_);
       }
       cv_.notify_all();
-      send_frame(fd, reply('O'));
-    } else if (op == 'G' && fields(p, 2, f) && f[1].size() == 4) {
+      send_frame(fd, reply('O', ver));
+    } else if ((op == 'G' && fields(p, 2, f) && f[1].size() == 4) ||
+               (op == 'W' && fields(p, 3, f) && f[1].size() == 8 && f[2].size() == 4)) {
       const std::string key(f[0].begin(), f[0].end());
+      const uint64_t after = op == 'W' ? get64(f[1].data()) : 0;
       const auto until = std::chrono::steady_clock::now() +
-                         std::chrono::milliseconds(std::min<uint32_t>(get32(f[1].data()), 60000));
+                         std::chrono::milliseconds(std::min<uint32_t>(get32(f.back().data()), 60000));
       std::vector<uint8_t> value;
       bool found;
       {
         std::unique_lock<std::mutex> lk(mu_);
         ++stats_.gets;
-        found =
-            cv_.wait_until(lk, until, [&] { return stop_ || kv_.count(key); }) && kv_.count(key);
-        if (found) value = kv_[key];
+        auto there = [&] {
+          auto it = kv_.find(key);
+          return it != kv_.end() && it->second.version > after;
+        };
+        found = cv_.wait_until(lk, until, [&] { return stop_ || there(); }) && there();
+        if (found) {
+          const Entry& e = kv_[key];
+          value = e.value;
+          if (op == 'W') put64(value, e.version);  // the version rides after the value
+        }
       }
       if (!send_frame(fd, found ? reply('V', value) : reply('N'))) break;
     } else {
@@ -296,14 +324,53 @@ Result<std::vector<uint8_t>> RendezvousClient::request(const std::vector<uint8_t
   return p;
 }
 
-Status RendezvousClient::put(const std::string& key, std::span<const uint8_t> value) {
+Result<uint64_t> RendezvousClient::put_versioned(const std::string& key,
+                                                 std::span<const uint8_t> value) {
   std::vector<uint8_t> m{'P'};
   put_field(m, bytes(key));
   put_field(m, value);
   auto r = request(m, Clock::now() + std::chrono::seconds(10));
   if (!r) return r.status();
-  return (*r)[0] == 'O' ? Status::ok()
-                        : Status(Code::kRemote, "rendezvous: unexpected reply to put");
+  std::vector<std::span<const uint8_t>> f;
+  if ((*r)[0] != 'O' || !fields(*r, 1, f) || f[0].size() != 8)
+    return Status(Code::kRemote,
+                  fmt::format("rendezvous {}: unexpected reply to put '{}'", where_, key));
+  return get64(f[0].data());
+}
+
+Status RendezvousClient::put(const std::string& key, std::span<const uint8_t> value) {
+  auto v = put_versioned(key, value);
+  return v ? Status::ok() : v.status();
+}
+
+Result<RendezvousClient::Versioned> RendezvousClient::get_newer(const std::string& key,
+                                                                uint64_t after,
+                                                                Clock::time_point deadline) {
+  while (true) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    std::vector<uint8_t> m{'W'};
+    put_field(m, bytes(key));
+    std::vector<uint8_t> a, w;
+    put64(a, after);
+    put_field(m, a);
+    put32(w, static_cast<uint32_t>(std::clamp<int64_t>(left, 0, 30000)));
+    put_field(m, w);
+    auto r = request(m, deadline);
+    if (!r) return r.status();
+    std::vector<std::span<const uint8_t>> f;
+    if ((*r)[0] == 'V' && fields(*r, 1, f) && f[0].size() >= 8) {
+      Versioned v;
+      v.value.assign(f[0].begin(), f[0].end() - 8);
+      v.version = get64(f[0].data() + f[0].size() - 8);
+      return v;
+    }
+    if (Clock::now() >= deadline)
+      return Status(Code::kTimeout,
+                    fmt::format("rendezvous {}: no value of '{}' newer than version {} before the "
+                                "deadline",
+                                where_, key, after));
+  }
 }
 
 Status RendezvousClient::put(const std::string& key, const std::string& value) {

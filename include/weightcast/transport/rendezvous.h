@@ -25,7 +25,9 @@ struct RendezvousLimits {
   size_t max_key = 256;
   size_t max_value = 1 << 20;
   size_t max_clients = 256;
-  std::chrono::milliseconds idle_timeout{30000};
+  // A connection must present the job token within this long. Authenticated peers are never
+  // dropped for being idle: RL steps are minutes apart (TCP keepalive finds dead ones).
+  std::chrono::milliseconds handshake_timeout{5000};
 };
 
 class RendezvousServer {
@@ -54,7 +56,12 @@ class RendezvousServer {
   std::thread acceptor_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::map<std::string, std::vector<uint8_t>> kv_;
+  struct Entry {
+    std::vector<uint8_t> value;
+    uint64_t version = 0;
+  };
+  std::map<std::string, Entry> kv_;
+  uint64_t version_ = 0;  // the last version given to a put
   std::set<int> clients_;
   std::vector<std::thread> workers_;
   Stats stats_;
@@ -71,6 +78,15 @@ class RendezvousClient {
   Status put(const std::string& key, const std::string& value);
   // Waits until the key exists (or the deadline passes: kTimeout naming the key).
   Result<std::vector<uint8_t>> get(const std::string& key, Clock::time_point deadline);
+  // Every put gets a version from one server-wide counter that only grows. Waits until `key`
+  // holds a value put after version `after` (0: any), and returns it with its version.
+  struct Versioned {
+    std::vector<uint8_t> value;
+    uint64_t version = 0;
+  };
+  Result<Versioned> get_newer(const std::string& key, uint64_t after, Clock::time_point deadline);
+  // Puts and returns the version the server gave the value.
+  Result<uint64_t> put_versioned(const std::string& key, std::span<const uint8_t> value);
 
  private:
   RendezvousClient() = default;

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <thread>
 
 #include "weightcast/transport/imm_counters.h"
@@ -182,6 +183,60 @@ TEST(Rendezvous, TokenLimitsAndMalformedFramesAreRejected) {
   ASSERT_TRUE(again);
   EXPECT_TRUE((*again)->put("small", "x"));
   EXPECT_GE((*s)->stats().rejected, 4u);
+}
+
+
+TEST(Rendezvous, VersionsOnlyGrowAndGetNewerWaitsForAFreshValue) {
+  auto s = RendezvousServer::start("127.0.0.1", 0, "tok");
+  ASSERT_TRUE(s);
+  auto a = RendezvousClient::connect("127.0.0.1", (*s)->port(), "tok", in_ms(2000));
+  auto b = RendezvousClient::connect("127.0.0.1", (*s)->port(), "tok", in_ms(2000));
+  ASSERT_TRUE(a && b);
+  const std::string one = "1", two = "2";
+  auto v1 = (*a)->put_versioned("ready", {reinterpret_cast<const uint8_t*>(one.data()), 1});
+  ASSERT_TRUE(v1);
+  auto got = (*b)->get_newer("ready", 0, in_ms(2000));
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->version, *v1);
+  EXPECT_EQ(std::string(got->value.begin(), got->value.end()), "1");
+  // Nothing newer than what we saw: a timeout naming the key, not the old value again.
+  auto stale = (*b)->get_newer("ready", got->version, in_ms(100));
+  ASSERT_FALSE(stale);
+  EXPECT_NE(stale.status().message().find("'ready'"), std::string::npos);
+  // The waiter wakes on the overwrite (the put happens only once the waiter has asked).
+  std::atomic<bool> asked{false};
+  std::thread late([&] {
+    while (!asked) std::this_thread::yield();
+    EXPECT_TRUE((*a)->put("ready", "2"));
+  });
+  asked = true;
+  auto fresh = (*b)->get_newer("ready", got->version, in_ms(20000));
+  late.join();
+  ASSERT_TRUE(fresh) << fresh.status().message();
+  EXPECT_GT(fresh->version, got->version);
+  EXPECT_EQ(std::string(fresh->value.begin(), fresh->value.end()), two);
+}
+
+TEST(Rendezvous, UnauthenticatedSocketsAreDroppedAfterTheHandshakeDeadline) {
+  RendezvousLimits lim;
+  lim.handshake_timeout = std::chrono::milliseconds(200);
+  auto s = RendezvousServer::start("127.0.0.1", 0, "tok", lim);
+  ASSERT_TRUE(s);
+  // A socket that never says anything is closed by the server (read() sees EOF).
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons((*s)->port());
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  char c;
+  EXPECT_EQ(read(fd, &c, 1), 0);
+  close(fd);
+  // An authenticated peer idle for longer than that is still served.
+  auto ok = RendezvousClient::connect("127.0.0.1", (*s)->port(), "tok", in_ms(2000));
+  ASSERT_TRUE(ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  EXPECT_TRUE((*ok)->put("still", "here"));
 }
 
 }  // namespace
