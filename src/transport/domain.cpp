@@ -1,7 +1,10 @@
 // The backend factory: the one place a backend is picked.
 #include "weightcast/transport/domain.h"
 
+#include <cstdlib>
+
 #include "fabric/fabric_domain.h"
+#include "fault_domain.h"
 #include "weightcast/transport/crash_signals.h"
 #include "verbs/verbs_domain.h"
 
@@ -9,9 +12,17 @@ namespace weightcast::transport {
 
 Result<std::unique_ptr<Domain>> open_domain(const DomainConfig& cfg) {
   restore_crash_signals();  // again, in case a provider library was loaded late
-  if (cfg.backend == "fabric") return open_fabric_domain(cfg);
-  if (cfg.backend == "verbs") return open_verbs_domain(cfg);
-  return invalid("unknown transport backend '{}' (expected fabric or verbs)", cfg.backend);
+  Result<std::unique_ptr<Domain>> d =
+      cfg.backend == "fabric"  ? open_fabric_domain(cfg)
+      : cfg.backend == "verbs" ? open_verbs_domain(cfg)
+                               : Result<std::unique_ptr<Domain>>(invalid(
+                                     "unknown transport backend '{}' (expected fabric or verbs)",
+                                     cfg.backend));
+  if (!d) return d;
+  std::string faults = cfg.faults;
+  if (const char* env = std::getenv("WEIGHTCAST_FAULTS"); env && faults.empty()) faults = env;
+  if (faults.empty()) return d;
+  return wrap_with_faults(std::move(d).value(), faults);
 }
 
 }  // namespace weightcast::transport

@@ -79,25 +79,195 @@ Status ProgressEngine::wait(uint64_t batch, Clock::time_point deadline) {
   std::unique_lock<std::mutex> lk(batch_mu_);
   auto it = batches_.find(batch);
   if (it == batches_.end()) return invalid("wait: unknown batch {}", batch);
-  const bool done = batch_cv_.wait_until(lk, deadline, [&] { return it->second.remaining == 0; });
-  Batch b = it->second;
-  if (!done) {
+  // Done, or failed: a shard's error fails the batch at once (its other shards may still be in
+  // flight: drain() fences them).
+  const bool settled = batch_cv_.wait_until(
+      lk, deadline, [&] { return it->second.remaining == 0 || !it->second.errors.empty(); });
+  Batch& b = it->second;
+  const std::string first = b.errors.empty() ? "" : b.errors.front();
+  const size_t failed = b.errors.size();
+  if (!settled) {
+    const uint64_t left = b.remaining;
+    b.abandoned = true;
     return Status(Code::kTimeout,
-                  fmt::format("write batch {}: {} of its NIC shards still outstanding at "
-                              "the deadline{}{}",
-                              batch, b.remaining, b.errors.empty() ? "" : "; errors: ",
-                              b.errors.empty() ? "" : b.errors.front()));
+                  fmt::format("write batch {}: {} of its NIC shards still outstanding at the "
+                              "deadline{}{}",
+                              batch, left, stats_.poll_errors ? "; completion queue error: " : "",
+                              stats_.last_poll_error));
   }
-  batches_.erase(it);
-  if (!b.errors.empty())
-    return Status(Code::kRemote, fmt::format("write batch {}: {} shard(s) failed; first: {}", batch,
-                                             b.errors.size(), b.errors.front()));
+  if (b.remaining == 0) {
+    batches_.erase(it);
+  } else {
+    b.abandoned = true;
+  }
+  if (failed)
+    return Status(Code::kRemote,
+                  fmt::format("write batch {}: {} shard(s) failed; first: {}", batch, failed, first));
   return Status::ok();
+}
+
+Status ProgressEngine::drain(Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lk(batch_mu_);
+  auto left = [&] {
+    uint64_t n = 0;
+    for (const auto& [id, b] : batches_) n += b.remaining;
+    return n;
+  };
+  if (!batch_cv_.wait_until(lk, deadline, [&] { return left() == 0; })) {
+    for (auto& [id, b] : batches_) b.abandoned = true;
+    return Status(Code::kTimeout,
+                  fmt::format("{} NIC shard(s) of earlier writes still in flight at the deadline",
+                              left()));
+  }
+  batches_.clear();
+  return Status::ok();
+}
+
+uint64_t ProgressEngine::outstanding() const {
+  std::lock_guard<std::mutex> lk(batch_mu_);
+  uint64_t n = 0;
+  for (const auto& [id, b] : batches_) n += b.remaining;
+  return n;
 }
 
 ProgressStats ProgressEngine::stats() const {
   std::lock_guard<std::mutex> lk(batch_mu_);
   return stats_;
+}
+
+void ProgressEngine::shard_done(std::map<uint64_t, Batch>::iterator it, const std::string* error) {
+  if (error) {
+    it->second.errors.push_back(*error);
+    ++stats_.errors;
+  } else {
+    ++stats_.shards_done;
+  }
+  if (--it->second.remaining == 0 && it->second.abandoned) batches_.erase(it);
+}
+
+// Stripes every write of a batch over the NICs; each shard carries the immediate.
+void ProgressEngine::queue_batch(uint64_t batch, const std::vector<GroupWrite>& writes) {
+  for (const GroupWrite& w : writes) {
+    const auto shards = stripe(w.len, static_cast<uint32_t>(nic_count_));
+    for (size_t n = 0; n < nic_count_; ++n) {
+      // A shard longer than the NIC's largest message goes as several writes on one
+      // connection; only the last carries the immediate, so the receiver's count is
+      // unchanged. That is only sound where writes land in order (RC QPs, FI_ORDER_WAW).
+      const uint64_t pieces =
+          shards[n].len == 0 ? 1 : (shards[n].len + piece_max_[n] - 1) / piece_max_[n];
+      if (pieces > 1) {
+        std::lock_guard<std::mutex> lk(batch_mu_);
+        auto b = batches_.find(batch);
+        if (!ordered_[n]) {
+          if (b != batches_.end()) {
+            const std::string e = fmt::format(
+                "a {} B write exceeds NIC {}'s largest message ({} B) and its provider does not "
+                "keep writes in order, so it cannot be split: lower the plan's max_write_bytes",
+                shards[n].len, n, piece_max_[n]);
+            shard_done(b, &e);
+          }
+          batch_cv_.notify_all();
+          continue;
+        }
+        if (b != batches_.end()) b->second.remaining += pieces - 1;
+      }
+      for (uint64_t k = 0; k < pieces; ++k) {
+        const uint64_t off = k * piece_max_[n];
+        WriteOp op;
+        op.id = next_shard_++;
+        op.src = &w.src->per_nic[n];
+        op.src_off = w.src_off + shards[n].off + off;
+        op.peer = group_->nic_peer(w.peer, n);
+        op.dst = w.dst->per_nic[n];
+        op.dst_off = w.dst_off + shards[n].off + off;
+        op.len = std::min(piece_max_[n], shards[n].len - off);
+        op.has_imm = w.has_imm && k + 1 == pieces;
+        op.imm = w.imm;
+        shard_batch_[op.id] = batch;
+        pending_[n].push_back(op);
+      }
+    }
+  }
+}
+
+// Posts what NIC n has queued. post() says exactly how many ops went out before an error: those
+// are in flight, the refused one fails its batch (it never went out, so it is not retried and
+// not counted twice), and the rest stay queued.
+void ProgressEngine::post_nic(size_t n, bool& busy) {
+  auto& q = pending_[n];
+  while (!q.empty()) {
+    const size_t chunk = std::min<size_t>(q.size(), 32);
+    std::vector<WriteOp> ops(q.begin(), q.begin() + static_cast<long>(chunk));
+    const auto tp = Clock::now();
+    const PostResult r = group_->nic(n).post(ops);
+    const auto post_ns = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - tp).count());
+    const size_t t = std::min(r.taken, chunk);
+    const bool refused = !r.error.is_ok() && t < chunk;  // ops[t] was refused
+    {
+      std::lock_guard<std::mutex> lk(batch_mu_);
+      stats_.shards_posted += t;
+      stats_.post_ns += post_ns;
+      if (stats_.nic_bytes.size() < nic_count_) stats_.nic_bytes.resize(nic_count_, 0);
+      for (size_t k = 0; k < t; ++k) stats_.nic_bytes[n] += ops[k].len;
+      if (refused) {
+        const WriteOp& bad = ops[t];
+        auto sb = shard_batch_.find(bad.id);
+        if (sb != shard_batch_.end()) {
+          auto b = batches_.find(sb->second);
+          const std::string e = fmt::format("NIC {}: {}", n, r.error.message());
+          if (b != batches_.end()) shard_done(b, &e);
+          shard_batch_.erase(sb);
+        }
+        batch_cv_.notify_all();
+      } else if (t < chunk) {
+        ++stats_.eagain;
+      }
+    }
+    q.erase(q.begin(), q.begin() + static_cast<long>(t + (refused ? 1 : 0)));
+    busy = busy || t > 0 || refused;
+    if (t < chunk && !refused) break;  // back-pressure: progress completions, then retry
+  }
+}
+
+void ProgressEngine::poll_nic(size_t n, std::vector<Completion>& comps, bool& busy) {
+  auto got = group_->nic(n).poll(comps);
+  if (!got) {  // the queue itself failed: say so in every report until it recovers
+    std::lock_guard<std::mutex> lk(batch_mu_);
+    ++stats_.poll_errors;
+    stats_.last_poll_error = fmt::format("NIC {}: {}", n, got.status().message());
+    batch_cv_.notify_all();
+    return;
+  }
+  if (*got == 0) return;
+  busy = true;
+  bool settled = false;
+  std::lock_guard<std::mutex> lk(batch_mu_);
+  for (size_t i = 0; i < *got; ++i) {
+    const Completion& c = comps[i];
+    if (c.kind == Completion::Kind::kImm) {
+      ++stats_.imms;
+      counters_->arrive(c.imm);
+      continue;
+    }
+    auto sb = shard_batch_.find(c.id);
+    if (sb == shard_batch_.end()) {
+      if (c.kind == Completion::Kind::kError) {  // not ours (or reported twice): never silent
+        ++stats_.orphan_errors;
+        stats_.last_orphan_error = fmt::format("NIC {}: {}", n, c.status.message());
+      }
+      continue;
+    }
+    auto b = batches_.find(sb->second);
+    shard_batch_.erase(sb);
+    if (b == batches_.end()) continue;
+    const std::string e = c.kind == Completion::Kind::kError
+                              ? fmt::format("NIC {}: {}", n, c.status.message())
+                              : std::string();
+    settled = settled || c.kind == Completion::Kind::kError || b->second.remaining == 1;
+    shard_done(b, c.kind == Completion::Kind::kError ? &e : nullptr);
+  }
+  if (settled) batch_cv_.notify_all();
 }
 
 void ProgressEngine::loop() {
@@ -113,116 +283,12 @@ void ProgressEngine::loop() {
       in.swap(incoming_);
     }
     for (auto& c : cmds) c();
-    // Stripe every write over the NICs; each shard carries the immediate.
     for (auto& [batch, writes] : in) {
-      for (const GroupWrite& w : writes) {
-        const auto shards = stripe(w.len, static_cast<uint32_t>(nic_count_));
-        for (size_t n = 0; n < nic_count_; ++n) {
-          // A shard longer than the NIC's largest message goes as several writes on one
-          // connection; only the last carries the immediate, so the receiver's count is
-          // unchanged. That is only sound where writes land in order (RC QPs, FI_ORDER_WAW).
-          const uint64_t pieces =
-              shards[n].len == 0 ? 1 : (shards[n].len + piece_max_[n] - 1) / piece_max_[n];
-          if (pieces > 1) {
-            std::lock_guard<std::mutex> lk(batch_mu_);
-            auto b = batches_.find(batch);
-            if (!ordered_[n]) {
-              if (b != batches_.end()) {
-                b->second.errors.push_back(fmt::format(
-                    "a {} B write exceeds NIC {}'s largest message ({} B) and its provider does "
-                    "not keep writes in order, so it cannot be split: lower the plan's "
-                    "max_write_bytes",
-                    shards[n].len, n, piece_max_[n]));
-                --b->second.remaining;
-              }
-              batch_cv_.notify_all();
-              continue;
-            }
-            if (b != batches_.end()) b->second.remaining += pieces - 1;
-          }
-          for (uint64_t k = 0; k < pieces; ++k) {
-            const uint64_t off = k * piece_max_[n];
-            WriteOp op;
-            op.id = next_shard_++;
-            op.src = &w.src->per_nic[n];
-            op.src_off = w.src_off + shards[n].off + off;
-            op.peer = group_->nic_peer(w.peer, n);
-            op.dst = w.dst->per_nic[n];
-            op.dst_off = w.dst_off + shards[n].off + off;
-            op.len = std::min(piece_max_[n], shards[n].len - off);
-            op.has_imm = w.has_imm && k + 1 == pieces;
-            op.imm = w.imm;
-            shard_batch_[op.id] = batch;
-            pending_[n].push_back(op);
-          }
-        }
-      }
+      queue_batch(batch, writes);
       busy = true;
     }
-    for (size_t n = 0; n < nic_count_; ++n) {
-      auto& q = pending_[n];
-      while (!q.empty()) {
-        const size_t chunk = std::min<size_t>(q.size(), 32);
-        std::vector<WriteOp> ops(q.begin(), q.begin() + static_cast<long>(chunk));
-        const auto tp = Clock::now();
-        auto took = group_->nic(n).post(ops);
-        const auto post_ns = static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - tp).count());
-        size_t t = took ? *took : 0;
-        if (!took) {  // a post error fails that op's batch; drop it and go on
-          std::lock_guard<std::mutex> lk(batch_mu_);
-          auto b = batches_.find(shard_batch_[q.front().id]);
-          if (b != batches_.end()) {
-            b->second.errors.push_back(took.status().message());
-            --b->second.remaining;
-          }
-          ++stats_.errors;
-          shard_batch_.erase(q.front().id);
-          q.pop_front();
-          batch_cv_.notify_all();
-          continue;
-        }
-        {
-          std::lock_guard<std::mutex> lk(batch_mu_);
-          stats_.shards_posted += t;
-          stats_.post_ns += post_ns;
-          if (stats_.nic_bytes.size() < nic_count_) stats_.nic_bytes.resize(nic_count_, 0);
-          for (size_t k = 0; k < t; ++k) stats_.nic_bytes[n] += ops[k].len;
-          if (t < chunk) ++stats_.eagain;
-        }
-        q.erase(q.begin(), q.begin() + static_cast<long>(t));
-        busy = busy || t > 0;
-        if (t < chunk) break;  // back-pressure: progress completions, then retry
-      }
-    }
-    for (size_t n = 0; n < nic_count_; ++n) {
-      auto got = group_->nic(n).poll(comps);
-      if (!got || *got == 0) continue;
-      busy = true;
-      bool finished = false;
-      std::lock_guard<std::mutex> lk(batch_mu_);
-      for (size_t i = 0; i < *got; ++i) {
-        const Completion& c = comps[i];
-        if (c.kind == Completion::Kind::kImm) {
-          ++stats_.imms;
-          counters_->arrive(c.imm);
-          continue;
-        }
-        auto sb = shard_batch_.find(c.id);
-        if (sb == shard_batch_.end()) continue;
-        auto b = batches_.find(sb->second);
-        shard_batch_.erase(sb);
-        if (b == batches_.end()) continue;
-        if (c.kind == Completion::Kind::kError) {
-          b->second.errors.push_back(c.status.message());
-          ++stats_.errors;
-        } else {
-          ++stats_.shards_done;
-        }
-        finished = --b->second.remaining == 0 || finished;
-      }
-      if (finished) batch_cv_.notify_all();
-    }
+    for (size_t n = 0; n < nic_count_; ++n) post_nic(n, busy);
+    for (size_t n = 0; n < nic_count_; ++n) poll_nic(n, comps, busy);
     // Writes in flight: keep polling (on manual-progress providers polling is what moves the
     // data, on both sides). Idle for a while: yield, then sleep briefly, so an idle GPU's thread
     // does not eat a core; a receiver's thread wakes within ~20 us.

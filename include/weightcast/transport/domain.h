@@ -65,6 +65,14 @@ struct Completion {
   Status status;     // kError
 };
 
+// What post() did: ops[0, taken) went out. When `error` is set, ops[taken] was refused with it
+// (it did not go out) and the ops after it were not tried; without an error, taken < ops.size()
+// is back-pressure (drive poll(), post the rest again).
+struct PostResult {
+  size_t taken = 0;
+  Status error;
+};
+
 class Domain {
  public:
   virtual ~Domain() = default;
@@ -74,7 +82,9 @@ class Domain {
   virtual Result<PeerId> connect(std::span<const uint8_t> peer_address) = 0;
   virtual Result<LocalMr> register_memory(void* base, uint64_t len, MemKind kind) = 0;
   virtual Status deregister(const LocalMr& mr) = 0;
-  virtual Result<size_t> post(std::span<const WriteOp> ops) = 0;
+  virtual PostResult post(std::span<const WriteOp> ops) = 0;
+  // Completions into `out`. An error of the completion queue itself (not of one op) is an error
+  // value; the caller reports it, since ops in flight on this NIC may never complete.
   virtual Result<size_t> poll(std::span<Completion> out) = 0;
 };
 
@@ -88,6 +98,9 @@ struct DomainConfig {
   uint32_t max_peers = 16;           // verbs: RC QPs created up front, one per peer slot
   uint64_t max_write = 16ull << 20;  // longer NIC shards go as several writes (also capped by
                                      // the provider's max_msg); the immediate rides the last
+  // A fault-injecting layer over the real backend (transport/fault_domain.h), for tests:
+  // e.g. "fail_post=7,hold_arrivals=3:2". Empty: none. WEIGHTCAST_FAULTS sets it too.
+  std::string faults;
 };
 
 // The one place a backend is chosen.

@@ -34,6 +34,9 @@ struct GroupWrite {
 
 struct ProgressStats {
   uint64_t writes = 0, shards_posted = 0, shards_done = 0, imms = 0, errors = 0, eagain = 0;
+  uint64_t poll_errors = 0;      // the completion queue itself failed (not one op)
+  uint64_t orphan_errors = 0;    // error completions whose op this engine did not post
+  std::string last_poll_error, last_orphan_error;
   uint64_t post_ns = 0;             // time spent inside the NICs' post calls
   std::vector<uint64_t> nic_bytes;  // bytes posted per NIC
 };
@@ -59,9 +62,18 @@ class ProgressEngine {
 
   // Queues writes (regions must stay registered until the batch completes); returns a batch id.
   uint64_t submit(std::vector<GroupWrite> writes);
-  // Waits until every shard of the batch completed. Fails with the first errors (naming the
-  // write and the provider's reason), or kTimeout with how many shards are outstanding.
+  // Waits until every shard of the batch completed, or fails at once with the first error of
+  // one of its shards (naming the write and the provider's reason), or kTimeout with how many
+  // shards are outstanding. A batch is forgotten once it completed and was waited for; one that
+  // failed or timed out is forgotten when its last shard completes (or by drain()).
   Status wait(uint64_t batch, Clock::time_point deadline);
+  // The fence after a failure: waits until no shard of any batch is queued or in flight (each
+  // completed or failed), then forgets every batch. kTimeout says how many are still out; the
+  // caller must not reuse any memory those writes read, nor write where they land, until a later
+  // drain() succeeds.
+  Status drain(Clock::time_point deadline);
+  // Shards queued or in flight, over all batches.
+  uint64_t outstanding() const;
   ProgressStats stats() const;
 
  private:
@@ -73,7 +85,13 @@ class ProgressEngine {
   struct Batch {
     uint64_t remaining = 0;
     std::vector<std::string> errors;
+    bool abandoned = false;  // its waiter gave up (error or deadline): erase when done
   };
+  // Under batch_mu_: one shard of `it` is done (failed with `error` when given).
+  void shard_done(std::map<uint64_t, Batch>::iterator it, const std::string* error);
+  void post_nic(size_t n, bool& busy);
+  void poll_nic(size_t n, std::vector<Completion>& comps, bool& busy);
+  void queue_batch(uint64_t batch, const std::vector<GroupWrite>& writes);
 
   std::unique_ptr<NicGroup> group_;
   size_t nic_count_ = 0;

@@ -183,13 +183,20 @@ class FabricDomain final : public Domain {
     return Status::ok();
   }
 
-  Result<size_t> post(std::span<const WriteOp> ops) override {
-    size_t taken = 0;
+  PostResult post(std::span<const WriteOp> ops) override {
+    PostResult res;
     for (const WriteOp& op : ops) {
-      if (op.peer >= peers_.size()) return invalid("post: unknown peer {}", op.peer);
-      if (op.src_off + op.len > op.src->len || op.dst_off + op.len > op.dst.len)
-        return invalid("post: write {} ({} bytes at src {} dst {}) runs past a region", op.id,
-                       op.len, op.src_off, op.dst_off);
+      if (op.peer >= peers_.size()) {
+        res.error = invalid("post: write {} names unknown peer {}", op.id, op.peer);
+        return res;
+      }
+      // Overflow-safe: an offset near 2^64 must not wrap past the check.
+      if (op.len > op.src->len || op.src_off > op.src->len - op.len || op.len > op.dst.len ||
+          op.dst_off > op.dst.len - op.len) {
+        res.error = invalid("post: write {} ({} bytes at src {} dst {}) runs past a region", op.id,
+                            op.len, op.src_off, op.dst_off);
+        return res;
+      }
       OpContext* ctx = alloc_ctx();
       ctx->id = op.id;
       iovec iov{static_cast<char*>(op.src->base) + op.src_off, op.len};
@@ -212,12 +219,13 @@ class FabricDomain final : public Domain {
       }
       if (r) {
         free_ctx(ctx);
-        return Status(Code::kTransport,
-                      fi_err(fmt::format("fi_writemsg(len={})", op.len).c_str(), r));
+        res.error = Status(Code::kTransport,
+                           fi_err(fmt::format("fi_writemsg(write {}, len={})", op.id, op.len).c_str(), r));
+        return res;
       }
-      ++taken;
+      ++res.taken;
     }
-    return taken;
+    return res;
   }
 
   Result<size_t> poll(std::span<Completion> out) override {

@@ -209,29 +209,35 @@ class VerbsDomain final : public Domain {
     return Status::ok();
   }
 
-  Result<size_t> post(std::span<const WriteOp> ops) override {
-    size_t taken = 0;
-    while (taken < ops.size()) {
+  PostResult post(std::span<const WriteOp> ops) override {
+    PostResult res;
+    while (res.taken < ops.size()) {
       // One chain per run of consecutive ops to the same peer.
-      size_t end = taken + 1;
-      while (end < ops.size() && ops[end].peer == ops[taken].peer) ++end;
-      const auto run = ops.subspan(taken, end - taken);
-      if (run[0].peer >= qps_.size()) return invalid("post: unknown peer {}", run[0].peer);
+      size_t end = res.taken + 1;
+      while (end < ops.size() && ops[end].peer == ops[res.taken].peer) ++end;
+      const auto run = ops.subspan(res.taken, end - res.taken);
+      if (run[0].peer >= qps_.size()) {
+        res.error = invalid("post: write {} names unknown peer {}", run[0].id, run[0].peer);
+        return res;
+      }
       std::vector<uint32_t> lkeys;
       for (const WriteOp& op : run) lkeys.push_back(static_cast<ibv_mr*>(op.src->desc)->lkey);
       verbs::build_chain(run, lkeys, chain_);
       ibv_send_wr* bad = nullptr;
       const int rc = ibv_post_send(qps_[run[0].peer], chain_.wrs.data(), &bad);
       if (rc == 0) {
-        taken = end;
+        res.taken = end;
         continue;
       }
-      const size_t ok = bad ? static_cast<size_t>(bad - chain_.wrs.data()) : 0;
-      if (rc == ENOMEM) return taken + ok;  // send queue full: back-pressure, not an error
-      return Status(Code::kTransport,
-                    fmt::format("ibv_post_send(peer {}): {}", run[0].peer, std::strerror(rc)));
+      // Work requests before `bad` were posted (ibv_post_send's contract).
+      res.taken += bad ? static_cast<size_t>(bad - chain_.wrs.data()) : 0;
+      if (rc != ENOMEM)  // a full send queue is back-pressure, not an error
+        res.error = Status(Code::kTransport, fmt::format("ibv_post_send(peer {}, write {}): {}",
+                                                         run[0].peer, ops[res.taken].id,
+                                                         std::strerror(rc)));
+      return res;
     }
-    return taken;
+    return res;
   }
 
   Result<size_t> poll(std::span<Completion> out) override {
@@ -262,6 +268,7 @@ class VerbsDomain final : public Domain {
   Status post_recv() {
     ibv_recv_wr wr{};
     ibv_recv_wr* bad = nullptr;
+    wr.wr_id = verbs::kRecvWrId;
     wr.num_sge = 0;  // WRITE_WITH_IMM consumes a receive but places no data in it
     if (int rc = ibv_post_srq_recv(srq_, &wr, &bad); rc != 0)
       return Status(Code::kTransport, fmt::format("ibv_post_srq_recv: {}", std::strerror(rc)));

@@ -85,13 +85,17 @@ void build_chain(std::span<const WriteOp> ops, std::span<const uint32_t> lkeys, 
 
 Completion decode(const ibv_wc& wc, bool& repost) {
   Completion c;
-  repost = wc.opcode & IBV_WC_RECV;
+  // wc.opcode is undefined in a failed completion: receives are told apart by their wr_id.
+  repost = wc.wr_id == kRecvWrId;
   if (wc.status != IBV_WC_SUCCESS) {
     c.kind = Completion::Kind::kError;
     c.id = wc.wr_id;
-    c.status =
-        Status(Code::kRemote, fmt::format("work request {} failed: {} (vendor error 0x{:x})",
-                                          wc.wr_id, ibv_wc_status_str(wc.status), wc.vendor_err));
+    c.status = Status(
+        Code::kRemote,
+        fmt::format("{} failed: {} (vendor error 0x{:x})",
+                    repost ? std::string("a pre-posted receive")
+                           : fmt::format("work request {}", wc.wr_id),
+                    ibv_wc_status_str(wc.status), wc.vendor_err));
     return c;
   }
   if (wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {

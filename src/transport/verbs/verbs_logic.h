@@ -35,6 +35,9 @@ void build_chain(std::span<const WriteOp> ops, std::span<const uint32_t> lkeys, 
 
 // A work completion as the backend reports it. Receive completions carry the immediate (host
 // byte order); `repost` says a receive was consumed from the SRQ and must be replaced.
+// Receives are pre-posted with wr_id kRecvWrId (write ids never take it), since a failed
+// completion's opcode is undefined.
+inline constexpr uint64_t kRecvWrId = ~uint64_t{0};
 Completion decode(const ibv_wc& wc, bool& repost);
 
 // The address blob: who we are and one QP number per peer slot (peer slot = peer rank).

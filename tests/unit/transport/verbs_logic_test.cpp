@@ -82,6 +82,7 @@ TEST(VerbsLogic, DecodesCompletions) {
   bool repost = false;
   wc.status = IBV_WC_SUCCESS;
   wc.opcode = IBV_WC_RECV_RDMA_WITH_IMM;
+  wc.wr_id = kRecvWrId;
   wc.imm_data = htonl(0xdeadbeef);
   Completion c = decode(wc, repost);
   EXPECT_EQ(c.kind, Completion::Kind::kImm);
@@ -99,6 +100,19 @@ TEST(VerbsLogic, DecodesCompletions) {
   EXPECT_NE(c.status.message().find("work request 77 failed: transport retry counter exceeded"),
             std::string::npos)
       << c.status.message();
+  // A failed completion's opcode is undefined (here it looks like a receive): only the wr_id
+  // says what it was.
+  wc.opcode = IBV_WC_RECV_RDMA_WITH_IMM;
+  wc.status = IBV_WC_WR_FLUSH_ERR;
+  c = decode(wc, repost);
+  EXPECT_FALSE(repost);
+  EXPECT_EQ(c.id, 77u);
+  wc.opcode = IBV_WC_RDMA_WRITE;
+  wc.wr_id = kRecvWrId;
+  c = decode(wc, repost);
+  EXPECT_TRUE(repost);
+  EXPECT_EQ(c.kind, Completion::Kind::kError);
+  EXPECT_NE(c.status.message().find("pre-posted receive"), std::string::npos);
 }
 
 TEST(VerbsLogic, AddressRoundTrips) {
