@@ -9,7 +9,13 @@
 #include <set>
 #include <sstream>
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
 #include "weightcast/exec/executor.h"
+#include "weightcast/exec/keys.h"
 #include "weightcast/exec/parts.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
@@ -92,9 +98,31 @@ std::vector<transport::DomainConfig> nics(const JobConfig& c) {
     transport::DomainConfig d;
     d.provider = c.provider;
     d.address = a;
+    d.faults = c.faults;
     v.push_back(d);
   }
   return v;
+}
+
+// A process's incarnation: new for every Sender / Receiver, so a restarted peer's keys and
+// connections never alias its dead predecessor's (0 is the demo's first incarnation).
+uint32_t new_incarnation() {
+  std::random_device rd;
+  uint32_t k = 0;
+  while (k == 0) k = rd() & 0x7fffffffu;
+  return k;
+}
+
+// The incarnation peer (role, rank) runs now.
+Result<uint32_t> incarnation_of(transport::RendezvousClient& rdv, const char* role, uint32_t rank,
+                                Clock::time_point deadline) {
+  auto v = rdv.get(exec::keys::incarnation(role, rank), deadline);
+  if (!v) return v.status();
+  try {
+    return static_cast<uint32_t>(std::stoul(std::string(v->begin(), v->end())));
+  } catch (const std::exception&) {
+    return invalid("{} {}: malformed incarnation key", role, rank);
+  }
 }
 
 TensorInfo info(const std::string& name, bool scales, core::DType dt, const core::Shape& s) {
@@ -108,7 +136,7 @@ TensorInfo info(const std::string& name, bool scales, core::DType dt, const core
 
 // A peer's metadata for the controller: "digest nics tensors bytes".
 Status publish_meta(PeerBase& p, const char* role, uint32_t rank, size_t tensors, uint64_t bytes) {
-  return p.rdv->put(fmt::format("meta/{}/{}", role, rank),
+  return p.rdv->put(exec::keys::meta(role, rank),
                     fmt::format("{} {} {} {}", p.job->plan.inputs_digest, p.job->cfg.nics.size(),
                                 tensors, bytes));
 }
@@ -173,7 +201,7 @@ Result<std::vector<PeerInfo>> Controller::wait_for_peers(double deadline_s) cons
   for (const char* role : {"trainer", "inference"}) {
     const auto& want = std::string(role) == "trainer" ? want_t : want_r;
     for (uint32_t r = 0; r < want.size(); ++r) {
-      auto v = (*c)->get(fmt::format("meta/{}/{}", role, r), deadline);
+      auto v = (*c)->get(exec::keys::meta(role, r), deadline);
       if (!v) {
         missing.push_back(fmt::format("{} {}", role, r));
         continue;
@@ -212,8 +240,12 @@ Result<std::vector<PeerInfo>> Controller::wait_for_peers(double deadline_s) cons
 
 struct Sender::Impl : PeerBase {
   std::unique_ptr<exec::TrainerExecutor> ex;
-  uint32_t rank = 0;
+  uint32_t rank = 0, incarnation = 0;
   std::set<uint32_t> receivers;
+  // Readiness: an arm is used once, by this process or a dead predecessor of the same rank, so
+  // each receiver's next arm must be newer than the last used (recorded under keys::arms_used
+  // before the first write of every attempt, and read back when a restarted rank joins).
+  std::map<uint32_t, uint64_t> used;  // receiver -> version of the last arm used
 };
 
 Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
@@ -229,7 +261,21 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
       std::max(cfg.cuda_device, 0));
   if (!ex) return ex.status();
   impl->ex = std::move(ex).value();
+  impl->incarnation = new_incarnation();
+  impl->ex->set_incarnation(impl->incarnation);
   if (Status s = impl->ex->publish(); !s) return s;  // peers may prepare before this one does
+  if (Status s = impl->rdv->put(exec::keys::incarnation("trainer", rank),
+                                std::to_string(impl->incarnation));
+      !s)
+    return s;
+  // A predecessor of this rank (before a restart) may have written under these arms.
+  if (auto u = impl->rdv->get(exec::keys::arms_used(rank), Clock::now()); u) {
+    std::istringstream is(std::string(u->begin(), u->end()));
+    uint32_t r = 0;
+    uint64_t v = 0;
+    char colon = 0;
+    while (is >> r >> colon >> v && colon == ':') impl->used[r] = v;
+  }
   impl->rank = rank;
   uint64_t bytes = 0;
   for (const exec::ShardSlot& s : impl->ex->layout().shards) bytes += s.bytes;
@@ -255,19 +301,77 @@ std::vector<TensorInfo> Sender::tensors() const {
 Status Sender::register_tensor(const std::string& name, void* data, uint64_t bytes) {
   return impl_->ex->bind_shard(name, data, bytes);
 }
-Status Sender::prepare() { return impl_->ex->prepare(in_s(impl_->job->cfg.deadline_s)); }
+Status Sender::prepare() {
+  Impl& m = *impl_;
+  const auto deadline = in_s(m.job->cfg.deadline_s);
+  // Link to every peer as it runs now (any of them may have restarted before this one).
+  std::vector<uint32_t> recv_inc, trainer_inc;
+  for (uint32_t r : m.receivers) {
+    auto k = incarnation_of(*m.rdv, "inference", r, deadline);
+    if (!k) return Status(k.status().code(), fmt::format("trainer {}: receiver {} never published: {}",
+                                                         m.rank, r, k.status().message()));
+    recv_inc.resize(std::max<size_t>(recv_inc.size(), r + 1), 0);
+    recv_inc[r] = *k;
+  }
+  std::set<uint32_t> peers;  // trainers this rank gathers with
+  for (const plan::Gather& g : m.job->plan.gathers) {
+    bool in = g.root == m.rank;
+    for (const auto& p : g.pieces) in = in || p.rank == m.rank;
+    if (!in) continue;
+    peers.insert(g.root);
+    for (const auto& p : g.pieces) peers.insert(p.rank);
+  }
+  peers.erase(m.rank);
+  for (uint32_t t : peers) {
+    auto k = incarnation_of(*m.rdv, "trainer", t, deadline);
+    if (!k) return Status(k.status().code(), fmt::format("trainer {}: trainer {} never published: {}",
+                                                         m.rank, t, k.status().message()));
+    trainer_inc.resize(std::max<size_t>(trainer_inc.size(), t + 1), 0);
+    trainer_inc[t] = *k;
+  }
+  return m.ex->prepare(deadline, recv_inc, trainer_inc);
+}
+
 Result<PushStats> Sender::push(uint64_t step) {
   const double dl = impl_->job->cfg.deadline_s;
-  // Gathers and projections start at once; the first write waits for the receivers to be ready
-  // (this rendezvous client is used by nothing else during a push).
-  auto ready = [&]() -> Status {
-    for (uint32_t r : impl_->receivers)
-      if (auto k = impl_->rdv->get(fmt::format("ready/{}/{}", step, r), in_s(dl)); !k)
-        return Status(k.status().code(), fmt::format("step {}: receiver {} never became ready: {}",
-                                                     step, r, k.status().message()));
-    return Status::ok();
+  Impl& m = *impl_;
+  // Gathers and projections start at once; the first write waits until every receiver armed an
+  // attempt of this step that this process has not used yet (this rendezvous client is used by
+  // nothing else during a push).
+  auto ready = [&]() -> Result<std::map<uint32_t, exec::Armed>> {
+    std::map<uint32_t, exec::Armed> armed;
+    for (uint32_t r : m.receivers) {
+      uint64_t after = m.used[r];
+      for (;;) {
+        auto v = m.rdv->get_newer(exec::keys::armed(r), after, in_s(dl));
+        if (!v)
+          return Status(v.status().code(),
+                        fmt::format("step {}: receiver {} did not arm an attempt within {} s: {}",
+                                    step, r, dl, v.status().message()));
+        std::istringstream is(std::string(v->value.begin(), v->value.end()));
+        uint64_t at = 0;
+        unsigned gen = 0;
+        uint32_t inc = 0;
+        if (!(is >> at >> gen >> inc) || gen > 255)
+          return Status(Code::kRemote, fmt::format("step {}: receiver {} armed with a malformed "
+                                                   "value",
+                                                   step, r));
+        after = v->version;
+        if (at < step) continue;  // an arm of an earlier step: wait for this one's
+        if (at > step)
+          return invalid("push({}): receiver {} is at step {} already", step, r, at);
+        armed[r] = {static_cast<uint8_t>(gen), inc};
+        m.used[r] = v->version;
+        break;
+      }
+    }
+    // Recorded before the first write: if this process dies now, its successor skips these.
+    std::string rec;
+    for (const auto& [r, v] : m.used) rec += fmt::format("{}{}:{}", rec.empty() ? "" : " ", r, v);
+    if (Status s = m.rdv->put(exec::keys::arms_used(m.rank), rec); !s) return s;
+    return armed;
   };
-  auto rep = impl_->ex->push(static_cast<uint8_t>(step), in_s(dl), UINT64_MAX, ready);
+  auto rep = m.ex->push(static_cast<uint8_t>(step), in_s(dl), UINT64_MAX, ready);
   if (!rep) return rep.status();
   PushStats st;
   st.bytes = rep->bytes;
@@ -287,7 +391,10 @@ Result<PushStats> Sender::push(uint64_t step) {
 
 struct Receiver::Impl : PeerBase {
   std::unique_ptr<exec::InferenceReceiver> rc;
-  uint32_t index = 0;
+  uint32_t index = 0, incarnation = 0;
+  uint8_t generation = 0;  // of the last attempt armed
+  std::vector<uint32_t> senders;
+  int die_after_arm = -1;  // test hook (WEIGHTCAST_DEBUG_DIE_AFTER_ARM)
 };
 
 Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
@@ -298,6 +405,17 @@ Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   if (!rc) return rc.status();
   impl->rc = std::move(rc).value();
   impl->index = index;
+  impl->incarnation = new_incarnation();
+  impl->rc->set_incarnation(impl->incarnation);
+  impl->generation = static_cast<uint8_t>(new_incarnation());  // any start; each arm moves on
+  std::set<uint32_t> senders;
+  for (const plan::Write& w : impl->job->plan.writes)
+    if (impl->job->plan.dests[w.dest].receiver == index) senders.insert(w.sender);
+  impl->senders.assign(senders.begin(), senders.end());
+  // Test hook: WEIGHTCAST_DEBUG_DIE_AFTER_ARM=K kills receiver K with SIGKILL right after it
+  // armed its first attempt (a receiver dying mid-step, after its senders were told to write).
+  if (const char* d = std::getenv("WEIGHTCAST_DEBUG_DIE_AFTER_ARM"))
+    impl->die_after_arm = std::atoi(d);
   uint32_t count = 0;
   uint64_t bytes = 0;
   for (const plan::DestTensor& d : impl->job->plan.dests)
@@ -321,16 +439,43 @@ std::vector<TensorInfo> Receiver::tensors() const {
 Status Receiver::register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales) {
   return impl_->rc->bind_tensor(name, scales, data, bytes);
 }
-Status Receiver::publish() { return impl_->rc->publish(); }
+Status Receiver::publish() {
+  if (Status s = impl_->rc->publish(); !s) return s;
+  // Last: a sender that sees this incarnation finds its address and descriptors published.
+  return impl_->rdv->put(exec::keys::incarnation("inference", impl_->index),
+                         std::to_string(impl_->incarnation));
+}
+
 Result<WaitStats> Receiver::wait(uint64_t step) {
-  // Transports whose targets connect too (verbs): to every sender, before saying "ready" (a
-  // no-op once connected, and on libfabric).
-  if (Status s = impl_->rc->connect_senders({}, in_s(impl_->job->cfg.deadline_s)); !s) return s;
-  impl_->rc->begin(static_cast<uint8_t>(step));
-  if (Status s = impl_->rdv->put(fmt::format("ready/{}/{}", step, impl_->index), "1"); !s) return s;
-  auto w = impl_->rc->wait(static_cast<uint8_t>(step), in_s(impl_->job->cfg.deadline_s));
-  if (!w) return w.status();
-  return WaitStats{w->bytes, w->imms, w->wait_s};
+  Impl& m = *impl_;
+  const auto deadline = in_s(m.job->cfg.deadline_s);
+  // Transports whose targets connect too (verbs): to every sender as it runs now, before
+  // arming (a no-op once connected, and on libfabric).
+  if (m.rc->connects_both_ends()) {
+    std::vector<uint32_t> inc;
+    for (uint32_t s : m.senders) {
+      auto k = incarnation_of(*m.rdv, "trainer", s, deadline);
+      if (!k) return k.status();
+      inc.resize(std::max<size_t>(inc.size(), s + 1), 0);
+      inc[s] = *k;
+    }
+    if (Status s = m.rc->connect_senders(inc, deadline); !s) return s;
+  }
+  // A fresh generation for every attempt: writes of earlier attempts (late, or of a sender that
+  // died) are stale from here on.
+  const uint8_t gen = ++m.generation;
+  const uint64_t stale0 = m.rc->stale();
+  m.rc->begin(gen);
+  if (Status s = m.rdv->put(exec::keys::armed(m.index),
+                            fmt::format("{} {} {}", step, unsigned{gen}, m.incarnation));
+      !s)
+    return s;
+  if (m.die_after_arm == static_cast<int>(m.index)) ::kill(::getpid(), SIGKILL);
+  auto w = m.rc->wait(gen, deadline);
+  if (!w)
+    return Status(w.status().code(),
+                  fmt::format("step {}: {}", step, w.status().message()));
+  return WaitStats{w->bytes, w->imms, w->wait_s, gen, m.rc->stale() - stale0};
 }
 
 }  // namespace weightcast::api

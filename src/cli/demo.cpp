@@ -219,12 +219,16 @@ int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::P
       return 1;
     }
     // Gathers and projections start at once; the first write waits for the receivers.
-    auto ready = [&]() -> Status {
-      for (uint32_t rc : recvs)
+    // Every receiver armed the round's generation (the controller gives each round a new one).
+    auto ready = [&]() -> Result<std::map<uint32_t, exec::Armed>> {
+      std::map<uint32_t, exec::Armed> armed;
+      for (uint32_t rc : recvs) {
         if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k)
           return Status(k.status().code(), fmt::format("receiver {} never became ready: {}", rc,
                                                        k.status().message()));
-      return Status::ok();
+        armed[rc] = {r->gen, (*ex)->receiver_incarnation(rc)};
+      }
+      return armed;
     };
     if (n == w.die_in_round) {  // fault injection: half the writes, then die
       uint64_t mine = 0;

@@ -1,6 +1,8 @@
 // The host collective: gathers over one-sided writes between local processes.
 #include "weightcast/exec/collective.h"
 
+#include "weightcast/exec/keys.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -10,13 +12,6 @@
 
 namespace weightcast::exec {
 
-namespace {
-std::string key(const char* what, uint32_t id) { return fmt::format("{}/{}", what, id); }
-}  // namespace
-
-namespace {
-std::string suffix(uint32_t incarnation);
-}
 
 uint64_t HostCollective::box_bytes(const plan::Gather& g) const {
   return static_cast<uint64_t>(g.box.numel()) * core::dtype_size(in_.trainer.params[g.param].dtype);
@@ -82,21 +77,16 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
   return c;
 }
 
-namespace {
-std::string suffix(uint32_t incarnation) {
-  return incarnation ? fmt::format("@{}", incarnation) : "";
-}
-}  // namespace
 
 Status HostCollective::link(const char* role, uint32_t r, uint32_t incarnation,
                             Clock::time_point deadline, std::map<uint32_t, Link>& into) {
-  auto addr = rdv_->get(key("send", r) + suffix(incarnation), deadline);
+  auto addr = rdv_->get(keys::sender_address(r, incarnation), deadline);
   if (!addr)
     return Status(addr.status().code(),
                   fmt::format("gather {} {}: {}", role, r, addr.status().message()));
   auto peer = engine_->connect(*addr);
   if (!peer) return peer.status();
-  auto desc = rdv_->get(key("gbuf", r) + suffix(incarnation), deadline);
+  auto desc = rdv_->get(keys::gather_buffer(r, incarnation), deadline);
   if (!desc) return desc.status();
   auto region = transport::RemoteRegion::parse(*desc);
   if (!region) return region.status();
@@ -108,7 +98,7 @@ Status HostCollective::link(const char* role, uint32_t r, uint32_t incarnation,
 }
 
 Status HostCollective::publish() {
-  return rdv_->put(key("gbuf", rank_) + suffix(incarnation_),
+  return rdv_->put(keys::gather_buffer(rank_, incarnation_),
                    transport::NicGroup::remote(gbuf_region_).serialize());
 }
 

@@ -2,6 +2,7 @@
 #include "weightcast/exec/executor.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -9,6 +10,7 @@
 #include <set>
 #include <thread>
 
+#include "weightcast/exec/keys.h"
 #include "weightcast/exec/project_cuda.h"
 #include "weightcast/plan/part.h"
 #include "weightcast/plan/project.h"
@@ -19,7 +21,6 @@ using transport::GroupWrite;
 using transport::Imm;
 
 namespace {
-std::string key(const char* what, uint32_t id) { return fmt::format("{}/{}", what, id); }
 double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -31,9 +32,9 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     bool allocate, MemoryKind shards, int cuda_device) {
   if (rank >= plan.senders.size())
     return invalid("trainer rank {} is not in the plan ({} senders)", rank, plan.senders.size());
-  if (plan.phases > transport::Imm::kGatherOpenPhase)
+  if (plan.phases > transport::Imm::kAbortPhase)
     return invalid("the plan has {} phases; immediates carry at most {}", plan.phases,
-                   transport::Imm::kGatherOpenPhase);
+                   transport::Imm::kAbortPhase);
   std::unique_ptr<TrainerExecutor> e(new TrainerExecutor(in, plan));
   e->rank_ = rank;
   e->rdv_ = rdv;
@@ -135,6 +136,62 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   return e;
 }
 
+// The NICs close (and deregister every region) before any registered memory is freed: the
+// buffers, the collective's gather and packing areas and the caller's tensors may still be
+// remote-writable while an endpoint is open.
+TrainerExecutor::~TrainerExecutor() { engine_.reset(); }
+InferenceReceiver::~InferenceReceiver() { engine_.reset(); }
+
+uint32_t TrainerExecutor::receiver_incarnation(uint32_t receiver) const {
+  auto it = receivers_.find(receiver);
+  return it == receivers_.end() ? 0 : it->second.incarnation;
+}
+
+Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline,
+                                         uint64_t max_writes, const ReadyFn& ready) {
+  if (fenced_) {  // an earlier attempt's writes may still read staging or land in receivers
+    if (Status d = engine_->drain(deadline); !d)
+      return Status(d.code(),
+                    fmt::format("trainer rank {}: writes of an earlier failed attempt are still "
+                                "in flight, so nothing is projected or written: {}",
+                                rank_, d.message()));
+    fenced_ = false;
+  }
+  armed_.clear();
+  batch_receivers_.clear();
+  auto rep = push_attempt(gen, deadline, max_writes, ready);
+  if (rep) return rep;
+  Status a = abort_attempt(deadline);
+  return Status(rep.status().code(),
+                a ? rep.status().message() : fmt::format("{}; {}", rep.status().message(),
+                                                         a.message()));
+}
+
+Status TrainerExecutor::abort_attempt(Clock::time_point deadline) {
+  // The deadline may be what failed the attempt: the fence still gets a moment.
+  const auto until = std::max(deadline, Clock::now() + std::chrono::seconds(1));
+  if (Status d = engine_->drain(until); !d) {
+    fenced_ = true;
+    return Status(d.code(), fmt::format("trainer rank {}: the failed attempt's writes are not all "
+                                        "drained ({}); the next push drains them first",
+                                        rank_, d.message()));
+  }
+  // Receivers whose generation this attempt used need not wait for the rest of its writes.
+  std::vector<GroupWrite> abort;
+  for (const auto& [r, a] : armed_) {
+    auto it = receivers_.find(r);
+    if (it == receivers_.end() || it->second.incarnation != a.incarnation) continue;
+    abort.push_back({&staging_region_, 0, it->second.peer, &it->second.tensors.begin()->second, 0,
+                     0, true,
+                     Imm{a.generation, Imm::kAbortPhase, static_cast<uint16_t>(rank_)}.encode()});
+  }
+  if (abort.empty()) return Status::ok();
+  // Best effort (a dead receiver cannot hear it); whatever happens, nothing stays in flight.
+  (void)engine_->wait(engine_->submit(std::move(abort)), until);
+  if (Status d = engine_->drain(until); !d) fenced_ = true;
+  return Status::ok();
+}
+
 Status TrainerExecutor::bind_shard(const std::string& name, void* data, uint64_t bytes) {
   auto it = in_.trainer.index.find(name);
   if (it == in_.trainer.index.end())
@@ -205,8 +262,7 @@ Status TrainerExecutor::mirror(int param) {
 
 Status TrainerExecutor::publish() {
   if (Status s =
-          rdv_->put(key("send", rank_) + (incarnation_ ? fmt::format("@{}", incarnation_) : ""),
-                    engine_->address());
+          rdv_->put(keys::sender_address(rank_, incarnation_), engine_->address());
       !s)
     return s;
   return collective_->publish();
@@ -240,13 +296,12 @@ Status TrainerExecutor::prepare(Clock::time_point deadline,
 
 Status TrainerExecutor::connect_receiver(uint32_t r, uint32_t incarnation,
                                          Clock::time_point deadline) {
-  const std::string suffix = incarnation ? fmt::format("@{}", incarnation) : "";
-  auto addr = rdv_->get(key("recv", r) + suffix, deadline);
+  auto addr = rdv_->get(keys::receiver_address(r, incarnation), deadline);
   if (!addr)
     return Status(addr.status().code(), fmt::format("receiver {}: {}", r, addr.status().message()));
   auto peer = engine_->connect(*addr);
   if (!peer) return peer.status();
-  auto desc = rdv_->get(key("region", r) + suffix, deadline);
+  auto desc = rdv_->get(keys::receiver_tensors(r, incarnation), deadline);
   if (!desc) return desc.status();
   auto tensors = parse_descriptors(*desc);
   if (!tensors)
@@ -277,9 +332,8 @@ Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_poi
       deadline);
 }
 
-Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline,
-                                         uint64_t max_writes,
-                                         const std::function<Status()>& ready) {
+Result<StepReport> TrainerExecutor::push_attempt(uint8_t gen, Clock::time_point deadline,
+                                                 uint64_t max_writes, const ReadyFn& ready) {
   const auto t0 = Clock::now();
   const transport::ProgressStats stats0 = engine_->stats();
   const uint64_t post0 = stats0.post_ns;
@@ -297,7 +351,9 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   if (Status s = collective_->open(gen, deadline); !s)
     return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
   // The receivers' readiness, awaited on a thread of its own while gathers and projections run.
-  std::future<Status> ready_f;
+  // Until it says otherwise, each receiver's writes carry `gen` at the incarnation in use.
+  for (const auto& [r, t] : receivers_) armed_[r] = Armed{gen, t.incarnation};
+  std::future<Result<std::map<uint32_t, Armed>>> ready_f;
   if (ready) ready_f = std::async(std::launch::async, ready);
   // kCuda: every host-read shard's copy to the host mirror is queued now, in the order the step
   // reads them, on a stream of their own; each read waits for its own copy only.
@@ -327,10 +383,10 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   struct Produced {
     uint64_t lo, hi;
     int mark;
-    std::vector<GroupWrite> writes;
+    std::vector<PendingWrite> writes;
   };
   std::deque<Produced> produced;
-  std::vector<GroupWrite> direct;
+  std::vector<PendingWrite> direct;
   unsigned marks = 0;
   int batch_mark = -1;    // the mark of the last batch of GPU projections queued, and
   size_t batch_last = 0;  // the task index of its last projection
@@ -346,16 +402,50 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   auto await_ready = [&]() -> Status {
     if (!ready_f.valid()) return Status::ok();
     const auto tw = Clock::now();
-    Status r = ready_f.get();
+    auto r = ready_f.get();
     rep.ready_s += since(tw);
-    return r;
+    if (!r) return r.status();
+    for (const auto& [rc, a] : *r) {
+      if (!receivers_.count(rc)) continue;
+      // Armed by a new incarnation (the receiver restarted): its new buffers from now on.
+      if (Status s = rejoin(rc, a.incarnation, deadline); !s)
+        return Status(s.code(), fmt::format("trainer rank {} step {}: reconnecting to receiver "
+                                            "{} (incarnation {}): {}",
+                                            rank_, gen, rc, a.incarnation, s.message()));
+      armed_[rc] = a;
+    }
+    return Status::ok();
   };
-  auto submit = [&](std::vector<GroupWrite>& ws, uint64_t lo, uint64_t hi) {
+  // Writes are bound to their receiver's connection, descriptor and generation only now.
+  auto submit = [&](std::vector<PendingWrite>& ws, uint64_t lo, uint64_t hi) {
     if (ws.empty()) return;
-    const uint64_t b = engine_->submit(std::move(ws));
+    std::vector<GroupWrite> out;
+    out.reserve(ws.size());
+    std::set<uint32_t> to;
+    for (PendingWrite& p : ws) {
+      Target& tg = receivers_.at(p.receiver);
+      p.g.peer = tg.peer;
+      p.g.dst = &tg.tensors.at(p.dest);
+      p.g.imm = Imm{armed_.at(p.receiver).generation, p.phase, static_cast<uint16_t>(rank_)}
+                    .encode();
+      out.push_back(p.g);
+      to.insert(p.receiver);
+    }
     ws.clear();
+    const uint64_t b = engine_->submit(std::move(out));
+    batch_receivers_[b] = std::move(to);
     batches.push_back(b);
     if (hi > lo) inflight.push_back({lo, hi, b});  // the staging range these writes read
+  };
+  // A batch that failed names the receivers it wrote to.
+  auto waited = [&](uint64_t b) -> Status {
+    Status s = engine_->wait(b, deadline);
+    if (s) return s;
+    const auto it = batch_receivers_.find(b);
+    const std::string to =
+        it == batch_receivers_.end() ? "?" : fmt::format("{}", fmt::join(it->second, ", "));
+    return Status(s.code(), fmt::format("trainer rank {} step {}: writes to receiver(s) {}: {}",
+                                        rank_, gen, to, s.message()));
   };
   // Sends the writes of the oldest `n` projections (after their marks) and the direct ones, and
   // drops those projections; `keep_last` keeps the newest one, so writes that follow it are still
@@ -470,7 +560,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
         if (!busy) break;
         const Inflight f = inflight.front();
         inflight.pop_front();
-        if (Status s = engine_->wait(f.batch, deadline); !s) return s;
+        if (Status s = waited(f.batch); !s) return s;
         // Waited for (and forgotten by the engine): the end of the step must not wait again.
         batches.erase(std::find(batches.begin(), batches.end(), f.batch));
       }
@@ -544,7 +634,10 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     }
     const plan::Write& w = plan_.writes[t.index];
     const uint32_t r = plan_.dests[w.dest].receiver;
-    Target& tg = receivers_.at(r);
+    if (!receivers_.count(r))
+      return Status(Code::kInternal,
+                    fmt::format("write {} goes to receiver {}, which rank {} never connected to",
+                                t.index, r, rank_));
     GroupWrite g;
     if (w.project >= 0) {
       if (produced.empty())  // a plan invariant: a projection's writes follow it
@@ -565,13 +658,11 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
       g.src = it->second.region;
       g.src_off = it->second.offset + w.src_off;
     }
-    g.peer = tg.peer;
-    g.dst = &tg.tensors.at(w.dest);
     g.dst_off = w.dst_off;
     g.len = w.len;
-    g.has_imm = true;
-    g.imm = Imm{gen, static_cast<uint8_t>(w.phase), static_cast<uint16_t>(rank_)}.encode();
-    (w.project >= 0 ? produced.back().writes : direct).push_back(g);
+    g.has_imm = true;  // peer, descriptor and immediate are bound at submission
+    (w.project >= 0 ? produced.back().writes : direct)
+        .push_back({g, r, w.dest, static_cast<uint8_t>(w.phase)});
     rep.bytes += w.len;
     ++rep.writes;
   }
@@ -583,8 +674,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
     return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
   const auto tw = Clock::now();
   for (uint64_t b : batches)
-    if (Status s = engine_->wait(b, deadline); !s)
-      return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
+    if (Status s = waited(b); !s) return s;
   rep.write_s = since(tw);
   rep.mirror_s = mirror_s_;
   rep.total_s = since(t0);
@@ -687,10 +777,11 @@ Status InferenceReceiver::publish() {
     descs.push_back({plan::global_dest(plan_, d), rr});
   }
   if (!unbound.empty()) return invalid("receiver {}: tensors not bound: {}", receiver_, unbound);
-  const std::string suffix = incarnation_ ? fmt::format("@{}", incarnation_) : "";
-  if (Status s = rdv_->put(key("region", receiver_) + suffix, serialize_descriptors(descs)); !s)
+  if (Status s = rdv_->put(keys::receiver_tensors(receiver_, incarnation_),
+                           serialize_descriptors(descs));
+      !s)
     return s;
-  return rdv_->put(key("recv", receiver_) + suffix, engine_->address());
+  return rdv_->put(keys::receiver_address(receiver_, incarnation_), engine_->address());
 }
 
 void InferenceReceiver::begin(uint8_t generation) { counters_.begin_generation(generation); }
@@ -701,7 +792,7 @@ Status InferenceReceiver::connect_senders(std::span<const uint32_t> incarnations
   for (auto& [s, connected] : senders_) {
     const uint32_t inc = s < incarnations.size() ? incarnations[s] : 0;
     if (connected == static_cast<int64_t>(inc)) continue;
-    auto addr = rdv_->get(key("send", s) + (inc ? fmt::format("@{}", inc) : ""), deadline);
+    auto addr = rdv_->get(keys::sender_address(s, inc), deadline);
     if (!addr)
       return Status(addr.status().code(), fmt::format("receiver {}: sender {}: {}", receiver_, s,
                                                       addr.status().message()));

@@ -50,11 +50,12 @@ std::pair<void*, uint64_t> writable(py::object obj, py::object nbytes) {
   return {b.ptr, static_cast<uint64_t>(b.size * b.itemsize)};
 }
 
-// Keeps registered Python buffers alive as long as the object that wrote into them.
+// Keeps registered Python buffers alive as long as the object that writes into them: `keep` is
+// declared first, so it is destroyed last, after the Sender / Receiver closed its NICs.
 template <typename T>
 struct Holder {
-  T obj;
   std::vector<py::object> keep;
+  T obj;
 };
 
 }  // namespace
@@ -81,7 +82,8 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readwrite("nics", &api::JobConfig::nics)
       .def_readwrite("deadline_s", &api::JobConfig::deadline_s)
       .def_readwrite("plan_file", &api::JobConfig::plan_file)
-      .def_readwrite("cuda_device", &api::JobConfig::cuda_device);
+      .def_readwrite("cuda_device", &api::JobConfig::cuda_device)
+      .def_readwrite("faults", &api::JobConfig::faults);
   py::class_<api::PeerInfo>(m, "PeerInfo")
       .def_readonly("role", &api::PeerInfo::role)
       .def_readonly("rank", &api::PeerInfo::rank)
@@ -119,12 +121,14 @@ PYBIND11_MODULE(weightcast, m) {
   py::class_<api::WaitStats>(m, "WaitStats")
       .def_readonly("bytes", &api::WaitStats::bytes)
       .def_readonly("immediates", &api::WaitStats::immediates)
-      .def_readonly("seconds", &api::WaitStats::seconds);
+      .def_readonly("seconds", &api::WaitStats::seconds)
+      .def_readonly("generation", &api::WaitStats::generation)
+      .def_readonly("stale", &api::WaitStats::stale);
 
   using CtlH = Holder<api::Controller>;
   py::class_<CtlH>(m, "Controller")
       .def(py::init([](api::JobConfig& job, const std::string& bind) {
-             return new CtlH{check(nogil([&] { return api::Controller::start(job, bind); })), {}};
+             return new CtlH{{}, check(nogil([&] { return api::Controller::start(job, bind); }))};
            }),
            py::arg("job"), py::arg("bind_host") = "127.0.0.1",
            "Plans the job and starts its rendezvous; fills job.rendezvous and job.token.")
@@ -143,7 +147,7 @@ PYBIND11_MODULE(weightcast, m) {
   using SndH = Holder<api::Sender>;
   py::class_<SndH>(m, "Sender")
       .def(py::init([](const api::JobConfig& job, uint32_t rank) {
-             return new SndH{check(nogil([&] { return api::Sender::create(job, rank); })), {}};
+             return new SndH{{}, check(nogil([&] { return api::Sender::create(job, rank); }))};
            }),
            py::arg("job"), py::arg("rank"))
       .def("tensors", [](const SndH& h) { return h.obj.tensors(); })
@@ -164,7 +168,7 @@ PYBIND11_MODULE(weightcast, m) {
   using RcvH = Holder<api::Receiver>;
   py::class_<RcvH>(m, "Receiver")
       .def(py::init([](const api::JobConfig& job, uint32_t index) {
-             return new RcvH{check(nogil([&] { return api::Receiver::create(job, index); })), {}};
+             return new RcvH{{}, check(nogil([&] { return api::Receiver::create(job, index); }))};
            }),
            py::arg("job"), py::arg("index"))
       .def("tensors", [](const RcvH& h) { return h.obj.tensors(); })

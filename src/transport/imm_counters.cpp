@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace weightcast::transport {
 
 void ImmCounters::begin_generation(uint8_t generation) {
@@ -41,7 +43,26 @@ Status ImmCounters::wait(uint8_t generation, const std::vector<Expect>& expect,
     }
     return true;
   };
-  if (!cv_.wait_until(lk, deadline, met)) {
+  // Expected senders that aborted this generation (their push failed): no use waiting on.
+  auto aborted = [&] {
+    std::vector<uint16_t> out;
+    for (const Expect& e : expect)
+      if (credits_.count({generation, Imm::kAbortPhase, e.sender}) &&
+          std::find(out.begin(), out.end(), e.sender) == out.end())
+        out.push_back(e.sender);
+    return out;
+  };
+  const bool settled = cv_.wait_until(lk, deadline, [&] { return met() || !aborted().empty(); });
+  if (settled && !met()) {
+    const auto who = aborted();
+    std::string names;
+    for (uint16_t s : who) names += fmt::format("{}{}", names.empty() ? "" : ", ", s);
+    return Status(Code::kRemote,
+                  fmt::format("generation {}: sender(s) {} aborted their attempt (their push "
+                              "failed); retry the step",
+                              generation, names));
+  }
+  if (!settled) {
     std::string missing;
     int listed = 0;
     for (const Expect& e : expect) {

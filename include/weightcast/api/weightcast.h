@@ -1,7 +1,8 @@
 // weightcast's public C++ API. Embed it in a trainer loop (Sender, one per trainer rank) and in
 // an inference engine (Receiver, one per inference rank); one Controller per job runs the
 // rendezvous and fixes the plan. No exceptions cross this API: every call returns Status or
-// Result<T>. Everything is host memory over libfabric for now (see README for what is next).
+// Result<T>. Receivers are host memory over libfabric for now (see README for what is next).
+// Failures, retries and restarted peers: docs/failures.md.
 //
 //   Controller c = *Controller::start(job);            // once per job; job.rendezvous is filled in
 //   Receiver r = *Receiver::create(job, index);         // on each inference rank
@@ -39,6 +40,9 @@ struct JobConfig {
   // refused by register_tensor. push() reads the shards on CUDA streams of its own: they must
   // hold the step's weights when it is called (synchronize the optimizer's stream first).
   int cuda_device = -1;
+  // Tests only: a fault-injecting layer under this peer's NICs (transport/fault_domain.h), e.g.
+  // "fail_post=5" or "hold_arrivals=2:3". Empty in a real job.
+  std::string faults;
 };
 
 // What one peer told the controller when it joined (Controller::wait_for_peers).
@@ -75,6 +79,8 @@ struct PushStats {
 struct WaitStats {
   uint64_t bytes = 0, immediates = 0;
   double seconds = 0;
+  uint32_t generation = 0;  // the generation this attempt armed
+  uint64_t stale = 0;       // arrivals of older attempts dropped while it waited (late writes)
 };
 
 class Controller {
@@ -111,8 +117,13 @@ class Sender {
   Status register_tensor(const std::string& name, void* data, uint64_t bytes);
   // Connects to every receiver this rank writes to (all tensors must be registered).
   Status prepare();
-  // Pushes this step's weights: waits until its receivers are ready for the step, then runs the
-  // rank's projections and writes. Blocks until every write completed.
+  // Pushes this step's weights: waits until each of its receivers armed an attempt of the step
+  // (Receiver::wait), then runs the rank's projections and writes, tagged with the generation
+  // that receiver armed. Blocks until every write completed. A receiver that restarted (armed
+  // under a new incarnation) is reconnected to first. Each attempt uses a receiver's arm once:
+  // calling push(step) again (a retry) waits for a new arm. On failure every write already
+  // posted has been drained (or the next push drains it first), and receivers were told to stop
+  // waiting; what to do next is in docs/failures.md.
   Result<PushStats> push(uint64_t step);
 
  private:
@@ -130,9 +141,11 @@ class Receiver {
   std::vector<TensorInfo> tensors() const;
   Status register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales = false);
   Status publish();
-  // Arms the step, tells its senders it is ready, and waits until every expected immediate has
-  // arrived: then every byte of the step has landed. Fails after the deadline naming the senders
-  // whose writes are missing; never returns ok on a partial update.
+  // Arms a new attempt of the step (a fresh generation), tells its senders, and waits until every
+  // expected immediate of that attempt has arrived: then every byte of the step has landed.
+  // Writes of any earlier attempt never count. Fails at once when a sender aborted the attempt,
+  // or after the deadline naming the senders whose writes are missing; never returns ok on a
+  // partial update. Calling wait(step) again after a failure is the retry (docs/failures.md).
   Result<WaitStats> wait(uint64_t step);
 
  private:

@@ -32,8 +32,19 @@ struct StepReport {
   std::vector<double> nic_gbps;  // bytes this step posted on each NIC over the step's time
 };
 
+// What a receiver armed for one attempt: the generation its writes must carry, and the
+// incarnation of the process that armed it (a restarted receiver has new buffers).
+struct Armed {
+  uint8_t generation = 0;
+  uint32_t incarnation = 0;
+};
+// Blocks until the receivers may be written, and says what each armed (receivers missing from
+// the map use the push's generation and the incarnation in use).
+using ReadyFn = std::function<Result<std::map<uint32_t, Armed>>()>;
+
 class TrainerExecutor {
  public:
+  ~TrainerExecutor();
   // With `allocate`, the executor owns one arena holding every shard of the rank; without, the
   // caller binds its own tensors (bind_shard) before prepare(). `shards` says where shards live:
   // kCuda runs projections on the GPU (exec/project_cuda.h) from the device shards, on CUDA
@@ -63,16 +74,22 @@ class TrainerExecutor {
   // entries are 0), so it never links to, or warms up, a peer's dead earlier incarnation.
   Status prepare(Clock::time_point deadline, std::span<const uint32_t> receiver_incarnations = {},
                  std::span<const uint32_t> trainer_incarnations = {});
-  // Runs the rank's tasks for one step: projections into the staging ring (a slot is reused
-  // only after the writes reading it completed), writes tagged {generation, phase, rank}. The
-  // generation identifies the attempt: a retried step uses a new one, so writes of an aborted
-  // attempt can never count toward it. `max_writes` stops early (fault-injection tests).
+  // Runs the rank's tasks for one attempt of a step: projections into the staging ring (a slot
+  // is reused only after the writes reading it completed), writes tagged {generation, phase,
+  // rank}. Each receiver's writes carry the generation it armed for this attempt (`ready`), so
+  // writes of an aborted attempt never count toward another; gathers use `generation`.
   // `ready` (optional) blocks until the receivers may be written (their engines no longer read
   // the weights); it runs on a thread of its own while gathers and projections start, and the
-  // first write waits for it.
+  // first write waits for it. A receiver that armed under a new incarnation is reconnected to
+  // first. `max_writes` stops early (fault-injection tests).
+  // A failed push drains every write it posted before it returns, and tells each receiver whose
+  // generation it knew that it aborted (their wait fails at once, naming this rank). If the
+  // drain cannot finish by the deadline the executor is fenced: the next push drains first and
+  // refuses to project or write until nothing of the failed attempt is in flight.
   Result<StepReport> push(uint8_t generation, Clock::time_point deadline,
-                          uint64_t max_writes = UINT64_MAX,
-                          const std::function<Status()>& ready = {});
+                          uint64_t max_writes = UINT64_MAX, const ReadyFn& ready = {});
+  // The incarnation this rank is linked to for `receiver` (its descriptors in use).
+  uint32_t receiver_incarnation(uint32_t receiver) const;
   // A receiver restarted (new incarnation, new buffers): reconnect to it and use its new
   // descriptors from the next push on. No-op when the incarnation is the one in use.
   Status rejoin(uint32_t receiver, uint32_t incarnation, Clock::time_point deadline);
@@ -88,6 +105,20 @@ class TrainerExecutor {
 
  private:
   Status connect_receiver(uint32_t receiver, uint32_t incarnation, Clock::time_point deadline);
+  Result<StepReport> push_attempt(uint8_t generation, Clock::time_point deadline,
+                                  uint64_t max_writes, const ReadyFn& ready);
+  // After a failed attempt: drain, then the abort immediates; fenced_ when the drain is not done.
+  Status abort_attempt(Clock::time_point deadline);
+  // A write built during the attempt, bound to its receiver's connection, descriptor and
+  // generation only when it is submitted (after readiness: a receiver may have restarted).
+  struct PendingWrite {
+    transport::GroupWrite g;
+    uint32_t receiver, dest;
+    uint8_t phase;
+  };
+  std::map<uint32_t, Armed> armed_;     // this attempt's generation per receiver, once known
+  bool fenced_ = false;                 // writes of a failed attempt may still be in flight
+  std::map<uint64_t, std::set<uint32_t>> batch_receivers_;  // this attempt's batches -> receivers
   TrainerExecutor(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
   struct Bound {  // where a shard lives: a registered region and the shard's offset in it
     std::byte* data = nullptr;
@@ -153,6 +184,7 @@ struct WaitReport {
 
 class InferenceReceiver {
  public:
+  ~InferenceReceiver();
   // With `allocate`, the receiver owns one arena holding all its tensors; without, the caller
   // binds the engine's own weight tensors (bind_tensor) before publish().
   static Result<std::unique_ptr<InferenceReceiver>> create(
@@ -167,6 +199,11 @@ class InferenceReceiver {
   // sets its incarnation first, so senders can tell its new descriptors from the old ones.
   Status publish();
   void set_incarnation(uint32_t k) { incarnation_ = k; }
+  uint32_t incarnation() const { return incarnation_; }
+  // Whether connect_senders() has work to do (verbs RC).
+  bool connects_both_ends() const { return both_ends_; }
+  // Arrivals of older generations dropped so far (writes of aborted attempts landing late).
+  uint64_t stale() const { return counters_.stale(); }
   // Arms the barrier for an attempt: writes of older generations are ignored from here on.
   void begin(uint8_t generation);
   // Transports whose targets connect too (verbs RC): connects to every trainer that writes here,

@@ -1,6 +1,8 @@
 // The 32-bit immediate every write carries, in one place: {generation, phase, sender}.
-// Generation is the training step modulo 256; comparisons are modular, so a receiver can tell an
-// arrival from an older step (stale, ignored) from one of the current step.
+// Generation names one attempt of a step: the receiver picks a fresh one every time it arms
+// (api/weightcast.cpp; the demo's controller per round), so writes of an aborted attempt never
+// count toward a retry. Comparisons are modular, so a receiver can tell an arrival of an older
+// attempt (stale, ignored) from one of the current.
 #pragma once
 
 #include <cstdint>
@@ -15,8 +17,12 @@ struct Imm {
   static constexpr uint32_t kMaxSenders = 1u << 16;
   static constexpr uint32_t kMaxPhases = 1u << 8;
   // Not a plan phase: a gather root's "my buffer is free for this generation" to its members
-  // (exec/collective.h). Plans use phases 0 .. 254.
+  // (exec/collective.h). Plans use phases 0 .. 253.
   static constexpr uint8_t kGatherOpenPhase = 255;
+  // Not a plan phase: a sender's "my attempt of this generation failed; do not wait for the rest"
+  // (a zero-length write sent after its failed push drained). The barrier fails at once, naming
+  // the sender.
+  static constexpr uint8_t kAbortPhase = 254;
 
   uint32_t encode() const {
     return (uint32_t{generation} << 24) | (uint32_t{phase} << 16) | uint32_t{sender};

@@ -1,0 +1,49 @@
+// The rendezvous key layout, in one place. Peers publish under their role, rank and incarnation
+// (a restarted process gets a new incarnation, so its keys never alias its dead predecessor's;
+// incarnation 0 has no suffix).
+//   send/{rank}[@inc]      a trainer's NIC address blob
+//   gbuf/{rank}[@inc]      a trainer's gather buffer descriptor (as a gather root)
+//   recv/{r}[@inc]         a receiver's NIC address blob
+//   region/{r}[@inc]       a receiver's tensor descriptors
+//   inc/{role}/{rank}      the incarnation a peer runs now (overwritten by a restart)
+//   meta/{role}/{rank}     what a peer told the controller when it joined
+//   armed/{r}              a receiver's readiness for one attempt: "STEP GENERATION INCARNATION",
+//                          overwritten on every arm; senders wait for a version newer than the
+//                          last they used (RendezvousClient::get_newer)
+//   used/{rank}            the arm versions a trainer used last, "R:VERSION ...", put before its
+//                          first write of an attempt: a restarted trainer never reuses them
+//   part/{role}/{rank}     a peer's part of the plan (exec/parts.h)
+#pragma once
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <string>
+
+namespace weightcast::exec::keys {
+
+inline std::string at(std::string base, uint32_t incarnation) {
+  return incarnation ? fmt::format("{}@{}", base, incarnation) : base;
+}
+inline std::string sender_address(uint32_t rank, uint32_t inc) {
+  return at(fmt::format("send/{}", rank), inc);
+}
+inline std::string gather_buffer(uint32_t rank, uint32_t inc) {
+  return at(fmt::format("gbuf/{}", rank), inc);
+}
+inline std::string receiver_address(uint32_t r, uint32_t inc) {
+  return at(fmt::format("recv/{}", r), inc);
+}
+inline std::string receiver_tensors(uint32_t r, uint32_t inc) {
+  return at(fmt::format("region/{}", r), inc);
+}
+inline std::string incarnation(const char* role, uint32_t rank) {
+  return fmt::format("inc/{}/{}", role, rank);
+}
+inline std::string meta(const char* role, uint32_t rank) {
+  return fmt::format("meta/{}/{}", role, rank);
+}
+inline std::string armed(uint32_t r) { return fmt::format("armed/{}", r); }
+inline std::string arms_used(uint32_t rank) { return fmt::format("used/{}", rank); }
+
+}  // namespace weightcast::exec::keys
