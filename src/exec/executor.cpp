@@ -351,8 +351,9 @@ Result<StepReport> TrainerExecutor::push_attempt(uint8_t gen, Clock::time_point 
   if (Status s = collective_->open(gen, deadline); !s)
     return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
   // The receivers' readiness, awaited on a thread of its own while gathers and projections run.
-  // Until it says otherwise, each receiver's writes carry `gen` at the incarnation in use.
-  for (const auto& [r, t] : receivers_) armed_[r] = Armed{gen, t.incarnation};
+  // Without a ready callback, every receiver armed `gen` at the incarnation in use.
+  if (!ready)
+    for (const auto& [r, t] : receivers_) armed_[r] = Armed{gen, t.incarnation};
   std::future<Result<std::map<uint32_t, Armed>>> ready_f;
   if (ready) ready_f = std::async(std::launch::async, ready);
   // kCuda: every host-read shard's copy to the host mirror is queued now, in the order the step
@@ -426,7 +427,9 @@ Result<StepReport> TrainerExecutor::push_attempt(uint8_t gen, Clock::time_point 
       Target& tg = receivers_.at(p.receiver);
       p.g.peer = tg.peer;
       p.g.dst = &tg.tensors.at(p.dest);
-      p.g.imm = Imm{armed_.at(p.receiver).generation, p.phase, static_cast<uint16_t>(rank_)}
+      auto a = armed_.find(p.receiver);  // a receiver the ready callback left out armed `gen`
+      p.g.imm = Imm{a == armed_.end() ? gen : a->second.generation, p.phase,
+                    static_cast<uint16_t>(rank_)}
                     .encode();
       out.push_back(p.g);
       to.insert(p.receiver);
@@ -439,13 +442,17 @@ Result<StepReport> TrainerExecutor::push_attempt(uint8_t gen, Clock::time_point 
   };
   // A batch that failed names the receivers it wrote to.
   auto waited = [&](uint64_t b) -> Status {
-    Status s = engine_->wait(b, deadline);
+    std::vector<uint32_t> bad;
+    Status s = engine_->wait(b, deadline, &bad);
     if (s) return s;
-    const auto it = batch_receivers_.find(b);
-    const std::string to =
-        it == batch_receivers_.end() ? "?" : fmt::format("{}", fmt::join(it->second, ", "));
-    return Status(s.code(), fmt::format("trainer rank {} step {}: writes to receiver(s) {}: {}",
-                                        rank_, gen, to, s.message()));
+    std::set<uint32_t> named;  // the receivers whose writes failed or are still out
+    for (uint32_t p : bad)
+      for (const auto& [r, t] : receivers_)
+        if (t.peer == p) named.insert(r);
+    if (named.empty())
+      if (auto it = batch_receivers_.find(b); it != batch_receivers_.end()) named = it->second;
+    return Status(s.code(), fmt::format("trainer rank {} step {}: writes to receiver {}: {}", rank_,
+                                        gen, fmt::join(named, ", "), s.message()));
   };
   // Sends the writes of the oldest `n` projections (after their marks) and the direct ones, and
   // drops those projections; `keep_last` keeps the newest one, so writes that follow it are still

@@ -63,7 +63,9 @@ uint64_t ProgressEngine::submit(std::vector<GroupWrite> writes) {
   {
     std::lock_guard<std::mutex> lk(batch_mu_);
     id = next_batch_++;
-    batches_[id].remaining = writes.size() * nic_count_;
+    Batch& b = batches_[id];
+    b.remaining = writes.size() * nic_count_;
+    for (const GroupWrite& w : writes) b.out_by_peer[w.peer] += nic_count_;
     stats_.writes += writes.size();
   }
   if (writes.empty()) {
@@ -75,10 +77,18 @@ uint64_t ProgressEngine::submit(std::vector<GroupWrite> writes) {
   return id;
 }
 
-Status ProgressEngine::wait(uint64_t batch, Clock::time_point deadline) {
+Status ProgressEngine::wait(uint64_t batch, Clock::time_point deadline,
+                            std::vector<uint32_t>* bad_peers) {
   std::unique_lock<std::mutex> lk(batch_mu_);
   auto it = batches_.find(batch);
   if (it == batches_.end()) return invalid("wait: unknown batch {}", batch);
+  auto name_peers = [&](const Batch& b) {
+    if (!bad_peers) return;
+    std::set<uint32_t> bad = b.failed_peers;
+    for (const auto& [p, n] : b.out_by_peer)
+      if (n) bad.insert(p);
+    bad_peers->assign(bad.begin(), bad.end());
+  };
   // Done, or failed: a shard's error fails the batch at once (its other shards may still be in
   // flight: drain() fences them).
   const bool settled = batch_cv_.wait_until(
@@ -86,6 +96,7 @@ Status ProgressEngine::wait(uint64_t batch, Clock::time_point deadline) {
   Batch& b = it->second;
   const std::string first = b.errors.empty() ? "" : b.errors.front();
   const size_t failed = b.errors.size();
+  if (!settled || failed) name_peers(b);
   if (!settled) {
     const uint64_t left = b.remaining;
     b.abandoned = true;
@@ -135,9 +146,13 @@ ProgressStats ProgressEngine::stats() const {
   return stats_;
 }
 
-void ProgressEngine::shard_done(std::map<uint64_t, Batch>::iterator it, const std::string* error) {
+void ProgressEngine::shard_done(std::map<uint64_t, Batch>::iterator it, uint32_t peer,
+                                const std::string* error) {
+  if (auto p = it->second.out_by_peer.find(peer); p != it->second.out_by_peer.end() && p->second)
+    --p->second;
   if (error) {
     it->second.errors.push_back(*error);
+    it->second.failed_peers.insert(peer);
     ++stats_.errors;
   } else {
     ++stats_.shards_done;
@@ -164,12 +179,15 @@ void ProgressEngine::queue_batch(uint64_t batch, const std::vector<GroupWrite>& 
                 "a {} B write exceeds NIC {}'s largest message ({} B) and its provider does not "
                 "keep writes in order, so it cannot be split: lower the plan's max_write_bytes",
                 shards[n].len, n, piece_max_[n]);
-            shard_done(b, &e);
+            shard_done(b, w.peer, &e);
           }
           batch_cv_.notify_all();
           continue;
         }
-        if (b != batches_.end()) b->second.remaining += pieces - 1;
+        if (b != batches_.end()) {
+          b->second.remaining += pieces - 1;
+          b->second.out_by_peer[w.peer] += pieces - 1;
+        }
       }
       for (uint64_t k = 0; k < pieces; ++k) {
         const uint64_t off = k * piece_max_[n];
@@ -183,7 +201,7 @@ void ProgressEngine::queue_batch(uint64_t batch, const std::vector<GroupWrite>& 
         op.len = std::min(piece_max_[n], shards[n].len - off);
         op.has_imm = w.has_imm && k + 1 == pieces;
         op.imm = w.imm;
-        shard_batch_[op.id] = batch;
+        shard_batch_[op.id] = {batch, w.peer};
         pending_[n].push_back(op);
       }
     }
@@ -214,9 +232,9 @@ void ProgressEngine::post_nic(size_t n, bool& busy) {
         const WriteOp& bad = ops[t];
         auto sb = shard_batch_.find(bad.id);
         if (sb != shard_batch_.end()) {
-          auto b = batches_.find(sb->second);
+          auto b = batches_.find(sb->second.batch);
           const std::string e = fmt::format("NIC {}: {}", n, r.error.message());
-          if (b != batches_.end()) shard_done(b, &e);
+          if (b != batches_.end()) shard_done(b, sb->second.peer, &e);
           shard_batch_.erase(sb);
         }
         batch_cv_.notify_all();
@@ -258,14 +276,15 @@ void ProgressEngine::poll_nic(size_t n, std::vector<Completion>& comps, bool& bu
       }
       continue;
     }
-    auto b = batches_.find(sb->second);
+    auto b = batches_.find(sb->second.batch);
+    const uint32_t peer = sb->second.peer;
     shard_batch_.erase(sb);
     if (b == batches_.end()) continue;
     const std::string e = c.kind == Completion::Kind::kError
                               ? fmt::format("NIC {}: {}", n, c.status.message())
                               : std::string();
     settled = settled || c.kind == Completion::Kind::kError || b->second.remaining == 1;
-    shard_done(b, c.kind == Completion::Kind::kError ? &e : nullptr);
+    shard_done(b, peer, c.kind == Completion::Kind::kError ? &e : nullptr);
   }
   if (settled) batch_cv_.notify_all();
 }

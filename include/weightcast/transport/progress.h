@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -66,7 +67,9 @@ class ProgressEngine {
   // one of its shards (naming the write and the provider's reason), or kTimeout with how many
   // shards are outstanding. A batch is forgotten once it completed and was waited for; one that
   // failed or timed out is forgotten when its last shard completes (or by drain()).
-  Status wait(uint64_t batch, Clock::time_point deadline);
+  // `bad_peers` (optional) receives the group peers whose shards failed or are still out.
+  Status wait(uint64_t batch, Clock::time_point deadline,
+              std::vector<uint32_t>* bad_peers = nullptr);
   // The fence after a failure: waits until no shard of any batch is queued or in flight (each
   // completed or failed), then forgets every batch. kTimeout says how many are still out; the
   // caller must not reuse any memory those writes read, nor write where they land, until a later
@@ -86,9 +89,11 @@ class ProgressEngine {
     uint64_t remaining = 0;
     std::vector<std::string> errors;
     bool abandoned = false;  // its waiter gave up (error or deadline): erase when done
+    std::map<uint32_t, uint64_t> out_by_peer;  // group peer -> its shards not yet completed
+    std::set<uint32_t> failed_peers;
   };
   // Under batch_mu_: one shard of `it` is done (failed with `error` when given).
-  void shard_done(std::map<uint64_t, Batch>::iterator it, const std::string* error);
+  void shard_done(std::map<uint64_t, Batch>::iterator it, uint32_t peer, const std::string* error);
   void post_nic(size_t n, bool& busy);
   void poll_nic(size_t n, std::vector<Completion>& comps, bool& busy);
   void queue_batch(uint64_t batch, const std::vector<GroupWrite>& writes);
@@ -113,7 +118,11 @@ class ProgressEngine {
   std::vector<std::deque<WriteOp>> pending_;            // per NIC
   std::vector<uint64_t> piece_max_;                     // per NIC: largest single write
   std::vector<bool> ordered_;                           // per NIC: writes land in order
-  std::unordered_map<uint64_t, uint64_t> shard_batch_;  // shard id -> batch
+  struct ShardOf {
+    uint64_t batch;
+    uint32_t peer;  // group peer
+  };
+  std::unordered_map<uint64_t, ShardOf> shard_batch_;  // shard id -> its batch and peer
   uint64_t next_shard_ = 1;
 };
 
