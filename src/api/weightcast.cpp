@@ -3,16 +3,14 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-
-#include <chrono>
-#include <random>
-#include <set>
-#include <sstream>
-
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <random>
+#include <set>
+#include <sstream>
 
 #include "weightcast/exec/executor.h"
 #include "weightcast/exec/keys.h"
@@ -308,8 +306,9 @@ Status Sender::prepare() {
   std::vector<uint32_t> recv_inc, trainer_inc;
   for (uint32_t r : m.receivers) {
     auto k = incarnation_of(*m.rdv, "inference", r, deadline);
-    if (!k) return Status(k.status().code(), fmt::format("trainer {}: receiver {} never published: {}",
-                                                         m.rank, r, k.status().message()));
+    if (!k)
+      return Status(k.status().code(), fmt::format("trainer {}: receiver {} never published: {}",
+                                                   m.rank, r, k.status().message()));
     recv_inc.resize(std::max<size_t>(recv_inc.size(), r + 1), 0);
     recv_inc[r] = *k;
   }
@@ -324,8 +323,9 @@ Status Sender::prepare() {
   peers.erase(m.rank);
   for (uint32_t t : peers) {
     auto k = incarnation_of(*m.rdv, "trainer", t, deadline);
-    if (!k) return Status(k.status().code(), fmt::format("trainer {}: trainer {} never published: {}",
-                                                         m.rank, t, k.status().message()));
+    if (!k)
+      return Status(k.status().code(), fmt::format("trainer {}: trainer {} never published: {}",
+                                                   m.rank, t, k.status().message()));
     trainer_inc.resize(std::max<size_t>(trainer_inc.size(), t + 1), 0);
     trainer_inc[t] = *k;
   }
@@ -358,8 +358,7 @@ Result<PushStats> Sender::push(uint64_t step) {
                                                    step, r));
         after = v->version;
         if (at < step) continue;  // an arm of an earlier step: wait for this one's
-        if (at > step)
-          return invalid("push({}): receiver {} is at step {} already", step, r, at);
+        if (at > step) return invalid("push({}): receiver {} is at step {} already", step, r, at);
         armed[r] = {static_cast<uint8_t>(gen), inc};
         m.used[r] = v->version;
         break;
@@ -472,9 +471,7 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
     return s;
   if (m.die_after_arm == static_cast<int>(m.index)) ::kill(::getpid(), SIGKILL);
   auto w = m.rc->wait(gen, deadline);
-  if (!w)
-    return Status(w.status().code(),
-                  fmt::format("step {}: {}", step, w.status().message()));
+  if (!w) return Status(w.status().code(), fmt::format("step {}: {}", step, w.status().message()));
   return WaitStats{w->bytes, w->imms, w->wait_s, gen, m.rc->stale() - stale0};
 }
 

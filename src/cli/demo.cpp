@@ -458,7 +458,9 @@ int run_demo(const DemoOptions& o) {
           "it\n",
           step - 1, incarnation[0]);
     }
-    auto join_list = [](const std::vector<uint32_t>& v) { return fmt::format("{}", fmt::join(v, ",")); };
+    auto join_list = [](const std::vector<uint32_t>& v) {
+      return fmt::format("{}", fmt::join(v, ","));
+    };
     for (int attempt = 1;; ++attempt) {
       ++round;
       const auto gen = static_cast<uint8_t>(round);

@@ -1,8 +1,6 @@
 // The host collective: gathers over one-sided writes between local processes.
 #include "weightcast/exec/collective.h"
 
-#include "weightcast/exec/keys.h"
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -10,8 +8,9 @@
 #include <set>
 #include <utility>
 
-namespace weightcast::exec {
+#include "weightcast/exec/keys.h"
 
+namespace weightcast::exec {
 
 uint64_t HostCollective::box_bytes(const plan::Gather& g) const {
   return static_cast<uint64_t>(g.box.numel()) * core::dtype_size(in_.trainer.params[g.param].dtype);
@@ -76,7 +75,6 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
   c->both_ends_ = engine->caps().connect_both_ends;
   return c;
 }
-
 
 Status HostCollective::link(const char* role, uint32_t r, uint32_t incarnation,
                             Clock::time_point deadline, std::map<uint32_t, Link>& into) {

@@ -162,9 +162,9 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   auto rep = push_attempt(gen, deadline, max_writes, ready);
   if (rep) return rep;
   Status a = abort_attempt(deadline);
-  return Status(rep.status().code(),
-                a ? rep.status().message() : fmt::format("{}; {}", rep.status().message(),
-                                                         a.message()));
+  return Status(
+      rep.status().code(),
+      a ? rep.status().message() : fmt::format("{}; {}", rep.status().message(), a.message()));
 }
 
 Status TrainerExecutor::abort_attempt(Clock::time_point deadline) {
@@ -261,9 +261,7 @@ Status TrainerExecutor::mirror(int param) {
 }
 
 Status TrainerExecutor::publish() {
-  if (Status s =
-          rdv_->put(keys::sender_address(rank_, incarnation_), engine_->address());
-      !s)
+  if (Status s = rdv_->put(keys::sender_address(rank_, incarnation_), engine_->address()); !s)
     return s;
   return collective_->publish();
 }
@@ -428,9 +426,9 @@ Result<StepReport> TrainerExecutor::push_attempt(uint8_t gen, Clock::time_point 
       p.g.peer = tg.peer;
       p.g.dst = &tg.tensors.at(p.dest);
       auto a = armed_.find(p.receiver);  // a receiver the ready callback left out armed `gen`
-      p.g.imm = Imm{a == armed_.end() ? gen : a->second.generation, p.phase,
-                    static_cast<uint16_t>(rank_)}
-                    .encode();
+      p.g.imm =
+          Imm{a == armed_.end() ? gen : a->second.generation, p.phase, static_cast<uint16_t>(rank_)}
+              .encode();
       out.push_back(p.g);
       to.insert(p.receiver);
     }
@@ -784,8 +782,8 @@ Status InferenceReceiver::publish() {
     descs.push_back({plan::global_dest(plan_, d), rr});
   }
   if (!unbound.empty()) return invalid("receiver {}: tensors not bound: {}", receiver_, unbound);
-  if (Status s = rdv_->put(keys::receiver_tensors(receiver_, incarnation_),
-                           serialize_descriptors(descs));
+  if (Status s =
+          rdv_->put(keys::receiver_tensors(receiver_, incarnation_), serialize_descriptors(descs));
       !s)
     return s;
   return rdv_->put(keys::receiver_address(receiver_, incarnation_), engine_->address());

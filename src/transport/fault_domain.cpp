@@ -14,8 +14,8 @@ namespace weightcast::transport {
 namespace {
 
 struct FaultSpec {
-  uint64_t fail_post = 0, fail_completion = 0, drop_completion = 0, orphan_error = 0,
-           fail_poll = 0, delay = 0, hold_from = 0, hold_count = 0;
+  uint64_t fail_post = 0, fail_completion = 0, drop_completion = 0, orphan_error = 0, fail_poll = 0,
+           delay = 0, hold_from = 0, hold_count = 0;
   bool reorder = false;
 };
 
@@ -25,7 +25,8 @@ Result<FaultSpec> parse(const std::string& spec) {
   for (std::string item; std::getline(ss, item, ',');) {
     if (item.empty()) continue;
     const auto eq = item.find('=');
-    const std::string k = item.substr(0, eq), v = eq == std::string::npos ? "" : item.substr(eq + 1);
+    const std::string k = item.substr(0, eq),
+                      v = eq == std::string::npos ? "" : item.substr(eq + 1);
     auto num = [&](uint64_t& out) -> Status {
       try {
         size_t used = 0;
@@ -37,13 +38,20 @@ Result<FaultSpec> parse(const std::string& spec) {
       return Status::ok();
     };
     Status s;
-    if (k == "fail_post") s = num(f.fail_post);
-    else if (k == "fail_completion") s = num(f.fail_completion);
-    else if (k == "drop_completion") s = num(f.drop_completion);
-    else if (k == "orphan_error") s = num(f.orphan_error);
-    else if (k == "fail_poll") s = num(f.fail_poll);
-    else if (k == "delay") s = num(f.delay);
-    else if (k == "reorder" && v.empty()) f.reorder = true;
+    if (k == "fail_post")
+      s = num(f.fail_post);
+    else if (k == "fail_completion")
+      s = num(f.fail_completion);
+    else if (k == "drop_completion")
+      s = num(f.drop_completion);
+    else if (k == "orphan_error")
+      s = num(f.orphan_error);
+    else if (k == "fail_poll")
+      s = num(f.fail_poll);
+    else if (k == "delay")
+      s = num(f.delay);
+    else if (k == "reorder" && v.empty())
+      f.reorder = true;
     else if (k == "hold_arrivals") {
       unsigned long long a = 0, b = 0;
       char extra = 0;
@@ -81,9 +89,9 @@ class FaultDomain final : public Domain {
     PostResult r = stop ? real_->post(ops.first(stop)) : PostResult{};
     posted_ += r.taken;
     if (r.error.is_ok() && r.taken == stop && stop < ops.size()) {
-      r.error = Status(Code::kTransport,
-                       fmt::format("injected post failure (fail_post={}) on write {}", f_.fail_post,
-                                   ops[stop].id));
+      r.error =
+          Status(Code::kTransport, fmt::format("injected post failure (fail_post={}) on write {}",
+                                               f_.fail_post, ops[stop].id));
       f_.fail_post = 0;  // once
     }
     return r;
@@ -135,9 +143,9 @@ class FaultDomain final : public Domain {
       if (completions_ == f_.drop_completion) return;
       if (completions_ == f_.fail_completion) {
         c.kind = Completion::Kind::kError;
-        c.status = Status(Code::kRemote,
-                          fmt::format("write {} failed: injected (fail_completion={})", c.id,
-                                      f_.fail_completion));
+        c.status =
+            Status(Code::kRemote, fmt::format("write {} failed: injected (fail_completion={})",
+                                              c.id, f_.fail_completion));
       }
       if (completions_ == f_.orphan_error) {
         Completion o;

@@ -112,8 +112,8 @@ Status ProgressEngine::wait(uint64_t batch, Clock::time_point deadline,
     b.abandoned = true;
   }
   if (failed)
-    return Status(Code::kRemote,
-                  fmt::format("write batch {}: {} shard(s) failed; first: {}", batch, failed, first));
+    return Status(Code::kRemote, fmt::format("write batch {}: {} shard(s) failed; first: {}", batch,
+                                             failed, first));
   return Status::ok();
 }
 
@@ -126,9 +126,9 @@ Status ProgressEngine::drain(Clock::time_point deadline) {
   };
   if (!batch_cv_.wait_until(lk, deadline, [&] { return left() == 0; })) {
     for (auto& [id, b] : batches_) b.abandoned = true;
-    return Status(Code::kTimeout,
-                  fmt::format("{} NIC shard(s) of earlier writes still in flight at the deadline",
-                              left()));
+    return Status(
+        Code::kTimeout,
+        fmt::format("{} NIC shard(s) of earlier writes still in flight at the deadline", left()));
   }
   batches_.clear();
   return Status::ok();

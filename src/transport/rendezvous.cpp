@@ -237,8 +237,9 @@ void RendezvousServer::serve(int fd) {
                (op == 'W' && fields(p, 3, f) && f[1].size() == 8 && f[2].size() == 4)) {
       const std::string key(f[0].begin(), f[0].end());
       const uint64_t after = op == 'W' ? get64(f[1].data()) : 0;
-      const auto until = std::chrono::steady_clock::now() +
-                         std::chrono::milliseconds(std::min<uint32_t>(get32(f.back().data()), 60000));
+      const auto until =
+          std::chrono::steady_clock::now() +
+          std::chrono::milliseconds(std::min<uint32_t>(get32(f.back().data()), 60000));
       std::vector<uint8_t> value;
       bool found;
       {

@@ -116,8 +116,8 @@ class TrainerExecutor {
     uint32_t receiver, dest;
     uint8_t phase;
   };
-  std::map<uint32_t, Armed> armed_;     // this attempt's generation per receiver, once known
-  bool fenced_ = false;                 // writes of a failed attempt may still be in flight
+  std::map<uint32_t, Armed> armed_;  // this attempt's generation per receiver, once known
+  bool fenced_ = false;              // writes of a failed attempt may still be in flight
   std::map<uint64_t, std::set<uint32_t>> batch_receivers_;  // this attempt's batches -> receivers
   TrainerExecutor(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
   struct Bound {  // where a shard lives: a registered region and the shard's offset in it

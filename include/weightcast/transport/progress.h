@@ -35,8 +35,8 @@ struct GroupWrite {
 
 struct ProgressStats {
   uint64_t writes = 0, shards_posted = 0, shards_done = 0, imms = 0, errors = 0, eagain = 0;
-  uint64_t poll_errors = 0;      // the completion queue itself failed (not one op)
-  uint64_t orphan_errors = 0;    // error completions whose op this engine did not post
+  uint64_t poll_errors = 0;    // the completion queue itself failed (not one op)
+  uint64_t orphan_errors = 0;  // error completions whose op this engine did not post
   std::string last_poll_error, last_orphan_error;
   uint64_t post_ns = 0;             // time spent inside the NICs' post calls
   std::vector<uint64_t> nic_bytes;  // bytes posted per NIC
@@ -115,9 +115,9 @@ class ProgressEngine {
   ProgressStats stats_;
 
   // Owned by the progress thread.
-  std::vector<std::deque<WriteOp>> pending_;            // per NIC
-  std::vector<uint64_t> piece_max_;                     // per NIC: largest single write
-  std::vector<bool> ordered_;                           // per NIC: writes land in order
+  std::vector<std::deque<WriteOp>> pending_;  // per NIC
+  std::vector<uint64_t> piece_max_;           // per NIC: largest single write
+  std::vector<bool> ordered_;                 // per NIC: writes land in order
   struct ShardOf {
     uint64_t batch;
     uint32_t peer;  // group peer

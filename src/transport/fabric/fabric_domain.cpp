@@ -219,8 +219,9 @@ class FabricDomain final : public Domain {
       }
       if (r) {
         free_ctx(ctx);
-        res.error = Status(Code::kTransport,
-                           fi_err(fmt::format("fi_writemsg(write {}, len={})", op.id, op.len).c_str(), r));
+        res.error =
+            Status(Code::kTransport,
+                   fi_err(fmt::format("fi_writemsg(write {}, len={})", op.id, op.len).c_str(), r));
         return res;
       }
       ++res.taken;

@@ -232,9 +232,9 @@ class VerbsDomain final : public Domain {
       // Work requests before `bad` were posted (ibv_post_send's contract).
       res.taken += bad ? static_cast<size_t>(bad - chain_.wrs.data()) : 0;
       if (rc != ENOMEM)  // a full send queue is back-pressure, not an error
-        res.error = Status(Code::kTransport, fmt::format("ibv_post_send(peer {}, write {}): {}",
-                                                         run[0].peer, ops[res.taken].id,
-                                                         std::strerror(rc)));
+        res.error = Status(Code::kTransport,
+                           fmt::format("ibv_post_send(peer {}, write {}): {}", run[0].peer,
+                                       ops[res.taken].id, std::strerror(rc)));
       return res;
     }
     return res;

@@ -90,12 +90,10 @@ Completion decode(const ibv_wc& wc, bool& repost) {
   if (wc.status != IBV_WC_SUCCESS) {
     c.kind = Completion::Kind::kError;
     c.id = wc.wr_id;
-    c.status = Status(
-        Code::kRemote,
-        fmt::format("{} failed: {} (vendor error 0x{:x})",
-                    repost ? std::string("a pre-posted receive")
-                           : fmt::format("work request {}", wc.wr_id),
-                    ibv_wc_status_str(wc.status), wc.vendor_err));
+    c.status = Status(Code::kRemote, fmt::format("{} failed: {} (vendor error 0x{:x})",
+                                                 repost ? std::string("a pre-posted receive")
+                                                        : fmt::format("work request {}", wc.wr_id),
+                                                 ibv_wc_status_str(wc.status), wc.vendor_err));
     return c;
   }
   if (wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {

@@ -1,5 +1,7 @@
 // Crashes keep their real signal: libinfinipath's handler (loaded with libfabric) is undone by
 // the transport library, so a SIGSEGV is a SIGSEGV and no *.btr file appears.
+#include "weightcast/transport/crash_signals.h"
+
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -7,7 +9,6 @@
 
 #include <filesystem>
 
-#include "weightcast/transport/crash_signals.h"
 #include "weightcast/transport/domain.h"
 
 namespace weightcast::transport {
@@ -19,8 +20,8 @@ TEST(CrashSignals, ASegfaultKeepsItsSignalAndWritesNoFiles) {
   c.address = "127.0.0.1";
   auto d = open_domain(c);
   ASSERT_TRUE(d) << d.status().message();
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("wc-crash-" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("wc-crash-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const pid_t pid = ::fork();
   if (pid == 0) {

@@ -57,8 +57,8 @@ struct Pair {
     for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(fill + i / kWrite);
     std::vector<GroupWrite> w;
     for (int i = 0; i < kWrites; ++i)
-      w.push_back({&sreg, i * kWrite, peer, &remote, i * kWrite, kWrite, true,
-                   Imm{gen, 0, 7}.encode()});
+      w.push_back(
+          {&sreg, i * kWrite, peer, &remote, i * kWrite, kWrite, true, Imm{gen, 0, 7}.encode()});
     return s->submit(std::move(w));
   }
   bool landed(uint8_t fill) const {
@@ -78,13 +78,19 @@ TEST(ProgressFaults, ARefusedPostFailsItsBatchAndNothingIsPostedTwice) {
   Status st = p.s->wait(p.submit(1, 10), in_ms(20000));
   ASSERT_FALSE(st);
   EXPECT_NE(st.message().find("injected post failure"), std::string::npos) << st.message();
-  { Status w_ = p.s->drain(in_ms(20000)); ASSERT_TRUE(w_) << w_.message(); }
+  {
+    Status w_ = p.s->drain(in_ms(20000));
+    ASSERT_TRUE(w_) << w_.message();
+  }
   const ProgressStats ps = p.s->stats();
   EXPECT_EQ(ps.shards_posted, uint64_t{kWrites - 1});  // the refused op went nowhere
   EXPECT_EQ(ps.errors, 1u);
   // Exactly the 7 that went out arrive: none twice (a credit more would let a barrier of 8
   // pass).
-  { Status w_ = p.barrier(1, kWrites - 1, 20000); ASSERT_TRUE(w_) << w_.message(); }
+  {
+    Status w_ = p.barrier(1, kWrites - 1, 20000);
+    ASSERT_TRUE(w_) << w_.message();
+  }
   EXPECT_FALSE(p.barrier(1, 1, 300));
   EXPECT_EQ(p.s->outstanding(), 0u);
 }
@@ -97,7 +103,10 @@ TEST(ProgressFaults, AnErrorCompletionFailsItsBatchAtOnce) {
   ASSERT_FALSE(st);
   EXPECT_EQ(st.code(), Code::kRemote);
   EXPECT_NE(st.message().find("injected (fail_completion=2)"), std::string::npos) << st.message();
-  { Status w_ = p.s->drain(in_ms(20000)); ASSERT_TRUE(w_) << w_.message(); }
+  {
+    Status w_ = p.s->drain(in_ms(20000));
+    ASSERT_TRUE(w_) << w_.message();
+  }
   EXPECT_EQ(p.s->stats().errors, 1u);
   // The failed batch is forgotten after the drain: waiting for it again is an error, not a hang.
   EXPECT_FALSE(p.s->wait(b, in_ms(100)));
@@ -113,8 +122,7 @@ TEST(ProgressFaults, ADroppedCompletionTimesOutAndTheDrainSaysWhatIsStillOut) {
       << st.message();
   Status d = p.s->drain(in_ms(300));
   ASSERT_FALSE(d);
-  EXPECT_NE(d.message().find("1 NIC shard(s) of earlier writes still in flight"),
-            std::string::npos)
+  EXPECT_NE(d.message().find("1 NIC shard(s) of earlier writes still in flight"), std::string::npos)
       << d.message();
   EXPECT_EQ(p.s->outstanding(), 1u);
 }
@@ -122,21 +130,33 @@ TEST(ProgressFaults, ADroppedCompletionTimesOutAndTheDrainSaysWhatIsStillOut) {
 TEST(ProgressFaults, ErrorsOfUnknownOpsAndQueueFailuresAreCountedNotLost) {
   Pair p;
   p.open("orphan_error=1,fail_poll=1");
-  { Status w_ = p.s->wait(p.submit(1, 40), in_ms(20000)); ASSERT_TRUE(w_) << w_.message(); }
+  {
+    Status w_ = p.s->wait(p.submit(1, 40), in_ms(20000));
+    ASSERT_TRUE(w_) << w_.message();
+  }
   const ProgressStats ps = p.s->stats();
   EXPECT_EQ(ps.orphan_errors, 1u);
   EXPECT_NE(ps.last_orphan_error.find("nobody posted"), std::string::npos);
   EXPECT_EQ(ps.poll_errors, 1u);
   EXPECT_NE(ps.last_poll_error.find("injected completion queue failure"), std::string::npos);
-  { Status w_ = p.barrier(1, kWrites, 20000); ASSERT_TRUE(w_) << w_.message(); }
+  {
+    Status w_ = p.barrier(1, kWrites, 20000);
+    ASSERT_TRUE(w_) << w_.message();
+  }
   EXPECT_TRUE(p.landed(40));
 }
 
 TEST(ProgressFaults, DelayedAndReorderedCompletionsStillCompleteExactly) {
   Pair p;
   p.open("delay=40,reorder", "reorder");
-  { Status w_ = p.s->wait(p.submit(1, 50), in_ms(20000)); ASSERT_TRUE(w_) << w_.message(); }
-  { Status w_ = p.barrier(1, kWrites, 20000); ASSERT_TRUE(w_) << w_.message(); }
+  {
+    Status w_ = p.s->wait(p.submit(1, 50), in_ms(20000));
+    ASSERT_TRUE(w_) << w_.message();
+  }
+  {
+    Status w_ = p.barrier(1, kWrites, 20000);
+    ASSERT_TRUE(w_) << w_.message();
+  }
   EXPECT_TRUE(p.landed(50));
   EXPECT_EQ(p.s->stats().shards_done, uint64_t{kWrites});
 }
@@ -145,13 +165,22 @@ TEST(ProgressFaults, AnAbortedAttemptsLateArrivalsNeverCountTowardTheRetry) {
   Pair p;
   p.open("", "hold_arrivals=2:3");  // attempt 1's arrivals 2..4 land after attempt 2 began
   p.rc.begin_generation(1);
-  { Status w_ = p.s->wait(p.submit(1, 60), in_ms(20000)); ASSERT_TRUE(w_) << w_.message(); }
+  {
+    Status w_ = p.s->wait(p.submit(1, 60), in_ms(20000));
+    ASSERT_TRUE(w_) << w_.message();
+  }
   Status first = p.barrier(1, kWrites, 500);  // 5 of 8 arrived: the attempt fails
   ASSERT_FALSE(first);
   EXPECT_NE(first.message().find("5 of 8"), std::string::npos) << first.message();
   p.rc.begin_generation(2);  // the retry
-  { Status w_ = p.s->wait(p.submit(2, 70), in_ms(20000)); ASSERT_TRUE(w_) << w_.message(); }
-  { Status w_ = p.barrier(2, kWrites, 20000); ASSERT_TRUE(w_) << w_.message(); }
+  {
+    Status w_ = p.s->wait(p.submit(2, 70), in_ms(20000));
+    ASSERT_TRUE(w_) << w_.message();
+  }
+  {
+    Status w_ = p.barrier(2, kWrites, 20000);
+    ASSERT_TRUE(w_) << w_.message();
+  }
   EXPECT_TRUE(p.landed(70));
   // The three held arrivals of generation 1 did land, after the retry's first: dropped as stale.
   EXPECT_EQ(p.rc.stale(), 3u);

@@ -185,7 +185,6 @@ TEST(Rendezvous, TokenLimitsAndMalformedFramesAreRejected) {
   EXPECT_GE((*s)->stats().rejected, 4u);
 }
 
-
 TEST(Rendezvous, VersionsOnlyGrowAndGetNewerWaitsForAFreshValue) {
   auto s = RendezvousServer::start("127.0.0.1", 0, "tok");
   ASSERT_TRUE(s);
