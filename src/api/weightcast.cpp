@@ -90,17 +90,28 @@ Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t r
   return Status::ok();
 }
 
-std::vector<transport::DomainConfig> nics(const JobConfig& c) {
+// `slot` numbers this peer among all `peers` of the job (trainers first): the verbs backend keeps
+// one RC queue pair per peer slot.
+std::vector<transport::DomainConfig> nics(const JobConfig& c, uint32_t slot, uint32_t peers) {
   std::vector<transport::DomainConfig> v;
   for (const auto& a : c.nics) {
     transport::DomainConfig d;
-    d.provider = c.provider;
-    d.address = a;
+    d.backend = c.backend;
+    d.provider = c.backend == "verbs" ? a : c.provider;
+    d.address = c.backend == "verbs" ? "" : a;
+    d.rank = slot;
+    d.max_peers = std::max(d.max_peers, peers);
     d.faults = c.faults;
     v.push_back(d);
   }
   return v;
 }
+uint32_t peer_count(const plan::Plan& p) {
+  return static_cast<uint32_t>(p.senders.size() + p.receivers.size());
+}
+
+// Attempts of one step a Sender takes (its gathers' generation is step * this + attempt - 1).
+constexpr uint32_t kMaxAttempts = 8;
 
 // A process's incarnation: new for every Sender / Receiver, so a restarted peer's keys and
 // connections never alias its dead predecessor's (0 is the demo's first incarnation).
@@ -111,13 +122,20 @@ uint32_t new_incarnation() {
   return k;
 }
 
-// The incarnation peer (role, rank) runs now.
-Result<uint32_t> incarnation_of(transport::RendezvousClient& rdv, const char* role, uint32_t rank,
-                                Clock::time_point deadline) {
-  auto v = rdv.get(exec::keys::incarnation(role, rank), deadline);
+// The incarnation peer (role, rank) runs now, if it was published after version `after`, with
+// the version of that publication.
+struct Incarnation {
+  uint32_t value = 0;
+  uint64_t version = 0;
+};
+Result<Incarnation> incarnation_of(transport::RendezvousClient& rdv, const char* role,
+                                   uint32_t rank, Clock::time_point deadline, uint64_t after = 0) {
+  auto v = rdv.get_newer(exec::keys::incarnation(role, rank), after, deadline);
   if (!v) return v.status();
   try {
-    return static_cast<uint32_t>(std::stoul(std::string(v->begin(), v->end())));
+    return Incarnation{
+        static_cast<uint32_t>(std::stoul(std::string(v->value.begin(), v->value.end()))),
+        v->version};
   } catch (const std::exception&) {
     return invalid("{} {}: malformed incarnation key", role, rank);
   }
@@ -244,6 +262,15 @@ struct Sender::Impl : PeerBase {
   // each receiver's next arm must be newer than the last used (recorded under keys::arms_used
   // before the first write of every attempt, and read back when a restarted rank joins).
   std::map<uint32_t, uint64_t> used;  // receiver -> version of the last arm used
+  // Attempts of the step pushed last (this process's, or its dead predecessor's): gathers between
+  // trainers are tagged with {step, attempt}, so every trainer of the job retrying a step agrees
+  // on the generation without talking, and nothing of an aborted attempt counts toward a retry.
+  uint64_t last_step = 0;
+  uint32_t attempt = 0;
+  // Trainers this rank gathers with -> the version of their incarnation this rank links to.
+  std::map<uint32_t, uint64_t> gather_peers;
+  int die_step = -1;  // test hook (WEIGHTCAST_DEBUG_DIE_IN_PUSH=STEP:WRITES)
+  uint64_t die_after = 0;
 };
 
 Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
@@ -254,7 +281,8 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
                    cfg.cuda_device, exec::cuda_devices(),
                    exec::cuda_built() ? "" : " (weightcast was built without CUDA)");
   auto ex = exec::TrainerExecutor::create(
-      impl->job->in, impl->job->plan, rank, nics(cfg), impl->rdv.get(), false,
+      impl->job->in, impl->job->plan, rank, nics(cfg, rank, peer_count(impl->job->plan)),
+      impl->rdv.get(), false,
       cfg.cuda_device >= 0 ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost,
       std::max(cfg.cuda_device, 0));
   if (!ex) return ex.status();
@@ -269,12 +297,22 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   // A predecessor of this rank (before a restart) may have written under these arms.
   if (auto u = impl->rdv->get(exec::keys::arms_used(rank), Clock::now()); u) {
     std::istringstream is(std::string(u->begin(), u->end()));
+    is >> impl->last_step >> impl->attempt;
     uint32_t r = 0;
     uint64_t v = 0;
     char colon = 0;
     while (is >> r >> colon >> v && colon == ':') impl->used[r] = v;
   }
   impl->rank = rank;
+  // Test hook: WEIGHTCAST_DEBUG_DIE_IN_PUSH=STEP:WRITES makes push(STEP) post WRITES writes, then
+  // SIGKILL this process (a trainer dying halfway through a step).
+  if (const char* d = std::getenv("WEIGHTCAST_DEBUG_DIE_IN_PUSH")) {
+    unsigned long long st = 0, w = 0;
+    if (std::sscanf(d, "%llu:%llu", &st, &w) == 2) {
+      impl->die_step = static_cast<int>(st);
+      impl->die_after = w;
+    }
+  }
   uint64_t bytes = 0;
   for (const exec::ShardSlot& s : impl->ex->layout().shards) bytes += s.bytes;
   if (Status s = publish_meta(*impl, "trainer", rank, impl->ex->layout().shards.size(), bytes); !s)
@@ -310,7 +348,7 @@ Status Sender::prepare() {
       return Status(k.status().code(), fmt::format("trainer {}: receiver {} never published: {}",
                                                    m.rank, r, k.status().message()));
     recv_inc.resize(std::max<size_t>(recv_inc.size(), r + 1), 0);
-    recv_inc[r] = *k;
+    recv_inc[r] = k->value;
   }
   std::set<uint32_t> peers;  // trainers this rank gathers with
   for (const plan::Gather& g : m.job->plan.gathers) {
@@ -327,7 +365,8 @@ Status Sender::prepare() {
       return Status(k.status().code(), fmt::format("trainer {}: trainer {} never published: {}",
                                                    m.rank, t, k.status().message()));
     trainer_inc.resize(std::max<size_t>(trainer_inc.size(), t + 1), 0);
-    trainer_inc[t] = *k;
+    trainer_inc[t] = k->value;
+    m.gather_peers[t] = k->version;
   }
   return m.ex->prepare(deadline, recv_inc, trainer_inc);
 }
@@ -335,6 +374,20 @@ Status Sender::prepare() {
 Result<PushStats> Sender::push(uint64_t step) {
   const double dl = impl_->job->cfg.deadline_s;
   Impl& m = *impl_;
+  // Which attempt of the step this is, recorded before any write (a restarted rank goes on
+  // counting from its predecessor's).
+  m.attempt = step == m.last_step ? m.attempt + 1 : 1;
+  m.last_step = step;
+  if (m.attempt > kMaxAttempts)
+    return invalid("push({}): {} attempts of one step; at most {} (gather generations would wrap)",
+                   step, m.attempt, kMaxAttempts);
+  auto record = [&]() -> Status {
+    std::string rec = fmt::format("{} {}", m.last_step, m.attempt);
+    for (const auto& [r, v] : m.used) rec += fmt::format(" {}:{}", r, v);
+    return m.rdv->put(exec::keys::arms_used(m.rank), rec);
+  };
+  if (Status s = record(); !s) return s;
+  const auto gather_gen = static_cast<uint8_t>(step * kMaxAttempts + m.attempt - 1);
   // Gathers and projections start at once; the first write waits until every receiver armed an
   // attempt of this step that this process has not used yet (this rendezvous client is used by
   // nothing else during a push).
@@ -365,12 +418,25 @@ Result<PushStats> Sender::push(uint64_t step) {
       }
     }
     // Recorded before the first write: if this process dies now, its successor skips these.
-    std::string rec;
-    for (const auto& [r, v] : m.used) rec += fmt::format("{}{}:{}", rec.empty() ? "" : " ", r, v);
-    if (Status s = m.rdv->put(exec::keys::arms_used(m.rank), rec); !s) return s;
+    if (Status s = record(); !s) return s;
     return armed;
   };
-  auto rep = m.ex->push(static_cast<uint8_t>(step), in_s(dl), UINT64_MAX, ready);
+  // A gather peer that restarted since the last push: link to its new incarnation (a quick look
+  // per peer; the wait is zero).
+  for (auto& [t, version] : m.gather_peers) {
+    auto k = incarnation_of(*m.rdv, "trainer", t, Clock::now(), version);
+    if (!k) continue;  // unchanged
+    version = k->version;
+    if (Status s = m.ex->rejoin_trainer(t, k->value, in_s(dl)); !s)
+      return Status(s.code(), fmt::format("step {}: relinking to restarted trainer {}: {}", step, t,
+                                          s.message()));
+  }
+  if (m.die_step >= 0 && step == static_cast<uint64_t>(m.die_step)) {
+    (void)m.ex->push(gather_gen, in_s(dl), m.die_after, ready);
+    std::fflush(nullptr);
+    ::kill(::getpid(), SIGKILL);
+  }
+  auto rep = m.ex->push(gather_gen, in_s(dl), UINT64_MAX, ready);
   if (!rep) return rep.status();
   PushStats st;
   st.bytes = rep->bytes;
@@ -399,8 +465,11 @@ struct Receiver::Impl : PeerBase {
 Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   auto impl = std::make_unique<Impl>();
   if (Status s = open_peer(cfg, *impl, "inference", index); !s) return s;
-  auto rc = exec::InferenceReceiver::create(impl->job->in, impl->job->plan, index, nics(cfg),
-                                            impl->rdv.get(), false);
+  const plan::Plan& pl = impl->job->plan;
+  auto rc = exec::InferenceReceiver::create(
+      impl->job->in, pl, index,
+      nics(cfg, static_cast<uint32_t>(pl.senders.size()) + index, peer_count(pl)), impl->rdv.get(),
+      false);
   if (!rc) return rc.status();
   impl->rc = std::move(rc).value();
   impl->index = index;
@@ -456,7 +525,7 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
       auto k = incarnation_of(*m.rdv, "trainer", s, deadline);
       if (!k) return k.status();
       inc.resize(std::max<size_t>(inc.size(), s + 1), 0);
-      inc[s] = *k;
+      inc[s] = k->value;
     }
     if (Status s = m.rc->connect_senders(inc, deadline); !s) return s;
   }

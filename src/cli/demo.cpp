@@ -1,7 +1,11 @@
-// The end-to-end demo: a rendezvous, N trainer and M inference processes on this host over
-// libfabric; every step the trainers change their weights, push them through the plan's
-// projections and one-sided writes, and every inference process checks every byte it received
-// against the reference reshard before it reports. Workers are this same binary (`worker`).
+// The end-to-end demo: a job driver, N trainer and M inference processes on this host. Every
+// process is a plain user of the public API (api/weightcast.h): the driver runs the Controller,
+// trainers a Sender, inference processes a Receiver. Every step the trainers change their
+// weights and push them; every inference process checks every byte it received against the
+// reference reshard before it reports. Generations, readiness, incarnations, relinking to
+// restarted peers, drains and aborts are the library's; the driver only says which step to run,
+// collects reports, restarts dead workers and retries a failed step (docs/failures.md), as an RL
+// job's driver would. Workers are this same binary (`worker`).
 #include "demo.h"
 
 #include <fcntl.h>
@@ -18,10 +22,12 @@
 #include <set>
 #include <sstream>
 
-#include "weightcast/exec/executor.h"
+#include "weightcast/api/weightcast.h"
+#include "weightcast/exec/binding.h"
 #include "weightcast/exec/memory.h"
 #include "weightcast/exec/parts.h"
 #include "weightcast/exec/safetensors.h"
+#include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
 #include "weightcast/plan/verify.h"
@@ -34,7 +40,6 @@ using Clock = std::chrono::steady_clock;
 auto in_s(double s) {
   return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
 }
-std::string str(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
 
 Result<spec::Inputs> load(const DemoOptions& o) {
   return spec::load_inputs(o.trainer, o.inference, o.topology);
@@ -53,23 +58,6 @@ std::vector<std::string> nic_names(const DemoOptions& o) {
   for (std::string x; std::getline(ss, x, ',');) v.push_back(x);
   if (v.empty())
     for (int i = 0; i < o.nics; ++i) v.push_back("127.0.0." + std::to_string(i + 1));
-  return v;
-}
-
-// `slot` numbers this process among all `peers` of the job (trainers first): the verbs backend
-// keeps one RC QP per peer slot.
-std::vector<transport::DomainConfig> nic_configs(const DemoOptions& o, uint32_t slot,
-                                                 uint32_t peers) {
-  std::vector<transport::DomainConfig> v;
-  for (const std::string& nic : nic_names(o)) {
-    transport::DomainConfig c;
-    c.backend = o.backend;
-    c.provider = o.backend == "verbs" ? nic : o.provider;
-    c.address = o.backend == "verbs" ? "" : nic;
-    c.rank = slot;
-    c.max_peers = std::max(c.max_peers, peers);
-    v.push_back(c);
-  }
   return v;
 }
 
@@ -107,29 +95,6 @@ float value_at(const plan::ValueFn& values, int param, uint64_t seed, int64_t in
   return values ? values(param, index, step) : plan::pattern_value(seed, index, step);
 }
 
-// What training did this step: new values in every element of every shard.
-Status fill_shards(const spec::Inputs& in, exec::TrainerExecutor& ex, uint64_t step,
-                   const plan::ValueFn& values) {
-  for (const exec::ShardSlot& s : ex.layout().shards) {
-    const spec::Param& p = in.trainer.params[s.param];
-    const uint64_t seed = plan::pattern_seed(p.name);
-    const size_t esz = core::dtype_size(p.dtype);
-    const bool device = ex.shard_memory() == exec::MemoryKind::kCuda;
-    std::vector<std::byte> host(device ? s.bytes : 0);
-    std::byte* out = device ? host.data() : ex.shard(s.param);
-    size_t e = 0;
-    core::for_each_run(p.shape, s.box, [&](int64_t off, int64_t len) {
-      for (int64_t i = 0; i < len; ++i, ++e)
-        core::store_from_float(p.dtype, value_at(values, s.param, seed, off + i, step),
-                               out + e * esz);
-    });
-    if (device)
-      if (Status st = exec::copy_host_to_device(ex.shard(s.param), host.data(), s.bytes); !st)
-        return st;
-  }
-  return Status::ok();
-}
-
 uint64_t rss_kib() {
   std::ifstream f("/proc/self/statm");
   uint64_t size = 0, resident = 0;
@@ -137,208 +102,295 @@ uint64_t rss_kib() {
   return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) / 1024;
 }
 
-// Rounds: the controller publishes "round/N" = "STEP GENERATION" (a retried step gets a new
-// round and generation) or "end"; every worker processes rounds in order.
+// The job as every worker configures it: token from the environment (never argv).
+api::JobConfig job_config(const DemoOptions& o, const std::string& rdv, const std::string& token) {
+  api::JobConfig c;
+  c.trainer_spec = o.trainer;
+  c.inference_spec = o.inference;
+  c.topology = o.topology;
+  c.rendezvous = rdv;
+  c.token = token;
+  c.provider = o.provider;
+  c.backend = o.backend;
+  c.nics = nic_names(o);
+  c.deadline_s = o.deadline_s;
+  c.cuda_device = o.device == "cuda" ? 0 : -1;
+  return c;
+}
+
+// The driver's own keys: the round to run ("ROUND STEP", or "end"), each worker's report of it
+// ("ROUND ok ..." / "ROUND FAIL why") and that a (re)started worker is ready. Each is overwritten,
+// never accumulated, so a 1000-step job keeps the rendezvous flat; readers wait for a version
+// newer than the last they saw.
+constexpr const char* kRound = "demo/round";
+std::string report_key(const std::string& role, size_t i) {
+  return fmt::format("demo/report/{}/{}", role, i);
+}
+std::string joined_key(const std::string& role, size_t i) {
+  return fmt::format("demo/joined/{}/{}", role, i);
+}
+
+// Waits for `key`'s value for `round` (skipping older rounds' values).
+Result<std::string> report_of(transport::RendezvousClient& rdv, const std::string& key, int round,
+                              uint64_t& seen, Clock::time_point deadline) {
+  for (;;) {
+    auto v = rdv.get_newer(key, seen, deadline);
+    if (!v) return v.status();
+    seen = v->version;
+    const std::string t(v->value.begin(), v->value.end());
+    const auto sp = t.find(' ');
+    if (sp != std::string::npos && t.substr(0, sp) == std::to_string(round))
+      return t.substr(sp + 1);
+  }
+}
+
 struct Round {
   bool end = false;
+  int n = 0;
   uint64_t step = 0;
-  uint8_t gen = 0;
-  std::vector<uint32_t> incarnations;          // per receiver
-  std::vector<uint32_t> trainer_incarnations;  // per trainer
 };
-Result<Round> next_round(transport::RendezvousClient& rdv, int n) {
-  auto v = rdv.get(fmt::format("round/{}", n), in_s(3600));
+Result<Round> next_round(transport::RendezvousClient& rdv, uint64_t& seen) {
+  auto v = rdv.get_newer(kRound, seen, in_s(3600));
   if (!v) return v.status();
+  seen = v->version;
   Round r;
-  const std::string t = str(*v);
+  const std::string t(v->value.begin(), v->value.end());
   if (t == "end") {
     r.end = true;
     return r;
   }
-  unsigned g = 0;
   std::istringstream is(t);
-  std::string incs, tincs;
-  is >> r.step >> g >> incs >> tincs;
-  r.gen = static_cast<uint8_t>(g);
-  std::istringstream ls(incs);
-  for (std::string x; std::getline(ls, x, ',');)
-    r.incarnations.push_back(static_cast<uint32_t>(std::stoul(x)));
-  std::istringstream ts(tincs);
-  for (std::string x; std::getline(ts, x, ',');)
-    r.trainer_incarnations.push_back(static_cast<uint32_t>(std::stoul(x)));
+  is >> r.n >> r.step;
   return r;
 }
 
-int trainer_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p,
+// A trainer process: a Sender over shards it allocates (host, or on the GPU), new values in
+// every element every step.
+int trainer_worker(const WorkerOptions& w, const api::JobConfig& cfg, const spec::Inputs& in,
                    transport::RendezvousClient& rdv, const plan::ValueFn& values) {
-  const auto peers = static_cast<uint32_t>(p.senders.size() + p.receivers.size());
-  auto ex = exec::TrainerExecutor::create(
-      in, p, static_cast<uint32_t>(w.index),
-      nic_configs(w.demo, static_cast<uint32_t>(w.index), peers), &rdv, true,
-      w.demo.device == "cuda" ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost);
-  if (!ex) {
-    (void)rdv.put(fmt::format("fail/trainer/{}", w.index), ex.status().message());
+  const auto rank = static_cast<uint32_t>(w.index);
+  const std::string me = report_key("trainer", rank);
+  auto fail = [&](const std::string& why) {
+    (void)rdv.put(joined_key("trainer", rank), "FAIL " + why);
     return 1;
+  };
+  auto snd = api::Sender::create(cfg, rank);
+  if (!snd) return fail(snd.status().message());
+  const exec::SenderLayout layout = exec::sender_layout(in, rank);
+  const bool device = cfg.cuda_device >= 0;
+  std::vector<exec::Buffer> shards;
+  for (const exec::ShardSlot& sl : layout.shards) {
+    auto b = exec::Buffer::allocate(device ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost,
+                                    std::max<uint64_t>(sl.bytes, 1), 0);
+    if (!b) return fail(b.status().message());
+    shards.push_back(std::move(b).value());
+    if (Status s =
+            snd->register_tensor(in.trainer.params[sl.param].name, shards.back().data(), sl.bytes);
+        !s)
+      return fail(s.message());
   }
-  (*ex)->set_incarnation(static_cast<uint32_t>(w.incarnation));
-  // A restarted trainer links to its peers as they are now (a receiver or another trainer may
-  // have restarted before it): the incarnations of the round it joins at.
-  std::vector<uint32_t> recv_inc, trainer_inc;
-  if (w.incarnation > 0) {
-    auto r0 = next_round(rdv, w.first_round);
-    if (!r0) return 1;
-    recv_inc = r0->incarnations;
-    trainer_inc = r0->trainer_incarnations;
-  }
-  if (Status s = (*ex)->prepare(in_s(w.demo.deadline_s), recv_inc, trainer_inc); !s) {
-    (void)rdv.put(fmt::format("fail/trainer/{}", w.index), s.message());
-    return 1;
-  }
-  std::set<uint32_t> recvs;
-  for (const plan::Write& x : p.writes)
-    if (x.sender == static_cast<uint32_t>(w.index)) recvs.insert(p.dests[x.dest].receiver);
-  for (int n = w.first_round;; ++n) {
-    auto r = next_round(rdv, n);
+  if (Status s = snd->prepare(); !s) return fail(s.message());
+  (void)rdv.put(joined_key("trainer", rank), "ok");
+  uint64_t seen = 0;
+  for (;;) {
+    auto r = next_round(rdv, seen);
     if (!r) return 1;
     if (r->end) return 0;
-    for (uint32_t rc : recvs)  // a restarted receiver: reconnect and use its new buffers
-      if (rc < r->incarnations.size())
-        if (Status s = (*ex)->rejoin(rc, r->incarnations[rc], in_s(w.demo.deadline_s)); !s) {
-          (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + s.message());
+    // What training did this step: new values in every element of every shard.
+    for (size_t k = 0; k < layout.shards.size(); ++k) {
+      const exec::ShardSlot& sl = layout.shards[k];
+      const spec::Param& p = in.trainer.params[sl.param];
+      const uint64_t seed = plan::pattern_seed(p.name);
+      const size_t esz = core::dtype_size(p.dtype);
+      std::vector<std::byte> host(device ? sl.bytes : 0);
+      std::byte* out = device ? host.data() : shards[k].data();
+      size_t e = 0;
+      core::for_each_run(p.shape, sl.box, [&](int64_t off, int64_t len) {
+        for (int64_t i = 0; i < len; ++i, ++e)
+          core::store_from_float(p.dtype, value_at(values, sl.param, seed, off + i, r->step),
+                                 out + e * esz);
+      });
+      if (device)
+        if (Status st = exec::copy_host_to_device(shards[k].data(), host.data(), sl.bytes); !st) {
+          (void)rdv.put(me, fmt::format("{} FAIL {}", r->n, st.message()));
           return 1;
         }
-    for (size_t t = 0; t < r->trainer_incarnations.size(); ++t)  // a restarted gather root
-      if (Status s = (*ex)->rejoin_trainer(static_cast<uint32_t>(t), r->trainer_incarnations[t],
-                                           in_s(w.demo.deadline_s));
-          !s) {
-        (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + s.message());
-        return 1;
-      }
-    if (Status s = fill_shards(in, **ex, r->step, values); !s) {
-      (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + s.message());
-      return 1;
     }
-    // Gathers and projections start at once; the first write waits for the receivers.
-    // Every receiver armed the round's generation (the controller gives each round a new one).
-    auto ready = [&]() -> Result<std::map<uint32_t, exec::Armed>> {
-      std::map<uint32_t, exec::Armed> armed;
-      for (uint32_t rc : recvs) {
-        if (auto k = rdv.get(fmt::format("ready/{}/{}", n, rc), in_s(w.demo.deadline_s)); !k)
-          return Status(k.status().code(), fmt::format("receiver {} never became ready: {}", rc,
-                                                       k.status().message()));
-        armed[rc] = {r->gen, (*ex)->receiver_incarnation(rc)};
-      }
-      return armed;
-    };
-    if (n == w.die_in_round) {  // fault injection: half the writes, then die
-      uint64_t mine = 0;
-      for (const plan::Write& x : p.writes) mine += x.sender == static_cast<uint32_t>(w.index);
-      (void)(*ex)->push(r->gen, in_s(w.demo.deadline_s), mine / 2, ready);
-      std::fflush(stdout);
-      kill(getpid(), SIGKILL);
-    }
-    auto rep = (*ex)->push(r->gen, in_s(w.demo.deadline_s), UINT64_MAX, ready);
+    auto rep = snd->push(r->step);
     if (!rep) {
-      (void)rdv.put(fmt::format("pushed/{}/{}", n, w.index), "FAIL " + rep.status().message());
+      (void)rdv.put(me, fmt::format("{} FAIL {}", r->n, rep.status().message()));
       continue;
     }
-    (void)rdv.put(
-        fmt::format("pushed/{}/{}", n, w.index),
-        fmt::format("{} {} {:.6f} {:.6f} {:.6f} {} {:.4f}", rep->bytes, rep->writes, rep->project_s,
-                    rep->write_s, rep->total_s, rss_kib(), fmt::join(rep->nic_gbps, ",")));
+    (void)rdv.put(me, fmt::format("{} ok {} {} {:.6f} {:.6f} {:.6f} {} {:.4f}", r->n, rep->bytes,
+                                  rep->writes, rep->projection_seconds, rep->drain_seconds,
+                                  rep->seconds, rss_kib(), fmt::join(rep->nic_gbps, ",")));
   }
 }
 
-int inference_worker(const WorkerOptions& w, const spec::Inputs& in, const plan::Plan& p,
-                     transport::RendezvousClient& rdv, const plan::ValueFn& values) {
-  const auto me = static_cast<uint32_t>(w.index);
-  const auto S = static_cast<uint32_t>(p.senders.size());
-  auto rc = exec::InferenceReceiver::create(
-      in, p, me, nic_configs(w.demo, S + me, S + static_cast<uint32_t>(p.receivers.size())), &rdv);
+// An inference process: a Receiver over tensors it allocates, every byte checked each step.
+int inference_worker(const WorkerOptions& w, const api::JobConfig& cfg, const spec::Inputs& in,
+                     const plan::Plan& p, transport::RendezvousClient& rdv,
+                     const plan::ValueFn& values) {
+  const auto idx = static_cast<uint32_t>(w.index);
+  const std::string me = report_key("inference", idx);
+  auto rc = api::Receiver::create(cfg, idx);
   if (!rc) {
-    (void)rdv.put(fmt::format("fail/inference/{}", w.index), rc.status().message());
+    (void)rdv.put(joined_key("inference", idx), "FAIL " + rc.status().message());
     return 1;
   }
-  (*rc)->set_incarnation(static_cast<uint32_t>(w.incarnation));
-  if (Status s = (*rc)->publish(); !s) return 1;
-  for (int n = w.first_round;; ++n) {
-    auto r = next_round(rdv, n);
+  std::vector<std::vector<std::byte>> bufs;  // in plan order of this receiver's dests
+  for (const api::TensorInfo& t : rc->tensors()) {
+    bufs.emplace_back(t.bytes);
+    if (Status s = rc->register_tensor(t.name, bufs.back().data(), t.bytes, t.scales); !s) {
+      (void)rdv.put(joined_key("inference", idx), "FAIL " + s.message());
+      return 1;
+    }
+  }
+  if (Status s = rc->publish(); !s) {
+    (void)rdv.put(joined_key("inference", idx), "FAIL " + s.message());
+    return 1;
+  }
+  (void)rdv.put(joined_key("inference", idx), "ok");
+  uint64_t seen = 0;
+  for (;;) {
+    auto r = next_round(rdv, seen);
     if (!r) return 1;
     if (r->end) return 0;
-    // Transports whose targets connect too (verbs): to every sender, again after a restart.
-    if (Status s = (*rc)->connect_senders(r->trainer_incarnations, in_s(w.demo.deadline_s)); !s) {
-      (void)rdv.put(fmt::format("verified/{}/{}", n, me), "FAIL " + s.message());
-      continue;
-    }
-    (*rc)->begin(r->gen);
-    (void)rdv.put(fmt::format("ready/{}/{}", n, me), "1");
-    auto rep = (*rc)->wait(r->gen, in_s(w.demo.deadline_s));
+    auto rep = rc->wait(r->step);
     if (!rep) {
-      (void)rdv.put(fmt::format("verified/{}/{}", n, me), "FAIL " + rep.status().message());
+      (void)rdv.put(me, fmt::format("{} FAIL {}", r->n, rep.status().message()));
       continue;
     }
     // Every byte against the reference reshard of this step's weights.
     uint64_t checked = 0;
     std::string bad;
+    size_t k = 0;
+    std::vector<exec::StView> views;
     for (uint32_t d = 0; d < p.dests.size() && bad.empty(); ++d) {
-      if (p.dests[d].receiver != me) continue;
-      const auto ref = plan::reference_tensor(in, p.dests[d], p.receivers[me], r->step, values);
-      const std::byte* got = (*rc)->tensor(d);
+      const plan::DestTensor& dt = p.dests[d];
+      if (dt.receiver != idx) continue;
+      const std::vector<std::byte>& got = bufs[k++];
+      const auto ref = plan::reference_tensor(in, dt, p.receivers[idx], r->step, values);
       for (size_t i = 0; i < ref.size() && bad.empty(); ++i)
-        if (ref[i] != got[i])
+        if (i >= got.size() || ref[i] != got[i])
           bad = fmt::format("FAIL tensor '{}'{} byte {}: expected 0x{:02x}, got 0x{:02x}",
-                            p.dest_names[p.dests[d].param], p.dests[d].scale ? " (scales)" : "", i,
-                            static_cast<unsigned>(ref[i]), static_cast<unsigned>(got[i]));
+                            p.dest_names[dt.param], dt.scale ? " (scales)" : "", i,
+                            static_cast<unsigned>(ref[i]),
+                            i < got.size() ? static_cast<unsigned>(got[i]) : 0u);
       checked += ref.size();
+      const spec::DestParam& dp = in.inference.params[dt.param];
+      views.push_back({dt.scale ? dp.quant->scale_name : dp.name, dt.dtype, dt.shape,
+                       std::span<const std::byte>(got.data(), dt.bytes)});
     }
     if (bad.empty() && !w.demo.dump.empty() && r->step == static_cast<uint64_t>(w.demo.steps)) {
       // What this rank holds after the last step, as safetensors under the engine's names.
-      std::vector<exec::StView> views;
-      for (uint32_t d = 0; d < p.dests.size(); ++d) {
-        const plan::DestTensor& dt = p.dests[d];
-        if (dt.receiver != me) continue;
-        const spec::DestParam& dp = in.inference.params[dt.param];
-        views.push_back({dt.scale ? dp.quant->scale_name : dp.name, dt.dtype, dt.shape,
-                         std::span<const std::byte>((*rc)->tensor(d), dt.bytes)});
-      }
       const auto path = fmt::format("{}/replica{}-rank{}.safetensors", w.demo.dump,
-                                    p.receivers[me].replica, p.receivers[me].rank);
+                                    p.receivers[idx].replica, p.receivers[idx].rank);
       if (Status s = exec::write_safetensors(path, views,
                                              {{"step", std::to_string(r->step)}, {"format", "pt"}});
           !s)
         bad = "FAIL dump: " + s.message();
     }
-    (void)rdv.put(
-        fmt::format("verified/{}/{}", n, me),
-        bad.empty() ? fmt::format("ok {} {:.6f} {}", checked, rep->wait_s, rss_kib()) : bad);
+    (void)rdv.put(me, bad.empty() ? fmt::format("{} ok {} {:.6f} {} {}", r->n, checked,
+                                                rep->seconds, rss_kib(), rep->stale)
+                                  : fmt::format("{} {}", r->n, bad));
   }
 }
 
 }  // namespace
 
 int run_worker(const WorkerOptions& w) {
+  const char* token = std::getenv("WEIGHTCAST_TOKEN");
+  if (!token || !*token) {
+    std::fprintf(stderr, "weightcast worker: WEIGHTCAST_TOKEN is not set\n");
+    return 2;
+  }
   auto in = load(w.demo);
   if (!in) return 2;
-  const auto colon = w.rdv.find(':');
+  const api::JobConfig cfg = job_config(w.demo, w.rdv, token);
+  const auto colon = w.rdv.rfind(':');
   auto rdv = transport::RendezvousClient::connect(
-      w.rdv.substr(0, colon), static_cast<uint16_t>(std::stoi(w.rdv.substr(colon + 1))), w.token,
+      w.rdv.substr(0, colon), static_cast<uint16_t>(std::stoi(w.rdv.substr(colon + 1))), token,
       in_s(20));
   if (!rdv) return 1;
-  // This worker's part of the controller's plan (it never plans itself).
+  auto values = value_source(*in, w.demo.weights);
+  if (!values) {
+    (void)(*rdv)->put(joined_key(w.role, static_cast<size_t>(w.index)),
+                      "FAIL " + values.status().message());
+    return 2;
+  }
+  if (w.role == "trainer") return trainer_worker(w, cfg, *in, **rdv, *values);
+  // The reference check needs this rank's part of the plan (the Receiver fetched its own).
   auto p = exec::fetch_part(w.role, static_cast<uint32_t>(w.index), plan::digest_inputs(*in), **rdv,
                             in_s(20));
   if (!p) {
-    (void)(*rdv)->put(fmt::format("fail/{}/{}", w.role, w.index), p.status().message());
+    (void)(*rdv)->put(joined_key(w.role, static_cast<size_t>(w.index)),
+                      "FAIL " + p.status().message());
     return 2;
   }
-  auto values = value_source(*in, w.demo.weights);
-  if (!values) {
-    (void)(*rdv)->put(fmt::format("fail/{}/{}", w.role, w.index), values.status().message());
-    return 2;
-  }
-  return w.role == "trainer" ? trainer_worker(w, *in, *p, **rdv, *values)
-                             : inference_worker(w, *in, *p, **rdv, *values);
+  return inference_worker(w, cfg, *in, *p, **rdv, *values);
 }
+
+namespace {
+
+// The driver's side: worker processes, their logs, their reports.
+struct Driver {
+  const DemoOptions& o;
+  std::string where, token;
+  std::filesystem::path logdir;
+  std::unique_ptr<transport::RendezvousClient> rdv;
+  std::map<std::string, uint64_t> seen;  // report key -> version last read
+
+  pid_t spawn(const std::string& role, size_t i, const std::string& die_in_push = "") {
+    const std::string log = (logdir / fmt::format("{}-{}.log", role, i)).string();
+    std::vector<std::string> args{o.self,        "worker",
+                                  "--role",      role,
+                                  "--index",     std::to_string(i),
+                                  "--rdv",       where,
+                                  "--trainer",   o.trainer,
+                                  "--inference", o.inference,
+                                  "--topology",  o.topology,
+                                  "--nics",      std::to_string(o.nics),
+                                  "--provider",  o.provider,
+                                  "--backend",   o.backend,
+                                  "--nic-list",  o.nic_list,
+                                  "--device",    o.device,
+                                  "--deadline",  std::to_string(o.deadline_s),
+                                  "--steps",     std::to_string(o.steps),
+                                  "--weights",   o.weights,
+                                  "--dump",      o.dump};
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      ::setenv("WEIGHTCAST_TOKEN", token.c_str(), 1);
+      if (!die_in_push.empty()) ::setenv("WEIGHTCAST_DEBUG_DIE_IN_PUSH", die_in_push.c_str(), 1);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    return pid;
+  }
+  // Waits until a (re)started worker is ready (prepared, or published); its error if it is not.
+  std::string joined(const std::string& role, size_t i) {
+    const std::string k = joined_key(role, i);
+    auto v = rdv->get_newer(k, seen[k], in_s(o.deadline_s + 30));
+    if (!v) return v.status().message();
+    seen[k] = v->version;
+    const std::string t(v->value.begin(), v->value.end());
+    return t == "ok" ? "" : t.substr(t.find(' ') + 1);
+  }
+  std::string report(const std::string& role, size_t i, int round, double wait_s) {
+    const std::string k = report_key(role, i);
+    auto v = report_of(*rdv, k, round, seen[k], in_s(wait_s));
+    return v ? *v : "FAIL no report (" + v.status().message() + ")";
+  }
+};
+
+}  // namespace
 
 int run_demo(const DemoOptions& o) {
   if (o.backend == "verbs" && o.nic_list.empty()) {
@@ -369,21 +421,29 @@ int run_demo(const DemoOptions& o) {
   }
   if (!o.dump.empty()) std::filesystem::create_directories(o.dump);
   const auto S = p->senders.size(), R = p->receivers.size();
-  const std::string token =
-      fmt::format("demo-{}-{}", getpid(), Clock::now().time_since_epoch().count());
-  auto server = transport::RendezvousServer::start("127.0.0.1", 0, token);
-  if (!server) {
-    std::fprintf(stderr, "weightcast: error: %s\n", server.status().message().c_str());
+  const auto logdir =
+      std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-{}", getpid());
+  std::filesystem::create_directories(logdir);
+  // The plan with the demo's options goes to the Controller as a saved plan (JobConfig.plan_file).
+  const std::string plan_path = (logdir / "plan.json").string();
+  if (Status s = plan::save_json(*p, plan_path); !s) {
+    std::fprintf(stderr, "weightcast: error: %s\n", s.message().c_str());
     return 1;
   }
-  const std::string where = fmt::format("127.0.0.1:{}", (*server)->port());
-  auto rdv = transport::RendezvousClient::connect("127.0.0.1", (*server)->port(), token, in_s(10));
+  api::JobConfig job = job_config(o, "", "");
+  job.plan_file = plan_path;
+  auto ctl = api::Controller::start(job);  // fills in the rendezvous and a token
+  if (!ctl) {
+    std::fprintf(stderr, "weightcast: error: %s\n", ctl.status().message().c_str());
+    return 1;
+  }
+  Driver d{o, job.rendezvous, job.token, logdir, nullptr, {}};
+  const auto colon = job.rendezvous.rfind(':');
+  auto rdv = transport::RendezvousClient::connect(
+      job.rendezvous.substr(0, colon),
+      static_cast<uint16_t>(std::stoi(job.rendezvous.substr(colon + 1))), job.token, in_s(10));
   if (!rdv) return 1;
-  if (Status s = exec::publish_parts(*p, **rdv); !s) {
-    std::fprintf(stderr, "weightcast: error: publishing the plan's parts: %s\n",
-                 s.message().c_str());
-    return 1;
-  }
+  d.rdv = std::move(rdv).value();
   uint64_t moved = 0;
   for (const plan::Write& w : p->writes) moved += w.len;
   std::printf(
@@ -394,108 +454,81 @@ int run_demo(const DemoOptions& o) {
       p->inputs_digest.c_str(), p->writes.size(), p->gathers.size(),
       plan::human_bytes(static_cast<double>(moved)).c_str());
   std::fflush(stdout);
-  const auto logdir =
-      std::filesystem::temp_directory_path() / fmt::format("weightcast-demo-{}", getpid());
-  std::filesystem::create_directories(logdir);
   std::vector<pid_t> trainers(S, -1), receivers(R, -1);
-  auto spawn = [&](const std::string& role, size_t i, int first_round, int die_in_round,
-                   int incarnation = 0) {
-    const std::string log = (logdir / fmt::format("{}-{}.log", role, i)).string();
-    std::vector<std::string> args{o.self,           "worker",
-                                  "--role",         role,
-                                  "--index",        std::to_string(i),
-                                  "--rdv",          where,
-                                  "--token",        token,
-                                  "--trainer",      o.trainer,
-                                  "--inference",    o.inference,
-                                  "--topology",     o.topology,
-                                  "--nics",         std::to_string(o.nics),
-                                  "--provider",     o.provider,
-                                  "--backend",      o.backend,
-                                  "--nic-list",     o.nic_list,
-                                  "--device",       o.device,
-                                  "--deadline",     std::to_string(o.deadline_s),
-                                  "--first-round",  std::to_string(first_round),
-                                  "--die-in-round", std::to_string(die_in_round),
-                                  "--steps",        std::to_string(o.steps),
-                                  "--weights",      o.weights,
-                                  "--dump",         o.dump,
-                                  "--incarnation",  std::to_string(incarnation)};
-    const pid_t pid = fork();
-    if (pid == 0) {
-      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    return pid;
-  };
-  for (size_t r = 0; r < R; ++r) receivers[r] = spawn("inference", r, 1, 0);
-  // The fault: trainer 0 dies in the first attempt of step K (round K: no retries before it).
+  for (size_t r = 0; r < R; ++r) receivers[r] = d.spawn("inference", r);
+  // The fault: trainer 0 dies halfway through its writes of step K's first attempt.
+  uint64_t mine = 0;
+  for (const plan::Write& x : p->writes) mine += x.sender == 0;
   for (size_t s = 0; s < S; ++s)
-    trainers[s] = spawn("trainer", s, 1, s == 0 ? o.kill_trainer_at_step : 0);
+    trainers[s] = d.spawn("trainer", s,
+                          s == 0 && o.kill_trainer_at_step > 0
+                              ? fmt::format("{}:{}", o.kill_trainer_at_step, mine / 2)
+                              : "");
   int failed = 0, round = 0;
+  std::vector<std::string> why_start;
+  for (size_t r = 0; r < R; ++r)
+    if (std::string e = d.joined("inference", r); !e.empty())
+      why_start.push_back(fmt::format("inference {}: {}", r, e));
+  for (size_t s = 0; s < S; ++s)
+    if (std::string e = d.joined("trainer", s); !e.empty())
+      why_start.push_back(fmt::format("trainer {}: {}", s, e));
+  if (!why_start.empty()) {
+    std::printf("workers could not start:\n");
+    for (const auto& y : why_start) std::printf("  %s\n", y.c_str());
+    failed = 1;
+  }
   std::map<std::string, std::pair<uint64_t, uint64_t>> rss;  // worker -> (after warm-up, last)
   auto note_rss = [&](const std::string& who, uint64_t kib, int step) {
     auto& e = rss[who];
     if (step <= 10 || e.first == 0) e.first = kib;
     e.second = kib;
   };
-  std::vector<uint32_t> incarnation(R, 0), trainer_incarnation(S, 0);
+  uint32_t receiver_restarts = 0;
+  uint64_t stale = 0;
   for (int step = 1; step <= o.steps && !failed; ++step) {
     if (step == o.restart_receiver_at_step) {
       // Fault drill: inference 0 goes away between steps and comes back with fresh buffers.
       kill(receivers[0], SIGKILL);
       waitpid(receivers[0], nullptr, 0);
-      ++incarnation[0];
-      receivers[0] = spawn("inference", 0, round + 1, 0, static_cast<int>(incarnation[0]));
+      receivers[0] = d.spawn("inference", 0);
+      ++receiver_restarts;
+      if (std::string e = d.joined("inference", 0); !e.empty()) {
+        std::printf("inference 0 could not restart: %s\n", e.c_str());
+        failed = 1;
+        break;
+      }
       std::printf(
           "inference 0 killed after step %d and restarted (incarnation %u); trainers reconnect to "
           "it\n",
-          step - 1, incarnation[0]);
+          step - 1, receiver_restarts);
     }
-    auto join_list = [](const std::vector<uint32_t>& v) {
-      return fmt::format("{}", fmt::join(v, ","));
-    };
     for (int attempt = 1;; ++attempt) {
       ++round;
-      const auto gen = static_cast<uint8_t>(round);
-      (void)(*rdv)->put(fmt::format("round/{}", round),
-                        fmt::format("{} {} {} {}", step, gen, join_list(incarnation),
-                                    join_list(trainer_incarnation)));
+      (void)d.rdv->put(kRound, fmt::format("{} {}", round, step));
       double slowest = 0, proj = 0, nic_lo = 1e30, nic_hi = 0;
       uint64_t bytes = 0, writes = 0, checked = 0;
       std::vector<std::string> why;
       for (size_t r = 0; r < R; ++r) {
-        auto v = (*rdv)->get(fmt::format("verified/{}/{}", round, r), in_s(o.deadline_s + 30));
-        const std::string t = v ? str(*v) : "FAIL " + v.status().message();
+        const std::string t = d.report("inference", r, round, o.deadline_s + 30);
         if (t.rfind("ok ", 0) != 0) {
           why.push_back(fmt::format("inference {}: {}", r, t.substr(5)));
           continue;
         }
         std::istringstream is(t.substr(3));
-        uint64_t c = 0, kib = 0;
+        uint64_t c = 0, kib = 0, st = 0;
         double ws = 0;
-        is >> c >> ws >> kib;
+        is >> c >> ws >> kib >> st;
         checked += c;
+        stale += st;
         note_rss(fmt::format("inference {}", r), kib, step);
       }
       for (size_t s = 0; s < S; ++s) {
-        auto v = (*rdv)->get(fmt::format("pushed/{}/{}", round, s),
-                             in_s(why.empty() ? o.deadline_s + 30 : 2));
-        std::string t = v ? str(*v) : "FAIL no report (" + v.status().message() + ")";
-        if (!v)  // a trainer that could not even start says why under fail/
-          if (auto f = (*rdv)->get(fmt::format("fail/trainer/{}", s), in_s(0.05)); f)
-            t = "FAIL could not start: " + str(*f);
-        if (t.rfind("FAIL", 0) == 0) {
+        const std::string t = d.report("trainer", s, round, why.empty() ? o.deadline_s + 30 : 2);
+        if (t.rfind("ok ", 0) != 0) {
           why.push_back(fmt::format("trainer {}: {}", s, t.substr(5)));
           continue;
         }
-        std::istringstream is(t);
+        std::istringstream is(t.substr(3));
         uint64_t b = 0, w = 0, kib = 0;
         double ps = 0, ws = 0, ts = 0;
         std::string nics;
@@ -511,6 +544,7 @@ int run_demo(const DemoOptions& o) {
         slowest = std::max(slowest, ts);
         note_rss(fmt::format("trainer {}", s), kib, step);
       }
+      note_rss("driver (controller and rendezvous)", rss_kib(), step);
       if (why.empty()) {
         if (step <= 5 || step % 20 == 0 || step == o.steps || attempt > 1)
           std::printf(
@@ -528,26 +562,29 @@ int run_demo(const DemoOptions& o) {
       std::printf("step %d/%d attempt %d FAILED:\n", step, o.steps, attempt);
       for (const auto& y : why) std::printf("  %s\n", y.c_str());
       std::fflush(stdout);
-      // Repair: restart trainers that died; they rejoin at the next round, which retries the
-      // step under a new generation (writes of the failed attempt can never count toward it).
+      // Repair: restart trainers that died; once they are ready the step is retried on every
+      // worker (the library keeps the failed attempt's writes from counting).
       bool restarted = false;
       for (size_t s = 0; s < S; ++s) {
         int st = 0;
         if (waitpid(trainers[s], &st, WNOHANG) == trainers[s]) {
           std::printf("  trainer %zu died (%s); restarting it to rejoin at round %d\n", s,
                       WIFSIGNALED(st) ? strsignal(WTERMSIG(st)) : "exit", round + 1);
-          trainers[s] =
-              spawn("trainer", s, round + 1, 0, static_cast<int>(++trainer_incarnation[s]));
+          trainers[s] = d.spawn("trainer", s);
+          if (std::string e = d.joined("trainer", s); !e.empty()) {
+            std::printf("  trainer %zu could not restart: %s\n", s, e.c_str());
+            failed = 1;
+          }
           restarted = true;
         }
       }
-      if (attempt >= 3 || !restarted) {
+      if (failed || attempt >= 3 || !restarted) {
         failed = 1;
         break;
       }
     }
   }
-  (void)(*rdv)->put(fmt::format("round/{}", round + 1), "end");
+  (void)d.rdv->put(kRound, "end");
   std::vector<pid_t> all = trainers;
   all.insert(all.end(), receivers.begin(), receivers.end());
   for (pid_t pid : all) {
@@ -566,8 +603,11 @@ int run_demo(const DemoOptions& o) {
       failed = 1;
     }
   }
+  if (stale > 0)
+    std::printf("late writes of failed attempts dropped by receivers: %llu\n",
+                static_cast<unsigned long long>(stale));
   if (o.steps >= 50) {
-    // Memory must not grow with steps: compare each worker's RSS after warm-up with its last.
+    // Memory must not grow with steps: compare each process's RSS after warm-up with its last.
     int64_t worst = 0;
     std::string who;
     for (const auto& [w, v] : rss)
@@ -575,8 +615,9 @@ int run_demo(const DemoOptions& o) {
         worst = static_cast<int64_t>(v.second) - static_cast<int64_t>(v.first);
         who = w;
       }
-    std::printf("RSS: largest growth after step 10 is %lld KiB (%s) over %d steps\n",
-                static_cast<long long>(worst), who.empty() ? "none" : who.c_str(), o.steps);
+    std::printf("RSS: largest growth after step 10 is %lld KiB (%s) over %d steps, %zu processes\n",
+                static_cast<long long>(worst), who.empty() ? "none" : who.c_str(), o.steps,
+                rss.size());
     if (worst > 4096) {
       std::printf("demo FAILED: memory grows with steps\n");
       failed = 1;

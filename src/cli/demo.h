@@ -27,14 +27,12 @@ struct DemoOptions {
 
 int run_demo(const DemoOptions& o);
 
+// A demo worker: a trainer (Sender) or an inference process (Receiver). The job token comes in
+// WEIGHTCAST_TOKEN, never in argv.
 struct WorkerOptions {
   std::string role;  // trainer | inference
   int index = 0;
   std::string rdv;  // host:port
-  std::string token;
-  int first_round = 1;
-  int die_in_round = 0;
-  int incarnation = 0;  // > 0: a restarted inference process
   DemoOptions demo;
 };
 int run_worker(const WorkerOptions& w);

@@ -335,7 +335,6 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trainer", "inference"}));
   worker_cmd->add_option("--index", worker.index)->required();
   worker_cmd->add_option("--rdv", worker.rdv)->required();
-  worker_cmd->add_option("--token", worker.token)->required();
   worker_cmd->add_option("--trainer", worker.demo.trainer)->required();
   worker_cmd->add_option("--inference", worker.demo.inference)->required();
   worker_cmd->add_option("--topology", worker.demo.topology)->required();
@@ -345,12 +344,9 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--nic-list", worker.demo.nic_list);
   worker_cmd->add_option("--device", worker.demo.device);
   worker_cmd->add_option("--deadline", worker.demo.deadline_s);
-  worker_cmd->add_option("--first-round", worker.first_round);
   worker_cmd->add_option("--steps", worker.demo.steps);
-  worker_cmd->add_option("--incarnation", worker.incarnation);
   worker_cmd->add_option("--weights", worker.demo.weights);
   worker_cmd->add_option("--dump", worker.demo.dump);
-  worker_cmd->add_option("--die-in-round", worker.die_in_round);
 
   app.add_subcommand("configs", "List the built-in configs");
 

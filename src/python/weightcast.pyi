@@ -10,6 +10,7 @@ class JobConfig:
     rendezvous: str
     token: str
     provider: str
+    backend: str  # "fabric" (libfabric `provider`, nics are IPs) or "verbs" (nics are RDMA devices)
     nics: List[str]
     deadline_s: float
     plan_file: str  # a plan saved by `weightcast plan --json`, loaded instead of planned
@@ -17,9 +18,11 @@ class JobConfig:
     # torch CUDA tensors' data_ptr(); projections then run on that GPU). push() reads them on
     # CUDA streams of its own: call torch.cuda.synchronize() after the optimizer step first.
     cuda_device: int
+    faults: str  # tests only: a fault-injecting layer under this peer's NICs ("fail_post=5", ...)
     def __init__(self, trainer_spec: str, inference_spec: str, topology: str, rendezvous: str = "",
                  token: str = "", provider: str = "tcp", nics: List[str] = ["127.0.0.1"],
-                 deadline_s: float = 60.0, plan_file: str = "", cuda_device: int = -1) -> None: ...
+                 deadline_s: float = 60.0, plan_file: str = "", cuda_device: int = -1,
+                 backend: str = "fabric") -> None: ...
 
 class PeerInfo:
     role: str  # "trainer" or "inference"
@@ -57,6 +60,8 @@ class WaitStats:
     bytes: int
     immediates: int
     seconds: float
+    generation: int  # the generation this attempt armed (a fresh one per wait() call)
+    stale: int  # arrivals of older attempts dropped while it waited (late writes, never counted)
 
 class Controller:
     senders: int

@@ -65,20 +65,32 @@ PYBIND11_MODULE(weightcast, m) {
   py::class_<api::JobConfig>(m, "JobConfig")
       .def(py::init([](std::string t, std::string i, std::string c, std::string rdv,
                        std::string token, std::string provider, std::vector<std::string> nics,
-                       double deadline, std::string plan, int cuda_device) {
-             return api::JobConfig{t,        i,    c,        rdv,  token,
-                                   provider, nics, deadline, plan, cuda_device};
+                       double deadline, std::string plan, int cuda_device, std::string backend) {
+             api::JobConfig j;
+             j.trainer_spec = std::move(t);
+             j.inference_spec = std::move(i);
+             j.topology = std::move(c);
+             j.rendezvous = std::move(rdv);
+             j.token = std::move(token);
+             j.provider = std::move(provider);
+             j.nics = std::move(nics);
+             j.deadline_s = deadline;
+             j.plan_file = std::move(plan);
+             j.cuda_device = cuda_device;
+             j.backend = std::move(backend);
+             return j;
            }),
            py::arg("trainer_spec"), py::arg("inference_spec"), py::arg("topology"),
            py::arg("rendezvous") = "", py::arg("token") = "", py::arg("provider") = "tcp",
            py::arg("nics") = std::vector<std::string>{"127.0.0.1"}, py::arg("deadline_s") = 60.0,
-           py::arg("plan_file") = "", py::arg("cuda_device") = -1)
+           py::arg("plan_file") = "", py::arg("cuda_device") = -1, py::arg("backend") = "fabric")
       .def_readwrite("trainer_spec", &api::JobConfig::trainer_spec)
       .def_readwrite("inference_spec", &api::JobConfig::inference_spec)
       .def_readwrite("topology", &api::JobConfig::topology)
       .def_readwrite("rendezvous", &api::JobConfig::rendezvous)
       .def_readwrite("token", &api::JobConfig::token)
       .def_readwrite("provider", &api::JobConfig::provider)
+      .def_readwrite("backend", &api::JobConfig::backend)
       .def_readwrite("nics", &api::JobConfig::nics)
       .def_readwrite("deadline_s", &api::JobConfig::deadline_s)
       .def_readwrite("plan_file", &api::JobConfig::plan_file)

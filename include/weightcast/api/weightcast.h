@@ -29,8 +29,11 @@ struct JobConfig {
   std::string rendezvous;                              // host:port; Controller::start fills it
   std::string token;                                   // job token every peer presents
   std::string provider = "tcp";                        // libfabric provider (efa in production)
-  std::vector<std::string> nics = {"127.0.0.1"};       // local address per NIC of this process
-  double deadline_s = 60;                              // every wait fails after this long
+  // "fabric" (libfabric `provider`; nics are local IP addresses) or "verbs" (ibverbs RC; nics
+  // are RDMA device names such as mlx5_0).
+  std::string backend = "fabric";
+  std::vector<std::string> nics = {"127.0.0.1"};  // per NIC of this process
+  double deadline_s = 60;                         // every wait fails after this long
   // A plan saved by `weightcast plan --json FILE` (optional): loaded instead of planned, refused if
   // it was made for other specs. Saves every peer the planning time and memory.
   std::string plan_file;

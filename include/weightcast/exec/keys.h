@@ -10,8 +10,9 @@
 //   armed/{r}              a receiver's readiness for one attempt: "STEP GENERATION INCARNATION",
 //                          overwritten on every arm; senders wait for a version newer than the
 //                          last they used (RendezvousClient::get_newer)
-//   used/{rank}            the arm versions a trainer used last, "R:VERSION ...", put before its
-//                          first write of an attempt: a restarted trainer never reuses them
+//   used/{rank}            "STEP ATTEMPT R:VERSION ...": the step and attempt a trainer pushes and
+//                          the arm versions it used, put before its first write: a restarted
+//                          trainer never reuses an arm and goes on counting attempts
 //   part/{role}/{rank}     a peer's part of the plan (exec/parts.h)
 #pragma once
 
