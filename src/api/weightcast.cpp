@@ -427,6 +427,9 @@ Result<PushStats> Sender::push(uint64_t step) {
     auto k = incarnation_of(*m.rdv, "trainer", t, Clock::now(), version);
     if (!k) continue;  // unchanged
     version = k->version;
+    if (std::getenv("WEIGHTCAST_DEBUG_LOG"))
+      std::fprintf(stderr, "trainer %u step %llu: trainer %u is now incarnation %u\n", m.rank,
+                   static_cast<unsigned long long>(step), t, k->value);
     if (Status s = m.ex->rejoin_trainer(t, k->value, in_s(dl)); !s)
       return Status(s.code(), fmt::format("step {}: relinking to restarted trainer {}: {}", step, t,
                                           s.message()));

@@ -149,19 +149,23 @@ struct Round {
   int n = 0;
   uint64_t step = 0;
 };
-Result<Round> next_round(transport::RendezvousClient& rdv, uint64_t& seen) {
-  auto v = rdv.get_newer(kRound, seen, in_s(3600));
-  if (!v) return v.status();
-  seen = v->version;
-  Round r;
-  const std::string t(v->value.begin(), v->value.end());
-  if (t == "end") {
-    r.end = true;
-    return r;
+// The next round for a worker that starts at round `first` (a restarted worker must not run the
+// round that was current when it started: that one failed without it).
+Result<Round> next_round(transport::RendezvousClient& rdv, uint64_t& seen, int first) {
+  for (;;) {
+    auto v = rdv.get_newer(kRound, seen, in_s(3600));
+    if (!v) return v.status();
+    seen = v->version;
+    Round r;
+    const std::string t(v->value.begin(), v->value.end());
+    if (t == "end") {
+      r.end = true;
+      return r;
+    }
+    std::istringstream is(t);
+    is >> r.n >> r.step;
+    if (r.n >= first) return r;
   }
-  std::istringstream is(t);
-  is >> r.n >> r.step;
-  return r;
 }
 
 // A trainer process: a Sender over shards it allocates (host, or on the GPU), new values in
@@ -193,7 +197,7 @@ int trainer_worker(const WorkerOptions& w, const api::JobConfig& cfg, const spec
   (void)rdv.put(joined_key("trainer", rank), "ok");
   uint64_t seen = 0;
   for (;;) {
-    auto r = next_round(rdv, seen);
+    auto r = next_round(rdv, seen, w.first_round);
     if (!r) return 1;
     if (r->end) return 0;
     // What training did this step: new values in every element of every shard.
@@ -218,6 +222,8 @@ int trainer_worker(const WorkerOptions& w, const api::JobConfig& cfg, const spec
     }
     auto rep = snd->push(r->step);
     if (!rep) {
+      std::fprintf(stderr, "round %d step %llu: push failed: %s\n", r->n,
+                   static_cast<unsigned long long>(r->step), rep.status().message().c_str());
       (void)rdv.put(me, fmt::format("{} FAIL {}", r->n, rep.status().message()));
       continue;
     }
@@ -253,11 +259,13 @@ int inference_worker(const WorkerOptions& w, const api::JobConfig& cfg, const sp
   (void)rdv.put(joined_key("inference", idx), "ok");
   uint64_t seen = 0;
   for (;;) {
-    auto r = next_round(rdv, seen);
+    auto r = next_round(rdv, seen, w.first_round);
     if (!r) return 1;
     if (r->end) return 0;
     auto rep = rc->wait(r->step);
     if (!rep) {
+      std::fprintf(stderr, "round %d step %llu: wait failed: %s\n", r->n,
+                   static_cast<unsigned long long>(r->step), rep.status().message().c_str());
       (void)rdv.put(me, fmt::format("{} FAIL {}", r->n, rep.status().message()));
       continue;
     }
@@ -341,24 +349,26 @@ struct Driver {
   std::unique_ptr<transport::RendezvousClient> rdv;
   std::map<std::string, uint64_t> seen;  // report key -> version last read
 
-  pid_t spawn(const std::string& role, size_t i, const std::string& die_in_push = "") {
+  pid_t spawn(const std::string& role, size_t i, int first_round,
+              const std::string& die_in_push = "") {
     const std::string log = (logdir / fmt::format("{}-{}.log", role, i)).string();
-    std::vector<std::string> args{o.self,        "worker",
-                                  "--role",      role,
-                                  "--index",     std::to_string(i),
-                                  "--rdv",       where,
-                                  "--trainer",   o.trainer,
-                                  "--inference", o.inference,
-                                  "--topology",  o.topology,
-                                  "--nics",      std::to_string(o.nics),
-                                  "--provider",  o.provider,
-                                  "--backend",   o.backend,
-                                  "--nic-list",  o.nic_list,
-                                  "--device",    o.device,
-                                  "--deadline",  std::to_string(o.deadline_s),
-                                  "--steps",     std::to_string(o.steps),
-                                  "--weights",   o.weights,
-                                  "--dump",      o.dump};
+    std::vector<std::string> args{o.self,          "worker",
+                                  "--role",        role,
+                                  "--index",       std::to_string(i),
+                                  "--rdv",         where,
+                                  "--trainer",     o.trainer,
+                                  "--inference",   o.inference,
+                                  "--topology",    o.topology,
+                                  "--nics",        std::to_string(o.nics),
+                                  "--provider",    o.provider,
+                                  "--backend",     o.backend,
+                                  "--nic-list",    o.nic_list,
+                                  "--device",      o.device,
+                                  "--deadline",    std::to_string(o.deadline_s),
+                                  "--steps",       std::to_string(o.steps),
+                                  "--first-round", std::to_string(first_round),
+                                  "--weights",     o.weights,
+                                  "--dump",        o.dump};
     const pid_t pid = fork();
     if (pid == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -455,12 +465,12 @@ int run_demo(const DemoOptions& o) {
       plan::human_bytes(static_cast<double>(moved)).c_str());
   std::fflush(stdout);
   std::vector<pid_t> trainers(S, -1), receivers(R, -1);
-  for (size_t r = 0; r < R; ++r) receivers[r] = d.spawn("inference", r);
+  for (size_t r = 0; r < R; ++r) receivers[r] = d.spawn("inference", r, 1);
   // The fault: trainer 0 dies halfway through its writes of step K's first attempt.
   uint64_t mine = 0;
   for (const plan::Write& x : p->writes) mine += x.sender == 0;
   for (size_t s = 0; s < S; ++s)
-    trainers[s] = d.spawn("trainer", s,
+    trainers[s] = d.spawn("trainer", s, 1,
                           s == 0 && o.kill_trainer_at_step > 0
                               ? fmt::format("{}:{}", o.kill_trainer_at_step, mine / 2)
                               : "");
@@ -490,7 +500,7 @@ int run_demo(const DemoOptions& o) {
       // Fault drill: inference 0 goes away between steps and comes back with fresh buffers.
       kill(receivers[0], SIGKILL);
       waitpid(receivers[0], nullptr, 0);
-      receivers[0] = d.spawn("inference", 0);
+      receivers[0] = d.spawn("inference", 0, round + 1);
       ++receiver_restarts;
       if (std::string e = d.joined("inference", 0); !e.empty()) {
         std::printf("inference 0 could not restart: %s\n", e.c_str());
@@ -570,7 +580,7 @@ int run_demo(const DemoOptions& o) {
         if (waitpid(trainers[s], &st, WNOHANG) == trainers[s]) {
           std::printf("  trainer %zu died (%s); restarting it to rejoin at round %d\n", s,
                       WIFSIGNALED(st) ? strsignal(WTERMSIG(st)) : "exit", round + 1);
-          trainers[s] = d.spawn("trainer", s);
+          trainers[s] = d.spawn("trainer", s, round + 1);
           if (std::string e = d.joined("trainer", s); !e.empty()) {
             std::printf("  trainer %zu could not restart: %s\n", s, e.c_str());
             failed = 1;

@@ -32,7 +32,8 @@ int run_demo(const DemoOptions& o);
 struct WorkerOptions {
   std::string role;  // trainer | inference
   int index = 0;
-  std::string rdv;  // host:port
+  std::string rdv;      // host:port
+  int first_round = 1;  // a restarted worker joins at the driver's next round
   DemoOptions demo;
 };
 int run_worker(const WorkerOptions& w);

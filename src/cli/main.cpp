@@ -345,6 +345,7 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--device", worker.demo.device);
   worker_cmd->add_option("--deadline", worker.demo.deadline_s);
   worker_cmd->add_option("--steps", worker.demo.steps);
+  worker_cmd->add_option("--first-round", worker.first_round);
   worker_cmd->add_option("--weights", worker.demo.weights);
   worker_cmd->add_option("--dump", worker.demo.dump);
 

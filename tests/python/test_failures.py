@@ -92,9 +92,12 @@ def test_a_failed_push_is_retried_and_the_aborted_attempts_late_writes_never_cou
     first = run_all(list(peers.items()))
     assert isinstance(first["s0"], RuntimeError), first["s0"]
     assert "injected post failure" in str(first["s0"])
-    for r in ("r0", "r1"):  # told by sender 0's abort, or (if that was the held one) its deadline
-        assert isinstance(first[r], (RuntimeError, TimeoutError)), first[r]
-    assert any("sender(s) 0 aborted" in str(first[r]) for r in ("r0", "r1")), first
+    # A receiver that still missed writes of sender 0 fails: told by its abort at once, or (if
+    # the abort was the arrival held back) at its deadline. One that had all it expects before
+    # the failure may succeed; the job retries the step on every peer all the same.
+    failed = [r for r in ("r0", "r1") if isinstance(first[r], Exception)]
+    assert failed, first
+    assert any("sender(s) 0 aborted" in str(first[r]) for r in failed), first
     # The retry: the same step on every peer; the shards still hold its weights.
     again = run_all(list(peers.items()))
     for name, res in again.items():
