@@ -160,6 +160,7 @@ Status publish_meta(PeerBase& p, const char* role, uint32_t rank, size_t tensors
 struct Controller::Impl {
   std::unique_ptr<Job> job;
   std::unique_ptr<transport::RendezvousServer> server;
+  std::unique_ptr<transport::RendezvousClient> watch;  // lost_peers' session
 };
 
 Result<Controller> Controller::start(JobConfig& cfg, const std::string& bind_host) {
@@ -193,6 +194,31 @@ uint32_t Controller::receivers() const {
   return static_cast<uint32_t>(impl_->job->plan.receivers.size());
 }
 std::string Controller::plan_report() const { return plan::report(impl_->job->plan, "job"); }
+
+Result<std::vector<std::string>> Controller::lost_peers() const {
+  const Job& j = *impl_->job;
+  const std::string host = j.cfg.rendezvous.substr(0, j.cfg.rendezvous.rfind(':'));
+  if (!impl_->watch) {
+    auto c =
+        transport::RendezvousClient::connect(host, impl_->server->port(), j.cfg.token, in_s(10));
+    if (!c) return c.status();
+    impl_->watch = std::move(c).value();
+  }
+  std::vector<std::string> out;
+  auto g = impl_->watch->get_newer("gone", 0, Clock::now());
+  if (!g) return out;  // nobody went away
+  const std::string gone(g->value.begin(), g->value.end());
+  for (const char* role : {"trainer", "inference"}) {
+    const auto n = std::string(role) == "trainer" ? j.plan.senders.size() : j.plan.receivers.size();
+    for (uint32_t r = 0; r < n; ++r) {
+      auto inc = incarnation_of(*impl_->watch, role, r, Clock::now());
+      if (!inc) continue;  // never joined
+      if (gone.find(exec::keys::session(role, r, inc->value) + "\n") != std::string::npos)
+        out.push_back(fmt::format("{} {}", role, r));
+    }
+  }
+  return out;
+}
 
 Result<std::vector<PeerInfo>> Controller::wait_for_peers(double deadline_s) const {
   const Job& j = *impl_->job;
@@ -269,7 +295,8 @@ struct Sender::Impl : PeerBase {
   uint32_t attempt = 0;
   // Trainers this rank gathers with -> the version of their incarnation this rank links to.
   std::map<uint32_t, uint64_t> gather_peers;
-  int die_step = -1;  // test hook (WEIGHTCAST_DEBUG_DIE_IN_PUSH=STEP:WRITES)
+  uint64_t gone_seen = 0;  // version of the rendezvous' "gone" list last read
+  int die_step = -1;       // test hook (WEIGHTCAST_DEBUG_DIE_IN_PUSH=STEP:WRITES)
   uint64_t die_after = 0;
 };
 
@@ -289,6 +316,9 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   impl->ex = std::move(ex).value();
   impl->incarnation = new_incarnation();
   impl->ex->set_incarnation(impl->incarnation);
+  // This session lives as long as the Sender: its close tells everyone the rank went away.
+  if (Status s = impl->rdv->identify(exec::keys::session("trainer", rank, impl->incarnation)); !s)
+    return s;
   if (Status s = impl->ex->publish(); !s) return s;  // peers may prepare before this one does
   if (Status s = impl->rdv->put(exec::keys::incarnation("trainer", rank),
                                 std::to_string(impl->incarnation));
@@ -441,6 +471,22 @@ Result<PushStats> Sender::push(uint64_t step) {
   }
   auto rep = m.ex->push(gather_gen, in_s(dl), UINT64_MAX, ready);
   if (!rep) return rep.status();
+  // Writes to a receiver that died during the step may complete here without landing there
+  // (a provider may complete a write once it is buffered): its closed session says so.
+  if (auto g = m.rdv->get_newer("gone", m.gone_seen, Clock::now()); g) {
+    m.gone_seen = g->version;
+    const std::string gone(g->value.begin(), g->value.end());
+    std::vector<uint32_t> lost;
+    for (uint32_t r : m.receivers)
+      if (gone.find(exec::keys::session("inference", r, m.ex->receiver_incarnation(r)) + "\n") !=
+          std::string::npos)
+        lost.push_back(r);
+    if (!lost.empty())
+      return Status(Code::kRemote,
+                    fmt::format("trainer {} step {}: receiver {} went away during the step (its "
+                                "rendezvous session closed); its writes may not have landed",
+                                m.rank, step, fmt::join(lost, ", ")));
+  }
   PushStats st;
   st.bytes = rep->bytes;
   st.writes = rep->writes;
@@ -478,6 +524,9 @@ Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   impl->index = index;
   impl->incarnation = new_incarnation();
   impl->rc->set_incarnation(impl->incarnation);
+  if (Status s = impl->rdv->identify(exec::keys::session("inference", index, impl->incarnation));
+      !s)
+    return s;
   impl->generation = static_cast<uint8_t>(new_incarnation());  // any start; each arm moves on
   std::set<uint32_t> senders;
   for (const plan::Write& w : impl->job->plan.writes)

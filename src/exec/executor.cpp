@@ -77,9 +77,10 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   e->staging_region_ = *st;
   if (device) {
     // The order in which a step first reads its host-read shards: its mirror copies queue so.
+    std::vector<int> order;
+    std::set<int> seen;
     auto first_read = [&](int param) {
-      if (e->mirror_slot_.emplace(param, e->mirror_order_.size()).second)
-        e->mirror_order_.push_back(param);
+      if (seen.insert(param).second) order.push_back(param);
     };
     for (const plan::Task& t : s.tasks) {
       if (t.op == plan::Task::Op::kGather) {
@@ -91,9 +92,21 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
       }
     }
     for (int param : e->host_read_) first_read(param);
-    auto q = CopyQueue::create(cuda_device, e->mirror_order_.size());
-    if (!q) return q.status();
-    e->mirror_queue_ = std::move(q).value();
+    TrainerExecutor* self = e.get();
+    if (Status ms = e->mirror_.init(
+            cuda_device, std::move(order), e->host_read_,
+            [self](int param) -> Result<ShardMirror::Copy> {
+              auto it = self->device_shard_.find(param);
+              auto slot = self->layout_.by_param.find(param);
+              if (it == self->device_shard_.end() || slot == self->layout_.by_param.end())
+                return invalid("trainer rank {}: shard of '{}' is not bound", self->rank_,
+                               self->in_.trainer.params[param].name);
+              const ShardSlot& sl = self->layout_.shards[slot->second];
+              return ShardMirror::Copy{self->arena_.data() + sl.offset, it->second, sl.bytes,
+                                       self->in_.trainer.params[param].name};
+            });
+        !ms)
+      return ms;
     auto m = CopyQueue::create(cuda_device, kMarks, false);  // on the pushing thread's stream
     if (!m) return m.status();
     e->proj_marks_ = std::move(m).value();
@@ -121,7 +134,8 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
       in, plan, rank, e->engine_.get(), &e->counters_, rdv,
       [self](int param) -> Result<std::pair<core::Box, const std::byte*>> {
         // GPU shards: this step's bytes come to the host mirror first.
-        if (Status m = self->mirror(param); !m) return m;
+        if (Status m = self->mirror_.wait(param); !m)
+          return Status(m.code(), fmt::format("trainer rank {} {}", self->rank_, m.message()));
         auto it = self->layout_.by_param.find(param);
         auto b = self->bound_.find(param);
         if (it == self->layout_.by_param.end() || b == self->bound_.end())
@@ -159,7 +173,7 @@ Result<StepReport> TrainerExecutor::push(uint8_t gen, Clock::time_point deadline
   }
   armed_.clear();
   batch_receivers_.clear();
-  auto rep = push_attempt(gen, deadline, max_writes, ready);
+  auto rep = run_attempt(gen, deadline, max_writes, ready);
   if (rep) return rep;
   Status a = abort_attempt(deadline);
   return Status(
@@ -226,38 +240,6 @@ std::byte* TrainerExecutor::shard(int param) {
   }
   auto it = bound_.find(param);
   return it == bound_.end() ? nullptr : it->second.data;
-}
-
-Status TrainerExecutor::queue_mirror(int param) {
-  auto it = device_shard_.find(param);
-  auto slot = layout_.by_param.find(param);
-  if (it == device_shard_.end() || slot == layout_.by_param.end())
-    return invalid("trainer rank {}: shard of '{}' is not bound", rank_,
-                   in_.trainer.params[param].name);
-  const ShardSlot& s = layout_.shards[slot->second];
-  if (Status st = mirror_queue_.to_host(mirror_slot_.at(param), arena_.data() + s.offset,
-                                        it->second, s.bytes);
-      !st)
-    return Status(st.code(),
-                  fmt::format("trainer rank {} step {}: copying '{}' to the host: {}", rank_, step_,
-                              in_.trainer.params[param].name, st.message()));
-  queued_.insert(param);
-  return Status::ok();
-}
-
-Status TrainerExecutor::mirror(int param) {
-  if (shard_kind_ != MemoryKind::kCuda || !host_read_.count(param) || mirrored_.count(param))
-    return Status::ok();
-  const auto t0 = Clock::now();
-  if (!queued_.count(param))
-    if (Status st = queue_mirror(param); !st) return st;
-  if (Status st = mirror_queue_.wait(mirror_slot_.at(param)); !st)
-    return Status(st.code(),
-                  fmt::format("trainer rank {} step {}: copying '{}' to the host: {}", rank_, step_,
-                              in_.trainer.params[param].name, st.message()));
-  mirrored_.insert(param);
-  mirror_s_ += since(t0);
-  return Status::ok();
 }
 
 Status TrainerExecutor::publish() {
@@ -328,368 +310,6 @@ Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_poi
   return engine_->wait(
       engine_->submit({{&staging_region_, 0, t.peer, &t.tensors.begin()->second, 0, 0, false, 0}}),
       deadline);
-}
-
-Result<StepReport> TrainerExecutor::push_attempt(uint8_t gen, Clock::time_point deadline,
-                                                 uint64_t max_writes, const ReadyFn& ready) {
-  const auto t0 = Clock::now();
-  const transport::ProgressStats stats0 = engine_->stats();
-  const uint64_t post0 = stats0.post_ns;
-  StepReport rep;
-  rep.step = gen;
-  const uint64_t step = gen;
-  counters_.begin_generation(gen);  // this rank's gathers count immediates of this generation
-  const bool device = shard_kind_ == MemoryKind::kCuda;
-  if (device)
-    if (Status s = cuda_use_device(cuda_device_); !s) return s;
-  mirror_s_ = 0;
-  step_ = gen;
-  // First what others wait for. As a gather root: done with last step's boxes, so members may
-  // write this step's.
-  if (Status s = collective_->open(gen, deadline); !s)
-    return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
-  // The receivers' readiness, awaited on a thread of its own while gathers and projections run.
-  // Without a ready callback, every receiver armed `gen` at the incarnation in use.
-  if (!ready)
-    for (const auto& [r, t] : receivers_) armed_[r] = Armed{gen, t.incarnation};
-  std::future<Result<std::map<uint32_t, Armed>>> ready_f;
-  if (ready) ready_f = std::async(std::launch::async, ready);
-  // kCuda: every host-read shard's copy to the host mirror is queued now, in the order the step
-  // reads them, on a stream of their own; each read waits for its own copy only.
-  mirrored_.clear();
-  queued_.clear();
-  if (device)
-    for (int param : mirror_order_)
-      if (device_shard_.count(param))
-        if (Status s = queue_mirror(param); !s) return s;
-  // Gather pieces go to their roots as early as the roots allow (again between projections).
-  auto pump = [&]() -> Status {
-    if (Status s = collective_->pump(gen, deadline); !s)
-      return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, gen, s.message()));
-    return Status::ok();
-  };
-  if (Status s = pump(); !s) return s;
-  // Staging ranges still being read by in-flight writes.
-  struct Inflight {
-    uint64_t lo, hi, batch;
-  };
-  std::deque<Inflight> inflight;
-  std::vector<uint64_t> batches;
-  // Projections whose writes have not gone out yet, oldest first: their staging range, their mark
-  // on the GPU stream (kCuda; -1 once waited for, or on the CPU) and the writes reading them. On
-  // the GPU up to kMarks projections are queued ahead, so the GPU computes while earlier writes
-  // are posted. Writes straight from shards wait in `direct`.
-  struct Produced {
-    uint64_t lo, hi;
-    int mark;
-    std::vector<PendingWrite> writes;
-  };
-  std::deque<Produced> produced;
-  std::vector<PendingWrite> direct;
-  unsigned marks = 0;
-  int batch_mark = -1;    // the mark of the last batch of GPU projections queued, and
-  size_t batch_last = 0;  // the task index of its last projection
-  // A projection's staging range (output, then scales where planned), and whether one copy
-  // brings both to the host.
-  auto staged = [](const plan::Project& q) -> std::pair<uint64_t, uint64_t> {
-    return {q.staging_off, q.scale_dest >= 0 ? q.scale_off + q.scale_box.numel() * 4
-                                             : q.staging_off + q.out_bytes};
-  };
-  auto one_copy = [](const plan::Project& q) {
-    return q.scale_dest < 0 || q.scale_off == q.staging_off + q.out_bytes;
-  };
-  auto await_ready = [&]() -> Status {
-    if (!ready_f.valid()) return Status::ok();
-    const auto tw = Clock::now();
-    auto r = ready_f.get();
-    rep.ready_s += since(tw);
-    if (!r) return r.status();
-    for (const auto& [rc, a] : *r) {
-      if (!receivers_.count(rc)) continue;
-      // Armed by a new incarnation (the receiver restarted): its new buffers from now on.
-      if (Status s = rejoin(rc, a.incarnation, deadline); !s)
-        return Status(s.code(), fmt::format("trainer rank {} step {}: reconnecting to receiver "
-                                            "{} (incarnation {}): {}",
-                                            rank_, gen, rc, a.incarnation, s.message()));
-      armed_[rc] = a;
-    }
-    return Status::ok();
-  };
-  // Writes are bound to their receiver's connection, descriptor and generation only now.
-  auto submit = [&](std::vector<PendingWrite>& ws, uint64_t lo, uint64_t hi) {
-    if (ws.empty()) return;
-    std::vector<GroupWrite> out;
-    out.reserve(ws.size());
-    std::set<uint32_t> to;
-    for (PendingWrite& p : ws) {
-      Target& tg = receivers_.at(p.receiver);
-      p.g.peer = tg.peer;
-      p.g.dst = &tg.tensors.at(p.dest);
-      auto a = armed_.find(p.receiver);  // a receiver the ready callback left out armed `gen`
-      p.g.imm =
-          Imm{a == armed_.end() ? gen : a->second.generation, p.phase, static_cast<uint16_t>(rank_)}
-              .encode();
-      out.push_back(p.g);
-      to.insert(p.receiver);
-    }
-    ws.clear();
-    const uint64_t b = engine_->submit(std::move(out));
-    batch_receivers_[b] = std::move(to);
-    batches.push_back(b);
-    if (hi > lo) inflight.push_back({lo, hi, b});  // the staging range these writes read
-  };
-  // A batch that failed names the receivers it wrote to.
-  auto waited = [&](uint64_t b) -> Status {
-    std::vector<uint32_t> bad;
-    Status s = engine_->wait(b, deadline, &bad);
-    if (s) return s;
-    std::set<uint32_t> named;  // the receivers whose writes failed or are still out
-    for (uint32_t p : bad)
-      for (const auto& [r, t] : receivers_)
-        if (t.peer == p) named.insert(r);
-    if (named.empty())
-      if (auto it = batch_receivers_.find(b); it != batch_receivers_.end()) named = it->second;
-    return Status(s.code(), fmt::format("trainer rank {} step {}: writes to receiver {}: {}", rank_,
-                                        gen, fmt::join(named, ", "), s.message()));
-  };
-  // Sends the writes of the oldest `n` projections (after their marks) and the direct ones, and
-  // drops those projections; `keep_last` keeps the newest one, so writes that follow it are still
-  // tied to its staging range. `block` = false: only if the receivers are ready already (else
-  // everything stays queued for a later release).
-  auto release = [&](size_t n, bool block, bool keep_last) -> Status {
-    if (!block && ready_f.valid() &&
-        ready_f.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
-      return Status::ok();
-    n = std::min(n, produced.size());
-    const size_t drop = keep_last && n == produced.size() && n > 0 ? n - 1 : n;
-    bool any = !direct.empty();
-    for (size_t i = 0; i < n; ++i) any = any || !produced[i].writes.empty();
-    if (any) {
-      if (Status r = await_ready(); !r) return r;
-      submit(direct, 0, 0);
-    }
-    for (size_t i = 0; i < n && any; ++i) {
-      Produced& e = produced[i];
-      if (e.mark >= 0) {
-        const auto tm = Clock::now();
-        Status m = proj_marks_.wait(static_cast<size_t>(std::exchange(e.mark, -1)));
-        rep.project_s += since(tm);
-        if (!m)
-          return Status(m.code(),
-                        fmt::format("trainer rank {} step {}: {}", rank_, step, m.message()));
-      }
-      submit(e.writes, e.lo, e.hi);
-    }
-    produced.erase(produced.begin(), produced.begin() + static_cast<long>(drop));
-    return Status::ok();
-  };
-  const auto& tasks = plan_.senders[rank_].tasks;
-  for (size_t ti = 0; ti < tasks.size(); ++ti) {
-    const plan::Task& t = tasks[ti];
-    if (rep.writes >= max_writes) break;
-    if (t.op == plan::Task::Op::kGather) {
-      // A phase's gathers run together, before its projections; what is queued goes out first
-      // if the receivers are ready.
-      if (Status fs = release(produced.size(), false, true); !fs) return fs;
-      std::vector<uint32_t> batch{t.index};
-      const uint16_t phase = plan_.gathers[t.index].phase;
-      while (ti + 1 < tasks.size() && tasks[ti + 1].op == plan::Task::Op::kGather &&
-             plan_.gathers[tasks[ti + 1].index].phase == phase)
-        batch.push_back(tasks[++ti].index);
-      const auto tg = Clock::now();
-      // (Pieces are read from host memory: the collective's shard lookup mirrors GPU shards.)
-      if (Status s = collective_->run(gen, phase, batch, deadline); !s)
-        return Status(s.code(),
-                      fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
-      if (device) {  // the GPU projects gathered boxes from a device copy of the buffer
-        const Buffer& g = collective_->buffer();
-        if (device_gbuf_.size() < g.size()) {
-          auto b = Buffer::allocate(MemoryKind::kCuda, g.size(), cuda_device_);
-          if (!b) return b.status();
-          device_gbuf_ = std::move(b).value();
-        }
-        for (uint32_t gi : batch) {  // the boxes this root gathered (members hold nothing)
-          const std::byte* h = collective_->gathered(gi);
-          if (!h) continue;
-          const plan::Gather& ga = plan_.gathers[gi];
-          const uint64_t n = static_cast<uint64_t>(ga.box.numel()) *
-                             core::dtype_size(in_.trainer.params[ga.param].dtype);
-          // Queued before the projections that read it, on the same stream.
-          if (Status s = copy_host_to_device_async(device_gbuf_.data() + (h - g.data()), h, n); !s)
-            return s;
-        }
-      }
-      rep.gather_s += since(tg);
-      continue;
-    }
-    if (t.op == plan::Task::Op::kProject) {
-      if (Status s = pump(); !s) return s;
-      const plan::Project& p = plan_.projects[t.index];
-      const auto [lo, hi] = staged(p);
-      if (device && batch_mark >= 0 && ti <= batch_last) {  // queued with its batch's first
-        ++rep.projects;
-        produced.push_back({lo, hi, batch_mark, {}});
-        continue;
-      }
-      // On the GPU, this projection and the next ones of the phase whose staging follows on
-      // from it run as one batch: one assembly and one conversion launch, one copy out, one mark
-      // (launches, not bytes, set the time of a small model's many projections).
-      std::vector<const plan::Project*> batch{&p};
-      uint64_t bhi = hi;
-      size_t last = ti;
-      if (device && one_copy(p)) {
-        int64_t elems = p.box.numel();
-        for (size_t j = ti + 1; j < tasks.size() && batch.size() < kBatchProjects; ++j) {
-          if (tasks[j].op == plan::Task::Op::kWrite) continue;
-          if (tasks[j].op != plan::Task::Op::kProject) break;
-          const plan::Project& q = plan_.projects[tasks[j].index];
-          const auto [qlo, qhi] = staged(q);
-          if (qlo != bhi || !one_copy(q) || elems + q.box.numel() > kBatchElems) break;
-          batch.push_back(&q);
-          bhi = qhi;
-          elems += q.box.numel();
-          last = j;
-        }
-      }
-      // On the CPU the earlier projections' writes go out now. On the GPU they stay queued
-      // behind their marks, unless this batch's staging overlaps one of theirs.
-      bool overlap = !device;
-      for (const Produced& e : produced) overlap = overlap || (e.lo < bhi && lo < e.hi);
-      if (overlap)
-        if (Status fs = release(produced.size(), true, false); !fs) return fs;
-      // Ring admission: wait for writes still reading this slot.
-      const auto tr = Clock::now();
-      while (!inflight.empty()) {
-        bool busy = false;
-        for (const Inflight& f : inflight) busy = busy || (f.lo < bhi && lo < f.hi);
-        if (!busy) break;
-        const Inflight f = inflight.front();
-        inflight.pop_front();
-        if (Status s = waited(f.batch); !s) return s;
-        // Waited for (and forgotten by the engine): the end of the step must not wait again.
-        batches.erase(std::find(batches.begin(), batches.end(), f.batch));
-      }
-      rep.ring_wait_s += since(tr);
-      const auto& dp = in_.inference.params[plan_.dests[p.dest].param];
-      auto res = [&](const plan::Project::Input& inp) -> plan::Held {
-        if (inp.gather >= 0)
-          return {plan_.gathers[inp.gather].box, collective_->gathered(inp.gather)};
-        const int src = dp.parts.at(inp.part).src;
-        auto it = layout_.by_param.find(src);
-        if (it == layout_.by_param.end()) return {};
-        return {layout_.shards[it->second].box, bound_.at(src).data};
-      };
-      if (debug_project_delay_ms_ > 0)  // test hook: a root slow to project (see create)
-        std::this_thread::sleep_for(std::chrono::milliseconds(debug_project_delay_ms_));
-      const auto tp = Clock::now();
-      int mark = -1;
-      if (device) {
-        // On the GPU from the device shards or the device copy of the gather buffer, into
-        // device staging; then the output (and scales) to the registered host staging.
-        auto dres = [&](const plan::Project& q, const plan::Project::Input& inp) -> plan::Held {
-          if (inp.gather >= 0)
-            return {plan_.gathers[inp.gather].box,
-                    device_gbuf_.data() +
-                        (collective_->gathered(inp.gather) - collective_->buffer().data())};
-          const int src = in_.inference.params[plan_.dests[q.dest].param].parts.at(inp.part).src;
-          auto it = layout_.by_param.find(src);
-          auto d = device_shard_.find(src);
-          if (it == layout_.by_param.end() || d == device_shard_.end()) return {};
-          return {layout_.shards[it->second].box, d->second};
-        };
-        Status s = project_cuda_batch(in_, plan_, batch, dres, device_staging_.data(),
-                                      device_staging_.size(), scratch_, cuda_device_);
-        // Outputs and scales in one copy when the scales follow the output (as planned, and
-        // always in a batch of several); else the scales in a copy of their own.
-        const bool one = one_copy(p);
-        if (s)
-          s = copy_device_to_host_async(staging_.data() + lo, device_staging_.data() + lo,
-                                        one ? bhi - lo : p.out_bytes);
-        if (s && !one)
-          s = copy_device_to_host_async(staging_.data() + p.scale_off,
-                                        device_staging_.data() + p.scale_off, hi - p.scale_off);
-        // One mark per batch (kernels and copies), waited for when its writes go out.
-        mark = static_cast<int>(marks++ % kMarks);
-        batch_mark = mark;
-        batch_last = last;
-        if (s) s = proj_marks_.mark(static_cast<size_t>(mark));
-        if (!s)
-          return Status(s.code(),
-                        fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
-      } else if (Status s = plan::project_cpu(in_, plan_, p, res, staging_.data(), staging_.size());
-                 !s) {
-        return Status(s.code(),
-                      fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
-      }
-      rep.project_s += since(tp);
-      ++rep.projects;
-      // At most kMarks - 1 batches in flight on the GPU besides this one: the oldest one's writes
-      // go out now (a mark's slot is reused only once no projection waits for it).
-      for (;;) {
-        size_t groups = 0, oldest = 0;
-        for (size_t k = 0; k < produced.size(); ++k)
-          if (produced[k].mark >= 0 && (k == 0 || produced[k].mark != produced[k - 1].mark))
-            ++groups;
-        while (oldest < produced.size() && produced[oldest].mark == produced[0].mark) ++oldest;
-        if (groups + 1 < kMarks) break;
-        if (Status fs = release(oldest, true, false); !fs) return fs;
-      }
-      produced.push_back({lo, hi, mark, {}});
-      continue;
-    }
-    const plan::Write& w = plan_.writes[t.index];
-    const uint32_t r = plan_.dests[w.dest].receiver;
-    if (!receivers_.count(r))
-      return Status(Code::kInternal,
-                    fmt::format("write {} goes to receiver {}, which rank {} never connected to",
-                                t.index, r, rank_));
-    GroupWrite g;
-    if (w.project >= 0) {
-      if (produced.empty())  // a plan invariant: a projection's writes follow it
-        return Status(Code::kInternal,
-                      fmt::format("write {} of projection {} comes before it in rank {}'s tasks",
-                                  t.index, w.project, rank_));
-      g.src = &staging_region_;
-      g.src_off = w.src_off;
-    } else {
-      if (device && !mirrored_.count(w.src_param)) {
-        // What is queued streams while this shard comes to the host.
-        if (Status fs = release(produced.size(), false, true); !fs) return fs;
-        if (Status s = mirror(w.src_param); !s) return s;
-      }
-      auto it = bound_.find(w.src_param);
-      if (it == bound_.end())
-        return invalid("write {} reads a shard rank {} does not hold", t.index, rank_);
-      g.src = it->second.region;
-      g.src_off = it->second.offset + w.src_off;
-    }
-    g.dst_off = w.dst_off;
-    g.len = w.len;
-    g.has_imm = true;  // peer, descriptor and immediate are bound at submission
-    (w.project >= 0 ? produced.back().writes : direct)
-        .push_back({g, r, w.dest, static_cast<uint8_t>(w.phase)});
-    rep.bytes += w.len;
-    ++rep.writes;
-  }
-  if (Status fs = release(produced.size(), true, false); !fs) return fs;
-  if (Status r = await_ready(); !r) return r;  // a step without writes still waits for it
-  if (device)  // nothing of this step may still read the gather buffer when members refill it
-    if (Status s = cuda_sync(); !s) return s;
-  if (Status s = collective_->finish(deadline); !s)  // pieces this rank sent to its roots
-    return Status(s.code(), fmt::format("trainer rank {} step {}: {}", rank_, step, s.message()));
-  const auto tw = Clock::now();
-  for (uint64_t b : batches)
-    if (Status s = waited(b); !s) return s;
-  rep.write_s = since(tw);
-  rep.mirror_s = mirror_s_;
-  rep.total_s = since(t0);
-  const transport::ProgressStats stats1 = engine_->stats();
-  rep.post_s = static_cast<double>(stats1.post_ns - post0) * 1e-9;
-  for (size_t n = 0; n < stats1.nic_bytes.size(); ++n) {
-    const uint64_t before = n < stats0.nic_bytes.size() ? stats0.nic_bytes[n] : 0;
-    rep.nic_gbps.push_back(static_cast<double>(stats1.nic_bytes[n] - before) / rep.total_s / 1e9);
-  }
-  return rep;
 }
 
 Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(

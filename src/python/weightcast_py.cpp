@@ -148,6 +148,11 @@ PYBIND11_MODULE(weightcast, m) {
       .def_property_readonly("receivers", [](const CtlH& h) { return h.obj.receivers(); })
       .def("plan_report", [](const CtlH& h) { return h.obj.plan_report(); })
       .def(
+          "lost_peers",
+          [](const CtlH& h) { return check(nogil([&] { return h.obj.lost_peers(); })); },
+          "Peers whose current process went away (its rendezvous session closed), as "
+          "'inference 1' / 'trainer 3'; returns at once.")
+      .def(
           "wait_for_peers",
           [](const CtlH& h, double deadline_s) {
             return check(nogil([&] { return h.obj.wait_for_peers(deadline_s); }));

@@ -4,6 +4,7 @@
 //   'P' key value        -> 'O' | 'E' message
 //   'G' key wait_ms(4B)  -> 'V' value | 'N'
 //   'W' key after(8B) wait_ms(4B) -> 'V' value version(8B) | 'N'   (a value put after `after`)
+//   'I' name             -> 'O'    (names the session: its close is recorded under "gone")
 // A put is answered 'O' version(8B). Until the token is presented the connection has
 // limits.handshake_timeout; after it, none (peers idle for minutes between steps stay connected).
 #include "weightcast/transport/rendezvous.h"
@@ -178,6 +179,7 @@ void RendezvousServer::accept_loop() {
 
 void RendezvousServer::serve(int fd) {
   bool authed = false;
+  std::string name;  // what the session said it is ('I'), recorded under "gone" when it closes
   const size_t max_frame = limits_.max_key + limits_.max_value + kFrameOverhead;
   while (!stop_) {
     uint8_t hdr[4];
@@ -257,6 +259,9 @@ void RendezvousServer::serve(int fd) {
         }
       }
       if (!send_frame(fd, found ? reply('V', value) : reply('N'))) break;
+    } else if (op == 'I' && fields(p, 1, f) && f[0].size() <= limits_.max_key) {
+      name.assign(f[0].begin(), f[0].end());
+      if (!send_frame(fd, reply('O'))) break;
     } else {
       reject(
           fmt::format("malformed request (op 0x{:02x}, {} bytes)", static_cast<unsigned>(p[0]), n));
@@ -266,6 +271,16 @@ void RendezvousServer::serve(int fd) {
   std::lock_guard<std::mutex> lk(mu_);
   clients_.erase(fd);
   ::close(fd);
+  if (!name.empty() && !stop_) {
+    Entry& e = kv_["gone"];
+    std::string list(e.value.begin(), e.value.end());
+    list += name + "\n";
+    for (size_t lines = std::count(list.begin(), list.end(), '\n'); lines > kGoneKept; --lines)
+      list.erase(0, list.find('\n') + 1);
+    e.value.assign(list.begin(), list.end());
+    e.version = ++version_;
+    cv_.notify_all();
+  }
 }
 
 Result<std::unique_ptr<RendezvousClient>> RendezvousClient::connect(const std::string& host,
@@ -337,6 +352,13 @@ Result<uint64_t> RendezvousClient::put_versioned(const std::string& key,
     return Status(Code::kRemote,
                   fmt::format("rendezvous {}: unexpected reply to put '{}'", where_, key));
   return get64(f[0].data());
+}
+
+Status RendezvousClient::identify(const std::string& who) {
+  std::vector<uint8_t> m{'I'};
+  put_field(m, bytes(who));
+  auto r = request(m, Clock::now() + std::chrono::seconds(10));
+  return r ? Status::ok() : r.status();
 }
 
 Status RendezvousClient::put(const std::string& key, std::span<const uint8_t> value) {

@@ -102,6 +102,10 @@ class Controller {
   // on every peer (NIC groups must match), the tensor count and bytes the plan gives that rank.
   // Fails naming the peers that did not join before the deadline or that disagree.
   Result<std::vector<PeerInfo>> wait_for_peers(double deadline_s) const;
+  // Peers whose current incarnation went away (its process exited or died: the rendezvous saw
+  // its session close), as "inference 1" / "trainer 3". Returns at once; a dead receiver is
+  // named here without waiting for any deadline.
+  Result<std::vector<std::string>> lost_peers() const;
 
  private:
   struct Impl;

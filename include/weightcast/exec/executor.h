@@ -42,6 +42,40 @@ struct Armed {
 // the map use the push's generation and the incarnation in use).
 using ReadyFn = std::function<Result<std::map<uint32_t, Armed>>()>;
 
+// The mirror stage (kCuda shards on a libfabric without FI_HMEM): every step queues the copies of
+// all host-read shards to their registered host mirror at once, in the order the step first
+// reads them, on a stream of their own; each read waits for its own copy only.
+class ShardMirror {
+ public:
+  struct Copy {
+    void* host;
+    const void* device;
+    uint64_t bytes;
+    std::string name;
+  };
+  using Lookup = std::function<Result<Copy>(int param)>;
+  // `order`: the host-read shards in the order a step first reads them.
+  Status init(int device, std::vector<int> order, std::set<int> host_read, Lookup lookup);
+  // Queues every shard for which `bound` holds (a no-op without init).
+  Status start_step(uint8_t step, const std::function<bool(int)>& bound);
+  // Waits until this step's copy of `param` is on the host (a no-op for other shards, and once
+  // done).
+  Status wait(int param);
+  bool done(int param) const;
+  double seconds() const { return seconds_; }
+
+ private:
+  Status queue(int param);
+  bool enabled_ = false;
+  CopyQueue queue_;
+  std::vector<int> order_;
+  std::map<int, size_t> slot_;
+  std::set<int> host_read_, queued_, done_;
+  Lookup lookup_;
+  uint8_t step_ = 0;
+  double seconds_ = 0;
+};
+
 class TrainerExecutor {
  public:
   ~TrainerExecutor();
@@ -105,8 +139,14 @@ class TrainerExecutor {
 
  private:
   Status connect_receiver(uint32_t receiver, uint32_t incarnation, Clock::time_point deadline);
-  Result<StepReport> push_attempt(uint8_t generation, Clock::time_point deadline,
-                                  uint64_t max_writes, const ReadyFn& ready);
+  // One attempt of push, its pipeline stages owned by small classes of their own (attempt.cpp):
+  // readiness, writes, the projection queue; the mirror stage is mirror_, gathers collective_.
+  class Attempt;
+  class Readiness;
+  class WriteStage;
+  class ProjectionQueue;
+  Result<StepReport> run_attempt(uint8_t generation, Clock::time_point deadline,
+                                 uint64_t max_writes, const ReadyFn& ready);
   // After a failed attempt: drain, then the abort immediates; fenced_ when the drain is not done.
   Status abort_attempt(Clock::time_point deadline);
   // A write built during the attempt, bound to its receiver's connection, descriptor and
@@ -137,13 +177,7 @@ class TrainerExecutor {
   int cuda_device_ = 0;
   std::map<int, std::byte*> device_shard_;
   std::set<int> host_read_;  // shards read on the host (mirrored each step in kCuda mode)
-  std::set<int> mirrored_;   // those already mirrored this step
-  // kCuda: every step queues all host-read shards' copies at once, in the order the step first
-  // reads them, on a stream of their own; mirror(param) waits for its slot.
-  CopyQueue mirror_queue_;
-  std::vector<int> mirror_order_;
-  std::map<int, size_t> mirror_slot_;
-  std::set<int> queued_;  // mirror copies queued this step
+  ShardMirror mirror_;
   // kCuda: one mark per batch of projections queued on the GPU whose writes have not gone out
   // yet.
   static constexpr unsigned kMarks = 4;
@@ -152,14 +186,7 @@ class TrainerExecutor {
   static constexpr size_t kBatchProjects = 16;
   static constexpr int64_t kBatchElems = 4 << 20;
   CopyQueue proj_marks_;
-  uint8_t step_ = 0;     // the generation being pushed (for messages)
-  double mirror_s_ = 0;  // time spent mirroring this step
   Buffer device_arena_, device_staging_, device_gbuf_, scratch_;
-  // kCuda: waits until shard `param`'s copy to its host mirror is done (queued at the start of the
-  // step, so earlier writes stream while later shards are still being copied). A no-op for other
-  // shards and once done.
-  Status mirror(int param);
-  Status queue_mirror(int param);
   Buffer arena_, staging_;  // shards (when the executor allocates them) and the staging areas
   transport::ImmCounters counters_;
   std::unique_ptr<transport::ProgressEngine> engine_;

@@ -14,6 +14,7 @@
 //                          the arm versions it used, put before its first write: a restarted
 //                          trainer never reuses an arm and goes on counting attempts
 //   part/{role}/{rank}     a peer's part of the plan (exec/parts.h)
+//   gone                   sessions that closed, one "role/rank@inc" per line (the server's)
 #pragma once
 
 #include <fmt/format.h>
@@ -46,5 +47,10 @@ inline std::string meta(const char* role, uint32_t rank) {
 }
 inline std::string armed(uint32_t r) { return fmt::format("armed/{}", r); }
 inline std::string arms_used(uint32_t rank) { return fmt::format("used/{}", rank); }
+// The name a peer gives its rendezvous session; the server lists it under "gone" once the
+// session closes (the peer exited or died).
+inline std::string session(const char* role, uint32_t rank, uint32_t inc) {
+  return fmt::format("{}/{}@{}", role, rank, inc);
+}
 
 }  // namespace weightcast::exec::keys

@@ -32,6 +32,7 @@ struct RendezvousLimits {
 
 class RendezvousServer {
  public:
+  static constexpr size_t kGoneKept = 256;
   // Binds `host:port` (port 0 picks a free one).
   static Result<std::unique_ptr<RendezvousServer>> start(const std::string& host, uint16_t port,
                                                          std::string token,
@@ -87,6 +88,10 @@ class RendezvousClient {
   Result<Versioned> get_newer(const std::string& key, uint64_t after, Clock::time_point deadline);
   // Puts and returns the version the server gave the value.
   Result<uint64_t> put_versioned(const std::string& key, std::span<const uint8_t> value);
+  // Names this session (e.g. "inference/1@7"): when it closes (the peer exits or dies), the
+  // server appends the name to the key "gone" (the last kGoneKept names, one per line), so
+  // anyone can learn of a dead peer without waiting for a deadline.
+  Status identify(const std::string& who);
 
  private:
   RendezvousClient() = default;

@@ -211,8 +211,8 @@ class FabricDomain final : public Domain {
       msg.rma_iov_count = 1;
       msg.context = ctx;
       msg.data = op.imm;
-      const ssize_t r =
-          fi_writemsg(ep_, &msg, FI_COMPLETION | (op.has_imm ? FI_REMOTE_CQ_DATA : 0));
+      const ssize_t r = fi_writemsg(
+          ep_, &msg, FI_COMPLETION | FI_DELIVERY_COMPLETE | (op.has_imm ? FI_REMOTE_CQ_DATA : 0));
       if (r == -FI_EAGAIN) {
         free_ctx(ctx);
         break;
