@@ -154,7 +154,7 @@ def test_a_receiver_killed_mid_step_is_named_by_its_senders_within_one_deadline(
     took = time.monotonic() - t0
     assert child.wait(30) == -9  # it really died of SIGKILL
     # Both senders write to it: both fail naming it (a write error, which completions that mean
-    # delivery give at once; their deadline; or its closed rendezvous session).
+    # delivery give at once, or their deadline).
     for s in ("s0", "s1"):
         assert isinstance(res[s], (RuntimeError, TimeoutError)), res[s]
         assert re.search(r"receiver 1\b", str(res[s])), res[s]
