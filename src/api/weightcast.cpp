@@ -101,6 +101,7 @@ std::vector<transport::DomainConfig> nics(const JobConfig& c, uint32_t slot, uin
     d.address = c.backend == "verbs" ? "" : a;
     d.rank = slot;
     d.max_peers = std::max(d.max_peers, peers);
+    d.universe = peers;
     d.faults = c.faults;
     v.push_back(d);
   }

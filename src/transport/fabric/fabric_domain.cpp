@@ -42,6 +42,12 @@ class FabricDomain final : public Domain {
   }
 
   Status open(const DomainConfig& cfg) {
+    // ofi_rxm sizes its receive pools for FI_UNIVERSE_SIZE peers (256 unless set) and touches
+    // them page by page, oldest first: ~80 MB of RSS that grows for thousands of steps before it
+    // is flat. The job knows its size; a user's own setting wins. (Read once per process, when
+    // the first domain opens.)
+    if (cfg.universe > 0)
+      ::setenv("FI_UNIVERSE_SIZE", std::to_string(std::max<uint32_t>(cfg.universe, 16)).c_str(), 0);
     fi_info* hints = fi_allocinfo();
     hints->ep_attr->type = FI_EP_RDM;
     hints->caps = FI_RMA | FI_WRITE | FI_REMOTE_WRITE;
