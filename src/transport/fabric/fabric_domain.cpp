@@ -12,6 +12,7 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 
@@ -48,6 +49,11 @@ class FabricDomain final : public Domain {
     // the first domain opens.)
     if (cfg.universe > 0)
       ::setenv("FI_UNIVERSE_SIZE", std::to_string(std::max<uint32_t>(cfg.universe, 16)).c_str(), 0);
+    if (const char* c = std::getenv("WEIGHTCAST_FI_COMPLETION")) {
+      const std::string v = c;
+      if (v == "transmit") completion_ = FI_TRANSMIT_COMPLETE;
+      if (v == "default") completion_ = 0;  // whatever the provider's default is
+    }
     fi_info* hints = fi_allocinfo();
     hints->ep_attr->type = FI_EP_RDM;
     hints->caps = FI_RMA | FI_WRITE | FI_REMOTE_WRITE;
@@ -218,7 +224,7 @@ class FabricDomain final : public Domain {
       msg.context = ctx;
       msg.data = op.imm;
       const ssize_t r = fi_writemsg(
-          ep_, &msg, FI_COMPLETION | FI_DELIVERY_COMPLETE | (op.has_imm ? FI_REMOTE_CQ_DATA : 0));
+          ep_, &msg, FI_COMPLETION | completion_ | (op.has_imm ? FI_REMOTE_CQ_DATA : 0));
       if (r == -FI_EAGAIN) {
         free_ctx(ctx);
         break;
@@ -292,6 +298,10 @@ class FabricDomain final : public Domain {
   fid_av* av_ = nullptr;
   fid_ep* ep_ = nullptr;
   uint64_t mr_mode_ = 0;
+  // A write's completion means it reached the target (FI_DELIVERY_COMPLETE), as on RC and SRD
+  // NICs; WEIGHTCAST_FI_COMPLETION=transmit|default trades that for speed on providers whose
+  // default is weaker (tcp;ofi_rxm: a write to a dead peer then completes once buffered).
+  uint64_t completion_ = FI_DELIVERY_COMPLETE;
   uint64_t next_key_ = 1;
   uint32_t next_mr_id_ = 1;
   std::map<uint32_t, fid_mr*> mrs_;
