@@ -5,6 +5,7 @@
 
 #include <cstdio>
 
+#include "weightcast/exec/keys.h"
 #include "weightcast/plan/part.h"
 #include "weightcast/plan/plan_json.h"
 
@@ -29,12 +30,12 @@ Status publish_parts(const plan::Plan& whole, transport::RendezvousClient& rdv) 
       !s)
     return s;
   for (uint32_t r = 0; r < whole.senders.size(); ++r)
-    if (Status s = put_chunked(rdv, fmt::format("part/trainer/{}", r),
-                               plan::to_json(plan::trainer_part(whole, r)));
+    if (Status s =
+            put_chunked(rdv, keys::part("trainer", r), plan::to_json(plan::trainer_part(whole, r)));
         !s)
       return s;
   for (uint32_t r = 0; r < whole.receivers.size(); ++r)
-    if (Status s = put_chunked(rdv, fmt::format("part/inference/{}", r),
+    if (Status s = put_chunked(rdv, keys::part("inference", r),
                                plan::to_json(plan::inference_part(whole, r)));
         !s)
       return s;
@@ -44,7 +45,7 @@ Status publish_parts(const plan::Plan& whole, transport::RendezvousClient& rdv) 
 Result<plan::Plan> fetch_part(const std::string& role, uint32_t rank, const std::string& digest,
                               transport::RendezvousClient& rdv,
                               std::chrono::steady_clock::time_point deadline) {
-  const std::string key = fmt::format("part/{}/{}", role, rank);
+  const std::string key = keys::part(role.c_str(), rank);
   auto ranks = rdv.get("plan/ranks", deadline);
   if (!ranks) return ranks.status();
   unsigned long senders = 0, receivers = 0;

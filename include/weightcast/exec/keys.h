@@ -46,6 +46,9 @@ inline std::string meta(const char* role, uint32_t rank) {
   return fmt::format("meta/{}/{}", role, rank);
 }
 inline std::string armed(uint32_t r) { return fmt::format("armed/{}", r); }
+inline std::string part(const char* role, uint32_t rank) {
+  return fmt::format("part/{}/{}", role, rank);
+}
 inline std::string arms_used(uint32_t rank) { return fmt::format("used/{}", rank); }
 // The name a peer gives its rendezvous session; the server lists it under "gone" once the
 // session closes (the peer exited or died).

@@ -3,6 +3,7 @@
 // own), real tcp;ofi_rxm endpoints on loopback. A restarted peer is a new Receiver / Sender
 // object (new incarnation, new endpoints, fresh buffers), as a restarted process would be; the
 // others link to it through the library alone. Every byte is checked against the reference.
+#include <dirent.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -159,6 +160,51 @@ TEST(ApiRestart, ATrainerAndAReceiverRestartedBetweenStepsAndTheJobGoesOn) {
     bad = step_all(j, rs, ss, step);
     ASSERT_TRUE(bad.empty()) << "step " << step << ": " << bad.front();
   }
+}
+
+size_t threads_of_this_process() {
+  size_t n = 0;
+  if (DIR* d = opendir("/proc/self/task")) {
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] != '.') ++n;
+    closedir(d);
+  }
+  return n;
+}
+
+TEST(ApiTeardown, AJobTornDownAfterAFailedStepLeavesNoThreadRunning) {
+  const size_t before = threads_of_this_process();
+  {
+    Job j;
+    ASSERT_TRUE(j.ctl);
+    j.cfg.deadline_s = 3;
+    std::vector<Recv> rs(j.ctl->receivers());
+    std::vector<Send> ss(j.ctl->senders());
+    std::vector<std::future<Status>> f;
+    for (uint32_t r = 0; r < rs.size(); ++r)
+      f.push_back(std::async(std::launch::async, [&, r] { return rs[r].open(j.cfg, r); }));
+    for (uint32_t s = 0; s < ss.size(); ++s)
+      f.push_back(std::async(std::launch::async, [&, s] { return ss[s].open(j.cfg, s); }));
+    for (auto& x : f) ASSERT_TRUE(x.get());
+    ASSERT_TRUE(step_all(j, rs, ss, 1).empty());
+    // Step 2 fails mid-way: receiver 0 never arms, so every push waiting for it and every other
+    // receiver's wait fail at the deadline; then the whole job is torn down, as an exception in
+    // the trainer loop would.
+    rs[0].r.reset();
+    std::vector<std::future<bool>> g;
+    for (uint32_t r = 1; r < rs.size(); ++r)
+      g.push_back(std::async(std::launch::async, [&, r] { return bool(rs[r].r->wait(2)); }));
+    for (uint32_t s = 0; s < ss.size(); ++s)
+      g.push_back(std::async(std::launch::async, [&, s] {
+        ss[s].train(j, s, 2);
+        return bool(ss[s].s->push(2));
+      }));
+    size_t failed = 0;
+    for (auto& x : g) failed += !x.get();
+    EXPECT_GT(failed, 0u);
+  }
+  // Every progress thread, readiness thread and rendezvous server thread is gone.
+  EXPECT_EQ(threads_of_this_process(), before);
 }
 
 }  // namespace
