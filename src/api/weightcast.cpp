@@ -4,10 +4,12 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <set>
 #include <sstream>
@@ -167,9 +169,13 @@ struct Controller::Impl {
 Result<Controller> Controller::start(JobConfig& cfg, const std::string& bind_host) {
   auto j = load_job(cfg, true);
   if (!j) return j.status();
-  if (cfg.token.empty())
-    cfg.token = fmt::format("wc-{:016x}", std::random_device{}() * 2654435761ull ^
-                                              Clock::now().time_since_epoch().count());
+  if (cfg.token.empty()) {  // 128 bits from the kernel's generator
+    uint8_t raw[16];
+    if (::getrandom(raw, sizeof raw, 0) != static_cast<ssize_t>(sizeof raw))
+      return Status(Code::kSystem, fmt::format("getrandom: {}", std::strerror(errno)));
+    cfg.token = "wc-";
+    for (uint8_t b : raw) cfg.token += fmt::format("{:02x}", b);
+  }
   auto s = transport::RendezvousServer::start(bind_host, 0, cfg.token);
   if (!s) return s.status();
   cfg.rendezvous = fmt::format("{}:{}", bind_host, (*s)->port());

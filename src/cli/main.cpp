@@ -6,6 +6,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -258,7 +259,11 @@ int main(int argc, char** argv) {
   rdv_cmd->add_option("--bind", rdv_bind, "Address to listen on")->capture_default_str();
   rdv_cmd->add_option("--port", rdv_port, "TCP port (0 picks a free one and prints it)")
       ->required();
-  rdv_cmd->add_option("--token", rdv_token, "Job token clients must present")->required();
+  std::string rdv_token_file;
+  rdv_cmd->add_option("--token-file", rdv_token_file,
+                      "File holding the job token clients must present (else WEIGHTCAST_TOKEN; "
+                      "a token on the command line would show in ps)");
+  rdv_cmd->add_option("--token", rdv_token, "Job token (prefer --token-file or WEIGHTCAST_TOKEN)");
   rdv_cmd->add_option("--seconds", rdv_seconds,
                       "Stop after this long (default: until SIGINT/SIGTERM)");
 
@@ -359,7 +364,18 @@ int main(int argc, char** argv) {
   }
   if (*plan_cmd) return run_plan(plan_in, plan_pf, json_out, svg_out);
   if (*verify_cmd) return run_verify(verify_in, verify_pf, plan_file, step);
-  if (*rdv_cmd) return run_rendezvous(rdv_bind, rdv_port, rdv_token, rdv_seconds);
+  if (*rdv_cmd) {
+    if (!rdv_token_file.empty()) {
+      std::ifstream f(rdv_token_file);
+      if (!std::getline(f, rdv_token) || rdv_token.empty())
+        return fail(invalid("--token-file {}: no token in it", rdv_token_file));
+    } else if (rdv_token.empty()) {
+      if (const char* t = std::getenv("WEIGHTCAST_TOKEN")) rdv_token = t;
+    }
+    if (rdv_token.empty())
+      return fail(invalid("rendezvous needs a job token: --token-file FILE or WEIGHTCAST_TOKEN"));
+    return run_rendezvous(rdv_bind, rdv_port, rdv_token, rdv_seconds);
+  }
   if (*worker_cmd) return cli::run_worker(worker);
   if (*demo_cmd) {
     demo.self = std::filesystem::canonical("/proc/self/exe").string();

@@ -88,6 +88,9 @@ Status HostCollective::link(const char* role, uint32_t r, uint32_t incarnation,
   if (!desc) return desc.status();
   auto region = transport::RemoteRegion::parse(*desc);
   if (!region) return region.status();
+  if (region->per_nic.size() != engine_->nics())
+    return invalid("gather {} {} published its buffer with {} NIC key(s); this job has {}", role, r,
+                   region->per_nic.size(), engine_->nics());
   const Link& l = into[r] = Link{*peer, *region, incarnation};
   if (both_ends_) return Status::ok();  // connected already; nothing to warm up
   // Warm the connection up (the first write to a peer pays for its set-up).

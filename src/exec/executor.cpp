@@ -292,9 +292,16 @@ Status TrainerExecutor::connect_receiver(uint32_t r, uint32_t incarnation,
   for (uint32_t d = 0; d < plan_.dests.size(); ++d) {
     if (plan_.dests[d].receiver != r) continue;
     auto it = tensors->find(plan::global_dest(plan_, d));
-    if (it == tensors->end() || it->second.len < plan_.dests[d].bytes)
-      return invalid("receiver {} published no (or a too small) buffer for '{}'", r,
-                     plan_.dest_names[plan_.dests[d].param]);
+    const std::string name = fmt::format("'{}'{}", plan_.dest_names[plan_.dests[d].param],
+                                         plan_.dests[d].scale ? " (scales)" : "");
+    if (it == tensors->end()) return invalid("receiver {} published no descriptor for {}", r, name);
+    // What a peer sends is checked before anything is written with it.
+    if (it->second.len != plan_.dests[d].bytes)
+      return invalid("receiver {} published {} as {} bytes; the plan says {}", r, name,
+                     it->second.len, plan_.dests[d].bytes);
+    if (it->second.per_nic.size() != engine_->nics())
+      return invalid("receiver {} published {} with {} NIC key(s); this job has {} NIC(s) per peer",
+                     r, name, it->second.per_nic.size(), engine_->nics());
     mine[d] = it->second;
   }
   receivers_[r] = Target{*peer, std::move(mine), incarnation};

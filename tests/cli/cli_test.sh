@@ -45,5 +45,10 @@ json.dump(p, open(sys.argv[2], "w"))
 PY
 check verify-tampered 1 "FAILED: verify failed: byte written 0 times: replica" -- "$wc" verify -b llama-3.1-8b --scale 32 --plan "$tmp/t.json"
 check strict-gathers 2 "forbids a cross-host gather" -- "$wc" plan -b deepseek-v3 --intra-node-gathers-only
+check rendezvous-no-token 2 "needs a job token: --token-file FILE or WEIGHTCAST_TOKEN" -- \
+  env -u WEIGHTCAST_TOKEN "$wc" rendezvous --port 0 --seconds 1
+echo tok > "$tmp/token"
+check rendezvous-token-file 0 "rendezvous listening on 127.0.0.1:" -- \
+  "$wc" rendezvous --port 0 --seconds 0.2 --token-file "$tmp/token"
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -89,7 +89,8 @@ struct WaitStats {
 class Controller {
  public:
   // Loads and plans the job, starts the rendezvous on an ephemeral port of `bind_host` and writes
-  // its host:port into job.rendezvous (and a token if job.token is empty).
+  // its host:port into job.rendezvous (and, if job.token is empty, a 128-bit token from
+  // getrandom(2): hand it to peers through a file or the environment, never a command line).
   static Result<Controller> start(JobConfig& job, const std::string& bind_host = "127.0.0.1");
   Controller(Controller&&) noexcept;
   Controller& operator=(Controller&&) noexcept;

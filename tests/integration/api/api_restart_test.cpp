@@ -7,13 +7,17 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <functional>
 #include <future>
 #include <thread>
 
 #include "weightcast/api/weightcast.h"
+#include "weightcast/exec/binding.h"
+#include "weightcast/exec/keys.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/verify.h"
 #include "weightcast/spec/layout.h"
+#include "weightcast/transport/rendezvous.h"
 
 namespace weightcast::api {
 namespace {
@@ -159,6 +163,52 @@ TEST(ApiRestart, ATrainerAndAReceiverRestartedBetweenStepsAndTheJobGoesOn) {
   for (uint64_t step = 4; step <= 5; ++step) {
     bad = step_all(j, rs, ss, step);
     ASSERT_TRUE(bad.empty()) << "step " << step << ": " << bad.front();
+  }
+}
+
+// A token holder overwrites receiver 0's tensor descriptors: a sender refuses them by name when
+// it prepares, before anything is written with them, and nothing crashes.
+TEST(ApiTrust, TamperedDescriptorsAreRefusedNamingTheTensor) {
+  Job j;
+  ASSERT_TRUE(j.ctl);
+  j.cfg.deadline_s = 10;
+  std::vector<Recv> rs(j.ctl->receivers());
+  for (uint32_t r = 0; r < rs.size(); ++r) ASSERT_TRUE(rs[r].open(j.cfg, r));
+  const std::string host = j.cfg.rendezvous.substr(0, j.cfg.rendezvous.rfind(':'));
+  const auto port = static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(host.size() + 1)));
+  auto rdv = transport::RendezvousClient::connect(
+      host, port, j.cfg.token, std::chrono::steady_clock::now() + std::chrono::seconds(10));
+  ASSERT_TRUE(rdv);
+  const auto soon = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto inc = (*rdv)->get(exec::keys::incarnation("inference", 0), soon);
+  ASSERT_TRUE(inc);
+  const auto k = static_cast<uint32_t>(std::stoul(std::string(inc->begin(), inc->end())));
+  auto blob = (*rdv)->get(exec::keys::receiver_tensors(0, k), soon);
+  ASSERT_TRUE(blob);
+  auto good = exec::parse_descriptors(*blob);
+  ASSERT_TRUE(good);
+  // Which trainer writes to receiver 0.
+  uint32_t writer = 0;
+  for (const plan::Write& w : j.plan.writes)
+    if (j.plan.dests[w.dest].receiver == 0) writer = w.sender;
+  struct Case {
+    const char* what;
+    std::function<void(transport::RemoteRegion&)> tamper;
+  };
+  for (const Case& c :
+       std::vector<Case>{{"NIC key(s)", [](transport::RemoteRegion& r) { r.per_nic.clear(); }},
+                         {"bytes; the plan says", [](transport::RemoteRegion& r) {
+                            r.len += 64;
+                            for (auto& n : r.per_nic) n.len += 64;
+                          }}}) {
+    std::vector<std::pair<uint32_t, transport::RemoteRegion>> bad(good->begin(), good->end());
+    for (auto& [id, region] : bad) c.tamper(region);
+    ASSERT_TRUE((*rdv)->put(exec::keys::receiver_tensors(0, k), exec::serialize_descriptors(bad)));
+    Send s;
+    Status st = s.open(j.cfg, writer);
+    ASSERT_FALSE(st) << c.what;
+    EXPECT_NE(st.message().find(c.what), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("receiver 0"), std::string::npos) << st.message();
   }
 }
 
