@@ -89,13 +89,13 @@ class Domain {
 };
 
 struct DomainConfig {
-  std::string backend = "fabric";    // "fabric" or "verbs"
-  std::string provider = "tcp";      // libfabric provider name, or verbs device name
-  std::string address;               // local IP to bind (fabric), empty: the provider's default
-  int port = 1;                      // verbs
-  int gid_index = -1;                // verbs: -1 picks the first RoCE v2 IPv4 GID, else index 0
-  uint32_t rank = 0;                 // verbs: this process's index among its peers (QP slot)
-  uint32_t max_peers = 16;           // verbs: RC QPs created up front, one per peer slot
+  std::string backend = "fabric";  // "fabric" or "verbs"
+  std::string provider = "tcp";    // libfabric provider name, or verbs device name
+  std::string address;             // local IP to bind (fabric), empty: the provider's default
+  int port = 1;                    // verbs
+  int gid_index = -1;              // verbs: -1 picks the first RoCE v2 IPv4 GID, else index 0
+  uint32_t rank = 0;               // verbs: this process's index among its peers (QP slot)
+  uint32_t max_peers = 16;         // verbs: RC QPs created up front, one per peer slot
   uint32_t universe = 0;  // fabric: peers of the job (FI_UNIVERSE_SIZE unless set); 0: default
   uint64_t max_write = 16ull << 20;  // longer NIC shards go as several writes (also capped by
                                      // the provider's max_msg); the immediate rides the last
