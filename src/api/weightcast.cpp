@@ -144,6 +144,28 @@ Result<Incarnation> incarnation_of(transport::RendezvousClient& rdv, const char*
   }
 }
 
+// The incarnations the listed ranks of `role` run now, indexed by rank (0 for ranks not listed);
+// `versions` (optional) gets the version each was published under. `who` names the asking peer.
+template <typename Ranks>
+Result<std::vector<uint32_t>> incarnations_of(transport::RendezvousClient& rdv, const char* role,
+                                              const Ranks& ranks, Clock::time_point deadline,
+                                              const std::string& who,
+                                              std::map<uint32_t, uint64_t>* versions = nullptr) {
+  std::vector<uint32_t> out;
+  for (uint32_t r : ranks) {
+    auto k = incarnation_of(rdv, role, r, deadline);
+    if (!k)
+      return Status(k.status().code(),
+                    fmt::format("{}: {} {} never published: {}", who,
+                                std::string(role) == "inference" ? "receiver" : role, r,
+                                k.status().message()));
+    out.resize(std::max<size_t>(out.size(), r + 1), 0);
+    out[r] = k->value;
+    if (versions) (*versions)[r] = k->version;
+  }
+  return out;
+}
+
 TensorInfo info(const std::string& name, bool scales, core::DType dt, const core::Shape& s) {
   TensorInfo t{name, scales, std::string(core::dtype_name(dt)), {}, 0};
   for (int i = 0; i < s.nd; ++i) t.shape.push_back(s[i]);
@@ -377,15 +399,9 @@ Status Sender::prepare() {
   Impl& m = *impl_;
   const auto deadline = in_s(m.job->cfg.deadline_s);
   // Link to every peer as it runs now (any of them may have restarted before this one).
-  std::vector<uint32_t> recv_inc, trainer_inc;
-  for (uint32_t r : m.receivers) {
-    auto k = incarnation_of(*m.rdv, "inference", r, deadline);
-    if (!k)
-      return Status(k.status().code(), fmt::format("trainer {}: receiver {} never published: {}",
-                                                   m.rank, r, k.status().message()));
-    recv_inc.resize(std::max<size_t>(recv_inc.size(), r + 1), 0);
-    recv_inc[r] = k->value;
-  }
+  const std::string me = fmt::format("trainer {}", m.rank);
+  auto recv_inc = incarnations_of(*m.rdv, "inference", m.receivers, deadline, me);
+  if (!recv_inc) return recv_inc.status();
   std::set<uint32_t> peers;  // trainers this rank gathers with
   for (const plan::Gather& g : m.job->plan.gathers) {
     bool in = g.root == m.rank;
@@ -395,16 +411,9 @@ Status Sender::prepare() {
     for (const auto& p : g.pieces) peers.insert(p.rank);
   }
   peers.erase(m.rank);
-  for (uint32_t t : peers) {
-    auto k = incarnation_of(*m.rdv, "trainer", t, deadline);
-    if (!k)
-      return Status(k.status().code(), fmt::format("trainer {}: trainer {} never published: {}",
-                                                   m.rank, t, k.status().message()));
-    trainer_inc.resize(std::max<size_t>(trainer_inc.size(), t + 1), 0);
-    trainer_inc[t] = k->value;
-    m.gather_peers[t] = k->version;
-  }
-  return m.ex->prepare(deadline, recv_inc, trainer_inc);
+  auto trainer_inc = incarnations_of(*m.rdv, "trainer", peers, deadline, me, &m.gather_peers);
+  if (!trainer_inc) return trainer_inc.status();
+  return m.ex->prepare(deadline, *recv_inc, *trainer_inc);
 }
 
 Result<PushStats> Sender::push(uint64_t step) {
@@ -562,14 +571,10 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
   // Transports whose targets connect too (verbs): to every sender as it runs now, before
   // arming (a no-op once connected, and on libfabric).
   if (m.rc->connects_both_ends()) {
-    std::vector<uint32_t> inc;
-    for (uint32_t s : m.senders) {
-      auto k = incarnation_of(*m.rdv, "trainer", s, deadline);
-      if (!k) return k.status();
-      inc.resize(std::max<size_t>(inc.size(), s + 1), 0);
-      inc[s] = k->value;
-    }
-    if (Status s = m.rc->connect_senders(inc, deadline); !s) return s;
+    auto inc = incarnations_of(*m.rdv, "trainer", m.senders, deadline,
+                               fmt::format("receiver {}", m.index));
+    if (!inc) return inc.status();
+    if (Status s = m.rc->connect_senders(*inc, deadline); !s) return s;
   }
   // A fresh generation for every attempt: writes of earlier attempts (late, or of a sender that
   // died) are stale from here on.

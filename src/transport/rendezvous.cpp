@@ -390,9 +390,12 @@ Result<RendezvousClient::Versioned> RendezvousClient::get_newer(const std::strin
     }
     if (Clock::now() >= deadline)
       return Status(Code::kTimeout,
-                    fmt::format("rendezvous {}: no value of '{}' newer than version {} before the "
-                                "deadline",
-                                where_, key, after));
+                    after == 0 ? fmt::format("rendezvous {}: key '{}' not published before the "
+                                             "deadline",
+                                             where_, key)
+                               : fmt::format("rendezvous {}: no value of '{}' newer than version "
+                                             "{} before the deadline",
+                                             where_, key, after));
   }
 }
 
@@ -402,23 +405,9 @@ Status RendezvousClient::put(const std::string& key, const std::string& value) {
 
 Result<std::vector<uint8_t>> RendezvousClient::get(const std::string& key,
                                                    Clock::time_point deadline) {
-  while (true) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    std::vector<uint8_t> m{'G'};
-    put_field(m, bytes(key));
-    std::vector<uint8_t> w;
-    put32(w, static_cast<uint32_t>(std::clamp<int64_t>(left, 0, 30000)));
-    put_field(m, w);
-    auto r = request(m, deadline);
-    if (!r) return r.status();
-    std::vector<std::span<const uint8_t>> f;
-    if ((*r)[0] == 'V' && fields(*r, 1, f)) return std::vector<uint8_t>(f[0].begin(), f[0].end());
-    if (Clock::now() >= deadline)
-      return Status(
-          Code::kTimeout,
-          fmt::format("rendezvous {}: key '{}' not published before the deadline", where_, key));
-  }
+  auto v = get_newer(key, 0, deadline);  // any value is newer than version 0
+  if (!v) return v.status();
+  return std::move(v->value);
 }
 
 }  // namespace weightcast::transport

@@ -226,7 +226,6 @@ class InferenceReceiver {
   // sets its incarnation first, so senders can tell its new descriptors from the old ones.
   Status publish();
   void set_incarnation(uint32_t k) { incarnation_ = k; }
-  uint32_t incarnation() const { return incarnation_; }
   // Whether connect_senders() has work to do (verbs RC).
   bool connects_both_ends() const { return both_ends_; }
   // Arrivals of older generations dropped so far (writes of aborted attempts landing late).
