@@ -17,6 +17,7 @@
 #include "weightcast/exec/executor.h"
 #include "weightcast/exec/keys.h"
 #include "weightcast/exec/parts.h"
+#include "weightcast/plan/check.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
@@ -55,6 +56,9 @@ Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg, bool whole_plan) {
         "plan file {} was made for inputs {}, but these specs give {}: re-run `weightcast plan "
         "--json` on them",
         cfg.plan_file, p->inputs_digest, plan::digest_inputs(*in));
+  if (!cfg.plan_file.empty())  // a file may have been edited: every offset against the specs
+    if (Status st = plan::check_plan(*in, *p); !st)
+      return Status(st.code(), fmt::format("plan file {}: {}", cfg.plan_file, st.message()));
   auto j = std::make_unique<Job>();
   j->cfg = cfg;
   j->in = std::move(in).value();
@@ -66,13 +70,26 @@ Result<std::unique_ptr<transport::RendezvousClient>> join(Job& j, const char* ro
   const auto colon = j.cfg.rendezvous.rfind(':');
   if (colon == std::string::npos)
     return invalid("JobConfig.rendezvous '{}' is not host:port", j.cfg.rendezvous);
+  // A peer's session may write only its own keys: it presents its peer token (given, or derived
+  // from the job token it was given).
+  const std::string me = exec::keys::identity(role, rank);
+  std::string token = j.cfg.token;
+  if (token.rfind("wcp1:", 0) == 0) {
+    const std::string whose = token.substr(5, token.rfind(':') - 5);
+    if (whose != me)
+      return invalid("JobConfig.token is the peer token of {}, but this is {}", whose, me);
+  } else {
+    token = transport::peer_token(token, me);
+  }
   auto c = transport::RendezvousClient::connect(
       j.cfg.rendezvous.substr(0, colon),
-      static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(colon + 1))), j.cfg.token,
+      static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(colon + 1))), token,
       in_s(j.cfg.deadline_s));
   if (!c) return c.status();
   auto part = exec::fetch_part(role, rank, plan::digest_inputs(j.in), **c, in_s(j.cfg.deadline_s));
   if (!part) return part.status();
+  if (Status st = plan::check_plan(j.in, *part); !st)
+    return Status(st.code(), fmt::format("{} {}'s part of the plan: {}", role, rank, st.message()));
   j.plan = std::move(part).value();
   return c;
 }
@@ -222,6 +239,9 @@ uint32_t Controller::senders() const {
 uint32_t Controller::receivers() const {
   return static_cast<uint32_t>(impl_->job->plan.receivers.size());
 }
+std::string Controller::peer_token(const std::string& role, uint32_t rank) const {
+  return transport::peer_token(impl_->job->cfg.token, exec::keys::identity(role.c_str(), rank));
+}
 std::string Controller::plan_report() const { return plan::report(impl_->job->plan, "job"); }
 
 Result<std::vector<std::string>> Controller::lost_peers() const {
@@ -348,10 +368,15 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   if (Status s = impl->rdv->identify(exec::keys::session("trainer", rank, impl->incarnation)); !s)
     return s;
   if (Status s = impl->ex->publish(); !s) return s;  // peers may prepare before this one does
+  const auto before = incarnation_of(*impl->rdv, "trainer", rank, Clock::now());
   if (Status s = impl->rdv->put(exec::keys::incarnation("trainer", rank),
                                 std::to_string(impl->incarnation));
       !s)
     return s;
+  if (before && before->value != impl->incarnation) {  // the dead predecessor's keys
+    (void)impl->rdv->del(exec::keys::sender_address(rank, before->value));
+    (void)impl->rdv->del(exec::keys::gather_buffer(rank, before->value));
+  }
   // A predecessor of this rank (before a restart) may have written under these arms.
   if (auto u = impl->rdv->get(exec::keys::arms_used(rank), Clock::now()); u) {
     std::istringstream is(std::string(u->begin(), u->end()));
@@ -560,9 +585,17 @@ Status Receiver::register_tensor(const std::string& name, void* data, uint64_t b
 }
 Status Receiver::publish() {
   if (Status s = impl_->rc->publish(); !s) return s;
+  const auto before = incarnation_of(*impl_->rdv, "inference", impl_->index, Clock::now());
   // Last: a sender that sees this incarnation finds its address and descriptors published.
-  return impl_->rdv->put(exec::keys::incarnation("inference", impl_->index),
-                         std::to_string(impl_->incarnation));
+  if (Status s = impl_->rdv->put(exec::keys::incarnation("inference", impl_->index),
+                                 std::to_string(impl_->incarnation));
+      !s)
+    return s;
+  if (before && before->value != impl_->incarnation) {  // the dead predecessor's keys
+    (void)impl_->rdv->del(exec::keys::receiver_address(impl_->index, before->value));
+    (void)impl_->rdv->del(exec::keys::receiver_tensors(impl_->index, before->value));
+  }
+  return Status::ok();
 }
 
 Result<WaitStats> Receiver::wait(uint64_t step) {

@@ -123,11 +123,12 @@ api::JobConfig job_config(const DemoOptions& o, const std::string& rdv, const st
 // never accumulated, so a 1000-step job keeps the rendezvous flat; readers wait for a version
 // newer than the last they saw.
 constexpr const char* kRound = "demo/round";
+// Workers write under their own identity (their peer token allows nothing else).
 std::string report_key(const std::string& role, size_t i) {
-  return fmt::format("demo/report/{}/{}", role, i);
+  return fmt::format("{}/{}/demo/report", role, i);
 }
 std::string joined_key(const std::string& role, size_t i) {
-  return fmt::format("demo/joined/{}/{}", role, i);
+  return fmt::format("{}/{}/demo/joined", role, i);
 }
 
 // Waits for `key`'s value for `round` (skipping older rounds' values).
@@ -374,7 +375,9 @@ struct Driver {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 1);
       dup2(fd, 2);
-      ::setenv("WEIGHTCAST_TOKEN", token.c_str(), 1);
+      // Only this worker's credential: it may write its own keys, no other rank's.
+      ::setenv("WEIGHTCAST_TOKEN",
+               transport::peer_token(token, role + "/" + std::to_string(i)).c_str(), 1);
       if (!die_in_push.empty()) ::setenv("WEIGHTCAST_DEBUG_DIE_IN_PUSH", die_in_push.c_str(), 1);
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

@@ -29,6 +29,8 @@ constexpr const char* kDefaultConfig = "kimi-k2";
 struct InputFlags {
   std::string trainer, inference, topology, builtin;
   int64_t scale = 1;
+  int64_t max_params = spec::ParseOptions{}.max_params;
+  bool allow_unused = false;
 
   void add(CLI::App* app, int64_t default_scale) {
     scale = default_scale;
@@ -48,10 +50,21 @@ struct InputFlags {
            "size by this factor; layouts (mesh, experts, layers) stay as they are")
         ->capture_default_str()
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    app->add_option("--max-params", max_params,
+                    "Refuse specs with more parameters than this, after \"for\" expansion (a "
+                    "bound on what a spec may cost to plan; each spec's tensors are also capped "
+                    "at 64 TiB)")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 26));
+    app->add_flag("--allow-unused", allow_unused,
+                  "Accept trainer parameters that no inference tensor consumes (otherwise an "
+                  "error naming them)");
   }
 
   Result<spec::Inputs> load(std::string& title) const {
-    const spec::ParseOptions opts{scale};
+    spec::ParseOptions opts{scale};
+    opts.max_params = max_params;
+    opts.allow_unused = allow_unused;
     const bool any_file = !trainer.empty() || !inference.empty() || !topology.empty();
     if (any_file) {
       if (!builtin.empty())
@@ -276,9 +289,13 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--steps", demo.steps, "Training steps to push")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
-  demo_cmd->add_option("--replicas", demo.replicas, "Inference replicas (2 processes each)")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 4));
+  CLI::Option* replicas_opt =
+      demo_cmd
+          ->add_option("--replicas", demo.replicas,
+                       "Inference replicas of the built-in config (2 processes each); with spec "
+                       "files, their inference spec says")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 4));
   demo_cmd->add_option("--nics", demo.nics, "NICs per process (loopback endpoints 127.0.0.1..N)")
       ->capture_default_str()
       ->check(CLI::Range(1, 4));
@@ -398,6 +415,10 @@ int main(int argc, char** argv) {
       demo.topology = (dir / "topology.json").string();
     } else if (demo.trainer.empty() || demo.inference.empty() || demo.topology.empty()) {
       return fail(invalid("--trainer, --inference and --topology go together"));
+    } else if (replicas_opt->count() > 0) {
+      return fail(
+          invalid("--replicas applies to the built-in config only; with -t/-i/-c the "
+                  "inference spec's \"replicas\" decide"));
     }
     const int rc = cli::run_demo(demo);
     if (!dir.empty()) std::filesystem::remove_all(dir);

@@ -25,8 +25,8 @@ Status put_chunked(transport::RendezvousClient& rdv, const std::string& key,
 }  // namespace
 
 Status publish_parts(const plan::Plan& whole, transport::RendezvousClient& rdv) {
-  if (Status s =
-          rdv.put("plan/ranks", fmt::format("{} {}", whole.senders.size(), whole.receivers.size()));
+  if (Status s = rdv.put(keys::kPlanRanks,
+                         fmt::format("{} {}", whole.senders.size(), whole.receivers.size()));
       !s)
     return s;
   for (uint32_t r = 0; r < whole.senders.size(); ++r)
@@ -39,14 +39,14 @@ Status publish_parts(const plan::Plan& whole, transport::RendezvousClient& rdv) 
                                plan::to_json(plan::inference_part(whole, r)));
         !s)
       return s;
-  return rdv.put("plan/digest", whole.inputs_digest);
+  return rdv.put(keys::kPlanDigest, whole.inputs_digest);
 }
 
 Result<plan::Plan> fetch_part(const std::string& role, uint32_t rank, const std::string& digest,
                               transport::RendezvousClient& rdv,
                               std::chrono::steady_clock::time_point deadline) {
   const std::string key = keys::part(role.c_str(), rank);
-  auto ranks = rdv.get("plan/ranks", deadline);
+  auto ranks = rdv.get(keys::kPlanRanks, deadline);
   if (!ranks) return ranks.status();
   unsigned long senders = 0, receivers = 0;
   if (std::sscanf(std::string(ranks->begin(), ranks->end()).c_str(), "%lu %lu", &senders,

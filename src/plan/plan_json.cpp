@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "weightcast/plan/check.h"
+
 namespace weightcast::plan {
 
 using nlohmann::json;
@@ -290,10 +292,10 @@ Result<Plan> from_json(const std::string& text) {
       auto dt = core::parse_dtype(r[3].get<std::string>());
       if (!dt) bad(path, "unknown dtype");
       d.dtype = *dt;
-      for (const auto& e : arr(r[4], path)) d.shape.d[d.shape.nd++] = i64(e, path, 0, INT64_MAX);
-      d.bytes = u(r[5], path);
-      if (d.bytes != static_cast<uint64_t>(d.shape.numel()) * core::dtype_size(d.dtype))
-        bad(path, "bytes do not match shape");
+      if (arr(r[4], path).size() > core::kMaxDims)
+        bad(path, fmt::format("more than {} dims", core::kMaxDims));
+      for (const auto& e : r[4]) d.shape.d[d.shape.nd++] = i64(e, path, 0, INT64_MAX);
+      d.bytes = u(r[5], path);  // checked against the shape by check_plan, overflow-safe
       p.dests.push_back(d);
     }
     const json& gs = arr(at(j, "gathers", ""), "gathers");
@@ -404,9 +406,12 @@ Result<Plan> from_json(const std::string& text) {
       }
   } catch (const LoadError& e) {
     return Status(Code::kInvalidArgument, e.what());
+  } catch (const std::bad_alloc&) {
+    return Status(Code::kInvalidArgument, "plan: too large to load");
   } catch (const json::exception& e) {
     return Status(Code::kInvalidArgument, fmt::format("plan: {}", e.what()));
   }
+  if (Status st = check_plan(p); !st) return st;
   return p;
 }
 

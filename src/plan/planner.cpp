@@ -31,6 +31,8 @@ struct Assigned {
   uint16_t phase = 0;
 };
 
+struct TooManyWrites {};
+
 struct Planner {
   const spec::Inputs& in;
   const Options& opts;
@@ -300,6 +302,7 @@ Status Planner::emit() {
       rv.expected_imms[w.phase] += 1;
       rv.bytes_in += w.len;
       snd.bytes_out += w.len;
+      if (plan.writes.size() >= opts.max_writes) throw TooManyWrites{};
       snd.tasks.push_back({Task::Op::kWrite, static_cast<uint32_t>(plan.writes.size())});
       plan.writes.push_back(w);
     };
@@ -433,7 +436,25 @@ std::string digest_inputs(const spec::Inputs& in) {
   return fmt::format("fnv1a64:{:016x}", h);
 }
 
+static Result<Plan> plan_unguarded(const spec::Inputs& in, const Options& options);
+
+// Planning is bounded (Options.max_writes; the specs' own limits) and never aborts on memory.
 Result<Plan> make_plan(const spec::Inputs& in, const Options& options) {
+  try {
+    return plan_unguarded(in, options);
+  } catch (const TooManyWrites&) {
+    return invalid(
+        "the plan needs more than {} writes (Options.max_writes): raise "
+        "max_write_bytes, or the limit for a deliberately huge job",
+        options.max_writes);
+  } catch (const std::bad_alloc&) {
+    return invalid(
+        "planning ran out of memory: the specs describe more than this process can "
+        "plan");
+  }
+}
+
+static Result<Plan> plan_unguarded(const spec::Inputs& in, const Options& options) {
   if (options.max_write_bytes == 0) return invalid("max write size must be positive");
   Options opts = options;
   if (opts.gather_cost_us < 0) {  // the topology's: the costliest trainer host's

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "units.h"
+#include "weightcast/plan/check.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/project.h"
 #include "weightcast/plan/verify.h"
@@ -241,6 +242,7 @@ Result<VerifyResult> verify_plan(const spec::Inputs& in, const Plan& plan, uint6
   if (plan.senders.size() != static_cast<size_t>(in.trainer.mesh.size()))
     return invalid("plan has {} senders, trainer mesh has {}", plan.senders.size(),
                    in.trainer.mesh.size());
+  if (Status st = check_plan(in, plan); !st) return st;  // nothing out of range is replayed
   Replayer rp{in, plan, step, {}, {}, {}, {}, {}};
   try {
     rp.run();

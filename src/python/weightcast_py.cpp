@@ -148,6 +148,14 @@ PYBIND11_MODULE(weightcast, m) {
       .def_property_readonly("receivers", [](const CtlH& h) { return h.obj.receivers(); })
       .def("plan_report", [](const CtlH& h) { return h.obj.plan_report(); })
       .def(
+          "peer_token",
+          [](const CtlH& h, const std::string& role, uint32_t rank) {
+            return h.obj.peer_token(role, rank);
+          },
+          py::arg("role"), py::arg("rank"),
+          "The credential to give peer (role, rank) as JobConfig.token instead of the job token: "
+          "its rendezvous session may write only that peer's own keys.")
+      .def(
           "lost_peers",
           [](const CtlH& h) { return check(nogil([&] { return h.obj.lost_peers(); })); },
           "Peers whose current process went away (its rendezvous session closed), as "

@@ -69,6 +69,38 @@ std::string substitute(const std::string& tmpl, const Vars& vars, const std::str
   return out;
 }
 
+namespace {
+
+using Ranges = std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>>;
+
+// The validated ranges of a "for" object and how many entries they make (capped at 2^40, so a
+// product of huge ranges cannot overflow).
+Ranges ranges_of(const json& for_obj, const std::string& fpath, int64_t& total) {
+  require_object(for_obj, fpath);
+  Ranges ranges;
+  total = 1;
+  for (auto it = for_obj.begin(); it != for_obj.end(); ++it) {
+    const std::string p = child(fpath, it.key().c_str());
+    const json& r = require_array(it.value(), p);
+    if (r.size() != 2) fail(p, fmt::format("expected [first, end), got {} values", r.size()));
+    const int64_t lo = get_int(r[0], child(p, size_t{0}), 0, 1 << 30);
+    const int64_t hi = get_int(r[1], child(p, size_t{1}), lo, 1 << 30);
+    ranges.push_back({it.key(), {lo, hi}});
+    constexpr int64_t kCap = int64_t{1} << 40;
+    total = hi == lo ? 0 : total > kCap / (hi - lo) ? kCap : total * (hi - lo);
+  }
+  return ranges;
+}
+
+}  // namespace
+
+int64_t expansion_size(const json* for_obj, const std::string& path) {
+  if (!for_obj) return 1;
+  int64_t total = 0;
+  ranges_of(*for_obj, child(path, "for"), total);
+  return total;
+}
+
 void expand(const json* for_obj, const std::string& path, int64_t limit,
             const std::function<void(const Vars&)>& fn) {
   if (!for_obj) {
@@ -76,20 +108,10 @@ void expand(const json* for_obj, const std::string& path, int64_t limit,
     return;
   }
   const std::string fpath = child(path, "for");
-  require_object(*for_obj, fpath);
-  std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> ranges;
-  int64_t total = 1;
-  for (auto it = for_obj->begin(); it != for_obj->end(); ++it) {
-    const std::string p = child(fpath, it.key().c_str());
-    const json& r = require_array(it.value(), p);
-    if (r.size() != 2) fail(p, fmt::format("expected [first, end), got {} values", r.size()));
-    const int64_t lo = get_int(r[0], child(p, size_t{0}), 0, 1 << 30);
-    const int64_t hi = get_int(r[1], child(p, size_t{1}), lo, 1 << 30);
-    ranges.push_back({it.key(), {lo, hi}});
-    total *= std::max<int64_t>(1, hi - lo);
-    if (total > limit) fail(fpath, fmt::format("expands to more than {} entries", limit));
-    if (hi == lo) return;  // empty range: no entries
-  }
+  int64_t total = 0;
+  const Ranges ranges = ranges_of(*for_obj, fpath, total);
+  if (total > limit) fail(fpath, fmt::format("expands to more than {} entries", limit));
+  if (total == 0) return;  // an empty range: no entries
   Vars vars;
   for (auto& [k, r] : ranges) vars[k] = r.first;
   while (true) {

@@ -14,6 +14,8 @@ using Vars = std::map<std::string, int64_t>;
 
 std::string substitute(const std::string& tmpl, const Vars& vars, const std::string& path);
 
+// How many entries a "for" expands to (1 without one), capped at 2^40; validates the ranges.
+int64_t expansion_size(const json* for_obj, const std::string& path);
 // Calls fn once per assignment of the "for" ranges (once with no vars when `for_obj` is null).
 // Throws when the expansion would exceed `limit` entries.
 void expand(const json* for_obj, const std::string& path, int64_t limit,

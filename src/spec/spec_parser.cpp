@@ -41,6 +41,36 @@ Dims parse_dims(const json& root, const std::string& path, int64_t scale) {
   return dims;
 }
 
+// Counts a spec's parameters and bytes against ParseOptions' bounds, before anything is built.
+struct Budget {
+  const ParseOptions& opts;
+  int64_t params = 0;
+  uint64_t bytes = 0;
+  // `n` more tensors of `shape` and `dt`, declared at `path`.
+  void take(const std::string& path, int64_t n, const Shape& shape, core::DType dt) {
+    uint64_t one = core::dtype_size(dt);
+    for (int i = 0; i < shape.nd; ++i)
+      if (__builtin_mul_overflow(one, static_cast<uint64_t>(shape[i]), &one) ||
+          one > opts.max_bytes)
+        fail(child(path, "shape"),
+             fmt::format("a tensor of shape {} is larger than the spec limit of {} bytes "
+                         "(ParseOptions.max_bytes)",
+                         shape.str(), opts.max_bytes));
+    if (n > opts.max_params - params)
+      fail(path, fmt::format("{} more parameters would pass the limit of {} per spec "
+                             "(ParseOptions.max_params, --max-params)",
+                             n, opts.max_params));
+    params += n;
+    uint64_t all = 0;
+    if (__builtin_mul_overflow(one, static_cast<uint64_t>(n), &all) ||
+        all > opts.max_bytes - std::min(bytes, opts.max_bytes))
+      fail(path, fmt::format("the spec's tensors pass the limit of {} bytes "
+                             "(ParseOptions.max_bytes)",
+                             opts.max_bytes));
+    bytes += all;
+  }
+};
+
 // A shape entry: an integer, a dim name, or a product such as "2*inter".
 int64_t parse_extent(const json& j, const Dims& dims, const std::string& path) {
   if (j.is_number_integer()) return get_int(j, path, 1, kMaxExtent);
@@ -50,15 +80,19 @@ int64_t parse_extent(const json& j, const Dims& dims, const std::string& path) {
   std::string factor;
   while (std::getline(ss, factor, '*')) {
     auto it = dims.find(factor);
+    int64_t f = 0;
     if (it != dims.end()) {
-      v *= it->second;
+      f = it->second;
     } else if (!factor.empty() && factor.find_first_not_of("0123456789") == std::string::npos &&
                factor.size() < 12) {
-      v *= std::stoll(factor);
+      f = std::stoll(factor);
     } else {
       fail(path, fmt::format("unknown dim '{}' (not in the \"dims\" table)", factor));
     }
-    if (v > kMaxExtent) fail(path, "extent too large");
+    if (f < 1) fail(path, fmt::format("'{}' has a factor of {}", s, f));
+    if (v > kMaxExtent / f)  // checked before multiplying: no int64 overflow
+      fail(path, fmt::format("extent '{}' is larger than 2^40", s));
+    v *= f;
   }
   return v;
 }
@@ -106,6 +140,11 @@ std::vector<Device> parse_devices(const json& j, int64_t count, int64_t first_in
   int64_t first_gpu = 0;
   if (const json* f = optional(j, "first_gpu", path))
     first_gpu = get_int(*f, child(path, "first_gpu"), 0, kMaxRanks);
+  if (first_gpu + first_index + count > gph && tmpl.find("{h") == std::string::npos)
+    fail(child(path, "host"),
+         fmt::format("'{}' names one host, but ranks {} to {} need {} GPUs per host over several "
+                     "hosts: put {{h}} in the template (e.g. \"node{{h}}\")",
+                     tmpl, first_index, first_index + count - 1, gph));
   for (int64_t r = 0; r < count; ++r) {
     const int64_t idx = first_gpu + first_index + r;
     out.push_back({substitute(tmpl, {{"h", first + idx / gph}}, child(path, "host")),
@@ -206,6 +245,10 @@ Status guarded(Fn&& fn) {
     return Status(Code::kInvalidArgument, e.what());
   } catch (const nlohmann::json::exception& e) {
     return Status(Code::kInvalidArgument, e.what());
+  } catch (const std::bad_alloc&) {
+    return Status(Code::kInvalidArgument,
+                  "the spec needs more memory than this process has (lower its sizes, or the "
+                  "ParseOptions limits)");
   } catch (const std::exception& e) {
     return Status(Code::kInternal, e.what());
   }
@@ -295,12 +338,14 @@ Result<TrainerSpec> parse_trainer(const json& j, const ParseOptions& opts) {
     t.mesh = parse_mesh(require(j, "mesh", path), child(path, "mesh"), 0);
     const std::string pp = child(path, "params");
     const json& params = require_array(require(j, "params", path), pp);
+    Budget budget{opts};
     for (size_t i = 0; i < params.size(); ++i) {
       const std::string p = child(pp, i);
       check_keys(params[i], {"name", "shape", "dtype", "placement", "for"}, p);
       const Shape shape = parse_shape(require(params[i], "shape", p), dims, child(p, "shape"));
       const core::DType dt = parse_dtype_at(require(params[i], "dtype", p), child(p, "dtype"));
       const std::string tmpl = get_string(require(params[i], "name", p), child(p, "name"));
+      budget.take(p, expansion_size(optional(params[i], "for", p), p), shape, dt);
       expand(optional(params[i], "for", p), p, kMaxExpansion, [&](const Vars& vars) {
         Param prm{substitute(tmpl, vars, child(p, "name")), shape, dt,
                   parse_placement(optional(params[i], "placement", p), {t.mesh.axes}, shape, vars,
@@ -348,6 +393,7 @@ Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t,
     std::set<std::string> scale_names;
     const std::string pp = child(path, "params");
     const json& params = require_array(require(j, "params", path), pp);
+    Budget budget{opts};
     for (size_t i = 0; i < params.size(); ++i) {
       const std::string p = child(pp, i);
       const json& e = params[i];
@@ -375,6 +421,8 @@ Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t,
         qq.scale_name = get_string(require(*q, "scale", qp), child(qp, "scale"));
         quant = qq;
       }
+      // Block scales are counted with their tensor: at most a quarter of its bytes.
+      budget.take(p, expansion_size(optional(e, "for", p), p), shape, dt);
       expand(optional(e, "for", p), p, kMaxExpansion, [&](const Vars& vars) {
         DestParam d;
         d.name = substitute(tmpl, vars, child(p, "name"));

@@ -1,5 +1,6 @@
 // Topology parsing, mesh helpers and the cross-file validation of the three inputs.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <set>
 
@@ -97,16 +98,21 @@ Result<Topology> parse_topology(const json& j) {
 
 namespace {
 
-Status check_devices(const Mesh& m, const std::string& what, const Topology& topo,
+// `where` names the file and JSON path of the mesh's devices ("t.json: trainer.mesh.devices"),
+// `topo_file` the topology's file: errors here span files.
+Status check_devices(const Mesh& m, const std::string& what, const std::string& where,
+                     const Topology& topo, const std::string& topo_file,
                      std::map<std::pair<std::string, int>, std::string>& used) {
   for (size_t r = 0; r < m.devices.size(); ++r) {
     const Device& d = m.devices[r];
-    const std::string who = fmt::format("{} rank {}", what, r);
+    const std::string who = fmt::format("{} rank {} ({})", what, r, where);
     const HostInfo* h = topo.find(d.host);
-    if (!h) return invalid("{} runs on host '{}', which the topology does not list", who, d.host);
+    if (!h)
+      return invalid("{} runs on host '{}', which {} (topology.hosts) does not list", who, d.host,
+                     topo_file);
     if (d.gpu >= h->gpus)
-      return invalid("{} runs on {} GPU {}, but the topology gives that host {} GPUs", who, d.host,
-                     d.gpu, h->gpus);
+      return invalid("{} runs on {} GPU {}, but {} gives that host {} GPUs", who, d.host, d.gpu,
+                     topo_file, h->gpus);
     auto [it, fresh] = used.emplace(std::make_pair(d.host, d.gpu), who);
     if (!fresh) return invalid("{} and {} both run on {} GPU {}", it->second, who, d.host, d.gpu);
   }
@@ -115,15 +121,36 @@ Status check_devices(const Mesh& m, const std::string& what, const Topology& top
 
 }  // namespace
 
-Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& topo) {
+Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& topo,
+                const std::array<std::string, 3>& names) {
   std::map<std::pair<std::string, int>, std::string> used;
-  if (Status s = check_devices(t.mesh, "trainer", topo, used); !s) return s;
+  if (Status s = check_devices(t.mesh, "trainer", names[0] + ": trainer.mesh.devices", topo,
+                               names[2], used);
+      !s)
+    return s;
   for (size_t r = 0; r < inf.replicas.size(); ++r)
-    if (Status s =
-            check_devices(inf.replicas[r], fmt::format("inference replica {}", r), topo, used);
+    if (Status s = check_devices(inf.replicas[r], fmt::format("inference replica {}", r),
+                                 fmt::format("{}: inference.replicas[{}]", names[1], r), topo,
+                                 names[2], used);
         !s)
       return s;
   return Status::ok();
+}
+
+Status check_unused(const TrainerSpec& t, const InferenceSpec& inf, const std::string& file) {
+  std::vector<bool> used(t.params.size());
+  for (const DestParam& d : inf.params)
+    for (const Part& p : d.parts) used[static_cast<size_t>(p.src)] = true;
+  std::vector<std::string> names;
+  size_t n = 0;
+  for (size_t i = 0; i < used.size(); ++i)
+    if (!used[i] && n++ < 5)
+      names.push_back(fmt::format("'{}' ({})", t.params[i].name, t.params[i].path));
+  if (!n) return Status::ok();
+  return invalid(
+      "{}: {} trainer parameter(s) reach no inference tensor: {}{} (a missing "
+      "\"from\"? --allow-unused if that is deliberate)",
+      file, n, fmt::join(names, ", "), n > names.size() ? ", ..." : "");
 }
 
 Result<Inputs> make_inputs(const json& tj, const json& ij, const json& cj, const ParseOptions& opts,
@@ -139,7 +166,9 @@ Result<Inputs> make_inputs(const json& tj, const json& ij, const json& cj, const
   auto topo = parse_topology(cj);
   if (!topo) return with_file(names[2], topo.status());
   Inputs in{std::move(t).value(), std::move(inf).value(), std::move(topo).value(), opts.scale};
-  if (Status s = validate(in.trainer, in.inference, in.topology); !s) return s;
+  if (Status s = validate(in.trainer, in.inference, in.topology, names); !s) return s;
+  if (!opts.allow_unused)
+    if (Status s = check_unused(in.trainer, in.inference, names[0]); !s) return s;
   return in;
 }
 

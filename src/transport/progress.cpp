@@ -163,6 +163,18 @@ void ProgressEngine::shard_done(std::map<uint64_t, Batch>::iterator it, uint32_t
 // Stripes every write of a batch over the NICs; each shard carries the immediate.
 void ProgressEngine::queue_batch(uint64_t batch, const std::vector<GroupWrite>& writes) {
   for (const GroupWrite& w : writes) {
+    if (!within(w.src_off, w.len, w.src->len) || !within(w.dst_off, w.len, w.dst->len)) {
+      // Refused before any offset is composed (a wrapped sum could land inside the region).
+      const std::string e = fmt::format(
+          "a {} B write at source offset {} / destination offset {} runs past its regions "
+          "({} B / {} B)",
+          w.len, w.src_off, w.dst_off, w.src->len, w.dst->len);
+      std::lock_guard<std::mutex> lk(batch_mu_);
+      if (auto b = batches_.find(batch); b != batches_.end())
+        for (size_t n = 0; n < nic_count_; ++n) shard_done(b, w.peer, &e);
+      batch_cv_.notify_all();
+      continue;
+    }
     const auto shards = stripe(w.len, static_cast<uint32_t>(nic_count_));
     for (size_t n = 0; n < nic_count_; ++n) {
       // A shard longer than the NIC's largest message goes as several writes on one

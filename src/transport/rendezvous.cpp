@@ -1,12 +1,5 @@
-// Rendezvous wire format: every frame is a 4-byte big-endian length then the payload; a payload
-// is an op byte then fields, each a 4-byte big-endian length and bytes.
-//   'H' token            -> 'O' | 'E' message      (must be the first frame)
-//   'P' key value        -> 'O' | 'E' message
-//   'G' key wait_ms(4B)  -> 'V' value | 'N'
-//   'W' key after(8B) wait_ms(4B) -> 'V' value version(8B) | 'N'   (a value put after `after`)
-//   'I' name             -> 'O'    (names the session: its close is recorded under "gone")
-// A put is answered 'O' version(8B). Until the token is presented the connection has
-// limits.handshake_timeout; after it, none (peers idle for minutes between steps stay connected).
+// The rendezvous server's event loop (the protocol and its state: rendezvous_core.h), the
+// client, and peer tokens.
 #include "weightcast/transport/rendezvous.h"
 
 #include <arpa/inet.h>
@@ -14,37 +7,46 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <unordered_map>
+
+#include "rendezvous_core.h"
 
 namespace weightcast::transport {
 
+using rdv::bytes;
+using rdv::fields;
+using rdv::get32;
+using rdv::get64;
+using rdv::put32;
+using rdv::put64;
+using rdv::put_field;
+
 namespace {
 
-constexpr size_t kFrameOverhead = 64;
+constexpr const char* kPeerPrefix = "wcp1:";
+constexpr const char* kFull = "rendezvous full";
 
-void put32(std::vector<uint8_t>& b, uint32_t v) {
-  for (int i = 3; i >= 0; --i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-uint32_t get32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
-}
-void put64(std::vector<uint8_t>& b, uint64_t v) {
-  put32(b, static_cast<uint32_t>(v >> 32));
-  put32(b, static_cast<uint32_t>(v));
-}
-uint64_t get64(const uint8_t* p) { return (uint64_t{get32(p)} << 32) | get32(p + 4); }
-void put_field(std::vector<uint8_t>& b, std::span<const uint8_t> f) {
-  put32(b, static_cast<uint32_t>(f.size()));
-  b.insert(b.end(), f.begin(), f.end());
-}
-std::span<const uint8_t> bytes(const std::string& s) {
-  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+std::string hmac_hex(const std::string& key, const std::string& msg) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out, &n);
+  std::string hex;
+  for (unsigned i = 0; i < n; ++i) hex += fmt::format("{:02x}", out[i]);
+  return hex;
 }
 
 // Reads exactly n bytes before the deadline; false on EOF, error or timeout.
@@ -70,7 +72,12 @@ bool read_full(int fd, uint8_t* p, size_t n, std::chrono::steady_clock::time_poi
   return true;
 }
 
-bool write_full(int fd, const uint8_t* p, size_t n) {
+bool send_frame(int fd, const std::vector<uint8_t>& payload) {
+  std::vector<uint8_t> f;
+  put32(f, static_cast<uint32_t>(payload.size()));
+  f.insert(f.end(), payload.begin(), payload.end());
+  const uint8_t* p = f.data();
+  size_t n = f.size();
   while (n > 0) {
     const ssize_t r = ::send(fd, p, n, MSG_NOSIGNAL);
     if (r < 0) {
@@ -83,44 +90,46 @@ bool write_full(int fd, const uint8_t* p, size_t n) {
   return true;
 }
 
-bool send_frame(int fd, const std::vector<uint8_t>& payload) {
-  std::vector<uint8_t> f;
-  put32(f, static_cast<uint32_t>(payload.size()));
-  f.insert(f.end(), payload.begin(), payload.end());
-  return write_full(fd, f.data(), f.size());
+void tune(int fd) {
+  int one = 1, idle = 60, intvl = 10, cnt = 6;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
 }
 
-std::vector<uint8_t> reply(char op, std::span<const uint8_t> field = {}) {
-  std::vector<uint8_t> b{static_cast<uint8_t>(op)};
-  if (op != 'N') put_field(b, field);
-  return b;
-}
-
-// Splits a payload's fields; false when they do not tile the payload exactly.
-bool fields(const std::vector<uint8_t>& p, size_t want,
-            std::vector<std::span<const uint8_t>>& out) {
-  size_t pos = 1;
-  while (pos < p.size() && out.size() < want) {
-    if (pos + 4 > p.size()) return false;
-    const uint32_t n = get32(&p[pos]);
-    pos += 4;
-    if (n > p.size() - pos) return false;
-    out.emplace_back(p.data() + pos, n);
-    pos += n;
-  }
-  return pos == p.size() && out.size() == want;
-}
+constexpr uint64_t kListenId = 0, kWakeId = 1;
 
 }  // namespace
+
+namespace rdv {
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+std::optional<std::string> peer_identity(const std::string& job_token, const std::string& token) {
+  if (token.rfind(kPeerPrefix, 0) != 0) return std::nullopt;
+  const size_t colon = token.rfind(':');
+  const std::string who = token.substr(5, colon - 5);
+  if (colon <= 5 || who.empty()) return std::nullopt;
+  if (!constant_time_equal(token.substr(colon + 1), hmac_hex(job_token, "weightcast peer " + who)))
+    return std::nullopt;
+  return who;
+}
+}  // namespace rdv
+
+std::string peer_token(const std::string& job_token, const std::string& identity) {
+  return kPeerPrefix + identity + ":" + hmac_hex(job_token, "weightcast peer " + identity);
+}
 
 Result<std::unique_ptr<RendezvousServer>> RendezvousServer::start(const std::string& host,
                                                                   uint16_t port, std::string token,
                                                                   RendezvousLimits limits) {
   if (token.empty()) return invalid("rendezvous: a job token is required");
+  if (token.find(':') != std::string::npos && token.rfind(kPeerPrefix, 0) == 0)
+    return invalid("rendezvous: the server needs the job token, not a peer token");
   std::unique_ptr<RendezvousServer> s(new RendezvousServer());
-  s->token_ = std::move(token);
-  s->limits_ = limits;
-  s->listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  s->listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s->listen_fd_ < 0)
     return Status(Code::kSystem, fmt::format("socket: {}", std::strerror(errno)));
   int one = 1;
@@ -132,155 +141,170 @@ Result<std::unique_ptr<RendezvousServer>> RendezvousServer::start(const std::str
     return invalid("rendezvous: bad bind address '{}'", host);
   if (::bind(s->listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
     return Status(Code::kSystem, fmt::format("bind({}:{}): {}", host, port, std::strerror(errno)));
-  if (::listen(s->listen_fd_, 128) != 0)
+  if (::listen(s->listen_fd_, SOMAXCONN) != 0)
     return Status(Code::kSystem, fmt::format("listen: {}", std::strerror(errno)));
   socklen_t len = sizeof a;
   getsockname(s->listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
   s->port_ = ntohs(a.sin_port);
-  s->acceptor_ = std::thread([p = s.get()] { p->accept_loop(); });
+  s->epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  s->wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (s->epoll_fd_ < 0 || s->wake_fd_ < 0)
+    return Status(Code::kSystem, fmt::format("epoll/eventfd: {}", std::strerror(errno)));
+  epoll_event l{EPOLLIN, {.u64 = kListenId}}, w{EPOLLIN, {.u64 = kWakeId}};
+  epoll_ctl(s->epoll_fd_, EPOLL_CTL_ADD, s->listen_fd_, &l);
+  epoll_ctl(s->epoll_fd_, EPOLL_CTL_ADD, s->wake_fd_, &w);
+  // Every client is a file descriptor: let the process have as many as the limits allow.
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < limits.max_clients + 256) {
+    nofile.rlim_cur = std::min<rlim_t>(nofile.rlim_max, limits.max_clients + 256);
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  s->core_ = std::make_unique<rdv::Core>(std::move(token), limits);
+  s->thread_ = std::thread([p = s.get()] { p->loop(); });
   return s;
 }
 
 RendezvousServer::~RendezvousServer() {
   stop_ = true;
-  ::shutdown(listen_fd_, SHUT_RDWR);
-  ::close(listen_fd_);
-  if (acceptor_.joinable()) acceptor_.join();
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    for (int fd : clients_) ::shutdown(fd, SHUT_RDWR);
+  if (wake_fd_ >= 0) {
+    const uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
   }
-  cv_.notify_all();
-  for (auto& t : workers_) t.join();
+  if (thread_.joinable()) thread_.join();
+  for (int fd : {listen_fd_, epoll_fd_, wake_fd_})
+    if (fd >= 0) ::close(fd);
 }
 
 RendezvousServer::Stats RendezvousServer::stats() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return stats_;
+  Stats s = core_->stats();
+  s.accept_errors = accept_errors_;
+  return s;
 }
 
-void RendezvousServer::accept_loop() {
+// One thread, every socket non-blocking. The core says how much each connection may deliver
+// (reading stops while a wait is parked or the input budget is spent) and what to send back.
+void RendezvousServer::loop() {
+  using Clock = std::chrono::steady_clock;
+  std::unordered_map<uint64_t, int> fds;
+  std::unordered_map<uint64_t, uint32_t> armed;  // the events each socket is registered for
+  uint64_t next_id = 2;
+  bool listening = true;
+  Clock::time_point next_timer = Clock::time_point::max(), resume_accept{};
+  std::vector<epoll_event> evs(512);
+  std::vector<uint8_t> buf(64 << 10);
+  rdv::Core& core = *core_;
+  auto drop = [&](uint64_t id) {
+    auto it = fds.find(id);
+    if (it == fds.end()) return;
+    core.close(id);
+    // Drain what the peer sent before closing, so the kernel does not answer it with a reset
+    // that could discard our last error frame.
+    while (::recv(it->second, buf.data(), buf.size(), MSG_DONTWAIT) > 0) {
+    }
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, it->second, nullptr);
+    ::close(it->second);
+    fds.erase(it);
+    armed.erase(id);
+  };
+  auto service = [&](uint64_t id, Clock::time_point now) {
+    auto it = fds.find(id);
+    if (it == fds.end()) return;
+    const int fd = it->second;
+    for (const auto* out = core.output(id); out && !out->empty(); out = core.output(id)) {
+      const auto& [chunk, off] = out->front();
+      const ssize_t r =
+          ::send(fd, chunk->data() + off, chunk->size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (r <= 0) return drop(id);
+      core.sent(id, static_cast<size_t>(r), now);
+    }
+    const auto* out = core.output(id);
+    const bool pending = out && !out->empty();
+    if (core.closing(id) && !pending) return drop(id);
+    const uint32_t want = EPOLLRDHUP | (core.room(id) ? EPOLLIN : 0u) | (pending ? EPOLLOUT : 0u);
+    if (armed[id] != want) {
+      epoll_event e{want, {.u64 = id}};
+      epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &e);
+      armed[id] = want;
+    }
+  };
+  auto accept_all = [&](Clock::time_point now) {
+    while (true) {
+      const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO || errno == EPERM) continue;
+        // Out of descriptors or memory: stop accepting for a moment instead of spinning.
+        ++accept_errors_;
+        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+        listening = false;
+        resume_accept = now + std::chrono::milliseconds(100);
+        return;
+      }
+      tune(fd);
+      const uint64_t id = next_id++;
+      epoll_event e{EPOLLIN | EPOLLRDHUP, {.u64 = id}};
+      if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &e) != 0) {
+        ++accept_errors_;
+        ::close(fd);
+        continue;
+      }
+      fds[id] = fd;
+      armed[id] = e.events;
+      core.open(id, now);
+    }
+  };
   while (!stop_) {
-    pollfd pfd{listen_fd_, POLLIN, 0};
-    if (::poll(&pfd, 1, 200) <= 0) continue;
-    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
+    auto now = Clock::now();
+    auto until = std::min(next_timer, listening ? Clock::time_point::max() : resume_accept);
+    const int timeout =
+        until <= now ? 0
+        : until - now > std::chrono::seconds(1)
+            ? 1000
+            : static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(until - now).count());
+    const int n = ::epoll_wait(epoll_fd_, evs.data(), static_cast<int>(evs.size()), timeout);
     std::lock_guard<std::mutex> lk(mu_);
-    if (clients_.size() >= limits_.max_clients) {
-      ++stats_.rejected;
-      ::close(fd);
-      continue;
+    now = Clock::now();
+    if (!listening && now >= resume_accept) {
+      epoll_event l{EPOLLIN, {.u64 = kListenId}};
+      listening = epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &l) == 0;
+      if (!listening) resume_accept = now + std::chrono::milliseconds(100);
     }
-    ++stats_.connections;
-    clients_.insert(fd);
-    workers_.emplace_back([this, fd] { serve(fd); });
-  }
-}
-
-void RendezvousServer::serve(int fd) {
-  bool authed = false;
-  std::string name;  // what the session said it is ('I'), recorded under "gone" when it closes
-  const size_t max_frame = limits_.max_key + limits_.max_value + kFrameOverhead;
-  while (!stop_) {
-    uint8_t hdr[4];
-    // Before the token: a short deadline. After it: none; a dead peer's socket is found by TCP
-    // keepalive (or by the server's shutdown).
-    const auto deadline = authed ? std::chrono::steady_clock::time_point::max()
-                                 : std::chrono::steady_clock::now() + limits_.handshake_timeout;
-    if (!read_full(fd, hdr, 4, deadline)) break;
-    const uint32_t n = get32(hdr);
-    if (n == 0 || n > max_frame) {
-      send_frame(
-          fd,
-          reply('E', bytes(fmt::format("frame of {} bytes rejected (limit {})", n, max_frame))));
-      std::lock_guard<std::mutex> lk(mu_);
-      ++stats_.rejected;
-      break;
-    }
-    std::vector<uint8_t> p(n);
-    if (!read_full(fd, p.data(), n, deadline)) break;
-    std::vector<std::span<const uint8_t>> f;
-    const char op = static_cast<char>(p[0]);
-    auto reject = [&](const std::string& why) {
-      send_frame(fd, reply('E', bytes(why)));
-      std::lock_guard<std::mutex> lk(mu_);
-      ++stats_.rejected;
-    };
-    if (!authed) {
-      if (op != 'H' || !fields(p, 1, f) || std::string(f[0].begin(), f[0].end()) != token_) {
-        reject("job token missing or wrong");
-        break;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t id = evs[i].data.u64;
+      if (id == kWakeId) continue;
+      if (id == kListenId) {
+        accept_all(now);
+        continue;
       }
-      authed = true;
-      int one = 1, idle = 60, intvl = 10, cnt = 6;
-      setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-      setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
-      setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
-      send_frame(fd, reply('O'));
-      continue;
-    }
-    if (op == 'P' && fields(p, 2, f)) {
-      if (f[0].size() > limits_.max_key || f[1].size() > limits_.max_value) {
-        reject("key or value too large");
-        break;
+      auto it = fds.find(id);
+      if (it == fds.end()) continue;
+      if (evs[i].events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
+        drop(id);  // our clients never half-close: the peer is gone
+        continue;
       }
-      std::vector<uint8_t> ver;
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        kv_[std::string(f[0].begin(), f[0].end())] =
-            Entry{std::vector<uint8_t>(f[1].begin(), f[1].end()), ++version_};
-        ++stats_.puts;
-        put64(ver, version_);
-      }
-      cv_.notify_all();
-      send_frame(fd, reply('O', ver));
-    } else if ((op == 'G' && fields(p, 2, f) && f[1].size() == 4) ||
-               (op == 'W' && fields(p, 3, f) && f[1].size() == 8 && f[2].size() == 4)) {
-      const std::string key(f[0].begin(), f[0].end());
-      const uint64_t after = op == 'W' ? get64(f[1].data()) : 0;
-      const auto until =
-          std::chrono::steady_clock::now() +
-          std::chrono::milliseconds(std::min<uint32_t>(get32(f.back().data()), 60000));
-      std::vector<uint8_t> value;
-      bool found;
-      {
-        std::unique_lock<std::mutex> lk(mu_);
-        ++stats_.gets;
-        auto there = [&] {
-          auto it = kv_.find(key);
-          return it != kv_.end() && it->second.version > after;
-        };
-        found = cv_.wait_until(lk, until, [&] { return stop_ || there(); }) && there();
-        if (found) {
-          const Entry& e = kv_[key];
-          value = e.value;
-          if (op == 'W') put64(value, e.version);  // the version rides after the value
+      if (evs[i].events & EPOLLIN) {
+        for (size_t room = core.room(id); room > 0 && fds.count(id); room = core.room(id)) {
+          const ssize_t r = ::recv(it->second, buf.data(), std::min(room, buf.size()), 0);
+          if (r < 0 && errno == EINTR) continue;
+          if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+          if (r <= 0) {
+            drop(id);
+            break;
+          }
+          core.input(id, {buf.data(), static_cast<size_t>(r)}, now);
         }
       }
-      if (!send_frame(fd, found ? reply('V', value) : reply('N'))) break;
-    } else if (op == 'I' && fields(p, 1, f) && f[0].size() <= limits_.max_key) {
-      name.assign(f[0].begin(), f[0].end());
-      if (!send_frame(fd, reply('O'))) break;
-    } else {
-      reject(
-          fmt::format("malformed request (op 0x{:02x}, {} bytes)", static_cast<unsigned>(p[0]), n));
-      break;
+      if (fds.count(id) && (evs[i].events & EPOLLOUT)) service(id, now);
     }
+    next_timer = core.tick(now);
+    for (auto dirty = core.take_dirty(); !dirty.empty(); dirty = core.take_dirty())
+      for (uint64_t id : dirty) service(id, now);
   }
   std::lock_guard<std::mutex> lk(mu_);
-  clients_.erase(fd);
-  ::close(fd);
-  if (!name.empty() && !stop_) {
-    Entry& e = kv_["gone"];
-    std::string list(e.value.begin(), e.value.end());
-    list += name + "\n";
-    for (size_t lines = std::count(list.begin(), list.end(), '\n'); lines > kGoneKept; --lines)
-      list.erase(0, list.find('\n') + 1);
-    e.value.assign(list.begin(), list.end());
-    e.version = ++version_;
-    cv_.notify_all();
-  }
+  for (auto& [id, fd] : fds) ::close(fd);
 }
 
 Result<std::unique_ptr<RendezvousClient>> RendezvousClient::connect(const std::string& host,
@@ -306,11 +330,15 @@ Result<std::unique_ptr<RendezvousClient>> RendezvousClient::connect(const std::s
                     fmt::format("rendezvous {}: connect: {}", c->where_, std::strerror(err)));
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  int one = 1;
-  setsockopt(c->fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  tune(c->fd_);
   std::vector<uint8_t> hello{'H'};
   put_field(hello, bytes(token));
   auto r = c->request(hello, deadline);
+  // A full server (max_clients) may have room again soon: ask again until the deadline.
+  if (!r && r.status().message().find(kFull) != std::string::npos && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    return connect(host, port, token, deadline);
+  }
   if (!r) return r.status();
   return c;
 }
@@ -352,6 +380,13 @@ Result<uint64_t> RendezvousClient::put_versioned(const std::string& key,
     return Status(Code::kRemote,
                   fmt::format("rendezvous {}: unexpected reply to put '{}'", where_, key));
   return get64(f[0].data());
+}
+
+Status RendezvousClient::del(const std::string& key) {
+  std::vector<uint8_t> m{'D'};
+  put_field(m, bytes(key));
+  auto r = request(m, Clock::now() + std::chrono::seconds(10));
+  return r ? Status::ok() : r.status();
 }
 
 Status RendezvousClient::identify(const std::string& who) {

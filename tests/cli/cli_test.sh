@@ -44,6 +44,32 @@ for w in p["writes"]:
 json.dump(p, open(sys.argv[2], "w"))
 PY
 check verify-tampered 1 "FAILED: verify failed: byte written 0 times: replica" -- "$wc" verify -b llama-3.1-8b --scale 32 --plan "$tmp/t.json"
+# Hostile plans: refused with exit 2 and the JSON path of the field, never a signal.
+python3 - "$tmp/s.json" "$tmp" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+def save(name, edit):
+    q = json.loads(json.dumps(p)); edit(q); json.dump(q, open(f"{sys.argv[2]}/{name}.json", "w"))
+save("wrap", lambda q: q["writes"][0].__setitem__(7, 2**64 - 64))
+save("rank999", lambda q: q["gathers"][0][4][0].__setitem__(0, 999))
+save("nic7", lambda q: q["writes"][0].__setitem__(5, 7))
+PY
+check verify-plan-wrapped 2 "writes\[0\]: reads \[18446744073709551552" -- "$wc" verify -b llama-3.1-8b --scale 32 --plan "$tmp/wrap.json"
+check verify-plan-rank999 2 "gathers\[0\].pieces\[0\]: rank 999 is not a trainer rank" -- "$wc" verify -b llama-3.1-8b --scale 32 --plan "$tmp/rank999.json"
+check verify-plan-nic7 2 "writes\[0\]: NIC 7 of sender" -- "$wc" verify -b llama-3.1-8b --scale 32 --plan "$tmp/nic7.json"
+# Specs that leave a trainer parameter unused are refused unless the user says so.
+python3 - "$cfg/inference.json" "$tmp/nolm.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+j["params"] = [p for p in j["params"] if p["name"] != "lm_head.weight"]
+json.dump(j, open(sys.argv[2], "w"))
+PY
+check unused-param 2 "trainer parameter\(s\) reach no inference tensor: 'lm_head.weight'" -- \
+  "$wc" plan -t "$cfg/trainer.json" -i "$tmp/nolm.json" -c "$cfg/topology.json"
+check allow-unused 0 "predicted / floor" -- \
+  "$wc" plan -t "$cfg/trainer.json" -i "$tmp/nolm.json" -c "$cfg/topology.json" --allow-unused
+check demo-replicas-with-files 2 "--replicas applies to the built-in config only" -- \
+  "$wc" demo -t "$cfg/trainer.json" -i "$cfg/inference.json" -c "$cfg/topology.json" --replicas 2
 check strict-gathers 2 "forbids a cross-host gather" -- "$wc" plan -b deepseek-v3 --intra-node-gathers-only
 check rendezvous-no-token 2 "needs a job token: --token-file FILE or WEIGHTCAST_TOKEN" -- \
   env -u WEIGHTCAST_TOKEN "$wc" rendezvous --port 0 --seconds 1

@@ -165,17 +165,25 @@ def test_a_receiver_killed_mid_step_is_named_by_its_senders_within_one_deadline(
 
 def test_steps_minutes_apart_keep_working(tmp_path):
     """A pause longer than every timeout of the control plane: the 5 s handshake deadline, the
-    job's 3 s deadline and the 30 s idle drop the rendezvous used to have."""
+    job's 3 s deadline, the rendezvous' 60 s longest wait and 60 s TCP keepalive idle time (the
+    30 s idle drop it used to have is gone). The peers hold their peer tokens only."""
     t, i, c = write_specs(tmp_path)
     job = weightcast.JobConfig(t, i, c, deadline_s=3)
-    ctl = weightcast.Controller(job)  # noqa: F841
-    (r0, b0), (r1, b1) = make_receiver(job, 0), make_receiver(job, 1)
-    (s0, sh0), (s1, sh1) = make_sender(job, 0), make_sender(job, 1)
+    ctl = weightcast.Controller(job)
+
+    def own(role, rank):  # what a launcher hands each process: its own credential
+        j = weightcast.JobConfig(t, i, c, deadline_s=3)
+        j.rendezvous = job.rendezvous
+        j.token = ctl.peer_token(role, rank)
+        return j
+
+    (r0, b0), (r1, b1) = make_receiver(own("inference", 0), 0), make_receiver(own("inference", 1), 1)
+    (s0, sh0), (s1, sh1) = make_sender(own("trainer", 0), 0), make_sender(own("trainer", 1), 1)
     s0.prepare()
     s1.prepare()
     for step in (1, 2):
         if step == 2:
-            time.sleep(35)
+            time.sleep(65)
         for s, sh in ((0, sh0), (1, sh1)):
             sh[:] = full_weights(step)[s * ROWS // 2:(s + 1) * ROWS // 2]
         res = run_all([("r0", lambda: r0.wait(step)), ("r1", lambda: r1.wait(step)),

@@ -27,8 +27,8 @@ namespace weightcast::api {
 struct JobConfig {
   std::string trainer_spec, inference_spec, topology;  // JSON files (docs/spec-format.md)
   std::string rendezvous;                              // host:port; Controller::start fills it
-  std::string token;                                   // job token every peer presents
-  std::string provider = "tcp";                        // libfabric provider (efa in production)
+  std::string token;             // the job token, or (better) this peer's Controller::peer_token
+  std::string provider = "tcp";  // libfabric provider (efa in production)
   // "fabric" (libfabric `provider`; nics are local IP addresses) or "verbs" (ibverbs RC; nics
   // are RDMA device names such as mlx5_0).
   std::string backend = "fabric";
@@ -98,6 +98,10 @@ class Controller {
   uint32_t senders() const;
   uint32_t receivers() const;
   std::string plan_report() const;  // the dry-run report of the plan in force
+  // The credential to hand peer (role, rank) ("trainer" / "inference") instead of the job token:
+  // its rendezvous session may write only that peer's own keys, so a compromised or buggy
+  // process cannot overwrite another rank's descriptors. Pass it in JobConfig.token.
+  std::string peer_token(const std::string& role, uint32_t rank) const;
   // Collects every trainer's and every inference rank's metadata from the rendezvous (each peer
   // publishes it when created) and checks it against the plan: same plan digest, same NIC count
   // on every peer (NIC groups must match), the tensor count and bytes the plan gives that rank.

@@ -1,20 +1,24 @@
-// The rendezvous key layout, in one place. Peers publish under their role, rank and incarnation
-// (a restarted process gets a new incarnation, so its keys never alias its dead predecessor's;
-// incarnation 0 has no suffix).
-//   send/{rank}[@inc]      a trainer's NIC address blob
-//   gbuf/{rank}[@inc]      a trainer's gather buffer descriptor (as a gather root)
-//   recv/{r}[@inc]         a receiver's NIC address blob
-//   region/{r}[@inc]       a receiver's tensor descriptors
-//   inc/{role}/{rank}      the incarnation a peer runs now (overwritten by a restart)
-//   meta/{role}/{rank}     what a peer told the controller when it joined
-//   armed/{r}              a receiver's readiness for one attempt: "STEP GENERATION INCARNATION",
-//                          overwritten on every arm; senders wait for a version newer than the
-//                          last they used (RendezvousClient::get_newer)
-//   used/{rank}            "STEP ATTEMPT R:VERSION ...": the step and attempt a trainer pushes and
-//                          the arm versions it used, put before its first write: a restarted
-//                          trainer never reuses an arm and goes on counting attempts
-//   part/{role}/{rank}     a peer's part of the plan (exec/parts.h)
-//   gone                   sessions that closed, one "role/rank@inc" per line (the server's)
+// The rendezvous key layout, in one place. Every key a peer writes lies under its identity
+// ("trainer/3/", "inference/0/"): the rendezvous lets a peer token write only there
+// (transport::peer_token). Keys under "job/" are the controller's (the job token's). Peers
+// publish under their incarnation (a restarted process gets a new one, so its keys never alias
+// its dead predecessor's, which it deletes; incarnation 0 has no suffix).
+//   trainer/{rank}/send[@inc]    a trainer's NIC address blob
+//   trainer/{rank}/gbuf[@inc]    a trainer's gather buffer descriptor (as a gather root)
+//   inference/{r}/recv[@inc]     a receiver's NIC address blob
+//   inference/{r}/region[@inc]   a receiver's tensor descriptors
+//   {role}/{rank}/inc            the incarnation a peer runs now (overwritten by a restart)
+//   {role}/{rank}/meta           what a peer told the controller when it joined
+//   inference/{r}/armed          a receiver's readiness for one attempt: "STEP GENERATION
+//                                INCARNATION", overwritten on every arm; senders wait for a
+//                                version newer than the last they used (get_newer)
+//   trainer/{rank}/used          "STEP ATTEMPT R:VERSION ...": the step and attempt a trainer
+//                                pushes and the arm versions it used, put before its first write:
+//                                a restarted trainer never reuses an arm and goes on counting
+//   job/part/{role}/{rank}[/k]   a peer's part of the plan (exec/parts.h), in chunks
+//   job/plan/ranks, job/plan/digest
+//   gone                         sessions that closed, one "role/rank@inc" per line (the server's)
+// Nothing grows with the step count: per-step keys are overwritten.
 #pragma once
 
 #include <fmt/format.h>
@@ -24,32 +28,38 @@
 
 namespace weightcast::exec::keys {
 
+// The identity a peer's token is issued for, and the prefix of every key it may write.
+inline std::string identity(const char* role, uint32_t rank) {
+  return fmt::format("{}/{}", role, rank);
+}
 inline std::string at(std::string base, uint32_t incarnation) {
   return incarnation ? fmt::format("{}@{}", base, incarnation) : base;
 }
 inline std::string sender_address(uint32_t rank, uint32_t inc) {
-  return at(fmt::format("send/{}", rank), inc);
+  return at(fmt::format("trainer/{}/send", rank), inc);
 }
 inline std::string gather_buffer(uint32_t rank, uint32_t inc) {
-  return at(fmt::format("gbuf/{}", rank), inc);
+  return at(fmt::format("trainer/{}/gbuf", rank), inc);
 }
 inline std::string receiver_address(uint32_t r, uint32_t inc) {
-  return at(fmt::format("recv/{}", r), inc);
+  return at(fmt::format("inference/{}/recv", r), inc);
 }
 inline std::string receiver_tensors(uint32_t r, uint32_t inc) {
-  return at(fmt::format("region/{}", r), inc);
+  return at(fmt::format("inference/{}/region", r), inc);
 }
 inline std::string incarnation(const char* role, uint32_t rank) {
-  return fmt::format("inc/{}/{}", role, rank);
+  return fmt::format("{}/{}/inc", role, rank);
 }
 inline std::string meta(const char* role, uint32_t rank) {
-  return fmt::format("meta/{}/{}", role, rank);
+  return fmt::format("{}/{}/meta", role, rank);
 }
-inline std::string armed(uint32_t r) { return fmt::format("armed/{}", r); }
+inline std::string armed(uint32_t r) { return fmt::format("inference/{}/armed", r); }
 inline std::string part(const char* role, uint32_t rank) {
-  return fmt::format("part/{}/{}", role, rank);
+  return fmt::format("job/part/{}/{}", role, rank);
 }
-inline std::string arms_used(uint32_t rank) { return fmt::format("used/{}", rank); }
+inline constexpr const char* kPlanRanks = "job/plan/ranks";
+inline constexpr const char* kPlanDigest = "job/plan/digest";
+inline std::string arms_used(uint32_t rank) { return fmt::format("trainer/{}/used", rank); }
 // The name a peer gives its rendezvous session; the server lists it under "gone" once the
 // session closes (the peer exited or died).
 inline std::string session(const char* role, uint32_t rank, uint32_t inc) {

@@ -24,6 +24,8 @@ struct Options {
   double gather_cost_us = -1.0;
   uint64_t staging_watermark = 512ull << 20;  // per sender: gather buffers + projection ring
   bool intra_domain_gathers_only = false;     // refuse plans whose gathers cross NVLink domains
+  // A bound on what planning may cost: more writes than this is an error (not serialised).
+  uint64_t max_writes = uint64_t{1} << 24;
 };
 
 // One gather: `root` ends with `box` (global coords of trainer param `param`) in its staging at

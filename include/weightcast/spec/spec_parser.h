@@ -15,6 +15,12 @@ struct ParseOptions {
   // Divides every named dim (the spec's "dims" table) and every quantization block by this
   // factor, keeping layouts: the verifier's way to replay a 1T-parameter layout in megabytes.
   int64_t scale = 1;
+  // Resource bounds, so that a small hostile spec cannot take a process's memory or time (each
+  // is an error naming the JSON path; raise them for a deliberate giant):
+  int64_t max_params = int64_t{1} << 18;   // per spec, after "for" expansion (Kimi-K2: ~70k)
+  uint64_t max_bytes = uint64_t{1} << 46;  // per spec, every tensor's bytes summed (64 TiB)
+  // A trainer parameter that no inference tensor consumes is an error unless this is set.
+  bool allow_unused = false;
 };
 
 Result<nlohmann::json> load_json_file(const std::string& path);
@@ -27,7 +33,9 @@ Result<Topology> parse_topology(const nlohmann::json& j);
 // Cross-file checks: every rank's host exists in the topology with enough GPUs and no GPU is
 // used twice. (That every destination byte has a trainer holder follows from parsing: each
 // mapping names existing trainer params and owner placements stay inside their axis.)
-Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& topo);
+// Devices against the topology; `names` (trainer, inference, topology files) label the errors.
+Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& topo,
+                const std::array<std::string, 3>& names = {"trainer", "inference", "topology"});
 
 struct Inputs {
   TrainerSpec trainer;

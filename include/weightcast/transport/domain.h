@@ -45,6 +45,11 @@ struct LocalMr {
 
 using PeerId = uint32_t;
 
+// [off, off + len) lies inside [0, size), without overflow (off near 2^64 does not wrap).
+inline bool within(uint64_t off, uint64_t len, uint64_t size) {
+  return len <= size && off <= size - len;
+}
+
 struct WriteOp {
   uint64_t id = 0;  // echoed in the completion
   const LocalMr* src = nullptr;

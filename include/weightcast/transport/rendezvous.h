@@ -1,17 +1,17 @@
 // The rendezvous: a small TCP key-value service through which peers exchange address blobs and
-// memory descriptors. Length-prefixed frames, a job token every client must present first, size
-// limits and idle timeouts; malformed or oversized frames are answered with an error and the
-// connection closed, never a crash. Run it standalone (`weightcast rendezvous`) or embedded.
+// memory descriptors. One event-loop thread (epoll) serves every connection: thousands of peers
+// held for hours, each with at most one request in flight. Length-prefixed frames; a client must
+// present a token first (the job token, or a peer token that may write only its own keys); size,
+// count and memory limits; malformed or oversized frames are answered with one error frame and
+// the connection closed, never a crash. Run it standalone (`weightcast rendezvous`) or embedded.
+// Limits, credentials and failure behaviour: docs/control-plane.md.
 #pragma once
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <span>
 #include <string>
 #include <thread>
@@ -24,11 +24,28 @@ namespace weightcast::transport {
 struct RendezvousLimits {
   size_t max_key = 256;
   size_t max_value = 1 << 20;
-  size_t max_clients = 256;
-  // A connection must present the job token within this long. Authenticated peers are never
-  // dropped for being idle: RL steps are minutes apart (TCP keepalive finds dead ones).
+  size_t max_clients = 8192;
+  // Connections that have not presented a token yet; past this the oldest is evicted, so idle
+  // sockets never lock peers out.
+  size_t max_unauthenticated = 1024;
+  size_t max_keys = 1 << 20;
+  size_t max_store_bytes = size_t{512} << 20;  // keys + values (+64 B per key)
+  // Frames being read, over all connections; a connection waits for room before its body is read.
+  size_t max_buffered_bytes = size_t{64} << 20;
+  // A connection must present a token within this long. Authenticated peers are never dropped
+  // for being idle: RL steps are minutes apart (TCP keepalive finds dead ones).
   std::chrono::milliseconds handshake_timeout{5000};
+  std::chrono::milliseconds max_wait{60000};  // one get's wait; clients ask again
 };
+
+// A credential for one peer ("trainer/3", "inference/0"): the bearer may write only keys under
+// "trainer/3/" and name its session "trainer/3@...". Derived from the job token (HMAC-SHA256), so
+// the server checks it without a table; hand each process its own, never the job token.
+std::string peer_token(const std::string& job_token, const std::string& identity);
+
+namespace rdv {
+class Core;
+}
 
 class RendezvousServer {
  public:
@@ -40,32 +57,25 @@ class RendezvousServer {
   ~RendezvousServer();
   uint16_t port() const { return port_; }
   struct Stats {
-    uint64_t connections = 0, rejected = 0, puts = 0, gets = 0;
+    uint64_t connections = 0, rejected = 0, puts = 0, gets = 0, deletes = 0;
+    uint64_t evicted = 0;        // unauthenticated connections closed to make room
+    uint64_t denied = 0;         // puts refused because the store was full
+    uint64_t accept_errors = 0;  // accept(2) failures (e.g. out of file descriptors), backed off
+    uint64_t clients = 0, keys = 0, stored_bytes = 0;  // now
   };
   Stats stats() const;
 
  private:
   RendezvousServer() = default;
-  void accept_loop();
-  void serve(int fd);
+  void loop();
 
-  int listen_fd_ = -1;
+  int listen_fd_ = -1, epoll_fd_ = -1, wake_fd_ = -1;
   uint16_t port_ = 0;
-  std::string token_;
-  RendezvousLimits limits_;
   std::atomic<bool> stop_{false};
-  std::thread acceptor_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  struct Entry {
-    std::vector<uint8_t> value;
-    uint64_t version = 0;
-  };
-  std::map<std::string, Entry> kv_;
-  uint64_t version_ = 0;  // the last version given to a put
-  std::set<int> clients_;
-  std::vector<std::thread> workers_;
-  Stats stats_;
+  std::unique_ptr<rdv::Core> core_;
+  mutable std::mutex mu_;  // guards core_ against stats()
+  uint64_t accept_errors_ = 0;
+  std::thread thread_;
 };
 
 class RendezvousClient {
@@ -77,6 +87,7 @@ class RendezvousClient {
   ~RendezvousClient();
   Status put(const std::string& key, std::span<const uint8_t> value);
   Status put(const std::string& key, const std::string& value);
+  Status del(const std::string& key);
   // Waits until the key exists (or the deadline passes: kTimeout naming the key).
   Result<std::vector<uint8_t>> get(const std::string& key, Clock::time_point deadline);
   // Every put gets a version from one server-wide counter that only grows. Waits until `key`

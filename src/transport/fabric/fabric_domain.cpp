@@ -203,8 +203,7 @@ class FabricDomain final : public Domain {
         return res;
       }
       // Overflow-safe: an offset near 2^64 must not wrap past the check.
-      if (op.len > op.src->len || op.src_off > op.src->len - op.len || op.len > op.dst.len ||
-          op.dst_off > op.dst.len - op.len) {
+      if (!within(op.src_off, op.len, op.src->len) || !within(op.dst_off, op.len, op.dst.len)) {
         res.error = invalid("post: write {} ({} bytes at src {} dst {}) runs past a region", op.id,
                             op.len, op.src_off, op.dst_off);
         return res;

@@ -215,6 +215,17 @@ class VerbsDomain final : public Domain {
       // One chain per run of consecutive ops to the same peer.
       size_t end = res.taken + 1;
       while (end < ops.size() && ops[end].peer == ops[res.taken].peer) ++end;
+      for (size_t i = res.taken; i < end; ++i)  // overflow-safe, before any address is formed
+        if (!within(ops[i].src_off, ops[i].len, ops[i].src->len) ||
+            !within(ops[i].dst_off, ops[i].len, ops[i].dst.len)) {
+          end = i;
+          if (end == res.taken) {
+            res.error = invalid("post: write {} ({} bytes at src {} dst {}) runs past a region",
+                                ops[i].id, ops[i].len, ops[i].src_off, ops[i].dst_off);
+            return res;
+          }
+          break;
+        }
       const auto run = ops.subspan(res.taken, end - res.taken);
       if (run[0].peer >= qps_.size()) {
         res.error = invalid("post: write {} names unknown peer {}", run[0].id, run[0].peer);

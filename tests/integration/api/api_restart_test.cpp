@@ -191,6 +191,21 @@ TEST(ApiTrust, TamperedDescriptorsAreRefusedNamingTheTensor) {
   uint32_t writer = 0;
   for (const plan::Write& w : j.plan.writes)
     if (j.plan.dests[w.dest].receiver == 0) writer = w.sender;
+  // With its own credential no peer can touch receiver 0's descriptors (swapping two would send
+  // two tensors each other's bytes): only the controller's job token could.
+  for (const auto& [role, rank] : {std::pair{"inference", 1u}, std::pair{"trainer", writer}}) {
+    auto peer =
+        transport::RendezvousClient::connect(host, port, j.ctl->peer_token(role, rank), soon);
+    ASSERT_TRUE(peer) << peer.status().message();
+    std::vector<std::pair<uint32_t, transport::RemoteRegion>> swapped(good->begin(), good->end());
+    ASSERT_GE(swapped.size(), 2u);
+    std::swap(swapped[0].second, swapped[1].second);
+    Status st =
+        (*peer)->put(exec::keys::receiver_tensors(0, k), exec::serialize_descriptors(swapped));
+    ASSERT_FALSE(st) << role << " " << rank << " overwrote receiver 0's descriptors";
+    EXPECT_NE(st.message().find("may write only keys under"), std::string::npos) << st.message();
+  }
+  EXPECT_EQ((*rdv)->get(exec::keys::receiver_tensors(0, k), soon).value(), *blob);
   struct Case {
     const char* what;
     std::function<void(transport::RemoteRegion&)> tamper;

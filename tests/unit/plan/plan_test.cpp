@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -15,6 +16,7 @@
 #include <tuple>
 
 #include "../test_specs.h"
+#include "weightcast/plan/check.h"
 #include "weightcast/plan/part.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
@@ -219,18 +221,23 @@ TEST(Verifier, CatchesTampering) {
   {  // an expected count is off by one
     Plan p = *good;
     p.receivers[1].expected_imms[0] += 1;
-    expect_fail(p, "receiver 1 (replica 0 rank 1) phase 0");
+    expect_fail(p, "receivers[1].expected_imms[0]: 14 writes reach it, the plan expects 15");
   }
-  {  // a staged write reads two bytes further into staging: bytes differ from the reference
+  {  // two staged writes of one sender read each other's projection: every offset is in range,
+     // the bytes differ from the reference
     Plan p = *good;
     bool done = false;
-    for (Write& w : p.writes) {
-      const Sender& s = p.senders[w.sender];
-      if (!done && w.project >= 0 && w.src_off + w.len + 2 <= s.staging_gather + s.staging_ring) {
-        w.src_off += 2;
-        done = true;
+    for (size_t i = 0; i < p.writes.size() && !done; ++i)
+      for (size_t k = i + 1; k < p.writes.size() && !done; ++k) {
+        Write &a = p.writes[i], &b = p.writes[k];
+        if (a.project >= 0 && b.project >= 0 && a.project != b.project && a.sender == b.sender &&
+            a.len == b.len && p.dests[a.dest].dtype == p.dests[b.dest].dtype &&
+            p.dests[a.dest].scale == p.dests[b.dest].scale) {
+          std::swap(a.project, b.project);
+          std::swap(a.src_off, b.src_off);
+          done = true;
+        }
       }
-    }
     ASSERT_TRUE(done);
     expect_fail(p, "mismatch at replica");
   }
@@ -241,7 +248,7 @@ TEST(Verifier, CatchesTampering) {
         w.src_off = 1 << 20;
         break;
       }
-    expect_fail(p, "reads past sender");
+    expect_fail(p, "reads [1048576, +48) of sender 0's shard of 'a' (48 bytes)");
   }
 }
 
@@ -544,6 +551,134 @@ TEST(Quantize, EveryBf16AndRandomFloatsEncodeExactly) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace weightcast::plan
+
+namespace weightcast::plan {
+namespace {
+
+// Plans edited by hand or by an attacker: each is refused by the loader or by the check against
+// the specs (the first thing verify and every job do), with the JSON path of the bad field.
+TEST(PlanChecks, TamperedPlansAreRefusedNamingTheField) {
+  const spec::Inputs in = config("demo-moe", 1);
+  Options packed;
+  packed.gather_cost_us = 0;  // gathers everywhere
+  auto direct = make_plan(in, {}), gathered = make_plan(in, packed);
+  ASSERT_TRUE(direct && gathered);
+  auto first = [](const nlohmann::json& rows, auto pred) {
+    for (size_t i = 0; i < rows.size(); ++i)
+      if (pred(rows[i])) return i;
+    ADD_FAILURE() << "no row to tamper with";
+    return size_t{0};
+  };
+  struct Case {
+    const char* what;
+    const Plan* plan;
+    std::function<void(nlohmann::json&)> edit;
+    std::string want;
+  };
+  const uint64_t wrap = ~uint64_t{0} - 63;  // 2^64 - 64
+  auto direct_write = [&](const nlohmann::json& j) {
+    return first(j["writes"], [](const nlohmann::json& w) { return w[2] == -1; });
+  };
+  auto quant = [&](const nlohmann::json& j) {
+    return first(j["projects"], [](const nlohmann::json& q) { return q[3] == 2; });
+  };
+  const std::vector<Case> cases = {
+      {"a direct write's source offset wraps", &*direct,
+       [&](nlohmann::json& j) { j["writes"][direct_write(j)][7] = wrap; }, "of sender"},
+      {"a write's length wraps", &*direct,
+       [&](nlohmann::json& j) {
+         j["writes"][0][8] = 64;
+         j["writes"][0][9] = wrap;
+       },
+       "writes[0]: [64, +18446744073709551552) runs past"},
+      {"a write on NIC 7 of a 1-NIC sender", &*direct,
+       [&](nlohmann::json& j) { j["writes"][0][5] = 7; }, "writes[0]: NIC 7 of sender"},
+      {"a write to NIC 3 of a 1-NIC receiver", &*direct,
+       [&](nlohmann::json& j) { j["writes"][0][6] = 3; }, "writes[0]: NIC 3 of receiver"},
+      {"scales past staging", &*direct,
+       [&](nlohmann::json& j) { j["projects"][quant(j)][10] = wrap; },
+       "scales at 18446744073709551552 (+8) do not follow the values"},
+      {"a quantizing projection aimed at a BF16 tensor", &*direct,
+       [&](nlohmann::json& j) {
+         const size_t q = quant(j);
+         const size_t d = j["projects"][q][1];
+         j["dests"][d][3] = "bf16";
+         j["dests"][d][5] = j["dests"][d][5].get<uint64_t>() * 2;
+       },
+       "a quantizing projection into bf16"},
+      {"a projection with out_bytes 0", &*direct,
+       [&](nlohmann::json& j) { j["projects"][quant(j)][7] = 0; }, "out_bytes 0"},
+      {"the scale destination is a weight tensor", &*direct,
+       [&](nlohmann::json& j) {
+         const size_t q = quant(j);
+         j["projects"][q][8] = j["projects"][q][1];
+       },
+       "is not the scale tensor of"},
+      {"swapped dest_names", &*direct,
+       [&](nlohmann::json& j) { std::swap(j["dest_names"][0], j["dest_names"][1]); },
+       "dest_names[0]"},
+      {"a gather piece names rank 999", &*gathered,
+       [&](nlohmann::json& j) { j["gathers"][0][4][0][0] = 999; },
+       "gathers[0].pieces[0]: rank 999 is not a trainer rank"},
+      {"a gather in phase 0", &*gathered, [&](nlohmann::json& j) { j["gathers"][0][0] = 0; },
+       "gathers[0]: gathers run in phases"},
+      {"a receiver with 0 NICs", &*direct,
+       [&](nlohmann::json& j) { j["receivers"][0]["nics"] = 0; }, "receivers[0].nics"},
+      {"a gather buffer past the root's area", &*gathered,
+       [&](nlohmann::json& j) { j["gathers"][0][7] = wrap; }, "gathers[0]: gather buffer at"},
+      {"a dest shape of 2^40 x 2^40", &*direct,
+       [&](nlohmann::json& j) {
+         j["dests"][0][4] = {1ll << 40, 1ll << 40};
+       },
+       "dests[0]: "},
+  };
+  for (const Case& c : cases) {
+    nlohmann::json j = nlohmann::json::parse(to_json(*c.plan));
+    c.edit(j);
+    auto p = from_json(j.dump());
+    Status st = p ? check_plan(in, *p) : p.status();
+    ASSERT_FALSE(st) << c.what << ": accepted";
+    EXPECT_EQ(st.code(), Code::kInvalidArgument) << c.what;
+    EXPECT_NE(st.message().find(c.want), std::string::npos) << c.what << ": " << st.message();
+    if (p) {
+      EXPECT_FALSE(verify_plan(in, *p)) << c.what;
+    }
+  }
+}
+
+// 1000 plans with one number changed to a hostile value: each loads and verifies, or is refused;
+// nothing crashes (the sanitizers' fuzz target, plan_fuzzer, goes further).
+TEST(PlanChecks, MutatedPlansNeverCrashTheLoaderOrTheVerifier) {
+  const spec::Inputs in = tiny();
+  auto good = make_plan(in, {});
+  ASSERT_TRUE(good);
+  const nlohmann::json base = nlohmann::json::parse(to_json(*good));
+  std::vector<nlohmann::json::json_pointer> numbers;
+  std::function<void(const nlohmann::json&, const nlohmann::json::json_pointer&)> walk =
+      [&](const nlohmann::json& j, const nlohmann::json::json_pointer& at) {
+        if (j.is_number()) numbers.push_back(at);
+        if (j.is_array())
+          for (size_t i = 0; i < j.size(); ++i) walk(j[i], at / i);
+        if (j.is_object())
+          for (auto it = j.begin(); it != j.end(); ++it) walk(it.value(), at / it.key());
+      };
+  walk(base, nlohmann::json::json_pointer());
+  ASSERT_GT(numbers.size(), 100u);
+  const std::vector<nlohmann::json> hostile = {
+      0, 1, -1, 7, 255, 999, 4096, 1ull << 31, 1ull << 40, ~uint64_t{0} - 63, 1ull << 63};
+  std::mt19937_64 rng(7);
+  int refused = 0;
+  for (int k = 0; k < 1000; ++k) {
+    nlohmann::json j = base;
+    j[numbers[rng() % numbers.size()]] = hostile[rng() % hostile.size()];
+    auto p = from_json(j.dump());
+    if (!p || !verify_plan(in, *p)) ++refused;
+  }
+  EXPECT_GT(refused, 500);
 }
 
 }  // namespace

@@ -190,7 +190,9 @@ TEST(Property, RandomLayoutsVerify) {
       std::ofstream("property_inference.json") << c.inference.dump(1);
       std::ofstream("property_topology.json") << c.topology.dump(1);
     }
-    auto in = spec::make_inputs(c.trainer, c.inference, c.topology, {}, {"t", "i", "c"});
+    spec::ParseOptions opts;
+    opts.allow_unused = true;  // random layouts need not consume every trainer parameter
+    auto in = spec::make_inputs(c.trainer, c.inference, c.topology, opts, {"t", "i", "c"});
     ASSERT_TRUE(in) << "seed " << seed << ": " << in.status().message() << "\n"
                     << c.trainer.dump() << "\n"
                     << c.inference.dump();

@@ -1,6 +1,9 @@
 // Spec parsing: a good file parses to the expected model, and every kind of bad input gives an
 // error that names the JSON path and what was expected.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../test_specs.h"
 #include "weightcast/spec/layout.h"
@@ -137,13 +140,16 @@ const BadCase kBadCases[] = {
     {"bad format", [](json& t, json&, json&) { t["format"] = "weightcast.spec/v9"; },
      "trainer.format: expected \"weightcast.spec/v1\", got \"weightcast.spec/v9\""},
     {"host not in topology", [](json&, json&, json& c) { c["hosts"][1]["name"] = "x{h}"; },
-     "inference replica 0 rank 0 runs on host 'i0', which the topology does not list"},
+     "inference replica 0 rank 0 (I: inference.replicas[0]) runs on host 'i0', which C "
+     "(topology.hosts) does not list"},
     {"negative gather cost", [](json&, json&, json& c) { c["hosts"][0]["gather_us"] = -2; },
      "topology.hosts[0].gather_us: expected a number in [0, 1000000], got -2"},
     {"too few GPUs", [](json&, json&, json& c) { c["hosts"][1]["gpus"] = 3; },
-     "inference replica 1 rank 1 runs on i0 GPU 3, but the topology gives that host 3 GPUs"},
+     "inference replica 1 rank 1 (I: inference.replicas[1]) runs on i0 GPU 3, but C gives that "
+     "host 3 GPUs"},
     {"GPU used twice", [](json&, json& i, json&) { i["replicas"]["devices"]["host"] = "t{h}"; },
-     "trainer rank 0 and inference replica 0 rank 0 both run on t0 GPU 0"},
+     "trainer rank 0 (T: trainer.mesh.devices) and inference replica 0 rank 0 (I: "
+     "inference.replicas[0]) both run on t0 GPU 0"},
     {"bad placement string",
      [](json& t, json&, json&) { t["params"][0]["placement"]["fsdp"] = "Shard(x)"; },
      "trainer.params[0].placement.fsdp: bad placement 'Shard(x)': expected a non-negative integer "
@@ -164,6 +170,94 @@ TEST(Spec, BadInputsNameThePathAndTheProblem) {
     EXPECT_NE(in.status().message().find(c.expect), std::string::npos)
         << c.name << "\n  got:    " << in.status().message() << "\n  wanted: " << c.expect;
   }
+}
+
+// Small hostile specs: each is refused naming the path, using under a second of CPU and under
+// 256 MiB (measured in a child process, so nothing else the test binary did counts).
+TEST(Spec, ResourceBoundsRefuseSmallHostileSpecs) {
+  const std::vector<BadCase> cases = {
+      {"a for of 4M entries",
+       [](json& t, json&, json&) {
+         t["params"][3]["for"]["i"] = json::array({0, 4000000});
+       },
+       "trainer.params[3]: 4000000 more parameters would pass the limit of 262144"},
+      {"4M entries over two fors",
+       [](json& t, json&, json&) {
+         t["params"][3]["for"] = {{"i", json::array({0, 2000})}, {"j", json::array({0, 2000})}};
+         t["params"][3]["name"] = "layer.{i}.{j}.w";
+       },
+       "more parameters would pass the limit"},
+      {"a 2^40 x 2^23+1 tensor",
+       [](json& t, json&, json&) {
+         t["params"][0]["shape"] = json::array({int64_t{1} << 40, (int64_t{1} << 23) + 1});
+       },
+       "trainer.params[0].shape: a tensor of shape [1099511627776, 8388609] is larger than the "
+       "spec limit"},
+      {"a 2^40 x 2^40 tensor",
+       [](json& t, json&, json&) {
+         t["params"][0]["shape"] = json::array({int64_t{1} << 40, int64_t{1} << 40});
+       },
+       "is larger than the spec limit"},
+      {"an extent that overflows int64",
+       [](json& t, json&, json&) { t["params"][0]["shape"][0] = "4294967296*4294967295"; },
+       "trainer.params[0].shape[0]: extent '4294967296*4294967295' is larger than 2^40"},
+      {"tensors that sum past 64 TiB",
+       [](json& t, json&, json&) {
+         t["params"][3]["shape"] = json::array({int64_t{1} << 40});
+         t["params"][3]["for"]["i"] = json::array({0, 40});
+       },
+       "trainer.params[3]: the spec's tensors pass the limit of 70368744177664 bytes"},
+      {"a trainer parameter nothing consumes",
+       [](json&, json& i, json&) { i["params"][1]["from"]["transpose"] = "a"; },
+       "T: 1 trainer parameter(s) reach no inference tensor: 'c' (trainer.params[2])"},
+      {"a host template without {h}",
+       [](json& t, json&, json&) {
+         t["mesh"]["devices"]["host"] = "t0";
+         t["mesh"]["devices"]["gpus_per_host"] = 2;
+       },
+       "trainer.mesh.devices.host: 't0' names one host, but ranks 0 to 3 need 2 GPUs per host"},
+  };
+  for (const BadCase& c : cases) {
+    json t = tiny_trainer(), i = tiny_inference(), topo = tiny_topology();
+    if (std::string(c.name) == "a trainer parameter nothing consumes")
+      i["params"][1]["shape"] = json::array({"h", "n"});  // still a valid transpose, of a
+    c.edit(t, i, topo);
+    int fds[2];
+    ASSERT_EQ(pipe(fds), 0);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      auto in = make_inputs(t, i, topo, {}, {"T", "I", "C"});
+      const std::string m = in ? "accepted" : in.status().message();
+      (void)!write(fds[1], m.data(), m.size());
+      _exit(in ? 1 : (in.status().code() == Code::kInvalidArgument ? 0 : 3));
+    }
+    close(fds[1]);
+    std::string got;
+    char buf[512];
+    for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;)
+      got.append(buf, static_cast<size_t>(n));
+    close(fds[0]);
+    int status = 0;
+    rusage ru{};
+    ASSERT_EQ(wait4(pid, &status, 0, &ru), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << c.name << ": " << got;
+    EXPECT_NE(got.find(c.expect), std::string::npos)
+        << c.name << "\n  got:    " << got << "\n  wanted: " << c.expect;
+    const double cpu = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                       1e-6 * static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+    EXPECT_LT(cpu, 1.0) << c.name;
+    EXPECT_LT(ru.ru_maxrss, 256 * 1024) << c.name << " (KiB)";
+  }
+  // The limits are options: raised, a deliberate 300k-parameter spec parses.
+  json t = tiny_trainer(), i = tiny_inference();
+  t["params"][3]["for"]["i"] = json::array({0, 300000});
+  t["params"][3]["placement"] = {{"fsdp", "S(0)"}};
+  ParseOptions big;
+  big.max_params = 1 << 20;
+  big.allow_unused = true;
+  auto in = make_inputs(t, i, tiny_topology(), big, {"T", "I", "C"});
+  ASSERT_TRUE(in) << in.status().message();
+  EXPECT_EQ(in->trainer.params.size(), 300003u);
 }
 
 TEST(Spec, FileErrorsNameTheFile) {
