@@ -81,7 +81,9 @@ int main(int argc, char** argv) {
       report(snd->prepare(), "prepare");
       for (int step = 1; step <= steps; ++step) {
         // "Training": new values for every element of every shard.
-        for (auto& [t, buf] : shards) {
+        for (auto& shard : shards) {
+          const auto& t = shard.first;
+          auto& buf = shard.second;
           const spec::Param& prm = in->trainer.params[in->trainer.index.at(t.name)];
           const auto box = *spec::local_box(prm.shape, prm.placement, in->trainer.mesh, s);
           const uint64_t seed = plan::pattern_seed(t.name);

@@ -213,7 +213,8 @@ Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
       if (piece.rank != rank_) continue;
       auto found = held_piece(gi, piece.box);
       if (!found) return found.status();
-      auto [held, data] = *found;
+      const core::Box held = found->first;  // (not a structured binding: lambdas use them)
+      const std::byte* data = found->second;
       // Pack the piece row-major (runs of it inside the shard, in order), then one write per run
       // of the piece inside the root's box, each with the immediate.
       uint64_t from = packed;
@@ -261,7 +262,8 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
       // The root's own piece: copied run by run into place.
       auto found = held_piece(gi, piece.box);
       if (!found) return found.status();
-      auto [held, data] = *found;
+      const core::Box held = found->first;  // (not a structured binding: lambdas use them)
+      const std::byte* data = found->second;
       std::vector<std::pair<int64_t, int64_t>> src_runs;
       core::for_each_run(held.extents(), core::relative(piece.box, held),
                          [&](int64_t off, int64_t len) {

@@ -320,13 +320,13 @@ Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_poi
 }
 
 Result<std::unique_ptr<InferenceReceiver>> InferenceReceiver::create(
-    const spec::Inputs& in, const plan::Plan& plan, uint32_t receiver,
+    const spec::Inputs& /*in*/, const plan::Plan& plan, uint32_t receiver,
     const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
     bool allocate) {
   if (receiver >= plan.receivers.size())
     return invalid("inference receiver {} is not in the plan ({} receivers)", receiver,
                    plan.receivers.size());
-  std::unique_ptr<InferenceReceiver> r(new InferenceReceiver(in, plan));
+  std::unique_ptr<InferenceReceiver> r(new InferenceReceiver(plan));
   r->receiver_ = receiver;
   r->rdv_ = rdv;
   r->layout_ = receiver_layout(plan, receiver);

@@ -242,8 +242,7 @@ class InferenceReceiver {
   Result<WaitReport> wait(uint8_t generation, Clock::time_point deadline);
 
  private:
-  InferenceReceiver(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
-  const spec::Inputs& in_;
+  explicit InferenceReceiver(const plan::Plan& plan) : plan_(plan) {}
   const plan::Plan& plan_;
   uint32_t receiver_ = 0;
   ReceiverLayout layout_;

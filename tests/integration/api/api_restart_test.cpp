@@ -86,7 +86,9 @@ struct Send {
     return s->prepare();
   }
   void train(const Job& j, uint32_t rank, uint64_t step) {  // new values in every element
-    for (auto& [t, buf] : shards) {
+    for (auto& shard : shards) {
+      const auto& t = shard.first;
+      auto& buf = shard.second;  // (not a structured binding: the lambda uses it)
       const spec::Param& p = j.in.trainer.params[j.in.trainer.index.at(t.name)];
       const auto box = *spec::local_box(p.shape, p.placement, j.in.trainer.mesh, rank);
       const uint64_t seed = plan::pattern_seed(t.name);

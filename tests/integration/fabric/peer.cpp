@@ -179,7 +179,9 @@ void barrier_receiver(Peer& p) {
 void barrier_sender(Peer& p) {
   std::vector<uint8_t> buf(1 << 16);
   uint32_t peer;
-  auto [r, rr] = p.send_region(buf, peer);
+  auto regions = p.send_region(buf, peer);
+  auto& r = regions.first;  // (references, not a structured binding: the lambda uses them)
+  auto& rr = regions.second;
   auto send = [&](int count, uint8_t gen) {
     std::vector<GroupWrite> ws;
     for (int k = 0; k < count; ++k)
