@@ -75,6 +75,9 @@ void write_scaled_moe(const std::string& dir, int k) {
   }
 }
 
+// --inference-device cuda: the receivers' tensors are GPU memory (staged over tcp).
+bool g_receivers_on_gpu = false;
+
 // Receivers of a job, in a child process; reads rendezvous and token from the pipe.
 void receivers_child(api::JobConfig job, int fd, uint32_t n) {
   char buf[256] = {};
@@ -85,11 +88,23 @@ void receivers_child(api::JobConfig job, int fd, uint32_t n) {
   std::vector<std::thread> ts;
   for (uint32_t r = 0; r < n; ++r)
     ts.emplace_back([&, r] {
-      auto rc = api::Receiver::create(job, r);
-      if (!rc) _exit(2);
-      std::vector<std::vector<std::byte>> bufs;
+      api::JobConfig rjob = job;
+      rjob.cuda_device = g_receivers_on_gpu ? 0 : -1;
+      auto rc = api::Receiver::create(rjob, r);
+      if (!rc) {
+        std::fprintf(stderr, "e2e_bench receiver %u: %s\n", r, rc.status().message().c_str());
+        _exit(2);
+      }
+      std::vector<exec::Buffer> bufs;
       for (const api::TensorInfo& t : rc->tensors()) {
-        bufs.emplace_back(t.bytes);
+        auto b = exec::Buffer::allocate(
+            g_receivers_on_gpu ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost,
+            std::max<uint64_t>(t.bytes, 1), 0);
+        if (!b) {
+          std::fprintf(stderr, "e2e_bench receiver %u: %s\n", r, b.status().message().c_str());
+          _exit(6);
+        }
+        bufs.push_back(std::move(b).value());
         if (!rc->register_tensor(t.name, bufs.back().data(), t.bytes, t.scales)) _exit(3);
       }
       if (!rc->publish()) _exit(4);
@@ -406,6 +421,14 @@ int main(int argc, char** argv) {
         return 2;
       }
       cuda_device = d == "cuda" ? 0 : -1;
+    } else if (a == "--inference-device" && i + 1 < argc) {
+      const std::string d = argv[++i];
+      if (d != "host" && d != "cuda") {
+        std::fprintf(stderr, "e2e_bench: --inference-device is host or cuda, not '%s'\n",
+                     d.c_str());
+        return 2;
+      }
+      g_receivers_on_gpu = d == "cuda";
     } else if (a == "--raw-kib" && i + 1 < argc) {
       raw_bytes = std::strtoull(argv[++i], nullptr, 10) << 10;
       if (raw_bytes == 0 || raw_bytes > (64ull << 20)) {
@@ -426,9 +449,12 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: e2e_bench [--device host|cuda] [--scale K] [--raw-kib N] "
+                   "usage: e2e_bench [--device host|cuda] [--inference-device host|cuda] [--scale "
+                   "K] [--raw-kib N] "
                    "[--gather-cost-us X]\n"
                    "  --device cuda  trainer shards in GPU memory, projections on GPU 0\n"
+                   "  --inference-device cuda  receiver tensors in GPU memory (staged through\n"
+                   "                 pinned host memory over tcp, copied in per sender)\n"
                    "  --scale K      demo-moe with every dimension times K (default 1)\n"
                    "  --raw-kib N    size of the raw baseline's writes (default 16384)\n"
                    "  --gather-cost-us X  the planner's fixed cost per gathered piece (packing "
@@ -437,7 +463,10 @@ int main(int argc, char** argv) {
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
-  if (cuda_device >= 0 && (!exec::cuda_built() || exec::cuda_devices() == 0)) {
+  // (Asking the driver initializes CUDA, which a forked child then cannot use: with the
+  // receivers on the GPU, their child process finds out for itself.)
+  if (cuda_device >= 0 && !g_receivers_on_gpu &&
+      (!exec::cuda_built() || exec::cuda_devices() == 0)) {
     std::fprintf(stderr, "e2e_bench: --device cuda needs a CUDA build and a GPU\n");
     return 2;
   }
@@ -474,9 +503,10 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(dir);
   const char* where = cuda_device >= 0 ? "GPU" : "CPU";
   std::printf(
-      "e2e_bench: tcp;ofi_rxm on loopback, 1 NIC per process, trainer shards in %s memory; e2e = "
-      "median step of %d (2 warm-up steps dropped)\n",
-      cuda_device >= 0 ? "GPU" : "host", kSteps);
+      "e2e_bench: tcp;ofi_rxm on loopback, 1 NIC per process, trainer shards in %s memory, "
+      "receiver tensors in %s; e2e = median step of %d (2 warm-up steps dropped)\n",
+      cuda_device >= 0 ? "GPU" : "host", g_receivers_on_gpu ? "GPU memory (staged)" : "host memory",
+      kSteps);
   std::printf(
       "  raw %5.0f KiB writes               %.2f GB/s (the baseline: the better of %.2f GB/s for "
       "1 pair and %.2f GB/s from 4 writers to 2 targets)\n",

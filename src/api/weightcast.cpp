@@ -533,9 +533,21 @@ struct Receiver::Impl : PeerBase {
   uint8_t generation = 0;  // of the last attempt armed
   std::vector<uint32_t> senders;
   int die_after_arm = -1;  // test hook (WEIGHTCAST_DEBUG_DIE_AFTER_ARM)
+  int cuda_device = -1;    // where its tensors live (-1: host memory)
 };
 
 Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
+  if (cfg.cuda_device >= 0 && cfg.cuda_device >= exec::cuda_devices())
+    return invalid("JobConfig.cuda_device is {}, but this process sees {} CUDA device(s){}",
+                   cfg.cuda_device, exec::cuda_devices(),
+                   exec::cuda_built() ? "" : " (weightcast was built without CUDA)");
+  const std::map<std::string, exec::Staging> staging{{"auto", exec::Staging::kAuto},
+                                                     {"always", exec::Staging::kAlways},
+                                                     {"never", exec::Staging::kNever}};
+  auto st = staging.find(cfg.receiver_staging);
+  if (st == staging.end())
+    return invalid("JobConfig.receiver_staging is '{}'; expected auto, always or never",
+                   cfg.receiver_staging);
   auto impl = std::make_unique<Impl>();
   if (Status s = open_peer(cfg, *impl, "inference", index); !s) return s;
   const plan::Plan& pl = impl->job->plan;
@@ -546,6 +558,8 @@ Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   if (!rc) return rc.status();
   impl->rc = std::move(rc).value();
   impl->index = index;
+  impl->rc->set_staging(st->second, cfg.cuda_device);
+  impl->cuda_device = cfg.cuda_device;
   impl->incarnation = new_incarnation();
   impl->rc->set_incarnation(impl->incarnation);
   if (Status s = impl->rdv->identify(exec::keys::session("inference", index, impl->incarnation));
@@ -581,6 +595,13 @@ std::vector<TensorInfo> Receiver::tensors() const {
   return out;
 }
 Status Receiver::register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales) {
+  const bool cuda = exec::pointer_kind(data) == exec::MemoryKind::kCuda;
+  if (cuda != (impl_->cuda_device >= 0))
+    return invalid("register_tensor('{}'): a {} pointer, but JobConfig.cuda_device is {} ({})",
+                   name, cuda ? "CUDA device" : "host", impl_->cuda_device,
+                   impl_->cuda_device >= 0
+                       ? "tensors must be GPU memory on that device"
+                       : "tensors must be host memory; set it to the tensors' GPU");
   return impl_->rc->bind_tensor(name, scales, data, bytes);
 }
 Status Receiver::publish() {
@@ -621,7 +642,9 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
   if (m.die_after_arm == static_cast<int>(m.index)) ::kill(::getpid(), SIGKILL);
   auto w = m.rc->wait(gen, deadline);
   if (!w) return Status(w.status().code(), fmt::format("step {}: {}", step, w.status().message()));
-  return WaitStats{w->bytes, w->imms, w->wait_s, gen, m.rc->stale() - stale0};
+  return WaitStats{
+      w->bytes,        w->imms,     w->wait_s, gen, m.rc->stale() - stale0, m.rc->memory_mode(),
+      w->staged_bytes, w->staging_s};
 }
 
 }  // namespace weightcast::api

@@ -115,6 +115,7 @@ api::JobConfig job_config(const DemoOptions& o, const std::string& rdv, const st
   c.nics = nic_names(o);
   c.deadline_s = o.deadline_s;
   c.cuda_device = o.device == "cuda" ? 0 : -1;
+  c.receiver_staging = o.staging;
   return c;
 }
 
@@ -240,15 +241,28 @@ int inference_worker(const WorkerOptions& w, const api::JobConfig& cfg, const sp
                      const plan::ValueFn& values) {
   const auto idx = static_cast<uint32_t>(w.index);
   const std::string me = report_key("inference", idx);
-  auto rc = api::Receiver::create(cfg, idx);
+  api::JobConfig rcfg = cfg;  // the inference side's tensors live where --inference-device says
+  rcfg.cuda_device = w.demo.inference_device == "cuda" ? 0 : -1;
+  auto rc = api::Receiver::create(rcfg, idx);
   if (!rc) {
     (void)rdv.put(joined_key("inference", idx), "FAIL " + rc.status().message());
     return 1;
   }
   std::vector<std::vector<std::byte>> bufs;  // in plan order of this receiver's dests
+  std::vector<exec::Buffer> gpu;             // the tensors themselves, with --inference-device cuda
   for (const api::TensorInfo& t : rc->tensors()) {
     bufs.emplace_back(t.bytes);
-    if (Status s = rc->register_tensor(t.name, bufs.back().data(), t.bytes, t.scales); !s) {
+    void* target = bufs.back().data();
+    if (rcfg.cuda_device >= 0) {
+      auto b = exec::Buffer::allocate(exec::MemoryKind::kCuda, std::max<uint64_t>(t.bytes, 1), 0);
+      if (!b) {
+        (void)rdv.put(joined_key("inference", idx), "FAIL " + b.status().message());
+        return 1;
+      }
+      gpu.push_back(std::move(b).value());
+      target = gpu.back().data();
+    }
+    if (Status s = rc->register_tensor(t.name, target, t.bytes, t.scales); !s) {
       (void)rdv.put(joined_key("inference", idx), "FAIL " + s.message());
       return 1;
     }
@@ -268,6 +282,15 @@ int inference_worker(const WorkerOptions& w, const api::JobConfig& cfg, const sp
       std::fprintf(stderr, "round %d step %llu: wait failed: %s\n", r->n,
                    static_cast<unsigned long long>(r->step), rep.status().message().c_str());
       (void)rdv.put(me, fmt::format("{} FAIL {}", r->n, rep.status().message()));
+      continue;
+    }
+    // GPU tensors are read back from the GPU: what the engine would use.
+    Status read_back = Status::ok();
+    for (size_t g = 0; g < gpu.size() && read_back; ++g)
+      read_back = gpu[g].copy_to_host(bufs[g].data(), bufs[g].size());
+    if (!read_back) {
+      (void)rdv.put(me,
+                    fmt::format("{} FAIL reading the GPU tensors: {}", r->n, read_back.message()));
       continue;
     }
     // Every byte against the reference reshard of this step's weights.
@@ -300,8 +323,9 @@ int inference_worker(const WorkerOptions& w, const api::JobConfig& cfg, const sp
           !s)
         bad = "FAIL dump: " + s.message();
     }
-    (void)rdv.put(me, bad.empty() ? fmt::format("{} ok {} {:.6f} {} {}", r->n, checked,
-                                                rep->seconds, rss_kib(), rep->stale)
+    (void)rdv.put(me, bad.empty() ? fmt::format("{} ok {} {:.6f} {} {} {} {} {:.6f}", r->n, checked,
+                                                rep->seconds, rss_kib(), rep->stale, rep->mode,
+                                                rep->staged_bytes, rep->staging_s)
                                   : fmt::format("{} {}", r->n, bad));
   }
 }
@@ -353,23 +377,44 @@ struct Driver {
   pid_t spawn(const std::string& role, size_t i, int first_round,
               const std::string& die_in_push = "") {
     const std::string log = (logdir / fmt::format("{}-{}.log", role, i)).string();
-    std::vector<std::string> args{o.self,          "worker",
-                                  "--role",        role,
-                                  "--index",       std::to_string(i),
-                                  "--rdv",         where,
-                                  "--trainer",     o.trainer,
-                                  "--inference",   o.inference,
-                                  "--topology",    o.topology,
-                                  "--nics",        std::to_string(o.nics),
-                                  "--provider",    o.provider,
-                                  "--backend",     o.backend,
-                                  "--nic-list",    o.nic_list,
-                                  "--device",      o.device,
-                                  "--deadline",    std::to_string(o.deadline_s),
-                                  "--steps",       std::to_string(o.steps),
-                                  "--first-round", std::to_string(first_round),
-                                  "--weights",     o.weights,
-                                  "--dump",        o.dump};
+    std::vector<std::string> args{o.self,
+                                  "worker",
+                                  "--role",
+                                  role,
+                                  "--index",
+                                  std::to_string(i),
+                                  "--rdv",
+                                  where,
+                                  "--trainer",
+                                  o.trainer,
+                                  "--inference",
+                                  o.inference,
+                                  "--topology",
+                                  o.topology,
+                                  "--nics",
+                                  std::to_string(o.nics),
+                                  "--provider",
+                                  o.provider,
+                                  "--backend",
+                                  o.backend,
+                                  "--nic-list",
+                                  o.nic_list,
+                                  "--device",
+                                  o.device,
+                                  "--inference-device",
+                                  o.inference_device,
+                                  "--staging",
+                                  o.staging,
+                                  "--deadline",
+                                  std::to_string(o.deadline_s),
+                                  "--steps",
+                                  std::to_string(o.steps),
+                                  "--first-round",
+                                  std::to_string(first_round),
+                                  "--weights",
+                                  o.weights,
+                                  "--dump",
+                                  o.dump};
     const pid_t pid = fork();
     if (pid == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -412,12 +457,14 @@ int run_demo(const DemoOptions& o) {
                  "(see `ibv_devices`), e.g. --nic-list mlx5_0 or rxe0,rxe1\n");
     return 2;
   }
-  if (o.device == "cuda" && (!exec::cuda_built() || exec::cuda_devices() == 0)) {
-    std::fprintf(stderr, "weightcast: error: --device cuda needs %s\n",
-                 exec::cuda_built() ? "a GPU, and the driver reports none"
-                                    : "a CUDA build (no nvcc was found at configure time)");
-    return 2;
-  }
+  for (const auto& [flag, value] :
+       {std::pair{"--device", o.device}, std::pair{"--inference-device", o.inference_device}})
+    if (value == "cuda" && (!exec::cuda_built() || exec::cuda_devices() == 0)) {
+      std::fprintf(stderr, "weightcast: error: %s cuda needs %s\n", flag,
+                   exec::cuda_built() ? "a GPU, and the driver reports none"
+                                      : "a CUDA build (no nvcc was found at configure time)");
+      return 2;
+    }
   auto in = load(o);
   if (!in) {
     std::fprintf(stderr, "weightcast: error: %s\n", in.status().message().c_str());
@@ -497,7 +544,9 @@ int run_demo(const DemoOptions& o) {
     e.second = kib;
   };
   uint32_t receiver_restarts = 0;
-  uint64_t stale = 0;
+  uint64_t stale = 0, staged_bytes = 0;
+  double staging_s = 0;  // the worst step's copy after its last arrival
+  std::set<std::string> modes;
   for (int step = 1; step <= o.steps && !failed; ++step) {
     if (step == o.restart_receiver_at_step) {
       // Fault drill: inference 0 goes away between steps and comes back with fresh buffers.
@@ -528,11 +577,15 @@ int run_demo(const DemoOptions& o) {
           continue;
         }
         std::istringstream is(t.substr(3));
-        uint64_t c = 0, kib = 0, st = 0;
-        double ws = 0;
-        is >> c >> ws >> kib >> st;
+        uint64_t c = 0, kib = 0, st = 0, sb = 0;
+        double ws = 0, ss = 0;
+        std::string mode;
+        is >> c >> ws >> kib >> st >> mode >> sb >> ss;
         checked += c;
         stale += st;
+        modes.insert(mode);
+        staged_bytes += sb;
+        staging_s = std::max(staging_s, ss);
         note_rss(fmt::format("inference {}", r), kib, step);
       }
       for (size_t s = 0; s < S; ++s) {
@@ -616,6 +669,15 @@ int run_demo(const DemoOptions& o) {
       failed = 1;
     }
   }
+  std::string staged;
+  if (staged_bytes)
+    staged = fmt::format(
+        "; {:.1f} MB staged through host memory, at most {:.2f} ms of copy after "
+        "the last arrival of a step",
+        1e-6 * static_cast<double>(staged_bytes), 1e3 * staging_s);
+  if (!modes.empty())
+    std::printf("receiver tensors: %s%s\n", fmt::format("{}", fmt::join(modes, ", ")).c_str(),
+                staged.c_str());
   if (stale > 0)
     std::printf("late writes of failed attempts dropped by receivers: %llu\n",
                 static_cast<unsigned long long>(stale));

@@ -14,6 +14,8 @@ struct DemoOptions {
   std::string backend = "fabric";  // fabric (libfabric) or verbs (ibverbs RC)
   std::string nic_list;            // comma-separated local IPs (fabric) or RDMA devices (verbs)
   std::string device = "host";     // where trainer shards live: host, or cuda (GPU projections)
+  std::string inference_device = "host";  // where inference tensors live: host, or cuda
+  std::string staging = "auto";           // receivers: auto, always, never (JobConfig)
   double deadline_s = 60;
   double gather_cost_us = -1;    // the planner's packing trade (< 0: the topology's gather_us)
   double staging_mb = 0;         // the plan's staging watermark per sender (0: the planner's)

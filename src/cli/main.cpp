@@ -310,6 +310,18 @@ int main(int argc, char** argv) {
                    "on the GPU; needs a CUDA build and a GPU)")
       ->capture_default_str()
       ->check(CLI::IsMember({"host", "cuda"}));
+  demo_cmd
+      ->add_option("--inference-device", demo.inference_device,
+                   "Where the inference ranks' tensors live: host, or cuda (GPU memory, written "
+                   "directly where the transport can, else staged through pinned host memory)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"host", "cuda"}));
+  demo_cmd
+      ->add_option("--staging", demo.staging,
+                   "Receivers: auto (stage only what the transport cannot write), always (every "
+                   "tensor lands in host memory first, copied in per sender), never")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "always", "never"}));
   demo_cmd->add_option("--nic-list", demo.nic_list,
                        "NICs of every process, comma-separated: local IPs (fabric) or RDMA "
                        "devices such as rxe0,rxe1 (verbs; required there). Overrides --nics");
@@ -365,6 +377,8 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--backend", worker.demo.backend);
   worker_cmd->add_option("--nic-list", worker.demo.nic_list);
   worker_cmd->add_option("--device", worker.demo.device);
+  worker_cmd->add_option("--inference-device", worker.demo.inference_device);
+  worker_cmd->add_option("--staging", worker.demo.staging);
   worker_cmd->add_option("--deadline", worker.demo.deadline_s);
   worker_cmd->add_option("--steps", worker.demo.steps);
   worker_cmd->add_option("--first-round", worker.first_round);

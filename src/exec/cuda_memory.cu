@@ -144,6 +144,18 @@ Status CopyQueue::to_host(size_t slot, void* host_dst, const void* device_src, u
   return mark(slot);
 }
 
+Status CopyQueue::to_device(size_t slot, void* device_dst, const void* host_src, uint64_t bytes) {
+  if (slot >= events_.size())
+    return Status(Code::kInvalidArgument,
+                  fmt::format("CopyQueue: slot {} of {}", slot, events_.size()));
+  if (cudaError_t e = cudaSetDevice(device_); e != cudaSuccess) return cuda_err("cudaSetDevice", e);
+  auto st = static_cast<cudaStream_t>(stream_);
+  if (cudaError_t e = cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, st);
+      e != cudaSuccess)
+    return cuda_err("cudaMemcpyAsync (host to device)", e);
+  return mark(slot);
+}
+
 Status CopyQueue::wait(size_t slot) {
   if (slot >= events_.size())
     return Status(Code::kInvalidArgument,

@@ -4,8 +4,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <future>
 #include <set>
 #include <thread>
@@ -366,17 +368,20 @@ Status InferenceReceiver::bind_tensor(const std::string& name, bool scales, void
       return invalid("bind_tensor('{}'{}): {} bytes given, receiver {} needs {} ({} {})", name,
                      scales ? ", scales" : "", bytes, receiver_, dt.bytes,
                      core::dtype_name(dt.dtype), dt.shape.str());
-    // GPU memory is registered as such: the NIC writes into it where the transport can
-    // (dma-buf / peer memory, FI_HMEM), and says why not where it cannot.
-    const auto kind = pointer_kind(data) == MemoryKind::kCuda ? transport::MemKind::kCuda
-                                                              : transport::MemKind::kHost;
-    auto reg = engine_->register_memory(data, bytes, kind);
+    // GPU memory is registered as such where the transport can write it (dma-buf / peer
+    // memory, FI_HMEM); elsewhere it is staged (set_staging), and the error says why.
+    const bool cuda = pointer_kind(data) == MemoryKind::kCuda;
+    if (staging_ == Staging::kAlways) return stage_tensor(d, data, bytes, cuda);
+    auto reg = engine_->register_memory(
+        data, bytes, cuda ? transport::MemKind::kCuda : transport::MemKind::kHost);
+    if (!reg && cuda && staging_ == Staging::kAuto) return stage_tensor(d, data, bytes, true);
     if (!reg)
       return Status(reg.status().code(),
                     fmt::format("bind_tensor('{}'): {}", name, reg.status().message()));
     regions_.push_back(*reg);
     bound_[d] = {static_cast<std::byte*>(data), &regions_.back()};
     bound_off_[d] = 0;
+    (cuda ? direct_gpu_ : direct_host_) = true;
     return Status::ok();
   }
   return invalid("bind_tensor: receiver {} holds no {}'{}'", receiver_, scales ? "scales of " : "",
@@ -384,8 +389,96 @@ Status InferenceReceiver::bind_tensor(const std::string& name, bool scales, void
 }
 
 std::byte* InferenceReceiver::tensor(uint32_t dest) {
+  if (auto st = staged_.find(dest); st != staged_.end()) return st->second.target;
   auto it = bound_.find(dest);
   return it == bound_.end() ? nullptr : it->second.first;
+}
+
+// The NIC writes a registered host landing area (pinned, for CUDA tensors); wait() copies it in.
+Status InferenceReceiver::stage_tensor(uint32_t d, void* data, uint64_t bytes, bool cuda) {
+  const std::string name = plan_.dest_names[plan_.dests[d].param];
+  auto buf = Buffer::allocate(MemoryKind::kHost, std::max<uint64_t>(bytes, 1));
+  if (!buf) return buf.status();
+  if (cuda) {
+    if (Status s = buf->pin(); !s) return s;
+    if (!copy_queue_created_) {
+      auto q = CopyQueue::create(std::max(device_, 0), 1, true);
+      if (!q) return q.status();
+      copy_queue_ = std::move(q).value();
+      copy_queue_created_ = true;
+    }
+  }
+  auto reg = engine_->register_memory(buf->data(), bytes, transport::MemKind::kHost);
+  if (!reg)
+    return Status(reg.status().code(),
+                  fmt::format("bind_tensor('{}'): staging area: {}", name, reg.status().message()));
+  regions_.push_back(*reg);
+  Staged& st = staged_[d];
+  st.target = static_cast<std::byte*>(data);
+  st.landing = std::move(buf).value();
+  st.cuda = cuda;
+  bound_[d] = {st.landing.data(), &regions_.back()};
+  bound_off_[d] = 0;
+  return Status::ok();
+}
+
+std::string InferenceReceiver::memory_mode() const {
+  std::string m;
+  auto add = [&](bool on, const char* what) {
+    if (on) m += (m.empty() ? "" : "+") + std::string(what);
+  };
+  add(direct_host_ || (!direct_gpu_ && staged_.empty()), "host");
+  add(direct_gpu_, "gpu");
+  add(!staged_.empty(), "staged");
+  return m;
+}
+
+// Per sender (one group of expect_), the byte ranges it writes into staged tensors, coalesced.
+void InferenceReceiver::plan_copies() {
+  groups_.clear();
+  copies_.clear();
+  std::map<uint16_t, size_t> group_of;
+  for (const transport::Expect& e : expect_) {
+    auto [it, fresh] = group_of.emplace(e.sender, groups_.size());
+    if (fresh) groups_.emplace_back();
+    groups_[it->second].push_back(e);
+  }
+  copies_.resize(groups_.size());
+  for (const plan::Write& w : plan_.writes) {
+    auto g = group_of.find(static_cast<uint16_t>(w.sender));
+    if (g == group_of.end() || !staged_.count(w.dest) || plan_.dests[w.dest].receiver != receiver_)
+      continue;
+    copies_[g->second].push_back({w.dest, w.dst_off, w.len});
+  }
+  for (auto& c : copies_) {
+    std::sort(c.begin(), c.end(), [](const CopyRange& a, const CopyRange& b) {
+      return a.dest != b.dest ? a.dest < b.dest : a.off < b.off;
+    });
+    std::vector<CopyRange> merged;
+    for (const CopyRange& r : c)
+      if (!merged.empty() && merged.back().dest == r.dest &&
+          merged.back().off + merged.back().len == r.off)
+        merged.back().len += r.len;
+      else
+        merged.push_back(r);
+    c = std::move(merged);
+  }
+}
+
+Status InferenceReceiver::copy_group(size_t g) {
+  for (const CopyRange& r : copies_[g]) {
+    const Staged& st = staged_.at(r.dest);
+    if (!st.cuda) {
+      std::memcpy(st.target + r.off, st.landing.data() + r.off, r.len);
+      continue;
+    }
+    if (Status s = copy_queue_.to_device(0, st.target + r.off, st.landing.data() + r.off, r.len);
+        !s)
+      return Status(s.code(),
+                    fmt::format("receiver {}: copying '{}' to the GPU: {}", receiver_,
+                                plan_.dest_names[plan_.dests[r.dest].param], s.message()));
+  }
+  return Status::ok();
 }
 
 Status InferenceReceiver::publish() {
@@ -409,6 +502,7 @@ Status InferenceReceiver::publish() {
     descs.push_back({plan::global_dest(plan_, d), rr});
   }
   if (!unbound.empty()) return invalid("receiver {}: tensors not bound: {}", receiver_, unbound);
+  plan_copies();
   if (Status s =
           rdv_->put(keys::receiver_tensors(receiver_, incarnation_), serialize_descriptors(descs));
       !s)
@@ -437,12 +531,29 @@ Status InferenceReceiver::connect_senders(std::span<const uint32_t> incarnations
 
 Result<WaitReport> InferenceReceiver::wait(uint8_t step, Clock::time_point deadline) {
   const auto t0 = Clock::now();
-  Status s = counters_.wait(step, expect_, deadline);
-  if (!s)
+  auto named = [&](const Status& s) {
     return Status(s.code(), fmt::format("receiver {} (replica {} rank {}) generation {}: {}",
                                         receiver_, plan_.receivers[receiver_].replica,
                                         plan_.receivers[receiver_].rank, step, s.message()));
+  };
   WaitReport w;
+  if (staged_.empty()) {
+    if (Status s = counters_.wait(step, expect_, deadline); !s) return named(s);
+  } else {
+    // Each sender's bytes are copied in as soon as its immediates are all here.
+    std::vector<bool> done;
+    auto last = Clock::now();  // when the last sender's immediates were all here
+    for (size_t k = 0; k < groups_.size(); ++k) {
+      auto g = counters_.wait_any(step, groups_, done, deadline);
+      if (!g) return named(g.status());
+      last = Clock::now();
+      if (Status c = copy_group(*g); !c) return c;
+      for (const CopyRange& r : copies_[*g]) w.staged_bytes += r.len;
+    }
+    if (copy_queue_created_)
+      if (Status s = copy_queue_.wait(0); !s) return named(s);
+    w.staging_s = since(last);
+  }
   w.step = step;
   w.bytes = bytes_;
   for (const auto& e : expect_) w.imms += e.count;

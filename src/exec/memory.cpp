@@ -42,6 +42,7 @@ Result<CopyQueue> CopyQueue::create(int, size_t, bool) { return cuda_use_device(
 Status CopyQueue::mark(size_t) { return cuda_use_device(0); }
 void CopyQueue::release() {}
 Status CopyQueue::to_host(size_t, void*, const void*, uint64_t) { return cuda_use_device(0); }
+Status CopyQueue::to_device(size_t, void*, const void*, uint64_t) { return cuda_use_device(0); }
 Status CopyQueue::wait(size_t) { return cuda_use_device(0); }
 #endif
 

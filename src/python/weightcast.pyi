@@ -17,7 +17,10 @@ class JobConfig:
     # trainers: -1 for shards in host memory, else the CUDA device holding them (register
     # torch CUDA tensors' data_ptr(); projections then run on that GPU). push() reads them on
     # CUDA streams of its own: call torch.cuda.synchronize() after the optimizer step first.
+    # receivers: -1 for host tensors, else the CUDA device the engine's tensors live on (written
+    # directly where the transport can write GPU memory, staged through host memory otherwise)
     cuda_device: int
+    receiver_staging: str  # receivers: "auto", "always" (every tensor staged) or "never"
     faults: str  # tests only: a fault-injecting layer under this peer's NICs ("fail_post=5", ...)
     def __init__(self, trainer_spec: str, inference_spec: str, topology: str, rendezvous: str = "",
                  token: str = "", provider: str = "tcp", nics: List[str] = ["127.0.0.1"],
@@ -62,6 +65,9 @@ class WaitStats:
     seconds: float
     generation: int  # the generation this attempt armed (a fresh one per wait() call)
     stale: int  # arrivals of older attempts dropped while it waited (late writes, never counted)
+    mode: str  # how the tensors took the writes: "host", "gpu", "staged" or a mix ("gpu+staged")
+    staged_bytes: int  # bytes copied from the landing area into staged tensors
+    staging_seconds: float  # how long that copy ran on after the last sender's immediates
 
 class Controller:
     senders: int

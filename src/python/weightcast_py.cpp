@@ -95,6 +95,8 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readwrite("deadline_s", &api::JobConfig::deadline_s)
       .def_readwrite("plan_file", &api::JobConfig::plan_file)
       .def_readwrite("cuda_device", &api::JobConfig::cuda_device)
+      .def_readwrite("receiver_staging", &api::JobConfig::receiver_staging,
+                     "Receivers: 'auto', 'always' or 'never' stage writes through host memory")
       .def_readwrite("faults", &api::JobConfig::faults);
   py::class_<api::PeerInfo>(m, "PeerInfo")
       .def_readonly("role", &api::PeerInfo::role)
@@ -135,7 +137,10 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readonly("immediates", &api::WaitStats::immediates)
       .def_readonly("seconds", &api::WaitStats::seconds)
       .def_readonly("generation", &api::WaitStats::generation)
-      .def_readonly("stale", &api::WaitStats::stale);
+      .def_readonly("stale", &api::WaitStats::stale)
+      .def_readonly("mode", &api::WaitStats::mode)
+      .def_readonly("staged_bytes", &api::WaitStats::staged_bytes)
+      .def_readonly("staging_seconds", &api::WaitStats::staging_s);
 
   using CtlH = Holder<api::Controller>;
   py::class_<CtlH>(m, "Controller")

@@ -35,25 +35,44 @@ void ImmCounters::arrive(uint32_t imm) {
 
 Status ImmCounters::wait(uint8_t generation, const std::vector<Expect>& expect,
                          Clock::time_point deadline) {
+  std::vector<bool> done{false};
+  auto r = wait_any(generation, {expect}, done, deadline);
+  return r ? Status::ok() : r.status();
+}
+
+Result<size_t> ImmCounters::wait_any(uint8_t generation,
+                                     const std::vector<std::vector<Expect>>& groups,
+                                     std::vector<bool>& done, Clock::time_point deadline) {
   std::unique_lock<std::mutex> lk(mu_);
-  auto met = [&] {
-    for (const Expect& e : expect) {
-      auto it = credits_.find({generation, e.phase, e.sender});
-      if ((it == credits_.end() ? 0 : it->second) < e.count) return false;
-    }
+  done.resize(groups.size(), false);
+  auto have = [&](const Expect& e) {
+    auto it = credits_.find({generation, e.phase, e.sender});
+    return it == credits_.end() ? uint64_t{0} : it->second;
+  };
+  auto met = [&](const std::vector<Expect>& g) {
+    for (const Expect& e : g)
+      if (have(e) < e.count) return false;
     return true;
+  };
+  auto ready = [&]() -> size_t {
+    for (size_t i = 0; i < groups.size(); ++i)
+      if (!done[i] && met(groups[i])) return i;
+    return groups.size();
   };
   // Expected senders that aborted this generation (their push failed): no use waiting on.
   auto aborted = [&] {
     std::vector<uint16_t> out;
-    for (const Expect& e : expect)
-      if (credits_.count({generation, Imm::kAbortPhase, e.sender}) &&
-          std::find(out.begin(), out.end(), e.sender) == out.end())
-        out.push_back(e.sender);
+    for (size_t i = 0; i < groups.size(); ++i)
+      for (const Expect& e : groups[i])
+        if (!done[i] && credits_.count({generation, Imm::kAbortPhase, e.sender}) &&
+            std::find(out.begin(), out.end(), e.sender) == out.end())
+          out.push_back(e.sender);
     return out;
   };
-  const bool settled = cv_.wait_until(lk, deadline, [&] { return met() || !aborted().empty(); });
-  if (settled && !met()) {
+  const bool settled =
+      cv_.wait_until(lk, deadline, [&] { return ready() < groups.size() || !aborted().empty(); });
+  const size_t g = ready();
+  if (settled && g == groups.size()) {
     const auto who = aborted();
     std::string names;
     for (uint16_t s : who) names += fmt::format("{}{}", names.empty() ? "" : ", ", s);
@@ -65,25 +84,25 @@ Status ImmCounters::wait(uint8_t generation, const std::vector<Expect>& expect,
   if (!settled) {
     std::string missing;
     int listed = 0;
-    for (const Expect& e : expect) {
-      auto it = credits_.find({generation, e.phase, e.sender});
-      const uint64_t have = it == credits_.end() ? 0 : it->second;
-      if (have >= e.count) continue;
-      if (listed++ < 16)
-        missing += fmt::format("{}sender {} (phase {}: {} of {} imms)", missing.empty() ? "" : ", ",
-                               e.sender, e.phase, have, e.count);
-    }
+    for (size_t i = 0; i < groups.size(); ++i)
+      for (const Expect& e : groups[i]) {
+        if (done[i] || have(e) >= e.count) continue;
+        if (listed++ < 16)
+          missing += fmt::format("{}sender {} (phase {}: {} of {} imms)",
+                                 missing.empty() ? "" : ", ", e.sender, e.phase, have(e), e.count);
+      }
     if (listed > 16) missing += fmt::format(" and {} more", listed - 16);
     return Status(Code::kTimeout, fmt::format("imm barrier of generation {} timed out; missing: {}",
                                               generation, missing));
   }
-  for (const Expect& e : expect) {
+  for (const Expect& e : groups[g]) {
     auto it = credits_.find({generation, e.phase, e.sender});
     if (e.count == 0) continue;
     it->second -= e.count;
     if (it->second == 0) credits_.erase(it);
   }
-  return Status::ok();
+  done[g] = true;
+  return g;
 }
 
 uint64_t ImmCounters::stale() const {

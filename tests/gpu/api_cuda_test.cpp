@@ -72,30 +72,48 @@ api::JobConfig demo_job(double deadline_s, uint64_t staging = 0) {
   return job;
 }
 
-Received run_job(int cuda_device, uint64_t staging = 0) {
+// `receivers_on_gpu`: the receivers' tensors are CUDA memory (read back after each step), and
+// `modes` gets what each receiver's WaitStats said.
+Received run_job(int cuda_device, uint64_t staging = 0, bool receivers_on_gpu = false,
+                 std::vector<std::string>* modes = nullptr) {
   api::JobConfig job = demo_job(60, staging);
   auto ctl = api::Controller::start(job);
   EXPECT_TRUE(ctl) << ctl.status().message();
   if (!ctl) return {};
   Received got(kSteps + 1, std::vector<std::vector<std::vector<std::byte>>>(ctl->receivers()));
+  if (modes) modes->assign(ctl->receivers(), "");
   std::vector<std::thread> recv_threads;
   std::vector<std::string> errors(ctl->receivers());
   for (uint32_t r = 0; r < ctl->receivers(); ++r)
     recv_threads.emplace_back([&, r] {
-      auto rc = api::Receiver::create(job, r);
+      api::JobConfig rjob = job;
+      rjob.cuda_device = receivers_on_gpu ? 0 : -1;
+      auto rc = api::Receiver::create(rjob, r);
       if (!rc) return void(errors[r] = rc.status().message());
       std::vector<std::vector<std::byte>> bufs;
+      std::vector<exec::Buffer> dev;
       const auto infos = rc->tensors();
       bufs.reserve(infos.size());
       for (const api::TensorInfo& t : infos) {
         bufs.emplace_back(t.bytes);
-        if (Status s = rc->register_tensor(t.name, bufs.back().data(), t.bytes, t.scales); !s)
+        void* target = bufs.back().data();
+        if (receivers_on_gpu) {
+          auto b = exec::Buffer::allocate(exec::MemoryKind::kCuda, t.bytes, 0);
+          if (!b) return void(errors[r] = b.status().message());
+          dev.push_back(std::move(b).value());
+          target = dev.back().data();
+        }
+        if (Status s = rc->register_tensor(t.name, target, t.bytes, t.scales); !s)
           return void(errors[r] = s.message());
       }
       if (Status s = rc->publish(); !s) return void(errors[r] = s.message());
       for (int step = 1; step <= kSteps; ++step) {
-        if (auto w = rc->wait(static_cast<uint64_t>(step)); !w)
-          return void(errors[r] = w.status().message());
+        auto w = rc->wait(static_cast<uint64_t>(step));
+        if (!w) return void(errors[r] = w.status().message());
+        if (modes && step == kSteps) (*modes)[r] = w->mode;
+        for (size_t t = 0; t < dev.size(); ++t)  // what the engine would read: the GPU's bytes
+          if (Status s = dev[t].copy_to_host(bufs[t].data(), bufs[t].size()); !s)
+            return void(errors[r] = s.message());
         got[step][r] = bufs;
       }
     });
@@ -172,6 +190,40 @@ TEST(ApiCuda, DeviceShardsDeliverTheSameBytesAsHostShards) {
 TEST(ApiCuda, ATightStagingRingDeliversTheSameBytes) {
   if (!have_gpu()) GTEST_SKIP() << "no GPU here (scripts/gpu-tests.sh runs this on one)";
   expect_same(run_job(-1), run_job(0, 512 << 10));
+}
+
+// Receivers whose tensors are GPU memory, over tcp;ofi_rxm (no FI_HMEM): the writes land in a
+// pinned host area and are copied to the GPU per sender before wait() returns. The bytes read
+// back from the GPUs are those of host receivers; trainer shards on the GPU too.
+TEST(ApiCuda, GpuReceiverTensorsGetTheSameBytesStaged) {
+  if (!have_gpu()) GTEST_SKIP() << "no GPU here (scripts/gpu-tests.sh runs this on one)";
+  std::vector<std::string> modes;
+  expect_same(run_job(-1), run_job(0, 0, true, &modes));
+  for (const std::string& m : modes) EXPECT_EQ(m, "staged");
+}
+
+// "never": GPU memory the transport cannot write is refused by name, nothing staged silently.
+TEST(ApiCuda, GpuReceiverTensorsWithoutStagingAreRefusedByName) {
+  if (!have_gpu()) GTEST_SKIP() << "no GPU here (scripts/gpu-tests.sh runs this on one)";
+  api::JobConfig job = demo_job(5);
+  auto ctl = api::Controller::start(job);
+  ASSERT_TRUE(ctl) << ctl.status().message();
+  job.cuda_device = 0;
+  job.receiver_staging = "never";
+  auto rc = api::Receiver::create(job, 0);
+  ASSERT_TRUE(rc) << rc.status().message();
+  const api::TensorInfo t = rc->tensors().at(0);
+  auto dev = exec::Buffer::allocate(exec::MemoryKind::kCuda, t.bytes);
+  ASSERT_TRUE(dev);
+  Status s = rc->register_tensor(t.name, dev->data(), t.bytes, t.scales);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.message().find("bind_tensor('" + t.name + "')"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("FI_HMEM"), std::string::npos) << s.message();
+  std::vector<std::byte> host(t.bytes);
+  s = rc->register_tensor(t.name, host.data(), t.bytes, t.scales);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.message().find("a host pointer, but JobConfig.cuda_device is 0"), std::string::npos)
+      << s.message();
 }
 
 TEST(ApiCuda, APointerOfTheWrongKindIsRefused) {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo with trainer shards in GPU memory and projections on the GPU (exec/project_cuda.h):
+# The demo with trainer shards in GPU memory and projections on the GPU (exec/project_cuda.h),
+# then with the receivers' tensors in GPU memory too:
 # every inference byte verified each step, then the trainer-kill drill. Skips (77) without a
 # CUDA build or a GPU; scripts/gpu-tests.sh runs it on the GPU machine.
 set -uo pipefail
@@ -14,4 +15,12 @@ set -e
 "$wc" demo --device cuda --steps 3 --replicas 2 --nics 2 --kill-trainer-at-step 2 --deadline 5 \
   --gather-cost-us 0 |
   tee /dev/stderr | grep -q "demo OK: 3 steps, every inference byte verified"
-echo "PASS demo with GPU shards and GPU projections"
+# Both ends in GPU memory: receiver tensors on the GPU, staged through pinned host memory over
+# tcp (no FI_HMEM), read back from the GPU and checked; the trainer-kill drill with them.
+out="$("$wc" demo --device cuda --inference-device cuda --steps 3 | tee /dev/stderr)"
+grep -q "demo OK: 3 steps, every inference byte verified" <<<"$out"
+grep -q "receiver tensors: staged" <<<"$out"
+"$wc" demo --device cuda --inference-device cuda --steps 3 --replicas 2 --kill-trainer-at-step 2 \
+  --deadline 5 --gather-cost-us 0 |
+  tee /dev/stderr | grep -q "demo OK: 3 steps, every inference byte verified"
+echo "PASS demo with GPU shards, GPU projections and GPU receiver tensors"

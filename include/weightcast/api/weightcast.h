@@ -42,7 +42,16 @@ struct JobConfig {
   // projections (cast, fused concat, FP8 quantization) run there. A pointer of the other kind is
   // refused by register_tensor. push() reads the shards on CUDA streams of its own: they must
   // hold the step's weights when it is called (synchronize the optimizer's stream first).
+  // Receivers: -1, the engine's tensors are host memory; a CUDA device index: they are device
+  // pointers on that GPU (a torch tensor's data_ptr()), written directly where the transport can
+  // write GPU memory (verbs with dma-buf or nvidia-peermem, libfabric providers with FI_HMEM)
+  // and staged otherwise (see receiver_staging). A pointer of the other kind is refused.
   int cuda_device = -1;
+  // Receivers: "auto" (stage only what the transport cannot write, e.g. GPU memory over tcp),
+  // "always" (every tensor lands in a registered host area first and is copied in per sender as
+  // its immediates complete, before wait() returns), "never" (refuse what cannot be written
+  // directly). WaitStats.mode says what ran.
+  std::string receiver_staging = "auto";
   // Tests only: a fault-injecting layer under this peer's NICs (transport/fault_domain.h), e.g.
   // "fail_post=5" or "hold_arrivals=2:3". Empty in a real job.
   std::string faults;
@@ -84,6 +93,12 @@ struct WaitStats {
   double seconds = 0;
   uint32_t generation = 0;  // the generation this attempt armed
   uint64_t stale = 0;       // arrivals of older attempts dropped while it waited (late writes)
+  // How the tensors took the writes: "host", "gpu" (registered GPU memory), "staged", or a mix
+  // ("gpu+staged"); for staged tensors, the bytes copied in and how long the copy ran on after
+  // the last sender's immediates (the staging cost not hidden behind the transfer).
+  std::string mode;
+  uint64_t staged_bytes = 0;
+  double staging_s = 0;
 };
 
 class Controller {

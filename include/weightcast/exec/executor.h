@@ -207,7 +207,20 @@ class TrainerExecutor {
 struct WaitReport {
   uint64_t step = 0, bytes = 0, imms = 0;
   double wait_s = 0;
+  // Staged tensors: bytes copied from the landing area into the tensors, and how long the copy
+  // took after the last sender's immediates arrived (the part not hidden behind the transfer).
+  uint64_t staged_bytes = 0;
+  double staging_s = 0;
 };
+
+// How a receiver's tensors take the NIC's writes.
+//   kAuto: registered directly where the transport can write that memory (host memory; GPU
+//          memory over verbs with dma-buf or peer memory, libfabric with FI_HMEM), else staged.
+//   kAlways: every tensor is staged: writes land in a registered (pinned) host area and are
+//          copied into the tensors per sender as that sender's immediates complete (the copy of
+//          one sender's bytes overlaps the others' transfer), all before wait() returns.
+//   kNever: direct registration or an error naming the tensor.
+enum class Staging : uint8_t { kAuto, kAlways, kNever };
 
 class InferenceReceiver {
  public:
@@ -221,6 +234,13 @@ class InferenceReceiver {
   // Registers the caller's buffer for inference param `name` on this rank (its FP32 block scales
   // when `scales`); `bytes` must be exactly the local tensor's size.
   Status bind_tensor(const std::string& name, bool scales, void* data, uint64_t bytes);
+  // Set before bind_tensor: the staging policy, and the CUDA device GPU tensors live on.
+  void set_staging(Staging s, int cuda_device) {
+    staging_ = s;
+    device_ = cuda_device;
+  }
+  // "host", "gpu" (registered GPU memory), "staged" or a mix ("gpu+staged"), once bound.
+  std::string memory_mode() const;
   std::byte* tensor(uint32_t dest);
   // Publishes the address and one descriptor per tensor (all must be bound). A restarted receiver
   // sets its incarnation first, so senders can tell its new descriptors from the old ones.
@@ -259,6 +279,28 @@ class InferenceReceiver {
   bool both_ends_ = false;
   uint64_t bytes_ = 0;
   uint32_t incarnation_ = 0;
+  // Staged tensors: the landing area the NIC writes, the tensor it is copied into, and per
+  // sender (a group of expect_) the byte ranges that sender writes, copied once it completes.
+  struct Staged {
+    std::byte* target = nullptr;
+    Buffer landing;
+    bool cuda = false;
+  };
+  struct CopyRange {
+    uint32_t dest;
+    uint64_t off, len;
+  };
+  Staging staging_ = Staging::kAuto;
+  int device_ = -1;
+  std::map<uint32_t, Staged> staged_;  // dest -> its staging
+  bool direct_gpu_ = false, direct_host_ = false;
+  std::vector<std::vector<transport::Expect>> groups_;
+  std::vector<std::vector<CopyRange>> copies_;  // per group
+  CopyQueue copy_queue_;
+  bool copy_queue_created_ = false;
+  Status stage_tensor(uint32_t d, void* data, uint64_t bytes, bool cuda);
+  void plan_copies();
+  Status copy_group(size_t g);
 };
 
 }  // namespace weightcast::exec

@@ -81,6 +81,8 @@ class CopyQueue {
   ~CopyQueue();
   // Queues the copy and marks `slot` (< slots) done when it completes.
   Status to_host(size_t slot, void* host_dst, const void* device_src, uint64_t bytes);
+  // Queues a copy from pinned host memory to the device and marks `slot` done when it completes.
+  Status to_device(size_t slot, void* device_dst, const void* host_src, uint64_t bytes);
   // Marks `slot` done once everything queued on the stream so far is.
   Status mark(size_t slot);
   // Blocks until the copy last queued under `slot` is done; reports its error.

@@ -40,6 +40,10 @@ class ImmCounters {
   // returns kTimeout naming each sender that is short, with its phase and counts; nothing is
   // subtracted then.
   Status wait(uint8_t generation, const std::vector<Expect>& expect, Clock::time_point deadline);
+  // The same over groups (e.g. one per sender): blocks until some group not yet `done` is met,
+  // subtracts it, marks it done and returns its index. Errors name every short group's senders.
+  Result<size_t> wait_any(uint8_t generation, const std::vector<std::vector<Expect>>& groups,
+                          std::vector<bool>& done, Clock::time_point deadline);
 
   uint64_t stale() const;
   uint64_t count(uint8_t generation, uint8_t phase, uint16_t sender) const;

@@ -44,6 +44,37 @@ TEST(ImmCounters, CreditsCountBeforeTheWaitAndAreSubtracted) {
   EXPECT_EQ(c.count(7, 1, 2), 2u);  // a failed wait subtracts nothing
 }
 
+// Per-sender groups (how a staging receiver copies each sender's bytes as soon as they are in):
+// the group that completes first is returned first, each once; a timeout names only the groups
+// still short.
+TEST(ImmCounters, WaitAnyReturnsEachGroupAsItCompletes) {
+  ImmCounters c;
+  c.begin_generation(3);
+  const std::vector<std::vector<Expect>> groups = {
+      {{0, 0, 2}}, {{0, 1, 1}, {1, 1, 1}}, {{0, 2, 1}}};
+  std::vector<bool> done;
+  c.arrive(Imm{3, 0, 1}.encode());
+  c.arrive(Imm{3, 1, 1}.encode());  // sender 1 complete, sender 0 half
+  c.arrive(Imm{3, 0, 0}.encode());
+  auto g = c.wait_any(3, groups, done, in_ms(1000));
+  ASSERT_TRUE(g);
+  EXPECT_EQ(*g, 1u);
+  c.arrive(Imm{3, 0, 0}.encode());
+  g = c.wait_any(3, groups, done, in_ms(1000));
+  ASSERT_TRUE(g);
+  EXPECT_EQ(*g, 0u);
+  g = c.wait_any(3, groups, done, in_ms(20));
+  ASSERT_FALSE(g);
+  EXPECT_EQ(g.status().code(), Code::kTimeout);
+  EXPECT_NE(g.status().message().find("sender 2 (phase 0: 0 of 1 imms)"), std::string::npos);
+  EXPECT_EQ(g.status().message().find("sender 0"), std::string::npos) << g.status().message();
+  c.arrive(Imm{3, 0, 2}.encode());
+  g = c.wait_any(3, groups, done, in_ms(1000));
+  ASSERT_TRUE(g);
+  EXPECT_EQ(*g, 2u);
+  EXPECT_EQ(done, (std::vector<bool>{true, true, true}));
+}
+
 TEST(ImmCounters, ReleasesExactlyOnTheLastArrival) {
   ImmCounters c;
   c.begin_generation(1);
