@@ -293,12 +293,15 @@ Status Planner::emit() {
     size_t next_gather = 0;
     auto add_write = [&](Write w) {
       Receiver& rv = plan.receivers[plan.dests[w.dest].receiver];
-      const auto nic = std::min_element(snd.nic_bytes.begin(), snd.nic_bytes.end());
-      const auto dnic = std::min_element(rv.nic_bytes.begin(), rv.nic_bytes.end());
-      w.nic = static_cast<uint8_t>(nic - snd.nic_bytes.begin());
-      w.dst_nic = static_cast<uint8_t>(dnic - rv.nic_bytes.begin());
-      *nic += w.len;
-      *dnic += w.len;
+      // The engine stripes every write over all NICs of the group, shard i being
+      // [i*len/n, (i+1)*len/n) (transport::stripe): the plan counts each NIC's bytes that way, so
+      // the dry-run report and the run agree. `nic` / `dst_nic` name the NIC of the first shard.
+      w.nic = 0;
+      w.dst_nic = 0;
+      for (std::vector<uint64_t>* side : {&snd.nic_bytes, &rv.nic_bytes}) {
+        const uint64_t n = side->size();
+        for (uint64_t i = 0; i < n; ++i) (*side)[i] += (i + 1) * w.len / n - i * w.len / n;
+      }
       rv.expected_imms[w.phase] += 1;
       rv.bytes_in += w.len;
       snd.bytes_out += w.len;

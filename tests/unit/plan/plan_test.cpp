@@ -683,3 +683,26 @@ TEST(PlanChecks, MutatedPlansNeverCrashTheLoaderOrTheVerifier) {
 
 }  // namespace
 }  // namespace weightcast::plan
+
+namespace weightcast::plan {
+namespace {
+
+// The engine stripes every write over all NICs (transport::stripe); the plan counts NIC bytes
+// the same way, so each NIC of a sender carries its share of every write: never more than one
+// byte per write apart, and all of them together what the sender sends.
+TEST(Planner, NicBytesAreThoseOfTheEnginesStriping) {
+  const spec::Inputs in = tiny();
+  auto p = make_plan(in, {});
+  ASSERT_TRUE(p);
+  for (const Sender& s : p->senders) {
+    ASSERT_EQ(s.nic_bytes.size(), 2u);  // the tiny topology's trainer hosts have 2 NICs per GPU
+    uint64_t writes = 0;
+    for (const Task& t : s.tasks) writes += t.op == Task::Op::kWrite;
+    const auto [lo, hi] = std::minmax_element(s.nic_bytes.begin(), s.nic_bytes.end());
+    EXPECT_LE(*hi - *lo, writes) << "sender " << s.rank;
+    EXPECT_EQ(s.nic_bytes[0] + s.nic_bytes[1], s.bytes_out);
+  }
+}
+
+}  // namespace
+}  // namespace weightcast::plan
