@@ -70,6 +70,15 @@ check allow-unused 0 "predicted / floor" -- \
   "$wc" plan -t "$cfg/trainer.json" -i "$tmp/nolm.json" -c "$cfg/topology.json" --allow-unused
 check demo-replicas-with-files 2 "--replicas applies to the built-in config only" -- \
   "$wc" demo -t "$cfg/trainer.json" -i "$cfg/inference.json" -c "$cfg/topology.json" --replicas 2
+# Resource bounds: a 4M-entry "for" is refused at once, naming the path (exit 2).
+python3 - "$cfg/trainer.json" "$tmp/huge.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+j["params"].append({"name": "x.{i}", "for": {"i": [0, 4000000]}, "shape": [8], "dtype": "bf16"})
+json.dump(j, open(sys.argv[2], "w"))
+PY
+check huge-for 2 "trainer.params\[[0-9]+\]: 4000000 more parameters would pass the limit of 262144" -- \
+  "$wc" plan -t "$tmp/huge.json" -i "$cfg/inference.json" -c "$cfg/topology.json"
 check strict-gathers 2 "forbids a cross-host gather" -- "$wc" plan -b deepseek-v3 --intra-node-gathers-only
 check rendezvous-no-token 2 "needs a job token: --token-file FILE or WEIGHTCAST_TOKEN" -- \
   env -u WEIGHTCAST_TOKEN "$wc" rendezvous --port 0 --seconds 1

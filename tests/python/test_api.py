@@ -149,6 +149,20 @@ def test_a_plan_for_other_specs_is_refused(tmp_path):
         weightcast.Controller(weightcast.JobConfig(t, i, c, plan_file=str(plan)))
 
 
+def test_a_tampered_plan_file_is_refused_naming_the_field(tmp_path):
+    """The inputs digest matches, but a write's source offset wraps past 2^64: the job refuses the
+    file before any peer joins, naming the JSON path, and nothing is written anywhere."""
+    t, i, c = write_specs(tmp_path)
+    plan = tmp_path / "plan.json"
+    subprocess.run([os.environ["WEIGHTCAST_BIN"], "plan", "-t", t, "-i", i, "-c", c, "--json", str(plan)],
+                   check=True, capture_output=True)
+    p = json.loads(plan.read_text())
+    p["writes"][0][7] = 2**64 - 64
+    plan.write_text(json.dumps(p))
+    with pytest.raises(ValueError, match=r"plan.json: plan: writes\[0\]: reads \[18446744073709551552"):
+        weightcast.Controller(weightcast.JobConfig(t, i, c, plan_file=str(plan)))
+
+
 def test_wait_for_peers_names_those_that_never_joined(tmp_path):
     t, i, c = write_specs(tmp_path)
     job = weightcast.JobConfig(t, i, c, deadline_s=5)
