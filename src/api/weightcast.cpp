@@ -331,6 +331,7 @@ Result<std::vector<PeerInfo>> Controller::wait_for_peers(double deadline_s) cons
 
 struct Sender::Impl : PeerBase {
   std::unique_ptr<exec::TrainerExecutor> ex;
+  std::set<std::string> registered;  // names register_tensor accepted
   uint32_t rank = 0, incarnation = 0;
   std::set<uint32_t> receivers;
   // Readiness: an arm is used once, by this process or a dead predecessor of the same rank, so
@@ -418,7 +419,11 @@ std::vector<TensorInfo> Sender::tensors() const {
   return out;
 }
 Status Sender::register_tensor(const std::string& name, void* data, uint64_t bytes) {
-  return impl_->ex->bind_shard(name, data, bytes);
+  if (impl_->registered.count(name))
+    return invalid("register_tensor('{}'): registered already (trainer {})", name, impl_->rank);
+  if (Status s = impl_->ex->bind_shard(name, data, bytes); !s) return s;
+  impl_->registered.insert(name);
+  return Status::ok();
 }
 Status Sender::prepare() {
   Impl& m = *impl_;
@@ -529,6 +534,7 @@ Result<PushStats> Sender::push(uint64_t step) {
 
 struct Receiver::Impl : PeerBase {
   std::unique_ptr<exec::InferenceReceiver> rc;
+  std::set<std::pair<std::string, bool>> registered;  // (name, scales) register_tensor accepted
   uint32_t index = 0, incarnation = 0;
   uint8_t generation = 0;  // of the last attempt armed
   std::vector<uint32_t> senders;
@@ -602,7 +608,12 @@ Status Receiver::register_tensor(const std::string& name, void* data, uint64_t b
                    impl_->cuda_device >= 0
                        ? "tensors must be GPU memory on that device"
                        : "tensors must be host memory; set it to the tensors' GPU");
-  return impl_->rc->bind_tensor(name, scales, data, bytes);
+  if (impl_->registered.count({name, scales}))
+    return invalid("register_tensor('{}'{}): registered already (receiver {})", name,
+                   scales ? ", scales" : "", impl_->index);
+  if (Status s = impl_->rc->bind_tensor(name, scales, data, bytes); !s) return s;
+  impl_->registered.insert({name, scales});
+  return Status::ok();
 }
 Status Receiver::publish() {
   if (Status s = impl_->rc->publish(); !s) return s;

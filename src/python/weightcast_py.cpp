@@ -1,8 +1,12 @@
-// Python bindings of the public API (pybind11). Accepts numpy arrays (any C-contiguous, writable
-// buffer) or raw pointers (a torch tensor's data_ptr()), releases the GIL in every blocking call,
-// and turns Status errors into ValueError / TimeoutError / RuntimeError at this edge.
+// Python bindings of the public API (pybind11). Accepts torch tensors and numpy arrays (checked
+// against the plan's dtype and shape) or raw pointers, makes Controller / Sender / Receiver
+// context managers with close(), releases the GIL in every blocking call, and turns Status
+// errors into ValueError / TimeoutError / RuntimeError at this edge.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+
+#include <map>
+#include <optional>
 
 #include "weightcast/api/weightcast.h"
 
@@ -34,20 +38,82 @@ auto nogil(F&& f) {
   return f();
 }
 
-// A buffer's address and size, after checking it can be written in place.
-std::pair<void*, uint64_t> writable(py::object obj, py::object nbytes) {
+// The weightcast dtype a torch dtype holds ("torch.bfloat16" -> "bf16"), or "" if none.
+std::string torch_dtype(const std::string& t) {
+  static const std::map<std::string, std::string> m = {
+      {"torch.bfloat16", "bf16"},        {"torch.float16", "fp16"},
+      {"torch.float32", "fp32"},         {"torch.float8_e4m3fn", "fp8_e4m3"},
+      {"torch.float8_e5m2", "fp8_e5m2"}, {"torch.int8", "int8"}};
+  auto it = m.find(t);
+  return it == m.end() ? "" : it->second;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// A buffer's address and size, after checking it can be written in place and, against the plan's
+// `info` for that tensor, its dtype and shape. Takes a torch tensor (CPU or CUDA; contiguous, of
+// the tensor's dtype, or uint8 / int16 views of the same bytes), a numpy array (C-contiguous,
+// writable, the tensor's shape and element size, or flat with exactly its bytes) or a raw
+// pointer with nbytes=.
+std::pair<void*, uint64_t> writable(py::object obj, py::object nbytes,
+                                    const api::TensorInfo& info) {
+  const std::string what =
+      "register_tensor('" + info.name + (info.scales ? "', scales" : "'") + ")";
   if (py::isinstance<py::int_>(obj)) {  // a raw pointer, e.g. tensor.data_ptr()
-    if (nbytes.is_none()) throw py::value_error("a raw pointer needs nbytes=");
+    if (nbytes.is_none()) throw py::value_error(what + ": a raw pointer needs nbytes=");
     return {reinterpret_cast<void*>(obj.cast<uintptr_t>()), nbytes.cast<uint64_t>()};
+  }
+  std::vector<int64_t> shape;
+  if (py::hasattr(obj, "data_ptr") && py::hasattr(obj, "element_size")) {  // a torch tensor
+    for (auto d : obj.attr("shape")) shape.push_back(d.cast<int64_t>());
+    const std::string dt = py::str(obj.attr("dtype"));
+    const std::string ours = torch_dtype(dt);
+    const size_t esz = obj.attr("element_size")().cast<size_t>();
+    if (ours != info.dtype && !(ours.empty() && esz == 1 && info.dtype.rfind("fp8", 0) == 0) &&
+        !(dt == "torch.int16" && (info.dtype == "bf16" || info.dtype == "fp16")))
+      throw py::value_error(what + ": a " + dt + " tensor, but the plan's tensor is " + info.dtype);
+    if (!obj.attr("is_contiguous")().cast<bool>())
+      throw py::value_error(what + ": the tensor is not contiguous (strides " +
+                            std::string(py::str(obj.attr("stride")())) +
+                            "); weightcast writes memory in place, so a .contiguous() copy "
+                            "would not be the tensor the engine reads");
+    if (shape != info.shape)
+      throw py::value_error(what + ": shape " + shape_str(shape) + ", the plan's is " +
+                            shape_str(info.shape) + " (a transposed or padded view?)");
+    const uint64_t n = obj.attr("numel")().cast<uint64_t>() * esz;
+    return {reinterpret_cast<void*>(obj.attr("data_ptr")().cast<uintptr_t>()), n};
   }
   py::buffer_info b = py::reinterpret_borrow<py::buffer>(obj).request(true);
   py::ssize_t expect = b.itemsize;
   for (py::ssize_t d = b.ndim - 1; d >= 0; --d) {
     if (b.shape[d] > 1 && b.strides[d] != expect)
-      throw py::value_error("the array must be C-contiguous");
+      throw py::value_error(what + ": the array must be C-contiguous");
     expect *= b.shape[d];
   }
+  for (py::ssize_t d = 0; d < b.ndim; ++d) shape.push_back(b.shape[d]);
+  // A flat buffer of exactly the tensor's bytes is taken as is (an engine's flat storage);
+  // anything with dims must have the tensor's.
+  const bool flat = b.ndim == 1 && static_cast<uint64_t>(b.size * b.itemsize) == info.bytes;
+  if (!flat && shape != info.shape)
+    throw py::value_error(what + ": shape " + shape_str(shape) + ", the plan's is " +
+                          shape_str(info.shape));
+  if (info.bytes && static_cast<uint64_t>(b.size * b.itemsize) != info.bytes)
+    throw py::value_error(what + ": " + std::to_string(b.itemsize) +
+                          "-byte elements, but the plan's tensor is " + info.dtype);
   return {b.ptr, static_cast<uint64_t>(b.size * b.itemsize)};
+}
+
+// The plan's description of tensor `name` (its scales when `scales`) on this peer.
+template <typename T>
+api::TensorInfo info_of(const T& peer, const std::string& name, bool scales) {
+  for (const api::TensorInfo& t : peer.tensors())
+    if (t.name == name && t.scales == scales) return t;
+  throw py::value_error("register_tensor('" + name + "'" + (scales ? ", scales" : "") +
+                        "): this rank holds no such tensor (tensors() lists what it holds)");
 }
 
 // Keeps registered Python buffers alive as long as the object that writes into them: `keep` is
@@ -55,8 +121,34 @@ std::pair<void*, uint64_t> writable(py::object obj, py::object nbytes) {
 template <typename T>
 struct Holder {
   std::vector<py::object> keep;
-  T obj;
+  std::optional<T> obj;
+  T& get() {
+    if (!obj) throw py::value_error("it was closed");
+    return *obj;
+  }
+  const T& get() const {
+    if (!obj) throw py::value_error("it was closed");
+    return *obj;
+  }
+  // Closes the NICs and the rendezvous session, then lets go of the registered buffers.
+  void close() {
+    obj.reset();
+    keep.clear();
+  }
 };
+
+// close(), and `with` blocks that close on the way out.
+template <typename H, typename C>
+C closable(C cls) {
+  cls.def(
+         "close", [](H& h) { h.close(); }, "Closes it at once (also at the end of a with block).")
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](H& h, py::args) {
+        h.close();
+        return false;
+      });
+  return cls;
+}
 
 }  // namespace
 
@@ -143,77 +235,77 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readonly("staging_seconds", &api::WaitStats::staging_s);
 
   using CtlH = Holder<api::Controller>;
-  py::class_<CtlH>(m, "Controller")
+  closable<CtlH>(py::class_<CtlH>(m, "Controller"))
       .def(py::init([](api::JobConfig& job, const std::string& bind) {
              return new CtlH{{}, check(nogil([&] { return api::Controller::start(job, bind); }))};
            }),
            py::arg("job"), py::arg("bind_host") = "127.0.0.1",
            "Plans the job and starts its rendezvous; fills job.rendezvous and job.token.")
-      .def_property_readonly("senders", [](const CtlH& h) { return h.obj.senders(); })
-      .def_property_readonly("receivers", [](const CtlH& h) { return h.obj.receivers(); })
-      .def("plan_report", [](const CtlH& h) { return h.obj.plan_report(); })
+      .def_property_readonly("senders", [](const CtlH& h) { return h.get().senders(); })
+      .def_property_readonly("receivers", [](const CtlH& h) { return h.get().receivers(); })
+      .def("plan_report", [](const CtlH& h) { return h.get().plan_report(); })
       .def(
           "peer_token",
           [](const CtlH& h, const std::string& role, uint32_t rank) {
-            return h.obj.peer_token(role, rank);
+            return h.get().peer_token(role, rank);
           },
           py::arg("role"), py::arg("rank"),
           "The credential to give peer (role, rank) as JobConfig.token instead of the job token: "
           "its rendezvous session may write only that peer's own keys.")
       .def(
           "lost_peers",
-          [](const CtlH& h) { return check(nogil([&] { return h.obj.lost_peers(); })); },
+          [](const CtlH& h) { return check(nogil([&] { return h.get().lost_peers(); })); },
           "Peers whose current process went away (its rendezvous session closed), as "
           "'inference 1' / 'trainer 3'; returns at once.")
       .def(
           "wait_for_peers",
           [](const CtlH& h, double deadline_s) {
-            return check(nogil([&] { return h.obj.wait_for_peers(deadline_s); }));
+            return check(nogil([&] { return h.get().wait_for_peers(deadline_s); }));
           },
           py::arg("deadline_s") = 60.0,
           "Collects every peer's metadata and checks it against the plan; raises naming the "
           "peers that did not join or disagree.");
 
   using SndH = Holder<api::Sender>;
-  py::class_<SndH>(m, "Sender")
+  closable<SndH>(py::class_<SndH>(m, "Sender"))
       .def(py::init([](const api::JobConfig& job, uint32_t rank) {
              return new SndH{{}, check(nogil([&] { return api::Sender::create(job, rank); }))};
            }),
            py::arg("job"), py::arg("rank"))
-      .def("tensors", [](const SndH& h) { return h.obj.tensors(); })
+      .def("tensors", [](const SndH& h) { return h.get().tensors(); })
       .def(
           "register_tensor",
           [](SndH& h, const std::string& name, py::object buf, py::object nbytes) {
-            auto [p, n] = writable(buf, nbytes);
-            check(h.obj.register_tensor(name, p, n));
+            auto [p, n] = writable(buf, nbytes, info_of(h.get(), name, false));
+            check(h.get().register_tensor(name, p, n));
             h.keep.push_back(buf);
           },
           py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none())
-      .def("prepare", [](SndH& h) { check(nogil([&] { return h.obj.prepare(); })); })
+      .def("prepare", [](SndH& h) { check(nogil([&] { return h.get().prepare(); })); })
       .def(
           "push",
-          [](SndH& h, uint64_t step) { return check(nogil([&] { return h.obj.push(step); })); },
+          [](SndH& h, uint64_t step) { return check(nogil([&] { return h.get().push(step); })); },
           py::arg("step"));
 
   using RcvH = Holder<api::Receiver>;
-  py::class_<RcvH>(m, "Receiver")
+  closable<RcvH>(py::class_<RcvH>(m, "Receiver"))
       .def(py::init([](const api::JobConfig& job, uint32_t index) {
              return new RcvH{{}, check(nogil([&] { return api::Receiver::create(job, index); }))};
            }),
            py::arg("job"), py::arg("index"))
-      .def("tensors", [](const RcvH& h) { return h.obj.tensors(); })
+      .def("tensors", [](const RcvH& h) { return h.get().tensors(); })
       .def(
           "register_tensor",
           [](RcvH& h, const std::string& name, py::object buf, py::object nbytes, bool scales) {
-            auto [p, n] = writable(buf, nbytes);
-            check(h.obj.register_tensor(name, p, n, scales));
+            auto [p, n] = writable(buf, nbytes, info_of(h.get(), name, scales));
+            check(h.get().register_tensor(name, p, n, scales));
             h.keep.push_back(buf);
           },
           py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none(),
           py::arg("scales") = false)
-      .def("publish", [](RcvH& h) { check(nogil([&] { return h.obj.publish(); })); })
+      .def("publish", [](RcvH& h) { check(nogil([&] { return h.get().publish(); })); })
       .def(
           "wait",
-          [](RcvH& h, uint64_t step) { return check(nogil([&] { return h.obj.wait(step); })); },
+          [](RcvH& h, uint64_t step) { return check(nogil([&] { return h.get().wait(step); })); },
           py::arg("step"));
 }

@@ -177,9 +177,11 @@ def test_errors_are_python_exceptions(tmp_path):
     job = weightcast.JobConfig(t, i, c, deadline_s=5)
     ctl = weightcast.Controller(job)  # noqa: F841 - keeps the rendezvous alive
     rc = weightcast.Receiver(job, 0)
-    with pytest.raises(ValueError, match="receiver 0 needs 128"):
+    with pytest.raises(ValueError, match=r"register_tensor\('w'\): shape \[3\], the plan's is \[8, 8\]"):
         rc.register_tensor("w", np.zeros(3, dtype=np.uint16))
-    with pytest.raises(ValueError, match="holds no 'nope'"):
+    with pytest.raises(ValueError, match=r"4-byte elements, but the plan's tensor is bf16"):
+        rc.register_tensor("w", np.zeros((8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="holds no such tensor"):
         rc.register_tensor("nope", np.zeros(64, dtype=np.uint16))
     with pytest.raises(ValueError, match="C-contiguous"):
         rc.register_tensor("w", np.zeros((16, 8), dtype=np.uint16).T)
