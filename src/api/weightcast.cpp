@@ -332,6 +332,7 @@ Result<std::vector<PeerInfo>> Controller::wait_for_peers(double deadline_s) cons
 struct Sender::Impl : PeerBase {
   std::unique_ptr<exec::TrainerExecutor> ex;
   std::set<std::string> registered;  // names register_tensor accepted
+  bool prepared = false;
   uint32_t rank = 0, incarnation = 0;
   std::set<uint32_t> receivers;
   // Readiness: an arm is used once, by this process or a dead predecessor of the same rank, so
@@ -443,12 +444,17 @@ Status Sender::prepare() {
   peers.erase(m.rank);
   auto trainer_inc = incarnations_of(*m.rdv, "trainer", peers, deadline, me, &m.gather_peers);
   if (!trainer_inc) return trainer_inc.status();
-  return m.ex->prepare(deadline, *recv_inc, *trainer_inc);
+  if (Status s = m.ex->prepare(deadline, *recv_inc, *trainer_inc); !s) return s;
+  m.prepared = true;
+  return Status::ok();
 }
 
 Result<PushStats> Sender::push(uint64_t step) {
   const double dl = impl_->job->cfg.deadline_s;
   Impl& m = *impl_;
+  if (!m.prepared)
+    return invalid("trainer {}: push({}) before prepare(): register every tensor, then prepare()",
+                   m.rank, step);
   // Which attempt of the step this is, recorded before any write (a restarted rank goes on
   // counting from its predecessor's).
   m.attempt = step == m.last_step ? m.attempt + 1 : 1;
@@ -535,6 +541,7 @@ Result<PushStats> Sender::push(uint64_t step) {
 struct Receiver::Impl : PeerBase {
   std::unique_ptr<exec::InferenceReceiver> rc;
   std::set<std::pair<std::string, bool>> registered;  // (name, scales) register_tensor accepted
+  bool published = false;
   uint32_t index = 0, incarnation = 0;
   uint8_t generation = 0;  // of the last attempt armed
   std::vector<uint32_t> senders;
@@ -617,6 +624,7 @@ Status Receiver::register_tensor(const std::string& name, void* data, uint64_t b
 }
 Status Receiver::publish() {
   if (Status s = impl_->rc->publish(); !s) return s;
+  impl_->published = true;
   const auto before = incarnation_of(*impl_->rdv, "inference", impl_->index, Clock::now());
   // Last: a sender that sees this incarnation finds its address and descriptors published.
   if (Status s = impl_->rdv->put(exec::keys::incarnation("inference", impl_->index),
@@ -632,6 +640,9 @@ Status Receiver::publish() {
 
 Result<WaitStats> Receiver::wait(uint64_t step) {
   Impl& m = *impl_;
+  if (!m.published)
+    return invalid("receiver {}: wait({}) before publish(): register every tensor, then publish()",
+                   m.index, step);
   const auto deadline = in_s(m.job->cfg.deadline_s);
   // Transports whose targets connect too (verbs): to every sender as it runs now, before
   // arming (a no-op once connected, and on libfabric).

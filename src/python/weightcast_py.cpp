@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdio>
 #include <map>
 #include <optional>
 
@@ -107,6 +108,12 @@ std::pair<void*, uint64_t> writable(py::object obj, py::object nbytes,
   return {b.ptr, static_cast<uint64_t>(b.size * b.itemsize)};
 }
 
+std::string num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.6g", v);
+  return b;
+}
+
 // The plan's description of tensor `name` (its scales when `scales`) on this peer.
 template <typename T>
 api::TensorInfo info_of(const T& peer, const std::string& name, bool scales) {
@@ -155,6 +162,16 @@ C closable(C cls) {
 PYBIND11_MODULE(weightcast, m) {
   m.doc() = "weightcast: RL weight broadcast with one-sided RDMA writes";
   py::class_<api::JobConfig>(m, "JobConfig")
+      .def("__repr__",
+           [](const api::JobConfig& j) {
+             return "JobConfig(trainer_spec='" + j.trainer_spec + "', inference_spec='" +
+                    j.inference_spec + "', topology='" + j.topology + "', rendezvous='" +
+                    j.rendezvous + "', token=" + (j.token.empty() ? "''" : "'<set>'") +
+                    ", backend='" + j.backend + "', provider='" + j.provider +
+                    "', deadline_s=" + num(j.deadline_s) +
+                    ", cuda_device=" + std::to_string(j.cuda_device) + ", receiver_staging='" +
+                    j.receiver_staging + "')";
+           })
       .def(py::init([](std::string t, std::string i, std::string c, std::string rdv,
                        std::string token, std::string provider, std::vector<std::string> nics,
                        double deadline, std::string plan, int cuda_device, std::string backend) {
@@ -191,6 +208,12 @@ PYBIND11_MODULE(weightcast, m) {
                      "Receivers: 'auto', 'always' or 'never' stage writes through host memory")
       .def_readwrite("faults", &api::JobConfig::faults);
   py::class_<api::PeerInfo>(m, "PeerInfo")
+      .def("__repr__",
+           [](const api::PeerInfo& p) {
+             return "PeerInfo(" + p.role + " " + std::to_string(p.rank) + ", " +
+                    std::to_string(p.tensors) + " tensors, " + std::to_string(p.bytes) +
+                    " bytes, " + std::to_string(p.nics) + " NIC(s))";
+           })
       .def_readonly("role", &api::PeerInfo::role)
       .def_readonly("rank", &api::PeerInfo::rank)
       .def_readonly("plan_digest", &api::PeerInfo::plan_digest)
@@ -202,6 +225,13 @@ PYBIND11_MODULE(weightcast, m) {
                std::to_string(p.tensors) + " tensors, " + std::to_string(p.bytes) + " B)";
       });
   py::class_<api::TensorInfo>(m, "TensorInfo")
+      .def("__repr__",
+           [](const api::TensorInfo& t) {
+             std::string sh;
+             for (int64_t d : t.shape) sh += (sh.empty() ? "" : ", ") + std::to_string(d);
+             return "TensorInfo('" + t.name + "'" + (t.scales ? " scales" : "") + ", " + t.dtype +
+                    " [" + sh + "], " + std::to_string(t.bytes) + " bytes)";
+           })
       .def_readonly("name", &api::TensorInfo::name)
       .def_readonly("scales", &api::TensorInfo::scales)
       .def_readonly("dtype", &api::TensorInfo::dtype)
@@ -212,6 +242,13 @@ PYBIND11_MODULE(weightcast, m) {
                std::to_string(t.bytes) + " B)";
       });
   py::class_<api::PushStats>(m, "PushStats")
+      .def("__repr__",
+           [](const api::PushStats& p) {
+             return "PushStats(" + std::to_string(p.bytes) + " bytes in " +
+                    std::to_string(p.writes) + " writes, " + num(p.seconds) + " s, ready " +
+                    num(p.ready_seconds) + " s, projection " + num(p.projection_seconds) +
+                    " s, drain " + num(p.drain_seconds) + " s)";
+           })
       .def_readonly("bytes", &api::PushStats::bytes)
       .def_readonly("writes", &api::PushStats::writes)
       .def_readonly("projections", &api::PushStats::projections)
@@ -225,6 +262,15 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readonly("drain_seconds", &api::PushStats::drain_seconds)
       .def_readonly("nic_gbps", &api::PushStats::nic_gbps);
   py::class_<api::WaitStats>(m, "WaitStats")
+      .def(
+          "__repr__",
+          [](const api::WaitStats& w) {
+            return "WaitStats(" + std::to_string(w.bytes) + " bytes, " +
+                   std::to_string(w.immediates) + " immediates, " + num(w.seconds) +
+                   " s, generation " + std::to_string(w.generation) + ", mode " + w.mode +
+                   (w.staged_bytes ? ", staged " + std::to_string(w.staged_bytes) + " bytes" : "") +
+                   ", stale " + std::to_string(w.stale) + ")";
+          })
       .def_readonly("bytes", &api::WaitStats::bytes)
       .def_readonly("immediates", &api::WaitStats::immediates)
       .def_readonly("seconds", &api::WaitStats::seconds)

@@ -177,6 +177,13 @@ def test_errors_are_python_exceptions(tmp_path):
     job = weightcast.JobConfig(t, i, c, deadline_s=5)
     ctl = weightcast.Controller(job)  # noqa: F841 - keeps the rendezvous alive
     rc = weightcast.Receiver(job, 0)
+    assert repr(next(x for x in rc.tensors() if x.name == "w")) == "TensorInfo('w', bf16 [8, 8], 128 bytes)"
+    with pytest.raises(ValueError, match=r"receiver 0: wait\(1\) before publish\(\)"):
+        rc.wait(1)
+    snd = weightcast.Sender(job, 0)
+    with pytest.raises(ValueError, match=r"trainer 0: push\(1\) before prepare\(\)"):
+        snd.push(1)
+    snd.close()
     with pytest.raises(ValueError, match=r"register_tensor\('w'\): shape \[3\], the plan's is \[8, 8\]"):
         rc.register_tensor("w", np.zeros(3, dtype=np.uint16))
     with pytest.raises(ValueError, match=r"4-byte elements, but the plan's tensor is bf16"):
