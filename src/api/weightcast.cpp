@@ -184,7 +184,7 @@ Result<std::vector<uint32_t>> incarnations_of(transport::RendezvousClient& rdv, 
 }
 
 TensorInfo info(const std::string& name, bool scales, core::DType dt, const core::Shape& s) {
-  TensorInfo t{name, scales, std::string(core::dtype_name(dt)), {}, 0};
+  TensorInfo t{name, scales, std::string(core::dtype_name(dt)), {}, 0, name};
   for (int i = 0; i < s.nd; ++i) t.shape.push_back(s[i]);
   t.bytes = static_cast<uint64_t>(s.numel()) * core::dtype_size(dt);
   return t;
@@ -603,8 +603,11 @@ std::vector<TensorInfo> Receiver::tensors() const {
   std::vector<TensorInfo> out;
   const plan::Plan& p = impl_->job->plan;
   for (const plan::DestTensor& d : p.dests)
-    if (d.receiver == impl_->index)
+    if (d.receiver == impl_->index) {
       out.push_back(info(p.dest_names[d.param], d.scale, d.dtype, d.shape));
+      const spec::DestParam& dp = impl_->job->in.inference.params[static_cast<size_t>(d.param)];
+      if (d.scale && dp.quant) out.back().model_name = dp.quant->scale_name;
+    }
   return out;
 }
 Status Receiver::register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales) {

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <set>
+#include <tuple>
 
 #include "weightcast/api/weightcast.h"
 
@@ -106,6 +108,53 @@ std::pair<void*, uint64_t> writable(py::object obj, py::object nbytes,
     throw py::value_error(what + ": " + std::to_string(b.itemsize) +
                           "-byte elements, but the plan's tensor is " + info.dtype);
   return {b.ptr, static_cast<uint64_t>(b.size * b.itemsize)};
+}
+
+// Registers every tensor of this rank from an nn.Module's named_parameters() (DTensors by their
+// local shard), matched by TensorInfo.model_name. Every tensor is checked first; on any problem
+// nothing is registered and the error lists every missing or mismatched tensor. Returns the
+// model's parameters the plan does not use (often fine: say, tied or non-trained ones).
+template <typename H, typename Reg>
+std::vector<std::string> register_module(H& h, py::object model, Reg reg) {
+  std::map<std::string, py::object> params;
+  for (py::handle item : model.attr("named_parameters")()) {
+    auto pair = py::reinterpret_borrow<py::tuple>(item);
+    py::object t = pair[1];
+    if (py::hasattr(t, "to_local")) t = t.attr("to_local")();  // a DTensor: this rank's shard
+    params[pair[0].cast<std::string>()] = t;
+  }
+  std::vector<std::string> problems;
+  std::vector<std::tuple<api::TensorInfo, py::object, void*, uint64_t>> ok;
+  std::set<std::string> used;
+  for (const api::TensorInfo& info : h.get().tensors()) {
+    auto it = params.find(info.model_name);
+    if (it == params.end()) {
+      problems.push_back("'" + info.model_name + "' is not a parameter of the module");
+      continue;
+    }
+    used.insert(it->first);
+    try {
+      auto [p, n] = writable(it->second, py::none(), info);
+      ok.emplace_back(info, it->second, p, n);
+    } catch (const py::value_error& e) {
+      problems.push_back(e.what());
+    }
+  }
+  if (!problems.empty()) {
+    std::string m = "register_module: " + std::to_string(problems.size()) +
+                    " problem(s), nothing "
+                    "registered: ";
+    for (size_t i = 0; i < problems.size(); ++i) m += (i ? "; " : "") + problems[i];
+    throw py::value_error(m);
+  }
+  for (auto& [info, obj, p, n] : ok) {
+    check(reg(info, p, n));
+    h.keep.push_back(obj);
+  }
+  std::vector<std::string> unused;
+  for (const auto& [name, t] : params)
+    if (!used.count(name)) unused.push_back(name);
+  return unused;
 }
 
 std::string num(double v) {
@@ -237,6 +286,7 @@ PYBIND11_MODULE(weightcast, m) {
       .def_readonly("dtype", &api::TensorInfo::dtype)
       .def_readonly("shape", &api::TensorInfo::shape)
       .def_readonly("nbytes", &api::TensorInfo::bytes)
+      .def_readonly("model_name", &api::TensorInfo::model_name)
       .def("__repr__", [](const api::TensorInfo& t) {
         return "TensorInfo(" + t.name + (t.scales ? " scales" : "") + ", " + t.dtype + ", " +
                std::to_string(t.bytes) + " B)";
@@ -327,6 +377,17 @@ PYBIND11_MODULE(weightcast, m) {
             h.keep.push_back(buf);
           },
           py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none())
+      .def(
+          "register_module",
+          [](SndH& h, py::object model) {
+            return register_module(h, model, [&](const api::TensorInfo& t, void* p, uint64_t n) {
+              return h.get().register_tensor(t.name, p, n);
+            });
+          },
+          py::arg("module"),
+          "Registers this rank's shard of every trainer parameter from module.named_parameters() "
+          "(DTensors by to_local()); checks all first, registers none on a mismatch; returns the "
+          "module's parameters the plan does not use.")
       .def("prepare", [](SndH& h) { check(nogil([&] { return h.get().prepare(); })); })
       .def(
           "push",
@@ -349,6 +410,18 @@ PYBIND11_MODULE(weightcast, m) {
           },
           py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none(),
           py::arg("scales") = false)
+      .def(
+          "register_module",
+          [](RcvH& h, py::object model) {
+            return register_module(h, model, [&](const api::TensorInfo& t, void* p, uint64_t n) {
+              return h.get().register_tensor(t.name, p, n, t.scales);
+            });
+          },
+          py::arg("module"),
+          "Registers every tensor of this rank from module.named_parameters() (how an engine's "
+          "weight-transfer backend sees the model; scales by their spec name), checking name, "
+          "dtype, shape, contiguity and device against the plan; refuses with every mismatch "
+          "before anything is registered; returns the module's parameters the plan does not use.")
       .def("publish", [](RcvH& h) { check(nogil([&] { return h.get().publish(); })); })
       .def(
           "wait",

@@ -73,6 +73,9 @@ struct TensorInfo {
   std::string dtype;
   std::vector<int64_t> shape;  // local shape on this rank
   uint64_t bytes = 0;
+  // The name the model itself gives this tensor: `name`, or for scales the spec's quant.scale
+  // name (e.g. "...weight_scale_inv"); what register_module matches named_parameters() against.
+  std::string model_name;
 };
 
 struct PushStats {
