@@ -183,10 +183,20 @@ Mesh parse_mesh(const json& j, const std::string& path, int64_t first_index,
   return m;
 }
 
-Placement parse_one_placement(const std::string& s, const std::string& path) {
+// R / Replicate / Replicate(), S(d) / Shard(d) / Shard(dim=d) (what print(dtensor.placements)
+// shows), O(c) / Owner(c) / Stage(c); spaces ignored.
+Placement parse_one_placement(const std::string& given, const std::string& path) {
+  std::string s;
+  for (char ch : given)
+    if (ch != ' ') s += ch;
+  if (s.rfind("_StridedShard", 0) == 0)
+    fail(path, fmt::format("'{}': FSDP2 + TP's strided sharding is not supported yet; give the "
+                           "trainer spec the layout it resolves to (the shard each rank holds)",
+                           given));
   auto arg_of = [&](size_t open) -> int64_t {
-    if (s.back() != ')') fail(path, fmt::format("bad placement '{}'", s));
-    const std::string a = s.substr(open + 1, s.size() - open - 2);
+    if (s.empty() || s.back() != ')') fail(path, fmt::format("bad placement '{}'", given));
+    std::string a = s.substr(open + 1, s.size() - open - 2);
+    if (a.rfind("dim=", 0) == 0) a = a.substr(4);
     if (a.empty() || a.size() > 9 || a.find_first_not_of("0123456789") != std::string::npos)
       fail(path, fmt::format("bad placement '{}': expected a non-negative integer argument", s));
     return std::stoll(a);

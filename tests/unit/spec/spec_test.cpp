@@ -260,6 +260,31 @@ TEST(Spec, ResourceBoundsRefuseSmallHostileSpecs) {
   EXPECT_EQ(in->trainer.params.size(), 300003u);
 }
 
+// DTensor's own placement strings, as print(dtensor.placements) shows them, mean what ours do.
+TEST(Spec, DTensorPlacementStringsAreAccepted) {
+  json t = tiny_trainer();
+  t["params"][0]["placement"] = {{"fsdp", "Shard(dim=0)"}, {"pp", "O(0)"}};
+  t["params"][1]["placement"] = {{"fsdp", "Shard(dim = 0)"}, {"pp", "O(0)"}};
+  auto in = make_inputs(t, tiny_inference(), tiny_topology(), {}, {"T", "I", "C"});
+  ASSERT_TRUE(in) << in.status().message();
+  EXPECT_EQ(in->trainer.params[0].placement.at("fsdp").str(), "S(0)");
+  EXPECT_EQ(in->trainer.params[1].placement.at("fsdp").str(), "S(0)");
+  t["params"][2]["placement"]["fsdp"] = "Replicate()";
+  in = make_inputs(t, tiny_inference(), tiny_topology(), {}, {"T", "I", "C"});
+  ASSERT_TRUE(in) << in.status().message();
+  EXPECT_EQ(in->trainer.params[2].placement.count("fsdp")
+                ? in->trainer.params[2].placement.at("fsdp").str()
+                : "R",
+            "R");
+  t["params"][2]["placement"]["fsdp"] = "_StridedShard(dim=0, sf=2)";
+  in = make_inputs(t, tiny_inference(), tiny_topology(), {}, {"T", "I", "C"});
+  ASSERT_FALSE(in);
+  EXPECT_NE(in.status().message().find("trainer.params[2].placement.fsdp: '_StridedShard(dim=0, "
+                                       "sf=2)': FSDP2 + TP's strided sharding is not supported"),
+            std::string::npos)
+      << in.status().message();
+}
+
 TEST(Spec, FileErrorsNameTheFile) {
   auto r = load_inputs("/nonexistent/t.json", "i.json", "c.json");
   ASSERT_FALSE(r);
