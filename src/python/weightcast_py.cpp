@@ -339,7 +339,9 @@ PYBIND11_MODULE(weightcast, m) {
            "Plans the job and starts its rendezvous; fills job.rendezvous and job.token.")
       .def_property_readonly("senders", [](const CtlH& h) { return h.get().senders(); })
       .def_property_readonly("receivers", [](const CtlH& h) { return h.get().receivers(); })
-      .def("plan_report", [](const CtlH& h) { return h.get().plan_report(); })
+      .def(
+          "plan_report", [](const CtlH& h) { return h.get().plan_report(); },
+          "The dry-run report of the plan in force (what `weightcast plan` prints).")
       .def(
           "peer_token",
           [](const CtlH& h, const std::string& role, uint32_t rank) {
@@ -364,11 +366,15 @@ PYBIND11_MODULE(weightcast, m) {
 
   using SndH = Holder<api::Sender>;
   closable<SndH>(py::class_<SndH>(m, "Sender"))
-      .def(py::init([](const api::JobConfig& job, uint32_t rank) {
-             return new SndH{{}, check(nogil([&] { return api::Sender::create(job, rank); }))};
-           }),
-           py::arg("job"), py::arg("rank"))
-      .def("tensors", [](const SndH& h) { return h.get().tensors(); })
+      .def(
+          py::init([](const api::JobConfig& job, uint32_t rank) {
+            return new SndH{{}, check(nogil([&] { return api::Sender::create(job, rank); }))};
+          }),
+          py::arg("job"), py::arg("rank"),
+          "Joins the job as trainer rank `rank`: fetches its part of the plan from the controller.")
+      .def(
+          "tensors", [](const SndH& h) { return h.get().tensors(); },
+          "The shards this rank must register: name, dtype, local shape, bytes.")
       .def(
           "register_tensor",
           [](SndH& h, const std::string& name, py::object buf, py::object nbytes) {
@@ -376,7 +382,9 @@ PYBIND11_MODULE(weightcast, m) {
             check(h.get().register_tensor(name, p, n));
             h.keep.push_back(buf);
           },
-          py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none())
+          py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none(),
+          "Registers this rank's shard of trainer parameter `name`: a torch tensor, a numpy array "
+          "or a raw pointer with nbytes=, checked against the plan. Kept alive until close().")
       .def(
           "register_module",
           [](SndH& h, py::object model) {
@@ -388,19 +396,27 @@ PYBIND11_MODULE(weightcast, m) {
           "Registers this rank's shard of every trainer parameter from module.named_parameters() "
           "(DTensors by to_local()); checks all first, registers none on a mismatch; returns the "
           "module's parameters the plan does not use.")
-      .def("prepare", [](SndH& h) { check(nogil([&] { return h.get().prepare(); })); })
+      .def(
+          "prepare", [](SndH& h) { check(nogil([&] { return h.get().prepare(); })); },
+          "Connects to every receiver and gather peer as they run now (after registering).")
       .def(
           "push",
           [](SndH& h, uint64_t step) { return check(nogil([&] { return h.get().push(step); })); },
-          py::arg("step"));
+          py::arg("step"),
+          "Pushes this step's weights once each receiver armed the step (Receiver.wait); on "
+          "failure "
+          "raises naming the receiver, after draining its writes: call push(step) again to retry.");
 
   using RcvH = Holder<api::Receiver>;
   closable<RcvH>(py::class_<RcvH>(m, "Receiver"))
       .def(py::init([](const api::JobConfig& job, uint32_t index) {
              return new RcvH{{}, check(nogil([&] { return api::Receiver::create(job, index); }))};
            }),
-           py::arg("job"), py::arg("index"))
-      .def("tensors", [](const RcvH& h) { return h.get().tensors(); })
+           py::arg("job"), py::arg("index"),
+           "Joins the job as inference rank `index`: fetches its part of the plan.")
+      .def(
+          "tensors", [](const RcvH& h) { return h.get().tensors(); },
+          "The tensors this rank must register (weights, and FP32 scales with scales=True).")
       .def(
           "register_tensor",
           [](RcvH& h, const std::string& name, py::object buf, py::object nbytes, bool scales) {
@@ -409,7 +425,9 @@ PYBIND11_MODULE(weightcast, m) {
             h.keep.push_back(buf);
           },
           py::arg("name"), py::arg("buffer"), py::arg("nbytes") = py::none(),
-          py::arg("scales") = false)
+          py::arg("scales") = false,
+          "Registers the engine's live tensor `name` (its block scales with scales=True): a torch "
+          "tensor, numpy array or raw pointer with nbytes=, checked against the plan.")
       .def(
           "register_module",
           [](RcvH& h, py::object model) {
@@ -422,9 +440,13 @@ PYBIND11_MODULE(weightcast, m) {
           "weight-transfer backend sees the model; scales by their spec name), checking name, "
           "dtype, shape, contiguity and device against the plan; refuses with every mismatch "
           "before anything is registered; returns the module's parameters the plan does not use.")
-      .def("publish", [](RcvH& h) { check(nogil([&] { return h.get().publish(); })); })
+      .def(
+          "publish", [](RcvH& h) { check(nogil([&] { return h.get().publish(); })); },
+          "Publishes this rank's address and tensor descriptors (every tensor registered).")
       .def(
           "wait",
           [](RcvH& h, uint64_t step) { return check(nogil([&] { return h.get().wait(step); })); },
-          py::arg("step"));
+          py::arg("step"),
+          "Arms a fresh attempt of `step` and returns once every byte of it is in the tensors; "
+          "raises naming the senders that are short at the deadline or that aborted.");
 }

@@ -288,3 +288,13 @@ def test_a_gather_member_running_ahead_never_corrupts_its_roots_step(tmp_path, m
     monkeypatch.setenv("WEIGHTCAST_DEBUG_PROJECT_DELAY", "0:400")
     job = weightcast.JobConfig(t, i, c, deadline_s=30, plan_file=str(plan))
     transfer(job, weightcast.Controller(job))
+
+
+def test_every_public_call_has_a_docstring():
+    for cls in (weightcast.Controller, weightcast.Sender, weightcast.Receiver):
+        for name in dir(cls):
+            attr = getattr(cls, name)
+            if name.startswith("_") or not callable(attr):
+                continue
+            text = (attr.__doc__ or "").split("\n", 2)  # pybind11: signature, blank, the text
+            assert len(text) == 3 and text[2].strip(), f"{cls.__name__}.{name} has no docstring"
