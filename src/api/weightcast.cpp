@@ -1,4 +1,5 @@
-// The public API over the executor, receiver, planner and rendezvous.
+// The public API: the Controller and the Sender (the Receiver: receiver.cpp; what they share:
+// peer.h).
 #include "weightcast/api/weightcast.h"
 
 #include <fmt/format.h>
@@ -10,194 +11,23 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <set>
 #include <sstream>
 
+#include "peer.h"
 #include "weightcast/exec/executor.h"
 #include "weightcast/exec/keys.h"
 #include "weightcast/exec/parts.h"
-#include "weightcast/plan/check.h"
-#include "weightcast/plan/plan_json.h"
-#include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
 
 namespace weightcast::api {
 
+using namespace detail;  // NOLINT: the API's own internals
+
 namespace {
-
-using Clock = std::chrono::steady_clock;
-auto in_s(double s) {
-  return Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
-}
-
-// What every party of a job holds: the inputs, and the plan (the controller: the whole plan,
-// computed or loaded; a peer: its own part, fetched from the controller through the rendezvous).
-struct Job {
-  JobConfig cfg;
-  spec::Inputs in;
-  plan::Plan plan;
-};
-
-Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg, bool whole_plan) {
-  auto in = spec::load_inputs(cfg.trainer_spec, cfg.inference_spec, cfg.topology);
-  if (!in) return in.status();
-  if (!whole_plan) {  // a peer: its part comes from the controller
-    auto j = std::make_unique<Job>();
-    j->cfg = cfg;
-    j->in = std::move(in).value();
-    return j;
-  }
-  auto p = cfg.plan_file.empty() ? plan::make_plan(*in, plan::Options{})
-                                 : plan::load_json(cfg.plan_file);
-  if (!p) return p.status();
-  if (p->inputs_digest != plan::digest_inputs(*in))
-    return invalid(
-        "plan file {} was made for inputs {}, but these specs give {}: re-run `weightcast plan "
-        "--json` on them",
-        cfg.plan_file, p->inputs_digest, plan::digest_inputs(*in));
-  if (!cfg.plan_file.empty())  // a file may have been edited: every offset against the specs
-    if (Status st = plan::check_plan(*in, *p); !st)
-      return Status(st.code(), fmt::format("plan file {}: {}", cfg.plan_file, st.message()));
-  auto j = std::make_unique<Job>();
-  j->cfg = cfg;
-  j->in = std::move(in).value();
-  j->plan = std::move(p).value();
-  return j;
-}
-
-Result<std::unique_ptr<transport::RendezvousClient>> join(Job& j, const char* role, uint32_t rank) {
-  const auto colon = j.cfg.rendezvous.rfind(':');
-  if (colon == std::string::npos)
-    return invalid("JobConfig.rendezvous '{}' is not host:port", j.cfg.rendezvous);
-  // A peer's session may write only its own keys: it presents its peer token (given, or derived
-  // from the job token it was given).
-  const std::string me = exec::keys::identity(role, rank);
-  std::string token = j.cfg.token;
-  if (token.rfind("wcp1:", 0) == 0) {
-    const std::string whose = token.substr(5, token.rfind(':') - 5);
-    if (whose != me)
-      return invalid("JobConfig.token is the peer token of {}, but this is {}", whose, me);
-  } else {
-    token = transport::peer_token(token, me);
-  }
-  auto c = transport::RendezvousClient::connect(
-      j.cfg.rendezvous.substr(0, colon),
-      static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(colon + 1))), token,
-      in_s(j.cfg.deadline_s));
-  if (!c) return c.status();
-  auto part = exec::fetch_part(role, rank, plan::digest_inputs(j.in), **c, in_s(j.cfg.deadline_s));
-  if (!part) return part.status();
-  if (Status st = plan::check_plan(j.in, *part); !st)
-    return Status(st.code(), fmt::format("{} {}'s part of the plan: {}", role, rank, st.message()));
-  j.plan = std::move(part).value();
-  return c;
-}
-
-// What every Sender and Receiver starts with: the job (inputs + plan) and a rendezvous session.
-struct PeerBase {
-  std::unique_ptr<Job> job;
-  std::unique_ptr<transport::RendezvousClient> rdv;
-};
-Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t rank) {
-  auto j = load_job(cfg, false);
-  if (!j) return j.status();
-  p.job = std::move(j).value();
-  auto c = join(*p.job, role, rank);
-  if (!c) return c.status();
-  p.rdv = std::move(c).value();
-  return Status::ok();
-}
-
-// `slot` numbers this peer among all `peers` of the job (trainers first): the verbs backend keeps
-// one RC queue pair per peer slot.
-std::vector<transport::DomainConfig> nics(const JobConfig& c, uint32_t slot, uint32_t peers) {
-  std::vector<transport::DomainConfig> v;
-  for (const auto& a : c.nics) {
-    transport::DomainConfig d;
-    d.backend = c.backend;
-    d.provider = c.backend == "verbs" ? a : c.provider;
-    d.address = c.backend == "verbs" ? "" : a;
-    d.rank = slot;
-    d.max_peers = std::max(d.max_peers, peers);
-    d.universe = peers;
-    d.faults = c.faults;
-    v.push_back(d);
-  }
-  return v;
-}
-uint32_t peer_count(const plan::Plan& p) {
-  return static_cast<uint32_t>(p.senders.size() + p.receivers.size());
-}
-
 // Attempts of one step a Sender takes (its gathers' generation is step * this + attempt - 1).
 constexpr uint32_t kMaxAttempts = 8;
-
-// A process's incarnation: new for every Sender / Receiver, so a restarted peer's keys and
-// connections never alias its dead predecessor's (0 is the demo's first incarnation).
-uint32_t new_incarnation() {
-  std::random_device rd;
-  uint32_t k = 0;
-  while (k == 0) k = rd() & 0x7fffffffu;
-  return k;
-}
-
-// The incarnation peer (role, rank) runs now, if it was published after version `after`, with
-// the version of that publication.
-struct Incarnation {
-  uint32_t value = 0;
-  uint64_t version = 0;
-};
-Result<Incarnation> incarnation_of(transport::RendezvousClient& rdv, const char* role,
-                                   uint32_t rank, Clock::time_point deadline, uint64_t after = 0) {
-  auto v = rdv.get_newer(exec::keys::incarnation(role, rank), after, deadline);
-  if (!v) return v.status();
-  try {
-    return Incarnation{
-        static_cast<uint32_t>(std::stoul(std::string(v->value.begin(), v->value.end()))),
-        v->version};
-  } catch (const std::exception&) {
-    return invalid("{} {}: malformed incarnation key", role, rank);
-  }
-}
-
-// The incarnations the listed ranks of `role` run now, indexed by rank (0 for ranks not listed);
-// `versions` (optional) gets the version each was published under. `who` names the asking peer.
-template <typename Ranks>
-Result<std::vector<uint32_t>> incarnations_of(transport::RendezvousClient& rdv, const char* role,
-                                              const Ranks& ranks, Clock::time_point deadline,
-                                              const std::string& who,
-                                              std::map<uint32_t, uint64_t>* versions = nullptr) {
-  std::vector<uint32_t> out;
-  for (uint32_t r : ranks) {
-    auto k = incarnation_of(rdv, role, r, deadline);
-    if (!k)
-      return Status(k.status().code(),
-                    fmt::format("{}: {} {} never published: {}", who,
-                                std::string(role) == "inference" ? "receiver" : role, r,
-                                k.status().message()));
-    out.resize(std::max<size_t>(out.size(), r + 1), 0);
-    out[r] = k->value;
-    if (versions) (*versions)[r] = k->version;
-  }
-  return out;
-}
-
-TensorInfo info(const std::string& name, bool scales, core::DType dt, const core::Shape& s) {
-  TensorInfo t{name, scales, std::string(core::dtype_name(dt)), {}, 0, name};
-  for (int i = 0; i < s.nd; ++i) t.shape.push_back(s[i]);
-  t.bytes = static_cast<uint64_t>(s.numel()) * core::dtype_size(dt);
-  return t;
-}
-
 }  // namespace
-
-// A peer's metadata for the controller: "digest nics tensors bytes".
-Status publish_meta(PeerBase& p, const char* role, uint32_t rank, size_t tensors, uint64_t bytes) {
-  return p.rdv->put(exec::keys::meta(role, rank),
-                    fmt::format("{} {} {} {}", p.job->plan.inputs_digest, p.job->cfg.nics.size(),
-                                tensors, bytes));
-}
 
 struct Controller::Impl {
   std::unique_ptr<Job> job;
@@ -536,140 +366,6 @@ Result<PushStats> Sender::push(uint64_t step) {
   st.mirror_seconds = rep->mirror_s;
   st.drain_seconds = rep->write_s;
   return st;
-}
-
-struct Receiver::Impl : PeerBase {
-  std::unique_ptr<exec::InferenceReceiver> rc;
-  std::set<std::pair<std::string, bool>> registered;  // (name, scales) register_tensor accepted
-  bool published = false;
-  uint32_t index = 0, incarnation = 0;
-  uint8_t generation = 0;  // of the last attempt armed
-  std::vector<uint32_t> senders;
-  int die_after_arm = -1;  // test hook (WEIGHTCAST_DEBUG_DIE_AFTER_ARM)
-  int cuda_device = -1;    // where its tensors live (-1: host memory)
-};
-
-Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
-  if (cfg.cuda_device >= 0 && cfg.cuda_device >= exec::cuda_devices())
-    return invalid("JobConfig.cuda_device is {}, but this process sees {} CUDA device(s){}",
-                   cfg.cuda_device, exec::cuda_devices(),
-                   exec::cuda_built() ? "" : " (weightcast was built without CUDA)");
-  const std::map<std::string, exec::Staging> staging{{"auto", exec::Staging::kAuto},
-                                                     {"always", exec::Staging::kAlways},
-                                                     {"never", exec::Staging::kNever}};
-  auto st = staging.find(cfg.receiver_staging);
-  if (st == staging.end())
-    return invalid("JobConfig.receiver_staging is '{}'; expected auto, always or never",
-                   cfg.receiver_staging);
-  auto impl = std::make_unique<Impl>();
-  if (Status s = open_peer(cfg, *impl, "inference", index); !s) return s;
-  const plan::Plan& pl = impl->job->plan;
-  auto rc = exec::InferenceReceiver::create(
-      impl->job->in, pl, index,
-      nics(cfg, static_cast<uint32_t>(pl.senders.size()) + index, peer_count(pl)), impl->rdv.get(),
-      false);
-  if (!rc) return rc.status();
-  impl->rc = std::move(rc).value();
-  impl->index = index;
-  impl->rc->set_staging(st->second, cfg.cuda_device);
-  impl->cuda_device = cfg.cuda_device;
-  impl->incarnation = new_incarnation();
-  impl->rc->set_incarnation(impl->incarnation);
-  if (Status s = impl->rdv->identify(exec::keys::session("inference", index, impl->incarnation));
-      !s)
-    return s;
-  impl->generation = static_cast<uint8_t>(new_incarnation());  // any start; each arm moves on
-  std::set<uint32_t> senders;
-  for (const plan::Write& w : impl->job->plan.writes)
-    if (impl->job->plan.dests[w.dest].receiver == index) senders.insert(w.sender);
-  impl->senders.assign(senders.begin(), senders.end());
-  // Test hook: WEIGHTCAST_DEBUG_DIE_AFTER_ARM=K kills receiver K with SIGKILL right after it
-  // armed its first attempt (a receiver dying mid-step, after its senders were told to write).
-  if (const char* d = std::getenv("WEIGHTCAST_DEBUG_DIE_AFTER_ARM"))
-    impl->die_after_arm = std::atoi(d);
-  uint32_t count = 0;
-  uint64_t bytes = 0;
-  for (const plan::DestTensor& d : impl->job->plan.dests)
-    if (d.receiver == index) ++count, bytes += d.bytes;
-  if (Status s = publish_meta(*impl, "inference", index, count, bytes); !s) return s;
-  return Receiver(std::move(impl));
-}
-Receiver::Receiver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Receiver::Receiver(Receiver&&) noexcept = default;
-Receiver& Receiver::operator=(Receiver&&) noexcept = default;
-Receiver::~Receiver() = default;
-
-std::vector<TensorInfo> Receiver::tensors() const {
-  std::vector<TensorInfo> out;
-  const plan::Plan& p = impl_->job->plan;
-  for (const plan::DestTensor& d : p.dests)
-    if (d.receiver == impl_->index) {
-      out.push_back(info(p.dest_names[d.param], d.scale, d.dtype, d.shape));
-      const spec::DestParam& dp = impl_->job->in.inference.params[static_cast<size_t>(d.param)];
-      if (d.scale && dp.quant) out.back().model_name = dp.quant->scale_name;
-    }
-  return out;
-}
-Status Receiver::register_tensor(const std::string& name, void* data, uint64_t bytes, bool scales) {
-  const bool cuda = exec::pointer_kind(data) == exec::MemoryKind::kCuda;
-  if (cuda != (impl_->cuda_device >= 0))
-    return invalid("register_tensor('{}'): a {} pointer, but JobConfig.cuda_device is {} ({})",
-                   name, cuda ? "CUDA device" : "host", impl_->cuda_device,
-                   impl_->cuda_device >= 0
-                       ? "tensors must be GPU memory on that device"
-                       : "tensors must be host memory; set it to the tensors' GPU");
-  if (impl_->registered.count({name, scales}))
-    return invalid("register_tensor('{}'{}): registered already (receiver {})", name,
-                   scales ? ", scales" : "", impl_->index);
-  if (Status s = impl_->rc->bind_tensor(name, scales, data, bytes); !s) return s;
-  impl_->registered.insert({name, scales});
-  return Status::ok();
-}
-Status Receiver::publish() {
-  if (Status s = impl_->rc->publish(); !s) return s;
-  impl_->published = true;
-  const auto before = incarnation_of(*impl_->rdv, "inference", impl_->index, Clock::now());
-  // Last: a sender that sees this incarnation finds its address and descriptors published.
-  if (Status s = impl_->rdv->put(exec::keys::incarnation("inference", impl_->index),
-                                 std::to_string(impl_->incarnation));
-      !s)
-    return s;
-  if (before && before->value != impl_->incarnation) {  // the dead predecessor's keys
-    (void)impl_->rdv->del(exec::keys::receiver_address(impl_->index, before->value));
-    (void)impl_->rdv->del(exec::keys::receiver_tensors(impl_->index, before->value));
-  }
-  return Status::ok();
-}
-
-Result<WaitStats> Receiver::wait(uint64_t step) {
-  Impl& m = *impl_;
-  if (!m.published)
-    return invalid("receiver {}: wait({}) before publish(): register every tensor, then publish()",
-                   m.index, step);
-  const auto deadline = in_s(m.job->cfg.deadline_s);
-  // Transports whose targets connect too (verbs): to every sender as it runs now, before
-  // arming (a no-op once connected, and on libfabric).
-  if (m.rc->connects_both_ends()) {
-    auto inc = incarnations_of(*m.rdv, "trainer", m.senders, deadline,
-                               fmt::format("receiver {}", m.index));
-    if (!inc) return inc.status();
-    if (Status s = m.rc->connect_senders(*inc, deadline); !s) return s;
-  }
-  // A fresh generation for every attempt: writes of earlier attempts (late, or of a sender that
-  // died) are stale from here on.
-  const uint8_t gen = ++m.generation;
-  const uint64_t stale0 = m.rc->stale();
-  m.rc->begin(gen);
-  if (Status s = m.rdv->put(exec::keys::armed(m.index),
-                            fmt::format("{} {} {}", step, unsigned{gen}, m.incarnation));
-      !s)
-    return s;
-  if (m.die_after_arm == static_cast<int>(m.index)) ::kill(::getpid(), SIGKILL);
-  auto w = m.rc->wait(gen, deadline);
-  if (!w) return Status(w.status().code(), fmt::format("step {}: {}", step, w.status().message()));
-  return WaitStats{
-      w->bytes,        w->imms,     w->wait_s, gen, m.rc->stale() - stale0, m.rc->memory_mode(),
-      w->staged_bytes, w->staging_s};
 }
 
 }  // namespace weightcast::api

@@ -1,0 +1,135 @@
+// What the API's parties share (peer.h).
+#include "peer.h"
+
+#include <algorithm>
+#include <random>
+
+#include "weightcast/exec/parts.h"
+#include "weightcast/plan/check.h"
+#include "weightcast/plan/plan_json.h"
+#include "weightcast/plan/planner.h"
+
+namespace weightcast::api::detail {
+
+Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg, bool whole_plan) {
+  auto in = spec::load_inputs(cfg.trainer_spec, cfg.inference_spec, cfg.topology);
+  if (!in) return in.status();
+  if (!whole_plan) {  // a peer: its part comes from the controller
+    auto j = std::make_unique<Job>();
+    j->cfg = cfg;
+    j->in = std::move(in).value();
+    return j;
+  }
+  auto p = cfg.plan_file.empty() ? plan::make_plan(*in, plan::Options{})
+                                 : plan::load_json(cfg.plan_file);
+  if (!p) return p.status();
+  if (p->inputs_digest != plan::digest_inputs(*in))
+    return invalid(
+        "plan file {} was made for inputs {}, but these specs give {}: re-run `weightcast plan "
+        "--json` on them",
+        cfg.plan_file, p->inputs_digest, plan::digest_inputs(*in));
+  if (!cfg.plan_file.empty())  // a file may have been edited: every offset against the specs
+    if (Status st = plan::check_plan(*in, *p); !st)
+      return Status(st.code(), fmt::format("plan file {}: {}", cfg.plan_file, st.message()));
+  auto j = std::make_unique<Job>();
+  j->cfg = cfg;
+  j->in = std::move(in).value();
+  j->plan = std::move(p).value();
+  return j;
+}
+
+namespace {
+
+Result<std::unique_ptr<transport::RendezvousClient>> join(Job& j, const char* role, uint32_t rank) {
+  const auto colon = j.cfg.rendezvous.rfind(':');
+  if (colon == std::string::npos)
+    return invalid("JobConfig.rendezvous '{}' is not host:port", j.cfg.rendezvous);
+  // A peer's session may write only its own keys: it presents its peer token (given, or derived
+  // from the job token it was given).
+  const std::string me = exec::keys::identity(role, rank);
+  std::string token = j.cfg.token;
+  if (token.rfind("wcp1:", 0) == 0) {
+    const std::string whose = token.substr(5, token.rfind(':') - 5);
+    if (whose != me)
+      return invalid("JobConfig.token is the peer token of {}, but this is {}", whose, me);
+  } else {
+    token = transport::peer_token(token, me);
+  }
+  auto c = transport::RendezvousClient::connect(
+      j.cfg.rendezvous.substr(0, colon),
+      static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(colon + 1))), token,
+      in_s(j.cfg.deadline_s));
+  if (!c) return c.status();
+  auto part = exec::fetch_part(role, rank, plan::digest_inputs(j.in), **c, in_s(j.cfg.deadline_s));
+  if (!part) return part.status();
+  if (Status st = plan::check_plan(j.in, *part); !st)
+    return Status(st.code(), fmt::format("{} {}'s part of the plan: {}", role, rank, st.message()));
+  j.plan = std::move(part).value();
+  return c;
+}
+
+}  // namespace
+
+Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t rank) {
+  auto j = load_job(cfg, false);
+  if (!j) return j.status();
+  p.job = std::move(j).value();
+  auto c = join(*p.job, role, rank);
+  if (!c) return c.status();
+  p.rdv = std::move(c).value();
+  return Status::ok();
+}
+
+std::vector<transport::DomainConfig> nics(const JobConfig& c, uint32_t slot, uint32_t peers) {
+  std::vector<transport::DomainConfig> v;
+  for (const auto& a : c.nics) {
+    transport::DomainConfig d;
+    d.backend = c.backend;
+    d.provider = c.backend == "verbs" ? a : c.provider;
+    d.address = c.backend == "verbs" ? "" : a;
+    d.rank = slot;
+    d.max_peers = std::max(d.max_peers, peers);
+    d.universe = peers;
+    d.faults = c.faults;
+    v.push_back(d);
+  }
+  return v;
+}
+uint32_t peer_count(const plan::Plan& p) {
+  return static_cast<uint32_t>(p.senders.size() + p.receivers.size());
+}
+
+uint32_t new_incarnation() {
+  std::random_device rd;
+  uint32_t k = 0;
+  while (k == 0) k = rd() & 0x7fffffffu;
+  return k;
+}
+
+Result<Incarnation> incarnation_of(transport::RendezvousClient& rdv, const char* role,
+                                   uint32_t rank, Clock::time_point deadline, uint64_t after) {
+  auto v = rdv.get_newer(exec::keys::incarnation(role, rank), after, deadline);
+  if (!v) return v.status();
+  try {
+    return Incarnation{
+        static_cast<uint32_t>(std::stoul(std::string(v->value.begin(), v->value.end()))),
+        v->version};
+  } catch (const std::exception&) {
+    return invalid("{} {}: malformed incarnation key", role, rank);
+  }
+}
+
+TensorInfo info(const std::string& name, bool scales, core::DType dt, const core::Shape& s) {
+  TensorInfo t{name, scales, std::string(core::dtype_name(dt)), {}, 0, name};
+  for (int i = 0; i < s.nd; ++i) t.shape.push_back(s[i]);
+  t.bytes = static_cast<uint64_t>(s.numel()) * core::dtype_size(dt);
+  return t;
+}
+
+Status publish_meta(PeerBase& p, const char* role, uint32_t rank, size_t tensors, uint64_t bytes) {
+  return p.rdv->put(exec::keys::meta(role, rank),
+                    fmt::format("{} {} {} {}", p.job->plan.inputs_digest, p.job->cfg.nics.size(),
+                                tensors, bytes));
+}
+
+}  // namespace weightcast::api::detail
