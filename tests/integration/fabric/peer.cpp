@@ -363,7 +363,7 @@ int main(int argc, char** argv) {
   app.add_option("--senders", p.senders);
   app.add_option("--nics", nics, "comma-separated NICs: local IPs (fabric) or devices (verbs)");
   app.add_option("--provider", p.provider, "libfabric provider, or verbs device name");
-  app.add_option("--backend", p.backend)->check(CLI::IsMember({"fabric", "verbs"}));
+  app.add_option("--backend", p.backend)->check(CLI::IsMember({"fabric", "verbs", "ipc"}));
   app.add_option("--max-write", p.max_write, "split NIC writes above this many bytes");
   app.add_option("--max-size", p.max_size, "largest write of the sizes scenario");
   CLI11_PARSE(app, argc, argv);

@@ -1,0 +1,150 @@
+// The same-host backend's own rules, on two domains of this process (the fabric suite runs it
+// between processes: WC_TEST_BACKEND=ipc): what a key may name, what an address must be, and
+// immediates that wait for a full lane instead of being lost.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "weightcast/transport/domain.h"
+
+namespace weightcast::transport {
+namespace {
+
+std::unique_ptr<Domain> open_ipc() {
+  DomainConfig c;
+  c.backend = "ipc";
+  auto d = open_domain(c);
+  EXPECT_TRUE(d) << d.status().message();
+  return d ? std::move(d).value() : nullptr;
+}
+
+// Polls both until `want` completions of the writer and `imms` immediates of the reader came.
+void pump(Domain& writer, Domain& reader, size_t want, size_t imms, std::vector<Completion>& done,
+          std::vector<uint32_t>& got) {
+  std::vector<Completion> c(64);
+  for (int spins = 0; (done.size() < want || got.size() < imms) && spins < 1000000; ++spins) {
+    auto n = writer.poll(c);
+    ASSERT_TRUE(n);
+    done.insert(done.end(), c.begin(), c.begin() + static_cast<long>(*n));
+    auto m = reader.poll(c);
+    ASSERT_TRUE(m);
+    for (size_t i = 0; i < *m; ++i)
+      if (c[i].kind == Completion::Kind::kImm) got.push_back(c[i].imm);
+  }
+}
+
+TEST(Ipc, WritesLandAndTheirImmediatesFollow) {
+  auto a = open_ipc(), b = open_ipc();
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->caps().backend, "ipc");
+  std::vector<uint8_t> src(4096), dst(4096, 0);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + 1);
+  auto s = a->register_memory(src.data(), src.size(), MemKind::kHost);
+  auto d = b->register_memory(dst.data(), dst.size(), MemKind::kHost);
+  ASSERT_TRUE(s && d);
+  auto peer = a->connect(b->address());
+  ASSERT_TRUE(peer) << peer.status().message();
+  EXPECT_EQ(*a->connect(b->address()), *peer);  // connecting again keeps the connection
+  WriteOp op{1, &*s, 100, *peer, d->remote, 200, 1000, true, 0xABCD};
+  PostResult r = a->post({&op, 1});
+  ASSERT_TRUE(r.error.is_ok()) << r.error.message();
+  ASSERT_EQ(r.taken, 1u);
+  std::vector<Completion> done;
+  std::vector<uint32_t> got;
+  pump(*a, *b, 1, 1, done, got);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].kind, Completion::Kind::kWriteDone);
+  EXPECT_EQ(done[0].id, 1u);
+  ASSERT_EQ(got, std::vector<uint32_t>{0xABCD});
+  EXPECT_EQ(std::memcmp(dst.data() + 200, src.data() + 100, 1000), 0);
+  EXPECT_EQ(dst[199], 0);
+  EXPECT_EQ(dst[1200], 0);
+}
+
+TEST(Ipc, KeysOfDeregisteredRegionsAndWritesPastTheRegionAreRefused) {
+  auto a = open_ipc(), b = open_ipc();
+  ASSERT_TRUE(a && b);
+  std::vector<uint8_t> src(256, 1), dst(256, 0);
+  auto s = a->register_memory(src.data(), src.size(), MemKind::kHost);
+  auto d = b->register_memory(dst.data(), dst.size(), MemKind::kHost);
+  ASSERT_TRUE(s && d);
+  auto peer = a->connect(b->address());
+  ASSERT_TRUE(peer);
+  WriteOp past{1, &*s, 0, *peer, d->remote, 200, 100, true, 1};
+  PostResult r = a->post({&past, 1});
+  EXPECT_EQ(r.taken, 0u);
+  EXPECT_NE(r.error.message().find("runs past"), std::string::npos) << r.error.message();
+  WriteOp forged = past;
+  forged.dst_off = 0;
+  forged.dst.key ^= 1ull << 40;  // another generation of the same slot
+  r = a->post({&forged, 1});
+  EXPECT_EQ(r.taken, 0u);
+  EXPECT_NE(r.error.message().find("no longer has the region"), std::string::npos)
+      << r.error.message();
+  ASSERT_TRUE(b->deregister(*d));
+  WriteOp stale = past;
+  stale.dst_off = 0;
+  r = a->post({&stale, 1});
+  EXPECT_EQ(r.taken, 0u);
+  EXPECT_NE(r.error.message().find("no longer has the region"), std::string::npos)
+      << r.error.message();
+  EXPECT_EQ(dst, std::vector<uint8_t>(256, 0));
+}
+
+TEST(Ipc, AddressesOfOtherHostsAndOtherBackendsAreRefused) {
+  auto a = open_ipc(), b = open_ipc();
+  ASSERT_TRUE(a && b);
+  const std::vector<uint8_t> addr = b->address();
+  std::string other(addr.begin(), addr.end());
+  const size_t bar = other.find('|');
+  other[bar + 1] = other[bar + 1] == 'x' ? 'y' : 'x';  // another boot id
+  auto c = a->connect(std::vector<uint8_t>(other.begin(), other.end()));
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.status().message().find("another host"), std::string::npos) << c.status().message();
+  const std::string junk = "192.168.0.1:7000";
+  c = a->connect(std::vector<uint8_t>(junk.begin(), junk.end()));
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.status().message().find("not an ipc address"), std::string::npos);
+  std::string wrong_nonce(addr.begin(), addr.end());
+  wrong_nonce.back() = wrong_nonce.back() == '1' ? '2' : '1';
+  c = a->connect(std::vector<uint8_t>(wrong_nonce.begin(), wrong_nonce.end()));
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.status().message().find("not the ipc segment"), std::string::npos)
+      << c.status().message();
+}
+
+TEST(Ipc, ImmediatesWaitForAFullLaneInsteadOfBeingLost) {
+  auto a = open_ipc(), b = open_ipc();
+  ASSERT_TRUE(a && b);
+  std::vector<uint8_t> src(8, 3), dst(8, 0);
+  auto s = a->register_memory(src.data(), src.size(), MemKind::kHost);
+  auto d = b->register_memory(dst.data(), dst.size(), MemKind::kHost);
+  ASSERT_TRUE(s && d);
+  auto peer = a->connect(b->address());
+  ASSERT_TRUE(peer);
+  constexpr size_t kWrites = 10000;  // more than a lane holds
+  std::vector<WriteOp> ops;
+  for (size_t i = 0; i < kWrites; ++i)
+    ops.push_back({i + 1, &*s, 0, *peer, d->remote, 0, 8, true, static_cast<uint32_t>(i)});
+  for (size_t at = 0; at < ops.size();) {
+    PostResult r = a->post(std::span(ops).subspan(at));
+    ASSERT_TRUE(r.error.is_ok());
+    at += r.taken;
+  }
+  // The writer alone: completions stop where the lane is full (the reader has not polled).
+  std::vector<Completion> c(256);
+  size_t done = 0;
+  for (int i = 0; i < 1000; ++i) done += *a->poll(c);
+  EXPECT_LT(done, kWrites);
+  EXPECT_GT(done, 0u);
+  std::vector<Completion> rest;
+  std::vector<uint32_t> got;
+  pump(*a, *b, kWrites - done, kWrites, rest, got);
+  EXPECT_EQ(done + rest.size(), kWrites);
+  ASSERT_EQ(got.size(), kWrites);
+  for (size_t i = 0; i < kWrites; ++i) ASSERT_EQ(got[i], i);
+}
+
+}  // namespace
+}  // namespace weightcast::transport
