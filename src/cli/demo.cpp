@@ -509,7 +509,10 @@ int run_demo(const DemoOptions& o) {
   std::printf(
       "demo: %zu trainer -> %zu inference processes over %s, %zu NIC(s) each (%s); plan %s: "
       "%zu writes and %zu gathers (host collective), %s per step\n",
-      S, R, o.backend == "verbs" ? "ibverbs RC" : ("libfabric " + o.provider).c_str(),
+      S, R,
+      o.backend == "verbs" ? "ibverbs RC"
+      : o.backend == "ipc" ? "same-host ipc"
+                           : ("libfabric " + o.provider).c_str(),
       nic_names(o).size(), fmt::format("{}", fmt::join(nic_names(o), ",")).c_str(),
       p->inputs_digest.c_str(), p->writes.size(), p->gathers.size(),
       plan::human_bytes(static_cast<double>(moved)).c_str());

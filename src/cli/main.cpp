@@ -301,9 +301,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 4));
   demo_cmd->add_option("--provider", demo.provider, "libfabric provider")->capture_default_str();
   demo_cmd
-      ->add_option("--backend", demo.backend, "Transport: fabric (libfabric) or verbs (ibverbs RC)")
+      ->add_option("--backend", demo.backend,
+                   "Transport: fabric (libfabric), verbs (ibverbs RC), or ipc (peers of one host: "
+                   "CUDA IPC for GPU memory, process_vm_writev for host memory; --nics then "
+                   "counts links, not NICs)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"fabric", "verbs"}));
+      ->check(CLI::IsMember({"fabric", "verbs", "ipc"}));
   demo_cmd
       ->add_option("--device", demo.device,
                    "Where trainer shards live: host, or cuda (shards in GPU memory, projections "

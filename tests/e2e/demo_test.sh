@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End to end through `weightcast demo`: real trainer and inference processes over libfabric
 # tcp;ofi_rxm, every inference byte verified against the reference each step.
-#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|llama|soak
+#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|llama|soak|ipc_basic|
+#                ipc_restart_then_kill
 set -u
 wc="$1"; what="$2"
 out=$(mktemp); trap 'rm -f "$out"' EXIT
@@ -67,6 +68,22 @@ PY
     timeout 900 "$wc" demo --steps 1000 >"$out" 2>&1; rc=$?
     expect "^step 1000/1000: "; expect "RSS: largest growth after step 10 is .* over 1000 steps, 7 processes"
     expect "demo OK: 1000 steps" ;;
+  ipc_basic)  # the same-host backend: two replicas, two links per process, gathers
+    timeout 300 "$wc" demo --backend ipc --steps 3 --replicas 2 --nics 2 --gather-cost-us 0 \
+      >"$out" 2>&1; rc=$?
+    expect "4 trainer -> 4 inference processes over same-host ipc"
+    expect "^step 3/3: .* on 4 receivers verified"; expect "demo OK" ;;
+  ipc_restart_then_kill)  # the same-host backend through the restart and kill drills: writers
+    # take over the lanes of the dead, the new trainer maps the restarted receiver's memory
+    timeout 300 "$wc" demo --backend ipc --steps 4 --restart-receiver-at-step 2 \
+      --kill-trainer-at-step 3 --deadline 5 --gather-cost-us 0 >"$out" 2>&1; rc=$?
+    expect "over same-host ipc"
+    expect "inference 0 killed after step 1 and restarted \(incarnation 1\)"
+    expect "inference 0: .*missing: sender 0 \(phase"
+    expect "trainer 0 died \(Killed\); restarting"
+    expect "^step 3/4: .*verified against the reference \(attempt 2\)"
+    expect "^step 4/4: .*5771008 bytes on 2 receivers verified"
+    expect "demo OK: 4 steps" ;;
   *) echo "unknown case $what"; exit 2 ;;
 esac
 cat "$out"

@@ -1,7 +1,7 @@
 // weightcast's public C++ API. Embed it in a trainer loop (Sender, one per trainer rank) and in
 // an inference engine (Receiver, one per inference rank); one Controller per job runs the
 // rendezvous and fixes the plan. No exceptions cross this API: every call returns Status or
-// Result<T>. Receivers are host memory over libfabric for now (see README for what is next).
+// Result<T>. docs/transport.md says which memory each backend writes.
 // Failures, retries and restarted peers: docs/failures.md.
 //
 //   Controller c = *Controller::start(job);            // once per job; job.rendezvous is filled in
@@ -29,8 +29,10 @@ struct JobConfig {
   std::string rendezvous;                              // host:port; Controller::start fills it
   std::string token;             // the job token, or (better) this peer's Controller::peer_token
   std::string provider = "tcp";  // libfabric provider (efa in production)
-  // "fabric" (libfabric `provider`; nics are local IP addresses) or "verbs" (ibverbs RC; nics
-  // are RDMA device names such as mlx5_0).
+  // "fabric" (libfabric `provider`; nics are local IP addresses), "verbs" (ibverbs RC; nics
+  // are RDMA device names such as mlx5_0), or "ipc" (every peer on this host: GPU memory through
+  // CUDA IPC, host memory through process_vm_writev; nics then only counts the links, one
+  // domain each, and every peer needs the same count).
   std::string backend = "fabric";
   std::vector<std::string> nics = {"127.0.0.1"};  // per NIC of this process
   double deadline_s = 60;                         // every wait fails after this long
