@@ -327,7 +327,7 @@ class TrainerExecutor::Attempt {
     const auto tg = Clock::now();
     // (Pieces are read from host memory: the collective's shard lookup mirrors GPU shards.)
     if (Status s = ex_.collective_->run(gen_, phase, batch, deadline_); !s) return named(s);
-    if (device_) {
+    if (device_ && !ex_.wire_gpu_) {  // (with wire_gpu_ the collective gathers on the GPU)
       const Buffer& g = ex_.collective_->buffer();
       if (ex_.device_gbuf_.size() < g.size()) {
         auto b = Buffer::allocate(MemoryKind::kCuda, g.size(), ex_.cuda_device_);
@@ -425,6 +425,8 @@ class TrainerExecutor::Attempt {
                      uint64_t bhi, size_t last, int& mark) {
     TrainerExecutor& x = ex_;
     auto dres = [&](const plan::Project& q, const plan::Project::Input& inp) -> plan::Held {
+      if (inp.gather >= 0 && x.wire_gpu_)
+        return {x.plan_.gathers[inp.gather].box, x.collective_->gathered(inp.gather)};
       if (inp.gather >= 0)
         return {x.plan_.gathers[inp.gather].box,
                 x.device_gbuf_.data() +
@@ -441,10 +443,11 @@ class TrainerExecutor::Attempt {
     // Outputs and scales in one copy when the scales follow the output (as planned, and always
     // in a batch of several); else the scales in a copy of their own.
     const bool one = one_copy(p);
-    if (s)
+    if (x.wire_gpu_) {  // written from device staging: no copy back
+    } else if (s)
       s = copy_device_to_host_async(x.staging_.data() + lo, x.device_staging_.data() + lo,
                                     one ? bhi - lo : p.out_bytes);
-    if (s && !one)
+    if (s && !one && !x.wire_gpu_)
       s = copy_device_to_host_async(x.staging_.data() + p.scale_off,
                                     x.device_staging_.data() + p.scale_off, hi - p.scale_off);
     mark = static_cast<int>(marks_++ % kMarks);
@@ -470,6 +473,9 @@ class TrainerExecutor::Attempt {
                                   t.index, w.project, ex_.rank_));
       g.src = &ex_.staging_region_;
       g.src_off = w.src_off;
+    } else if (auto wd = ex_.wire_.find(w.src_param); wd != ex_.wire_.end()) {  // from the GPU
+      g.src = wd->second.region;
+      g.src_off = wd->second.offset + w.src_off;
     } else {
       if (device_ && !ex_.mirror_.done(w.src_param)) {
         // What is queued streams while this shard comes to the host.

@@ -19,8 +19,9 @@ uint64_t HostCollective::box_bytes(const plan::Gather& g) const {
 Result<std::unique_ptr<HostCollective>> HostCollective::create(
     const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
     transport::ProgressEngine* engine, transport::ImmCounters* counters,
-    transport::RendezvousClient* rdv, ShardLookup shards) {
+    transport::RendezvousClient* rdv, ShardLookup shards, MemoryKind memory, int device) {
   std::unique_ptr<HostCollective> c(new HostCollective(in, plan));
+  c->memory_ = memory;
   c->rank_ = rank;
   c->engine_ = engine;
   c->counters_ = counters;
@@ -37,7 +38,7 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
       c->offset_[g] = size[x.root];
       size[x.root] += c->box_bytes(x);
     }
-  auto gbuf = Buffer::allocate(MemoryKind::kHost, std::max<uint64_t>(size[rank], 1));
+  auto gbuf = Buffer::allocate(memory, std::max<uint64_t>(size[rank], 1), device);
   if (!gbuf) return gbuf.status();
   c->gbuf_ = std::move(gbuf).value();
   // Packing space: a ring that holds at least two phases' pieces (one in flight while the next
@@ -62,18 +63,25 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
     most = std::max(most, b);
     total += b;
   }
-  auto packing =
-      Buffer::allocate(MemoryKind::kHost, std::max(2 * most, std::min(total, kPackAhead)));
+  auto packing = Buffer::allocate(memory, std::max(2 * most, std::min(total, kPackAhead)), device);
   if (!packing) return packing.status();
   c->pack_ = std::move(packing).value();
-  auto g = engine->register_memory(c->gbuf_.data(), c->gbuf_.size(), transport::MemKind::kHost);
+  const auto kind =
+      memory == MemoryKind::kCuda ? transport::MemKind::kCuda : transport::MemKind::kHost;
+  auto g = engine->register_memory(c->gbuf_.data(), c->gbuf_.size(), kind);
   if (!g) return g.status();
   c->gbuf_region_ = *g;
-  auto p = engine->register_memory(c->pack_.data(), c->pack_.size(), transport::MemKind::kHost);
+  auto p = engine->register_memory(c->pack_.data(), c->pack_.size(), kind);
   if (!p) return p.status();
   c->pack_region_ = *p;
   c->both_ends_ = engine->caps().connect_both_ends;
   return c;
+}
+
+Status HostCollective::copy(std::byte* dst, const std::byte* src, uint64_t n) {
+  if (memory_ == MemoryKind::kCuda) return copy_device_to_device_async(dst, src, n);
+  std::memcpy(dst, src, n);
+  return Status::ok();
 }
 
 Status HostCollective::link(const char* role, uint32_t r, uint32_t incarnation,
@@ -218,11 +226,14 @@ Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
       // Pack the piece row-major (runs of it inside the shard, in order), then one write per run
       // of the piece inside the root's box, each with the immediate.
       uint64_t from = packed;
+      Status cs;
       core::for_each_run(held.extents(), core::relative(piece.box, held),
                          [&](int64_t off, int64_t len) {
-                           std::memcpy(pack_.data() + packed, data + off * esz, len * esz);
-                           packed += static_cast<uint64_t>(len) * esz;
+                           const uint64_t n = static_cast<uint64_t>(len) * esz;
+                           if (cs) cs = copy(pack_.data() + packed, data + off * esz, n);
+                           packed += n;
                          });
+      if (!cs) return Status(cs.code(), fmt::format("gather member {}: {}", rank_, cs.message()));
       core::for_each_run(gs, core::relative(piece.box, g.box), [&](int64_t off, int64_t len) {
         writes.push_back({&pack_region_, from, root.peer, &root.gbuf, offset_[gi] + off * esz,
                           static_cast<uint64_t>(len) * esz, true, imm});
@@ -230,6 +241,9 @@ Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
       });
     }
   }
+  if (memory_ == MemoryKind::kCuda && !writes.empty())  // packed before the writes read it
+    if (Status cs = cuda_sync(); !cs)
+      return Status(cs.code(), fmt::format("gather member {}: {}", rank_, cs.message()));
   sent_[phase] = gen;
   pack_head_ = hi;
   if (!writes.empty()) packed_.push_back({lo, hi, engine_->submit(std::move(writes))});
@@ -271,11 +285,13 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
                          });
       size_t k = 0;
       int64_t used = 0;
+      Status cs;
       core::for_each_run(gs, rel, [&](int64_t off, int64_t len) {
         while (len > 0) {
           const int64_t take = std::min(len, src_runs[k].second - used);
-          std::memcpy(gbuf_.data() + offset_[gi] + off * esz,
-                      data + (src_runs[k].first + used) * esz, take * esz);
+          if (cs)  // on the GPU ordered before the projections on this thread's stream
+            cs = copy(gbuf_.data() + offset_[gi] + off * esz,
+                      data + (src_runs[k].first + used) * esz, static_cast<uint64_t>(take) * esz);
           off += take;
           len -= take;
           used += take;
@@ -285,6 +301,7 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
           }
         }
       });
+      if (!cs) return Status(cs.code(), fmt::format("gather root {}: {}", rank_, cs.message()));
     }
   }
   if (expect.empty()) return Status::ok();

@@ -67,8 +67,9 @@ MemoryKind pointer_kind(const void* p) {
 namespace {
 Status copy_async(void* dst, const void* src, uint64_t bytes, cudaMemcpyKind kind) {
   if (cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, cudaStreamPerThread); e != cudaSuccess)
-    return cuda_err(kind == cudaMemcpyDeviceToHost ? "cudaMemcpyAsync (device to host)"
-                                                   : "cudaMemcpyAsync (host to device)",
+    return cuda_err(kind == cudaMemcpyDeviceToHost   ? "cudaMemcpyAsync (device to host)"
+                    : kind == cudaMemcpyHostToDevice ? "cudaMemcpyAsync (host to device)"
+                                                     : "cudaMemcpyAsync (device to device)",
                     e);
   return Status::ok();
 }
@@ -79,6 +80,9 @@ Status copy_device_to_host_async(void* host_dst, const void* device_src, uint64_
 }
 Status copy_host_to_device_async(void* device_dst, const void* host_src, uint64_t bytes) {
   return copy_async(device_dst, host_src, bytes, cudaMemcpyHostToDevice);
+}
+Status copy_device_to_device_async(void* dst, const void* src, uint64_t bytes) {
+  return copy_async(dst, src, bytes, cudaMemcpyDeviceToDevice);
 }
 
 Status cuda_sync() {

@@ -53,28 +53,39 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   e->shard_kind_ = shards;
   e->cuda_device_ = cuda_device;
   const bool device = shards == MemoryKind::kCuda;
+  auto eng = transport::ProgressEngine::start(nics, &e->counters_);
+  if (!eng) return eng.status();
+  e->engine_ = std::move(eng).value();
+  // GPU shards on a transport that writes GPU memory (ipc, FI_HMEM, dma-buf): direct writes and
+  // projection outputs go out from the GPU; only gather pieces come to the host.
+  e->wire_gpu_ = device && e->engine_->caps().device_memory;
   for (const plan::Write& w : plan.writes)
-    if (w.sender == rank && w.project < 0) e->host_read_.insert(w.src_param);
+    if (w.sender == rank && w.project < 0 && !e->wire_gpu_) e->host_read_.insert(w.src_param);
   for (const plan::Gather& g : plan.gathers)
     for (const plan::Gather::Piece& p : g.pieces)
-      if (p.rank == rank) e->host_read_.insert(g.param);
+      if (p.rank == rank && !e->wire_gpu_) e->host_read_.insert(g.param);
   auto arena = Buffer::allocate(MemoryKind::kHost,
                                 allocate || device ? std::max<uint64_t>(e->layout_.bytes, 1) : 1);
-  auto staging =
-      Buffer::allocate(MemoryKind::kHost, std::max<uint64_t>(s.staging_gather + s.staging_ring, 1));
+  const uint64_t staging_bytes = std::max<uint64_t>(s.staging_gather + s.staging_ring, 1);
+  auto staging = Buffer::allocate(MemoryKind::kHost, e->wire_gpu_ ? 1 : staging_bytes);
   if (!arena) return arena.status();
   if (!staging) return staging.status();
   e->arena_ = std::move(arena).value();
   e->staging_ = std::move(staging).value();
-  auto eng = transport::ProgressEngine::start(nics, &e->counters_);
-  if (!eng) return eng.status();
-  e->engine_ = std::move(eng).value();
   auto a =
       e->engine_->register_memory(e->arena_.data(), e->arena_.size(), transport::MemKind::kHost);
   if (!a) return a.status();
   e->arena_region_ = *a;
-  auto st = e->engine_->register_memory(e->staging_.data(), e->staging_.size(),
-                                        transport::MemKind::kHost);
+  if (e->wire_gpu_) {  // projections land in device staging, and are written from there
+    auto ds = Buffer::allocate(MemoryKind::kCuda, staging_bytes, cuda_device);
+    if (!ds) return ds.status();
+    e->device_staging_ = std::move(ds).value();
+  }
+  auto st = e->wire_gpu_
+                ? e->engine_->register_memory(e->device_staging_.data(), e->device_staging_.size(),
+                                              transport::MemKind::kCuda)
+                : e->engine_->register_memory(e->staging_.data(), e->staging_.size(),
+                                              transport::MemKind::kHost);
   if (!st) return st.status();
   e->staging_region_ = *st;
   if (device) {
@@ -85,6 +96,7 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
       if (seen.insert(param).second) order.push_back(param);
     };
     for (const plan::Task& t : s.tasks) {
+      if (e->wire_gpu_) break;  // nothing is read on the host
       if (t.op == plan::Task::Op::kGather) {
         const plan::Gather& g = plan.gathers[t.index];
         for (const plan::Gather::Piece& p : g.pieces)
@@ -95,18 +107,21 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     }
     for (int param : e->host_read_) first_read(param);
     TrainerExecutor* self = e.get();
-    if (Status ms = e->mirror_.init(
-            cuda_device, std::move(order), e->host_read_,
-            [self](int param) -> Result<ShardMirror::Copy> {
-              auto it = self->device_shard_.find(param);
-              auto slot = self->layout_.by_param.find(param);
-              if (it == self->device_shard_.end() || slot == self->layout_.by_param.end())
-                return invalid("trainer rank {}: shard of '{}' is not bound", self->rank_,
-                               self->in_.trainer.params[param].name);
-              const ShardSlot& sl = self->layout_.shards[slot->second];
-              return ShardMirror::Copy{self->arena_.data() + sl.offset, it->second, sl.bytes,
-                                       self->in_.trainer.params[param].name};
-            });
+    if (Status ms =
+            e->wire_gpu_
+                ? Status::ok()
+                : e->mirror_.init(
+                      cuda_device, std::move(order), e->host_read_,
+                      [self](int param) -> Result<ShardMirror::Copy> {
+                        auto it = self->device_shard_.find(param);
+                        auto slot = self->layout_.by_param.find(param);
+                        if (it == self->device_shard_.end() || slot == self->layout_.by_param.end())
+                          return invalid("trainer rank {}: shard of '{}' is not bound", self->rank_,
+                                         self->in_.trainer.params[param].name);
+                        const ShardSlot& sl = self->layout_.shards[slot->second];
+                        return ShardMirror::Copy{self->arena_.data() + sl.offset, it->second,
+                                                 sl.bytes, self->in_.trainer.params[param].name};
+                      });
         !ms)
       return ms;
     auto m = CopyQueue::create(cuda_device, kMarks, false);  // on the pushing thread's stream
@@ -115,9 +130,11 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     // Page-locked, so the copies to and from the device run at full speed.
     for (Buffer* b : {&e->arena_, &e->staging_})
       if (Status p = b->pin(); !p) return p;
-    auto ds = Buffer::allocate(MemoryKind::kCuda, e->staging_.size(), cuda_device);
-    if (!ds) return ds.status();
-    e->device_staging_ = std::move(ds).value();
+    if (!e->wire_gpu_) {
+      auto ds = Buffer::allocate(MemoryKind::kCuda, e->staging_.size(), cuda_device);
+      if (!ds) return ds.status();
+      e->device_staging_ = std::move(ds).value();
+    }
     if (allocate) {
       auto da =
           Buffer::allocate(MemoryKind::kCuda, std::max<uint64_t>(e->layout_.bytes, 1), cuda_device);
@@ -125,6 +142,15 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
       e->device_arena_ = std::move(da).value();
       for (const ShardSlot& slot : e->layout_.shards)
         e->device_shard_[slot.param] = e->device_arena_.data() + slot.offset;
+      if (e->wire_gpu_) {
+        auto dr = e->engine_->register_memory(e->device_arena_.data(), e->device_arena_.size(),
+                                              transport::MemKind::kCuda);
+        if (!dr) return dr.status();
+        e->user_regions_.push_back(*dr);
+        for (const ShardSlot& slot : e->layout_.shards)
+          e->wire_[slot.param] = {e->device_arena_.data() + slot.offset, &e->user_regions_.back(),
+                                  slot.offset};
+      }
     }
   }
   // Writes and gathers read shards from `bound_`: the shards themselves, or their host mirror.
@@ -135,16 +161,24 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   auto coll = HostCollective::create(
       in, plan, rank, e->engine_.get(), &e->counters_, rdv,
       [self](int param) -> Result<std::pair<core::Box, const std::byte*>> {
+        auto it = self->layout_.by_param.find(param);
+        if (self->wire_gpu_) {  // gathered on the GPU, from the device shards
+          auto d = self->device_shard_.find(param);
+          if (it == self->layout_.by_param.end() || d == self->device_shard_.end())
+            return std::pair{core::Box{}, static_cast<const std::byte*>(nullptr)};
+          return std::pair{self->layout_.shards[it->second].box,
+                           static_cast<const std::byte*>(d->second)};
+        }
         // GPU shards: this step's bytes come to the host mirror first.
         if (Status m = self->mirror_.wait(param); !m)
           return Status(m.code(), fmt::format("trainer rank {} {}", self->rank_, m.message()));
-        auto it = self->layout_.by_param.find(param);
         auto b = self->bound_.find(param);
         if (it == self->layout_.by_param.end() || b == self->bound_.end())
           return std::pair{core::Box{}, static_cast<const std::byte*>(nullptr)};
         return std::pair{self->layout_.shards[it->second].box,
                          static_cast<const std::byte*>(b->second.data)};
-      });
+      },
+      e->wire_gpu_ ? MemoryKind::kCuda : MemoryKind::kHost, cuda_device);
   if (!coll) return coll.status();
   e->collective_ = std::move(coll).value();
   if (device)
@@ -223,7 +257,15 @@ Status TrainerExecutor::bind_shard(const std::string& name, void* data, uint64_t
     return invalid("bind_shard('{}'): the pointer is {} memory, but this rank's shards are {}",
                    name, k == MemoryKind::kCuda ? "CUDA device" : "host",
                    shard_kind_ == MemoryKind::kCuda ? "on the GPU" : "in host memory");
-  if (shard_kind_ == MemoryKind::kCuda) {  // the mirror slot stands in for it on the wire
+  if (shard_kind_ == MemoryKind::kCuda) {  // the mirror slot stands in for it on the host
+    if (wire_gpu_) {                       // and the shard itself on the wire
+      auto reg = engine_->register_memory(data, bytes, transport::MemKind::kCuda);
+      if (!reg)
+        return Status(reg.status().code(),
+                      fmt::format("bind_shard('{}'): {}", name, reg.status().message()));
+      user_regions_.push_back(*reg);
+      wire_[s.param] = {static_cast<std::byte*>(data), &user_regions_.back(), 0};
+    }
     device_shard_[s.param] = static_cast<std::byte*>(data);
     bound_[s.param] = {arena_.data() + s.offset, &arena_region_, s.offset};
     return Status::ok();

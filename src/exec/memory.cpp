@@ -37,6 +37,7 @@ Status cuda_use_device(int) {
 }
 Status copy_device_to_host_async(void*, const void*, uint64_t) { return cuda_use_device(0); }
 Status copy_host_to_device_async(void*, const void*, uint64_t) { return cuda_use_device(0); }
+Status copy_device_to_device_async(void*, const void*, uint64_t) { return cuda_use_device(0); }
 Status cuda_sync() { return cuda_use_device(0); }
 Result<CopyQueue> CopyQueue::create(int, size_t, bool) { return cuda_use_device(0); }
 Status CopyQueue::mark(size_t) { return cuda_use_device(0); }

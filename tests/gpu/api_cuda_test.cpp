@@ -75,8 +75,9 @@ api::JobConfig demo_job(double deadline_s, uint64_t staging = 0) {
 // `receivers_on_gpu`: the receivers' tensors are CUDA memory (read back after each step), and
 // `modes` gets what each receiver's WaitStats said.
 Received run_job(int cuda_device, uint64_t staging = 0, bool receivers_on_gpu = false,
-                 std::vector<std::string>* modes = nullptr) {
+                 std::vector<std::string>* modes = nullptr, const std::string& backend = "fabric") {
   api::JobConfig job = demo_job(60, staging);
+  job.backend = backend;
   auto ctl = api::Controller::start(job);
   EXPECT_TRUE(ctl) << ctl.status().message();
   if (!ctl) return {};
@@ -200,6 +201,19 @@ TEST(ApiCuda, GpuReceiverTensorsGetTheSameBytesStaged) {
   std::vector<std::string> modes;
   expect_same(run_job(-1), run_job(0, 0, true, &modes));
   for (const std::string& m : modes) EXPECT_EQ(m, "staged");
+}
+
+// The same-host backend: trainer shards and projection outputs written from the GPU into the
+// receivers' GPU tensors through CUDA IPC (peers of one process here: the demo test runs it
+// between processes), nothing staged; and with a tight staging ring the GPU wraps.
+TEST(ApiCuda, IpcWritesGpuToGpuTheSameBytes) {
+  if (!have_gpu()) GTEST_SKIP() << "no GPU here (scripts/gpu-tests.sh runs this on one)";
+  std::vector<std::string> modes;
+  const Received host = run_job(-1);
+  expect_same(host, run_job(0, 0, true, &modes, "ipc"));
+  for (const std::string& m : modes) EXPECT_EQ(m, "gpu");
+  expect_same(host, run_job(0, 512 << 10, true, nullptr, "ipc"));
+  expect_same(host, run_job(-1, 0, true, nullptr, "ipc"));  // host shards to GPU tensors
 }
 
 // "never": GPU memory the transport cannot write is refused by name, nothing staged silently.

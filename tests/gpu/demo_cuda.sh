@@ -23,4 +23,17 @@ grep -q "receiver tensors: staged" <<<"$out"
 "$wc" demo --device cuda --inference-device cuda --steps 3 --replicas 2 --kill-trainer-at-step 2 \
   --deadline 5 --gather-cost-us 0 |
   tee /dev/stderr | grep -q "demo OK: 3 steps, every inference byte verified"
-echo "PASS demo with GPU shards, GPU projections and GPU receiver tensors"
+# The same-host backend: GPU to GPU through CUDA IPC (trainer shards and projection outputs
+# written from the GPU straight into the receivers' GPU tensors), and the drills.
+out="$("$wc" demo --backend ipc --device cuda --inference-device cuda --steps 3 | tee /dev/stderr)"
+grep -q "demo OK: 3 steps, every inference byte verified" <<<"$out"
+grep -q "receiver tensors: gpu" <<<"$out"
+"$wc" demo --backend ipc --device cuda --inference-device cuda --steps 4 --replicas 2 --nics 2 \
+  --restart-receiver-at-step 2 --kill-trainer-at-step 3 --deadline 5 --gather-cost-us 0 |
+  tee /dev/stderr | grep -q "demo OK: 4 steps, every inference byte verified"
+# GPU shards to host receivers over ipc (the bounce path), and host shards to GPU receivers.
+"$wc" demo --backend ipc --device cuda --steps 2 | tee /dev/stderr |
+  grep -q "demo OK: 2 steps, every inference byte verified"
+"$wc" demo --backend ipc --inference-device cuda --steps 2 | tee /dev/stderr |
+  grep -q "demo OK: 2 steps, every inference byte verified"
+echo "PASS demo with GPU shards, GPU projections and GPU receiver tensors, over tcp and ipc"

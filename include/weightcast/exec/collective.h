@@ -1,7 +1,8 @@
 // Gathers as a collective interface. A plan's gathers of one phase run together: each member
 // sends its pieces, the root assembles every gathered box in its gather buffer. On GPUs this is
-// NCCL inside an NVLink domain (next milestone); HostCollective runs it on host memory across
-// local processes with the same one-sided writes as the data path: members write their pieces
+// NCCL inside an NVLink domain (next milestone); HostCollective runs it across local processes
+// (on host memory, or on GPU memory over a transport that writes it, such as ipc) with the same
+// one-sided writes as the data path: members write their pieces
 // into the root's registered gather buffer with immediates tagged {generation, phase, member},
 // and the root waits on its own immediate counters for exactly the pieces the plan names.
 #pragma once
@@ -62,19 +63,18 @@ class Collective {
   virtual void set_incarnation(uint32_t k) = 0;
 };
 
-// Finds this rank's shard of a trainer param: its global box and its bytes in host memory (nullptr
-// if not held). With GPU shards the lookup brings this step's shard to the host first, so it can
-// fail.
+// Finds this rank's shard of a trainer param: its global box and its bytes in the collective's
+// memory (nullptr if not held). With GPU shards the lookup brings this step's shard to the host
+// first, so it can fail.
 using ShardLookup = std::function<Result<std::pair<core::Box, const std::byte*>>(int param)>;
 
 class HostCollective final : public Collective {
  public:
-  static Result<std::unique_ptr<HostCollective>> create(const spec::Inputs& in,
-                                                        const plan::Plan& plan, uint32_t rank,
-                                                        transport::ProgressEngine* engine,
-                                                        transport::ImmCounters* counters,
-                                                        transport::RendezvousClient* rdv,
-                                                        ShardLookup shards);
+  static Result<std::unique_ptr<HostCollective>> create(
+      const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
+      transport::ProgressEngine* engine, transport::ImmCounters* counters,
+      transport::RendezvousClient* rdv, ShardLookup shards, MemoryKind memory = MemoryKind::kHost,
+      int device = 0);
   Status publish() override;
   Status prepare(Clock::time_point deadline, std::span<const uint32_t> incarnations) override;
   Status run(uint8_t generation, uint16_t phase, std::span<const uint32_t> gathers,
@@ -85,7 +85,7 @@ class HostCollective final : public Collective {
   Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) override;
   Status open(uint8_t generation, Clock::time_point deadline) override;
   const Buffer& buffer() const override { return gbuf_; }
-  Status pin_buffer() override { return gbuf_.pin(); }
+  Status pin_buffer() override { return memory_ == MemoryKind::kHost ? gbuf_.pin() : Status::ok(); }
   void set_incarnation(uint32_t k) override { incarnation_ = k; }
 
  private:
@@ -136,7 +136,13 @@ class HostCollective final : public Collective {
   transport::Region gbuf_region_, pack_region_;
   uint32_t incarnation_ = 0;
   std::map<uint32_t, Link> roots_, members_;
-  bool both_ends_ = false;          // the transport needs targets to connect as well
+  bool both_ends_ = false;  // the transport needs targets to connect as well
+  // Where the gather and packing buffers live. kCuda (a transport that writes GPU memory): the
+  // lookup gives device shards, pieces are packed and placed with device copies on the calling
+  // thread's stream, and gathered() points into device memory.
+  MemoryKind memory_ = MemoryKind::kHost;
+  // Copies `n` bytes in this collective's memory (queued on the thread's stream on the GPU).
+  Status copy(std::byte* dst, const std::byte* src, uint64_t n);
   std::map<uint32_t, int> opened_;  // root -> the generation it last opened to us (-1: none)
 };
 

@@ -82,10 +82,11 @@ class TrainerExecutor {
   // With `allocate`, the executor owns one arena holding every shard of the rank; without, the
   // caller binds its own tensors (bind_shard) before prepare(). `shards` says where shards live:
   // kCuda runs projections on the GPU (exec/project_cuda.h) from the device shards, on CUDA
-  // device `cuda_device`; since this libfabric cannot register GPU memory, every step first
-  // copies the shards that are read on the host (by direct writes and gather pieces) to a
-  // registered, page-locked host mirror, and staged results come back to page-locked host
-  // staging before they are written.
+  // device `cuda_device`. Where the transport writes GPU memory (ipc; FI_HMEM; dma-buf) direct
+  // writes and projection outputs go out from the GPU. Elsewhere every step first copies the
+  // shards that are read on the host (by direct writes and gather pieces) to a registered,
+  // page-locked host mirror, and staged results come back to page-locked host staging before
+  // they are written. Gather pieces always go through the host mirror.
   static Result<std::unique_ptr<TrainerExecutor>> create(
       const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
       const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
@@ -176,6 +177,11 @@ class TrainerExecutor {
   MemoryKind shard_kind_ = MemoryKind::kHost;
   int cuda_device_ = 0;
   std::map<int, std::byte*> device_shard_;
+  // kCuda shards on a transport that writes GPU memory: direct writes read the device shards
+  // (wire_), projections are written from device_staging_, and nothing but gather pieces is
+  // mirrored to the host.
+  bool wire_gpu_ = false;
+  std::map<int, Bound> wire_;
   std::set<int> host_read_;  // shards read on the host (mirrored each step in kCuda mode)
   ShardMirror mirror_;
   // kCuda: one mark per batch of projections queued on the GPU whose writes have not gone out

@@ -60,6 +60,7 @@ Status cuda_use_device(int device);
 // be pinned (Buffer::pin) and stay untouched until cuda_sync() on this thread returns.
 Status copy_device_to_host_async(void* host_dst, const void* device_src, uint64_t bytes);
 Status copy_host_to_device_async(void* device_dst, const void* host_src, uint64_t bytes);
+Status copy_device_to_device_async(void* dst, const void* src, uint64_t bytes);
 // Waits for everything queued on the calling thread's default stream; reports the first error
 // of its kernels and copies.
 Status cuda_sync();
