@@ -196,8 +196,11 @@ Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
     for (const Packed& r : packed_) overlap = overlap || (r.lo < hi && lo < r.hi);
     if (!overlap) break;
     const Packed oldest = packed_.front();
-    Status s = engine_->wait(oldest.batch, ahead ? Clock::now() : deadline);
-    if (ahead && s.code() == Code::kTimeout) return false;  // still in flight: no room yet
+    Status s;
+    if (!ahead)
+      s = engine_->wait(oldest.batch, deadline);
+    else if (!engine_->probe(oldest.batch, s))
+      return false;  // still in flight: no room yet (and the batch is still waited for later)
     packed_.pop_front();
     if (!s) return Status(s.code(), fmt::format("gather member {}: {}", rank_, s.message()));
   }

@@ -117,6 +117,17 @@ Status ProgressEngine::wait(uint64_t batch, Clock::time_point deadline,
   return Status::ok();
 }
 
+bool ProgressEngine::probe(uint64_t batch, Status& status) {
+  {
+    std::lock_guard<std::mutex> lk(batch_mu_);
+    auto it = batches_.find(batch);
+    if (it != batches_.end() && it->second.remaining != 0 && it->second.errors.empty())
+      return false;
+  }
+  status = wait(batch, Clock::now());
+  return true;
+}
+
 Status ProgressEngine::drain(Clock::time_point deadline) {
   std::unique_lock<std::mutex> lk(batch_mu_);
   auto left = [&] {

@@ -70,6 +70,10 @@ class ProgressEngine {
   // `bad_peers` (optional) receives the group peers whose shards failed or are still out.
   Status wait(uint64_t batch, Clock::time_point deadline,
               std::vector<uint32_t>* bad_peers = nullptr);
+  // Whether the batch is settled, without waiting and without giving up on it: false while its
+  // shards are in flight (wait or probe it again later); true once wait() would return at once,
+  // with what wait() would return in `status` (and the batch is forgotten as wait() would).
+  bool probe(uint64_t batch, Status& status);
   // The fence after a failure: waits until no shard of any batch is queued or in flight (each
   // completed or failed), then forgets every batch. kTimeout says how many are still out; the
   // caller must not reuse any memory those writes read, nor write where they land, until a later

@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <numeric>
+#include <thread>
 
 #include "weightcast/transport/imm_counters.h"
 #include "weightcast/transport/progress.h"
@@ -199,6 +200,27 @@ TEST(ProgressFaults, ABadFaultSpecNamesTheFault) {
   e = ProgressEngine::start({a}, &c);
   ASSERT_FALSE(e);
   EXPECT_NE(e.status().message().find("unknown fault 'explode'"), std::string::npos);
+}
+
+// probe() asks without giving up: a batch still in flight stays known (a later wait or probe
+// finds it), and a settled one answers what wait() would.
+TEST(ProgressFaults, AProbedBatchInFlightIsStillWaitedFor) {
+  Pair p;
+  p.open("delay=50");
+  p.rc.begin_generation(1);
+  const uint64_t b = p.submit(1, 10);
+  Status st;
+  EXPECT_FALSE(p.s->probe(b, st));  // just queued, completions late: in flight
+  EXPECT_FALSE(p.s->probe(b, st));
+  ASSERT_TRUE(p.s->wait(b, in_ms(20000)));
+  ASSERT_TRUE(p.barrier(1, kWrites, 20000));
+  EXPECT_TRUE(p.landed(10));
+  p.rc.begin_generation(2);
+  const uint64_t b2 = p.submit(2, 20);
+  while (!p.s->probe(b2, st)) std::this_thread::yield();
+  EXPECT_TRUE(st) << st.message();
+  ASSERT_TRUE(p.barrier(2, kWrites, 20000));
+  EXPECT_TRUE(p.landed(20));
 }
 
 }  // namespace

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""The colocated baseline: how RL frameworks that share a host move weights today, in torch.
+
+The trainer holds the model's BF16 parameters on the GPU. Every step it packs them, tensor by
+tensor, into one of two CUDA buckets (2 GB each, double-buffered) and shares each bucket with the
+inference ranks through CUDA IPC (torch.multiprocessing, as verl's and SGLang's
+update_weights_from_tensor do). Each inference rank (one process per EP rank, the same layout
+perf/samehost_bench.cpp uses) copies the tensors it owns out of the bucket into its parameters:
+q/k/v fused into qkv_proj, gate/up fused into gate_up_proj, experts quantized to FP8 e4m3 with
+128x128 block scales in eager torch ops, the rest copied. A bucket is refilled once every rank
+said it is done with it.
+
+  colocated_baseline.py [--model DIR] [--ep N] [--steps N] [--layers N] [--bucket-gb G]
+
+Prints "baseline: X GB/s" (trainer bytes per second, best step after the first).
+"""
+import argparse
+import json
+import os
+import re
+import time
+
+import torch
+import torch.multiprocessing as mp
+
+BLOCK = 128
+
+
+def expand(spec, layers):
+    """(name, shape) of every parameter of a weightcast spec, its `for` loops unrolled."""
+    dims = spec.get("dims", {})
+
+    def dim(d):
+        if isinstance(d, int):
+            return d
+        if d in dims:
+            return dims[d]
+        m = re.fullmatch(r"(\d+)\*(\w+)", d)
+        return int(m.group(1)) * dims[m.group(2)]
+
+    out = []
+    for p in spec["params"]:
+        loops = dict(p.get("for", {}))
+        if layers >= 0 and "i" in loops:
+            loops["i"] = [0, layers]
+        names = [({}, p["name"])]
+        for var, (lo, hi) in loops.items():
+            names = [({**env, var: v}, n) for env, n in names for v in range(lo, hi)]
+        for env, n in names:
+            for var, v in env.items():
+                n = n.replace("{" + var + "}", str(v))
+            out.append((n, [dim(d) for d in p["shape"]]))
+    return out
+
+
+def quantize_into(w, q, s):
+    """FP8 e4m3 with one FP32 scale per 128x128 block, eager torch ops (w: [M, N] bf16)."""
+    m, n = w.shape
+    x = w.float().view(m // BLOCK, BLOCK, n // BLOCK, BLOCK)
+    amax = x.abs().amax(dim=(1, 3), keepdim=True).clamp(min=1e-12)
+    scale = amax / 448.0
+    q.copy_((x / scale).to(torch.float8_e4m3fn).view(m, n))
+    s.copy_(scale.view(m // BLOCK, n // BLOCK))
+
+
+def owner_of(name, experts, ep):
+    m = re.search(r"experts\.(\d+)\.", name)
+    return None if m is None else int(m.group(1)) // (experts // ep)
+
+
+def inference_rank(rank, ep, params, experts, pipe_in, pipe_out):
+    torch.cuda.set_device(0)
+    dev = torch.device("cuda", 0)
+    # This rank's parameters: replicated attention and norms in BF16, its experts in FP8 with
+    # scales, embedding and head rows split over the EP ranks.
+    dest = {}
+    shape = dict(params)
+    for name, shp in params:
+        o = owner_of(name, experts, ep)
+        if o is not None and o != rank:
+            continue
+        if ".q_proj." in name:
+            base = name.replace(".q_proj.", ".qkv_proj.")
+            rows = shp[0] + 2 * shape[name.replace(".q_proj.", ".k_proj.")][0]
+            dest[base] = torch.empty(rows, shp[1], dtype=torch.bfloat16, device=dev)
+        elif ".gate_proj." in name:
+            base = name.replace(".gate_proj.", ".gate_up_proj.")
+            dest[base] = torch.empty(2 * shp[0], shp[1], dtype=torch.float8_e4m3fn, device=dev)
+            dest[base + "_scale_inv"] = torch.empty(
+                2 * shp[0] // BLOCK, shp[1] // BLOCK, dtype=torch.float32, device=dev)
+        elif ".down_proj." in name:
+            dest[name] = torch.empty(*shp, dtype=torch.float8_e4m3fn, device=dev)
+            dest[name + "_scale_inv"] = torch.empty(
+                shp[0] // BLOCK, shp[1] // BLOCK, dtype=torch.float32, device=dev)
+        elif "embed_tokens" in name or "lm_head" in name:
+            dest[name] = torch.empty(shp[0] // ep, shp[1], dtype=torch.bfloat16, device=dev)
+        elif not any(k in name for k in (".k_proj.", ".v_proj.", ".up_proj.")):
+            dest[name] = torch.empty(*shp, dtype=torch.bfloat16, device=dev)
+    buckets = {}
+    pipe_out.put(("ready", rank))
+    while True:
+        msg = pipe_in.get()
+        if msg is None:
+            break
+        slot, bucket, metas = msg
+        if slot not in buckets:  # opened once (CUDA IPC), reused every step
+            buckets[slot] = bucket
+        buf = buckets[slot]
+        for name, off, shp in metas:
+            o = owner_of(name, experts, ep)
+            if o is not None and o != rank:
+                continue
+            n = shp[0] * shp[1] if len(shp) == 2 else shp[0]
+            w = buf[off:off + 2 * n].view(torch.bfloat16).view(*shp)
+            if ".q_proj." in name:
+                dest[name.replace(".q_proj.", ".qkv_proj.")][:shp[0]].copy_(w)
+            elif ".k_proj." in name:
+                q = shape[name.replace(".k_proj.", ".q_proj.")][0]
+                dest[name.replace(".k_proj.", ".qkv_proj.")][q:q + shp[0]].copy_(w)
+            elif ".v_proj." in name:
+                q = shape[name.replace(".v_proj.", ".q_proj.")][0]
+                dest[name.replace(".v_proj.", ".qkv_proj.")][q + shp[0]:].copy_(w)
+            elif ".gate_proj." in name or ".up_proj." in name:
+                base = re.sub(r"\.(gate|up)_proj\.", ".gate_up_proj.", name)
+                half = 0 if ".gate_proj." in name else shp[0]
+                quantize_into(w, dest[base][half:half + shp[0]],
+                              dest[base + "_scale_inv"][half // BLOCK:(half + shp[0]) // BLOCK])
+            elif ".down_proj." in name:
+                quantize_into(w, dest[name], dest[name + "_scale_inv"])
+            elif "embed_tokens" in name or "lm_head" in name:
+                rows = shp[0] // ep
+                dest[name].copy_(w[rank * rows:(rank + 1) * rows])
+            else:
+                dest[name].copy_(w)
+        torch.cuda.synchronize()
+        pipe_out.put(("done", slot))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--model", default=os.path.join(here, "..", "configs", "qwen3-30b-a3b"))
+    ap.add_argument("--ep", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=-1)
+    ap.add_argument("--bucket-gb", type=float, default=2.0)
+    a = ap.parse_args()
+    spec = json.load(open(os.path.join(a.model, "trainer.json")))
+    params = expand(spec, a.layers)
+    experts = 1 + max((int(m.group(1)) for n, _ in params
+                       if (m := re.search(r"experts\.(\d+)\.", n))), default=0)
+    dev = torch.device("cuda", 0)
+    torch.manual_seed(0)
+    weights = [(n, (torch.rand(*s, device=dev, dtype=torch.float32) * 4 - 2).to(torch.bfloat16))
+               for n, s in params]
+    total = sum(w.numel() * 2 for _, w in weights)
+    bucket_bytes = int(a.bucket_gb * 1e9) // 256 * 256
+    buckets = [torch.empty(bucket_bytes, dtype=torch.uint8, device=dev) for _ in range(2)]
+    ctx = mp.get_context("spawn")
+    to_ranks = [ctx.Queue() for _ in range(a.ep)]
+    back = ctx.Queue()
+    procs = [ctx.Process(target=inference_rank, args=(r, a.ep, params, experts, to_ranks[r], back))
+             for r in range(a.ep)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        assert back.get()[0] == "ready"
+    print(f"baseline: {len(weights)} tensors, {total / 1e9:.2f} GB of BF16, buckets of "
+          f"{bucket_bytes / 1e9:.1f} GB x2, EP{a.ep}", flush=True)
+    best = 0.0
+    busy = [0, 0]  # ranks still reading each bucket
+    for step in range(1, a.steps + 1):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        slot, off, metas = 0, 0, []
+
+        def flush(slot, metas):
+            torch.cuda.synchronize()  # packed before the ranks read it
+            for q in to_ranks:
+                q.put((slot, buckets[slot], metas))
+            busy[slot] = a.ep
+
+        def wait_free(slot):
+            while busy[slot]:
+                kind, s = back.get()
+                busy[s] -= 1
+
+        wait_free(slot)
+        for name, w in weights:
+            n = w.numel() * 2
+            if off + n > bucket_bytes:
+                flush(slot, metas)
+                slot, off, metas = 1 - slot, 0, []
+                wait_free(slot)
+            buckets[slot][off:off + n].copy_(w.view(-1).view(torch.uint8))
+            metas.append((name, off, list(w.shape)))
+            off += (n + 255) // 256 * 256
+        flush(slot, metas)
+        wait_free(0)
+        wait_free(1)
+        dt = time.perf_counter() - t0
+        gbps = total / dt / 1e9
+        print(f"baseline step {step}: {dt:.3f} s, {gbps:.1f} GB/s", flush=True)
+        if step > 1 or a.steps == 1:
+            best = max(best, gbps)
+    for q in to_ranks:
+        q.put(None)
+    for p in procs:
+        p.join()
+    print(f"baseline: {best:.1f} GB/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

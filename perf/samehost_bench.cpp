@@ -1,0 +1,318 @@
+// The same-host update at full model size: a real model's trainer shards (FSDP) and its FP8
+// inference replica (EP) all on one GPU, each rank a process of its own, through the public API
+// over the ipc backend (CUDA IPC, GPU to GPU); and, in the same run, the device-to-device copy
+// limit. perf/samehost.sh runs it beside the colocated torch baseline (perf/colocated_baseline.py)
+// and passes the baseline's GB/s in, so the ratios come from one run on one machine.
+//   samehost_bench [--model DIR] [--fsdp N] [--ep N] [--steps N] [--layers N] [--device cuda|host]
+//                  [--backend ipc|fabric] [--baseline-gbps X]
+// --layers N keeps the first N layers (a quick check on a small machine); --device host puts
+// both ends in host memory (the path this CPU-only machine can run).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <regex>
+
+#include "harness.h"
+#include "weightcast/api/weightcast.h"
+#include "weightcast/exec/memory.h"
+
+#if WEIGHTCAST_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+using namespace weightcast;  // NOLINT
+using nlohmann::json;
+
+namespace {
+
+struct Args {
+  std::string model = std::string(WC_SOURCE_DIR) + "/configs/qwen3-30b-a3b";
+  int fsdp = 4, ep = 2, steps = 3, layers = -1;
+  std::string device = "cuda", backend = "ipc";
+  double baseline_gbps = 0;
+};
+
+[[noreturn]] void die(const std::string& m) {
+  std::fprintf(stderr, "samehost_bench: %s\n", m.c_str());
+  std::fflush(stderr);
+  _exit(1);
+}
+
+json load(const std::string& p) {
+  std::ifstream f(p);
+  if (!f) die("cannot read " + p);
+  return json::parse(f);
+}
+
+void cut_layers(json& spec, int layers) {
+  if (layers < 0) return;
+  for (json& p : spec["params"])
+    if (p.contains("for") && p["for"].contains("i")) p["for"]["i"] = json::array({0, layers});
+}
+
+// The model's specs on one host: the trainer as FSDP `fsdp` (its expert axis dropped), the
+// inference side as one replica of EP `ep` on the GPUs after the trainer's.
+void write_specs(const Args& a, const std::string& dir) {
+  json t = load(a.model + "/trainer.json"), i = load(a.model + "/inference.json");
+  t["mesh"] = {{"axes", json::array({{{"name", "fsdp"}, {"size", a.fsdp}}})},
+               {"devices", {{"host", "local"}, {"gpus_per_host", 16}}}};
+  for (json& p : t["params"])
+    if (p.contains("placement")) p["placement"].erase("ep");
+  const int gpus = std::max(a.fsdp, 8);
+  i["replicas"] = {{"count", 1},
+                   {"mesh", {{"axes", json::array({{{"name", "ep"}, {"size", a.ep}}})}}},
+                   {"devices", {{"host", "local"}, {"gpus_per_host", 16}, {"first_gpu", gpus}}}};
+  // Experts are owned by EP rank e / (experts / ep).
+  const std::regex owner(R"(O\(\{e/\d+\}\))");
+  for (json& p : i["params"]) {
+    if (!p.contains("placement") || !p["placement"].contains("ep")) continue;
+    std::string s = p["placement"]["ep"];
+    const int experts = p.contains("for") && p["for"].contains("e") ? int(p["for"]["e"][1]) : 0;
+    if (experts) s = std::regex_replace(s, owner, "O({e/" + std::to_string(experts / a.ep) + "})");
+    p["placement"]["ep"] = s;
+  }
+  cut_layers(t, a.layers);
+  cut_layers(i, a.layers);
+  std::ofstream(dir + "/trainer.json") << t.dump(1);
+  std::ofstream(dir + "/inference.json") << i.dump(1);
+  std::ofstream(dir + "/topology.json") << json{
+      {"format", "weightcast.topology/v1"},
+      {"name", "one host"},
+      {"hosts", json::array({{{"name", "local"},
+                              {"gpus", 16},
+                              {"nics_per_gpu", 1},
+                              {"nic_gbps", 400.0},
+                              {"nvlink_gbps", 3600.0}}})}}
+                                                   .dump(1);
+}
+
+constexpr uint64_t kAlign = 256;
+uint64_t aligned(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// One allocation holding every tensor of a rank, each at a 256-byte aligned offset.
+struct Arena {
+  exec::Buffer buf;
+  std::vector<uint64_t> off;
+};
+Arena allocate(const std::vector<api::TensorInfo>& infos, bool cuda) {
+  Arena a;
+  uint64_t total = 0;
+  for (const auto& t : infos) {
+    a.off.push_back(total);
+    total += aligned(t.bytes);
+  }
+  auto b = exec::Buffer::allocate(cuda ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost,
+                                  std::max<uint64_t>(total, 1), 0);
+  if (!b) die(b.status().message());
+  a.buf = std::move(b).value();
+  return a;
+}
+
+// Trainer bytes: BF16 values in [-2, 2), the same on every run.
+void fill(exec::Buffer& b, bool cuda, uint32_t seed) {
+  std::vector<uint16_t> pattern(32 << 20);
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-2.f, 2.f);
+  for (auto& v : pattern) {
+    const float x = d(rng);
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    v = static_cast<uint16_t>(u >> 16);
+  }
+  const uint64_t chunk = pattern.size() * 2;
+  for (uint64_t off = 0; off < b.size(); off += chunk) {
+    const uint64_t n = std::min(chunk, b.size() - off);
+    Status s = cuda ? exec::copy_host_to_device(b.data() + off, pattern.data(), n, 0)
+                    : (std::memcpy(b.data() + off, pattern.data(), n), Status::ok());
+    if (!s) die(s.message());
+  }
+}
+
+void receiver(api::JobConfig job, uint32_t r, const Args& a) {
+  auto rc = api::Receiver::create(job, r);
+  if (!rc) die(rc.status().message());
+  const auto infos = rc->tensors();
+  Arena ar = allocate(infos, a.device == "cuda");
+  for (size_t k = 0; k < infos.size(); ++k)
+    if (Status s = rc->register_tensor(infos[k].name, ar.buf.data() + ar.off[k], infos[k].bytes,
+                                       infos[k].scales);
+        !s)
+      die(s.message());
+  if (Status s = rc->publish(); !s) die(s.message());
+  for (int step = 1; step <= a.steps; ++step) {
+    auto w = rc->wait(static_cast<uint64_t>(step));
+    if (!w) die(fmt::format("receiver {} step {}: {}", r, step, w.status().message()));
+    if (step == a.steps)
+      std::printf("receiver %u: %zu tensors, %.2f GB, mode %s, last wait %.3f s\n", r,
+                  infos.size(), static_cast<double>(w->bytes) / 1e9, w->mode.c_str(), w->seconds);
+  }
+  // Every tensor landed: none still holds only the zeros it was allocated with (its first 256 B).
+  size_t empty = 0;
+  std::vector<std::byte> head(kAlign);
+  for (size_t k = 0; k < infos.size(); ++k) {
+    const uint64_t n = std::min<uint64_t>(kAlign, infos[k].bytes);
+    std::byte* p = ar.buf.data() + ar.off[k];
+    if (a.device == "cuda") {
+      if (Status s = exec::copy_device_to_host(head.data(), p, n, 0); !s) die(s.message());
+    } else {
+      std::memcpy(head.data(), p, n);
+    }
+    bool zero = true;
+    for (uint64_t j = 0; j < n; ++j) zero = zero && head[j] == std::byte{0};
+    empty += zero;
+  }
+  if (empty) die(fmt::format("receiver {}: {} tensors still all zeros", r, empty));
+  std::fflush(stdout);
+  _exit(0);
+}
+
+// Pushes each step when the driver says go (a byte on `go`), answers with its push seconds and
+// the bytes of the shards it holds.
+void sender(api::JobConfig job, uint32_t s, const Args& a, int go, int done) {
+  auto snd = api::Sender::create(job, s);
+  if (!snd) die(snd.status().message());
+  const auto infos = snd->tensors();
+  const bool cuda = a.device == "cuda";
+  Arena ar = allocate(infos, cuda);
+  fill(ar.buf, cuda, 17 + s);
+  for (size_t k = 0; k < infos.size(); ++k)
+    if (Status st = snd->register_tensor(infos[k].name, ar.buf.data() + ar.off[k], infos[k].bytes);
+        !st)
+      die(st.message());
+  if (Status st = snd->prepare(); !st) die(st.message());
+  uint64_t held = 0;
+  for (const auto& t : infos) held += t.bytes;
+  for (int step = 1; step <= a.steps; ++step) {
+    char c;
+    if (read(go, &c, 1) != 1) die("driver gone");
+    auto p = snd->push(static_cast<uint64_t>(step));
+    if (!p) die(fmt::format("sender {} step {}: {}", s, step, p.status().message()));
+    const double v[2] = {p->seconds, static_cast<double>(held)};
+    if (write(done, v, sizeof v) != sizeof v) die("driver gone");
+  }
+  _exit(0);
+}
+
+// Device-to-device copy on GPU 0: bytes copied per second (best of 5 copies of 4 GiB).
+double d2d_gbps() {
+#if WEIGHTCAST_HAVE_CUDA
+  const size_t n = 4ull << 30;
+  void *x = nullptr, *y = nullptr;
+  if (cudaMalloc(&x, n) != cudaSuccess || cudaMalloc(&y, n) != cudaSuccess) return 0;
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaMemcpy(y, x, n, cudaMemcpyDeviceToDevice);
+  float best = 1e9f;
+  for (int k = 0; k < 5; ++k) {
+    cudaEventRecord(e0);
+    cudaMemcpy(y, x, n, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    best = std::min(best, ms);
+  }
+  cudaFree(x);
+  cudaFree(y);
+  return static_cast<double>(n) / (best * 1e-3) / 1e9;
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{"weightcast same-host benchmark (perf/samehost.sh runs it with the baseline)"};
+  app.add_option("--model", a.model, "Folder with trainer.json and inference.json");
+  app.add_option("--fsdp", a.fsdp, "Trainer ranks (FSDP)");
+  app.add_option("--ep", a.ep, "Inference ranks (EP) of the one replica");
+  app.add_option("--steps", a.steps, "Steps (the first maps every peer's memory)");
+  app.add_option("--layers", a.layers, "Keep the first N layers (-1: all)");
+  app.add_option("--device", a.device, "Memory of both ends")->check(CLI::IsMember({"cuda", "host"}));
+  app.add_option("--backend", a.backend, "Transport")->check(CLI::IsMember({"ipc", "fabric"}));
+  app.add_option("--baseline-gbps", a.baseline_gbps, "The colocated baseline's GB/s, for ratios");
+  CLI11_PARSE(app, argc, argv);
+  const std::string dir = std::filesystem::temp_directory_path() / "wc-samehost";
+  std::filesystem::create_directories(dir);
+  write_specs(a, dir);
+  api::JobConfig job;
+  job.trainer_spec = dir + "/trainer.json";
+  job.inference_spec = dir + "/inference.json";
+  job.topology = dir + "/topology.json";
+  job.backend = a.backend;
+  job.deadline_s = 300;
+  auto ctl = api::Controller::start(job);
+  if (!ctl) die(ctl.status().message());
+  std::printf("samehost: %s, FSDP%d -> one EP%d replica, %s memory over %s\n", a.model.c_str(),
+              a.fsdp, a.ep, a.device.c_str(), a.backend.c_str());
+  std::fflush(stdout);
+  const int dev = a.device == "cuda" ? 0 : -1;
+  std::vector<pid_t> kids;
+  for (uint32_t r = 0; r < ctl->receivers(); ++r) {
+    api::JobConfig rj = job;
+    rj.token = ctl->peer_token("inference", r);
+    rj.cuda_device = dev;
+    const pid_t p = fork();
+    if (p == 0) receiver(rj, r, a);
+    kids.push_back(p);
+  }
+  std::vector<int> go(ctl->senders()), done(ctl->senders());
+  for (uint32_t s = 0; s < ctl->senders(); ++s) {
+    int g[2], d[2];
+    if (pipe(g) != 0 || pipe(d) != 0) die("pipe");
+    api::JobConfig sj = job;
+    sj.token = ctl->peer_token("trainer", s);
+    sj.cuda_device = dev;
+    const pid_t p = fork();
+    if (p == 0) sender(sj, s, a, g[0], d[1]);
+    kids.push_back(p);
+    go[s] = g[1];
+    done[s] = d[0];
+  }
+  if (auto peers = ctl->wait_for_peers(600); !peers) die(peers.status().message());
+  double best = 0;
+  for (int step = 1; step <= a.steps; ++step) {
+    const double t0 = perf::now_s();
+    for (int g : go)
+      if (write(g, "g", 1) != 1) die("a sender is gone");
+    double bytes = 0, slowest = 0;
+    for (int d : done) {
+      double v[2];
+      if (read(d, v, sizeof v) != sizeof v) die("a sender died (its error is above)");
+      slowest = std::max(slowest, v[0]);
+      bytes += v[1];
+    }
+    const double wall = perf::now_s() - t0;
+    // Trainer bytes: what the trainers hold (each BF16 value sent once per step).
+    const double gbps = bytes / wall / 1e9;
+    std::printf("step %d: %.2f GB of trainer bytes in %.3f s (slowest push %.3f s): %.1f GB/s\n", step,
+                bytes / 1e9, wall, slowest, gbps);
+    std::fflush(stdout);
+    if (step > 1 || a.steps == 1) best = std::max(best, gbps);
+  }
+  int failed = 0;
+  for (pid_t p : kids) {
+    int st = 0;
+    waitpid(p, &st, 0);
+    failed += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  if (failed) die(fmt::format("{} peer process(es) failed", failed));
+  std::printf("weightcast: %.1f GB/s (best step after the first)\n", best);
+  if (a.device == "cuda") {
+    const double d2d = d2d_gbps();
+    perf::ratio("samehost vs device-to-device copy", best, d2d, "GB/s", "the limit");
+    if (a.baseline_gbps > 0)
+      perf::ratio("samehost vs colocated torch", best, a.baseline_gbps, "GB/s", "target >= 4x");
+  }
+  return 0;
+}
