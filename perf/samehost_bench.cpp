@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
   job.inference_spec = dir + "/inference.json";
   job.topology = dir + "/topology.json";
   job.backend = a.backend;
-  job.deadline_s = 300;
+  job.deadline_s = 60;
   auto ctl = api::Controller::start(job);
   if (!ctl) die(ctl.status().message());
   std::printf("samehost: %s, FSDP%d -> one EP%d replica, %s memory over %s\n", a.model.c_str(),

@@ -27,18 +27,32 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
   c->counters_ = counters;
   c->rdv_ = rdv;
   c->shards_ = std::move(shards);
-  // Every root lays out its gather buffer the same way: one area per phase (no reuse across
-  // phases, so a member of a later phase never overwrites boxes the root still projects from).
-  std::map<uint32_t, uint64_t> size;  // root -> bytes
+  // Every root lays out its gather buffer the same way: kWindow slots, each the size of the
+  // root's largest phase, and the root's k-th phase (in phase order, counting only phases where
+  // it is a root) in slot k % kWindow. A member writes a phase only once the root opened its slot
+  // (open() and release()), so it never overwrites boxes the root still projects from.
+  std::map<uint32_t, std::map<uint16_t, uint64_t>> phase_bytes;  // root -> phase -> bytes
   c->offset_.resize(plan.gathers.size());
-  for (uint16_t ph = 0; ph < plan.phases; ++ph)
-    for (uint32_t g = 0; g < plan.gathers.size(); ++g) {
-      const plan::Gather& x = plan.gathers[g];
-      if (x.phase != ph) continue;
-      c->offset_[g] = size[x.root];
-      size[x.root] += c->box_bytes(x);
+  for (uint32_t g = 0; g < plan.gathers.size(); ++g) {
+    const plan::Gather& x = plan.gathers[g];
+    c->offset_[g] = phase_bytes[x.root][x.phase];  // within its phase, for now
+    phase_bytes[x.root][x.phase] += c->box_bytes(x);
+  }
+  std::map<uint32_t, uint64_t> slot;  // root -> slot bytes
+  for (const auto& [root, phases] : phase_bytes) {
+    uint16_t k = 0;
+    for (const auto& [ph, bytes] : phases) {
+      slot[root] = std::max(slot[root], bytes);
+      c->local_phase_[{root, ph}] = k++;
     }
-  auto gbuf = Buffer::allocate(memory, std::max<uint64_t>(size[rank], 1), device);
+    c->root_phases_[root] = k;
+  }
+  for (uint32_t g = 0; g < plan.gathers.size(); ++g) {
+    const plan::Gather& x = plan.gathers[g];
+    c->offset_[g] += (c->local_phase_.at({x.root, x.phase}) % kWindow) * slot[x.root];
+  }
+  const uint64_t slots = std::min<uint64_t>(kWindow, c->root_phases_[rank]);
+  auto gbuf = Buffer::allocate(memory, std::max<uint64_t>(slots * slot[rank], 1), device);
   if (!gbuf) return gbuf.status();
   c->gbuf_ = std::move(gbuf).value();
   // Packing space: a ring that holds at least two phases' pieces (one in flight while the next
@@ -136,16 +150,36 @@ Status HostCollective::open(uint8_t gen, Clock::time_point deadline) {
   std::fill(sent_.begin(), sent_.end(), -1);
   for (const Packed& r : packed_) (void)engine_->wait(r.batch, deadline);
   packed_.clear();
-  if (const uint64_t b = std::exchange(open_batch_, 0); b != 0) (void)engine_->wait(b, deadline);
+  for (uint64_t b : std::exchange(open_batches_, {})) (void)engine_->wait(b, deadline);
+  open_gen_ = gen;
+  opens_sent_ = 0;
+  return send_open(gen);
+}
+
+// One "open" to every member: the next slot of this root's gather buffer may be written.
+Status HostCollective::send_open(uint8_t gen) {
   std::vector<transport::GroupWrite> w;
   const uint32_t imm =
       transport::Imm{gen, transport::Imm::kGatherOpenPhase, static_cast<uint16_t>(rank_)}.encode();
   for (const auto& [m, x] : members_)
     w.push_back({&pack_region_, 0, x.peer, &x.gbuf, 0, 0, true, imm});
+  ++opens_sent_;
   if (w.empty()) return Status::ok();
-  // Not waited for here (a round trip at the start of every step): finish() collects it.
-  open_batch_ = engine_->submit(std::move(w));
-  open_gen_ = gen;
+  // Not waited for here (a round trip per slot): finish() collects them.
+  open_batches_.push_back(engine_->submit(std::move(w)));
+  return Status::ok();
+}
+
+// The root reached its local phase k: every earlier phase's boxes are no longer read (on the
+// GPU once the projections queued so far are done), so phases up to k - 1 + kWindow may be
+// written.
+Status HostCollective::release(uint8_t gen, uint16_t k) {
+  if (members_.empty() || opens_sent_ >= 1u + k) return Status::ok();
+  if (memory_ == MemoryKind::kCuda)
+    if (Status s = cuda_sync(); !s)
+      return Status(s.code(), fmt::format("gather root {}: {}", rank_, s.message()));
+  while (opens_sent_ < 1u + k)
+    if (Status s = send_open(gen); !s) return s;
   return Status::ok();
 }
 
@@ -170,13 +204,22 @@ Result<std::pair<core::Box, const std::byte*>> HostCollective::held_piece(
   return found;
 }
 
-bool HostCollective::opened(uint8_t gen, uint32_t root, Clock::time_point deadline) {
-  if (auto o = opened_.find(root); o != opened_.end() && o->second == gen) return true;
+bool HostCollective::opened(uint8_t gen, uint32_t root, uint16_t phase,
+                            Clock::time_point deadline) {
+  const uint16_t k = local_phase_.at({root, phase});
+  const uint32_t need = 1u + (k >= kWindow ? k - kWindow + 1 : 0);  // opens that cover slot k
+  auto& [g, have] = opened_[root];
+  if (g != gen) {
+    g = gen;
+    have = 0;
+  }
   const uint64_t nics = engine_->nics();
-  if (!counters_->wait(gen, {{transport::Imm::kGatherOpenPhase, static_cast<uint16_t>(root), nics}},
-                       deadline))
-    return false;
-  opened_[root] = gen;
+  while (have < need) {
+    if (!counters_->wait(
+            gen, {{transport::Imm::kGatherOpenPhase, static_cast<uint16_t>(root), nics}}, deadline))
+      return false;
+    ++have;
+  }
   return true;
 }
 
@@ -186,7 +229,7 @@ Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
   if (mine.empty() || sent_[phase] == gen) return true;
   if (ahead)  // never block on a root that is not ready: run(phase) sends these later then
     for (uint32_t gi : mine)
-      if (!opened(gen, plan_.gathers[gi].root, Clock::now())) return false;
+      if (!opened(gen, plan_.gathers[gi].root, phase, Clock::now())) return false;
   // The ring range for this phase: after the last one, or from the start when it does not fit;
   // older ranges it overlaps must have been written out first.
   const uint64_t need = pack_bytes_[phase];
@@ -214,7 +257,7 @@ Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
     const core::Shape gs = g.box.extents();
     // The root must have opened its buffer for this generation (it may still be projecting the
     // previous step's boxes from it).
-    if (!opened(gen, g.root, deadline))
+    if (!opened(gen, g.root, phase, deadline))
       return Status(Code::kTimeout,
                     fmt::format("gather member {}: root {} never opened its buffer for generation "
                                 "{} (phase {})",
@@ -258,6 +301,9 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
   if (phase >= member_of_.size())
     return invalid("gather phase {} is not in the plan ({} phases)", phase, member_of_.size());
   const uint64_t nics = engine_->nics();
+  // As this phase's root: the slots of its earlier phases are free again.
+  if (auto k = local_phase_.find({rank_, phase}); k != local_phase_.end())
+    if (Status s = release(gen, k->second); !s) return s;
   // What others wait for first: as a member, this phase's pieces (unless they went ahead), then
   // later phases', ahead, in order, for as long as their roots have opened and the ring has room.
   // Then, as a root, its own pieces into place, and the wait for the members'.
@@ -331,7 +377,7 @@ Status HostCollective::finish(Clock::time_point deadline) {
     if (Status s = engine_->wait(r.batch, deadline); !s && first.is_ok())
       first = Status(s.code(), fmt::format("gather member {}: {}", rank_, s.message()));
   packed_.clear();
-  if (const uint64_t b = std::exchange(open_batch_, 0); b != 0)
+  for (uint64_t b : std::exchange(open_batches_, {}))
     if (Status s = engine_->wait(b, deadline); !s && first.is_ok())
       first =
           Status(s.code(), fmt::format("gather root {} opening generation {} to its members: {}",

@@ -106,8 +106,11 @@ class HostCollective final : public Collective {
   // This rank's shard holding `piece` of gather `gi` (host bytes), or why it cannot be read.
   Result<std::pair<core::Box, const std::byte*>> held_piece(uint32_t gi,
                                                             const core::Box& piece) const;
-  // Whether `root` opened its buffer for `gen` to us; waits for it until `deadline`.
-  bool opened(uint8_t gen, uint32_t root, Clock::time_point deadline);
+  // Whether `root` opened the slot of its gather buffer `phase` uses to us for `gen`; waits for
+  // it until `deadline`.
+  bool opened(uint8_t gen, uint32_t root, uint16_t phase, Clock::time_point deadline);
+  Status send_open(uint8_t gen);
+  Status release(uint8_t gen, uint16_t local_phase);
   HostCollective(const spec::Inputs& in, const plan::Plan& plan) : in_(in), plan_(plan) {}
   uint64_t box_bytes(const plan::Gather& g) const;
   const spec::Inputs& in_;
@@ -130,9 +133,14 @@ class HostCollective final : public Collective {
     uint64_t lo, hi, batch;
   };
   std::deque<Packed> packed_;
-  uint64_t pack_head_ = 0;   // where the next phase's pieces go
-  uint64_t open_batch_ = 0;  // this step's "open" writes, as a root (0: none)
+  uint64_t pack_head_ = 0;              // where the next phase's pieces go
+  std::vector<uint64_t> open_batches_;  // this step's "open" writes, as a root
   uint8_t open_gen_ = 0;
+  uint32_t opens_sent_ = 0;  // this step's opens, as a root: slots of phases < opens + kWindow - 1
+  // A root's gather buffer holds kWindow phases; its k-th phase goes in slot k % kWindow.
+  static constexpr uint16_t kWindow = 4;
+  std::map<std::pair<uint32_t, uint16_t>, uint16_t> local_phase_;  // (root, phase) -> k
+  std::map<uint32_t, uint16_t> root_phases_;                       // root -> phases it roots
   transport::Region gbuf_region_, pack_region_;
   uint32_t incarnation_ = 0;
   std::map<uint32_t, Link> roots_, members_;
@@ -143,7 +151,8 @@ class HostCollective final : public Collective {
   MemoryKind memory_ = MemoryKind::kHost;
   // Copies `n` bytes in this collective's memory (queued on the thread's stream on the GPU).
   Status copy(std::byte* dst, const std::byte* src, uint64_t n);
-  std::map<uint32_t, int> opened_;  // root -> the generation it last opened to us (-1: none)
+  // root -> (generation, opens of it received): the slots it opened to us this step
+  std::map<uint32_t, std::pair<int, uint32_t>> opened_;
 };
 
 }  // namespace weightcast::exec
