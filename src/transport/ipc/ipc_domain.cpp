@@ -279,6 +279,7 @@ class IpcDomain final : public Domain {
     SlotKind kind;
     uint64_t len;
     std::byte* ptr;  // host: the peer's VA (for process_vm_writev); CUDA: mapped here
+    int device;      // CUDA: the region's device (where copies run if this domain has none)
   };
   struct Peer {
     uint32_t pid = 0;
@@ -346,7 +347,8 @@ class IpcDomain final : public Domain {
     if (s.tag.load(std::memory_order_relaxed) != key)
       return Status(Code::kRemote,
                     fmt::format("ipc: process {} deregistered key {:#x}", p.pid, key));
-    Target t{static_cast<SlotKind>(copy.kind), copy.len, reinterpret_cast<std::byte*>(copy.va)};
+    Target t{static_cast<SlotKind>(copy.kind), copy.len, reinterpret_cast<std::byte*>(copy.va),
+             copy.device};
     if (t.kind == SlotKind::kCuda) {
       if (p.pid == self_.pid) {  // a peer in this very process: its pointer is ours
       } else {
@@ -398,7 +400,8 @@ class IpcDomain final : public Domain {
     std::byte* to = t->ptr + op.dst_off;
     const bool src_cuda = src->second.kind == MemKind::kCuda;
     if (t->kind == SlotKind::kCuda || (src_cuda && p.pid == self_.pid)) {
-      if (!stream_) return invalid("ipc: no CUDA stream (no CUDA region was registered)");
+      if (!stream_)  // host shards into GPU memory: copies run on the target's device
+        if (Status st = use_device(std::max(t->device, 0)); !st) return st;
       on_stream = true;
       return stream_->copy(to, from, op.len);
     }
