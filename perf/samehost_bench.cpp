@@ -82,15 +82,14 @@ void write_specs(const Args& a, const std::string& dir) {
   cut_layers(i, a.layers);
   std::ofstream(dir + "/trainer.json") << t.dump(1);
   std::ofstream(dir + "/inference.json") << i.dump(1);
-  std::ofstream(dir + "/topology.json") << json{
-      {"format", "weightcast.topology/v1"},
-      {"name", "one host"},
-      {"hosts", json::array({{{"name", "local"},
-                              {"gpus", 16},
-                              {"nics_per_gpu", 1},
-                              {"nic_gbps", 400.0},
-                              {"nvlink_gbps", 3600.0}}})}}
-                                                   .dump(1);
+  std::ofstream(dir + "/topology.json") << json{{"format", "weightcast.topology/v1"},
+                                                {"name", "one host"},
+                                                {"hosts", json::array({{{"name", "local"},
+                                                                        {"gpus", 16},
+                                                                        {"nics_per_gpu", 1},
+                                                                        {"nic_gbps", 400.0},
+                                                                        {"nvlink_gbps", 3600.0}}})}}
+                                               .dump(1);
 }
 
 constexpr uint64_t kAlign = 256;
@@ -150,8 +149,8 @@ void receiver(api::JobConfig job, uint32_t r, const Args& a) {
     auto w = rc->wait(static_cast<uint64_t>(step));
     if (!w) die(fmt::format("receiver {} step {}: {}", r, step, w.status().message()));
     if (step == a.steps)
-      std::printf("receiver %u: %zu tensors, %.2f GB, mode %s, last wait %.3f s\n", r,
-                  infos.size(), static_cast<double>(w->bytes) / 1e9, w->mode.c_str(), w->seconds);
+      std::printf("receiver %u: %zu tensors, %.2f GB, mode %s, last wait %.3f s\n", r, infos.size(),
+                  static_cast<double>(w->bytes) / 1e9, w->mode.c_str(), w->seconds);
   }
   // Every tensor landed: none still holds only the zeros it was allocated with (its first 256 B).
   size_t empty = 0;
@@ -238,7 +237,8 @@ int main(int argc, char** argv) {
   app.add_option("--ep", a.ep, "Inference ranks (EP) of the one replica");
   app.add_option("--steps", a.steps, "Steps (the first maps every peer's memory)");
   app.add_option("--layers", a.layers, "Keep the first N layers (-1: all)");
-  app.add_option("--device", a.device, "Memory of both ends")->check(CLI::IsMember({"cuda", "host"}));
+  app.add_option("--device", a.device, "Memory of both ends")
+      ->check(CLI::IsMember({"cuda", "host"}));
   app.add_option("--backend", a.backend, "Transport")->check(CLI::IsMember({"ipc", "fabric"}));
   app.add_option("--baseline-gbps", a.baseline_gbps, "The colocated baseline's GB/s, for ratios");
   CLI11_PARSE(app, argc, argv);
@@ -295,8 +295,8 @@ int main(int argc, char** argv) {
     const double wall = perf::now_s() - t0;
     // Trainer bytes: what the trainers hold (each BF16 value sent once per step).
     const double gbps = bytes / wall / 1e9;
-    std::printf("step %d: %.2f GB of trainer bytes in %.3f s (slowest push %.3f s): %.1f GB/s\n", step,
-                bytes / 1e9, wall, slowest, gbps);
+    std::printf("step %d: %.2f GB of trainer bytes in %.3f s (slowest push %.3f s): %.1f GB/s\n",
+                step, bytes / 1e9, wall, slowest, gbps);
     std::fflush(stdout);
     if (step > 1 || a.steps == 1) best = std::max(best, gbps);
   }
