@@ -79,7 +79,7 @@ struct Done {
 class IpcDomain final : public Domain {
  public:
   ~IpcDomain() override {
-    seg_.get()->header.closing.store(1, std::memory_order_release);
+    if (seg_.get()) seg_.get()->header.closing.store(1, std::memory_order_release);
     if (stream_) {
       (void)stream_->sync();
       for (auto& f : inflight_) stream_->release(f.event);
