@@ -89,6 +89,11 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
   if (!p) return p.status();
   c->pack_region_ = *p;
   c->both_ends_ = engine->caps().connect_both_ends;
+  if (memory == MemoryKind::kCuda) {  // marks on the pushing thread's stream (release())
+    auto m = CopyQueue::create(device, kWindow, false);
+    if (!m) return m.status();
+    c->marks_ = std::move(m).value();
+  }
   return c;
 }
 
@@ -170,15 +175,25 @@ Status HostCollective::send_open(uint8_t gen) {
   return Status::ok();
 }
 
-// The root reached its local phase k: every earlier phase's boxes are no longer read (on the
-// GPU once the projections queued so far are done), so phases up to k - 1 + kWindow may be
-// written.
+// The root reached its local phase k. On the host every earlier phase's boxes are no longer
+// read (the projections ran), so phases up to k - 1 + kWindow may be written. On the GPU the
+// projections are queued, not done: the stream is marked here, and the phases before k - 1 are
+// freed once the mark made when phase k - 1 began is reached (usually long done), so the GPU
+// keeps its queue.
 Status HostCollective::release(uint8_t gen, uint16_t k) {
-  if (members_.empty() || opens_sent_ >= 1u + k) return Status::ok();
-  if (memory_ == MemoryKind::kCuda)
-    if (Status s = cuda_sync(); !s)
+  if (members_.empty()) return Status::ok();
+  uint32_t opens = 1u + k;
+  if (memory_ == MemoryKind::kCuda) {
+    auto named = [&](const Status& s) {
       return Status(s.code(), fmt::format("gather root {}: {}", rank_, s.message()));
-  while (opens_sent_ < 1u + k)
+    };
+    if (Status s = marks_.mark(k % kWindow); !s) return named(s);
+    if (k == 0) return Status::ok();
+    opens = k;
+    if (opens_sent_ >= opens) return Status::ok();
+    if (Status s = marks_.wait((k - 1) % kWindow); !s) return named(s);
+  }
+  while (opens_sent_ < opens)
     if (Status s = send_open(gen); !s) return s;
   return Status::ok();
 }
@@ -230,11 +245,45 @@ Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
   if (ahead)  // never block on a root that is not ready: run(phase) sends these later then
     for (uint32_t gi : mine)
       if (!opened(gen, plan_.gathers[gi].root, phase, Clock::now())) return false;
-  // The ring range for this phase: after the last one, or from the start when it does not fit;
-  // older ranges it overlaps must have been written out first.
-  const uint64_t need = pack_bytes_[phase];
+  // Each piece goes out straight from the registered shard where its runs in the shard are its
+  // runs in the root's box (a root counts one immediate per run); the others are packed.
+  struct Piece {
+    uint32_t gather;
+    core::Box box, held;
+    const std::byte* data;
+    std::vector<std::pair<int64_t, int64_t>> src, dst;  // runs (element offset, length)
+    std::optional<std::pair<const transport::Region*, uint64_t>> direct;
+  };
+  std::vector<Piece> pieces;
+  uint64_t need = 0;  // bytes to pack
+  for (uint32_t gi : mine) {
+    const plan::Gather& g = plan_.gathers[gi];
+    const size_t esz = core::dtype_size(in_.trainer.params[g.param].dtype);
+    for (const auto& piece : g.pieces) {
+      if (piece.rank != rank_) continue;
+      auto found = held_piece(gi, piece.box);
+      if (!found) return found.status();
+      Piece pc{gi, piece.box, found->first, found->second, {}, {}, std::nullopt};
+      core::for_each_run(pc.held.extents(), core::relative(piece.box, pc.held),
+                         [&](int64_t off, int64_t len) {
+                           pc.src.push_back({off, len});
+                         });
+      core::for_each_run(g.box.extents(), core::relative(piece.box, g.box),
+                         [&](int64_t off, int64_t len) {
+                           pc.dst.push_back({off, len});
+                         });
+      bool same = sources_ && pc.src.size() == pc.dst.size();
+      for (size_t k = 0; same && k < pc.src.size(); ++k)
+        same = pc.src[k].second == pc.dst[k].second;
+      if (same) pc.direct = sources_(g.param);
+      if (!pc.direct) need += static_cast<uint64_t>(piece.box.numel()) * esz;
+      pieces.push_back(std::move(pc));
+    }
+  }
+  // The ring range for the packed pieces: after the last one, or from the start when it does
+  // not fit; older ranges it overlaps must have been written out first.
   const uint64_t lo = pack_head_ + need <= pack_.size() ? pack_head_ : 0, hi = lo + need;
-  while (!packed_.empty()) {
+  while (!packed_.empty() && need > 0) {
     bool overlap = false;
     for (const Packed& r : packed_) overlap = overlap || (r.lo < hi && lo < r.hi);
     if (!overlap) break;
@@ -251,47 +300,44 @@ Result<bool> HostCollective::send(uint8_t gen, uint16_t phase, bool ahead,
   uint64_t packed = lo;
   const uint32_t imm =
       transport::Imm{gen, static_cast<uint8_t>(phase), static_cast<uint16_t>(rank_)}.encode();
-  for (uint32_t gi : mine) {
-    const plan::Gather& g = plan_.gathers[gi];
+  for (const Piece& pc : pieces) {
+    const plan::Gather& g = plan_.gathers[pc.gather];
     const size_t esz = core::dtype_size(in_.trainer.params[g.param].dtype);
-    const core::Shape gs = g.box.extents();
-    // The root must have opened its buffer for this generation (it may still be projecting the
-    // previous step's boxes from it).
+    // The root must have opened its buffer's slot for this generation (it may still be
+    // projecting earlier boxes from it).
     if (!opened(gen, g.root, phase, deadline))
       return Status(Code::kTimeout,
                     fmt::format("gather member {}: root {} never opened its buffer for generation "
                                 "{} (phase {})",
                                 rank_, g.root, gen, phase));
     const Link& root = roots_.at(g.root);
-    for (const auto& piece : g.pieces) {
-      if (piece.rank != rank_) continue;
-      auto found = held_piece(gi, piece.box);
-      if (!found) return found.status();
-      const core::Box held = found->first;  // (not a structured binding: lambdas use them)
-      const std::byte* data = found->second;
-      // Pack the piece row-major (runs of it inside the shard, in order), then one write per run
-      // of the piece inside the root's box, each with the immediate.
-      uint64_t from = packed;
-      Status cs;
-      core::for_each_run(held.extents(), core::relative(piece.box, held),
-                         [&](int64_t off, int64_t len) {
-                           const uint64_t n = static_cast<uint64_t>(len) * esz;
-                           if (cs) cs = copy(pack_.data() + packed, data + off * esz, n);
-                           packed += n;
-                         });
-      if (!cs) return Status(cs.code(), fmt::format("gather member {}: {}", rank_, cs.message()));
-      core::for_each_run(gs, core::relative(piece.box, g.box), [&](int64_t off, int64_t len) {
-        writes.push_back({&pack_region_, from, root.peer, &root.gbuf, offset_[gi] + off * esz,
-                          static_cast<uint64_t>(len) * esz, true, imm});
-        from += static_cast<uint64_t>(len) * esz;
-      });
+    if (pc.direct) {
+      for (size_t k = 0; k < pc.dst.size(); ++k)
+        writes.push_back({pc.direct->first, pc.direct->second + pc.src[k].first * esz, root.peer,
+                          &root.gbuf, offset_[pc.gather] + pc.dst[k].first * esz,
+                          static_cast<uint64_t>(pc.dst[k].second) * esz, true, imm});
+      continue;
+    }
+    // Packed row-major (its runs inside the shard, in order), then one write per run of the
+    // piece inside the root's box, each with the immediate.
+    uint64_t from = packed;
+    for (const auto& [off, len] : pc.src) {
+      const uint64_t n = static_cast<uint64_t>(len) * esz;
+      if (Status cs = copy(pack_.data() + packed, pc.data + off * esz, n); !cs)
+        return Status(cs.code(), fmt::format("gather member {}: {}", rank_, cs.message()));
+      packed += n;
+    }
+    for (const auto& [off, len] : pc.dst) {
+      writes.push_back({&pack_region_, from, root.peer, &root.gbuf, offset_[pc.gather] + off * esz,
+                        static_cast<uint64_t>(len) * esz, true, imm});
+      from += static_cast<uint64_t>(len) * esz;
     }
   }
-  if (memory_ == MemoryKind::kCuda && !writes.empty())  // packed before the writes read it
+  if (memory_ == MemoryKind::kCuda && packed > lo)  // packed before the writes read it
     if (Status cs = cuda_sync(); !cs)
       return Status(cs.code(), fmt::format("gather member {}: {}", rank_, cs.message()));
   sent_[phase] = gen;
-  pack_head_ = hi;
+  if (need > 0) pack_head_ = hi;
   if (!writes.empty()) packed_.push_back({lo, hi, engine_->submit(std::move(writes))});
   return true;
 }

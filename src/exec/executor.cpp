@@ -181,6 +181,17 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
       e->wire_gpu_ ? MemoryKind::kCuda : MemoryKind::kHost, cuda_device);
   if (!coll) return coll.status();
   e->collective_ = std::move(coll).value();
+  // Pieces go out from the registered shards: host shards, or device shards the transport writes
+  // from (not the host mirror, which the lookup above fills each step). Test hook:
+  // WEIGHTCAST_DEBUG_PACK_GATHERS=1 packs every piece, as for shards of other layouts.
+  if (!std::getenv("WEIGHTCAST_DEBUG_PACK_GATHERS"))
+    e->collective_->set_sources(
+        [self](int param) -> std::optional<std::pair<const transport::Region*, uint64_t>> {
+          const auto& from = self->shard_kind_ == MemoryKind::kHost ? self->bound_ : self->wire_;
+          auto it = from.find(param);
+          if (it == from.end() || !it->second.region) return std::nullopt;
+          return std::pair{it->second.region, it->second.offset};
+        });
   if (device)
     if (Status p = e->collective_->pin_buffer(); !p) return p;
   return e;

@@ -68,6 +68,11 @@ PY
     timeout 900 "$wc" demo --steps 1000 >"$out" 2>&1; rc=$?
     expect "^step 1000/1000: "; expect "RSS: largest growth after step 10 is .* over 1000 steps, 7 processes"
     expect "demo OK: 1000 steps" ;;
+  packed_gathers)  # gather pieces packed before they are written (as for pieces whose runs in
+    # the shard differ from their runs in the root's box) instead of written from the shards
+    WEIGHTCAST_DEBUG_PACK_GATHERS=1 timeout 300 "$wc" demo --steps 3 --staging-mb 0.5 \
+      --gather-cost-us 0 >"$out" 2>&1; rc=$?
+    expect "writes and [1-9][0-9]* gathers"; expect "^step 3/3: .*verified"; expect "demo OK: 3 steps" ;;
   ipc_basic)  # the same-host backend: two replicas, two links per process, gathers
     timeout 300 "$wc" demo --backend ipc --steps 3 --replicas 2 --nics 2 --gather-cost-us 0 \
       >"$out" 2>&1; rc=$?

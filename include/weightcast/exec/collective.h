@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -61,6 +62,12 @@ class Collective {
   virtual Status pin_buffer() = 0;
   // This process's incarnation (a restarted trainer publishes under a new one).
   virtual void set_incarnation(uint32_t k) = 0;
+  // Where this rank's shards are registered with the transport: a piece that is one run in the
+  // shard wherever it is one run in the root's box is written from there directly, without
+  // packing (and, on the GPU, without waiting for the packing copies).
+  using SourceLookup =
+      std::function<std::optional<std::pair<const transport::Region*, uint64_t>>(int param)>;
+  virtual void set_sources(SourceLookup sources) = 0;
 };
 
 // Finds this rank's shard of a trainer param: its global box and its bytes in the collective's
@@ -87,6 +94,7 @@ class HostCollective final : public Collective {
   const Buffer& buffer() const override { return gbuf_; }
   Status pin_buffer() override { return memory_ == MemoryKind::kHost ? gbuf_.pin() : Status::ok(); }
   void set_incarnation(uint32_t k) override { incarnation_ = k; }
+  void set_sources(SourceLookup sources) override { sources_ = std::move(sources); }
 
  private:
   // A root or a member this rank exchanges with: its connection and its gather buffer (a root's
@@ -120,6 +128,7 @@ class HostCollective final : public Collective {
   transport::ImmCounters* counters_ = nullptr;
   transport::RendezvousClient* rdv_ = nullptr;
   ShardLookup shards_;
+  SourceLookup sources_;
   std::vector<uint64_t> offset_;  // per gather: where its box sits in its root's gather buffer
   Buffer gbuf_;                   // this rank's gather buffer (as a root), one area per phase
   // Pieces are packed contiguously before they are sent, each phase's into a range of a ring:
@@ -141,6 +150,7 @@ class HostCollective final : public Collective {
   static constexpr uint16_t kWindow = 4;
   std::map<std::pair<uint32_t, uint16_t>, uint16_t> local_phase_;  // (root, phase) -> k
   std::map<uint32_t, uint16_t> root_phases_;                       // root -> phases it roots
+  CopyQueue marks_;  // kCuda: per slot, the stream mark made when the root began that phase
   transport::Region gbuf_region_, pack_region_;
   uint32_t incarnation_ = 0;
   std::map<uint32_t, Link> roots_, members_;
