@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include <set>
+#include <tuple>
 
 #include "json_reader.h"
 #include "pattern.h"
@@ -64,7 +65,7 @@ Result<Topology> parse_topology(const json& j) {
       const json& h = hosts[i];
       check_keys(h,
                  {"name", "for", "gpus", "nics_per_gpu", "nic_gbps", "nvlink_gbps", "gather_us",
-                  "nvlink_domain"},
+                  "nvlink_domain", "colocated"},
                  p);
       const std::string tmpl = get_string(require(h, "name", p), child(p, "name"));
       HostInfo base;
@@ -77,6 +78,11 @@ Result<Topology> parse_topology(const json& j) {
         base.nvlink_gbps = get_number(*v, child(p, "nvlink_gbps"), 0.001, 1e7);
       if (const json* v = optional(h, "gather_us", p))
         base.gather_us = get_number(*v, child(p, "gather_us"), 0, 1e6);
+      if (const json* v = optional(h, "colocated", p)) {
+        if (!v->is_boolean())
+          fail(child(p, "colocated"), fmt::format("expected true or false, got {}", v->dump()));
+        base.colocated = v->get<bool>();
+      }
       const json* dom = optional(h, "nvlink_domain", p);
       expand(optional(h, "for", p), p, 1 << 20, [&](const Vars& vars) {
         HostInfo hi = base;
@@ -102,7 +108,7 @@ namespace {
 // `topo_file` the topology's file: errors here span files.
 Status check_devices(const Mesh& m, const std::string& what, const std::string& where,
                      const Topology& topo, const std::string& topo_file,
-                     std::map<std::pair<std::string, int>, std::string>& used) {
+                     std::map<std::tuple<std::string, int, int>, std::string>& used) {
   for (size_t r = 0; r < m.devices.size(); ++r) {
     const Device& d = m.devices[r];
     const std::string who = fmt::format("{} rank {} ({})", what, r, where);
@@ -113,8 +119,15 @@ Status check_devices(const Mesh& m, const std::string& what, const std::string& 
     if (d.gpu >= h->gpus)
       return invalid("{} runs on {} GPU {}, but {} gives that host {} GPUs", who, d.host, d.gpu,
                      topo_file, h->gpus);
-    auto [it, fresh] = used.emplace(std::make_pair(d.host, d.gpu), who);
-    if (!fresh) return invalid("{} and {} both run on {} GPU {}", it->second, who, d.host, d.gpu);
+    // On a colocated host the two sides are counted apart: a trainer rank may share its GPU
+    // with an inference rank, never with another trainer rank (nor inference with inference).
+    const int side = h->colocated && what != "trainer" ? 1 : 0;
+    auto [it, fresh] = used.emplace(std::make_tuple(d.host, d.gpu, side), who);
+    if (!fresh)
+      return invalid("{} and {} both run on {} GPU {}{}", it->second, who, d.host, d.gpu,
+                     h->colocated ? ""
+                                  : " (a host marked \"colocated\": true lets a trainer "
+                                    "and an inference rank share a GPU)");
   }
   return Status::ok();
 }
@@ -123,7 +136,7 @@ Status check_devices(const Mesh& m, const std::string& what, const std::string& 
 
 Status validate(const TrainerSpec& t, const InferenceSpec& inf, const Topology& topo,
                 const std::array<std::string, 3>& names) {
-  std::map<std::pair<std::string, int>, std::string> used;
+  std::map<std::tuple<std::string, int, int>, std::string> used;
   if (Status s = check_devices(t.mesh, "trainer", names[0] + ": trainer.mesh.devices", topo,
                                names[2], used);
       !s)

@@ -101,6 +101,9 @@ struct HostInfo {
   // host collective over the fabric (docs/spec-format.md).
   double gather_us = 0;
   std::string nvlink_domain;  // hosts in one domain may gather among each other
+  // A trainer rank and an inference rank may share a GPU (verl's hybrid engine; the ipc backend
+  // writes between them). Two ranks of one side on one GPU are refused either way.
+  bool colocated = false;
 };
 
 struct Topology {

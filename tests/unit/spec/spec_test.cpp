@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "../test_specs.h"
+#include "weightcast/plan/planner.h"
 #include "weightcast/spec/layout.h"
 #include "weightcast/spec/spec_parser.h"
 
@@ -150,6 +151,8 @@ const BadCase kBadCases[] = {
     {"GPU used twice", [](json&, json& i, json&) { i["replicas"]["devices"]["host"] = "t{h}"; },
      "trainer rank 0 (T: trainer.mesh.devices) and inference replica 0 rank 0 (I: "
      "inference.replicas[0]) both run on t0 GPU 0"},
+    {"colocated must be a boolean", [](json&, json&, json& c) { c["hosts"][0]["colocated"] = 1; },
+     "topology.hosts[0].colocated: expected true or false, got 1"},
     {"bad placement string",
      [](json& t, json&, json&) { t["params"][0]["placement"]["fsdp"] = "Shard(x)"; },
      "trainer.params[0].placement.fsdp: bad placement 'Shard(x)': expected a non-negative integer "
@@ -261,6 +264,24 @@ TEST(Spec, ResourceBoundsRefuseSmallHostileSpecs) {
 }
 
 // DTensor's own placement strings, as print(dtensor.placements) shows them, mean what ours do.
+// A host marked colocated lets a trainer rank and an inference rank share a GPU (verl's hybrid
+// engine); without the mark they may not, and the error says how to allow it.
+TEST(Spec, ColocatedHostsLetTheTwoSidesShareGpus) {
+  json t = tiny_trainer(), i = tiny_inference(), c = tiny_topology();
+  i["replicas"]["devices"]["host"] = "t{h}";  // inference on the trainers' GPUs
+  auto refused = make_inputs(t, i, c, {}, {"T", "I", "C"});
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.status().message().find("\"colocated\": true"), std::string::npos)
+      << refused.status().message();
+  c["hosts"][0]["colocated"] = true;
+  auto in = make_inputs(t, i, c, {}, {"T", "I", "C"});
+  ASSERT_TRUE(in) << in.status().message();
+  EXPECT_EQ(in->inference.replicas[0].devices[0].host, in->trainer.mesh.devices[0].host);
+  EXPECT_EQ(in->inference.replicas[0].devices[0].gpu, in->trainer.mesh.devices[0].gpu);
+  auto p = plan::make_plan(*in, {});
+  ASSERT_TRUE(p) << p.status().message();
+}
+
 TEST(Spec, DTensorPlacementStringsAreAccepted) {
   json t = tiny_trainer();
   t["params"][0]["placement"] = {{"fsdp", "Shard(dim=0)"}, {"pp", "O(0)"}};
