@@ -144,7 +144,6 @@ class HostCollective final : public Collective {
   std::deque<Packed> packed_;
   uint64_t pack_head_ = 0;              // where the next phase's pieces go
   std::vector<uint64_t> open_batches_;  // this step's "open" writes, as a root
-  uint8_t open_gen_ = 0;
   uint32_t opens_sent_ = 0;  // this step's opens, as a root: slots of phases < opens + kWindow - 1
   // A root's gather buffer holds kWindow phases; its k-th phase goes in slot k % kWindow.
   static constexpr uint16_t kWindow = 4;
