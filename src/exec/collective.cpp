@@ -38,20 +38,21 @@ Result<std::unique_ptr<HostCollective>> HostCollective::create(
     c->offset_[g] = phase_bytes[x.root][x.phase];  // within its phase, for now
     phase_bytes[x.root][x.phase] += c->box_bytes(x);
   }
-  std::map<uint32_t, uint64_t> slot;  // root -> slot bytes
+  std::map<uint32_t, uint64_t> slot;    // root -> slot bytes
+  std::map<uint32_t, uint16_t> rooted;  // root -> phases it roots
   for (const auto& [root, phases] : phase_bytes) {
     uint16_t k = 0;
     for (const auto& [ph, bytes] : phases) {
       slot[root] = std::max(slot[root], bytes);
       c->local_phase_[{root, ph}] = k++;
     }
-    c->root_phases_[root] = k;
+    rooted[root] = k;
   }
   for (uint32_t g = 0; g < plan.gathers.size(); ++g) {
     const plan::Gather& x = plan.gathers[g];
     c->offset_[g] += (c->local_phase_.at({x.root, x.phase}) % kWindow) * slot[x.root];
   }
-  const uint64_t slots = std::min<uint64_t>(kWindow, c->root_phases_[rank]);
+  const uint64_t slots = std::min<uint64_t>(kWindow, rooted[rank]);
   auto gbuf = Buffer::allocate(memory, std::max<uint64_t>(slots * slot[rank], 1), device);
   if (!gbuf) return gbuf.status();
   c->gbuf_ = std::move(gbuf).value();

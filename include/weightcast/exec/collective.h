@@ -148,7 +148,6 @@ class HostCollective final : public Collective {
   // A root's gather buffer holds kWindow phases; its k-th phase goes in slot k % kWindow.
   static constexpr uint16_t kWindow = 4;
   std::map<std::pair<uint32_t, uint16_t>, uint16_t> local_phase_;  // (root, phase) -> k
-  std::map<uint32_t, uint16_t> root_phases_;                       // root -> phases it roots
   CopyQueue marks_;  // kCuda: per slot, the stream mark made when the root began that phase
   transport::Region gbuf_region_, pack_region_;
   uint32_t incarnation_ = 0;
