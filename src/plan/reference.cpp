@@ -60,6 +60,10 @@ std::vector<std::byte> reference_tensor(const spec::Inputs& in, const DestTensor
     std::array<int64_t, core::kMaxDims> g{};
     for (int k = 0; k < ls.nd; ++k)
       g[k] = idx[k] - (k == dp.concat_dim ? lp->offset : 0) + lp->global.lo[k];
+    if (!dp.pad_dims.empty() && !spec::holds(*lp, idx)) {
+      x[e] = 0;  // padding: never written, the engine's zeros
+      continue;
+    }
     const spec::Part& part = dp.parts[lp->part];
     if (part.transpose) std::swap(g[ls.nd - 1], g[ls.nd - 2]);
     const spec::Param& src = in.trainer.params[part.src];

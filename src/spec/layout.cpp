@@ -1,6 +1,8 @@
 // Local boxes under DTensor placements and the part layout of fused inference buffers.
 #include "weightcast/spec/layout.h"
 
+#include <algorithm>
+
 namespace weightcast::spec {
 
 namespace {
@@ -21,6 +23,16 @@ std::optional<core::Box> local_box(const core::Shape& shape, const PlacementMap&
       continue;
     }
     const int d = static_cast<int>(p.arg);
+    if (p.kind == Placement::Kind::kHeads) {
+      // Whole heads (the parser checks that they divide evenly); fewer heads than ranks:
+      // each head is held by k/n consecutive ranks.
+      const int64_t n = (b.hi[d] - b.lo[d]) / p.unit, k = mesh.axes[a].size;
+      const core::Range r =
+          n >= k ? core::chunk_range(n, k, c) : core::Range{c * n / k, c * n / k + 1};
+      b.hi[d] = b.lo[d] + r.hi * p.unit;
+      b.lo[d] += r.lo * p.unit;
+      continue;
+    }
     const core::Range r = core::chunk_range(b.hi[d] - b.lo[d], mesh.axes[a].size, c);
     b.hi[d] = b.lo[d] + r.hi;
     b.lo[d] += r.lo;
@@ -30,6 +42,18 @@ std::optional<core::Box> local_box(const core::Shape& shape, const PlacementMap&
 
 std::optional<DestLocal> dest_local(const DestParam& p, const Mesh& mesh, int64_t rank) {
   DestLocal out;
+  if (!p.pad_dims.empty()) {
+    // One part (the parser checks): the rank's box of the padded tensor, of which the part
+    // covers what lies inside the source; the rest is padding (possibly all of it).
+    auto b = local_box(p.shape, p.placement, mesh, rank);
+    if (!b || b->empty()) return std::nullopt;
+    out.shape = b->extents();
+    core::Box in = *b;
+    for (int d = 0; d < in.nd; ++d) in.hi[d] = std::min(in.hi[d], p.parts[0].shape[d]);
+    for (int d = 0; d < in.nd; ++d) in.lo[d] = std::min(in.lo[d], in.hi[d]);
+    out.parts.push_back({0, in, 0});
+    return out;
+  }
   int64_t offset = 0;
   for (size_t i = 0; i < p.parts.size(); ++i) {
     auto b = local_box(p.parts[i].shape, p.placement, mesh, rank);
@@ -43,6 +67,12 @@ std::optional<DestLocal> dest_local(const DestParam& p, const Mesh& mesh, int64_
   }
   if (out.shape.numel() == 0) return std::nullopt;
   return out;
+}
+
+bool holds(const LocalPart& lp, const std::array<int64_t, core::kMaxDims>& idx) {
+  for (int d = 0; d < lp.global.nd; ++d)
+    if (idx[d] >= lp.global.extent(d)) return false;
+  return true;
 }
 
 core::Shape scale_shape(const core::Shape& local, const Quant& q) {

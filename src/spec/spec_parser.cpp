@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -184,8 +185,9 @@ Mesh parse_mesh(const json& j, const std::string& path, int64_t first_index,
 }
 
 // R / Replicate / Replicate(), S(d) / Shard(d) / Shard(dim=d) (what print(dtensor.placements)
-// shows), O(c) / Owner(c) / Stage(c); spaces ignored.
-Placement parse_one_placement(const std::string& given, const std::string& path) {
+// shows), O(c) / Owner(c) / Stage(c), H(d, unit) / Heads(d, unit) (unit: rows per head, an
+// integer or a dim name); spaces ignored.
+Placement parse_one_placement(const std::string& given, const Dims& dims, const std::string& path) {
   std::string s;
   for (char ch : given)
     if (ch != ' ') s += ch;
@@ -193,37 +195,90 @@ Placement parse_one_placement(const std::string& given, const std::string& path)
     fail(path, fmt::format("'{}': FSDP2 + TP's strided sharding is not supported yet; give the "
                            "trainer spec the layout it resolves to (the shard each rank holds)",
                            given));
-  auto arg_of = [&](size_t open) -> int64_t {
-    if (s.empty() || s.back() != ')') fail(path, fmt::format("bad placement '{}'", given));
-    std::string a = s.substr(open + 1, s.size() - open - 2);
+  auto number = [&](std::string a) -> int64_t {
     if (a.rfind("dim=", 0) == 0) a = a.substr(4);
     if (a.empty() || a.size() > 9 || a.find_first_not_of("0123456789") != std::string::npos)
       fail(path, fmt::format("bad placement '{}': expected a non-negative integer argument", s));
     return std::stoll(a);
   };
+  auto arg_of = [&](size_t open) -> std::string {
+    if (s.empty() || s.back() != ')') fail(path, fmt::format("bad placement '{}'", given));
+    return s.substr(open + 1, s.size() - open - 2);
+  };
   if (s == "R" || s == "Replicate" || s == "Replicate()") return {};
   const size_t open = s.find('(');
   const std::string head = s.substr(0, open);
   if (open != std::string::npos && (head == "S" || head == "Shard"))
-    return {Placement::Kind::kShard, arg_of(open)};
+    return {Placement::Kind::kShard, number(arg_of(open))};
   if (open != std::string::npos && (head == "O" || head == "Owner" || head == "Stage"))
-    return {Placement::Kind::kOwner, arg_of(open)};
-  fail(path, fmt::format("bad placement '{}': expected R, S(dim) or O(coordinate)", s));
+    return {Placement::Kind::kOwner, number(arg_of(open))};
+  if (open != std::string::npos && (head == "H" || head == "Heads")) {
+    const std::string a = arg_of(open);
+    const size_t comma = a.find(',');
+    if (comma == std::string::npos)
+      fail(path, fmt::format("bad placement '{}': expected H(dim, rows per head)", given));
+    const std::string u = a.substr(comma + 1);
+    int64_t unit = 0;
+    if (auto it = dims.find(u); it != dims.end())
+      unit = it->second;
+    else if (!u.empty() && u.size() < 10 && u.find_first_not_of("0123456789") == std::string::npos)
+      unit = std::stoll(u);
+    if (unit < 1)
+      fail(path, fmt::format("bad placement '{}': rows per head must be a positive integer or a "
+                             "name in \"dims\"",
+                             given));
+    return {Placement::Kind::kHeads, number(a.substr(0, comma)), unit};
+  }
+  fail(path, fmt::format("bad placement '{}': expected R, S(dim), O(coordinate) or H(dim, rows "
+                         "per head)",
+                         s));
+}
+
+// Heads on `axis_size` ranks of a part of `shape`: whole heads, and the heads divide the ranks
+// or the ranks the heads (what vLLM asserts).
+void check_heads(const Placement& pl, const Shape& shape, const Axis& axis, const std::string& what,
+                 const std::string& path) {
+  const int64_t ext = shape[static_cast<int>(pl.arg)];
+  if (ext % pl.unit)
+    fail(path, fmt::format("{}dim {} of {} rows is not a whole number of heads of {} rows", what,
+                           pl.arg, ext, pl.unit));
+  const int64_t n = ext / pl.unit, k = axis.size;
+  if (n % k && k % n)
+    fail(path, fmt::format("{}{} heads over axis '{}' of size {}: one must divide the other", what,
+                           n, axis.name, k));
+}
+
+// Every H placement fits every part (each is sharded on its own) on every mesh.
+void heads_fit(const PlacementMap& pm, const std::vector<std::vector<Axis>>& meshes,
+               const std::vector<Shape>& parts, const std::string& path) {
+  for (const auto& [axis, pl] : pm) {
+    if (pl.kind != Placement::Kind::kHeads) continue;
+    for (const auto& axes : meshes)
+      for (const Axis& a : axes)
+        if (a.name == axis)
+          for (size_t i = 0; i < parts.size(); ++i)
+            check_heads(pl, parts[i], a,
+                        parts.size() > 1 ? fmt::format("part {} of the concat: ", i) : "",
+                        child(path, axis.c_str()));
+  }
 }
 
 PlacementMap parse_placement(const json* j, const std::vector<std::vector<Axis>>& meshes,
-                             const Shape& shape, const Vars& vars, const std::string& path) {
+                             const Shape& shape, const Dims& dims, const Vars& vars,
+                             const std::string& path) {
   PlacementMap out;
   if (!j) return out;
   require_object(*j, path);
   for (auto it = j->begin(); it != j->end(); ++it) {
     const std::string p = child(path, it.key().c_str());
-    const Placement pl = parse_one_placement(substitute(get_string(it.value(), p), vars, p), p);
+    const Placement pl =
+        parse_one_placement(substitute(get_string(it.value(), p), vars, p), dims, p);
     for (const auto& axes : meshes) {
       const Axis* axis = nullptr;
       for (const Axis& a : axes) axis = a.name == it.key() ? &a : axis;
       if (!axis) fail(p, fmt::format("mesh has no axis '{}'", it.key()));
-      if (pl.kind == Placement::Kind::kShard && pl.arg >= shape.nd)
+      if ((pl.kind == Placement::Kind::kShard || pl.kind == Placement::Kind::kHeads) &&
+          pl.arg >= shape.nd)
         fail(p, fmt::format("shard of dim {} that does not exist (tensor has {} dims)", pl.arg,
                             shape.nd));
       if (pl.kind == Placement::Kind::kOwner && pl.arg >= axis->size)
@@ -316,13 +371,22 @@ void parse_mapping(const json& j, const TrainerSpec& t, const Vars& vars, DestPa
                        d.concat_dim));
     expect[d.concat_dim] += s[d.concat_dim];
   }
-  if (!(expect == d.shape)) {
+  bool fits = expect.nd == d.shape.nd;
+  for (int k = 0; fits && k < expect.nd; ++k) {
+    const bool padded = std::find(d.pad_dims.begin(), d.pad_dims.end(), k) != d.pad_dims.end();
+    fits = padded ? d.shape[k] >= expect[k] : d.shape[k] == expect[k];
+  }
+  if (!d.pad_dims.empty() && d.parts.size() != 1)
+    fail(child(d.path, "pad"), "padding needs a single source (no concat)");
+  if (!fits) {
     std::string srcs;
     for (const Part& p : d.parts)
       srcs += fmt::format("{}{}{}", srcs.empty() ? "" : ", ", p.transpose ? "T:" : "",
                           t.params[p.src].name);
-    fail(child(d.path, "shape"), fmt::format("expected {} after mapping from {}, got {}",
-                                             expect.str(), srcs, d.shape.str()));
+    fail(
+        child(d.path, "shape"),
+        fmt::format("expected {} after mapping from {}, got {}{}", expect.str(), srcs,
+                    d.shape.str(), d.pad_dims.empty() ? "" : " (larger only on the \"pad\" dims)"));
   }
 }
 
@@ -358,9 +422,10 @@ Result<TrainerSpec> parse_trainer(const json& j, const ParseOptions& opts) {
       budget.take(p, expansion_size(optional(params[i], "for", p), p), shape, dt);
       expand(optional(params[i], "for", p), p, kMaxExpansion, [&](const Vars& vars) {
         Param prm{substitute(tmpl, vars, child(p, "name")), shape, dt,
-                  parse_placement(optional(params[i], "placement", p), {t.mesh.axes}, shape, vars,
-                                  child(p, "placement")),
+                  parse_placement(optional(params[i], "placement", p), {t.mesh.axes}, shape, dims,
+                                  vars, child(p, "placement")),
                   p};
+        heads_fit(prm.placement, {t.mesh.axes}, {prm.shape}, child(p, "placement"));
         if (!t.index.emplace(prm.name, static_cast<int>(t.params.size())).second)
           fail(child(p, "name"), fmt::format("duplicate parameter name '{}'", prm.name));
         t.params.push_back(std::move(prm));
@@ -407,7 +472,7 @@ Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t,
     for (size_t i = 0; i < params.size(); ++i) {
       const std::string p = child(pp, i);
       const json& e = params[i];
-      check_keys(e, {"name", "shape", "dtype", "placement", "for", "from", "quant"}, p);
+      check_keys(e, {"name", "shape", "dtype", "placement", "for", "from", "quant", "pad"}, p);
       const Shape shape = parse_shape(require(e, "shape", p), dims, child(p, "shape"));
       const core::DType dt = parse_dtype_at(require(e, "dtype", p), child(p, "dtype"));
       const std::string tmpl = get_string(require(e, "name", p), child(p, "name"));
@@ -439,7 +504,7 @@ Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t,
         d.shape = shape;
         d.dtype = dt;
         d.path = p;
-        d.placement = parse_placement(optional(e, "placement", p), meshes, shape, vars,
+        d.placement = parse_placement(optional(e, "placement", p), meshes, shape, dims, vars,
                                       child(p, "placement"));
         d.quant = quant;
         if (d.quant) {
@@ -449,7 +514,18 @@ Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t,
             fail(child(child(p, "quant"), "scale"),
                  fmt::format("scale tensor name '{}' used twice", d.quant->scale_name));
         }
+        if (const json* pd = optional(e, "pad", p)) {
+          const std::string ppath = child(p, "pad");
+          require_array(*pd, ppath);
+          for (size_t k = 0; k < pd->size(); ++k)
+            d.pad_dims.push_back(
+                static_cast<int>(get_int((*pd)[k], child(ppath, k), 0, std::max(0, shape.nd - 1))));
+          if (d.quant) fail(ppath, "padding and block quantization cannot be combined");
+        }
         parse_mapping(require(e, "from", p), t, vars, d, child(p, "from"));
+        std::vector<Shape> part_shapes;
+        for (const Part& pt : d.parts) part_shapes.push_back(d.pad_dims.empty() ? pt.shape : shape);
+        heads_fit(d.placement, meshes, part_shapes, child(p, "placement"));
         if (!inf.index.emplace(d.name, static_cast<int>(inf.params.size())).second)
           fail(child(p, "name"), fmt::format("duplicate parameter name '{}'", d.name));
         inf.params.push_back(std::move(d));

@@ -40,6 +40,8 @@ std::string Placement::str() const {
       return fmt::format("S({})", arg);
     case Kind::kOwner:
       return fmt::format("O({})", arg);
+    case Kind::kHeads:
+      return fmt::format("H({},{})", arg, unit);
   }
   return "?";
 }

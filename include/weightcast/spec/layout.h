@@ -26,6 +26,10 @@ struct DestLocal {
   std::vector<LocalPart> parts;
 };
 
+// True when local index `idx` of a padded tensor (one part, at the buffer's origin) holds data of
+// the part, false for padding.
+bool holds(const LocalPart& lp, const std::array<int64_t, core::kMaxDims>& idx);
+
 // nullopt when the rank holds nothing of the tensor.
 std::optional<DestLocal> dest_local(const DestParam& p, const Mesh& mesh, int64_t rank);
 

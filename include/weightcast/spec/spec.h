@@ -35,12 +35,16 @@ struct Mesh {
 };
 
 // DTensor-style placement on one mesh axis; kOwner means only coordinate `arg` holds the tensor
-// (a pipeline stage, or the EP rank owning an expert stored as its own parameter).
+// (a pipeline stage, or the EP rank owning an expert stored as its own parameter). kHeads shards
+// dim `arg` in whole heads of `unit` rows, as engines shard attention under tensor parallelism:
+// with n heads over k ranks, each rank holds n/k heads when n >= k, else rank c holds head
+// c*n/k (vLLM replicates each kv head over k/n ranks when TP exceeds the kv head count).
 struct Placement {
-  enum class Kind { kReplicate, kShard, kOwner };
+  enum class Kind { kReplicate, kShard, kOwner, kHeads };
   Kind kind = Kind::kReplicate;
   int64_t arg = 0;
-  std::string str() const;  // "R", "S(0)", "O(3)"
+  int64_t unit = 0;         // kHeads: rows per head
+  std::string str() const;  // "R", "S(0)", "O(3)", "H(0,128)"
 };
 
 using PlacementMap = std::map<std::string, Placement>;  // axis name -> placement; absent = R
@@ -81,6 +85,9 @@ struct DestParam {
   std::vector<Part> parts;
   int concat_dim = 0;
   std::optional<Quant> quant;
+  // Dims on which `shape` is larger than the mapped source: the engine pads them (vLLM's vocab
+  // rows up to a multiple of 64). Placements split the padded shape; padding is never written.
+  std::vector<int> pad_dims;
   std::string path;
 };
 

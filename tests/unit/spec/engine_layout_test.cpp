@@ -1,0 +1,161 @@
+// What engines do that plain DTensor placements cannot say: kv heads replicated when TP exceeds
+// them (H placements) and padded dims (vLLM's vocab padding). Each layout is checked rank by rank
+// against the engine's rule, then planned and verified byte for byte.
+#include <gtest/gtest.h>
+
+#include "weightcast/plan/planner.h"
+#include "weightcast/plan/verify.h"
+#include "weightcast/spec/layout.h"
+#include "weightcast/spec/spec_parser.h"
+
+namespace weightcast::spec {
+namespace {
+
+using nlohmann::json;
+
+json topology() {
+  return json::parse(R"js({"format": "weightcast.topology/v1", "hosts": [
+    {"name": "t0", "gpus": 8}, {"name": "i0", "gpus": 8}]})js");
+}
+
+// 8 q heads and 2 kv heads of 4 rows, fused qkv under TP `tp`; a vocab of `vocab` rows padded
+// to `padded`, sharded over TP.
+json trainer(int vocab) {
+  json t = json::parse(R"js({"format": "weightcast.spec/v1", "role": "trainer",
+    "dims": {"hidden": 16, "head": 4},
+    "mesh": {"axes": [{"name": "fsdp", "size": 2}], "devices": {"host": "t0", "gpus_per_host": 8}},
+    "params": [
+      {"name": "q", "shape": ["8*head", "hidden"], "dtype": "bf16", "placement": {"fsdp": "Shard(dim=0)"}},
+      {"name": "k", "shape": ["2*head", "hidden"], "dtype": "bf16", "placement": {"fsdp": "S(0)"}},
+      {"name": "v", "shape": ["2*head", "hidden"], "dtype": "bf16", "placement": {"fsdp": "S(0)"}}]})js");
+  t["params"].push_back({{"name", "embed"},
+                         {"shape", json::array({vocab, "hidden"})},
+                         {"dtype", "bf16"},
+                         {"placement", {{"fsdp", "S(0)"}}}});
+  return t;
+}
+
+json inference(int tp, int padded) {
+  json i = json::parse(R"js({"format": "weightcast.spec/v1", "role": "inference",
+    "dims": {"hidden": 16, "head": 4},
+    "params": [
+      {"name": "qkv", "shape": ["12*head", "hidden"], "dtype": "bf16", "placement": {"tp": "H(0, head)"},
+       "from": {"concat": ["q", "k", "v"], "dim": 0}}]})js");
+  i["replicas"] = {{"count", 1},
+                   {"mesh", {{"axes", json::array({{{"name", "tp"}, {"size", tp}}})}}},
+                   {"devices", {{"host", "i0"}, {"gpus_per_host", 8}}}};
+  i["params"].push_back({{"name", "embed"},
+                         {"shape", json::array({padded, "hidden"})},
+                         {"dtype", "bf16"},
+                         {"placement", {{"tp", "S(0)"}}},
+                         {"pad", json::array({0})},
+                         {"from", "embed"}});
+  return i;
+}
+
+Result<Inputs> inputs(int tp, int vocab, int padded, int64_t scale = 1) {
+  return make_inputs(trainer(vocab), inference(tp, padded), topology(), {scale}, {"T", "I", "C"});
+}
+
+void plans_and_verifies(const Inputs& in) {
+  auto p = plan::make_plan(in, {});
+  ASSERT_TRUE(p) << p.status().message();
+  auto v = plan::verify_plan(in, *p);
+  ASSERT_TRUE(v) << v.status().message();
+  EXPECT_TRUE(plan::verify_plan(in, *p, 3)) << "a second step";
+}
+
+TEST(EngineLayout, KvHeadsAreReplicatedWhenTpExceedsThem) {
+  auto in = inputs(8, 64, 64);
+  ASSERT_TRUE(in) << in.status().message();
+  const DestParam& qkv = in->inference.params[0];
+  const Mesh& mesh = in->inference.replicas[0];
+  for (int64_t r = 0; r < 8; ++r) {
+    auto dl = dest_local(qkv, mesh, r);
+    ASSERT_TRUE(dl);
+    // vLLM: one of the 8 q heads per rank; kv head r / (tp / kv heads) = r / 4.
+    EXPECT_EQ(dl->shape.str(), "[12, 16]") << r;
+    EXPECT_EQ(dl->parts[0].global.str(), fmt::format("[{}:{}, 0:16]", 4 * r, 4 * r + 4));
+    const int64_t kv = r / 4;
+    EXPECT_EQ(dl->parts[1].global.str(), fmt::format("[{}:{}, 0:16]", 4 * kv, 4 * kv + 4)) << r;
+    EXPECT_EQ(dl->parts[2].global, dl->parts[1].global);
+    EXPECT_EQ(dl->parts[2].offset, 8);
+  }
+  plans_and_verifies(*in);
+  // Fewer ranks than kv heads: whole heads per rank, as S(0) would but never half a head.
+  auto in2 = inputs(2, 64, 64);
+  ASSERT_TRUE(in2) << in2.status().message();
+  auto dl = dest_local(in2->inference.params[0], in2->inference.replicas[0], 1);
+  EXPECT_EQ(dl->parts[1].global.str(), "[4:8, 0:16]");
+  EXPECT_EQ(dl->shape.str(), "[24, 16]");
+  plans_and_verifies(*in2);
+}
+
+TEST(EngineLayout, HeadsShrinkWithScale) {
+  auto in = inputs(4, 64, 64, 2);
+  ASSERT_TRUE(in) << in.status().message();
+  EXPECT_EQ(in->inference.params[0].placement.at("tp").str(), "H(0,2)");
+  plans_and_verifies(*in);
+}
+
+TEST(EngineLayout, PaddedRowsAreNeverWritten) {
+  // 50 rows padded to 64 over TP4 (16 a rank): rank 3 holds rows 48..49 then 14 of padding.
+  auto in = inputs(4, 50, 64);
+  ASSERT_TRUE(in) << in.status().message();
+  const DestParam& e = in->inference.params[1];
+  auto dl = dest_local(e, in->inference.replicas[0], 3);
+  ASSERT_TRUE(dl);
+  EXPECT_EQ(dl->shape.str(), "[16, 16]");
+  EXPECT_EQ(dl->parts[0].global.str(), "[48:50, 0:16]");
+  plans_and_verifies(*in);
+  // 10 rows padded to 64 over TP8: ranks 2..7 hold padding only, and get no writes.
+  auto all_pad = inputs(8, 10, 64);
+  ASSERT_TRUE(all_pad) << all_pad.status().message();
+  auto dl7 = dest_local(all_pad->inference.params[1], all_pad->inference.replicas[0], 7);
+  ASSERT_TRUE(dl7);
+  EXPECT_TRUE(dl7->parts[0].global.empty());
+  plans_and_verifies(*all_pad);
+}
+
+TEST(EngineLayout, BadHeadsAndPaddingAreNamed) {
+  auto expect_error = [](json t, json i, const std::string& what) {
+    auto in = make_inputs(t, i, topology(), {}, {"T", "I", "C"});
+    ASSERT_FALSE(in) << what;
+    EXPECT_NE(in.status().message().find(what), std::string::npos) << in.status().message();
+  };
+  json i = inference(8, 64);
+  i["params"][0]["placement"]["tp"] = "H(0, 3)";
+  expect_error(trainer(64), i,
+               "inference.params[0].placement.tp: part 0 of the concat: dim 0 of 32 rows is not a "
+               "whole number of heads of 3 rows");
+  i = inference(8, 64);
+  i["replicas"]["mesh"]["axes"][0]["size"] = 3;
+  expect_error(trainer(64), i,
+               "part 0 of the concat: 8 heads over axis 'tp' of size 3: one must divide the other");
+  i = inference(8, 64);
+  i["params"][0]["placement"]["tp"] = "H(0)";
+  expect_error(trainer(64), i, "bad placement 'H(0)': expected H(dim, rows per head)");
+  i["params"][0]["placement"]["tp"] = "H(0, nothead)";
+  expect_error(trainer(64), i, "rows per head must be a positive integer or a name in \"dims\"");
+  i = inference(4, 48);
+  expect_error(trainer(50), i,
+               "inference.params[1].shape: expected [50, 16] after mapping from embed, got [48, "
+               "16] (larger only on the \"pad\" dims)");
+  i = inference(4, 64);
+  i["params"][1]["pad"] = json::array({1});
+  expect_error(trainer(50), i, "expected [50, 16] after mapping from embed, got [64, 16]");
+  i = inference(4, 64);
+  i["params"][1]["pad"] = json::array({2});
+  expect_error(trainer(50), i, "inference.params[1].pad[0]");
+  i = inference(4, 64);
+  i["params"][0]["pad"] = json::array({0});
+  expect_error(trainer(64), i, "inference.params[0].pad: padding needs a single source");
+  i = inference(4, 64);
+  i["params"][1]["dtype"] = "fp8_e4m3";
+  i["params"][1]["quant"] = {{"block", {4, 4}}, {"scale", "s"}};
+  expect_error(trainer(64), i,
+               "inference.params[1].pad: padding and block quantization cannot be combined");
+}
+
+}  // namespace
+}  // namespace weightcast::spec
