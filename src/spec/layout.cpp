@@ -13,10 +13,13 @@ std::optional<core::Box> local_box(const core::Shape& shape, const PlacementMap&
                                    const Mesh& mesh, int64_t rank) {
   core::Box b = core::Box::full(shape);
   if (placement.empty()) return b;
-  for (size_t a = 0; a < mesh.axes.size(); ++a) {
+  // Strided shards (FSDP2 over TP) split what the other axes' shards left, so they come last.
+  for (size_t i = 0; i < 2 * mesh.axes.size(); ++i) {
+    const size_t a = i % mesh.axes.size();
     auto it = placement.find(mesh.axes[a].name);
     const Placement& p = it == placement.end() ? kReplicate : it->second;
     if (p.kind == Placement::Kind::kReplicate) continue;
+    if ((p.split_factor != 0) != (i >= mesh.axes.size())) continue;
     const int64_t c = mesh.coord(rank, static_cast<int>(a));
     if (p.kind == Placement::Kind::kOwner) {
       if (c != p.arg) return std::nullopt;

@@ -191,10 +191,6 @@ Placement parse_one_placement(const std::string& given, const Dims& dims, const 
   std::string s;
   for (char ch : given)
     if (ch != ' ') s += ch;
-  if (s.rfind("_StridedShard", 0) == 0)
-    fail(path, fmt::format("'{}': FSDP2 + TP's strided sharding is not supported yet; give the "
-                           "trainer spec the layout it resolves to (the shard each rank holds)",
-                           given));
   auto number = [&](std::string a) -> int64_t {
     if (a.rfind("dim=", 0) == 0) a = a.substr(4);
     if (a.empty() || a.size() > 9 || a.find_first_not_of("0123456789") != std::string::npos)
@@ -208,6 +204,20 @@ Placement parse_one_placement(const std::string& given, const Dims& dims, const 
   if (s == "R" || s == "Replicate" || s == "Replicate()") return {};
   const size_t open = s.find('(');
   const std::string head = s.substr(0, open);
+  if (open != std::string::npos && (head == "_StridedShard" || head == "SS")) {
+    // _StridedShard(dim=0, sf=4), as DTensor prints it; SS(0,4) for short.
+    std::string a = arg_of(open);
+    const size_t comma = a.find(',');
+    std::string sf = comma == std::string::npos ? "" : a.substr(comma + 1);
+    if (sf.rfind("sf=", 0) == 0 || sf.rfind("split_factor=", 0) == 0)
+      sf = sf.substr(sf.find('=') + 1);
+    if (comma == std::string::npos || sf.empty())
+      fail(path, fmt::format("bad placement '{}': expected _StridedShard(dim=d, sf=n)", given));
+    Placement pl{Placement::Kind::kShard, number(a.substr(0, comma))};
+    pl.split_factor = number(sf);
+    if (pl.split_factor < 1) fail(path, fmt::format("bad placement '{}': sf must be >= 1", given));
+    return pl;
+  }
   if (open != std::string::npos && (head == "S" || head == "Shard"))
     return {Placement::Kind::kShard, number(arg_of(open))};
   if (open != std::string::npos && (head == "O" || head == "Owner" || head == "Stage"))
@@ -287,6 +297,26 @@ PlacementMap parse_placement(const json* j, const std::vector<std::vector<Axis>>
                             pl.arg, axis->name, axis->size));
     }
     out[it.key()] = pl;
+  }
+  // A strided shard's sf is the number of pieces the other axes cut its dim into.
+  for (const auto& [name, pl] : out) {
+    if (!pl.split_factor) continue;
+    for (const auto& axes : meshes) {
+      int64_t others = 1;
+      for (const Axis& a : axes) {
+        auto o = out.find(a.name);
+        if (a.name != name && o != out.end() && o->second.arg == pl.arg &&
+            !o->second.split_factor &&
+            (o->second.kind == Placement::Kind::kShard ||
+             o->second.kind == Placement::Kind::kHeads))
+          others *= a.size;
+      }
+      if (others != pl.split_factor)
+        fail(child(path, name.c_str()),
+             fmt::format("_StridedShard of dim {} with sf={}, but the other axes shard that dim "
+                         "into {} pieces",
+                         pl.arg, pl.split_factor, others));
+    }
   }
   return out;
 }

@@ -37,7 +37,7 @@ std::string Placement::str() const {
     case Kind::kReplicate:
       return "R";
     case Kind::kShard:
-      return fmt::format("S({})", arg);
+      return split_factor ? fmt::format("SS({},{})", arg, split_factor) : fmt::format("S({})", arg);
     case Kind::kOwner:
       return fmt::format("O({})", arg);
     case Kind::kHeads:

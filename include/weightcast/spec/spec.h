@@ -43,8 +43,11 @@ struct Placement {
   enum class Kind { kReplicate, kShard, kOwner, kHeads };
   Kind kind = Kind::kReplicate;
   int64_t arg = 0;
-  int64_t unit = 0;         // kHeads: rows per head
-  std::string str() const;  // "R", "S(0)", "O(3)", "H(0,128)"
+  int64_t unit = 0;  // kHeads: rows per head
+  // kShard from DTensor's _StridedShard(dim, sf): FSDP2 over a TP-sharded dim. The shard is
+  // taken after the other axes' shards of the dim (sf of them), not before as mesh order says.
+  int64_t split_factor = 0;
+  std::string str() const;  // "R", "S(0)", "O(3)", "H(0,128)", "SS(0,4)"
 };
 
 using PlacementMap = std::map<std::string, Placement>;  // axis name -> placement; absent = R

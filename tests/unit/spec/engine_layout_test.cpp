@@ -117,6 +117,37 @@ TEST(EngineLayout, PaddedRowsAreNeverWritten) {
   plans_and_verifies(*all_pad);
 }
 
+TEST(EngineLayout, StridedShardIsFsdpOverTp) {
+  // FSDP2 over TP on a [fsdp=2, tp=2] mesh: DTensor prints (_StridedShard(dim=0, sf=2),
+  // Shard(dim=0)); rank (f, t) holds chunk f of TP chunk t: rows 4t + 2f .. 4t + 2f + 2.
+  json t = json::parse(R"js({"format": "weightcast.spec/v1", "role": "trainer",
+    "mesh": {"axes": [{"name": "fsdp", "size": 2}, {"name": "tp", "size": 2}],
+             "devices": {"host": "t0", "gpus_per_host": 8}},
+    "params": [{"name": "w", "shape": [8, 4], "dtype": "bf16",
+                "placement": {"fsdp": "_StridedShard(dim=0, sf=2)", "tp": "Shard(dim=0)"}}]})js");
+  json i = json::parse(R"js({"format": "weightcast.spec/v1", "role": "inference",
+    "replicas": {"count": 1, "mesh": {"axes": [{"name": "tp", "size": 2}]},
+                 "devices": {"host": "i0", "gpus_per_host": 8}},
+    "params": [{"name": "w", "shape": [8, 4], "dtype": "bf16", "placement": {"tp": "S(0)"},
+                "from": "w"}]})js");
+  auto in = make_inputs(t, i, topology(), {}, {"T", "I", "C"});
+  ASSERT_TRUE(in) << in.status().message();
+  const Param& w = in->trainer.params[0];
+  EXPECT_EQ(w.placement.at("fsdp").str(), "SS(0,2)");
+  for (int64_t f = 0; f < 2; ++f)
+    for (int64_t tp = 0; tp < 2; ++tp)
+      EXPECT_EQ(local_box(w.shape, w.placement, in->trainer.mesh, f * 2 + tp)->str(),
+                fmt::format("[{}:{}, 0:4]", 4 * tp + 2 * f, 4 * tp + 2 * f + 2));
+  plans_and_verifies(*in);
+  t["params"][0]["placement"]["fsdp"] = "_StridedShard(dim=0, sf=4)";
+  auto bad = make_inputs(t, i, topology(), {}, {"T", "I", "C"});
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.status().message().find("trainer.params[0].placement.fsdp: _StridedShard of dim 0 "
+                                        "with sf=4, but the other axes shard that dim into 2"),
+            std::string::npos)
+      << bad.status().message();
+}
+
 TEST(EngineLayout, BadHeadsAndPaddingAreNamed) {
   auto expect_error = [](json t, json i, const std::string& what) {
     auto in = make_inputs(t, i, topology(), {}, {"T", "I", "C"});
