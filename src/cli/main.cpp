@@ -1,4 +1,5 @@
-// The weightcast command line: `plan` (dry run), `verify` (replay on host memory) and `configs`.
+// The weightcast command line: `plan` (dry run), `verify` (replay on host memory), `spec`
+// (specs from a config.json), `demo`, `rendezvous` and `configs`.
 // Exit status: 0 success, 1 a verification or system failure, 2 bad input (specs, flags, plan).
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 
 #include "demo.h"
 #include "embedded_configs.h"
+#include "spec_cmd.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
@@ -388,6 +390,9 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--weights", worker.demo.weights);
   worker_cmd->add_option("--dump", worker.demo.dump);
 
+  cli::SpecFlags spec_flags;
+  cli::add_spec_command(app, spec_flags);
+
   app.add_subcommand("configs", "List the built-in configs");
 
   try {
@@ -398,6 +403,7 @@ int main(int argc, char** argv) {
   }
   if (*plan_cmd) return run_plan(plan_in, plan_pf, json_out, svg_out);
   if (*verify_cmd) return run_verify(verify_in, verify_pf, plan_file, step);
+  if (*spec_flags.cmd) return cli::run_spec(spec_flags);
   if (*rdv_cmd) {
     if (!rdv_token_file.empty()) {
       std::ifstream f(rdv_token_file);

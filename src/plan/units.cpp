@@ -284,7 +284,10 @@ struct TensorCutter {
     if (units.size() < 2) return;
     std::vector<const Unit*> all_units;
     for (const Unit& u : units) all_units.push_back(&u);
-    const Box whole = Box::full(local.shape);
+    Box whole = Box::full(local.shape);
+    if (!dp.pad_dims.empty())  // padding is never written: the whole is what the source covers
+      for (int d = 0; d < whole.nd; ++d) whole.hi[d] = local.parts[0].global.extent(d);
+    if (whole.empty()) return;
     if (static_cast<uint64_t>(whole.numel()) * esz() <= opts.max_unit_bytes) {
       Unit w = make(whole, needs_of(whole));
       if (producible(w.needs) && overhead({&w}) < overhead(all_units)) {

@@ -1,0 +1,51 @@
+// Specs from the ecosystem: the trainer, inference and topology JSON of a model, generated from
+// its Hugging Face config.json and each side's parallelism (`weightcast spec`).
+//
+// The trainer side uses the checkpoint's parameter names with routed experts stacked per layer
+// (`experts.w1` / `w3` [E, moe, hidden], `w2` [E, hidden, moe], as torchtitan and Megatron hold
+// them), sharded as FSDP2 (dim 0), HSDP (dp replicates), tensor parallelism (column / row),
+// pipeline stages (contiguous layers) and expert parallelism (experts split over ep).
+// The inference side is the layout vLLM holds in memory on Hopper with its default kernels
+// (read from vLLM's model code, docs/spec-format.md names the version): fused qkv_proj (kv heads
+// replicated when TP exceeds them), gate_up_proj, MLA's fused_qkv_a_proj, FusedMoE's stacked
+// w13_weight / w2_weight, the vocab padded to a multiple of 64, FP8 128x128 weight_scale_inv.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "weightcast/core/status.h"
+#include "weightcast/spec/spec.h"
+
+namespace weightcast::spec {
+
+struct GenerateOptions {
+  // Trainer axes by name (pp, dp, ep, fsdp, tp; sizes, absent = 1), laid out in that order.
+  std::vector<Axis> trainer;
+  // One inference replica: dp (attention data parallel) and tp.
+  std::vector<Axis> inference;
+  int64_t replicas = 1;
+  bool expert_parallel = false;  // experts over every rank of a replica (--enable-expert-parallel)
+  std::string fp8 = "auto";      // auto (the config's quantization_config), none, experts, all
+  int gpus_per_host = 8;
+  int nics_per_gpu = 1;
+  double nic_gbps = 400;
+  std::string trainer_host = "trn{h}", inference_host = "inf{h}";
+  std::string model_name;  // default: the config's model_type and size
+};
+
+struct GeneratedSpecs {
+  nlohmann::json trainer, inference, topology;
+  std::vector<std::string> notes;  // what was decided: layout source, fp8, padding, kv heads
+};
+
+// Errors name the config field or the option at fault.
+Result<GeneratedSpecs> generate_specs(const nlohmann::json& hf_config, const GenerateOptions& opts);
+
+// `weightcast spec` arguments (everything after the subcommand but --config and --out), also
+// what configs/<model>/spec.args holds: --trainer fsdp=8,ep=4 --inference tp=8 --replicas 2
+// --expert-parallel --fp8 experts --gpus-per-host 8 --nic-gbps 400 --name NAME.
+Result<GenerateOptions> parse_generate_args(const std::vector<std::string>& args);
+
+}  // namespace weightcast::spec

@@ -1,0 +1,238 @@
+// `weightcast spec`: the shipped configs are what the generator makes of their config.json and
+// spec.args (golden), and per model type the generated inference layout follows vLLM's rules
+// (kv heads replicated past TP, vocab padding, fused sizes, FP8 scales), plans and verifies.
+#include "weightcast/spec/generate.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "weightcast/plan/planner.h"
+#include "weightcast/plan/verify.h"
+#include "weightcast/spec/layout.h"
+#include "weightcast/spec/spec_parser.h"
+
+namespace weightcast::spec {
+namespace {
+
+using nlohmann::json;
+
+json load(const std::string& path) {
+  auto j = load_json_file(path);
+  EXPECT_TRUE(j) << j.status().message();
+  return j ? *j : json();
+}
+
+std::vector<std::string> words(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<std::string> out;
+  for (std::string w; f >> w;) out.push_back(w);
+  return out;
+}
+
+class ShippedConfig : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ShippedConfig, IsWhatTheGeneratorWrites) {
+  const std::string dir = std::string(WC_SOURCE_DIR) + "/configs/" + GetParam() + "/";
+  auto opts = parse_generate_args(words(dir + "spec.args"));
+  ASSERT_TRUE(opts) << opts.status().message();
+  auto g = generate_specs(load(dir + "config.json"), *opts);
+  ASSERT_TRUE(g) << g.status().message();
+  // Regenerate with: weightcast spec --no-plan --config DIR/config.json -o DIR $(cat DIR/spec.args)
+  EXPECT_EQ(g->trainer, load(dir + "trainer.json")) << dir << "trainer.json is stale";
+  EXPECT_EQ(g->inference, load(dir + "inference.json")) << dir << "inference.json is stale";
+  EXPECT_EQ(g->topology, load(dir + "topology.json")) << dir << "topology.json is stale";
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, ShippedConfig,
+                         ::testing::Values("llama-3.1-8b", "qwen3-30b-a3b", "deepseek-v3",
+                                           "kimi-k2"),
+                         [](const auto& p) {
+                           std::string n = p.param;
+                           for (char& c : n)
+                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
+
+// Small configs of each model type (the numbers keep 128-blocks whole where FP8 is asked).
+json small(const std::string& type) {
+  json c = {{"model_type", type}, {"hidden_size", 256},       {"num_hidden_layers", 3},
+            {"vocab_size", 1000}, {"num_attention_heads", 8}, {"num_key_value_heads", 2},
+            {"head_dim", 128},    {"intermediate_size", 512}, {"tie_word_embeddings", false}};
+  if (type == "qwen3_moe")
+    c.update({{"num_experts", 8}, {"moe_intermediate_size", 256}, {"mlp_only_layers", {0}}});
+  if (type == "mixtral") c["num_local_experts"] = 4;
+  if (type == "glm4_moe" || type == "deepseek_v3")
+    c.update({{"n_routed_experts", 8},
+              {"moe_intermediate_size", 256},
+              {"n_shared_experts", 1},
+              {"first_k_dense_replace", 1},
+              {"attention_bias", true}});
+  if (type == "deepseek_v3")
+    c.update({{"q_lora_rank", 256},
+              {"kv_lora_rank", 128},
+              {"qk_nope_head_dim", 128},
+              {"qk_rope_head_dim", 64},
+              {"v_head_dim", 128}});
+  return c;
+}
+
+struct Generated {
+  GeneratedSpecs g;
+  Inputs in;
+};
+
+Generated make_specs(const json& config, const std::vector<std::string>& args, int64_t scale = 1) {
+  auto opts = parse_generate_args(args);
+  EXPECT_TRUE(opts) << opts.status().message();
+  auto g = generate_specs(config, *opts);
+  EXPECT_TRUE(g) << g.status().message();
+  if (!g) return {};
+  auto in = make_inputs(g->trainer, g->inference, g->topology, {scale}, {"T", "I", "C"});
+  EXPECT_TRUE(in) << in.status().message();
+  if (!in) return {};
+  return {*g, *in};
+}
+
+void verifies(const Inputs& in) {
+  auto p = plan::make_plan(in, {});
+  ASSERT_TRUE(p) << p.status().message();
+  auto v = plan::verify_plan(in, *p);
+  ASSERT_TRUE(v) << v.status().message();
+  EXPECT_GT(v->bytes_checked, 0u);
+}
+
+const DestParam& dest(const Inputs& in, const std::string& name) {
+  auto it = in.inference.index.find(name);
+  if (it == in.inference.index.end()) throw std::runtime_error("no inference tensor " + name);
+  return in.inference.params[static_cast<size_t>(it->second)];
+}
+
+std::string local_shape(const Inputs& in, const std::string& name, int64_t rank) {
+  auto dl = dest_local(dest(in, name), in.inference.replicas[0], rank);
+  return dl ? dl->shape.str() : "none";
+}
+
+TEST(Generate, LlamaTp8OverTwoKvHeadsReplicatesThem) {
+  auto [g, in] = make_specs(small("llama"), {"--trainer", "fsdp=4", "--inference", "tp=8"});
+  // 8 q heads: one per rank; 2 kv heads over 8 ranks: each rank holds its group's kv head.
+  EXPECT_EQ(local_shape(in, "model.layers.0.self_attn.qkv_proj.weight", 5), "[384, 256]");
+  auto dl =
+      dest_local(dest(in, "model.layers.0.self_attn.qkv_proj.weight"), in.inference.replicas[0], 5);
+  EXPECT_EQ(dl->parts[1].global.str(), "[128:256, 0:256]");  // kv head 5 / 4 = 1
+  EXPECT_EQ(local_shape(in, "model.layers.0.mlp.gate_up_proj.weight", 0), "[128, 256]");
+  EXPECT_EQ(local_shape(in, "model.layers.0.mlp.down_proj.weight", 0), "[256, 64]");
+  // vocab 1000 padded to 1024: 128 rows a rank, the last holding 104 rows and 24 of padding.
+  EXPECT_EQ(local_shape(in, "model.embed_tokens.weight", 7), "[128, 256]");
+  EXPECT_EQ(dest(in, "lm_head.weight").pad_dims, std::vector<int>{0});
+  ASSERT_EQ(g.notes.size(), 2u);
+  EXPECT_NE(g.notes[0].find("vocab 1000 padded to 1024"), std::string::npos);
+  EXPECT_NE(g.notes[1].find("each kv head is replicated on 4 ranks"), std::string::npos);
+  verifies(in);
+}
+
+TEST(Generate, Qwen2BiasesQwen3NormsMistralAndTiedEmbeddings) {
+  auto [g2, q2] = make_specs(small("qwen2"), {"--inference", "tp=2"});
+  EXPECT_EQ(local_shape(q2, "model.layers.2.self_attn.qkv_proj.bias", 1), "[768]");
+  verifies(q2);
+  json c = small("qwen3");
+  c["tie_word_embeddings"] = true;
+  auto [g3, q3] =
+      make_specs(c, {"--trainer", "dp=2,fsdp=2", "--inference", "tp=2", "--replicas", "2"});
+  EXPECT_EQ(local_shape(q3, "model.layers.1.self_attn.k_norm.weight", 1), "[128]");
+  EXPECT_EQ(q3.trainer.index.count("lm_head.weight"), 0u);
+  EXPECT_EQ(q3.inference.index.count("lm_head.weight"), 0u);
+  verifies(q3);
+  auto [gm, mi] = make_specs(small("mistral"), {"--trainer", "fsdp=2,tp=2", "--inference", "tp=4"});
+  // FSDP2 over TP on the trainer: column weights _StridedShard on dim 0.
+  const Param& q = mi.trainer.params[static_cast<size_t>(
+      mi.trainer.index.at("model.layers.0.self_attn.q_proj.weight"))];
+  EXPECT_EQ(q.placement.at("fsdp").str(), "SS(0,2)");
+  verifies(mi);
+}
+
+TEST(Generate, MoeModelsStackExpertsAsFusedMoeDoes) {
+  // Qwen3-MoE, layer 0 dense (mlp_only_layers), EP over dp x tp, FP8 experts.
+  auto [g, in] =
+      make_specs(small("qwen3_moe"), {"--trainer", "ep=2,fsdp=2", "--inference", "dp=2,tp=2",
+                                      "--expert-parallel", "--fp8", "experts"});
+  EXPECT_EQ(in.inference.index.count("model.layers.0.mlp.gate_up_proj.weight"), 1u);
+  EXPECT_EQ(local_shape(in, "model.layers.1.mlp.experts.w13_weight", 3), "[2, 512, 256]");
+  const DestParam& w13 = dest(in, "model.layers.1.mlp.experts.w13_weight");
+  ASSERT_TRUE(w13.quant);
+  EXPECT_EQ(w13.quant->scale_name, "model.layers.1.mlp.experts.w13_weight_scale_inv");
+  const auto w13_local = dest_local(w13, in.inference.replicas[0], 3);
+  EXPECT_EQ(scale_shape(w13_local->shape, *w13.quant).str(), "[2, 4, 2]");
+  verifies(in);
+  // Mixtral, experts tensor-parallel: w13 [E, 2*moe/tp, hidden], w2 [E, hidden, moe/tp].
+  auto [gx, mx] = make_specs(small("mixtral"), {"--inference", "tp=2"});
+  EXPECT_EQ(local_shape(mx, "model.layers.0.block_sparse_moe.experts.w13_weight", 1),
+            "[4, 512, 256]");
+  EXPECT_EQ(local_shape(mx, "model.layers.0.block_sparse_moe.experts.w2_weight", 1),
+            "[4, 256, 256]");
+  EXPECT_EQ(mx.inference.index.count("model.layers.0.block_sparse_moe.gate.weight"), 1u);
+  verifies(mx);
+  // GLM-4.5 style: shared experts, the router's correction bias in fp32, qkv bias.
+  auto [gg, gl] =
+      make_specs(small("glm4_moe"), {"--trainer", "pp=3", "--inference", "tp=2", "--fp8", "all"});
+  EXPECT_EQ(dest(gl, "model.layers.1.mlp.gate.e_score_correction_bias").dtype, core::DType::kFP32);
+  EXPECT_EQ(local_shape(gl, "model.layers.1.mlp.shared_experts.gate_up_proj.weight", 0),
+            "[256, 256]");
+  verifies(gl);
+}
+
+TEST(Generate, MlaFusesTheLowRankProjections) {
+  auto [g, in] = make_specs(
+      small("deepseek_v3"),
+      {"--trainer", "ep=2,fsdp=2", "--inference", "tp=2", "--expert-parallel", "--fp8", "all"}, 2);
+  // fused_qkv_a_proj: q_lora + kv_lora + rope rows, replicated (vLLM's disable_tp); --scale 2.
+  EXPECT_EQ(local_shape(in, "model.layers.0.self_attn.fused_qkv_a_proj.weight", 1), "[224, 128]");
+  EXPECT_EQ(local_shape(in, "model.layers.0.self_attn.q_b_proj.weight", 1), "[384, 128]");
+  EXPECT_EQ(local_shape(in, "model.layers.0.self_attn.o_proj.weight", 1), "[128, 256]");
+  EXPECT_TRUE(dest(in, "model.layers.0.self_attn.kv_b_proj.weight").quant);
+  verifies(in);
+}
+
+TEST(Generate, BadConfigsAndOptionsAreNamed) {
+  auto error = [](json c, const std::vector<std::string>& args) {
+    auto opts = parse_generate_args(args);
+    if (!opts) return opts.status().message();
+    auto g = generate_specs(c, *opts);
+    return g ? std::string("ok") : g.status().message();
+  };
+  json c = small("llama");
+  c.erase("hidden_size");
+  EXPECT_EQ(error(c, {}), "config.json.hidden_size: missing (this model_type needs it)");
+  c = small("llama");
+  c["model_type"] = "gpt2";
+  EXPECT_NE(error(c, {}).find("config.json.model_type: 'gpt2' is not supported"),
+            std::string::npos);
+  EXPECT_EQ(error(small("llama"), {"--inference", "tp=3"}),
+            "--inference: tp=3 does not divide 8 attention heads");
+  EXPECT_EQ(error(small("llama"), {"--inference", "tp=8", "--fp8", "all"}),
+            "--fp8: 'model.layers.{i}.mlp.gate_up_proj.weight': 64 rows of "
+            "model.layers.{i}.mlp.gate_proj.weight per rank are not whole 128-blocks, which "
+            "vLLM's block-FP8 weights need (use --fp8 experts or none, or another inference TP)");
+  EXPECT_EQ(error(small("llama"), {"--trainer", "zp=2"}),
+            "--trainer: unknown axis 'zp' (expected pp, dp, ep, fsdp, tp)");
+  EXPECT_EQ(error(small("llama"), {"--trainer", "fsdp"}),
+            "--trainer: 'fsdp': expected axis=size, e.g. fsdp=8,ep=4");
+  EXPECT_EQ(error(small("llama"), {"--trainer", "ep=2"}),
+            "--trainer: ep: the model has no experts");
+  EXPECT_EQ(error(small("qwen3_moe"), {"--inference", "dp=3", "--expert-parallel"}),
+            "--expert-parallel: 3 ranks per replica do not divide 8 experts");
+  EXPECT_EQ(error(small("llama"), {"--fp8", "int4"}),
+            "--fp8: 'int4' (expected auto, none, experts or all)");
+  EXPECT_EQ(error(small("llama"), {"--bogus", "1"}),
+            "--bogus: unknown option (see weightcast spec --help)");
+  c = small("deepseek_v3");
+  c["quantization_config"] = {{"quant_method", "fp8"}, {"weight_block_size", {64, 64}}};
+  EXPECT_EQ(error(c, {}),
+            "config.json.quantization_config.weight_block_size: [64,64]: only "
+            "128x128 blocks are supported");
+}
+
+}  // namespace
+}  // namespace weightcast::spec
