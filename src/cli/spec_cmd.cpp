@@ -60,12 +60,25 @@ void add_spec_command(CLI::App& app, SpecFlags& f) {
   pass("--fp8",
        "auto (what config.json's quantization_config says), none, experts (routed experts in "
        "FP8) or all (every linear but embeddings, lm_head and routers)");
+  pass("--trainer-experts",
+       "How the trainer holds routed experts: titan (experts.w1/w3/w2 stacked, torchtitan and "
+       "Megatron; default) or hf (transformers >= 5: experts.gate_up_proj and down_proj)");
+  pass("--engine", "vllm (default) or sglang: SGLang's names where they differ");
   pass("--gpus-per-host", "GPUs per host, both sides (default 8)");
   pass("--nics-per-gpu", "NICs per GPU in the topology (default 1)");
   pass("--nic-gbps", "Gigabits per second per NIC (default 400)");
   pass("--name", "Model name written into the specs (default: the config's model_type)");
   pass("--trainer-host", "Trainer host name template (default trn{h})");
   pass("--inference-host", "Inference host name template (default inf{h})");
+  pass("--single-host",
+       "Both sides on one machine of this name (--gpus-per-host GPUs): inference ranks on the "
+       "GPUs after the trainer's");
+  f.cmd->add_flag_callback(
+      "--colocated", [&f] { f.args.push_back("--colocated"); },
+      "With --single-host: trainer and inference ranks share GPUs (verl's hybrid engine; the "
+      "topology host is marked colocated, for the ipc backend)");
+  pass("--gather-us",
+       "The topology's fixed cost per gathered piece, in us (docs/spec-format.md; 0 = NCCL)");
   f.cmd->add_flag("--no-plan", f.no_plan, "Write the specs without planning them");
   f.cmd->footer(
       "Example: weightcast spec --config Qwen3-30B-A3B/config.json --trainer fsdp=8 "

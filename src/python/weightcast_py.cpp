@@ -208,7 +208,7 @@ C closable(C cls) {
 
 }  // namespace
 
-PYBIND11_MODULE(weightcast, m) {
+PYBIND11_MODULE(_native, m) {
   m.doc() = "weightcast: RL weight broadcast with one-sided RDMA writes";
   py::class_<api::JobConfig>(m, "JobConfig")
       .def("__repr__",

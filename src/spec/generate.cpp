@@ -276,8 +276,9 @@ struct Gen {
       const Source q_a{pre + "q_a_proj.weight", {q_lora, "hidden"}};
       trainer_param(q_a, Where::kLayer, all);
       trainer_param(kv_a_proj, Where::kLayer, all);
-      inference_param(pre + "fused_qkv_a_proj.weight", {q_a, kv_a_proj}, 0, Tp::kNone, fp8_linear,
-                      all);
+      inference_param(pre + (o.engine == "sglang" ? "fused_qkv_a_proj_with_mqa.weight"
+                                                  : "fused_qkv_a_proj.weight"),
+                      {q_a, kv_a_proj}, 0, Tp::kNone, fp8_linear, all);
       same({pre + "q_a_layernorm.weight", {q_lora}}, Tp::kNone, false, all);
       Source qb{pre + "q_b_proj.weight", {q_b, q_lora}, Tp::kHeads};
       trainer_param(qb, Where::kLayer, all);
@@ -323,6 +324,16 @@ struct Gen {
     if (m.shared_inter)
       mlp(scope + "shared_experts.", dim("shared", m.shared_inter), fp8_linear, range);
     const std::string ex = scope + "experts.";
+    if (o.trainer_experts == "hf") {
+      // transformers >= 5: gate and up fused per expert, [E, 2*moe, hidden], as w13 is.
+      const Source gu{ex + "gate_up_proj", {m.experts, "2*" + moe, "hidden"}, Tp::kExpertCol};
+      const Source down{ex + "down_proj", {m.experts, "hidden", moe}, Tp::kExpertRow};
+      trainer_param(gu, Where::kLayer, range);
+      trainer_param(down, Where::kLayer, range);
+      inference_param(ex + "w13_weight", {gu}, 0, Tp::kExpertCol, fp8_experts, range);
+      inference_param(ex + "w2_weight", {down}, 0, Tp::kExpertRow, fp8_experts, range);
+      return;
+    }
     const Source w1{ex + "w1", {m.experts, moe, "hidden"}, Tp::kExpertCol};
     const Source w3{ex + "w3", {m.experts, moe, "hidden"}, Tp::kExpertCol};
     const Source w2{ex + "w2", {m.experts, "hidden", moe}, Tp::kExpertRow};
@@ -415,6 +426,17 @@ Result<GeneratedSpecs> generate_specs(const json& hf_config, const GenerateOptio
            fmt::format("tp={} and {} kv heads: one must divide the other (vLLM)", itp, m.kv_heads));
     if (Gen::size(g.t, "pp") > m.layers)
       fail("--trainer", fmt::format("pp={} exceeds {} layers", Gen::size(g.t, "pp"), m.layers));
+    if (o.trainer_experts != "titan" && o.trainer_experts != "hf")
+      fail("--trainer-experts", fmt::format("'{}' (expected titan or hf)", o.trainer_experts));
+    if (o.trainer_experts == "hf" && m.experts && !o.expert_parallel)
+      fail("--trainer-experts",
+           "hf: transformers' fused gate_up_proj cannot be split into vLLM's tensor-parallel "
+           "w13 (gate rows then up rows per rank); use --expert-parallel, or titan");
+    if (o.trainer_experts == "hf" && m.experts && Gen::size(g.t, "tp") > 1)
+      fail("--trainer-experts",
+           "hf: a tensor-parallel trainer's fused gate_up_proj is not modelled");
+    if (o.engine != "vllm" && o.engine != "sglang")
+      fail("--engine", fmt::format("'{}' (expected vllm or sglang)", o.engine));
     if (o.fp8 == "auto") {
       g.fp8_linear = g.fp8_experts = m.fp8_checkpoint;
     } else if (o.fp8 == "all") {
@@ -442,7 +464,8 @@ Result<GeneratedSpecs> generate_specs(const json& hf_config, const GenerateOptio
                     {{"axes", mesh_axes(g.t, {"pp", "dp", "ep", "fsdp", "tp"})},
                      {"devices", {{"host", o.trainer_host}, {"gpus_per_host", gph}}}}},
                    {"params", g.tparams}};
-    std::string layout = fmt::format("vLLM layout, TP{}", itp);
+    std::string layout =
+        fmt::format("{} layout, TP{}", o.engine == "sglang" ? "SGLang" : "vLLM", itp);
     if (g.i.count("dp")) layout += fmt::format(" x DP{} attention", Gen::size(g.i, "dp"));
     if (m.experts)
       layout += o.expert_parallel ? fmt::format(", experts EP{}", ranks) : ", experts TP";
@@ -457,14 +480,42 @@ Result<GeneratedSpecs> generate_specs(const json& hf_config, const GenerateOptio
                        {"mesh", {{"axes", mesh_axes(g.i, {"dp", "tp"})}}},
                        {"devices", {{"host", o.inference_host}, {"gpus_per_host", gph}}}}},
                      {"params", g.iparams}};
+    if (!o.single_host.empty()) {
+      // One machine: trainer ranks on its first GPUs, inference ranks after them (or on the
+      // same GPUs when colocated, verl's hybrid engine).
+      const int64_t first = o.colocated ? 0 : tranks;
+      if (first + o.replicas * ranks > gph || tranks > gph)
+        fail("--single-host",
+             fmt::format("{} trainer and {} inference ranks do not fit {} GPUs "
+                         "(--gpus-per-host){}",
+                         tranks, o.replicas * ranks, gph, o.colocated ? " even colocated" : ""));
+      out.trainer["mesh"]["devices"] = {{"host", o.single_host}, {"gpus_per_host", gph}};
+      out.inference["replicas"]["devices"] = {
+          {"host", o.single_host}, {"gpus_per_host", gph}, {"first_gpu", first}};
+      json host = {{"name", o.single_host},
+                   {"gpus", gph},
+                   {"nics_per_gpu", o.nics_per_gpu},
+                   {"nic_gbps", o.nic_gbps},
+                   {"nvlink_gbps", 3600.0}};
+      if (o.gather_us > 0) host["gather_us"] = o.gather_us;
+      if (o.colocated) host["colocated"] = true;
+      out.topology = {{"format", "weightcast.topology/v1"},
+                      {"name", fmt::format("one machine ({}), {} GPU slots", o.single_host, gph)},
+                      {"hosts", json::array({host})}};
+      out.notes = std::move(g.notes);
+      return out;
+    }
+    if (o.colocated) fail("--colocated", "needs --single-host");
     const int64_t thosts = (tranks + gph - 1) / gph, ihosts = (o.replicas * ranks + gph - 1) / gph;
     auto hosts = [&](const std::string& tmpl, int64_t n) {
-      return json{{"name", tmpl},
-                  {"for", {{"h", {0, n}}}},
-                  {"gpus", gph},
-                  {"nics_per_gpu", o.nics_per_gpu},
-                  {"nic_gbps", o.nic_gbps},
-                  {"nvlink_gbps", 3600.0}};
+      json h{{"name", tmpl},
+             {"for", {{"h", {0, n}}}},
+             {"gpus", gph},
+             {"nics_per_gpu", o.nics_per_gpu},
+             {"nic_gbps", o.nic_gbps},
+             {"nvlink_gbps", 3600.0}};
+      if (o.gather_us > 0) h["gather_us"] = o.gather_us;
+      return h;
     };
     out.topology = {
         {"format", "weightcast.topology/v1"},
@@ -509,8 +560,8 @@ Result<GenerateOptions> parse_generate_args(const std::vector<std::string>& args
   try {
     for (size_t k = 0; k < args.size(); ++k) {
       const std::string& a = args[k];
-      if (a == "--expert-parallel") {
-        o.expert_parallel = true;
+      if (a == "--expert-parallel" || a == "--colocated") {
+        (a == "--colocated" ? o.colocated : o.expert_parallel) = true;
         continue;
       }
       if (k + 1 >= args.size()) fail(a, "expects a value");
@@ -529,6 +580,14 @@ Result<GenerateOptions> parse_generate_args(const std::vector<std::string>& args
         o.nics_per_gpu = static_cast<int>(number(a, v, 1, 16));
       else if (a == "--nic-gbps")
         o.nic_gbps = number(a, v, 1, 1e6);
+      else if (a == "--single-host")
+        o.single_host = v;
+      else if (a == "--gather-us")
+        o.gather_us = number(a, v, 0, 1e9);
+      else if (a == "--trainer-experts")
+        o.trainer_experts = v;
+      else if (a == "--engine")
+        o.engine = v;
       else if (a == "--name")
         o.model_name = v;
       else if (a == "--trainer-host")

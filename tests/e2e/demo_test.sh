@@ -12,21 +12,20 @@ case "$what" in
     # gathers on the trainers' host collective (the built-in topology's cost would pack none)
     timeout 300 "$wc" demo --steps 3 --replicas 2 --nics 2 --gather-cost-us 0 >"$out" 2>&1; rc=$?
     expect "4 trainer -> 4 inference processes"; expect "writes and [1-9][0-9]* gathers"; expect "^step 3/3: .* on 4 receivers verified"; expect "demo OK" ;;
-  fault)  # trainer 0 dies mid-step 2: every receiver must fail naming it, the retry must verify;
+  fault)  # trainer 0 dies mid-step 2: a receiver still waiting on it must fail naming it, the retry must verify;
     # with gathers, so the restarted trainer also relinks its gather peers
     timeout 300 "$wc" demo --steps 3 --kill-trainer-at-step 2 --deadline 3 --gather-cost-us 0 \
       >"$out" 2>&1; rc=$?
     expect "writes and [1-9][0-9]* gathers"
     expect "step 2/3 attempt 1 FAILED"
-    expect "inference 0: .*missing: sender 0 \(phase"
-    expect "inference 1: .*missing: sender 0 \(phase"
+    expect "inference 0: .*missing: sender 0 \(phase"  # (inference 1 may have had all of it)
     expect "trainer 0 died \(Killed\); restarting"
     expect "^step 2/3: .*verified against the reference \(attempt 2\)"
     expect "demo OK: 3 steps" ;;
   rejoin)  # inference 0 restarted between steps: trainers reconnect, the next step rewrites it all
     timeout 300 "$wc" demo --steps 3 --restart-receiver-at-step 2 >"$out" 2>&1; rc=$?
     expect "inference 0 killed after step 1 and restarted \(incarnation 1\)"
-    expect "^step 2/3: .*5771008 bytes on 2 receivers verified"
+    expect "^step 2/3: .*6840064 bytes on 2 receivers verified"
     expect "demo OK: 3 steps" ;;
   restart_then_kill)  # inference 0 restarts, then trainer 0 dies: the new trainer must link to
     # inference 0's second incarnation, not its dead first one
@@ -36,11 +35,11 @@ case "$what" in
     expect "step 3/4 attempt 1 FAILED"
     expect "trainer 0 died \(Killed\); restarting"
     expect "^step 3/4: .*verified against the reference \(attempt 2\)"
-    expect "^step 4/4: .*5771008 bytes on 2 receivers verified"
+    expect "^step 4/4: .*6840064 bytes on 2 receivers verified"
     expect "demo OK: 4 steps" ;;
-  tight)  # a 512 KiB staging watermark: 10 gather phases, a projection ring that wraps every
+  tight)  # a 1.75 MiB staging watermark (one phase gathers 1 MiB): several gather phases, a ring that wraps every
     # step, slots reused only once their writes completed
-    timeout 300 "$wc" demo --steps 3 --staging-mb 0.5 --gather-cost-us 0 >"$out" 2>&1; rc=$?
+    timeout 300 "$wc" demo --steps 3 --staging-mb 1.75 --gather-cost-us 0 >"$out" 2>&1; rc=$?
     expect "writes and [1-9][0-9]* gathers"; expect "^step 3/3: .*verified"; expect "demo OK: 3 steps" ;;
   llama)  # a shipped config instead of the built-in one: Llama-3.1-8B's FSDP8 -> 2 replicas of
     # TP4 (fused qkv / gate_up split by rows and columns), every named dim / 32, 2 layers:
@@ -70,7 +69,7 @@ PY
     expect "demo OK: 1000 steps" ;;
   packed_gathers)  # gather pieces packed before they are written (as for pieces whose runs in
     # the shard differ from their runs in the root's box) instead of written from the shards
-    WEIGHTCAST_DEBUG_PACK_GATHERS=1 timeout 300 "$wc" demo --steps 3 --staging-mb 0.5 \
+    WEIGHTCAST_DEBUG_PACK_GATHERS=1 timeout 300 "$wc" demo --steps 3 --staging-mb 1.75 \
       --gather-cost-us 0 >"$out" 2>&1; rc=$?
     expect "writes and [1-9][0-9]* gathers"; expect "^step 3/3: .*verified"; expect "demo OK: 3 steps" ;;
   ipc_basic)  # the same-host backend: two replicas, two links per process, gathers
@@ -87,7 +86,7 @@ PY
     expect "inference 0: .*missing: sender 0 \(phase"
     expect "trainer 0 died \(Killed\); restarting"
     expect "^step 3/4: .*verified against the reference \(attempt 2\)"
-    expect "^step 4/4: .*5771008 bytes on 2 receivers verified"
+    expect "^step 4/4: .*6840064 bytes on 2 receivers verified"
     expect "demo OK: 4 steps" ;;
   *) echo "unknown case $what"; exit 2 ;;
 esac

@@ -96,20 +96,22 @@ def test_weights_in_dump_out(tmp_path):
             pre = f"model.layers.{i}.self_attn."
             want = np.concatenate([scaled[pre + n + ".weight"] for n in ("q_proj", "k_proj", "v_proj")])
             np.testing.assert_array_equal(got[pre + "qkv_proj.weight"][1], want)
-        # Sharded on dim 0 across the EP axis.
-        np.testing.assert_array_equal(got["lm_head.weight"][1], np.array_split(scaled["lm_head.weight"], 2)[rank])
-        # Experts 4r..4r+3 live here, FP8 with 128x128 block scales: dequantize and compare.
-        for e in range(4 * rank, 4 * rank + 4):
-            pre = f"model.layers.1.mlp.experts.{e}."
-            q = got[pre + "gate_up_proj.weight"][1]
-            s = got[pre + "gate_up_proj.weight_scale_inv"][1]
-            assert q.shape == (512, 256) and s.shape == (4, 2)
-            deq = fp8e4m3_to_f32(q) * np.kron(s, np.ones((128, 128), dtype=np.float32))
-            want = bf16_to_f32(np.concatenate([scaled[pre + "gate_proj.weight"], scaled[pre + "up_proj.weight"]]))
-            blockmax = np.kron(np.abs(want).reshape(4, 128, 2, 128).max(axis=(1, 3)), np.ones((128, 128)))
-            assert np.all(np.abs(deq - want) <= blockmax / 448 * 16 + 1e-6)  # within e4m3's step at each magnitude
-            assert np.allclose(s, np.abs(want).reshape(4, 128, 2, 128).max(axis=(1, 3)) / 448, rtol=1e-6)
-        assert f"model.layers.0.mlp.experts.{4 * (1 - rank)}.gate_up_proj.weight" not in got
+        # Attention data parallel (vLLM DP2, TP1): every rank holds the whole lm_head.
+        np.testing.assert_array_equal(got["lm_head.weight"][1], scaled["lm_head.weight"])
+        # FusedMoE over EP2: experts 4r..4r+3 stacked here as w13 = [w1; w3] per expert, FP8
+        # with 128x128 block scales: dequantize and compare.
+        for i in range(2):
+            pre = f"model.layers.{i}.mlp.experts."
+            q = got[pre + "w13_weight"][1]
+            s = got[pre + "w13_weight_scale_inv"][1]
+            assert q.shape == (4, 512, 256) and s.shape == (4, 4, 2)
+            for k, e in enumerate(range(4 * rank, 4 * rank + 4)):
+                deq = fp8e4m3_to_f32(q[k]) * np.kron(s[k], np.ones((128, 128), dtype=np.float32))
+                want = bf16_to_f32(np.concatenate([scaled[pre + "w1"][e], scaled[pre + "w3"][e]]))
+                blockmax = np.abs(want).reshape(4, 128, 2, 128).max(axis=(1, 3))
+                # within e4m3's step at each magnitude
+                assert np.all(np.abs(deq - want) <= np.kron(blockmax, np.ones((128, 128))) / 448 * 16 + 1e-6)
+                assert np.allclose(s[k], blockmax / 448, rtol=1e-6)
 
 
 @pytest.mark.skipif(not Path(BIN).exists(), reason="weightcast not built")

@@ -3,12 +3,13 @@
 //
 // The trainer side uses the checkpoint's parameter names with routed experts stacked per layer
 // (`experts.w1` / `w3` [E, moe, hidden], `w2` [E, hidden, moe], as torchtitan and Megatron hold
-// them), sharded as FSDP2 (dim 0), HSDP (dp replicates), tensor parallelism (column / row),
-// pipeline stages (contiguous layers) and expert parallelism (experts split over ep).
-// The inference side is the layout vLLM holds in memory on Hopper with its default kernels
-// (read from vLLM's model code, docs/spec-format.md names the version): fused qkv_proj (kv heads
-// replicated when TP exceeds them), gate_up_proj, MLA's fused_qkv_a_proj, FusedMoE's stacked
-// w13_weight / w2_weight, the vocab padded to a multiple of 64, FP8 128x128 weight_scale_inv.
+// them; or transformers 5's fused `experts.gate_up_proj` / `down_proj`), sharded as FSDP2 (dim 0),
+// HSDP (dp replicates), tensor parallelism (column / row), pipeline stages (contiguous layers) and
+// expert parallelism (experts split over ep). The inference side is the layout vLLM holds in memory
+// on Hopper with its default kernels (read from vLLM's model code, docs/spec-format.md names the
+// version): fused qkv_proj (kv heads replicated when TP exceeds them), gate_up_proj, MLA's
+// fused_qkv_a_proj, FusedMoE's stacked w13_weight / w2_weight, the vocab padded to a multiple of
+// 64, FP8 128x128 weight_scale_inv.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -27,11 +28,22 @@ struct GenerateOptions {
   std::vector<Axis> inference;
   int64_t replicas = 1;
   bool expert_parallel = false;  // experts over every rank of a replica (--enable-expert-parallel)
-  std::string fp8 = "auto";      // auto (the config's quantization_config), none, experts, all
+  // How the trainer holds routed experts: titan (experts.w1 / w3 [E, moe, hidden], w2), or hf
+  // (transformers >= 5: experts.gate_up_proj [E, 2*moe, hidden], experts.down_proj).
+  std::string trainer_experts = "titan";
+  // vllm, or sglang: the same layout but for the names SGLang gives (MLA's
+  // fused_qkv_a_proj_with_mqa)
+  std::string engine = "vllm";
+  std::string fp8 = "auto";  // auto (the config's quantization_config), none, experts, all
   int gpus_per_host = 8;
   int nics_per_gpu = 1;
   double nic_gbps = 400;
   std::string trainer_host = "trn{h}", inference_host = "inf{h}";
+  // One machine of gpus_per_host GPUs named so: inference ranks after the trainer's, or on the
+  // same GPUs when colocated (a colocated topology host: verl's hybrid engine, the ipc backend).
+  std::string single_host;
+  bool colocated = false;
+  double gather_us = 0;    // the topology hosts' gather_us (0: not written)
   std::string model_name;  // default: the config's model_type and size
 };
 

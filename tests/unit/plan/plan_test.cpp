@@ -73,7 +73,7 @@ TEST(Planner, PackingWeighsTheGatherCost) {
     EXPECT_TRUE(v) << v.status().message();
     return std::move(p).value();
   };
-  const Plan always = plan_at(0), never = plan_at(1e6), some = plan_at(4),
+  const Plan always = plan_at(0), never = plan_at(1e6), some = plan_at(2),
              by_topology = plan_at(-1), twenty = plan_at(20);
   EXPECT_EQ(never.gathers.size(), 0u);  // demo-moe's shards fall on block boundaries
   EXPECT_GT(always.gathers.size(), some.gathers.size());
@@ -601,7 +601,7 @@ TEST(PlanChecks, TamperedPlansAreRefusedNamingTheField) {
        [&](nlohmann::json& j) { j["writes"][0][6] = 3; }, "writes[0]: NIC 3 of receiver"},
       {"scales past staging", &*direct,
        [&](nlohmann::json& j) { j["projects"][quant(j)][10] = wrap; },
-       "scales at 18446744073709551552 (+8) do not follow the values"},
+       "scales at 18446744073709551552 (+64) do not follow the values"},
       {"a quantizing projection aimed at a BF16 tensor", &*direct,
        [&](nlohmann::json& j) {
          const size_t q = quant(j);

@@ -47,8 +47,8 @@ TEST_P(ShippedConfig, IsWhatTheGeneratorWrites) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, ShippedConfig,
-                         ::testing::Values("llama-3.1-8b", "qwen3-30b-a3b", "deepseek-v3",
-                                           "kimi-k2"),
+                         ::testing::Values("demo-moe", "llama-3.1-8b", "qwen3-30b-a3b",
+                                           "deepseek-v3", "kimi-k2"),
                          [](const auto& p) {
                            std::string n = p.param;
                            for (char& c : n)
@@ -166,6 +166,16 @@ TEST(Generate, MoeModelsStackExpertsAsFusedMoeDoes) {
   const auto w13_local = dest_local(w13, in.inference.replicas[0], 3);
   EXPECT_EQ(scale_shape(w13_local->shape, *w13.quant).str(), "[2, 4, 2]");
   verifies(in);
+  // transformers 5's fused experts map straight onto w13 under EP, and are refused under TP.
+  auto [gh, hf] = make_specs(
+      small("qwen3_moe"), {"--inference", "dp=2", "--expert-parallel", "--trainer-experts", "hf"});
+  EXPECT_EQ(dest(hf, "model.layers.1.mlp.experts.w13_weight").parts.size(), 1u);
+  EXPECT_EQ(hf.trainer.index.count("model.layers.1.mlp.experts.gate_up_proj"), 1u);
+  verifies(hf);
+  auto refused =
+      generate_specs(small("qwen3_moe"), *parse_generate_args({"--trainer-experts", "hf"}));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.status().message().find("use --expert-parallel"), std::string::npos);
   // Mixtral, experts tensor-parallel: w13 [E, 2*moe/tp, hidden], w2 [E, hidden, moe/tp].
   auto [gx, mx] = make_specs(small("mixtral"), {"--inference", "tp=2"});
   EXPECT_EQ(local_shape(mx, "model.layers.0.block_sparse_moe.experts.w13_weight", 1),
@@ -193,6 +203,10 @@ TEST(Generate, MlaFusesTheLowRankProjections) {
   EXPECT_EQ(local_shape(in, "model.layers.0.self_attn.o_proj.weight", 1), "[128, 256]");
   EXPECT_TRUE(dest(in, "model.layers.0.self_attn.kv_b_proj.weight").quant);
   verifies(in);
+  auto [gs, sg] = make_specs(small("deepseek_v3"), {"--engine", "sglang"});
+  EXPECT_EQ(sg.inference.index.count("model.layers.0.self_attn.fused_qkv_a_proj_with_mqa.weight"),
+            1u);
+  EXPECT_NE(gs.inference["model"].get<std::string>().find("SGLang layout"), std::string::npos);
 }
 
 TEST(Generate, BadConfigsAndOptionsAreNamed) {
