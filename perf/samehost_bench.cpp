@@ -17,11 +17,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <regex>
 
 #include "harness.h"
 #include "weightcast/api/weightcast.h"
 #include "weightcast/exec/memory.h"
+#include "weightcast/spec/generate.h"
 
 #if WEIGHTCAST_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -57,39 +57,22 @@ void cut_layers(json& spec, int layers) {
     if (p.contains("for") && p["for"].contains("i")) p["for"]["i"] = json::array({0, layers});
 }
 
-// The model's specs on one host: the trainer as FSDP `fsdp` (its expert axis dropped), the
-// inference side as one replica of EP `ep` on the GPUs after the trainer's.
+// The model's specs on one host, made by `weightcast spec`'s generator from its config.json: the
+// trainer as FSDP `fsdp`, the inference side as one replica of `ep` DP-attention ranks with the
+// experts EP over them (FP8), on the GPU slots after the trainer's.
 void write_specs(const Args& a, const std::string& dir) {
-  json t = load(a.model + "/trainer.json"), i = load(a.model + "/inference.json");
-  t["mesh"] = {{"axes", json::array({{{"name", "fsdp"}, {"size", a.fsdp}}})},
-               {"devices", {{"host", "local"}, {"gpus_per_host", 16}}}};
-  for (json& p : t["params"])
-    if (p.contains("placement")) p["placement"].erase("ep");
-  const int gpus = std::max(a.fsdp, 8);
-  i["replicas"] = {{"count", 1},
-                   {"mesh", {{"axes", json::array({{{"name", "ep"}, {"size", a.ep}}})}}},
-                   {"devices", {{"host", "local"}, {"gpus_per_host", 16}, {"first_gpu", gpus}}}};
-  // Experts are owned by EP rank e / (experts / ep).
-  const std::regex owner(R"(O\(\{e/\d+\}\))");
-  for (json& p : i["params"]) {
-    if (!p.contains("placement") || !p["placement"].contains("ep")) continue;
-    std::string s = p["placement"]["ep"];
-    const int experts = p.contains("for") && p["for"].contains("e") ? int(p["for"]["e"][1]) : 0;
-    if (experts) s = std::regex_replace(s, owner, "O({e/" + std::to_string(experts / a.ep) + "})");
-    p["placement"]["ep"] = s;
-  }
-  cut_layers(t, a.layers);
-  cut_layers(i, a.layers);
-  std::ofstream(dir + "/trainer.json") << t.dump(1);
-  std::ofstream(dir + "/inference.json") << i.dump(1);
-  std::ofstream(dir + "/topology.json") << json{{"format", "weightcast.topology/v1"},
-                                                {"name", "one host"},
-                                                {"hosts", json::array({{{"name", "local"},
-                                                                        {"gpus", 16},
-                                                                        {"nics_per_gpu", 1},
-                                                                        {"nic_gbps", 400.0},
-                                                                        {"nvlink_gbps", 3600.0}}})}}
-                                               .dump(1);
+  auto opts = spec::parse_generate_args(
+      {"--trainer", "fsdp=" + std::to_string(a.fsdp), "--inference", "dp=" + std::to_string(a.ep),
+       "--expert-parallel", "--fp8", "experts", "--single-host", "local", "--gpus-per-host", "16",
+       "--name", std::filesystem::path(a.model).filename().string()});
+  if (!opts) die(opts.status().message());
+  auto g = spec::generate_specs(load(a.model + "/config.json"), *opts);
+  if (!g) die(g.status().message());
+  cut_layers(g->trainer, a.layers);
+  cut_layers(g->inference, a.layers);
+  std::ofstream(dir + "/trainer.json") << g->trainer.dump(1);
+  std::ofstream(dir + "/inference.json") << g->inference.dump(1);
+  std::ofstream(dir + "/topology.json") << g->topology.dump(1);
 }
 
 constexpr uint64_t kAlign = 256;
@@ -232,7 +215,7 @@ double d2d_gbps() {
 int main(int argc, char** argv) {
   Args a;
   CLI::App app{"weightcast same-host benchmark (perf/samehost.sh runs it with the baseline)"};
-  app.add_option("--model", a.model, "Folder with trainer.json and inference.json");
+  app.add_option("--model", a.model, "Folder with the model's config.json (specs are generated)");
   app.add_option("--fsdp", a.fsdp, "Trainer ranks (FSDP)");
   app.add_option("--ep", a.ep, "Inference ranks (EP) of the one replica");
   app.add_option("--steps", a.steps, "Steps (the first maps every peer's memory)");

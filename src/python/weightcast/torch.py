@@ -33,8 +33,19 @@ def _placement(name, pl):
 
 
 def _axes(mesh):
+    if isinstance(mesh, dict):
+        return [(str(k), int(v)) for k, v in mesh.items()]
     names = mesh.mesh_dim_names or tuple(f"dim{k}" for k in range(mesh.ndim))
     return list(zip(names, mesh.shape))
+
+
+def _ranks(mesh):
+    if isinstance(mesh, dict):
+        n = 1
+        for v in mesh.values():
+            n *= int(v)
+        return list(range(n))
+    return [int(r) for r in mesh.mesh.flatten().tolist()]
 
 
 def trainer_spec(model, mesh=None, *, host="trn{h}", gpus_per_host=8, model_name=None):
@@ -43,7 +54,9 @@ def trainer_spec(model, mesh=None, *, host="trn{h}", gpus_per_host=8, model_name
     model: an nn.Module whose parameters are DTensors (FSDP2 fully_shard, parallelize_module)
         or plain tensors (replicated on every rank).
     mesh: the job's DeviceMesh (torch.distributed.device_mesh); every parameter's mesh must be it
-        or named dims of it. Default: the one mesh all DTensor parameters share.
+        or named dims of it. Default: the one mesh all DTensor parameters share. A dict of axis
+        name -> size ({"dp": 4}) stands for ranks 0..N-1 in row-major order, for models whose
+        parameters are plain tensors (replicated on every rank).
     host, gpus_per_host: where global rank g runs: host `host` with {h} = g // gpus_per_host,
         GPU g % gpus_per_host (the compact form of docs/spec-format.md).
     Raises ValueError naming the parameter for what a spec cannot say (Partial placements,
@@ -63,13 +76,16 @@ def trainer_spec(model, mesh=None, *, host="trn{h}", gpus_per_host=8, model_name
                 raise ValueError("trainer_spec: parameters live on different device meshes; pass "
                                  "the job's mesh= (whose named dims cover them all)")
     axes = _axes(mesh)
+    if not axes or any(size < 1 for _, size in axes):
+        raise ValueError(f"trainer_spec: mesh {axes} needs at least one axis, each of size >= 1")
     axis_names = [a for a, _ in axes]
     entries = []
     for name, p in params:
         entry = {"name": name, "shape": list(p.shape), "dtype": _dtype(name, p)}
         if hasattr(p, "device_mesh"):
             pm = p.device_mesh
-            dims = axis_names if pm == mesh else list(pm.mesh_dim_names or [])
+            dims = axis_names if pm is mesh or (not isinstance(mesh, dict) and pm == mesh) \
+                else list(pm.mesh_dim_names or [])
             if len(dims) != pm.ndim:
                 raise ValueError(f"parameter '{name}': its device mesh has unnamed dims; name "
                                  "them (init_device_mesh(..., mesh_dim_names=...))")
@@ -83,7 +99,7 @@ def trainer_spec(model, mesh=None, *, host="trn{h}", gpus_per_host=8, model_name
             if placement:
                 entry["placement"] = placement
         entries.append(entry)
-    ranks = [int(r) for r in mesh.mesh.flatten().tolist()]
+    ranks = _ranks(mesh)
     if ranks == list(range(len(ranks))):
         devices = {"host": host, "gpus_per_host": gpus_per_host}
     else:
