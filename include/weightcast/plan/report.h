@@ -18,6 +18,7 @@ struct Summary {
   uint64_t bytes = 0, writes = 0, direct_writes = 0, imms = 0;
   uint64_t gathers = 0, gather_bytes = 0, cross_gathers = 0, cross_gather_bytes = 0;
   uint64_t staging_peak = 0, staging_gather = 0;  // max over senders
+  uint64_t gather_out_bytes = 0;                  // most gather bytes one rank sends to its roots
   Stats sender_bytes, receiver_bytes, sender_nic_bytes, receiver_nic_bytes;
   double network_s = 0, gather_s = 0, predicted_s = 0, ingress_floor_s = 0;
   std::vector<uint64_t> histogram;  // writes per size bucket, see bucket_label
