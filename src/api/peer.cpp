@@ -20,8 +20,9 @@ Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg, bool whole_plan) {
     j->in = std::move(in).value();
     return j;
   }
-  auto p = cfg.plan_file.empty() ? plan::make_plan(*in, plan::Options{})
-                                 : plan::load_json(cfg.plan_file);
+  plan::Options opts;
+  opts.ipc_links = cfg.backend == "ipc";  // the report costs the links the job runs on
+  auto p = cfg.plan_file.empty() ? plan::make_plan(*in, opts) : plan::load_json(cfg.plan_file);
   if (!p) return p.status();
   if (p->inputs_digest != plan::digest_inputs(*in))
     return invalid(

@@ -124,6 +124,10 @@ struct PlanFlags {
                     "NVLink time. 0 packs whenever writes are saved; a large value never packs. "
                     "Default: the topology's gather_us (0 where not given)")
         ->check(CLI::Range(0.0, 1e9));
+    app->add_flag("--ipc-links", defaults.ipc_links,
+                  "Plan for the ipc backend: every rank on one host, writes and gathers costed "
+                  "on same-host GPU links at the host's nvlink_gbps instead of its NICs (a job "
+                  "with JobConfig.backend ipc plans so)");
     app->add_flag("--intra-node-gathers-only", intra_node_only,
                   "Refuse plans that need a gather across NVLink domains (default: plan it, warn)");
   }

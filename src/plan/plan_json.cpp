@@ -51,10 +51,10 @@ std::string to_json(const Plan& p) {
   fmt::format_to(out,
                  "\"options\": {{\"max_write_bytes\": {}, \"staging_watermark\": {}, "
                  "\"intra_domain_gathers_only\": {}, \"write_cost_us\": {}, "
-                 "\"gather_cost_us\": {}}},\n",
+                 "\"gather_cost_us\": {}, \"ipc_links\": {}}},\n",
                  p.options.max_write_bytes, p.options.staging_watermark,
                  p.options.intra_domain_gathers_only, p.options.write_cost_us,
-                 p.options.gather_cost_us);
+                 p.options.gather_cost_us, p.options.ipc_links);
   if (!p.part_role.empty()) {
     fmt::format_to(out,
                    "\"part\": {{\"role\": {}, \"rank\": {}, \"dest_ids\": ", quoted(p.part_role),
@@ -240,6 +240,10 @@ Result<Plan> from_json(const std::string& text) {
     p.options.staging_watermark =
         u(at(o, "staging_watermark", "options"), "options.staging_watermark");
     p.options.intra_domain_gathers_only = at(o, "intra_domain_gathers_only", "options").get<bool>();
+    if (o.contains("ipc_links")) {  // (older plans lack it: NIC links)
+      if (!o["ipc_links"].is_boolean()) bad("options.ipc_links", "expected true or false");
+      p.options.ipc_links = o["ipc_links"].get<bool>();
+    }
     // The packing trade's costs: what the plan was made with (plans saved before they were
     // recorded lack them; they do not change how a plan runs).
     for (auto [key, field] : {std::pair{"write_cost_us", &p.options.write_cost_us},

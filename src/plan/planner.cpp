@@ -467,6 +467,21 @@ static Result<Plan> plan_unguarded(const spec::Inputs& in, const Options& option
       if (const spec::HostInfo* h = in.topology.find(d.host))
         opts.gather_cost_us = std::max(opts.gather_cost_us, h->gather_us);
   }
+  if (opts.ipc_links) {  // the ipc backend reaches peers on its own host only
+    const spec::Device* first = &in.trainer.mesh.devices.at(0);
+    auto check = [&](const spec::Device& d, const char* side, size_t rank) -> Status {
+      if (d.host == first->host) return Status::ok();
+      return invalid(
+          "ipc links join ranks of one host: {} rank {} is on '{}', trainer rank 0 on "
+          "'{}' (use the fabric or verbs backend across hosts)",
+          side, rank, d.host, first->host);
+    };
+    for (size_t r = 0; r < in.trainer.mesh.devices.size(); ++r)
+      if (Status st = check(in.trainer.mesh.devices[r], "trainer", r); !st) return st;
+    for (const spec::Mesh& m : in.inference.replicas)
+      for (size_t r = 0; r < m.devices.size(); ++r)
+        if (Status st = check(m.devices[r], "inference", r); !st) return st;
+  }
   Plan plan;
   plan.options = opts;
   for (const auto& p : in.trainer.params) plan.source_names.push_back(p.name);

@@ -78,6 +78,10 @@ Summary summarize(const Plan& p) {
         gather_out[pc.rank] +=
             g.bytes * static_cast<uint64_t>(pc.box.numel()) / static_cast<uint64_t>(from_others);
   }
+  // Same-host ipc links: one GPU-to-GPU path per rank at the host's nvlink_gbps, whatever the
+  // number of links the transport stripes over.
+  const bool ipc = p.options.ipc_links;
+  const double ipc_gbps = p.senders.empty() ? 0 : p.senders[0].nvlink_gbps;
   std::vector<double> sb, rb, snb, rnb;
   double net = 0, gat = 0, floor = 0;
   for (size_t i = 0; i < p.senders.size(); ++i) {
@@ -86,22 +90,29 @@ Summary summarize(const Plan& p) {
     s.staging_peak = std::max(s.staging_peak, x.staging_gather + x.staging_ring);
     s.staging_gather = std::max(s.staging_gather, x.staging_gather);
     const double nics = static_cast<double>(std::max<size_t>(1, x.nic_bytes.size()));
+    if (ipc) {
+      net = std::max(net, static_cast<double>(x.bytes_out + gather_out[i]) * 8 / (ipc_gbps * 1e9));
+      gat = std::max(gat, static_cast<double>(x.gather_bytes_in) * 8 / (ipc_gbps * 1e9));
+    }
     for (uint64_t n : x.nic_bytes) {
       snb.push_back(static_cast<double>(n));
       const double out = static_cast<double>(n) + static_cast<double>(gather_out[i]) / nics;
-      net = std::max(net, out * 8 / (x.nic_gbps * 1e9));
+      if (!ipc) net = std::max(net, out * 8 / (x.nic_gbps * 1e9));
     }
     s.gather_out_bytes = std::max(s.gather_out_bytes, gather_out[i]);
-    gat = std::max(gat, static_cast<double>(x.gather_bytes_in) * 8 / (x.nic_gbps * 1e9 * nics));
+    if (!ipc)
+      gat = std::max(gat, static_cast<double>(x.gather_bytes_in) * 8 / (x.nic_gbps * 1e9 * nics));
   }
   for (const Receiver& r : p.receivers) {
     rb.push_back(static_cast<double>(r.bytes_in));
+    const double link = ipc ? ipc_gbps : r.nic_gbps * r.nics;
     for (uint64_t n : r.nic_bytes) {
       rnb.push_back(static_cast<double>(n));
-      net = std::max(net, static_cast<double>(n) * 8 / (r.nic_gbps * 1e9));
+      if (!ipc) net = std::max(net, static_cast<double>(n) * 8 / (r.nic_gbps * 1e9));
     }
+    if (ipc) net = std::max(net, static_cast<double>(r.bytes_in) * 8 / (ipc_gbps * 1e9));
     for (uint32_t c : r.expected_imms) s.imms += c;
-    floor = std::max(floor, static_cast<double>(r.bytes_in) * 8 / (r.nic_gbps * 1e9 * r.nics));
+    floor = std::max(floor, static_cast<double>(r.bytes_in) * 8 / (link * 1e9));
   }
   s.sender_bytes = stats_of(sb);
   s.receiver_bytes = stats_of(rb);
@@ -151,7 +162,8 @@ std::string report(const Plan& p, const std::string& title) {
   for (const auto& [name, n] : s.small_writers) line("  most writes < 4 KiB:   {} x {}", n, name);
   line(
       "gathers (host collective: one-sided writes into the root's registered buffer, over the "
-      "trainers' NICs; NCCL gathers are not built)");
+      "trainers' {}; NCCL gathers are not built)",
+      p.options.ipc_links ? "ipc links" : "NICs");
   line("  count {}, bytes {}, most sent by one rank {}", s.gathers,
        human_bytes(static_cast<double>(s.gather_bytes)),
        human_bytes(static_cast<double>(s.gather_out_bytes)));
@@ -168,16 +180,19 @@ std::string report(const Plan& p, const std::string& title) {
       human_bytes(static_cast<double>(s.staging_peak)),
       human_bytes(static_cast<double>(p.options.staging_watermark)),
       human_bytes(static_cast<double>(s.staging_gather)));
-  line("time (from the topology's link rates)");
-  line(
-      "  network                {:.3f} s (busiest NIC: writes, and the gather pieces a rank "
-      "sends)",
-      s.network_s);
-  line("  gathers                {:.3f} s (busiest root taking its pieces in at its NIC rate)",
-       s.gather_s);
+  const char* link = p.options.ipc_links ? "link" : "NIC";
+  if (p.options.ipc_links)
+    line("time (links: same-host ipc, {:g} Gb/s per GPU, the host's nvlink_gbps)",
+         p.senders.empty() ? 0.0 : p.senders[0].nvlink_gbps);
+  else
+    line("time (links: the NICs, at the topology's rates)");
+  line("  network                {:.3f} s (busiest {}: writes, and the gather pieces a rank sends)",
+       s.network_s, link);
+  line("  gathers                {:.3f} s (busiest root taking its pieces in at its {} rate)",
+       s.gather_s, link);
   line("  predicted              {:.3f} s", s.predicted_s);
-  line("  ingress floor          {:.3f} s (busiest receiver's bytes / its NIC rate)",
-       s.ingress_floor_s);
+  line("  ingress floor          {:.3f} s (busiest receiver's bytes / its {} rate)",
+       s.ingress_floor_s, p.options.ipc_links ? "ipc link's" : "NICs'");
   line("  predicted / floor      {:.2f}x",
        s.ingress_floor_s > 0 ? s.predicted_s / s.ingress_floor_s : 0.0);
   return o;

@@ -24,6 +24,10 @@ struct Options {
   double gather_cost_us = -1.0;
   uint64_t staging_watermark = 512ull << 20;  // per sender: gather buffers + projection ring
   bool intra_domain_gathers_only = false;     // refuse plans whose gathers cross NVLink domains
+  // Every write and gather goes over a same-host link (the ipc backend: CUDA IPC or
+  // process_vm_writev), costed at the hosts' nvlink_gbps instead of their NICs; every rank of
+  // both sides must then be on one host.
+  bool ipc_links = false;
   // A bound on what planning may cost: more writes than this is an error (not serialised).
   uint64_t max_writes = uint64_t{1} << 24;
 };
