@@ -11,10 +11,13 @@
 #include <rdma/fi_endpoint.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
+#include <sys/uio.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+
+#include "../ipc/ipc_cuda.h"
 
 namespace weightcast::transport {
 
@@ -42,6 +45,36 @@ class FabricDomain final : public Domain {
     if (info_) fi_freeinfo(info_);
   }
 
+  static int getinfo(const DomainConfig& cfg, const char* node, bool hmem, fi_info** list) {
+    fi_info* hints = fi_allocinfo();
+    hints->ep_attr->type = FI_EP_RDM;
+    hints->caps = FI_RMA | FI_WRITE | FI_REMOTE_WRITE | (hmem ? FI_HMEM : 0);
+    hints->mode = FI_CONTEXT | FI_CONTEXT2;
+    hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY |
+                                  FI_MR_ENDPOINT | (hmem ? FI_MR_HMEM : 0);
+    hints->domain_attr->threading = FI_THREAD_DOMAIN;
+    hints->fabric_attr->prov_name = strdup(cfg.provider.c_str());
+    if (node) hints->addr_format = FI_SOCKADDR_IN;  // verbs would otherwise answer in AF_IB
+    const int rc = fi_getinfo(FI_VERSION(1, 17), node, nullptr, node ? FI_SOURCE : 0, hints, list);
+    fi_freeinfo(hints);
+    return rc;
+  }
+
+  // FI_HMEM claimed: register a small GPU buffer once, so that a claim the provider cannot keep
+  // (a libfabric built without CUDA) degrades to staging instead of failing every registration.
+  void probe_device_memory() {
+    if (!caps_.device_memory) return;
+    auto buf = ipc::cuda::alloc_probe(1 << 16);
+    if (!buf) {
+      caps_.device_memory = false;
+      return;
+    }
+    auto mr = register_cuda(*buf, 1 << 16);
+    caps_.device_memory = mr.is_ok();
+    if (mr) deregister(*mr);
+    ipc::cuda::free_probe(*buf);
+  }
+
   Status open(const DomainConfig& cfg) {
     // ofi_rxm sizes its receive pools for FI_UNIVERSE_SIZE peers (256 unless set) and touches
     // them page by page, oldest first: ~80 MB of RSS that grows for thousands of steps before it
@@ -54,19 +87,18 @@ class FabricDomain final : public Domain {
       if (v == "transmit") completion_ = FI_TRANSMIT_COMPLETE;
       if (v == "default") completion_ = 0;  // whatever the provider's default is
     }
-    fi_info* hints = fi_allocinfo();
-    hints->ep_attr->type = FI_EP_RDM;
-    hints->caps = FI_RMA | FI_WRITE | FI_REMOTE_WRITE;
-    hints->mode = FI_CONTEXT | FI_CONTEXT2;
-    hints->domain_attr->mr_mode =
-        FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
-    hints->domain_attr->threading = FI_THREAD_DOMAIN;
-    hints->fabric_attr->prov_name = strdup(cfg.provider.c_str());
+    // GPU memory registered with the NIC (FI_HMEM, as EFA offers) when this build has CUDA and
+    // this process sees a GPU; a provider without it (Debian's tcp) is asked again without, and
+    // GPU tensors are then staged through host memory by the executor. WEIGHTCAST_FI_HMEM=0 never
+    // asks, =1 always asks (the claim is still probed with a GPU buffer before it is believed).
+    const char* hmem_env = std::getenv("WEIGHTCAST_FI_HMEM");
+    const std::string hmem = hmem_env ? hmem_env : "";
+    const bool want_hmem =
+        hmem == "1" || (hmem != "0" && ipc::cuda::built() && ipc::cuda::have_device());
     fi_info* list = nullptr;
     const char* node = cfg.address.empty() ? nullptr : cfg.address.c_str();
-    if (node) hints->addr_format = FI_SOCKADDR_IN;  // verbs would otherwise answer in AF_IB
-    const int rc = fi_getinfo(FI_VERSION(1, 17), node, nullptr, node ? FI_SOURCE : 0, hints, &list);
-    fi_freeinfo(hints);
+    int rc = want_hmem ? getinfo(cfg, node, true, &list) : -FI_ENODATA;
+    if (rc != 0) rc = getinfo(cfg, node, false, &list);
     if (rc != 0)
       return Status(Code::kTransport,
                     fmt::format("fi_getinfo(provider={}, address={}): {}", cfg.provider,
@@ -136,6 +168,7 @@ class FabricDomain final : public Domain {
     if ((r = fi_ep_bind(ep_, &av_->fid, 0)))
       return Status(Code::kTransport, fi_err("fi_ep_bind(av)", r));
     if ((r = fi_enable(ep_))) return Status(Code::kTransport, fi_err("fi_enable", r));
+    probe_device_memory();
     return Status::ok();
   }
 
@@ -165,12 +198,39 @@ class FabricDomain final : public Domain {
           Code::kInvalidArgument,
           fmt::format("provider {} has no FI_HMEM: stage GPU data through pinned host buffers",
                       caps_.provider));
+    if (kind == MemKind::kCuda) return register_cuda(base, len);
     fid_mr* mr = nullptr;
     const uint64_t requested = next_key_++;
     ssize_t r =
         fi_mr_reg(domain_, base, len, FI_WRITE | FI_REMOTE_WRITE, 0, requested, 0, &mr, nullptr);
     if (r)
       return Status(Code::kTransport, fi_err(fmt::format("fi_mr_reg(len={})", len).c_str(), r));
+    return finish_mr(mr, base, len);
+  }
+
+  // GPU memory: fi_mr_regattr with the CUDA interface and the pointer's device.
+  Result<LocalMr> register_cuda(void* base, uint64_t len) {
+    auto dev = ipc::cuda::device_of(base);
+    if (!dev) return dev.status();
+    iovec iov{base, len};
+    fi_mr_attr attr{};
+    attr.mr_iov = &iov;
+    attr.iov_count = 1;
+    attr.access = FI_WRITE | FI_REMOTE_WRITE;
+    attr.requested_key = next_key_++;
+    attr.iface = FI_HMEM_CUDA;
+    attr.device.cuda = *dev;
+    fid_mr* mr = nullptr;
+    if (ssize_t r = fi_mr_regattr(domain_, &attr, 0, &mr))
+      return Status(
+          Code::kTransport,
+          fi_err(fmt::format("fi_mr_regattr(FI_HMEM_CUDA, device {}, len={})", *dev, len).c_str(),
+                 r));
+    return finish_mr(mr, base, len);
+  }
+
+  Result<LocalMr> finish_mr(fid_mr* mr, void* base, uint64_t len) {
+    ssize_t r = 0;
     if (mr_mode_ & FI_MR_ENDPOINT) {
       if ((r = fi_mr_bind(mr, &ep_->fid, 0)) || (r = fi_mr_enable(mr))) {
         fi_close(&mr->fid);

@@ -49,6 +49,28 @@ Result<Mapping> range_of(const void* p) {
 
 bool built() { return true; }
 
+Result<int> device_of(const void* ptr) {
+  cudaPointerAttributes a{};
+  if (cudaError_t e = cudaPointerGetAttributes(&a, ptr); e != cudaSuccess)
+    return cuda_err("cudaPointerGetAttributes", e);
+  if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+    return invalid("the region at {} is not CUDA device memory", ptr);
+  return a.device;
+}
+
+bool have_device() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+Result<void*> alloc_probe(uint64_t len) {
+  void* p = nullptr;
+  if (cudaError_t e = cudaMalloc(&p, len); e != cudaSuccess) return cuda_err("cudaMalloc", e);
+  return p;
+}
+
+void free_probe(void* ptr) { cudaFree(ptr); }
+
 Result<Export> export_region(void* ptr, uint64_t len) {
   cudaPointerAttributes a{};
   if (cudaError_t e = cudaPointerGetAttributes(&a, ptr); e != cudaSuccess)
@@ -177,6 +199,10 @@ Status no_cuda() {
 }  // namespace
 
 bool built() { return false; }
+Result<int> device_of(const void*) { return no_cuda(); }
+bool have_device() { return false; }
+Result<void*> alloc_probe(uint64_t) { return no_cuda(); }
+void free_probe(void*) {}
 Result<Export> export_region(void*, uint64_t) { return no_cuda(); }
 Result<Mapping> open_handle(const uint8_t*, int) { return no_cuda(); }
 void close_handle(void*, int) {}

@@ -29,6 +29,15 @@ struct Mapping {
 Result<Mapping> open_handle(const uint8_t* handle, int device);
 void close_handle(void* base, int device);
 
+// The CUDA device holding `ptr` (device or managed memory), for backends that register device
+// memory with a NIC (libfabric's FI_HMEM_CUDA).
+Result<int> device_of(const void* ptr);
+// Whether this process sees a CUDA device at all (false without CUDA or without a GPU).
+bool have_device();
+// A small device allocation for probing a NIC's registration of GPU memory; free_probe frees it.
+Result<void*> alloc_probe(uint64_t len);
+void free_probe(void* ptr);
+
 // One copy stream with its event pool.
 class Stream {
  public:

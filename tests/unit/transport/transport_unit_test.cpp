@@ -9,6 +9,7 @@
 #include <atomic>
 #include <thread>
 
+#include "weightcast/transport/domain.h"
 #include "weightcast/transport/imm_counters.h"
 #include "weightcast/transport/nic_group.h"
 
@@ -142,6 +143,39 @@ TEST(NicGroup, DescriptorsAndAddressesRoundTrip) {
   EXPECT_EQ((*un)[0], (std::vector<uint8_t>{1, 2, 3}));
   packed[12] = 0xff;  // corrupt a length
   EXPECT_FALSE(unpack_addresses(packed));
+}
+
+}  // namespace
+}  // namespace weightcast::transport
+
+namespace weightcast::transport {
+namespace {
+
+// Asking libfabric for FI_HMEM (as a GPU job does) never breaks a provider without it, and a claim
+// is believed only once a GPU buffer registered: without a GPU (this machine, CI) the domain
+// opens, writes host memory, and says that GPU tensors must be staged.
+TEST(FabricHmem, AskedForItAProviderWithoutAGpuStillOpensAndSaysStage) {
+  ::setenv("WEIGHTCAST_FI_HMEM", "1", 1);
+  DomainConfig cfg;
+  cfg.provider = "tcp";
+  cfg.address = "127.0.0.1";
+  auto d = open_domain(cfg);
+  ::unsetenv("WEIGHTCAST_FI_HMEM");
+  ASSERT_TRUE(d) << d.status().message();
+  std::vector<char> host(4096);
+  auto mr = (*d)->register_memory(host.data(), host.size(), MemKind::kHost);
+  ASSERT_TRUE(mr) << mr.status().message();
+  EXPECT_TRUE((*d)->deregister(*mr));
+  if (::access("/dev/nvidiactl", F_OK) != 0) {  // no NVIDIA driver: no GPU to believe a claim on
+    EXPECT_FALSE((*d)->caps().device_memory);
+  }
+  if (!(*d)->caps().device_memory) {
+    auto gpu = (*d)->register_memory(host.data(), host.size(), MemKind::kCuda);
+    ASSERT_FALSE(gpu);
+    EXPECT_NE(gpu.status().message().find("has no FI_HMEM: stage GPU data through pinned host"),
+              std::string::npos)
+        << gpu.status().message();
+  }
 }
 
 }  // namespace
