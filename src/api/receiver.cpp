@@ -7,6 +7,7 @@
 #include "peer.h"
 #include "weightcast/exec/executor.h"
 #include "weightcast/exec/memory.h"
+#include "weightcast/spec/layout.h"
 
 namespace weightcast::api {
 
@@ -78,8 +79,9 @@ std::vector<TensorInfo> Receiver::tensors() const {
   const plan::Plan& p = impl_->job->plan;
   for (const plan::DestTensor& d : p.dests)
     if (d.receiver == impl_->index) {
-      out.push_back(info(p.dest_names[d.param], d.scale, d.dtype, d.shape));
       const spec::DestParam& dp = impl_->job->in.inference.params[static_cast<size_t>(d.param)];
+      out.push_back(
+          info(p.dest_names[d.param], d.scale, d.dtype, spec::view_shape(dp, d.shape, d.scale)));
       if (d.scale && dp.quant) out.back().model_name = dp.quant->scale_name;
     }
   return out;

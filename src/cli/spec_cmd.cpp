@@ -62,7 +62,8 @@ void add_spec_command(CLI::App& app, SpecFlags& f) {
        "FP8) or all (every linear but embeddings, lm_head and routers)");
   pass("--trainer-experts",
        "How the trainer holds routed experts: titan (experts.w1/w3/w2 stacked, torchtitan and "
-       "Megatron; default) or hf (transformers >= 5: experts.gate_up_proj and down_proj)");
+       "Megatron; default), hf (transformers >= 5: experts.gate_up_proj and down_proj) or hf4 "
+       "(transformers 4: experts.{e}.gate_proj.weight one by one, owned by EP rank e/(E/ep))");
   pass("--engine", "vllm (default) or sglang: SGLang's names where they differ");
   pass("--gpus-per-host", "GPUs per host, both sides (default 8)");
   pass("--nics-per-gpu", "NICs per GPU in the topology (default 1)");

@@ -429,6 +429,8 @@ std::string digest_inputs(const spec::Inputs& in) {
     for (const auto& pt : p.parts) mix(fmt::format("{}{}", pt.src, pt.transpose));
     mix(std::to_string(p.concat_dim));
     for (int d : p.pad_dims) mix(fmt::format("pad{}", d));
+    if (p.concat_whole) mix("whole");
+    if (p.view_items) mix(fmt::format("view{}", p.view_items));
     if (p.quant)
       mix(fmt::format("{}x{}{}", p.quant->block_rows, p.quant->block_cols, p.quant->scale_name));
   }

@@ -324,6 +324,7 @@ struct Gen {
     if (m.shared_inter)
       mlp(scope + "shared_experts.", dim("shared", m.shared_inter), fp8_linear, range);
     const std::string ex = scope + "experts.";
+    if (o.trainer_experts == "hf4") return per_expert(ex, moe, range);
     if (o.trainer_experts == "hf") {
       // transformers >= 5: gate and up fused per expert, [E, 2*moe, hidden], as w13 is.
       const Source gu{ex + "gate_up_proj", {m.experts, "2*" + moe, "hidden"}, Tp::kExpertCol};
@@ -340,6 +341,60 @@ struct Gen {
     for (const Source* s : {&w1, &w3, &w2}) trainer_param(*s, Where::kLayer, range);
     inference_param(ex + "w13_weight", {w1, w3}, 1, Tp::kExpertCol, fp8_experts, range);
     inference_param(ex + "w2_weight", {w2}, 0, Tp::kExpertRow, fp8_experts, range);
+  }
+
+  // transformers 4's checkpoint names: one parameter per expert (experts.{e}.gate_proj.weight),
+  // owned by EP rank e / (E / ep) on the trainer. vLLM stacks them: w13_weight is the concat of
+  // gate_e, up_e for every e, seen as [E, 2*moe, hidden]; over EP the concatenation is split
+  // whole (each rank its experts), over TP each part on its own (each expert's rows split).
+  void per_expert(const std::string& ex, const std::string& moe, const json& range) {
+    json erange = range;
+    erange["e"] = {0, m.experts};
+    const int64_t tep = size(t, "ep");
+    auto owner = [&](const Source& s) {
+      trainer_param(s, Where::kLayer, erange);
+      if (t.count("ep"))
+        tparams.back()["placement"]["ep"] = fmt::format("O({{e/{}}})", m.experts / tep);
+    };
+    owner({ex + "{e}.gate_proj.weight", {moe, "hidden"}, Tp::kCol});
+    owner({ex + "{e}.up_proj.weight", {moe, "hidden"}, Tp::kCol});
+    owner({ex + "{e}.down_proj.weight", {"hidden", moe}, Tp::kRow});
+    const int64_t tp = o.expert_parallel ? 1 : size(i, "tp");
+    auto stacked = [&](const std::string& name, std::initializer_list<const char*> per, json shape,
+                       const char* tp_place, int64_t local_rows, int64_t local_cols) {
+      json names = json::array();
+      for (int64_t e = 0; e < m.experts; ++e)
+        for (const char* n : per) names.push_back(ex + std::to_string(e) + "." + n + ".weight");
+      json p = {{"name", name},
+                {"shape", shape},
+                {"dtype", "bf16"},
+                {"view_items", m.experts},
+                {"from", {{"concat", names}, {"dim", 0}}}};
+      if (!range.is_null()) p["for"] = range;
+      json pl = json::object();
+      if (o.expert_parallel) {
+        if (i.count("dp")) pl["dp"] = "S(0)";
+        pl["tp"] = "S(0)";
+        p["from"]["shard"] = "whole";
+      } else if (tp > 1) {
+        pl["tp"] = tp_place;
+      }
+      if (!pl.empty()) p["placement"] = pl;
+      if (fp8_experts) {
+        if (local_rows % kBlock || local_cols % kBlock)
+          fail("--fp8", fmt::format("'{}': experts of {} rows x {} columns per rank are not whole "
+                                    "128-blocks (use --fp8 none, or --expert-parallel)",
+                                    name, local_rows, local_cols));
+        p["dtype"] = "fp8_e4m3";
+        p["quant"] = {{"block", {kBlock, kBlock}}, {"scale", name + "_scale_inv"}};
+      }
+      iparams.push_back(p);
+    };
+    stacked(ex + "w13_weight", {"gate_proj", "up_proj"},
+            {fmt::format("{}*{}", 2 * m.experts, moe), "hidden"}, "S(0)", m.moe_inter / tp,
+            m.hidden);
+    stacked(ex + "w2_weight", {"down_proj"}, {fmt::format("{}*hidden", m.experts), moe}, "S(1)",
+            m.hidden, m.moe_inter / tp);
   }
 
   void model() {
@@ -426,8 +481,11 @@ Result<GeneratedSpecs> generate_specs(const json& hf_config, const GenerateOptio
            fmt::format("tp={} and {} kv heads: one must divide the other (vLLM)", itp, m.kv_heads));
     if (Gen::size(g.t, "pp") > m.layers)
       fail("--trainer", fmt::format("pp={} exceeds {} layers", Gen::size(g.t, "pp"), m.layers));
-    if (o.trainer_experts != "titan" && o.trainer_experts != "hf")
-      fail("--trainer-experts", fmt::format("'{}' (expected titan or hf)", o.trainer_experts));
+    if (o.trainer_experts != "titan" && o.trainer_experts != "hf" && o.trainer_experts != "hf4")
+      fail("--trainer-experts", fmt::format("'{}' (expected titan, hf or hf4)", o.trainer_experts));
+    if (o.trainer_experts == "hf4" && m.experts && Gen::size(g.t, "tp") > 1)
+      fail("--trainer-experts",
+           "hf4: a tensor-parallel trainer of per-expert weights is not modelled");
     if (o.trainer_experts == "hf" && m.experts && !o.expert_parallel)
       fail("--trainer-experts",
            "hf: transformers' fused gate_up_proj cannot be split into vLLM's tensor-parallel "

@@ -57,6 +57,24 @@ std::optional<DestLocal> dest_local(const DestParam& p, const Mesh& mesh, int64_
     out.parts.push_back({0, in, 0});
     return out;
   }
+  if (p.concat_whole) {
+    // The rank's box of the whole concatenation; each part covers its span of it, or nothing.
+    auto b = local_box(p.shape, p.placement, mesh, rank);
+    if (!b || b->empty()) return std::nullopt;
+    out.shape = b->extents();
+    const int cd = p.concat_dim;
+    int64_t start = 0;
+    for (size_t i = 0; i < p.parts.size(); ++i) {
+      const int64_t end = start + p.parts[i].shape[cd];
+      const int64_t lo = std::max(b->lo[cd], start), hi = std::min(b->hi[cd], end);
+      core::Box g = *b;
+      g.lo[cd] = lo < hi ? lo - start : 0;
+      g.hi[cd] = lo < hi ? hi - start : 0;
+      out.parts.push_back({static_cast<int>(i), g, lo < hi ? lo - b->lo[cd] : 0});
+      start = end;
+    }
+    return out;
+  }
   int64_t offset = 0;
   for (size_t i = 0; i < p.parts.size(); ++i) {
     auto b = local_box(p.parts[i].shape, p.placement, mesh, rank);
@@ -76,6 +94,22 @@ bool holds(const LocalPart& lp, const std::array<int64_t, core::kMaxDims>& idx) 
   for (int d = 0; d < lp.global.nd; ++d)
     if (idx[d] >= lp.global.extent(d)) return false;
   return true;
+}
+
+core::Shape view_shape(const DestParam& p, const core::Shape& local, bool scales) {
+  if (p.view_items <= 0 || local.nd >= core::kMaxDims) return local;
+  // Rows per item of the whole tensor (or of its scales), then how many items this rank holds:
+  // all of them when each part was sharded on its own, its share of whole items otherwise.
+  const int64_t rows =
+      scales && p.quant ? (p.shape[0] + p.quant->block_rows - 1) / p.quant->block_rows : p.shape[0];
+  const int64_t items = p.concat_whole ? local[0] / (rows / p.view_items) : p.view_items;
+  if (items <= 0 || local[0] % items) return local;
+  core::Shape v;
+  v.nd = local.nd + 1;
+  v.d[0] = items;
+  v.d[1] = local[0] / items;
+  for (int k = 1; k < local.nd; ++k) v.d[k + 1] = local[k];
+  return v;
 }
 
 core::Shape scale_shape(const core::Shape& local, const Quant& q) {

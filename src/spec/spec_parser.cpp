@@ -376,7 +376,16 @@ void parse_mapping(const json& j, const TrainerSpec& t, const Vars& vars, DestPa
   if (j.is_string() || (j.is_object() && j.contains("transpose"))) {
     d.parts.push_back(parse_part(j, t, vars, path));
   } else {
-    check_keys(j, {"concat", "dim"}, path);
+    check_keys(j, {"concat", "dim", "shard"}, path);
+    if (const json* sh = optional(j, "shard", path)) {
+      const std::string v = get_string(*sh, child(path, "shard"));
+      if (v != "whole" && v != "parts")
+        fail(child(path, "shard"),
+             fmt::format("'{}': expected \"parts\" (each part sharded on its own, the default) "
+                         "or \"whole\" (the concatenation sharded as one tensor)",
+                         v));
+      d.concat_whole = v == "whole";
+    }
     const std::string cp = child(path, "concat");
     const json& list = require_array(require(j, "concat", path), cp);
     if (list.empty()) fail(cp, "expected at least one source");
@@ -502,7 +511,9 @@ Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t,
     for (size_t i = 0; i < params.size(); ++i) {
       const std::string p = child(pp, i);
       const json& e = params[i];
-      check_keys(e, {"name", "shape", "dtype", "placement", "for", "from", "quant", "pad"}, p);
+      check_keys(
+          e, {"name", "shape", "dtype", "placement", "for", "from", "quant", "pad", "view_items"},
+          p);
       const Shape shape = parse_shape(require(e, "shape", p), dims, child(p, "shape"));
       const core::DType dt = parse_dtype_at(require(e, "dtype", p), child(p, "dtype"));
       const std::string tmpl = get_string(require(e, "name", p), child(p, "name"));
@@ -553,6 +564,16 @@ Result<InferenceSpec> parse_inference(const json& j, const TrainerSpec& t,
           if (d.quant) fail(ppath, "padding and block quantization cannot be combined");
         }
         parse_mapping(require(e, "from", p), t, vars, d, child(p, "from"));
+        if (const json* v = optional(e, "view_items", p)) {
+          const std::string vp = child(p, "view_items");
+          d.view_items = get_int(*v, vp, 1, 1 << 20);
+          if (d.shape[0] % d.view_items)
+            fail(vp,
+                 fmt::format("{} items do not divide dim 0 of {} rows", d.view_items, d.shape[0]));
+          if (d.quant && (d.shape[0] / d.view_items) % d.quant->block_rows)
+            fail(vp, fmt::format("{} rows per item are not whole blocks of {} rows",
+                                 d.shape[0] / d.view_items, d.quant->block_rows));
+        }
         std::vector<Shape> part_shapes;
         for (const Part& pt : d.parts) part_shapes.push_back(d.pad_dims.empty() ? pt.shape : shape);
         heads_fit(d.placement, meshes, part_shapes, child(p, "placement"));

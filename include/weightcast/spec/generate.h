@@ -29,7 +29,8 @@ struct GenerateOptions {
   int64_t replicas = 1;
   bool expert_parallel = false;  // experts over every rank of a replica (--enable-expert-parallel)
   // How the trainer holds routed experts: titan (experts.w1 / w3 [E, moe, hidden], w2), or hf
-  // (transformers >= 5: experts.gate_up_proj [E, 2*moe, hidden], experts.down_proj).
+  // (transformers >= 5: experts.gate_up_proj [E, 2*moe, hidden], experts.down_proj), or hf4
+  // (transformers 4's checkpoint names: experts.{e}.gate_proj.weight, one parameter per expert).
   std::string trainer_experts = "titan";
   // vllm, or sglang: the same layout but for the names SGLang gives (MLA's
   // fused_qkv_a_proj_with_mqa)

@@ -33,6 +33,10 @@ bool holds(const LocalPart& lp, const std::array<int64_t, core::kMaxDims>& idx);
 // nullopt when the rank holds nothing of the tensor.
 std::optional<DestLocal> dest_local(const DestParam& p, const Mesh& mesh, int64_t rank);
 
+// The shape the engine sees of a local buffer (or of its scales) of `p`: `local` itself, or with
+// dim 0 split into [items held, rows per item] for a param with view_items.
+core::Shape view_shape(const DestParam& p, const core::Shape& local, bool scales);
+
 // Local shape of the FP32 scale tensor of a block-quantized local buffer.
 core::Shape scale_shape(const core::Shape& local, const Quant& q);
 

@@ -87,6 +87,13 @@ struct DestParam {
   PlacementMap placement;
   std::vector<Part> parts;
   int concat_dim = 0;
+  // "shard": "whole": placements split the concatenation as one tensor (ranks take whole parts,
+  // or pieces of them), instead of each part on its own: a stack of per-expert weights split
+  // over EP, as vLLM's FusedMoE holds the experts of a checkpoint that stores them one by one.
+  bool concat_whole = false;
+  // "view_items": the engine sees dim 0 as [items, rows per item] (FusedMoE's [E, 2*moe, hidden]
+  // over a [E*2*moe, hidden] concatenation); 0: the shape as it is. Same bytes either way.
+  int64_t view_items = 0;
   std::optional<Quant> quant;
   // Dims on which `shape` is larger than the mapped source: the engine pads them (vLLM's vocab
   // rows up to a multiple of 64). Placements split the padded shape; padding is never written.

@@ -148,6 +148,61 @@ TEST(EngineLayout, StridedShardIsFsdpOverTp) {
       << bad.status().message();
 }
 
+// Experts stored one by one (transformers 4's checkpoints) stacked as FusedMoE holds them: the
+// concatenation of 6 experts' [4, 8] weights sharded whole over EP, ranks taking whole experts
+// or, when the split falls inside one, pieces of it; the engine sees [experts, 4, 8].
+TEST(EngineLayout, WholeConcatsSplitAcrossPartsAndViewAsItems) {
+  json t = json::parse(R"js({"format": "weightcast.spec/v1", "role": "trainer",
+    "mesh": {"axes": [{"name": "fsdp", "size": 2}], "devices": {"host": "t0", "gpus_per_host": 8}},
+    "params": [{"name": "e{e}", "for": {"e": [0, 6]}, "shape": [4, 8], "dtype": "bf16",
+                "placement": {"fsdp": "S(1)"}}]})js");
+  auto inference = [](int ep) {
+    json i = json::parse(R"js({"format": "weightcast.spec/v1", "role": "inference",
+      "params": [{"name": "w", "shape": [24, 8], "dtype": "bf16", "placement": {"ep": "S(0)"},
+                  "view_items": 6,
+                  "from": {"concat": ["e0", "e1", "e2", "e3", "e4", "e5"], "dim": 0,
+                           "shard": "whole"}}]})js");
+    i["replicas"] = {{"count", 1},
+                     {"mesh", {{"axes", json::array({{{"name", "ep"}, {"size", ep}}})}}},
+                     {"devices", {{"host", "i0"}, {"gpus_per_host", 8}}}};
+    return i;
+  };
+  auto in = make_inputs(t, inference(3), topology(), {}, {"T", "I", "C"});
+  ASSERT_TRUE(in) << in.status().message();
+  const DestParam& w = in->inference.params[0];
+  auto dl = dest_local(w, in->inference.replicas[0], 1);  // rows 8..16: experts 2 and 3
+  ASSERT_TRUE(dl);
+  EXPECT_EQ(dl->shape.str(), "[8, 8]");
+  EXPECT_TRUE(dl->parts[1].global.empty());
+  EXPECT_EQ(dl->parts[2].global.str(), "[0:4, 0:8]");
+  EXPECT_EQ(dl->parts[3].offset, 4);
+  EXPECT_EQ(view_shape(w, dl->shape, false).str(), "[2, 4, 8]");
+  plans_and_verifies(*in);
+  // 5 ranks: 24 rows in chunks of 5, so splits fall inside experts.
+  auto in5 = make_inputs(t, inference(5), topology(), {}, {"T", "I", "C"});
+  ASSERT_TRUE(in5) << in5.status().message();
+  auto d1 = dest_local(in5->inference.params[0], in5->inference.replicas[0], 1);  // rows 5..10
+  EXPECT_EQ(d1->parts[1].global.str(), "[1:4, 0:8]");
+  EXPECT_EQ(d1->parts[2].global.str(), "[0:2, 0:8]");
+  EXPECT_EQ(d1->parts[2].offset, 3);
+  plans_and_verifies(*in5);
+  json bad = inference(3);
+  bad["params"][0]["from"]["shard"] = "rows";
+  auto b = make_inputs(t, bad, topology(), {}, {"T", "I", "C"});
+  ASSERT_FALSE(b);
+  EXPECT_NE(b.status().message().find("inference.params[0].from.shard: 'rows': expected \"parts\""),
+            std::string::npos)
+      << b.status().message();
+  bad = inference(3);
+  bad["params"][0]["view_items"] = 5;
+  b = make_inputs(t, bad, topology(), {}, {"T", "I", "C"});
+  ASSERT_FALSE(b);
+  EXPECT_NE(b.status().message().find(
+                "inference.params[0].view_items: 5 items do not divide dim 0 of 24 rows"),
+            std::string::npos)
+      << b.status().message();
+}
+
 TEST(EngineLayout, BadHeadsAndPaddingAreNamed) {
   auto expect_error = [](json t, json i, const std::string& what) {
     auto in = make_inputs(t, i, topology(), {}, {"T", "I", "C"});

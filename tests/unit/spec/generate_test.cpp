@@ -176,6 +176,28 @@ TEST(Generate, MoeModelsStackExpertsAsFusedMoeDoes) {
       generate_specs(small("qwen3_moe"), *parse_generate_args({"--trainer-experts", "hf"}));
   ASSERT_FALSE(refused);
   EXPECT_NE(refused.status().message().find("use --expert-parallel"), std::string::npos);
+  // transformers 4's experts one by one: stacked whole over EP, each split over TP; the engine
+  // sees FusedMoE's [E, 2*moe, hidden] either way.
+  auto [g4, ep4] = make_specs(
+      small("qwen3_moe"), {"--trainer", "ep=2,fsdp=2", "--inference", "dp=2", "--expert-parallel",
+                           "--trainer-experts", "hf4", "--fp8", "experts"});
+  const DestParam& s13 = dest(ep4, "model.layers.1.mlp.experts.w13_weight");
+  const auto l13 = dest_local(s13, ep4.inference.replicas[0], 1);
+  EXPECT_EQ(view_shape(s13, l13->shape, false).str(), "[4, 512, 256]");
+  EXPECT_EQ(view_shape(s13, scale_shape(l13->shape, *s13.quant), true).str(), "[4, 4, 2]");
+  EXPECT_EQ(ep4.trainer
+                .params[static_cast<size_t>(
+                    ep4.trainer.index.at("model.layers.1.mlp.experts.5.up_proj.weight"))]
+                .placement.at("ep")
+                .str(),
+            "O(1)");
+  verifies(ep4);
+  auto [g5, tp4] =
+      make_specs(small("qwen3_moe"), {"--inference", "tp=2", "--trainer-experts", "hf4"});
+  const DestParam& t2 = dest(tp4, "model.layers.1.mlp.experts.w2_weight");
+  EXPECT_EQ(view_shape(t2, dest_local(t2, tp4.inference.replicas[0], 0)->shape, false).str(),
+            "[8, 256, 128]");
+  verifies(tp4);
   // Mixtral, experts tensor-parallel: w13 [E, 2*moe/tp, hidden], w2 [E, hidden, moe/tp].
   auto [gx, mx] = make_specs(small("mixtral"), {"--inference", "tp=2"});
   EXPECT_EQ(local_shape(mx, "model.layers.0.block_sparse_moe.experts.w13_weight", 1),
