@@ -97,3 +97,73 @@ def test_what_a_spec_cannot_say_is_refused_by_name():
         wct.trainer_spec(Tiny())
     with pytest.raises(ValueError, match="needs at least one axis"):
         wct.trainer_spec(Tiny(), {})
+
+
+class Experts(torch.nn.Module):
+    """transformers 4's MoE layout: one gate / up projection per expert."""
+
+    def __init__(self, n=4, rows=4, cols=8):
+        super().__init__()
+        self.experts = torch.nn.ModuleList()
+        for _ in range(n):
+            e = torch.nn.Module()
+            e.gate_proj = torch.nn.Linear(cols, rows, bias=False).to(torch.bfloat16)
+            e.up_proj = torch.nn.Linear(cols, rows, bias=False).to(torch.bfloat16)
+            self.experts.append(e)
+
+
+def test_per_expert_weights_land_stacked_as_fused_moe_holds_them(tmp_path):
+    """The receivers' tensors are [experts, 2*rows, cols] (FusedMoE's w13), registered as torch
+    parameters of that shape; the spec stacks the per-expert weights whole over EP."""
+    torch.manual_seed(5)
+    model = Experts()
+    wct.write_trainer_spec(tmp_path / "trainer.json", model, {"dp": 2}, host="local", gpus_per_host=4)
+    parts = [f"experts.{e}.{n}.weight" for e in range(4) for n in ("gate_proj", "up_proj")]
+    (tmp_path / "inference.json").write_text(json.dumps({
+        "format": "weightcast.spec/v1", "role": "inference",
+        "replicas": {"count": 1, "mesh": {"axes": [{"name": "ep", "size": 2}]},
+                     "devices": {"host": "local", "gpus_per_host": 4, "first_gpu": 2}},
+        "params": [{"name": "experts.w13_weight", "shape": [32, 8], "dtype": "bf16", "view_items": 4,
+                    "placement": {"ep": "S(0)"},
+                    "from": {"concat": parts, "dim": 0, "shard": "whole"}}]}))
+    (tmp_path / "topology.json").write_text(json.dumps(
+        {"format": "weightcast.topology/v1", "hosts": [{"name": "local", "gpus": 4}]}))
+    job = weightcast.JobConfig(*[str(tmp_path / f"{n}.json") for n in ("trainer", "inference", "topology")],
+                               deadline_s=30)
+    got, errors = {}, []
+    with weightcast.Controller(job):
+        def receive(r):
+            try:
+                with weightcast.Receiver(job, r) as rc:
+                    (info,) = rc.tensors()
+                    assert info.shape == [2, 8, 8], info.shape
+                    engine = torch.nn.Module()
+                    engine.experts = torch.nn.Module()
+                    engine.experts.w13_weight = torch.nn.Parameter(torch.zeros(2, 8, 8, dtype=torch.bfloat16),
+                                                                   requires_grad=False)
+                    assert rc.register_module(engine) == []
+                    rc.publish()
+                    rc.wait(1)
+                    got[r] = engine.experts.w13_weight.detach().clone()
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"receiver {r}: {e!r}")
+
+        threads = [threading.Thread(target=receive, args=(r,)) for r in range(2)]
+        for th in threads:
+            th.start()
+        senders = [weightcast.Sender(job, s) for s in range(2)]
+        for snd in senders:
+            assert snd.register_module(model) == []
+            snd.prepare()
+        pushers = [threading.Thread(target=snd.push, args=(1,)) for snd in senders]
+        for th in pushers:
+            th.start()
+        for th in pushers + threads:
+            th.join()
+        for snd in senders:
+            snd.close()
+    assert not errors, errors
+    for r in range(2):
+        want = torch.stack([torch.cat([model.experts[e].gate_proj.weight, model.experts[e].up_proj.weight])
+                            for e in (2 * r, 2 * r + 1)]).detach()
+        assert torch.equal(got[r], want)
