@@ -64,6 +64,9 @@ void add_spec_command(CLI::App& app, SpecFlags& f) {
        "How the trainer holds routed experts: titan (experts.w1/w3/w2 stacked, torchtitan and "
        "Megatron; default), hf (transformers >= 5: experts.gate_up_proj and down_proj) or hf4 "
        "(transformers 4: experts.{e}.gate_proj.weight one by one, owned by EP rank e/(E/ep))");
+  pass("--dense-shard",
+       "Trainer dense parameters: all (FSDP over ep and fsdp ranks, torchtitan; default) or fsdp "
+       "(FSDP over fsdp only, each EP group holding a copy)");
   pass("--engine", "vllm (default) or sglang: SGLang's names where they differ");
   pass("--gpus-per-host", "GPUs per host, both sides (default 8)");
   pass("--nics-per-gpu", "NICs per GPU in the topology (default 1)");

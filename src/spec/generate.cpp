@@ -85,7 +85,10 @@ struct Gen {
     }
     const std::string fsdp =
         tp_dim == 0 ? fmt::format("_StridedShard(dim=0, sf={})", ttp) : std::string("S(0)");
-    if (t.count("ep")) p["ep"] = expert ? std::string("S(0)") : fsdp;
+    // Dense parameters: FSDP over the whole data-parallel group, ep ranks included (torchtitan),
+    // or over fsdp alone with each EP group holding a copy (--dense-shard fsdp).
+    if (t.count("ep") && (expert || o.dense_shard == "all"))
+      p["ep"] = expert ? std::string("S(0)") : fsdp;
     if (t.count("fsdp")) p["fsdp"] = fsdp;
     return p;
   }
@@ -481,6 +484,8 @@ Result<GeneratedSpecs> generate_specs(const json& hf_config, const GenerateOptio
            fmt::format("tp={} and {} kv heads: one must divide the other (vLLM)", itp, m.kv_heads));
     if (Gen::size(g.t, "pp") > m.layers)
       fail("--trainer", fmt::format("pp={} exceeds {} layers", Gen::size(g.t, "pp"), m.layers));
+    if (o.dense_shard != "all" && o.dense_shard != "fsdp")
+      fail("--dense-shard", fmt::format("'{}' (expected all or fsdp)", o.dense_shard));
     if (o.trainer_experts != "titan" && o.trainer_experts != "hf" && o.trainer_experts != "hf4")
       fail("--trainer-experts", fmt::format("'{}' (expected titan, hf or hf4)", o.trainer_experts));
     if (o.trainer_experts == "hf4" && m.experts && Gen::size(g.t, "tp") > 1)
@@ -642,6 +647,8 @@ Result<GenerateOptions> parse_generate_args(const std::vector<std::string>& args
         o.single_host = v;
       else if (a == "--gather-us")
         o.gather_us = number(a, v, 0, 1e9);
+      else if (a == "--dense-shard")
+        o.dense_shard = v;
       else if (a == "--trainer-experts")
         o.trainer_experts = v;
       else if (a == "--engine")

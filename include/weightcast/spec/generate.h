@@ -32,6 +32,9 @@ struct GenerateOptions {
   // (transformers >= 5: experts.gate_up_proj [E, 2*moe, hidden], experts.down_proj), or hf4
   // (transformers 4's checkpoint names: experts.{e}.gate_proj.weight, one parameter per expert).
   std::string trainer_experts = "titan";
+  // Trainer dense (non-expert) parameters: FSDP over every data-parallel rank, ep included
+  // ("all", torchtitan), or over fsdp alone, replicated across EP groups ("fsdp").
+  std::string dense_shard = "all";
   // vllm, or sglang: the same layout but for the names SGLang gives (MLA's
   // fused_qkv_a_proj_with_mqa)
   std::string engine = "vllm";
