@@ -112,8 +112,13 @@ def trainer_spec(model, mesh=None, *, host="trn{h}", gpus_per_host=8, model_name
 
 
 def write_trainer_spec(path, model, mesh=None, **kw):
-    """trainer_spec(model, mesh, **kw) written to `path` as JSON; returns the spec."""
+    """trainer_spec(model, mesh, **kw) written to `path` as JSON (whole or not at all: written
+    beside it, then renamed, so a process waiting for the file never reads half of it); returns
+    the spec."""
+    import os
     spec = trainer_spec(model, mesh, **kw)
-    with open(path, "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         json.dump(spec, f, indent=1)
+    os.replace(tmp, path)
     return spec
