@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -103,7 +102,7 @@ def expected(kind, full, name, rank):
     """vLLM's tensor `name` on `rank` of the replica, built from the full state dict."""
     pre = name.rsplit(".", 2)[0] if ".layers." in name else ""
     if kind == "llama":
-        tp, heads, kv_heads, hd = 2, 4, 1, 64
+        tp, kv_heads, hd = 2, 1, 64
         if name.endswith("qkv_proj.weight"):
             q = full[pre + ".q_proj.weight"].chunk(tp)[rank]
             kv_head = rank * kv_heads // tp  # one kv head, replicated on both ranks
