@@ -30,8 +30,10 @@ std::optional<core::Box> local_box(const core::Shape& shape, const PlacementMap&
       // Whole heads (the parser checks that they divide evenly); fewer heads than ranks:
       // each head is held by k/n consecutive ranks.
       const int64_t n = (b.hi[d] - b.lo[d]) / p.unit, k = mesh.axes[a].size;
-      const core::Range r =
-          n >= k ? core::chunk_range(n, k, c) : core::Range{c * n / k, c * n / k + 1};
+      // Less than one head left by the other axes' shards: nothing (never past what they left).
+      const core::Range r = n == 0   ? core::Range{0, 0}
+                            : n >= k ? core::chunk_range(n, k, c)
+                                     : core::Range{c * n / k, c * n / k + 1};
       b.hi[d] = b.lo[d] + r.hi * p.unit;
       b.lo[d] += r.lo * p.unit;
       continue;

@@ -91,6 +91,27 @@ TEST(EngineLayout, KvHeadsAreReplicatedWhenTpExceedsThem) {
   plans_and_verifies(*in2);
 }
 
+TEST(EngineLayout, HeadsNestedUnderOtherShardsStayInsideThem) {
+  // fsdp cuts 256 rows into 86 + 86 + 84, less than a 128-row head each: tp's H then holds
+  // nothing (and never a box past what fsdp left).
+  Mesh m;
+  m.axes = {{"fsdp", 3}, {"tp", 2}};
+  m.devices.resize(6);
+  Placement heads{Placement::Kind::kHeads, 0, 128};
+  PlacementMap pm{{"fsdp", {Placement::Kind::kShard, 0}}, {"tp", heads}};
+  for (int64_t r = 0; r < 6; ++r) {
+    auto b = local_box(core::Shape::of({256, 4}), pm, m, r);
+    ASSERT_TRUE(b);
+    EXPECT_TRUE(b->empty()) << b->str();
+    EXPECT_LE(b->hi[0], 256);
+  }
+  // Two heads per fsdp shard: each tp rank one of them.
+  Mesh m2;
+  m2.axes = {{"fsdp", 2}, {"tp", 2}};
+  m2.devices.resize(4);
+  EXPECT_EQ(local_box(core::Shape::of({512, 4}), pm, m2, 3)->str(), "[384:512, 0:4]");
+}
+
 TEST(EngineLayout, HeadsShrinkWithScale) {
   auto in = inputs(4, 64, 64, 2);
   ASSERT_TRUE(in) << in.status().message();
