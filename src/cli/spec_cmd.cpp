@@ -28,7 +28,8 @@ void add_spec_command(CLI::App& app, SpecFlags& f) {
       "spec",
       "Write trainer, inference and topology specs for a Hugging Face model from its "
       "config.json and each side's parallelism: the trainer holds the checkpoint's names "
-      "(experts stacked as w1/w3/w2), the inference side is vLLM's in-memory layout (fused "
+      "(routed experts as --trainer-experts says), the inference side is vLLM's in-memory layout "
+      "(fused "
       "qkv_proj and gate_up_proj, FusedMoE w13_weight/w2_weight, kv heads replicated when TP "
       "exceeds them, the vocab padded to 64, FP8 128x128 weight_scale_inv). The specs are then "
       "planned once");
@@ -46,9 +47,9 @@ void add_spec_command(CLI::App& app, SpecFlags& f) {
         help);
   };
   pass("--trainer",
-       "Trainer axes, outermost first among pp, dp (HSDP replicas), ep, fsdp, tp: e.g. fsdp=64, "
-       "dp=2,fsdp=32, pp=2,ep=8,fsdp=16, fsdp=8,tp=4 (FSDP2 over TP: _StridedShard). Default "
-       "fsdp=1");
+       "Trainer axes among pp, dp (HSDP replicas), ep, fsdp, tp, laid out in that order (tp "
+       "varies fastest): e.g. fsdp=64, dp=2,fsdp=32, pp=2,ep=8,fsdp=16, fsdp=8,tp=4 (FSDP2 over "
+       "TP: _StridedShard). Default fsdp=1");
   pass("--inference",
        "One replica's axes: tp=N (attention and dense weights), dp=N (attention data parallel "
        "inside the replica, for --expert-parallel). Default tp=1");

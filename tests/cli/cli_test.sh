@@ -32,6 +32,17 @@ check bad-json 2 "trunc.json: not valid JSON" -- "$wc" plan -t "$tmp/trunc.json"
 check unknown-builtin 2 "no built-in config named 'gpt5'" -- "$wc" plan -b gpt5
 check bad-scale 2 "not divisible by --scale 7" -- "$wc" verify -b llama-3.1-8b --scale 7
 check verify 0 "^OK: [0-9]+ bytes in 1560 tensors match" -- "$wc" verify -b llama-3.1-8b --scale 32
+# weightcast spec: the shipped config again from its config.json and spec.args, planned; then
+# what a user gets wrong, named.
+# shellcheck disable=SC2046
+check spec 0 "predicted / floor" -- "$wc" spec --config "$cfg/config.json" -o "$tmp/spec" $(cat "$cfg/spec.args")
+check spec-same 0 "^same$" -- python3 -c "import json, sys; print('same' if all(json.load(open(f'$tmp/spec/{n}.json')) == json.load(open(f'$cfg/{n}.json')) for n in ('trainer', 'inference', 'topology')) else 'differs')"
+check spec-verify 0 "^OK:" -- "$wc" verify -t "$tmp/spec/trainer.json" -i "$tmp/spec/inference.json" -c "$tmp/spec/topology.json" --scale 32
+check spec-help 0 "--trainer-experts" -- "$wc" spec --help
+printf '{"model_type": "gpt2", "hidden_size": 8}' > "$tmp/gpt2.json"
+check spec-bad-type 2 "config.json.model_type: 'gpt2' is not supported" -- "$wc" spec --config "$tmp/gpt2.json" -o "$tmp/x"
+check spec-bad-tp 2 "--inference: tp=3 does not divide 32 attention heads" -- "$wc" spec --config "$cfg/config.json" -o "$tmp/x" --inference tp=3
+check spec-bad-axis 2 "--trainer: unknown axis 'zp'" -- "$wc" spec --config "$cfg/config.json" -o "$tmp/x" --trainer zp=2
 "$wc" plan -b llama-3.1-8b --scale 32 --json "$tmp/s.json" >/dev/null
 check verify-plan-file 0 "^OK:" -- "$wc" verify -b llama-3.1-8b --scale 32 --plan "$tmp/s.json"
 check verify-other-scale 2 "plan was made from other inputs" -- "$wc" verify -b llama-3.1-8b --scale 16 --plan "$tmp/s.json"
