@@ -90,18 +90,18 @@ Summary summarize(const Plan& p) {
     s.staging_peak = std::max(s.staging_peak, x.staging_gather + x.staging_ring);
     s.staging_gather = std::max(s.staging_gather, x.staging_gather);
     const double nics = static_cast<double>(std::max<size_t>(1, x.nic_bytes.size()));
-    if (ipc) {
-      net = std::max(net, static_cast<double>(x.bytes_out + gather_out[i]) * 8 / (ipc_gbps * 1e9));
-      gat = std::max(gat, static_cast<double>(x.gather_bytes_in) * 8 / (ipc_gbps * 1e9));
+    const double out = static_cast<double>(gather_out[i]),
+                 in = static_cast<double>(x.gather_bytes_in);
+    if (ipc) {  // one link carries everything
+      net = std::max(net, (static_cast<double>(x.bytes_out) + out) * 8 / (ipc_gbps * 1e9));
+      gat = std::max(gat, in * 8 / (ipc_gbps * 1e9));
+    } else {  // each NIC its stripe of the writes and of the pieces sent
+      for (uint64_t n : x.nic_bytes)
+        net = std::max(net, (static_cast<double>(n) + out / nics) * 8 / (x.nic_gbps * 1e9));
+      gat = std::max(gat, in * 8 / (x.nic_gbps * 1e9 * nics));
     }
-    for (uint64_t n : x.nic_bytes) {
-      snb.push_back(static_cast<double>(n));
-      const double out = static_cast<double>(n) + static_cast<double>(gather_out[i]) / nics;
-      if (!ipc) net = std::max(net, out * 8 / (x.nic_gbps * 1e9));
-    }
+    for (uint64_t n : x.nic_bytes) snb.push_back(static_cast<double>(n));
     s.gather_out_bytes = std::max(s.gather_out_bytes, gather_out[i]);
-    if (!ipc)
-      gat = std::max(gat, static_cast<double>(x.gather_bytes_in) * 8 / (x.nic_gbps * 1e9 * nics));
   }
   for (const Receiver& r : p.receivers) {
     rb.push_back(static_cast<double>(r.bytes_in));
@@ -110,7 +110,7 @@ Summary summarize(const Plan& p) {
       rnb.push_back(static_cast<double>(n));
       if (!ipc) net = std::max(net, static_cast<double>(n) * 8 / (r.nic_gbps * 1e9));
     }
-    if (ipc) net = std::max(net, static_cast<double>(r.bytes_in) * 8 / (ipc_gbps * 1e9));
+    if (ipc) net = std::max(net, static_cast<double>(r.bytes_in) * 8 / (link * 1e9));
     for (uint32_t c : r.expected_imms) s.imms += c;
     floor = std::max(floor, static_cast<double>(r.bytes_in) * 8 / (link * 1e9));
   }

@@ -224,8 +224,8 @@ struct Gen {
     auto table = [&](const std::string& name, Where w) {
       Source s{name, {vocab, hidden}, Tp::kVocab};
       trainer_param(s, w, nullptr);
-      if (padded == m.vocab) return inference_param(name, {s}, 0, Tp::kVocab, false, nullptr);
       inference_param(name, {s}, 0, Tp::kVocab, false, nullptr);
+      if (padded == m.vocab) return;
       iparams.back()["shape"] = {dim("vocab_padded", padded), hidden};
       iparams.back()["pad"] = {0};
     };

@@ -35,6 +35,41 @@ def specs(tmp_path, model):
     return spec, [str(tmp_path / f"{n}.json") for n in ("trainer", "inference", "topology")]
 
 
+def one_step(job, model, engine_of):
+    """Step 1 from two data-parallel trainer ranks holding `model` whole into two receivers, each
+    registering the module engine_of(rc) builds (after any checks it makes on rc.tensors());
+    returns each receiver's parameters afterwards."""
+    got, errors = {}, []
+    with weightcast.Controller(job):
+        def receive(r):
+            try:
+                with weightcast.Receiver(job, r) as rc:
+                    engine = engine_of(rc)
+                    assert rc.register_module(engine) == []
+                    rc.publish()
+                    rc.wait(1)
+                    got[r] = {n: p.detach().clone() for n, p in engine.named_parameters()}
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"receiver {r}: {e!r}")
+
+        threads = [threading.Thread(target=receive, args=(r,)) for r in range(2)]
+        for th in threads:
+            th.start()
+        senders = [weightcast.Sender(job, s) for s in range(2)]
+        for snd in senders:
+            assert snd.register_module(model) == []
+            snd.prepare()
+        pushers = [threading.Thread(target=snd.push, args=(1,)) for snd in senders]
+        for th in pushers:
+            th.start()
+        for th in pushers + threads:
+            th.join()
+        for snd in senders:
+            snd.close()
+    assert not errors, errors
+    return got
+
+
 def test_spec_of_a_plain_module(tmp_path):
     spec, _ = specs(tmp_path, Tiny())
     assert spec["mesh"] == {"axes": [{"name": "dp", "size": 2}],
@@ -50,37 +85,15 @@ def test_a_module_read_off_carries_a_step(tmp_path):
     model = Tiny()
     _, (t, i, c) = specs(tmp_path, model)
     job = weightcast.JobConfig(t, i, c, deadline_s=30)
-    got, errors = {}, []
-    with weightcast.Controller(job):
-        def receive(r):
-            try:
-                with weightcast.Receiver(job, r) as rc:
-                    engine = torch.nn.Module()
-                    engine.proj = torch.nn.Module()
-                    engine.proj.register_parameter("weight", torch.nn.Parameter(torch.zeros(4, 16, dtype=torch.bfloat16), requires_grad=False))
-                    engine.norm = torch.nn.Parameter(torch.zeros(16), requires_grad=False)
-                    assert rc.register_module(engine) == []
-                    rc.publish()
-                    rc.wait(1)
-                    got[r] = {n: p.detach().clone() for n, p in engine.named_parameters()}
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(f"receiver {r}: {e!r}")
 
-        threads = [threading.Thread(target=receive, args=(r,)) for r in range(2)]
-        for th in threads:
-            th.start()
-        senders = [weightcast.Sender(job, s) for s in range(2)]  # two data-parallel replicas
-        for snd in senders:
-            assert snd.register_module(model) == []
-            snd.prepare()
-        pushers = [threading.Thread(target=snd.push, args=(1,)) for snd in senders]
-        for th in pushers:
-            th.start()
-        for th in pushers + threads:
-            th.join()
-        for snd in senders:
-            snd.close()
-    assert not errors, errors
+    def engine_of(rc):
+        engine = torch.nn.Module()
+        engine.proj = torch.nn.Module()
+        engine.proj.register_parameter("weight", torch.nn.Parameter(torch.zeros(4, 16, dtype=torch.bfloat16), requires_grad=False))
+        engine.norm = torch.nn.Parameter(torch.zeros(16), requires_grad=False)
+        return engine
+
+    got = one_step(job, model, engine_of)
     for r in range(2):
         assert torch.equal(got[r]["proj.weight"], model.proj.weight.detach()[4 * r:4 * r + 4])
         assert torch.equal(got[r]["norm"], model.norm.detach())
@@ -130,39 +143,17 @@ def test_per_expert_weights_land_stacked_as_fused_moe_holds_them(tmp_path):
         {"format": "weightcast.topology/v1", "hosts": [{"name": "local", "gpus": 4}]}))
     job = weightcast.JobConfig(*[str(tmp_path / f"{n}.json") for n in ("trainer", "inference", "topology")],
                                deadline_s=30)
-    got, errors = {}, []
-    with weightcast.Controller(job):
-        def receive(r):
-            try:
-                with weightcast.Receiver(job, r) as rc:
-                    (info,) = rc.tensors()
-                    assert info.shape == [2, 8, 8], info.shape
-                    engine = torch.nn.Module()
-                    engine.experts = torch.nn.Module()
-                    engine.experts.w13_weight = torch.nn.Parameter(torch.zeros(2, 8, 8, dtype=torch.bfloat16),
-                                                                   requires_grad=False)
-                    assert rc.register_module(engine) == []
-                    rc.publish()
-                    rc.wait(1)
-                    got[r] = engine.experts.w13_weight.detach().clone()
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(f"receiver {r}: {e!r}")
 
-        threads = [threading.Thread(target=receive, args=(r,)) for r in range(2)]
-        for th in threads:
-            th.start()
-        senders = [weightcast.Sender(job, s) for s in range(2)]
-        for snd in senders:
-            assert snd.register_module(model) == []
-            snd.prepare()
-        pushers = [threading.Thread(target=snd.push, args=(1,)) for snd in senders]
-        for th in pushers:
-            th.start()
-        for th in pushers + threads:
-            th.join()
-        for snd in senders:
-            snd.close()
-    assert not errors, errors
+    def engine_of(rc):
+        (info,) = rc.tensors()
+        assert info.shape == [2, 8, 8], info.shape
+        engine = torch.nn.Module()
+        engine.experts = torch.nn.Module()
+        engine.experts.w13_weight = torch.nn.Parameter(torch.zeros(2, 8, 8, dtype=torch.bfloat16),
+                                                       requires_grad=False)
+        return engine
+
+    got = {r: t["experts.w13_weight"] for r, t in one_step(job, model, engine_of).items()}
     for r in range(2):
         want = torch.stack([torch.cat([model.experts[e].gate_proj.weight, model.experts[e].up_proj.weight])
                             for e in (2 * r, 2 * r + 1)]).detach()
