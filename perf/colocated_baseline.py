@@ -4,10 +4,10 @@
 The trainer holds the model's BF16 parameters on the GPU. Every step it packs them, tensor by
 tensor, into one of two CUDA buckets (2 GB each, double-buffered) and shares each bucket with the
 inference ranks through CUDA IPC (torch.multiprocessing, as verl's and SGLang's
-update_weights_from_tensor do). Each inference rank (one process per EP rank, the same layout
-perf/samehost_bench.cpp uses) copies the tensors it owns out of the bucket into its parameters:
-q/k/v fused into qkv_proj, gate/up fused into gate_up_proj, experts quantized to FP8 e4m3 with
-128x128 block scales in eager torch ops, the rest copied. A bucket is refilled once every rank
+update_weights_from_tensor do). Each inference rank (one process per EP rank, the layout
+perf/samehost_bench.cpp generates) copies the tensors it owns out of the bucket into its
+parameters: q/k/v fused into qkv_proj, its experts' w1/w3 fused into w13_weight and w2 into
+w2_weight, quantized to FP8 e4m3 with 128x128 block scales in eager torch ops, the rest copied. A bucket is refilled once every rank
 said it is done with it.
 
   colocated_baseline.py [--model DIR] [--ep N] [--steps N] [--layers N] [--bucket-gb G]
@@ -54,47 +54,39 @@ def expand(spec, layers):
 
 
 def quantize_into(w, q, s):
-    """FP8 e4m3 with one FP32 scale per 128x128 block, eager torch ops (w: [M, N] bf16)."""
-    m, n = w.shape
-    x = w.float().view(m // BLOCK, BLOCK, n // BLOCK, BLOCK)
-    amax = x.abs().amax(dim=(1, 3), keepdim=True).clamp(min=1e-12)
+    """FP8 e4m3 with one FP32 scale per 128x128 block, eager torch ops (w: [E, M, N] bf16)."""
+    e, m, n = w.shape
+    x = w.float().view(e, m // BLOCK, BLOCK, n // BLOCK, BLOCK)
+    amax = x.abs().amax(dim=(2, 4), keepdim=True).clamp(min=1e-12)
     scale = amax / 448.0
-    q.copy_((x / scale).to(torch.float8_e4m3fn).view(m, n))
-    s.copy_(scale.view(m // BLOCK, n // BLOCK))
+    q.copy_((x / scale).to(torch.float8_e4m3fn).view(e, m, n))
+    s.copy_(scale.view(e, m // BLOCK, n // BLOCK))
 
 
-def owner_of(name, experts, ep):
-    m = re.search(r"experts\.(\d+)\.", name)
-    return None if m is None else int(m.group(1)) // (experts // ep)
-
-
-def inference_rank(rank, ep, params, experts, pipe_in, pipe_out):
+def inference_rank(rank, ep, params, pipe_in, pipe_out):
+    """One DP-attention rank of the replica (vLLM's layout, as perf/samehost_bench.cpp generates
+    it): attention, norms, embedding and head replicated in BF16, q/k/v fused into qkv_proj; the
+    stacked experts (w1, w3, w2: [E, rows, cols]) split over the EP ranks, w1 and w3 fused into
+    w13_weight, both quantized to FP8 with 128x128 scales."""
     torch.cuda.set_device(0)
     dev = torch.device("cuda", 0)
-    # This rank's parameters: replicated attention and norms in BF16, its experts in FP8 with
-    # scales, embedding and head rows split over the EP ranks.
     dest = {}
     shape = dict(params)
     for name, shp in params:
-        o = owner_of(name, experts, ep)
-        if o is not None and o != rank:
-            continue
         if ".q_proj." in name:
             base = name.replace(".q_proj.", ".qkv_proj.")
             rows = shp[0] + 2 * shape[name.replace(".q_proj.", ".k_proj.")][0]
             dest[base] = torch.empty(rows, shp[1], dtype=torch.bfloat16, device=dev)
-        elif ".gate_proj." in name:
-            base = name.replace(".gate_proj.", ".gate_up_proj.")
-            dest[base] = torch.empty(2 * shp[0], shp[1], dtype=torch.float8_e4m3fn, device=dev)
+        elif name.endswith(".experts.w1") or name.endswith(".experts.w2"):
+            e, m, n = shp[0] // ep, shp[1], shp[2]
+            if name.endswith(".w1"):
+                base, m = name[:-len("w1")] + "w13_weight", 2 * m
+            else:
+                base = name[:-len("w2")] + "w2_weight"
+            dest[base] = torch.empty(e, m, n, dtype=torch.float8_e4m3fn, device=dev)
             dest[base + "_scale_inv"] = torch.empty(
-                2 * shp[0] // BLOCK, shp[1] // BLOCK, dtype=torch.float32, device=dev)
-        elif ".down_proj." in name:
-            dest[name] = torch.empty(*shp, dtype=torch.float8_e4m3fn, device=dev)
-            dest[name + "_scale_inv"] = torch.empty(
-                shp[0] // BLOCK, shp[1] // BLOCK, dtype=torch.float32, device=dev)
-        elif "embed_tokens" in name or "lm_head" in name:
-            dest[name] = torch.empty(shp[0] // ep, shp[1], dtype=torch.bfloat16, device=dev)
-        elif not any(k in name for k in (".k_proj.", ".v_proj.", ".up_proj.")):
+                e, m // BLOCK, n // BLOCK, dtype=torch.float32, device=dev)
+        elif not any(k in name for k in (".k_proj.", ".v_proj.", ".experts.w3")):
             dest[name] = torch.empty(*shp, dtype=torch.bfloat16, device=dev)
     buckets = {}
     pipe_out.put(("ready", rank))
@@ -107,10 +99,9 @@ def inference_rank(rank, ep, params, experts, pipe_in, pipe_out):
             buckets[slot] = bucket
         buf = buckets[slot]
         for name, off, shp in metas:
-            o = owner_of(name, experts, ep)
-            if o is not None and o != rank:
-                continue
-            n = shp[0] * shp[1] if len(shp) == 2 else shp[0]
+            n = 1
+            for d in shp:
+                n *= d
             w = buf[off:off + 2 * n].view(torch.bfloat16).view(*shp)
             if ".q_proj." in name:
                 dest[name.replace(".q_proj.", ".qkv_proj.")][:shp[0]].copy_(w)
@@ -120,16 +111,17 @@ def inference_rank(rank, ep, params, experts, pipe_in, pipe_out):
             elif ".v_proj." in name:
                 q = shape[name.replace(".v_proj.", ".q_proj.")][0]
                 dest[name.replace(".v_proj.", ".qkv_proj.")][q + shp[0]:].copy_(w)
-            elif ".gate_proj." in name or ".up_proj." in name:
-                base = re.sub(r"\.(gate|up)_proj\.", ".gate_up_proj.", name)
-                half = 0 if ".gate_proj." in name else shp[0]
-                quantize_into(w, dest[base][half:half + shp[0]],
-                              dest[base + "_scale_inv"][half // BLOCK:(half + shp[0]) // BLOCK])
-            elif ".down_proj." in name:
-                quantize_into(w, dest[name], dest[name + "_scale_inv"])
-            elif "embed_tokens" in name or "lm_head" in name:
-                rows = shp[0] // ep
-                dest[name].copy_(w[rank * rows:(rank + 1) * rows])
+            elif ".experts.w" in name:
+                e = shp[0] // ep
+                mine = w[rank * e:(rank + 1) * e]
+                if name.endswith(".w2"):
+                    base, lo = name[:-len("w2")] + "w2_weight", 0
+                else:
+                    base = name[:-len("w1")] + "w13_weight"
+                    lo = 0 if name.endswith(".w1") else shp[1]
+                hi = lo + shp[1]
+                quantize_into(mine, dest[base][:, lo:hi],
+                              dest[base + "_scale_inv"][:, lo // BLOCK:hi // BLOCK])
             else:
                 dest[name].copy_(w)
         torch.cuda.synchronize()
@@ -147,8 +139,6 @@ def main():
     a = ap.parse_args()
     spec = json.load(open(os.path.join(a.model, "trainer.json")))
     params = expand(spec, a.layers)
-    experts = 1 + max((int(m.group(1)) for n, _ in params
-                       if (m := re.search(r"experts\.(\d+)\.", n))), default=0)
     dev = torch.device("cuda", 0)
     torch.manual_seed(0)
     weights = [(n, (torch.rand(*s, device=dev, dtype=torch.float32) * 4 - 2).to(torch.bfloat16))
@@ -159,7 +149,7 @@ def main():
     ctx = mp.get_context("spawn")
     to_ranks = [ctx.Queue() for _ in range(a.ep)]
     back = ctx.Queue()
-    procs = [ctx.Process(target=inference_rank, args=(r, a.ep, params, experts, to_ranks[r], back))
+    procs = [ctx.Process(target=inference_rank, args=(r, a.ep, params, to_ranks[r], back))
              for r in range(a.ep)]
     for p in procs:
         p.start()

@@ -155,6 +155,11 @@ void receiver(api::JobConfig job, uint32_t r, const Args& a) {
   _exit(0);
 }
 
+// What a sender answers per step: push seconds, shard bytes, then where the push's time went
+// (PushStats: ready, gather, projection, ring wait, drain, post) and its writes.
+constexpr int kReply = 9;
+const char* const kParts[] = {"ready", "gather", "project", "ring", "drain", "post"};
+
 // Pushes each step when the driver says go (a byte on `go`), answers with its push seconds and
 // the bytes of the shards it holds.
 void sender(api::JobConfig job, uint32_t s, const Args& a, int go, int done) {
@@ -176,7 +181,9 @@ void sender(api::JobConfig job, uint32_t s, const Args& a, int go, int done) {
     if (read(go, &c, 1) != 1) die("driver gone");
     auto p = snd->push(static_cast<uint64_t>(step));
     if (!p) die(fmt::format("sender {} step {}: {}", s, step, p.status().message()));
-    const double v[2] = {p->seconds, static_cast<double>(held)};
+    const double v[kReply] = {p->seconds,        static_cast<double>(held), p->ready_seconds,
+                              p->gather_seconds, p->projection_seconds,     p->ring_wait_seconds,
+                              p->drain_seconds,  p->post_seconds,           static_cast<double>(p->writes)};
     if (write(done, v, sizeof v) != sizeof v) die("driver gone");
   }
   _exit(0);
@@ -268,18 +275,23 @@ int main(int argc, char** argv) {
     const double t0 = perf::now_s();
     for (int g : go)
       if (write(g, "g", 1) != 1) die("a sender is gone");
-    double bytes = 0, slowest = 0;
+    double bytes = 0, slowest = 0, most[6] = {}, writes = 0;
     for (int d : done) {
-      double v[2];
+      double v[kReply];
       if (read(d, v, sizeof v) != sizeof v) die("a sender died (its error is above)");
       slowest = std::max(slowest, v[0]);
       bytes += v[1];
+      for (int k = 0; k < 6; ++k) most[k] = std::max(most[k], v[2 + k]);
+      writes += v[8];
     }
     const double wall = perf::now_s() - t0;
     // Trainer bytes: what the trainers hold (each BF16 value sent once per step).
     const double gbps = bytes / wall / 1e9;
     std::printf("step %d: %.2f GB of trainer bytes in %.3f s (slowest push %.3f s): %.1f GB/s\n",
                 step, bytes / 1e9, wall, slowest, gbps);
+    std::printf("  %.0f writes; slowest sender's seconds in:", writes);
+    for (int k = 0; k < 6; ++k) std::printf(" %s %.3f", kParts[k], most[k]);
+    std::printf("\n");
     std::fflush(stdout);
     if (step > 1 || a.steps == 1) best = std::max(best, gbps);
   }

@@ -111,7 +111,10 @@ HfModel read_hf_config(const json& c) {
     read_common(c, m);
     m.qkv_bias = flag(c, "attention_bias", false);
     m.qk_norm = true;
-    m.experts = num(c, "num_experts");
+    // transformers 5 writes the count as num_local_experts (its attribute_map keeps num_experts).
+    m.experts = num(c, c.contains("num_local_experts") && !c.contains("num_experts")
+                           ? "num_local_experts"
+                           : "num_experts");
     m.moe_inter = num(c, "moe_intermediate_size");
     std::set<int64_t> dense;
     if (c.contains("mlp_only_layers"))

@@ -21,8 +21,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-if not hasattr(torch.distributed, "fsdp") or not hasattr(torch.distributed.fsdp, "fully_shard"):
-    pytest.skip("torch without FSDP2 (fully_shard)", allow_module_level=True)
+try:
+    from torch.distributed.fsdp import fully_shard  # noqa: F401  (FSDP2, torch >= 2.6)
+except ImportError:
+    pytest.skip(f"torch {torch.__version__} without FSDP2 (fully_shard)", allow_module_level=True)
 
 import weightcast  # noqa: E402
 import weightcast.torch as wct  # noqa: E402

@@ -192,6 +192,16 @@ TEST(Generate, MoeModelsStackExpertsAsFusedMoeDoes) {
                 .str(),
             "O(1)");
   verifies(ep4);
+  // transformers 5 saves a Qwen3-MoE config with num_local_experts instead of num_experts.
+  json v5 = small("qwen3_moe");
+  v5.erase("num_experts");
+  v5["num_local_experts"] = 8;
+  auto [g6, from_v5] = make_specs(v5, {"--inference", "dp=2", "--expert-parallel"});
+  EXPECT_EQ(local_shape(from_v5, "model.layers.1.mlp.experts.w13_weight", 1), "[4, 512, 256]");
+  v5.erase("num_local_experts");
+  auto none = generate_specs(v5, *parse_generate_args({}));
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.status().message(), "config.json.num_experts: missing (this model_type needs it)");
   auto [g5, tp4] =
       make_specs(small("qwen3_moe"), {"--inference", "tp=2", "--trainer-experts", "hf4"});
   const DestParam& t2 = dest(tp4, "model.layers.1.mlp.experts.w2_weight");
