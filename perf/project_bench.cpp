@@ -108,8 +108,8 @@ int main(int argc, char** argv) {
                           false));
   };
   auto cast_bf16 = [&] {
-    check(exec::cuda_cast(df32.data(), core::DType::kFP32, d16.data(), core::DType::kBF16, n,
-                          false));
+    check(
+        exec::cuda_cast(df32.data(), core::DType::kFP32, d16.data(), core::DType::kBF16, n, false));
   };
   auto copy = [&] {
     if (cudaMemcpyAsync(dcopy.data(), dsrc.data(), n * 2, cudaMemcpyDeviceToDevice,

@@ -181,9 +181,10 @@ void sender(api::JobConfig job, uint32_t s, const Args& a, int go, int done) {
     if (read(go, &c, 1) != 1) die("driver gone");
     auto p = snd->push(static_cast<uint64_t>(step));
     if (!p) die(fmt::format("sender {} step {}: {}", s, step, p.status().message()));
-    const double v[kReply] = {p->seconds,        static_cast<double>(held), p->ready_seconds,
-                              p->gather_seconds, p->projection_seconds,     p->ring_wait_seconds,
-                              p->drain_seconds,  p->post_seconds,           static_cast<double>(p->writes)};
+    const double v[kReply] = {
+        p->seconds,        static_cast<double>(held), p->ready_seconds,
+        p->gather_seconds, p->projection_seconds,     p->ring_wait_seconds,
+        p->drain_seconds,  p->post_seconds,           static_cast<double>(p->writes)};
     if (write(done, v, sizeof v) != sizeof v) die("driver gone");
   }
   _exit(0);

@@ -112,9 +112,9 @@ HfModel read_hf_config(const json& c) {
     m.qkv_bias = flag(c, "attention_bias", false);
     m.qk_norm = true;
     // transformers 5 writes the count as num_local_experts (its attribute_map keeps num_experts).
-    m.experts = num(c, c.contains("num_local_experts") && !c.contains("num_experts")
-                           ? "num_local_experts"
-                           : "num_experts");
+    m.experts =
+        num(c, c.contains("num_local_experts") && !c.contains("num_experts") ? "num_local_experts"
+                                                                             : "num_experts");
     m.moe_inter = num(c, "moe_intermediate_size");
     std::set<int64_t> dense;
     if (c.contains("mlp_only_layers"))
