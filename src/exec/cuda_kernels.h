@@ -45,4 +45,37 @@ struct ConvertJob {
 // quantizations mixed); returns once the kernels are queued.
 Status convert(const ConvertJob* jobs, int n);
 
+// The fast path (no assembly, one read of every source byte): a projection whose inputs are
+// whole rows of the box (no transpose, each input's last dim the box's whole last dim), at most
+// kFastInputs of them, of one dtype. The box is `lead` row-major matrices; its row dims are all
+// but the last (`nd1` of them, extents `ext`), and input k holds the rows lo..hi of them, its
+// row (i0, i1, ...) at src + base + sum (i - lo) * stride elements. The output is the box,
+// row-major, at `out` (C elements a row); quantization blocks are block_rows x 128.
+constexpr int kFastInputs = 4;
+struct FastInput {
+  const void* src = nullptr;
+  int64_t base = 0;
+  int64_t lo[kMaxDims] = {}, hi[kMaxDims] = {}, stride[kMaxDims] = {};
+};
+struct FastJob {
+  FastInput in[kFastInputs];
+  int nin = 0, nd1 = 0;
+  core::DType in_type = core::DType::kBF16;
+  int64_t ext[kMaxDims] = {};
+  int64_t C = 0;
+  void* out = nullptr;
+  core::DType out_type = core::DType::kBF16;
+  bool quant = false;
+  int64_t block_rows = 0, block_cols = 0;
+  float* scales = nullptr;
+};
+
+// Whether `j` can run on the fast path (shapes, block sizes, 16-byte aligned rows); if not,
+// why, for the tests.
+bool fast_eligible(const FastJob& j, const char** why = nullptr);
+
+// Runs every job (each one fast_eligible) on the calling thread's default stream, one launch per
+// 16 jobs of one input dtype; returns once the kernels are queued.
+Status convert_fast(const FastJob* jobs, int n);
+
 }  // namespace weightcast::exec::kernels

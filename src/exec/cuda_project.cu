@@ -1,6 +1,7 @@
 // CUDA projections (see cuda_project.h). The scalar conversions mirror core/dtype.cpp's integer
 // encoders exactly (no hardware FP8 intrinsics: their rounding of out-of-range values differs),
 // and divisions stay IEEE (no fast math), so results match the CPU reference bit for bit.
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -188,6 +189,167 @@ __global__ void assemble_kernel(AssembleBatch b, float* x) {
   }
 }
 
+// ---- The fast path: whole rows, read once, 16 bytes a thread a row --------------------------
+
+constexpr int kFastBatch = 16;
+constexpr int kTileCols = 128;  // 16 threads of 8 elements
+constexpr int kTileRows = 128;  // of a cast tile; a quantization tile is one block (<= 128 rows)
+constexpr int kPasses = kTileRows / (kThreads / 16);
+
+struct FastBatch {
+  kernels::FastJob job[kFastBatch];
+  int64_t first[kFastBatch + 1];  // job k owns tiles [first[k], first[k + 1])
+  float qmax[kFastBatch];
+  int n;
+};
+
+// Eight values as bits: 16-bit types in one uint4, FP32 in two.
+template <DType T>
+struct Row8 {
+  uint4 a, b;
+};
+
+template <DType T>
+__device__ Row8<T> load8(const void* p) {
+  Row8<T> r;
+  r.a = *static_cast<const uint4*>(p);
+  if constexpr (T == DType::kFP32) r.b = *(static_cast<const uint4*>(p) + 1);
+  return r;
+}
+
+template <DType T>
+__device__ float value8(const Row8<T>& r, int i) {
+  if constexpr (T == DType::kFP32) {
+    const uint4& q = i < 4 ? r.a : r.b;
+    const uint32_t w = (i & 3) == 0 ? q.x : (i & 3) == 1 ? q.y : (i & 3) == 2 ? q.z : q.w;
+    return __uint_as_float(w);
+  } else {
+    const uint32_t w = i < 2 ? r.a.x : i < 4 ? r.a.y : i < 6 ? r.a.z : r.a.w;
+    const uint16_t h = static_cast<uint16_t>((i & 1) ? w >> 16 : w & 0xffffu);
+    return load(&h, T, 0);
+  }
+}
+
+// Two FP8 codes, the first in the low byte: the hardware's RNE conversion (saturating finite,
+// which is what to_fp8 does with infinities and out-of-range values too), NaN as to_fp8 writes it.
+__device__ uint32_t fp8x2(float a, float b, DType t) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint32_t r = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE,
+                                        t == DType::kFP8E4M3 ? __NV_E4M3 : __NV_E5M2);
+  if (isnan(a)) r = (r & 0xff00u) | 0x7fu;
+  if (isnan(b)) r = (r & 0x00ffu) | 0x7f00u;
+  return r;
+#else
+  return to_fp8(a, t) | static_cast<uint32_t>(to_fp8(b, t)) << 8;
+#endif
+}
+
+// Eight floats into `out` (element offset e, 8-element aligned) as `t`.
+__device__ void store8(void* out, int64_t e, DType t, const float (&f)[8]) {
+  switch (t) {
+    case DType::kFP32: {
+      float4* o = reinterpret_cast<float4*>(static_cast<float*>(out) + e);
+      o[0] = make_float4(f[0], f[1], f[2], f[3]);
+      o[1] = make_float4(f[4], f[5], f[6], f[7]);
+      return;
+    }
+    case DType::kBF16:
+    case DType::kFP16: {
+      uint32_t w[4];
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t lo = t == DType::kBF16 ? to_bf16(f[2 * i]) : to_fp16(f[2 * i]);
+        const uint32_t hi = t == DType::kBF16 ? to_bf16(f[2 * i + 1]) : to_fp16(f[2 * i + 1]);
+        w[i] = lo | hi << 16;
+      }
+      *reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + e) =
+          make_uint4(w[0], w[1], w[2], w[3]);
+      return;
+    }
+    default: {
+      uint32_t w[2];
+      for (int i = 0; i < 2; ++i)
+        w[i] = fp8x2(f[4 * i], f[4 * i + 1], t) | fp8x2(f[4 * i + 2], f[4 * i + 3], t) << 16;
+      *reinterpret_cast<uint2*>(static_cast<uint8_t*>(out) + e) = make_uint2(w[0], w[1]);
+    }
+  }
+}
+
+// One tile per thread block: rows [r0, r1) x columns [c0, c0 + 128) of matrix l of job k. Each
+// thread owns 8 columns of kPasses rows, loaded once into registers; a quantization tile is one
+// block, its absmax reduced over the thread block before the codes are written.
+template <DType T>
+__global__ void __launch_bounds__(kThreads) fast_kernel(const __grid_constant__ FastBatch b) {
+  int k = 0;
+  while (k + 1 < b.n && static_cast<int64_t>(blockIdx.x) >= b.first[k + 1]) ++k;
+  const kernels::FastJob& j = b.job[k];
+  const int last = j.nd1 - 1;
+  const int64_t R = j.ext[last], C = j.C;
+  const int64_t TR = j.quant ? j.block_rows : kTileRows;
+  const int64_t nr = (R + TR - 1) / TR, nc = (C + kTileCols - 1) / kTileCols;
+  int64_t t = blockIdx.x - b.first[k];
+  const int64_t jc = t % nc;
+  t /= nc;
+  const int64_t ir = t % nr, l = t / nr;
+  // Which inputs hold matrix l, and where its row 0 would be in each.
+  __shared__ int64_t s_off[kernels::kFastInputs];
+  __shared__ bool s_in[kernels::kFastInputs];
+  if (threadIdx.x < j.nin) {
+    const kernels::FastInput& in = j.in[threadIdx.x];
+    int64_t rest = l, off = in.base;
+    bool inside = true;
+    for (int d = last - 1; d >= 0; --d) {
+      const int64_t i = rest % j.ext[d];
+      rest /= j.ext[d];
+      inside = inside && i >= in.lo[d] && i < in.hi[d];
+      off += (i - in.lo[d]) * in.stride[d];
+    }
+    s_in[threadIdx.x] = inside;
+    s_off[threadIdx.x] = off - in.lo[last] * in.stride[last];
+  }
+  __syncthreads();
+  constexpr int esize = T == DType::kFP32 ? 4 : 2;
+  const int g = threadIdx.x & 15, sub = threadIdx.x >> 4;
+  const int64_t c = jc * kTileCols + g * 8, r0 = ir * TR, r1 = min(R, r0 + TR);
+  const bool col_ok = c < C;
+  Row8<T> v[kPasses];
+  bool ok[kPasses];
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    const int64_t r = r0 + sub + p * (kThreads / 16);
+    ok[p] = col_ok && r < r1;
+    if (!ok[p]) continue;
+    int in = 0;
+    while (in + 1 < j.nin && !(s_in[in] && r >= j.in[in].lo[last] && r < j.in[in].hi[last])) ++in;
+    const int64_t e = s_off[in] + r * j.in[in].stride[last] + c;
+    v[p] = load8<T>(static_cast<const char*>(j.in[in].src) + e * esize);
+  }
+  float scale = 1.0f;
+  if (j.quant) {
+    float amax = 0;
+#pragma unroll
+    for (int p = 0; p < kPasses; ++p)
+      if (ok[p])
+        for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(value8<T>(v[p], i)));
+    for (int m = 16; m > 0; m /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
+    __shared__ float red[kThreads / 32];
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = amax;
+    __syncthreads();
+    amax = red[0];
+    for (int w = 1; w < kThreads / 32; ++w) amax = fmaxf(amax, red[w]);
+    scale = amax > 0 ? __fdiv_rn(amax, b.qmax[k]) : 1.0f;
+    if (threadIdx.x == 0) j.scales[(l * nr + ir) * nc + jc] = scale;
+  }
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    if (!ok[p]) continue;
+    float f[8];
+    for (int i = 0; i < 8; ++i)
+      f[i] = j.quant ? __fdiv_rn(value8<T>(v[p], i), scale) : value8<T>(v[p], i);
+    const int64_t r = r0 + sub + p * (kThreads / 16);
+    store8(j.out, (l * R + r) * C + c, j.out_type, f);
+  }
+}
+
 bool is_float_in(DType t) { return t == DType::kBF16 || t == DType::kFP16 || t == DType::kFP32; }
 bool is_fp8(DType t) { return t == DType::kFP8E4M3 || t == DType::kFP8E5M2; }
 
@@ -225,6 +387,72 @@ Status assemble(const AssembleInput* inputs, int n, float* x) {
       return cuda_err("assemble_kernel launch", e);
   }
   return finish("assemble_kernel", false);  // the conversion kernel follows on this stream
+}
+
+bool fast_eligible(const FastJob& j, const char** why) {
+  auto no = [&](const char* w) {
+    if (why) *why = w;
+    return false;
+  };
+  auto aligned = [](const void* p, uint64_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
+  if (!is_float_in(j.in_type)) return no("input type");
+  if (!(is_float_in(j.out_type) || is_fp8(j.out_type))) return no("output type");
+  if (j.nin < 1 || j.nin > kFastInputs || j.nd1 < 1 || j.nd1 > kMaxDims - 1)
+    return no("inputs or dims");
+  if (j.C <= 0 || j.C % 8) return no("rows not a multiple of 8 elements");
+  for (int d = 0; d < j.nd1; ++d)
+    if (j.ext[d] <= 0) return no("empty box");
+  if (j.quant && (!is_fp8(j.out_type) || j.block_cols != kTileCols || j.block_rows < 1 ||
+                  j.block_rows > kTileRows || !j.scales))
+    return no("quantization blocks other than up to 128 x 128");
+  if (!aligned(j.out, 8 * core::dtype_size(j.out_type))) return no("output alignment");
+  for (int i = 0; i < j.nin; ++i) {
+    const FastInput& in = j.in[i];
+    if (!aligned(in.src, 16) || in.base % 8) return no("input alignment");
+    for (int d = 0; d < j.nd1; ++d)
+      if (in.stride[d] % 8 || in.lo[d] < 0 || in.hi[d] > j.ext[d] || in.lo[d] >= in.hi[d])
+        return no("input rows");
+  }
+  return true;
+}
+
+Status convert_fast(const FastJob* jobs, int n) {
+  for (DType t : {DType::kBF16, DType::kFP16, DType::kFP32}) {
+    FastBatch b{};
+    auto launch = [&]() -> Status {
+      if (b.n == 0) return Status::ok();
+      const int64_t blocks = b.first[b.n];
+      if (blocks > 0x7fffffff) return invalid("convert_fast: {} tiles is too many", blocks);
+      if (t == DType::kBF16)
+        fast_kernel<DType::kBF16><<<static_cast<unsigned>(blocks), kThreads>>>(b);
+      else if (t == DType::kFP16)
+        fast_kernel<DType::kFP16><<<static_cast<unsigned>(blocks), kThreads>>>(b);
+      else
+        fast_kernel<DType::kFP32><<<static_cast<unsigned>(blocks), kThreads>>>(b);
+      if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
+        return cuda_err("fast_kernel launch", e);
+      b = FastBatch{};
+      return Status::ok();
+    };
+    for (int i = 0; i < n; ++i) {
+      const FastJob& j = jobs[i];
+      if (j.in_type != t) continue;
+      if (const char* why = nullptr; !fast_eligible(j, &why))
+        return invalid("convert_fast: job {} cannot run on the fast path ({})", i, why);
+      int64_t lead = 1;
+      for (int d = 0; d + 1 < j.nd1; ++d) lead *= j.ext[d];
+      const int64_t TR = j.quant ? j.block_rows : kTileRows;
+      const int64_t tiles =
+          lead * ((j.ext[j.nd1 - 1] + TR - 1) / TR) * ((j.C + kTileCols - 1) / kTileCols);
+      b.job[b.n] = j;
+      b.qmax[b.n] = j.quant ? core::quant_max(j.out_type) : 0.0f;
+      b.first[b.n + 1] = b.first[b.n] + tiles;
+      if (++b.n == kFastBatch)
+        if (Status s = launch(); !s) return s;
+    }
+    if (Status s = launch(); !s) return s;
+  }
+  return Status::ok();
 }
 
 Status convert(const ConvertJob* jobs, int n) {
@@ -269,6 +497,20 @@ Status cuda_cast(const void* src, DType src_type, void* dst, DType dst_type, uin
     return invalid("cuda_cast: {} -> {} is not supported", core::dtype_name(src_type),
                    core::dtype_name(dst_type));
   if (n == 0) return Status::ok();
+  // As rows of up to 128 elements, on the fast path when they are whole multiples of 8.
+  kernels::FastJob f;
+  f.C = 128;
+  while (f.C > 8 && n % static_cast<uint64_t>(f.C)) f.C /= 2;
+  f.nin = f.nd1 = 1;
+  f.in_type = src_type;
+  f.out_type = dst_type;
+  f.ext[0] = static_cast<int64_t>(n) / f.C;
+  f.in[0] = {src, 0, {0}, {f.ext[0]}, {f.C}};
+  f.out = dst;
+  if (n % 8 == 0 && kernels::fast_eligible(f)) {
+    if (Status s = kernels::convert_fast(&f, 1); !s) return s;
+    return finish("fast_kernel", wait);
+  }
   const uint64_t blocks = std::min<uint64_t>((n + kThreads - 1) / kThreads, 65535u * 16);
   cast_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(src, src_type, dst, dst_type, n);
   return finish("cast_kernel launch", wait);
@@ -285,6 +527,24 @@ Status cuda_quantize_blocks(const void* src, DType src_type, int64_t lead, int64
   const int64_t sr = (R + block_rows - 1) / block_rows, sc = (C + block_cols - 1) / block_cols;
   const int64_t blocks = lead * sr * sc;
   if (blocks > 0x7fffffff) return invalid("cuda_quantize_blocks: {} blocks is too many", blocks);
+  kernels::FastJob f;
+  f.nin = 1;
+  f.nd1 = 2;
+  f.in_type = src_type;
+  f.out_type = fp8;
+  f.ext[0] = lead;
+  f.ext[1] = R;
+  f.C = C;
+  f.in[0] = {src, 0, {0, 0}, {lead, R}, {R * C, C}};
+  f.out = out;
+  f.quant = true;
+  f.block_rows = block_rows;
+  f.block_cols = block_cols;
+  f.scales = scales;
+  if (kernels::fast_eligible(f)) {
+    if (Status s = kernels::convert_fast(&f, 1); !s) return s;
+    return finish("fast_kernel", wait);
+  }
   quant_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(
       src, src_type, R, C, block_rows, block_cols, sr, sc, fp8, core::quant_max(fp8),
       static_cast<uint8_t*>(out), scales);

@@ -14,6 +14,11 @@ Status no_cuda() {
 namespace kernels {
 Status assemble(const AssembleInput*, int, float*) { return no_cuda(); }
 Status convert(const ConvertJob*, int) { return no_cuda(); }
+bool fast_eligible(const FastJob&, const char** why) {
+  if (why) *why = "built without CUDA";
+  return false;
+}
+Status convert_fast(const FastJob*, int) { return no_cuda(); }
 }  // namespace kernels
 
 Status cuda_cast(const void*, core::DType, void*, core::DType, uint64_t, bool) { return no_cuda(); }

@@ -98,22 +98,82 @@ Status describe(const spec::Inputs& in, const plan::Plan& plan, const plan::Proj
   return Status::ok();
 }
 
+// The projection described by `ins` (its inputs, dest offsets from `x_off`) and `job` as a
+// fast-path job, when it is one: every input whole rows of the box, untransposed, one dtype.
+bool as_fast(const std::vector<kernels::AssembleInput>& ins, const core::Shape& bs, int64_t x_off,
+             const kernels::ConvertJob& job, kernels::FastJob& f) {
+  const int nd = bs.nd;
+  if (nd < 2 || ins.empty() || ins.size() > static_cast<size_t>(kernels::kFastInputs)) return false;
+  f = {};
+  f.nin = static_cast<int>(ins.size());
+  f.nd1 = nd - 1;
+  f.in_type = ins[0].dtype;
+  for (int k = 0; k < nd - 1; ++k) f.ext[k] = bs[k];
+  f.C = bs[nd - 1];
+  f.out = job.out;
+  f.out_type = job.out_type;
+  f.quant = job.quant;
+  f.block_rows = job.block_rows;
+  f.block_cols = job.block_cols;
+  f.scales = job.scales;
+  int64_t bstride[kernels::kMaxDims] = {};
+  for (int k = nd - 1, st = 1; k >= 0; --k) bstride[k] = st, st *= bs[k];
+  for (size_t i = 0; i < ins.size(); ++i) {
+    const kernels::AssembleInput& a = ins[i];
+    if (a.dtype != f.in_type || a.ext[nd - 1] != f.C || a.src_stride[nd - 1] != 1) return false;
+    kernels::FastInput& in = f.in[i];
+    in.src = a.src;
+    in.base = a.src_base;
+    int64_t rest = a.dst_base - x_off;  // sum of v0[k] * bstride[k], 0 <= v0[k] < bs[k]
+    for (int k = 0; k < nd; ++k) {
+      if (a.dst_stride[k] != bstride[k]) return false;  // a transpose
+      const int64_t v0 = rest / bstride[k];
+      rest %= bstride[k];
+      if (k == nd - 1) {
+        if (v0 != 0) return false;
+        continue;
+      }
+      in.lo[k] = v0;
+      in.hi[k] = v0 + a.ext[k];
+      in.stride[k] = a.src_stride[k];
+    }
+  }
+  return kernels::fast_eligible(f);
+}
+
 }  // namespace
 
 Status project_cuda_batch(const spec::Inputs& in, const plan::Plan& plan,
                           std::span<const plan::Project* const> ps, const BatchResolver& resolve,
-                          std::byte* staging, uint64_t staging_size, Buffer& scratch, int device) {
-  std::vector<kernels::AssembleInput> ins;
-  std::vector<kernels::ConvertJob> jobs(ps.size());
-  int64_t total = 0;  // floats, every projection's after the one before
+                          std::byte* staging, uint64_t staging_size, Buffer& scratch, int device,
+                          ProjectCounts* counts) {
+  // Projections of whole rows read their sources once (the fast path); the others are
+  // assembled into floats first.
+  std::vector<kernels::AssembleInput> ins, one_ins;
+  std::vector<kernels::ConvertJob> jobs;
+  std::vector<kernels::FastJob> fast;
+  int64_t total = 0;  // floats, every assembled projection's after the one before
   for (size_t k = 0; k < ps.size(); ++k) {
     const plan::InputResolver one = [&](const plan::Project::Input& i) {
       return resolve(*ps[k], i);
     };
-    if (Status s = describe(in, plan, *ps[k], one, staging, staging_size, total, ins, jobs[k]); !s)
+    kernels::ConvertJob job;
+    one_ins.clear();
+    if (Status s = describe(in, plan, *ps[k], one, staging, staging_size, total, one_ins, job); !s)
       return s;
-    total += jobs[k].n;
+    if (kernels::FastJob f; as_fast(one_ins, ps[k]->box.extents(), total, job, f)) {
+      fast.push_back(f);
+      if (counts) ++counts->fast;
+      continue;
+    }
+    if (counts) ++counts->assembled;
+    ins.insert(ins.end(), one_ins.begin(), one_ins.end());
+    jobs.push_back(job);
+    total += job.n;
   }
+  if (!fast.empty())
+    if (Status s = kernels::convert_fast(fast.data(), static_cast<int>(fast.size())); !s) return s;
+  if (jobs.empty()) return Status::ok();
   const uint64_t need = static_cast<uint64_t>(total) * 4;
   if (scratch.size() < need || scratch.kind() != MemoryKind::kCuda) {
     auto b = Buffer::allocate(MemoryKind::kCuda, need, device);
@@ -132,12 +192,12 @@ Status project_cuda_batch(const spec::Inputs& in, const plan::Plan& plan,
 
 Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::Project& p,
                     const plan::InputResolver& resolve, std::byte* staging, uint64_t staging_size,
-                    Buffer& scratch, int device) {
+                    Buffer& scratch, int device, ProjectCounts* counts) {
   const plan::Project* one[] = {&p};
   return project_cuda_batch(
       in, plan, one,
       [&](const plan::Project&, const plan::Project::Input& i) { return resolve(i); }, staging,
-      staging_size, scratch, device);
+      staging_size, scratch, device, counts);
 }
 
 }  // namespace weightcast::exec

@@ -61,25 +61,28 @@ TEST(CudaProjection, CastsMatchTheCpuBitForBit) {
     }
     GTEST_SKIP() << (cuda_built() ? "no GPU" : "built without CUDA");
   }
-  const size_t n = (1 << 20) + 37;
-  for (DType in : {DType::kBF16, DType::kFP16, DType::kFP32})
-    for (DType out : {DType::kBF16, DType::kFP16, DType::kFP32, DType::kFP8E4M3, DType::kFP8E5M2}) {
-      const auto src = values(in, n, 7, 70000.0f);
-      std::vector<std::byte> want(n * core::dtype_size(out));
-      for (size_t i = 0; i < n; ++i)
-        core::store_from_float(out, core::load_as_float(in, src.data() + i * core::dtype_size(in)),
-                               want.data() + i * core::dtype_size(out));
-      Buffer s = on_device(src);
-      auto d = Buffer::allocate(MemoryKind::kCuda, want.size());
-      ASSERT_TRUE(d);
-      ASSERT_TRUE(cuda_cast(s.data(), in, d->data(), out, n));
-      const auto got = to_host(*d, want.size());
-      size_t diff = 0, first = 0;
-      for (size_t i = 0; i < want.size(); ++i)
-        if (got[i] != want[i] && diff++ == 0) first = i;
-      EXPECT_EQ(diff, 0u) << core::dtype_name(in) << " -> " << core::dtype_name(out)
-                          << ": first differing byte " << first;
-    }
+  // An odd count takes the scalar kernel; multiples of 8 the fast one (rows of 8 and of 128).
+  for (const size_t n : {size_t{(1 << 20) + 37}, size_t{(1 << 20) + 40}, size_t{1 << 20}})
+    for (DType in : {DType::kBF16, DType::kFP16, DType::kFP32})
+      for (DType out :
+           {DType::kBF16, DType::kFP16, DType::kFP32, DType::kFP8E4M3, DType::kFP8E5M2}) {
+        const auto src = values(in, n, 7, 70000.0f);
+        std::vector<std::byte> want(n * core::dtype_size(out));
+        for (size_t i = 0; i < n; ++i)
+          core::store_from_float(out,
+                                 core::load_as_float(in, src.data() + i * core::dtype_size(in)),
+                                 want.data() + i * core::dtype_size(out));
+        Buffer s = on_device(src);
+        auto d = Buffer::allocate(MemoryKind::kCuda, want.size());
+        ASSERT_TRUE(d);
+        ASSERT_TRUE(cuda_cast(s.data(), in, d->data(), out, n));
+        const auto got = to_host(*d, want.size());
+        size_t diff = 0, first = 0;
+        for (size_t i = 0; i < want.size(); ++i)
+          if (got[i] != want[i] && diff++ == 0) first = i;
+        EXPECT_EQ(diff, 0u) << n << " values " << core::dtype_name(in) << " -> "
+                            << core::dtype_name(out) << ": first differing byte " << first;
+      }
 }
 
 TEST(CudaProjection, Fp8BlockQuantizationMatchesTheCpuBitForBit) {
@@ -127,126 +130,134 @@ TEST(CudaProjection, Fp8BlockQuantizationMatchesTheCpuBitForBit) {
 // Every projection of whole plans (the tiny specs: fused concat, transpose + cast, FP8; the demo
 // MoE; DeepSeek-V3 scaled), run by project_cuda from device copies of the trainer params and by
 // project_cpu from host copies: the staged bytes (and scales) must be identical.
-void check_plan(const spec::Inputs& in, const char* name, size_t max_projects) {
-  auto p = plan::make_plan(in, {});
-  ASSERT_TRUE(p) << p.status().message();
-  // Full trainer params, host and device, with finite values of each param's dtype.
-  std::vector<std::vector<std::byte>> host;
-  std::vector<Buffer> dev;
-  for (size_t i = 0; i < in.trainer.params.size(); ++i) {
-    const spec::Param& sp = in.trainer.params[i];
-    host.push_back(values(sp.dtype, static_cast<size_t>(sp.shape.numel()),
-                          static_cast<uint32_t>(i + 1), 2.0f));
-    for (size_t e = 0; e < static_cast<size_t>(sp.shape.numel()); ++e) {
-      std::byte* q = host.back().data() + e * core::dtype_size(sp.dtype);
-      if (!std::isfinite(core::load_as_float(sp.dtype, q)) ||
-          std::fabs(core::load_as_float(sp.dtype, q)) > 1e4f)
-        core::store_from_float(sp.dtype, 0.75f, q);
-    }
-    dev.push_back(on_device(host.back()));
-  }
-  Buffer scratch;
-  size_t checked = 0;
-  const size_t step = std::max<size_t>(1, p->projects.size() / max_projects);
-  for (size_t k = 0; k < p->projects.size(); k += step) {
-    const plan::Project& pr = p->projects[k];
-    const spec::DestParam& dp = in.inference.params[p->dests[pr.dest].param];
-    auto whole = [&](const plan::Project::Input& inp, bool device) -> plan::Held {
-      const int src = dp.parts.at(inp.part).src;
-      core::Box b;
-      b.nd = in.trainer.params[src].shape.nd;
-      for (int d = 0; d < b.nd; ++d) b.lo[d] = 0, b.hi[d] = in.trainer.params[src].shape[d];
-      return {b, device ? dev[src].data() : host[src].data()};
-    };
-    const uint64_t end = std::max(
-        pr.staging_off + pr.out_bytes,
-        pr.scale_dest >= 0 ? pr.scale_off + static_cast<uint64_t>(pr.scale_box.numel()) * 4 : 0);
-    std::vector<std::byte> want(end);
-    ASSERT_TRUE(plan::project_cpu(
-        in, *p, pr, [&](const auto& i) { return whole(i, false); }, want.data(), want.size()));
-    auto staging = Buffer::allocate(MemoryKind::kCuda, end);
-    ASSERT_TRUE(staging);
-    Status s = project_cuda(
-        in, *p, pr, [&](const auto& i) { return whole(i, true); }, staging->data(), end, scratch);
-    ASSERT_TRUE(s) << name << " project " << k << ": " << s.message();
-    const auto got = to_host(*staging, end);
-    ASSERT_TRUE(std::equal(got.begin() + static_cast<long>(pr.staging_off),
-                           got.begin() + static_cast<long>(pr.staging_off + pr.out_bytes),
-                           want.begin() + static_cast<long>(pr.staging_off)))
-        << name << " project " << k << " (" << dp.name << ", box " << pr.box.str() << ")";
-    if (pr.scale_dest >= 0) {
-      ASSERT_TRUE(std::equal(got.begin() + static_cast<long>(pr.scale_off), got.end(),
-                             want.begin() + static_cast<long>(pr.scale_off)))
-          << name << " project " << k << " scales";
-    }
-    ++checked;
-  }
-  std::printf("%s: %zu of %zu projections identical on GPU and CPU\n", name, checked,
-              p->projects.size());
-  EXPECT_GT(checked, 0u);
-  // The same projections in batches, as the executor queues them: per sender, up to 16 in a row
-  // whose staging ranges do not overlap, through project_cuda_batch.
-  auto range = [](const plan::Project& q) {
-    return std::pair<uint64_t, uint64_t>{
-        q.staging_off,
-        std::max(
-            q.staging_off + q.out_bytes,
-            q.scale_dest >= 0 ? q.scale_off + static_cast<uint64_t>(q.scale_box.numel()) * 4 : 0)};
-  };
-  size_t batched = 0, batches = 0;
-  for (uint32_t s = 0; s < p->senders.size() && batched < max_projects; ++s) {
-    std::vector<size_t> mine;
-    for (size_t k = 0; k < p->projects.size(); ++k)
-      if (p->projects[k].sender == s) mine.push_back(k);
-    for (size_t at = 0; at < mine.size() && batched < max_projects;) {
-      std::vector<const plan::Project*> batch;
-      uint64_t end = 0;
-      for (; at < mine.size() && batch.size() < 16; ++at) {
-        const auto [lo, hi] = range(p->projects[mine[at]]);
-        bool overlap = false;
-        for (const plan::Project* q : batch)
-          overlap = overlap || (range(*q).first < hi && lo < range(*q).second);
-        if (overlap) break;
-        batch.push_back(&p->projects[mine[at]]);
-        end = std::max(end, hi);
+ProjectCounts check_plan(const spec::Inputs& in, const char* name, size_t max_projects) {
+  ProjectCounts counts;
+  [&] {
+    auto p = plan::make_plan(in, {});
+    ASSERT_TRUE(p) << p.status().message();
+    // Full trainer params, host and device, with finite values of each param's dtype.
+    std::vector<std::vector<std::byte>> host;
+    std::vector<Buffer> dev;
+    for (size_t i = 0; i < in.trainer.params.size(); ++i) {
+      const spec::Param& sp = in.trainer.params[i];
+      host.push_back(values(sp.dtype, static_cast<size_t>(sp.shape.numel()),
+                            static_cast<uint32_t>(i + 1), 2.0f));
+      for (size_t e = 0; e < static_cast<size_t>(sp.shape.numel()); ++e) {
+        std::byte* q = host.back().data() + e * core::dtype_size(sp.dtype);
+        if (!std::isfinite(core::load_as_float(sp.dtype, q)) ||
+            std::fabs(core::load_as_float(sp.dtype, q)) > 1e4f)
+          core::store_from_float(sp.dtype, 0.75f, q);
       }
+      dev.push_back(on_device(host.back()));
+    }
+    Buffer scratch;
+    size_t checked = 0;
+    const size_t step = std::max<size_t>(1, p->projects.size() / max_projects);
+    for (size_t k = 0; k < p->projects.size(); k += step) {
+      const plan::Project& pr = p->projects[k];
+      const spec::DestParam& dp = in.inference.params[p->dests[pr.dest].param];
+      auto whole = [&](const plan::Project::Input& inp, bool device) -> plan::Held {
+        const int src = dp.parts.at(inp.part).src;
+        core::Box b;
+        b.nd = in.trainer.params[src].shape.nd;
+        for (int d = 0; d < b.nd; ++d) b.lo[d] = 0, b.hi[d] = in.trainer.params[src].shape[d];
+        return {b, device ? dev[src].data() : host[src].data()};
+      };
+      const uint64_t end = std::max(
+          pr.staging_off + pr.out_bytes,
+          pr.scale_dest >= 0 ? pr.scale_off + static_cast<uint64_t>(pr.scale_box.numel()) * 4 : 0);
       std::vector<std::byte> want(end);
-      for (const plan::Project* q : batch) {
-        const spec::DestParam& dp = in.inference.params[p->dests[q->dest].param];
-        ASSERT_TRUE(plan::project_cpu(
-            in, *p, *q,
-            [&](const plan::Project::Input& inp) {
-              const int src = dp.parts.at(inp.part).src;
-              core::Box b = core::Box::full(in.trainer.params[src].shape);
-              return plan::Held{b, host[src].data()};
-            },
-            want.data(), want.size()));
-      }
+      ASSERT_TRUE(plan::project_cpu(
+          in, *p, pr, [&](const auto& i) { return whole(i, false); }, want.data(), want.size()));
       auto staging = Buffer::allocate(MemoryKind::kCuda, end);
       ASSERT_TRUE(staging);
-      Status st = project_cuda_batch(
-          in, *p, batch,
-          [&](const plan::Project& q, const plan::Project::Input& inp) {
-            const int src = in.inference.params[p->dests[q.dest].param].parts.at(inp.part).src;
-            return plan::Held{core::Box::full(in.trainer.params[src].shape), dev[src].data()};
-          },
-          staging->data(), end, scratch);
-      ASSERT_TRUE(st) << name << " batch of " << batch.size() << ": " << st.message();
+      Status s = project_cuda(
+          in, *p, pr, [&](const auto& i) { return whole(i, true); }, staging->data(), end, scratch,
+          0, &counts);
+      ASSERT_TRUE(s) << name << " project " << k << ": " << s.message();
       const auto got = to_host(*staging, end);
-      for (const plan::Project* q : batch) {
-        const auto [lo, hi] = range(*q);
-        ASSERT_TRUE(std::equal(got.begin() + static_cast<long>(lo),
-                               got.begin() + static_cast<long>(hi),
-                               want.begin() + static_cast<long>(lo)))
-            << name << " batched project " << (q - p->projects.data()) << " of sender " << s;
+      ASSERT_TRUE(std::equal(got.begin() + static_cast<long>(pr.staging_off),
+                             got.begin() + static_cast<long>(pr.staging_off + pr.out_bytes),
+                             want.begin() + static_cast<long>(pr.staging_off)))
+          << name << " project " << k << " (" << dp.name << ", box " << pr.box.str() << ")";
+      if (pr.scale_dest >= 0) {
+        ASSERT_TRUE(std::equal(got.begin() + static_cast<long>(pr.scale_off), got.end(),
+                               want.begin() + static_cast<long>(pr.scale_off)))
+            << name << " project " << k << " scales";
       }
-      batched += batch.size();
-      ++batches;
+      ++checked;
     }
-  }
-  std::printf("%s: %zu projections in %zu batches identical on GPU and CPU\n", name, batched,
-              batches);
-  EXPECT_GT(batches, 0u);
+    std::printf("%s: %zu of %zu projections identical on GPU and CPU\n", name, checked,
+                p->projects.size());
+    EXPECT_GT(checked, 0u);
+    // The same projections in batches, as the executor queues them: per sender, up to 16 in a row
+    // whose staging ranges do not overlap, through project_cuda_batch.
+    auto range = [](const plan::Project& q) {
+      return std::pair<uint64_t, uint64_t>{
+          q.staging_off,
+          std::max(q.staging_off + q.out_bytes,
+                   q.scale_dest >= 0 ? q.scale_off + static_cast<uint64_t>(q.scale_box.numel()) * 4
+                                     : 0)};
+    };
+    size_t batched = 0, batches = 0;
+    for (uint32_t s = 0; s < p->senders.size() && batched < max_projects; ++s) {
+      std::vector<size_t> mine;
+      for (size_t k = 0; k < p->projects.size(); ++k)
+        if (p->projects[k].sender == s) mine.push_back(k);
+      for (size_t at = 0; at < mine.size() && batched < max_projects;) {
+        std::vector<const plan::Project*> batch;
+        uint64_t end = 0;
+        for (; at < mine.size() && batch.size() < 16; ++at) {
+          const auto [lo, hi] = range(p->projects[mine[at]]);
+          bool overlap = false;
+          for (const plan::Project* q : batch)
+            overlap = overlap || (range(*q).first < hi && lo < range(*q).second);
+          if (overlap) break;
+          batch.push_back(&p->projects[mine[at]]);
+          end = std::max(end, hi);
+        }
+        std::vector<std::byte> want(end);
+        for (const plan::Project* q : batch) {
+          const spec::DestParam& dp = in.inference.params[p->dests[q->dest].param];
+          ASSERT_TRUE(plan::project_cpu(
+              in, *p, *q,
+              [&](const plan::Project::Input& inp) {
+                const int src = dp.parts.at(inp.part).src;
+                core::Box b = core::Box::full(in.trainer.params[src].shape);
+                return plan::Held{b, host[src].data()};
+              },
+              want.data(), want.size()));
+        }
+        auto staging = Buffer::allocate(MemoryKind::kCuda, end);
+        ASSERT_TRUE(staging);
+        Status st = project_cuda_batch(
+            in, *p, batch,
+            [&](const plan::Project& q, const plan::Project::Input& inp) {
+              const int src = in.inference.params[p->dests[q.dest].param].parts.at(inp.part).src;
+              return plan::Held{core::Box::full(in.trainer.params[src].shape), dev[src].data()};
+            },
+            staging->data(), end, scratch);
+        ASSERT_TRUE(st) << name << " batch of " << batch.size() << ": " << st.message();
+        const auto got = to_host(*staging, end);
+        for (const plan::Project* q : batch) {
+          const auto [lo, hi] = range(*q);
+          ASSERT_TRUE(std::equal(got.begin() + static_cast<long>(lo),
+                                 got.begin() + static_cast<long>(hi),
+                                 want.begin() + static_cast<long>(lo)))
+              << name << " batched project " << (q - p->projects.data()) << " of sender " << s;
+        }
+        batched += batch.size();
+        ++batches;
+      }
+    }
+    std::printf(
+        "%s: %zu projections in %zu batches identical on GPU and CPU (singly: %llu on the "
+        "fast path, %llu assembled)\n",
+        name, batched, batches, static_cast<unsigned long long>(counts.fast),
+        static_cast<unsigned long long>(counts.assembled));
+    EXPECT_GT(batches, 0u);
+  }();
+  return counts;
 }
 
 TEST(ProjectCuda, WholePlansMatchTheCpuReference) {
@@ -254,7 +265,7 @@ TEST(ProjectCuda, WholePlansMatchTheCpuReference) {
   auto tiny = spec::make_inputs(testing::tiny_trainer(), testing::tiny_inference(),
                                 testing::tiny_topology(), {1}, {"t", "i", "c"});
   ASSERT_TRUE(tiny) << tiny.status().message();
-  check_plan(*tiny, "tiny", 100000);
+  ProjectCounts all = check_plan(*tiny, "tiny", 100000);
   for (const auto& [name, scale] :
        {std::pair<const char*, int64_t>{"demo-moe", 1}, {"deepseek-v3", 64}}) {
     const char* root = std::getenv("WC_SOURCE_DIR");  // the checkout, when run elsewhere
@@ -262,8 +273,13 @@ TEST(ProjectCuda, WholePlansMatchTheCpuReference) {
     auto in = spec::load_inputs(dir + "trainer.json", dir + "inference.json", dir + "topology.json",
                                 {scale});
     ASSERT_TRUE(in) << in.status().message();
-    check_plan(*in, name, 400);
+    const ProjectCounts c = check_plan(*in, name, 400);
+    all.fast += c.fast;
+    all.assembled += c.assembled;
   }
+  // Both paths ran: whole rows on the fast one, transposes and odd shapes assembled.
+  EXPECT_GT(all.fast, 0u);
+  EXPECT_GT(all.assembled, 0u);
 }
 
 }  // namespace

@@ -12,6 +12,11 @@
 
 namespace weightcast::exec {
 
+// How many projections of a call took the fast path (see project_cuda_batch) or were assembled.
+struct ProjectCounts {
+  uint64_t fast = 0, assembled = 0;
+};
+
 // `resolve` returns device pointers; `staging` is device memory; `scratch` is a device buffer
 // the call grows as needed (4 bytes per element of the largest box, on CUDA device `device`) and
 // may be reused. Kernels run on the calling thread's current device (cuda_use_device) and default
@@ -19,17 +24,21 @@ namespace weightcast::exec {
 // (copies wait for them) or cuda_sync().
 Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::Project& p,
                     const plan::InputResolver& resolve, std::byte* staging, uint64_t staging_size,
-                    Buffer& scratch, int device = 0);
+                    Buffer& scratch, int device = 0, ProjectCounts* counts = nullptr);
 
 // Several projections at once, each with the bytes project_cuda gives it, in fewer launches (one
 // assembly launch per 16 inputs, one conversion launch per 16 projections): at a small model's
 // sizes a step's projections cost their CUDA calls, not their bytes. `scratch` holds every one's
 // floats (4 bytes per element of all the boxes together). `resolve` is told which projection an
 // input belongs to (its part indexes that projection's dest param).
+// Projections whose inputs are whole rows of their box (untransposed, of one dtype, 16-byte
+// aligned: experts, fused concats along rows, most casts) take the fast path: each source byte
+// is read once, straight into the conversion, without the floats in `scratch`; `counts`, when
+// given, is told how many took each path.
 using BatchResolver = std::function<plan::Held(const plan::Project&, const plan::Project::Input&)>;
 Status project_cuda_batch(const spec::Inputs& in, const plan::Plan& plan,
                           std::span<const plan::Project* const> ps, const BatchResolver& resolve,
                           std::byte* staging, uint64_t staging_size, Buffer& scratch,
-                          int device = 0);
+                          int device = 0, ProjectCounts* counts = nullptr);
 
 }  // namespace weightcast::exec
