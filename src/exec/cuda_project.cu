@@ -1,6 +1,8 @@
 // CUDA projections (see cuda_project.h). The scalar conversions mirror core/dtype.cpp's integer
 // encoders exactly (no hardware FP8 intrinsics: their rounding of out-of-range values differs),
 // and divisions stay IEEE (no fast math), so results match the CPU reference bit for bit.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -194,7 +196,8 @@ __global__ void assemble_kernel(AssembleBatch b, float* x) {
 constexpr int kFastBatch = 16;
 constexpr int kTileCols = 128;  // 16 threads of 8 elements
 constexpr int kTileRows = 128;  // of a cast tile; a quantization tile is one block (<= 128 rows)
-constexpr int kPasses = kTileRows / (kThreads / 16);
+constexpr int kRowsPerPass = kThreads / 16;
+constexpr int kPasses = kTileRows / kRowsPerPass;
 
 struct FastBatch {
   kernels::FastJob job[kFastBatch];
@@ -210,45 +213,73 @@ struct Row8 {
 };
 
 template <DType T>
-__device__ Row8<T> load8(const void* p) {
+__device__ Row8<T> load8(const char* p) {
   Row8<T> r;
-  r.a = *static_cast<const uint4*>(p);
-  if constexpr (T == DType::kFP32) r.b = *(static_cast<const uint4*>(p) + 1);
+  r.a = *reinterpret_cast<const uint4*>(p);
+  if constexpr (T == DType::kFP32) r.b = *(reinterpret_cast<const uint4*>(p) + 1);
   return r;
 }
 
+__device__ uint32_t word(const uint4& q, int i) {
+  return i == 0 ? q.x : i == 1 ? q.y : i == 2 ? q.z : q.w;
+}
+
+// Value i of eight, as load() reads it (FP16 through the hardware, NaN made the reference's one
+// positive quiet NaN).
 template <DType T>
 __device__ float value8(const Row8<T>& r, int i) {
-  if constexpr (T == DType::kFP32) {
-    const uint4& q = i < 4 ? r.a : r.b;
-    const uint32_t w = (i & 3) == 0 ? q.x : (i & 3) == 1 ? q.y : (i & 3) == 2 ? q.z : q.w;
-    return __uint_as_float(w);
-  } else {
-    const uint32_t w = i < 2 ? r.a.x : i < 4 ? r.a.y : i < 6 ? r.a.z : r.a.w;
-    const uint16_t h = static_cast<uint16_t>((i & 1) ? w >> 16 : w & 0xffffu);
-    return load(&h, T, 0);
-  }
+  if constexpr (T == DType::kFP32) return __uint_as_float(word(i < 4 ? r.a : r.b, i & 3));
+  const uint32_t w = word(r.a, i >> 1);
+  const uint32_t h = (i & 1) ? w >> 16 : w & 0xffffu;
+  if constexpr (T == DType::kBF16) return __uint_as_float(h << 16);
+  const float f = __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+  return isnan(f) ? __uint_as_float(0x7fc00000u) : f;
 }
 
-// Two FP8 codes, the first in the low byte: the hardware's RNE conversion (saturating finite,
-// which is what to_fp8 does with infinities and out-of-range values too), NaN as to_fp8 writes it.
-__device__ uint32_t fp8x2(float a, float b, DType t) {
+// Two FP8 codes, the first in the low byte, by the hardware's RNE conversion; saturating to the
+// largest finite value is what to_fp8 does with infinities and out-of-range values too. NaNs
+// are not fixed here (see fp8x2_nan).
+__device__ uint32_t fp8x2_hw(float a, float b, DType t) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  uint32_t r = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE,
-                                        t == DType::kFP8E4M3 ? __NV_E4M3 : __NV_E5M2);
-  if (isnan(a)) r = (r & 0xff00u) | 0x7fu;
-  if (isnan(b)) r = (r & 0x00ffu) | 0x7f00u;
-  return r;
+  return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE,
+                                  t == DType::kFP8E4M3 ? __NV_E4M3 : __NV_E5M2);
 #else
   return to_fp8(a, t) | static_cast<uint32_t>(to_fp8(b, t)) << 8;
 #endif
 }
+// The same with NaN as to_fp8 writes it.
+__device__ uint32_t fp8x2_nan(float a, float b, DType t) {
+  uint32_t r = fp8x2_hw(a, b, t);
+  if (isnan(a)) r = (r & 0xff00u) | 0x7fu;
+  if (isnan(b)) r = (r & 0x00ffu) | 0x7f00u;
+  return r;
+}
 
-// Eight floats into `out` (element offset e, 8-element aligned) as `t`.
-__device__ void store8(void* out, int64_t e, DType t, const float (&f)[8]) {
+// Two 16-bit codes by the hardware's RNE conversion (to_bf16 / to_fp16 for finite values and
+// infinities; overflow to infinity as to_fp16), then NaN as the reference writes it.
+__device__ uint32_t half2_bits(float a, float b, DType t) {
+  uint32_t r;
+  if (t == DType::kBF16) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    r = *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(a, b);
+    r = *reinterpret_cast<const uint32_t*>(&v);
+  }
+  if (isnan(a) || isnan(b)) {
+    const uint32_t lo = t == DType::kBF16 ? to_bf16(a) : to_fp16(a);
+    const uint32_t hi = t == DType::kBF16 ? to_bf16(b) : to_fp16(b);
+    r = lo | hi << 16;
+  }
+  return r;
+}
+
+// Eight floats as `t` at `out` (8 elements aligned); `nan_free` when none of them is a NaN
+// (the FP8 codes need no fixing).
+__device__ void store8(char* out, DType t, const float (&f)[8], bool nan_free) {
   switch (t) {
     case DType::kFP32: {
-      float4* o = reinterpret_cast<float4*>(static_cast<float*>(out) + e);
+      float4* o = reinterpret_cast<float4*>(out);
       o[0] = make_float4(f[0], f[1], f[2], f[3]);
       o[1] = make_float4(f[4], f[5], f[6], f[7]);
       return;
@@ -256,29 +287,47 @@ __device__ void store8(void* out, int64_t e, DType t, const float (&f)[8]) {
     case DType::kBF16:
     case DType::kFP16: {
       uint32_t w[4];
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t lo = t == DType::kBF16 ? to_bf16(f[2 * i]) : to_fp16(f[2 * i]);
-        const uint32_t hi = t == DType::kBF16 ? to_bf16(f[2 * i + 1]) : to_fp16(f[2 * i + 1]);
-        w[i] = lo | hi << 16;
-      }
-      *reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + e) =
-          make_uint4(w[0], w[1], w[2], w[3]);
+      for (int i = 0; i < 4; ++i) w[i] = half2_bits(f[2 * i], f[2 * i + 1], t);
+      *reinterpret_cast<uint4*>(out) = make_uint4(w[0], w[1], w[2], w[3]);
       return;
     }
     default: {
       uint32_t w[2];
-      for (int i = 0; i < 2; ++i)
-        w[i] = fp8x2(f[4 * i], f[4 * i + 1], t) | fp8x2(f[4 * i + 2], f[4 * i + 3], t) << 16;
-      *reinterpret_cast<uint2*>(static_cast<uint8_t*>(out) + e) = make_uint2(w[0], w[1]);
+      if (nan_free) {
+        for (int i = 0; i < 2; ++i)
+          w[i] = fp8x2_hw(f[4 * i], f[4 * i + 1], t) | fp8x2_hw(f[4 * i + 2], f[4 * i + 3], t)
+                                                           << 16;
+      } else {
+        for (int i = 0; i < 2; ++i)
+          w[i] = fp8x2_nan(f[4 * i], f[4 * i + 1], t) | fp8x2_nan(f[4 * i + 2], f[4 * i + 3], t)
+                                                            << 16;
+      }
+      *reinterpret_cast<uint2*>(out) = make_uint2(w[0], w[1]);
     }
   }
+}
+
+// x / scale rounded to nearest even, as __fdiv_rn gives it, from the block's reciprocal `inv`
+// (itself rounded to nearest): q0 = x * inv is within an ulp of the quotient and inv within half
+// an ulp of 1 / scale, so one FMA correction with the exact remainder rounds correctly
+// (Markstein's theorem). The remainder is exact when no term is subnormal: callers keep scale in
+// [2^-80, FLT_MAX], so x is normal wherever the quotient reaches the FP8 range; the quotient of a
+// smaller x is far under FP8's smallest subnormal whatever its last bit, and copysign keeps the
+// sign of zeros.
+__device__ float div_by_scale(float x, float scale, float inv) {
+  const float q0 = x * inv;
+  const float r = fmaf(-q0, scale, x);
+  return copysignf(fmaf(r, inv, q0), x);
 }
 
 // One tile per thread block: rows [r0, r1) x columns [c0, c0 + 128) of matrix l of job k. Each
 // thread owns 8 columns of kPasses rows, loaded once into registers; a quantization tile is one
 // block, its absmax reduced over the thread block before the codes are written.
+// (Registers capped for three resident blocks a multiprocessor with 16-bit inputs: the loads of
+// other blocks hide each block's reduction; FP32 inputs need twice the registers.)
 template <DType T>
-__global__ void __launch_bounds__(kThreads) fast_kernel(const __grid_constant__ FastBatch b) {
+__global__ void __launch_bounds__(kThreads, T == DType::kFP32 ? 2 : 3)
+    fast_kernel(const __grid_constant__ FastBatch b) {
   int k = 0;
   while (k + 1 < b.n && static_cast<int64_t>(blockIdx.x) >= b.first[k + 1]) ++k;
   const kernels::FastJob& j = b.job[k];
@@ -309,27 +358,66 @@ __global__ void __launch_bounds__(kThreads) fast_kernel(const __grid_constant__ 
   __syncthreads();
   constexpr int esize = T == DType::kFP32 ? 4 : 2;
   const int g = threadIdx.x & 15, sub = threadIdx.x >> 4;
-  const int64_t c = jc * kTileCols + g * 8, r0 = ir * TR, r1 = min(R, r0 + TR);
+  const int64_t c = jc * kTileCols + g * 8, r0 = ir * TR + sub, r1 = min(R, ir * TR + TR);
   const bool col_ok = c < C;
+  // This thread's rows r0, r0 + 16, ...: one input holds them all when the tile lies in one.
+  const bool one = j.nin == 1 || (s_in[0] && j.in[0].lo[last] <= ir * TR && j.in[0].hi[last] >= r1);
+  const char* p0 =
+      static_cast<const char*>(j.in[0].src) + (s_off[0] + r0 * j.in[0].stride[last] + c) * esize;
+  const int64_t step = kRowsPerPass * j.in[0].stride[last] * esize;
+  const int osize = j.out_type == DType::kFP32                                 ? 4
+                    : j.out_type == DType::kBF16 || j.out_type == DType::kFP16 ? 2
+                                                                               : 1;
+  char* const o0 = static_cast<char*>(j.out) + ((l * R + r0) * C + c) * osize;
+  const int64_t ostep = kRowsPerPass * C * osize;
   Row8<T> v[kPasses];
-  bool ok[kPasses];
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) {
-    const int64_t r = r0 + sub + p * (kThreads / 16);
-    ok[p] = col_ok && r < r1;
-    if (!ok[p]) continue;
+    const int64_t r = r0 + p * kRowsPerPass;
+    if (!col_ok || r >= r1) continue;
+    if (one) {
+      v[p] = load8<T>(p0 + p * step);
+      continue;
+    }
     int in = 0;
     while (in + 1 < j.nin && !(s_in[in] && r >= j.in[in].lo[last] && r < j.in[in].hi[last])) ++in;
-    const int64_t e = s_off[in] + r * j.in[in].stride[last] + c;
-    v[p] = load8<T>(static_cast<const char*>(j.in[in].src) + e * esize);
+    v[p] = load8<T>(static_cast<const char*>(j.in[in].src) +
+                    (s_off[in] + r * j.in[in].stride[last] + c) * esize);
   }
-  float scale = 1.0f;
+  float scale = 1.0f, inv = 1.0f;
+  bool exact_div = true, nan_free = false;
   if (j.quant) {
+    // The absmax ignores NaNs (as fmaxf does). BF16: over the magnitudes' bits, two at a time; a
+    // NaN is a magnitude above infinity's, and then the block takes the float path.
     float amax = 0;
+    bool nan = false;
+    if constexpr (T == DType::kBF16) {
+      uint32_t m = 0;
 #pragma unroll
-    for (int p = 0; p < kPasses; ++p)
-      if (ok[p])
-        for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(value8<T>(v[p], i)));
+      for (int p = 0; p < kPasses; ++p)
+        if (col_ok && r0 + p * kRowsPerPass < r1)
+          for (int i = 0; i < 4; ++i) m = __vmaxu2(m, word(v[p].a, i) & 0x7fff7fffu);
+      m = max(m & 0xffffu, m >> 16);
+      nan = m > 0x7f80u;
+      amax = __uint_as_float(m << 16);
+    } else {
+#pragma unroll
+      for (int p = 0; p < kPasses; ++p)
+        if (col_ok && r0 + p * kRowsPerPass < r1)
+          for (int i = 0; i < 8; ++i) {
+            const float x = value8<T>(v[p], i);
+            amax = fmaxf(amax, fabsf(x));
+            nan = nan || isnan(x);
+          }
+    }
+    nan = __syncthreads_or(nan);
+    if (nan && T == DType::kBF16) {
+      amax = 0;
+#pragma unroll
+      for (int p = 0; p < kPasses; ++p)
+        if (col_ok && r0 + p * kRowsPerPass < r1)
+          for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(value8<T>(v[p], i)));
+    }
     for (int m = 16; m > 0; m /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
     __shared__ float red[kThreads / 32];
     if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = amax;
@@ -338,15 +426,29 @@ __global__ void __launch_bounds__(kThreads) fast_kernel(const __grid_constant__ 
     for (int w = 1; w < kThreads / 32; ++w) amax = fmaxf(amax, red[w]);
     scale = amax > 0 ? __fdiv_rn(amax, b.qmax[k]) : 1.0f;
     if (threadIdx.x == 0) j.scales[(l * nr + ir) * nc + jc] = scale;
+    // Quotients are finite, NaN-free FP8 codes straight from the hardware unless the block holds
+    // a NaN or an infinity or its scale is extreme: those blocks divide exactly and fix NaNs.
+    exact_div = nan || !(scale >= 0x1p-80f && scale <= 3.4028234e38f);
+    nan_free = !exact_div;
+    if (!exact_div) inv = __frcp_rn(scale);
   }
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) {
-    if (!ok[p]) continue;
+    if (!col_ok || r0 + p * kRowsPerPass >= r1) continue;
     float f[8];
-    for (int i = 0; i < 8; ++i)
-      f[i] = j.quant ? __fdiv_rn(value8<T>(v[p], i), scale) : value8<T>(v[p], i);
-    const int64_t r = r0 + sub + p * (kThreads / 16);
-    store8(j.out, (l * R + r) * C + c, j.out_type, f);
+    bool free = nan_free;
+    if (!j.quant) {
+      free = true;
+      for (int i = 0; i < 8; ++i) {
+        f[i] = value8<T>(v[p], i);
+        free = free && !isnan(f[i]);
+      }
+    } else if (exact_div) {
+      for (int i = 0; i < 8; ++i) f[i] = __fdiv_rn(value8<T>(v[p], i), scale);
+    } else {
+      for (int i = 0; i < 8; ++i) f[i] = div_by_scale(value8<T>(v[p], i), scale, inv);
+    }
+    store8(o0 + p * ostep, j.out_type, f, free);
   }
 }
 
