@@ -47,7 +47,9 @@ std::vector<std::byte> shard_bytes(size_t tensor, uint64_t bytes, int step) {
 // Every receiver's tensors after each step: [step][receiver][tensor] -> bytes.
 using Received = std::vector<std::vector<std::vector<std::vector<std::byte>>>>;
 
-// `staging`: the plan's staging watermark per sender (0: the planner's default).
+// `staging`: the plan's staging watermark per sender (0: the planner's default); kTight is the
+// tightest the demo's gathers allow (`weightcast plan --builtin demo-moe --staging-mb 1.75`).
+constexpr uint64_t kTight = 1792 << 10;
 api::JobConfig demo_job(double deadline_s, uint64_t staging = 0) {
   const std::string dir = source_dir() + "/configs/demo-moe";
   api::JobConfig job;
@@ -185,12 +187,13 @@ TEST(ApiCuda, DeviceShardsDeliverTheSameBytesAsHostShards) {
   expect_same(run_job(-1), run_job(0));
 }
 
-// A 512 KiB staging watermark: 10 gather phases, and a projection ring the GPU's batches wrap
-// around many times a step (a batch ends where the ring wraps; a slot is reused only once its
+// A 1.75 MiB staging watermark, the least the demo's largest gather phase (1 MiB) leaves room
+// in: 4 gather phases, and a 0.5 MiB projection ring the GPU's batches wrap around many times a
+// step (a batch ends where the ring wraps; a slot is reused only once its
 // writes completed). The bytes must be those of the roomy plan from host shards.
 TEST(ApiCuda, ATightStagingRingDeliversTheSameBytes) {
   if (!have_gpu()) GTEST_SKIP() << "no GPU here (scripts/gpu-tests.sh runs this on one)";
-  expect_same(run_job(-1), run_job(0, 512 << 10));
+  expect_same(run_job(-1), run_job(0, kTight));
 }
 
 // Receivers whose tensors are GPU memory, over tcp;ofi_rxm (no FI_HMEM): the writes land in a
@@ -212,7 +215,7 @@ TEST(ApiCuda, IpcWritesGpuToGpuTheSameBytes) {
   const Received host = run_job(-1);
   expect_same(host, run_job(0, 0, true, &modes, "ipc"));
   for (const std::string& m : modes) EXPECT_EQ(m, "gpu");
-  expect_same(host, run_job(0, 512 << 10, true, nullptr, "ipc"));
+  expect_same(host, run_job(0, kTight, true, nullptr, "ipc"));
   expect_same(host, run_job(-1, 0, true, nullptr, "ipc"));  // host shards to GPU tensors
 }
 
