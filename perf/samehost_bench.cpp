@@ -4,7 +4,7 @@
 // limit. perf/samehost.sh runs it beside the colocated torch baseline (perf/colocated_baseline.py)
 // and passes the baseline's GB/s in, so the ratios come from one run on one machine.
 //   samehost_bench [--model DIR] [--fsdp N] [--ep N] [--steps N] [--layers N] [--device cuda|host]
-//                  [--backend ipc|fabric] [--baseline-gbps X]
+//                  [--backend ipc|fabric] [--baseline-gbps X] [--no-in-place]
 // --layers N keeps the first N layers (a quick check on a small machine); --device host puts
 // both ends in host memory (the path this CPU-only machine can run).
 #include <sys/wait.h>
@@ -12,6 +12,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -37,6 +38,7 @@ struct Args {
   int fsdp = 4, ep = 2, steps = 3, layers = -1;
   std::string device = "cuda", backend = "ipc";
   double baseline_gbps = 0;
+  bool no_in_place = false;
 };
 
 [[noreturn]] void die(const std::string& m) {
@@ -156,8 +158,9 @@ void receiver(api::JobConfig job, uint32_t r, const Args& a) {
 }
 
 // What a sender answers per step: push seconds, shard bytes, then where the push's time went
-// (PushStats: ready, gather, projection, ring wait, drain, post) and its writes.
-constexpr int kReply = 9;
+// (PushStats: ready, gather, projection, ring wait, drain, post), its writes, and its
+// projections written in place (straight into the receivers' tensors).
+constexpr int kReply = 10;
 const char* const kParts[] = {"ready", "gather", "project", "ring", "drain", "post"};
 
 // Pushes each step when the driver says go (a byte on `go`), answers with its push seconds and
@@ -181,10 +184,16 @@ void sender(api::JobConfig job, uint32_t s, const Args& a, int go, int done) {
     if (read(go, &c, 1) != 1) die("driver gone");
     auto p = snd->push(static_cast<uint64_t>(step));
     if (!p) die(fmt::format("sender {} step {}: {}", s, step, p.status().message()));
-    const double v[kReply] = {
-        p->seconds,        static_cast<double>(held), p->ready_seconds,
-        p->gather_seconds, p->projection_seconds,     p->ring_wait_seconds,
-        p->drain_seconds,  p->post_seconds,           static_cast<double>(p->writes)};
+    const double v[kReply] = {p->seconds,
+                              static_cast<double>(held),
+                              p->ready_seconds,
+                              p->gather_seconds,
+                              p->projection_seconds,
+                              p->ring_wait_seconds,
+                              p->drain_seconds,
+                              p->post_seconds,
+                              static_cast<double>(p->writes),
+                              static_cast<double>(p->in_place_projections)};
     if (write(done, v, sizeof v) != sizeof v) die("driver gone");
   }
   _exit(0);
@@ -232,7 +241,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"cuda", "host"}));
   app.add_option("--backend", a.backend, "Transport")->check(CLI::IsMember({"ipc", "fabric"}));
   app.add_option("--baseline-gbps", a.baseline_gbps, "The colocated baseline's GB/s, for ratios");
+  app.add_flag("--no-in-place", a.no_in_place,
+               "Project into staging and copy (WEIGHTCAST_NO_IN_PLACE), not into the receivers' "
+               "tensors");
   CLI11_PARSE(app, argc, argv);
+  if (a.no_in_place) ::setenv("WEIGHTCAST_NO_IN_PLACE", "1", 1);  // read by the forked senders
   const std::string dir = std::filesystem::temp_directory_path() / "wc-samehost";
   std::filesystem::create_directories(dir);
   write_specs(a, dir);
@@ -276,7 +289,7 @@ int main(int argc, char** argv) {
     const double t0 = perf::now_s();
     for (int g : go)
       if (write(g, "g", 1) != 1) die("a sender is gone");
-    double bytes = 0, slowest = 0, most[6] = {}, writes = 0;
+    double bytes = 0, slowest = 0, most[6] = {}, writes = 0, in_place = 0;
     for (int d : done) {
       double v[kReply];
       if (read(d, v, sizeof v) != sizeof v) die("a sender died (its error is above)");
@@ -284,13 +297,15 @@ int main(int argc, char** argv) {
       bytes += v[1];
       for (int k = 0; k < 6; ++k) most[k] = std::max(most[k], v[2 + k]);
       writes += v[8];
+      in_place += v[9];
     }
     const double wall = perf::now_s() - t0;
     // Trainer bytes: what the trainers hold (each BF16 value sent once per step).
     const double gbps = bytes / wall / 1e9;
     std::printf("step %d: %.2f GB of trainer bytes in %.3f s (slowest push %.3f s): %.1f GB/s\n",
                 step, bytes / 1e9, wall, slowest, gbps);
-    std::printf("  %.0f writes; slowest sender's seconds in:", writes);
+    std::printf("  %.0f writes, %.0f projections in place; slowest sender's seconds in:", writes,
+                in_place);
     for (int k = 0; k < 6; ++k) std::printf(" %s %.3f", kParts[k], most[k]);
     std::printf("\n");
     std::fflush(stdout);

@@ -356,6 +356,7 @@ Result<PushStats> Sender::push(uint64_t step) {
   st.bytes = rep->bytes;
   st.writes = rep->writes;
   st.projections = rep->projects;
+  st.in_place_projections = rep->in_place;
   st.seconds = rep->total_s;
   st.projection_seconds = rep->project_s;
   st.post_seconds = rep->post_s;

@@ -421,6 +421,38 @@ class TrainerExecutor::Attempt {
 
   // From the device shards or the device copy of the gather buffer into device staging; then
   // the output (and scales) to the registered host staging, and one mark for the batch.
+  // The outputs of the batch's projections that go straight into their receivers' GPU tensors
+  // (TrainerExecutor::in_place_), once the receivers are ready: a kernel then writes the live
+  // weights. A tensor that cannot be mapped here (host memory, another device) is projected into
+  // staging and written as usual.
+  Status in_place_outputs(const std::vector<const plan::Project*>& batch,
+                          std::vector<ProjectOut>& outs) {
+    TrainerExecutor& x = ex_;
+    if (x.in_place_.empty()) return Status::ok();
+    for (size_t k = 0; k < batch.size(); ++k) {
+      const plan::Project& q = *batch[k];
+      const size_t id = static_cast<size_t>(&q - x.plan_.projects.data());
+      const TrainerExecutor::InPlace& ip = x.in_place_[id];
+      if (ip.out_base < 0) continue;
+      if (Status r = ready_.await(rep_.ready_s); !r) return r;
+      const uint32_t rc = x.plan_.dests[q.dest].receiver;
+      auto out = x.window(rc, q.dest);
+      if (!out) continue;
+      float* scales = nullptr;
+      if (q.scale_dest >= 0) {
+        auto sw = x.window(rc, static_cast<uint32_t>(q.scale_dest));
+        if (!sw) continue;
+        scales = reinterpret_cast<float*>(*sw + ip.scale_base);
+      }
+      if (outs.empty()) outs.resize(batch.size());
+      outs[k] = {*out + ip.out_base, scales};
+      if (in_place_now_.empty()) in_place_now_.assign(x.plan_.projects.size(), 0);
+      in_place_now_[id] = 1;
+      ++rep_.in_place;
+    }
+    return Status::ok();
+  }
+
   Status project_gpu(const std::vector<const plan::Project*>& batch, uint64_t lo, uint64_t hi,
                      uint64_t bhi, size_t last, int& mark) {
     TrainerExecutor& x = ex_;
@@ -438,8 +470,11 @@ class TrainerExecutor::Attempt {
       return {x.layout_.shards[it->second].box, d->second};
     };
     const plan::Project& p = *batch.front();
-    Status s = project_cuda_batch(x.in_, x.plan_, batch, dres, x.device_staging_.data(),
-                                  x.device_staging_.size(), x.scratch_, x.cuda_device_);
+    std::vector<ProjectOut> outs;
+    if (Status s = in_place_outputs(batch, outs); !s) return s;
+    Status s =
+        project_cuda_batch(x.in_, x.plan_, batch, dres, x.device_staging_.data(),
+                           x.device_staging_.size(), x.scratch_, x.cuda_device_, nullptr, outs);
     // Outputs and scales in one copy when the scales follow the output (as planned, and always
     // in a batch of several); else the scales in a copy of their own.
     const bool one = one_copy(p);
@@ -491,6 +526,8 @@ class TrainerExecutor::Attempt {
     g.dst_off = w.dst_off;
     g.len = w.len;
     g.has_imm = true;
+    g.in_place =
+        w.project >= 0 && !in_place_now_.empty() && in_place_now_[static_cast<size_t>(w.project)];
     (w.project >= 0 ? queue_.produced().back().writes : queue_.direct())
         .push_back({g, r, w.dest, static_cast<uint8_t>(w.phase)});
     rep_.bytes += w.len;
@@ -522,8 +559,9 @@ class TrainerExecutor::Attempt {
   WriteStage writes_;
   ProjectionQueue queue_;
   unsigned marks_ = 0;
-  int batch_mark_ = -1;    // the mark of the last batch of GPU projections queued, and
-  size_t batch_last_ = 0;  // the task index of its last projection
+  std::vector<char> in_place_now_;  // by project id: projected into its receiver's tensor
+  int batch_mark_ = -1;             // the mark of the last batch of GPU projections queued, and
+  size_t batch_last_ = 0;           // the task index of its last projection
 };
 
 Result<StepReport> TrainerExecutor::run_attempt(uint8_t gen, Clock::time_point deadline,

@@ -23,6 +23,59 @@ namespace weightcast::exec {
 using transport::GroupWrite;
 using transport::Imm;
 
+namespace {
+// Rank `rank`'s projections whose writes map their staging linearly onto their dest tensors:
+// output byte k of the projection lands at out_base + k of its dest, scale byte k at
+// scale_base + k of the scale tensor (then a kernel can write them there itself).
+std::vector<TrainerExecutor::InPlace> in_place_projections(const plan::Plan& plan, uint32_t rank) {
+  std::vector<TrainerExecutor::InPlace> at(plan.projects.size());
+  std::vector<bool> bad(plan.projects.size());
+  for (const plan::Write& w : plan.writes) {
+    if (w.sender != rank || w.project < 0) continue;
+    const auto k = static_cast<size_t>(w.project);
+    const plan::Project& p = plan.projects[k];
+    const bool scale = p.scale_dest >= 0 && w.dest == static_cast<uint32_t>(p.scale_dest);
+    if (!scale && w.dest != p.dest) {
+      bad[k] = true;
+      continue;
+    }
+    const uint64_t start = scale ? p.scale_off : p.staging_off;
+    if (w.src_off < start || w.dst_off < w.src_off - start) {
+      bad[k] = true;
+      continue;
+    }
+    const auto base = static_cast<int64_t>(w.dst_off - (w.src_off - start));
+    int64_t& b = scale ? at[k].scale_base : at[k].out_base;
+    if (b >= 0 && b != base) bad[k] = true;
+    b = base;
+  }
+  for (size_t k = 0; k < at.size(); ++k) {
+    const plan::Project& p = plan.projects[k];
+    if (bad[k] || p.sender != rank || at[k].out_base < 0 ||
+        (p.scale_dest >= 0) != (at[k].scale_base >= 0))
+      at[k] = {};
+  }
+  return at;
+}
+}  // namespace
+
+std::vector<TrainerExecutor::InPlace> TrainerExecutor::in_place_for_tests(const plan::Plan& plan,
+                                                                          uint32_t rank) {
+  return in_place_projections(plan, rank);
+}
+
+Result<std::byte*> TrainerExecutor::window(uint32_t receiver, uint32_t dest) {
+  const Target& t = receivers_.at(receiver);
+  auto [it, fresh] = windows_.try_emplace({receiver, dest});
+  Window& w = it->second;
+  if (!fresh && w.incarnation == t.incarnation)  // asked before: the answer stands
+    return w.base ? Result<std::byte*>(w.base) : Result<std::byte*>(w.why);
+  const transport::RemoteRegion& r = t.tensors.at(dest);
+  auto p = engine_->device_window(t.peer, r, 0, r.len);
+  w = {t.incarnation, p ? static_cast<std::byte*>(*p) : nullptr, p ? Status::ok() : p.status()};
+  return w.base ? Result<std::byte*>(w.base) : Result<std::byte*>(w.why);
+}
+
 Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
     const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
@@ -54,6 +107,9 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   // GPU shards on a transport that writes GPU memory (ipc, FI_HMEM, dma-buf): direct writes and
   // projection outputs go out from the GPU; only gather pieces come to the host.
   e->wire_gpu_ = device && e->engine_->caps().device_memory;
+  if (e->wire_gpu_ && e->engine_->caps().backend == "ipc" &&
+      !std::getenv("WEIGHTCAST_NO_IN_PLACE"))  // (the env: measure the staged path)
+    e->in_place_ = in_place_projections(plan, rank);
   for (const plan::Write& w : plan.writes)
     if (w.sender == rank && w.project < 0 && !e->wire_gpu_) e->host_read_.insert(w.src_param);
   for (const plan::Gather& g : plan.gathers)

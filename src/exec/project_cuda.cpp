@@ -146,7 +146,9 @@ bool as_fast(const std::vector<kernels::AssembleInput>& ins, const core::Shape& 
 Status project_cuda_batch(const spec::Inputs& in, const plan::Plan& plan,
                           std::span<const plan::Project* const> ps, const BatchResolver& resolve,
                           std::byte* staging, uint64_t staging_size, Buffer& scratch, int device,
-                          ProjectCounts* counts) {
+                          ProjectCounts* counts, std::span<const ProjectOut> outs) {
+  if (!outs.empty() && outs.size() != ps.size())
+    return invalid("project_cuda_batch: {} outputs for {} projections", outs.size(), ps.size());
   // Projections of whole rows read their sources once (the fast path); the others are
   // assembled into floats first.
   std::vector<kernels::AssembleInput> ins, one_ins;
@@ -161,6 +163,8 @@ Status project_cuda_batch(const spec::Inputs& in, const plan::Plan& plan,
     one_ins.clear();
     if (Status s = describe(in, plan, *ps[k], one, staging, staging_size, total, one_ins, job); !s)
       return s;
+    if (!outs.empty() && outs[k].out) job.out = outs[k].out;
+    if (!outs.empty() && outs[k].scales && job.quant) job.scales = outs[k].scales;
     if (kernels::FastJob f; as_fast(one_ins, ps[k]->box.extents(), total, job, f)) {
       fast.push_back(f);
       if (counts) ++counts->fast;

@@ -302,6 +302,7 @@ PYBIND11_MODULE(_native, m) {
       .def_readonly("bytes", &api::PushStats::bytes)
       .def_readonly("writes", &api::PushStats::writes)
       .def_readonly("projections", &api::PushStats::projections)
+      .def_readonly("in_place_projections", &api::PushStats::in_place_projections)
       .def_readonly("seconds", &api::PushStats::seconds)
       .def_readonly("projection_seconds", &api::PushStats::projection_seconds)
       .def_readonly("post_seconds", &api::PushStats::post_seconds)

@@ -81,6 +81,10 @@ class FaultDomain final : public Domain {
   }
   Status deregister(const LocalMr& mr) override { return real_->deregister(mr); }
 
+  Result<void*> device_window(PeerId peer, const RemoteKey& dst, uint64_t off,
+                              uint64_t len) override {
+    return real_->device_window(peer, dst, off, len);
+  }
   PostResult post(std::span<const WriteOp> ops) override {
     // The op that must fail, if it is in this call: the ones before it go out for real.
     size_t stop = ops.size();

@@ -57,6 +57,13 @@ Result<Region> ProgressEngine::register_memory(void* base, uint64_t len, MemKind
 Status ProgressEngine::deregister(const Region& r) {
   return call<Status>([&, this] { return group_->deregister(r); });
 }
+Result<void*> ProgressEngine::device_window(uint32_t peer, const RemoteRegion& dst, uint64_t off,
+                                            uint64_t len) {
+  return call<Result<void*>>([&, this]() -> Result<void*> {
+    if (dst.per_nic.empty()) return invalid("device window: the region has no keys");
+    return group_->nic(0).device_window(group_->nic_peer(peer, 0), dst.per_nic[0], off, len);
+  });
+}
 
 uint64_t ProgressEngine::submit(std::vector<GroupWrite> writes) {
   uint64_t id;
@@ -174,12 +181,13 @@ void ProgressEngine::shard_done(std::map<uint64_t, Batch>::iterator it, uint32_t
 // Stripes every write of a batch over the NICs; each shard carries the immediate.
 void ProgressEngine::queue_batch(uint64_t batch, const std::vector<GroupWrite>& writes) {
   for (const GroupWrite& w : writes) {
-    if (!within(w.src_off, w.len, w.src->len) || !within(w.dst_off, w.len, w.dst->len)) {
+    if ((!w.in_place && !within(w.src_off, w.len, w.src->len)) ||
+        !within(w.dst_off, w.len, w.dst->len)) {
       // Refused before any offset is composed (a wrapped sum could land inside the region).
       const std::string e = fmt::format(
           "a {} B write at source offset {} / destination offset {} runs past its regions "
           "({} B / {} B)",
-          w.len, w.src_off, w.dst_off, w.src->len, w.dst->len);
+          w.len, w.src_off, w.dst_off, w.src ? w.src->len : 0, w.dst->len);
       std::lock_guard<std::mutex> lk(batch_mu_);
       if (auto b = batches_.find(batch); b != batches_.end())
         for (size_t n = 0; n < nic_count_; ++n) shard_done(b, w.peer, &e);
@@ -191,8 +199,9 @@ void ProgressEngine::queue_batch(uint64_t batch, const std::vector<GroupWrite>& 
       // A shard longer than the NIC's largest message goes as several writes on one
       // connection; only the last carries the immediate, so the receiver's count is
       // unchanged. That is only sound where writes land in order (RC QPs, FI_ORDER_WAW).
-      const uint64_t pieces =
-          shards[n].len == 0 ? 1 : (shards[n].len + piece_max_[n] - 1) / piece_max_[n];
+      const uint64_t pieces = shards[n].len == 0 || w.in_place
+                                  ? 1
+                                  : (shards[n].len + piece_max_[n] - 1) / piece_max_[n];
       if (pieces > 1) {
         std::lock_guard<std::mutex> lk(batch_mu_);
         auto b = batches_.find(batch);
@@ -216,14 +225,15 @@ void ProgressEngine::queue_batch(uint64_t batch, const std::vector<GroupWrite>& 
         const uint64_t off = k * piece_max_[n];
         WriteOp op;
         op.id = next_shard_++;
-        op.src = &w.src->per_nic[n];
+        op.src = w.src ? &w.src->per_nic[n] : nullptr;
         op.src_off = w.src_off + shards[n].off + off;
         op.peer = group_->nic_peer(w.peer, n);
         op.dst = w.dst->per_nic[n];
         op.dst_off = w.dst_off + shards[n].off + off;
-        op.len = std::min(piece_max_[n], shards[n].len - off);
+        op.len = w.in_place ? shards[n].len : std::min(piece_max_[n], shards[n].len - off);
         op.has_imm = w.has_imm && k + 1 == pieces;
         op.imm = w.imm;
+        op.in_place = w.in_place;
         shard_batch_[op.id] = {batch, w.peer};
         pending_[n].push_back(op);
       }

@@ -5,6 +5,8 @@
 // itself without a GPU (CI); scripts/gpu-tests.sh runs it on one.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <thread>
@@ -77,7 +79,8 @@ api::JobConfig demo_job(double deadline_s, uint64_t staging = 0) {
 // `receivers_on_gpu`: the receivers' tensors are CUDA memory (read back after each step), and
 // `modes` gets what each receiver's WaitStats said.
 Received run_job(int cuda_device, uint64_t staging = 0, bool receivers_on_gpu = false,
-                 std::vector<std::string>* modes = nullptr, const std::string& backend = "fabric") {
+                 std::vector<std::string>* modes = nullptr, const std::string& backend = "fabric",
+                 uint64_t* in_place = nullptr) {
   api::JobConfig job = demo_job(60, staging);
   job.backend = backend;
   auto ctl = api::Controller::start(job);
@@ -149,12 +152,15 @@ Received run_job(int cuda_device, uint64_t staging = 0, bool receivers_on_gpu = 
       }
     }
     std::vector<std::thread> ts;
+    std::atomic<uint64_t> placed{0};
     for (auto& s : senders)
-      ts.emplace_back([&s, step] {
+      ts.emplace_back([&s, &placed, step] {
         auto r = s.push(static_cast<uint64_t>(step));
         EXPECT_TRUE(r) << r.status().message();
+        if (r) placed += r->in_place_projections;
       });
     for (auto& t : ts) t.join();
+    if (in_place) *in_place += placed;
   }
   for (auto& t : recv_threads) t.join();
   for (uint32_t r = 0; r < errors.size(); ++r) EXPECT_EQ(errors[r], "") << "receiver " << r;
@@ -208,14 +214,25 @@ TEST(ApiCuda, GpuReceiverTensorsGetTheSameBytesStaged) {
 
 // The same-host backend: trainer shards and projection outputs written from the GPU into the
 // receivers' GPU tensors through CUDA IPC (peers of one process here: the demo test runs it
-// between processes), nothing staged; and with a tight staging ring the GPU wraps.
+// between processes), nothing staged; and with a tight staging ring the GPU wraps. Projections
+// write straight into the receivers' tensors (in place), or, with WEIGHTCAST_NO_IN_PLACE, go
+// through staging and a copy: the same bytes either way.
 TEST(ApiCuda, IpcWritesGpuToGpuTheSameBytes) {
   if (!have_gpu()) GTEST_SKIP() << "no GPU here (scripts/gpu-tests.sh runs this on one)";
   std::vector<std::string> modes;
   const Received host = run_job(-1);
-  expect_same(host, run_job(0, 0, true, &modes, "ipc"));
+  uint64_t in_place = 0;
+  expect_same(host, run_job(0, 0, true, &modes, "ipc", &in_place));
   for (const std::string& m : modes) EXPECT_EQ(m, "gpu");
-  expect_same(host, run_job(0, kTight, true, nullptr, "ipc"));
+  EXPECT_GT(in_place, 0u) << "no projection was written in place";
+  ::setenv("WEIGHTCAST_NO_IN_PLACE", "1", 1);
+  in_place = 0;
+  expect_same(host, run_job(0, 0, true, nullptr, "ipc", &in_place));
+  ::unsetenv("WEIGHTCAST_NO_IN_PLACE");
+  EXPECT_EQ(in_place, 0u);
+  in_place = 0;
+  expect_same(host, run_job(0, kTight, true, nullptr, "ipc", &in_place));
+  EXPECT_GT(in_place, 0u);
   expect_same(host, run_job(-1, 0, true, nullptr, "ipc"));  // host shards to GPU tensors
 }
 

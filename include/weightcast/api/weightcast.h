@@ -84,6 +84,9 @@ struct PushStats {
   uint64_t bytes = 0, writes = 0, projections = 0;
   double seconds = 0, projection_seconds = 0;
   double post_seconds = 0;  // posting writes to the NICs (the per-step CPU cost of a bound plan)
+  // Projections whose kernels wrote straight into the receivers' GPU tensors (ipc backend, GPU
+  // shards): no staging, no copy; their writes carried only the immediates.
+  uint64_t in_place_projections = 0;
   // Where the step's time went (seconds, all within `seconds`): the first write waiting for the
   // receivers to be ready (gathers and projections run meanwhile), gathers, projections waiting
   // for staging slots, GPU shards copied to the host, and waiting for the last writes to

@@ -29,6 +29,7 @@ struct StepReport {
   double ring_wait_s = 0;        // projections waiting for writes to free their staging slot
   double mirror_s = 0;           // kCuda: shards copied to their host mirror
   double ready_s = 0;            // blocked on `ready` before the first write could go out
+  uint64_t in_place = 0;         // projections written straight into receivers' GPU tensors
   std::vector<double> nic_gbps;  // bytes this step posted on each NIC over the step's time
 };
 
@@ -208,6 +209,29 @@ class TrainerExecutor {
     uint32_t incarnation = 0;
   };
   std::map<uint32_t, Target> receivers_;
+
+ public:
+  // Projections written straight into the receivers' GPU tensors (in_place_): GPU shards on a
+  // backend that maps its peers' GPU memory (ipc). A projection qualifies when its writes map
+  // its staging range linearly onto one dest tensor (and its scales onto another): then its
+  // output lands at out_base of that tensor, its scales at scale_base, and its writes only carry
+  // the immediates. -1: it goes through staging. Indexed by project id.
+  struct InPlace {
+    int64_t out_base = -1, scale_base = -1;
+  };
+  static std::vector<InPlace> in_place_for_tests(const plan::Plan& plan, uint32_t rank);
+
+ private:
+  std::vector<InPlace> in_place_;
+  // A receiver's dest tensor as mapped here (a kernel's destination), per incarnation in use.
+  struct Window {
+    uint32_t incarnation = 0;
+    std::byte* base = nullptr;
+    Status why;  // when base is null
+  };
+  std::map<std::pair<uint32_t, uint32_t>, Window> windows_;
+  // Where dest tensor `dest` of `receiver` is mapped in this process, or why it is not.
+  Result<std::byte*> window(uint32_t receiver, uint32_t dest);
 };
 
 struct WaitReport {

@@ -17,6 +17,13 @@ struct ProjectCounts {
   uint64_t fast = 0, assembled = 0;
 };
 
+// Where a projection's output and scales go instead of their staging offsets (nullptr: staging):
+// device memory the caller's stream may write, e.g. a receiver's tensor mapped over CUDA IPC.
+struct ProjectOut {
+  std::byte* out = nullptr;
+  float* scales = nullptr;
+};
+
 // `resolve` returns device pointers; `staging` is device memory; `scratch` is a device buffer
 // the call grows as needed (4 bytes per element of the largest box, on CUDA device `device`) and
 // may be reused. Kernels run on the calling thread's current device (cuda_use_device) and default
@@ -34,11 +41,12 @@ Status project_cuda(const spec::Inputs& in, const plan::Plan& plan, const plan::
 // Projections whose inputs are whole rows of their box (untransposed, of one dtype, 16-byte
 // aligned: experts, fused concats along rows, most casts) take the fast path: each source byte
 // is read once, straight into the conversion, without the floats in `scratch`; `counts`, when
-// given, is told how many took each path.
+// given, is told how many took each path. `outs`, when given, has an entry per projection.
 using BatchResolver = std::function<plan::Held(const plan::Project&, const plan::Project::Input&)>;
 Status project_cuda_batch(const spec::Inputs& in, const plan::Plan& plan,
                           std::span<const plan::Project* const> ps, const BatchResolver& resolve,
                           std::byte* staging, uint64_t staging_size, Buffer& scratch,
-                          int device = 0, ProjectCounts* counts = nullptr);
+                          int device = 0, ProjectCounts* counts = nullptr,
+                          std::span<const ProjectOut> outs = {});
 
 }  // namespace weightcast::exec

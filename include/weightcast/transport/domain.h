@@ -60,6 +60,10 @@ struct WriteOp {
   uint64_t len = 0;
   bool has_imm = false;
   uint32_t imm = 0;
+  // The bytes are already at the destination (written through device_window() by the caller,
+  // and complete): only the immediate goes, after the connection's earlier writes landed. `src`
+  // is not read. Backends without device windows refuse it.
+  bool in_place = false;
 };
 
 struct Completion {
@@ -88,6 +92,15 @@ class Domain {
   virtual Result<LocalMr> register_memory(void* base, uint64_t len, MemKind kind) = 0;
   virtual Status deregister(const LocalMr& mr) = 0;
   virtual PostResult post(std::span<const WriteOp> ops) = 0;
+  // A pointer, in this process and on this domain's CUDA device, to [off, off + len) of the
+  // peer's registered GPU region `dst`, for kernels to write straight into (then an in_place
+  // write delivers its immediate). Only the ipc backend maps peers' GPU memory; others, host
+  // regions and regions on another device say why not.
+  virtual Result<void*> device_window(PeerId peer, const RemoteKey& dst, uint64_t off,
+                                      uint64_t len) {
+    (void)peer, (void)dst, (void)off, (void)len;
+    return invalid("the {} backend writes through its NICs: no device windows", caps().backend);
+  }
   // Completions into `out`. An error of the completion queue itself (not of one op) is an error
   // value; the caller reports it, since ops in flight on this NIC may never complete.
   virtual Result<size_t> poll(std::span<Completion> out) = 0;

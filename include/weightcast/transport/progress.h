@@ -31,6 +31,7 @@ struct GroupWrite {
   uint64_t len = 0;
   bool has_imm = false;
   uint32_t imm = 0;
+  bool in_place = false;  // WriteOp::in_place: the bytes are there already (src is not read)
 };
 
 struct ProgressStats {
@@ -60,6 +61,9 @@ class ProgressEngine {
   Result<uint32_t> connect(std::span<const uint8_t> peer_address);
   Result<Region> register_memory(void* base, uint64_t len, MemKind kind);
   Status deregister(const Region& r);
+  // Domain::device_window of NIC 0 on the group peer's region `dst`: where a kernel of this
+  // process writes [off, off + len) of it straight (then in_place writes carry the immediates).
+  Result<void*> device_window(uint32_t peer, const RemoteRegion& dst, uint64_t off, uint64_t len);
 
   // Queues writes (regions must stay registered until the batch completes); returns a batch id.
   uint64_t submit(std::vector<GroupWrite> writes);

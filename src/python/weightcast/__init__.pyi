@@ -50,6 +50,7 @@ class PushStats:
     bytes: int
     writes: int
     projections: int
+    in_place_projections: int  # written by their kernels straight into GPU receivers (ipc)
     seconds: float
     projection_seconds: float
     post_seconds: float

@@ -262,6 +262,10 @@ class FabricDomain final : public Domain {
         res.error = invalid("post: write {} names unknown peer {}", op.id, op.peer);
         return res;
       }
+      if (op.in_place) {
+        res.error = invalid("post: write {} is in place, which needs the ipc backend", op.id);
+        return res;
+      }
       // Overflow-safe: an offset near 2^64 must not wrap past the check.
       if (!within(op.src_off, op.len, op.src->len) || !within(op.dst_off, op.len, op.dst.len)) {
         res.error = invalid("post: write {} ({} bytes at src {} dst {}) runs past a region", op.id,

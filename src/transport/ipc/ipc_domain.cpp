@@ -222,6 +222,27 @@ class IpcDomain final : public Domain {
     return r;
   }
 
+  Result<void*> device_window(PeerId peer, const RemoteKey& dst, uint64_t off,
+                              uint64_t len) override {
+    if (peer >= peers_.size()) return invalid("ipc: a device window on unknown peer {}", peer);
+    Peer& p = peers_[peer];
+    if (peer_gone(p)) return gone(p);
+    auto t = target(p, dst.key);
+    if (!t) return t.status();
+    if (t->kind != SlotKind::kCuda)
+      return invalid("ipc: process {}'s region {:#x} is host memory: no device window", p.pid,
+                     dst.key);
+    if (!within(off, len, t->len))
+      return Status(Code::kRemote,
+                    fmt::format("ipc: a {} B window at offset {} runs past process {}'s region "
+                                "({} B)",
+                                len, off, p.pid, t->len));
+    if (p.pid != self_.pid && stream_ && t->device != stream_->device())
+      return invalid("ipc: process {}'s region is on device {}, mapped here on device {}", p.pid,
+                     t->device, stream_->device());
+    return static_cast<void*>(t->ptr + off);
+  }
+
   Result<size_t> poll(std::span<Completion> out) override {
     size_t n = 0;
     drain_lanes(out, n);
@@ -380,6 +401,7 @@ class IpcDomain final : public Domain {
   // One write, done now (host to host) or enqueued on the stream (`on_stream`).
   Status write(const WriteOp& op, bool& on_stream) {
     on_stream = false;
+    if (op.in_place) return in_place(op, on_stream);
     auto src = op.src ? local_.find(op.src->id) : local_.end();
     if (src == local_.end()) return invalid("ipc: write {} from an unregistered region", op.id);
     if (op.peer >= peers_.size())
@@ -435,6 +457,26 @@ class IpcDomain final : public Domain {
       remote.iov_base = static_cast<std::byte*>(remote.iov_base) + w;
       remote.iov_len -= static_cast<size_t>(w);
     }
+    return Status::ok();
+  }
+
+  // A write whose bytes a kernel already put through a device window: checked as a write is,
+  // and its immediate ordered behind the stream's earlier copies (a mark with no copy).
+  Status in_place(const WriteOp& op, bool& on_stream) {
+    if (op.peer >= peers_.size())
+      return invalid("ipc: write {} to unknown peer {}", op.id, op.peer);
+    Peer& p = peers_[op.peer];
+    if (peer_gone(p)) return gone(p);
+    auto t = target(p, op.dst.key);
+    if (!t) return t.status();
+    if (t->kind != SlotKind::kCuda)
+      return invalid("ipc: in-place write {} into host memory of process {}", op.id, p.pid);
+    if (!within(op.dst_off, op.len, t->len))
+      return Status(Code::kRemote,
+                    fmt::format("ipc: a {} B in-place write at offset {} runs past process {}'s "
+                                "region ({} B)",
+                                op.len, op.dst_off, p.pid, t->len));
+    on_stream = stream_ != nullptr;
     return Status::ok();
   }
 

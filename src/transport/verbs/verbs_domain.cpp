@@ -216,8 +216,16 @@ class VerbsDomain final : public Domain {
       size_t end = res.taken + 1;
       while (end < ops.size() && ops[end].peer == ops[res.taken].peer) ++end;
       for (size_t i = res.taken; i < end; ++i)  // overflow-safe, before any address is formed
-        if (!within(ops[i].src_off, ops[i].len, ops[i].src->len) ||
-            !within(ops[i].dst_off, ops[i].len, ops[i].dst.len)) {
+        if (ops[i].in_place) {
+          end = i;
+          if (end == res.taken) {
+            res.error =
+                invalid("post: write {} is in place, which needs the ipc backend", ops[i].id);
+            return res;
+          }
+          break;
+        } else if (!within(ops[i].src_off, ops[i].len, ops[i].src->len) ||
+                   !within(ops[i].dst_off, ops[i].len, ops[i].dst.len)) {
           end = i;
           if (end == res.taken) {
             res.error = invalid("post: write {} ({} bytes at src {} dst {}) runs past a region",

@@ -114,6 +114,57 @@ TEST(Ipc, AddressesOfOtherHostsAndOtherBackendsAreRefused) {
       << c.status().message();
 }
 
+// Device windows (a kernel writes a peer's GPU tensor itself, then an in-place write carries
+// the immediate) exist only for GPU regions of ipc peers: host regions, unknown peers and the
+// NIC backends say so, and an in-place write into host memory or past a region is refused.
+TEST(Ipc, DeviceWindowsAndInPlaceWritesNeedAPeersGpuRegion) {
+  auto a = open_ipc(), b = open_ipc();
+  ASSERT_TRUE(a && b);
+  std::vector<uint8_t> src(64), dst(4096, 0);
+  auto s = a->register_memory(src.data(), src.size(), MemKind::kHost);
+  auto d = b->register_memory(dst.data(), dst.size(), MemKind::kHost);
+  ASSERT_TRUE(s && d);
+  auto peer = a->connect(b->address());
+  ASSERT_TRUE(peer);
+  auto w = a->device_window(*peer, d->remote, 0, 16);
+  ASSERT_FALSE(w);
+  EXPECT_NE(w.status().message().find("is host memory: no device window"), std::string::npos)
+      << w.status().message();
+  EXPECT_NE(a->device_window(*peer + 7, d->remote, 0, 16).status().message().find("unknown peer"),
+            std::string::npos);
+  WriteOp op{1, nullptr, 0, *peer, d->remote, 0, 16, true, 0x1234};
+  op.in_place = true;
+  PostResult r = a->post({&op, 1});
+  EXPECT_EQ(r.taken, 0u);
+  EXPECT_NE(r.error.message().find("in-place write 1 into host memory"), std::string::npos)
+      << r.error.message();
+  // The NIC backends have no windows and refuse in-place writes by name.
+  DomainConfig fc;
+  fc.backend = "fabric";
+  fc.provider = "tcp";
+  fc.address = "127.0.0.1";
+  auto f = open_domain(fc);
+  ASSERT_TRUE(f) << f.status().message();
+  auto g = open_domain(fc);
+  ASSERT_TRUE(g) << g.status().message();
+  auto fs = (*f)->register_memory(src.data(), src.size(), MemKind::kHost);
+  auto fd = (*g)->register_memory(dst.data(), dst.size(), MemKind::kHost);
+  ASSERT_TRUE(fs && fd);
+  auto fp = (*f)->connect((*g)->address());
+  ASSERT_TRUE(fp) << fp.status().message();
+  EXPECT_NE((*f)->device_window(*fp, fd->remote, 0, 16)
+                .status()
+                .message()
+                .find("the fabric backend writes through its NICs"),
+            std::string::npos);
+  WriteOp fo{2, &*fs, 0, *fp, fd->remote, 0, 16, true, 0x1234};
+  fo.in_place = true;
+  PostResult fr = (*f)->post({&fo, 1});
+  EXPECT_EQ(fr.taken, 0u);
+  EXPECT_NE(fr.error.message().find("is in place, which needs the ipc backend"), std::string::npos)
+      << fr.error.message();
+}
+
 TEST(Ipc, ImmediatesWaitForAFullLaneInsteadOfBeingLost) {
   auto a = open_ipc(), b = open_ipc();
   ASSERT_TRUE(a && b);
