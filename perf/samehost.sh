@@ -6,6 +6,6 @@
 set -euo pipefail
 build="$1"; shift
 here="$(cd "$(dirname "$0")" && pwd)"
-base="$(python3 "$here/colocated_baseline.py" "$@" | tee /dev/stderr | awk '/^baseline: [0-9.]+ GB\/s/ {print $2}')"
+base="$(python3 "$here/colocated_baseline.py" "$@" | tee -a /dev/stderr | awk '/^baseline: [0-9.]+ GB\/s/ {print $2}')"
 [[ -n "$base" ]] || { echo "samehost.sh: the baseline printed no GB/s" >&2; exit 1; }
 "$build/perf/samehost_bench" --baseline-gbps "$base" "$@"
