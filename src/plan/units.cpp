@@ -94,8 +94,10 @@ struct TensorCutter {
   const spec::DestLocal& local;
   const std::vector<Piece>& pieces;
   const std::vector<int>& domain_of;  // trainer rank -> NVLink domain id
-  double nvlink_gbps;                 // slowest trainer GPU's, for gather estimates
-  Target base;                        // dest ids; boxes filled per unit
+  // The rate a gathered piece moves at, for the packing trade: the host collective sends pieces
+  // over the trainers' NICs (their ipc links when the plan costs ipc links), slowest GPU's.
+  double gather_gbps;
+  Target base;  // dest ids; boxes filled per unit
   Shape scale_shape;
 
   uint64_t esz() const { return core::dtype_size(dp.dtype); }
@@ -177,14 +179,14 @@ struct TensorCutter {
   }
 
   // Seconds a set of units costs beyond its bytes on the wire: fixed cost per write, plus per
-  // gathered piece its fixed cost and its NVLink time.
+  // gathered piece its fixed cost and its time on the collective's links.
   double overhead(const std::vector<const Unit*>& us) const {
     double t = 0;
     for (const Unit* u : us) {
       const auto [bytes, from_others] = gathered(*u);
       t += static_cast<double>(runs(*u)) * opts.write_cost_us * 1e-6 +
            static_cast<double>(from_others) * opts.gather_cost_us * 1e-6 +
-           static_cast<double>(bytes) * 8 / (nvlink_gbps * 1e9);
+           static_cast<double>(bytes) * 8 / (gather_gbps * 1e9);
     }
     return t;
   }
@@ -360,9 +362,12 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
     if (used[i]) L.holders[i] = holders_of(tparams[i], in.trainer.mesh);
   std::vector<int> domain_of;
   std::map<std::string, int> domain_ids;
-  double nvlink_gbps = 1e12;
-  for (const spec::Device& d : in.trainer.mesh.devices)
-    nvlink_gbps = std::min(nvlink_gbps, in.topology.find(d.host)->nvlink_gbps);
+  double gather_gbps = 1e12;
+  for (const spec::Device& d : in.trainer.mesh.devices) {
+    const auto* h = in.topology.find(d.host);
+    gather_gbps = std::min(
+        gather_gbps, opts.ipc_links ? h->nvlink_gbps : h->nic_gbps * std::max(h->nics_per_gpu, 1));
+  }
   for (const spec::Device& d : in.trainer.mesh.devices)
     domain_of.push_back(
         domain_ids.emplace(in.topology.find(d.host)->nvlink_domain, domain_ids.size())
@@ -447,7 +452,7 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
                 {static_cast<uint32_t>(lp.part), hi, to_dest(pb, lp, dp.concat_dim), *x});
           }
         }
-        TensorCutter tc{in, opts, L, dp, *local, pieces, domain_of, nvlink_gbps, base, ss};
+        TensorCutter tc{in, opts, L, dp, *local, pieces, domain_of, gather_gbps, base, ss};
         std::vector<Unit> units;
         if (dp.quant)
           tc.quantized(units);

@@ -73,7 +73,8 @@ TEST(Planner, PackingWeighsTheGatherCost) {
     EXPECT_TRUE(v) << v.status().message();
     return std::move(p).value();
   };
-  const Plan always = plan_at(0), never = plan_at(1e6), some = plan_at(2),
+  // (Gathered pieces cost NIC time as the host collective sends them: at 1 us a piece, some pack.)
+  const Plan always = plan_at(0), never = plan_at(1e6), some = plan_at(1),
              by_topology = plan_at(-1), twenty = plan_at(20);
   EXPECT_EQ(never.gathers.size(), 0u);  // demo-moe's shards fall on block boundaries
   EXPECT_GT(always.gathers.size(), some.gathers.size());
