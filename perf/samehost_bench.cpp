@@ -6,7 +6,10 @@
 //   samehost_bench [--model DIR] [--fsdp N] [--ep N] [--steps N] [--layers N] [--device cuda|host]
 //                  [--backend ipc|fabric] [--baseline-gbps X] [--no-in-place]
 // --layers N keeps the first N layers (a quick check on a small machine); --device host puts
-// both ends in host memory (the path this CPU-only machine can run).
+// both ends in host memory (the path this CPU-only machine can run). Layer 0's bytes are checked
+// exactly on every receiver after the last step (against plan::reference_tensor, from trainer
+// shards holding the verifier's pattern); the other layers carry random bytes and are only
+// checked to have landed (no tensor still all zeros).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,7 +24,11 @@
 
 #include "harness.h"
 #include "weightcast/api/weightcast.h"
+#include "weightcast/core/box.h"
+#include "weightcast/exec/binding.h"
 #include "weightcast/exec/memory.h"
+#include "weightcast/plan/planner.h"
+#include "weightcast/plan/verify.h"
 #include "weightcast/spec/generate.h"
 
 #if WEIGHTCAST_HAVE_CUDA
@@ -119,7 +126,19 @@ void fill(exec::Buffer& b, bool cuda, uint32_t seed) {
   }
 }
 
-void receiver(api::JobConfig job, uint32_t r, const Args& a) {
+// The layer whose bytes are checked exactly: its trainer shards hold the verifier's pattern
+// (plan::pattern_value of step 1, every step), the rest random bytes; every receiver compares
+// its tensors of this layer with plan::reference_tensor, built from the specs alone.
+constexpr const char* kChecked = ".layers.0.";
+bool checked(const std::string& name) { return name.find(kChecked) != std::string::npos; }
+
+// The job's inputs and plan as the benchmark's processes see them (loaded before they fork).
+struct Job {
+  spec::Inputs in;
+  plan::Plan plan;
+};
+
+void receiver(api::JobConfig job, uint32_t r, const Args& a, const Job& j) {
   auto rc = api::Receiver::create(job, r);
   if (!rc) die(rc.status().message());
   const auto infos = rc->tensors();
@@ -137,6 +156,36 @@ void receiver(api::JobConfig job, uint32_t r, const Args& a) {
       std::printf("receiver %u: %zu tensors, %.2f GB, mode %s, last wait %.3f s\n", r, infos.size(),
                   static_cast<double>(w->bytes) / 1e9, w->mode.c_str(), w->seconds);
   }
+  // The checked layer, byte for byte: tensors matched to the plan's dests by name and kind.
+  uint64_t exact = 0;
+  size_t tensors = 0;
+  for (const plan::DestTensor& dt : j.plan.dests) {
+    if (dt.receiver != r) continue;
+    const std::string& name = j.plan.dest_names[dt.param];
+    if (!checked(name)) continue;
+    size_t k = 0;
+    while (k < infos.size() && !(infos[k].name == name && infos[k].scales == dt.scale)) ++k;
+    if (k == infos.size()) die(fmt::format("receiver {}: no tensor {} to check", r, name));
+    const auto ref = plan::reference_tensor(j.in, dt, j.plan.receivers[r], 1);
+    std::vector<std::byte> got(infos[k].bytes);
+    std::byte* p = ar.buf.data() + ar.off[k];
+    if (a.device == "cuda") {
+      if (Status s = exec::copy_device_to_host(got.data(), p, got.size(), 0); !s) die(s.message());
+    } else {
+      std::memcpy(got.data(), p, got.size());
+    }
+    if (got != ref) {
+      size_t i = 0;
+      while (i < got.size() && i < ref.size() && got[i] == ref[i]) ++i;
+      die(fmt::format("receiver {}: tensor {}{} differs from the reference at byte {} of {}", r,
+                      name, dt.scale ? " (scales)" : "", i, ref.size()));
+    }
+    exact += got.size();
+    ++tensors;
+  }
+  if (tensors == 0) die(fmt::format("receiver {}: no tensor of the checked layer", r));
+  std::printf("receiver %u: %zu tensors of %s (%.2f GB) equal to the reference\n", r, tensors,
+              kChecked, static_cast<double>(exact) / 1e9);
   // Every tensor landed: none still holds only the zeros it was allocated with (its first 256 B).
   size_t empty = 0;
   std::vector<std::byte> head(kAlign);
@@ -149,7 +198,7 @@ void receiver(api::JobConfig job, uint32_t r, const Args& a) {
       std::memcpy(head.data(), p, n);
     }
     bool zero = true;
-    for (uint64_t j = 0; j < n; ++j) zero = zero && head[j] == std::byte{0};
+    for (uint64_t b = 0; b < n; ++b) zero = zero && head[b] == std::byte{0};
     empty += zero;
   }
   if (empty) die(fmt::format("receiver {}: {} tensors still all zeros", r, empty));
@@ -165,13 +214,37 @@ const char* const kParts[] = {"ready", "gather", "project", "ring", "drain", "po
 
 // Pushes each step when the driver says go (a byte on `go`), answers with its push seconds and
 // the bytes of the shards it holds.
-void sender(api::JobConfig job, uint32_t s, const Args& a, int go, int done) {
+void sender(api::JobConfig job, uint32_t s, const Args& a, int go, int done, const Job& j) {
   auto snd = api::Sender::create(job, s);
   if (!snd) die(snd.status().message());
   const auto infos = snd->tensors();
   const bool cuda = a.device == "cuda";
   Arena ar = allocate(infos, cuda);
   fill(ar.buf, cuda, 17 + s);
+  // The checked layer's shards: the verifier's pattern, element by element at its global index.
+  const exec::SenderLayout layout = exec::sender_layout(j.in, s);
+  for (size_t k = 0; k < infos.size(); ++k) {
+    if (!checked(infos[k].name)) continue;
+    const int param = j.in.trainer.index.at(infos[k].name);
+    const exec::ShardSlot& sl = layout.shards.at(layout.by_param.at(param));
+    const spec::Param& p = j.in.trainer.params[static_cast<size_t>(param)];
+    const uint64_t seed = plan::pattern_seed(p.name);
+    const size_t esz = core::dtype_size(p.dtype);
+    std::vector<std::byte> host(infos[k].bytes);
+    size_t e = 0;
+    core::for_each_run(p.shape, sl.box, [&](int64_t off, int64_t len) {
+      for (int64_t i = 0; i < len; ++i, ++e)
+        core::store_from_float(p.dtype, plan::pattern_value(seed, off + i, 1),
+                               host.data() + e * esz);
+    });
+    if (e * esz != host.size())
+      die(fmt::format("{}: shard of {} B, box of {} elements", p.name, host.size(), e));
+    std::byte* dst = ar.buf.data() + ar.off[k];
+    if (Status st = cuda ? exec::copy_host_to_device(dst, host.data(), host.size(), 0)
+                         : (std::memcpy(dst, host.data(), host.size()), Status::ok());
+        !st)
+      die(st.message());
+  }
   for (size_t k = 0; k < infos.size(); ++k)
     if (Status st = snd->register_tensor(infos[k].name, ar.buf.data() + ar.off[k], infos[k].bytes);
         !st)
@@ -257,6 +330,15 @@ int main(int argc, char** argv) {
   job.deadline_s = 60;
   auto ctl = api::Controller::start(job);
   if (!ctl) die(ctl.status().message());
+  Job j;
+  {
+    auto in = spec::load_inputs(job.trainer_spec, job.inference_spec, job.topology);
+    if (!in) die(in.status().message());
+    j.in = std::move(in).value();
+    auto p = plan::make_plan(j.in, {});
+    if (!p) die(p.status().message());
+    j.plan = std::move(p).value();
+  }
   std::printf("samehost: %s, FSDP%d -> one EP%d replica, %s memory over %s\n", a.model.c_str(),
               a.fsdp, a.ep, a.device.c_str(), a.backend.c_str());
   std::fflush(stdout);
@@ -267,7 +349,7 @@ int main(int argc, char** argv) {
     rj.token = ctl->peer_token("inference", r);
     rj.cuda_device = dev;
     const pid_t p = fork();
-    if (p == 0) receiver(rj, r, a);
+    if (p == 0) receiver(rj, r, a, j);
     kids.push_back(p);
   }
   std::vector<int> go(ctl->senders()), done(ctl->senders());
@@ -278,7 +360,7 @@ int main(int argc, char** argv) {
     sj.token = ctl->peer_token("trainer", s);
     sj.cuda_device = dev;
     const pid_t p = fork();
-    if (p == 0) sender(sj, s, a, g[0], d[1]);
+    if (p == 0) sender(sj, s, a, g[0], d[1], j);
     kids.push_back(p);
     go[s] = g[1];
     done[s] = d[0];
