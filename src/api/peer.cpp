@@ -86,8 +86,10 @@ std::vector<transport::DomainConfig> nics(const JobConfig& c, uint32_t slot, uin
   for (const auto& a : c.nics) {
     transport::DomainConfig d;
     d.backend = c.backend;
-    d.provider = c.backend == "verbs" ? a : c.provider;
-    d.address = c.backend == "verbs" ? "" : a;
+    const bool verbs = c.backend == "verbs" || c.backend == "hybrid:verbs";
+    d.provider = verbs ? a : c.provider;
+    d.address = verbs ? "" : a;
+    d.ipc_host = c.ipc_host;
     d.rank = slot;
     d.max_peers = std::max(d.max_peers, peers);
     d.universe = peers;

@@ -340,7 +340,8 @@ int run_worker(const WorkerOptions& w) {
   }
   auto in = load(w.demo);
   if (!in) return 2;
-  const api::JobConfig cfg = job_config(w.demo, w.rdv, token);
+  api::JobConfig cfg = job_config(w.demo, w.rdv, token);
+  if (w.demo.hosts > 1) cfg.ipc_host = fmt::format("demo-host-{}", w.index % w.demo.hosts);
   const auto colon = w.rdv.rfind(':');
   auto rdv = transport::RendezvousClient::connect(
       w.rdv.substr(0, colon), static_cast<uint16_t>(std::stoi(w.rdv.substr(colon + 1))), token,
@@ -397,6 +398,8 @@ struct Driver {
                                   o.provider,
                                   "--backend",
                                   o.backend,
+                                  "--hosts",
+                                  std::to_string(o.hosts),
                                   "--nic-list",
                                   o.nic_list,
                                   "--device",
@@ -506,16 +509,20 @@ int run_demo(const DemoOptions& o) {
   d.rdv = std::move(rdv).value();
   uint64_t moved = 0;
   for (const plan::Write& w : p->writes) moved += w.len;
+  const std::string over = o.backend == "verbs" ? "ibverbs RC"
+                           : o.backend == "ipc" ? "same-host ipc"
+                           : o.backend == "hybrid"
+                               ? fmt::format(
+                                     "hybrid links (ipc within a host, libfabric {} "
+                                     "between; {} posing host(s))",
+                                     o.provider, o.hosts)
+                               : "libfabric " + o.provider;
   std::printf(
       "demo: %zu trainer -> %zu inference processes over %s, %zu NIC(s) each (%s); plan %s: "
       "%zu writes and %zu gathers (host collective), %s per step\n",
-      S, R,
-      o.backend == "verbs" ? "ibverbs RC"
-      : o.backend == "ipc" ? "same-host ipc"
-                           : ("libfabric " + o.provider).c_str(),
-      nic_names(o).size(), fmt::format("{}", fmt::join(nic_names(o), ",")).c_str(),
-      p->inputs_digest.c_str(), p->writes.size(), p->gathers.size(),
-      plan::human_bytes(static_cast<double>(moved)).c_str());
+      S, R, over.c_str(), nic_names(o).size(),
+      fmt::format("{}", fmt::join(nic_names(o), ",")).c_str(), p->inputs_digest.c_str(),
+      p->writes.size(), p->gathers.size(), plan::human_bytes(static_cast<double>(moved)).c_str());
   std::fflush(stdout);
   std::vector<pid_t> trainers(S, -1), receivers(R, -1);
   for (size_t r = 0; r < R; ++r) receivers[r] = d.spawn("inference", r, 1);

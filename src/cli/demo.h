@@ -11,9 +11,12 @@ struct DemoOptions {
   int replicas = 1;
   int nics = 1;
   std::string provider = "tcp";
-  std::string backend = "fabric";  // fabric (libfabric) or verbs (ibverbs RC)
-  std::string nic_list;            // comma-separated local IPs (fabric) or RDMA devices (verbs)
-  std::string device = "host";     // where trainer shards live: host, or cuda (GPU projections)
+  std::string backend = "fabric";  // fabric (libfabric), verbs (ibverbs RC), ipc or hybrid
+  // hybrid: the processes pose as this many hosts to each other (trainer i and inference i on
+  // host i % hosts), so that some pairs link over ipc and the others over libfabric.
+  int hosts = 1;
+  std::string nic_list;         // comma-separated local IPs (fabric) or RDMA devices (verbs)
+  std::string device = "host";  // where trainer shards live: host, or cuda (GPU projections)
   std::string inference_device = "host";  // where inference tensors live: host, or cuda
   std::string staging = "auto";           // receivers: auto, always, never (JobConfig)
   double deadline_s = 60;

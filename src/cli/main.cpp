@@ -308,11 +308,19 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--provider", demo.provider, "libfabric provider")->capture_default_str();
   demo_cmd
       ->add_option("--backend", demo.backend,
-                   "Transport: fabric (libfabric), verbs (ibverbs RC), or ipc (peers of one host: "
+                   "Transport: fabric (libfabric), verbs (ibverbs RC), ipc (peers of one host: "
                    "CUDA IPC for GPU memory, process_vm_writev for host memory; --nics then "
-                   "counts links, not NICs)")
+                   "counts links, not NICs), or hybrid (peers of one host over ipc, others over "
+                   "libfabric; with --hosts the demo's processes pose as several hosts)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"fabric", "verbs", "ipc"}));
+      ->check(CLI::IsMember({"fabric", "verbs", "ipc", "hybrid"}));
+  demo_cmd
+      ->add_option("--hosts", demo.hosts,
+                   "With --backend hybrid: the processes pose as this many hosts to each other "
+                   "(trainer i and inference i on host i % N), so that pairs on one host link "
+                   "over ipc and the others over libfabric")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   demo_cmd
       ->add_option("--device", demo.device,
                    "Where trainer shards live: host, or cuda (shards in GPU memory, projections "
@@ -384,6 +392,7 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--nics", worker.demo.nics);
   worker_cmd->add_option("--provider", worker.demo.provider);
   worker_cmd->add_option("--backend", worker.demo.backend);
+  worker_cmd->add_option("--hosts", worker.demo.hosts);
   worker_cmd->add_option("--nic-list", worker.demo.nic_list);
   worker_cmd->add_option("--device", worker.demo.device);
   worker_cmd->add_option("--inference-device", worker.demo.inference_device);

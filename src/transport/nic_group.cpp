@@ -21,13 +21,14 @@ bool get64(std::span<const uint8_t> b, size_t& pos, uint64_t& v) {
 }  // namespace
 
 std::vector<uint8_t> RemoteRegion::serialize() const {
-  std::vector<uint8_t> b{'W', 'C', 'R', '1'};
+  std::vector<uint8_t> b{'W', 'C', 'R', '2'};
   put64(b, len);
   put64(b, per_nic.size());
   for (const RemoteKey& k : per_nic) {
     put64(b, k.addr);
     put64(b, k.key);
     put64(b, k.len);
+    put64(b, k.key2);
   }
   return b;
 }
@@ -36,12 +37,13 @@ Result<RemoteRegion> RemoteRegion::parse(std::span<const uint8_t> b) {
   RemoteRegion r;
   size_t pos = 4;
   uint64_t n = 0;
-  if (b.size() < 4 || std::memcmp(b.data(), "WCR1", 4) != 0 || !get64(b, pos, r.len) ||
+  if (b.size() < 4 || std::memcmp(b.data(), "WCR2", 4) != 0 || !get64(b, pos, r.len) ||
       !get64(b, pos, n) || n > 16)
     return invalid("bad remote region descriptor ({} bytes)", b.size());
   for (uint64_t i = 0; i < n; ++i) {
     RemoteKey k;
-    if (!get64(b, pos, k.addr) || !get64(b, pos, k.key) || !get64(b, pos, k.len) || k.len != r.len)
+    if (!get64(b, pos, k.addr) || !get64(b, pos, k.key) || !get64(b, pos, k.len) ||
+        !get64(b, pos, k.key2) || k.len != r.len)
       return invalid("bad remote region descriptor: NIC {} entry truncated or inconsistent", i);
     r.per_nic.push_back(k);
   }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end through `weightcast demo`: real trainer and inference processes over libfabric
 # tcp;ofi_rxm, every inference byte verified against the reference each step.
-#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|llama|soak|ipc_basic|
+#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|llama|soak|ipc_basic|hybrid_hosts|
 #                ipc_restart_then_kill
 set -u
 wc="$1"; what="$2"
@@ -77,6 +77,16 @@ PY
       >"$out" 2>&1; rc=$?
     expect "4 trainer -> 4 inference processes over same-host ipc"
     expect "^step 3/3: .* on 4 receivers verified"; expect "demo OK" ;;
+  hybrid_hosts)  # hybrid links: the processes pose as 2 hosts, so pairs of one host go over ipc
+    # and the others over libfabric, in one job; two replicas, 2 links each, then both drills
+    timeout 300 "$wc" demo --backend hybrid --hosts 2 --steps 4 --replicas 2 --nics 2 \
+      --restart-receiver-at-step 2 --kill-trainer-at-step 3 --deadline 5 --gather-cost-us 0 \
+      >"$out" 2>&1; rc=$?
+    expect "over hybrid links \(ipc within a host, libfabric tcp between; 2 posing host\(s\)\)"
+    expect "inference 0 killed after step 1 and restarted \(incarnation 1\)"
+    expect "trainer 0 died \(Killed\); restarting"
+    expect "^step 4/4: .*on 4 receivers verified"
+    expect "demo OK: 4 steps" ;;
   ipc_restart_then_kill)  # the same-host backend through the restart and kill drills: writers
     # take over the lanes of the dead, the new trainer maps the restarted receiver's memory
     timeout 300 "$wc" demo --backend ipc --steps 4 --restart-receiver-at-step 2 \

@@ -32,8 +32,14 @@ struct JobConfig {
   // "fabric" (libfabric `provider`; nics are local IP addresses), "verbs" (ibverbs RC; nics
   // are RDMA device names such as mlx5_0), or "ipc" (every peer on this host: GPU memory through
   // CUDA IPC, host memory through process_vm_writev; nics then only counts the links, one
-  // domain each, and every peer needs the same count).
+  // domain each, and every peer needs the same count), or "hybrid" ("hybrid:verbs"): each peer
+  // of this host over ipc, every other over libfabric (ibverbs), per link; a GPU tensor is
+  // written directly only where both can write it (else staged), and the plan costs every pair
+  // on the NICs (a conservative prediction).
   std::string backend = "fabric";
+  // Tests of the hybrid backend only: this process tells its ipc peers it is on host `ipc_host`,
+  // so that processes of one machine look like several hosts' (empty: the real host).
+  std::string ipc_host;
   std::vector<std::string> nics = {"127.0.0.1"};  // per NIC of this process
   double deadline_s = 60;                         // every wait fails after this long
   // A plan saved by `weightcast plan --json FILE` (optional): loaded instead of planned, refused if

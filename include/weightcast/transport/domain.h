@@ -33,6 +33,7 @@ struct RemoteKey {
   uint64_t addr = 0;  // base to which offsets are added (a VA, or 0 for offset addressing)
   uint64_t key = 0;
   uint64_t len = 0;
+  uint64_t key2 = 0;  // the hybrid backend: the region's ipc key (addr / key are the NIC's)
 };
 
 struct LocalMr {
@@ -107,16 +108,21 @@ class Domain {
 };
 
 struct DomainConfig {
-  std::string backend = "fabric";  // "fabric" or "verbs"
-  std::string provider = "tcp";    // libfabric provider name, or verbs device name
-  std::string address;             // local IP to bind (fabric), empty: the provider's default
-  int port = 1;                    // verbs
-  int gid_index = -1;              // verbs: -1 picks the first RoCE v2 IPv4 GID, else index 0
-  uint32_t rank = 0;               // verbs: this process's index among its peers (QP slot)
-  uint32_t max_peers = 16;         // verbs: RC QPs created up front, one per peer slot
+  // "fabric", "verbs", "ipc", or "hybrid" (peers of this host over ipc, the others over
+  // libfabric; "hybrid:verbs" over ibverbs)
+  std::string backend = "fabric";
+  std::string provider = "tcp";  // libfabric provider name, or verbs device name
+  std::string address;           // local IP to bind (fabric), empty: the provider's default
+  int port = 1;                  // verbs
+  int gid_index = -1;            // verbs: -1 picks the first RoCE v2 IPv4 GID, else index 0
+  uint32_t rank = 0;             // verbs: this process's index among its peers (QP slot)
+  uint32_t max_peers = 16;       // verbs: RC QPs created up front, one per peer slot
   uint32_t universe = 0;  // fabric: peers of the job (FI_UNIVERSE_SIZE unless set); 0: default
   uint64_t max_write = 16ull << 20;  // longer NIC shards go as several writes (also capped by
                                      // the provider's max_msg); the immediate rides the last
+  // ipc: tell peers this host is `ipc_host` (added to the real identity), so that processes of
+  // one machine look like two hosts' to each other. For tests of the hybrid backend only.
+  std::string ipc_host;
   // A fault-injecting layer over the real backend (transport/fault_domain.h), for tests:
   // e.g. "fail_post=7,hold_arrivals=3:2". Empty: none. WEIGHTCAST_FAULTS sets it too.
   std::string faults;

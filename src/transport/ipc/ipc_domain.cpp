@@ -100,8 +100,8 @@ class IpcDomain final : public Domain {
     while (r == 0)
       if (getrandom(&r, sizeof r, 0) != sizeof r) return Status(Code::kSystem, "getrandom failed");
     owner_tag_ = (static_cast<uint64_t>(getpid()) << 32) | r;
-    self_ = {ipc::host_identity(), static_cast<uint32_t>(getpid()), seg_.fd(),
-             seg_.get()->header.nonce};
+    self_ = {ipc::host_identity() + (ipc_host_.empty() ? "" : "/" + ipc_host_),
+             static_cast<uint32_t>(getpid()), seg_.fd(), seg_.get()->header.nonce};
     caps_.backend = "ipc";
     caps_.provider = ipc::cuda::built() ? "cuda-ipc+cma" : "cma";
     caps_.imm_bytes = 4;
@@ -115,6 +115,7 @@ class IpcDomain final : public Domain {
 
   const Capabilities& caps() const override { return caps_; }
   std::vector<uint8_t> address() const override { return encode(self_); }
+  void set_host(const std::string& h) { ipc_host_ = h; }
 
   Result<PeerId> connect(std::span<const uint8_t> peer_address) override {
     auto a = decode(peer_address);
@@ -505,6 +506,7 @@ class IpcDomain final : public Domain {
   Capabilities caps_;
   Segment seg_;
   Address self_;
+  std::string ipc_host_;
   uint64_t owner_tag_ = 0;
   uint32_t generation_ = 0;
   uint32_t next_slot_ = 0;
@@ -521,8 +523,11 @@ class IpcDomain final : public Domain {
 
 }  // namespace
 
-Result<std::unique_ptr<Domain>> open_ipc_domain(const DomainConfig&) {
+Result<std::unique_ptr<Domain>> open_ipc_domain(const DomainConfig& cfg) {
   auto d = std::make_unique<IpcDomain>();
+  if (cfg.ipc_host.find('|') != std::string::npos)
+    return invalid("ipc: a host name with '|' ('{}')", cfg.ipc_host);
+  d->set_host(cfg.ipc_host);
   if (Status s = d->open(); !s) return s;
   return std::unique_ptr<Domain>(std::move(d));
 }

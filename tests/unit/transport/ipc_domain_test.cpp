@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "weightcast/transport/domain.h"
+#include "weightcast/transport/nic_group.h"
 
 namespace weightcast::transport {
 namespace {
@@ -195,6 +196,103 @@ TEST(Ipc, ImmediatesWaitForAFullLaneInsteadOfBeingLost) {
   EXPECT_EQ(done + rest.size(), kWrites);
   ASSERT_EQ(got.size(), kWrites);
   for (size_t i = 0; i < kWrites; ++i) ASSERT_EQ(got[i], i);
+}
+
+}  // namespace
+}  // namespace weightcast::transport
+
+namespace weightcast::transport {
+namespace {
+
+std::unique_ptr<Domain> open_hybrid(const std::string& host) {
+  DomainConfig c;
+  c.backend = "hybrid";
+  c.provider = "tcp";
+  c.address = "127.0.0.1";
+  c.ipc_host = host;
+  auto d = open_domain(c);
+  EXPECT_TRUE(d) << d.status().message();
+  return d ? std::move(d).value() : nullptr;
+}
+
+// One hybrid address with part `which` (0: ipc, 1: NIC) replaced by junk: a connection that
+// still works never used that part.
+std::vector<uint8_t> spoil(const std::vector<uint8_t>& addr, size_t which) {
+  auto parts = unpack_addresses(addr);
+  EXPECT_TRUE(parts);
+  if (which == 0) {  // keep the host identity, break the segment's nonce
+    std::string a((*parts)[0].begin(), (*parts)[0].end());
+    a.back() = a.back() == '1' ? '2' : '1';
+    (*parts)[0].assign(a.begin(), a.end());
+  } else {
+    (*parts)[1].assign(16, 0xee);
+  }
+  return pack_addresses(*parts);
+}
+
+// The hybrid backend links a peer of this host over ipc and any other over libfabric: a write to
+// a same-host peer lands although the NIC part of its address is junk, one to another host's peer
+// although its ipc part is; both with their immediates; only the same-host peer has a device
+// window's answer from the ipc side.
+TEST(Hybrid, PeersOfThisHostGoOverIpcAndOthersOverTheNics) {
+  auto a = open_hybrid("host-a"), b = open_hybrid("host-a"), c = open_hybrid("host-c");
+  ASSERT_TRUE(a && b && c);
+  EXPECT_EQ(a->caps().backend, "hybrid");
+  std::vector<uint8_t> src(4096), to_b(4096, 0), to_c(4096, 0);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 13 + 5);
+  auto s = a->register_memory(src.data(), src.size(), MemKind::kHost);
+  auto db = b->register_memory(to_b.data(), to_b.size(), MemKind::kHost);
+  auto dc = c->register_memory(to_c.data(), to_c.size(), MemKind::kHost);
+  ASSERT_TRUE(s && db && dc);
+  EXPECT_NE(db->remote.key2, 0u);  // both keys travel
+  // (RemoteRegion keeps both through its descriptor.)
+  RemoteRegion rr{db->remote.len, {db->remote}};
+  auto back = RemoteRegion::parse(rr.serialize());
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->per_nic[0].key2, db->remote.key2);
+  auto pb = a->connect(spoil(b->address(), 1));
+  ASSERT_TRUE(pb) << pb.status().message();
+  auto pc = a->connect(spoil(c->address(), 0));
+  ASSERT_TRUE(pc) << pc.status().message();
+  EXPECT_NE(*pb, *pc);
+  // (C must know A too for libfabric's connection; the NIC side of A's address is real.)
+  ASSERT_TRUE(c->connect(a->address()));
+  const WriteOp ops[] = {{1, &*s, 0, *pb, db->remote, 100, 1000, true, 0xB0B},
+                         {2, &*s, 50, *pc, dc->remote, 300, 2000, true, 0xC0C}};
+  std::vector<Completion> done;
+  std::vector<uint32_t> got_b, got_c;
+  std::vector<Completion> cbuf(64);
+  size_t posted = 0;
+  for (int spins = 0;
+       (posted < 2 || done.size() < 2 || got_b.empty() || got_c.empty()) && spins < 2000000;
+       ++spins) {
+    if (posted < 2) {  // back-pressure (a NIC connection still forming) is retried, not an error
+      PostResult r = a->post(std::span<const WriteOp>(ops).subspan(posted));
+      ASSERT_TRUE(r.error.is_ok()) << r.error.message();
+      posted += r.taken;
+    }
+    auto n = a->poll(cbuf);
+    ASSERT_TRUE(n);
+    for (size_t i = 0; i < *n; ++i) {
+      EXPECT_NE(cbuf[i].kind, Completion::Kind::kError) << cbuf[i].status.message();
+      if (cbuf[i].kind == Completion::Kind::kWriteDone) done.push_back(cbuf[i]);
+    }
+    for (auto [d, got] : {std::pair{b.get(), &got_b}, std::pair{c.get(), &got_c}}) {
+      auto m = d->poll(cbuf);
+      ASSERT_TRUE(m);
+      for (size_t i = 0; i < *m; ++i)
+        if (cbuf[i].kind == Completion::Kind::kImm) got->push_back(cbuf[i].imm);
+    }
+  }
+  ASSERT_EQ(done.size(), 2u);
+  EXPECT_EQ(got_b, std::vector<uint32_t>{0xB0B});
+  EXPECT_EQ(got_c, std::vector<uint32_t>{0xC0C});
+  EXPECT_EQ(std::memcmp(to_b.data() + 100, src.data(), 1000), 0);
+  EXPECT_EQ(std::memcmp(to_c.data() + 300, src.data() + 50, 2000), 0);
+  EXPECT_NE(a->device_window(*pc, dc->remote, 0, 16).status().message().find("another host"),
+            std::string::npos);
+  EXPECT_NE(a->device_window(*pb, db->remote, 0, 16).status().message().find("host memory"),
+            std::string::npos);
 }
 
 }  // namespace
