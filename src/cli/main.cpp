@@ -128,6 +128,10 @@ struct PlanFlags {
                   "Plan for the ipc backend: every rank on one host, writes and gathers costed "
                   "on same-host GPU links at the host's nvlink_gbps instead of its NICs (a job "
                   "with JobConfig.backend ipc plans so)");
+    app->add_flag("--hybrid-links", defaults.hybrid_links,
+                  "Plan for the hybrid backend: pairs on one host costed on its ipc link at "
+                  "nvlink_gbps, the others on the NICs (a job with JobConfig.backend hybrid "
+                  "plans so)");
     app->add_flag("--intra-node-gathers-only", intra_node_only,
                   "Refuse plans that need a gather across NVLink domains (default: plan it, warn)");
   }

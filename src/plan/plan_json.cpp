@@ -51,10 +51,10 @@ std::string to_json(const Plan& p) {
   fmt::format_to(out,
                  "\"options\": {{\"max_write_bytes\": {}, \"staging_watermark\": {}, "
                  "\"intra_domain_gathers_only\": {}, \"write_cost_us\": {}, "
-                 "\"gather_cost_us\": {}, \"ipc_links\": {}}},\n",
+                 "\"gather_cost_us\": {}, \"ipc_links\": {}, \"hybrid_links\": {}}},\n",
                  p.options.max_write_bytes, p.options.staging_watermark,
                  p.options.intra_domain_gathers_only, p.options.write_cost_us,
-                 p.options.gather_cost_us, p.options.ipc_links);
+                 p.options.gather_cost_us, p.options.ipc_links, p.options.hybrid_links);
   if (!p.part_role.empty()) {
     fmt::format_to(out,
                    "\"part\": {{\"role\": {}, \"rank\": {}, \"dest_ids\": ", quoted(p.part_role),
@@ -243,6 +243,10 @@ Result<Plan> from_json(const std::string& text) {
     if (o.contains("ipc_links")) {  // (older plans lack it: NIC links)
       if (!o["ipc_links"].is_boolean()) bad("options.ipc_links", "expected true or false");
       p.options.ipc_links = o["ipc_links"].get<bool>();
+    }
+    if (o.contains("hybrid_links")) {  // (older plans lack it)
+      if (!o["hybrid_links"].is_boolean()) bad("options.hybrid_links", "expected true or false");
+      p.options.hybrid_links = o["hybrid_links"].get<bool>();
     }
     // The packing trade's costs: what the plan was made with (plans saved before they were
     // recorded lack them; they do not change how a plan runs).

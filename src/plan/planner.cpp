@@ -469,6 +469,8 @@ static Result<Plan> plan_unguarded(const spec::Inputs& in, const Options& option
       if (const spec::HostInfo* h = in.topology.find(d.host))
         opts.gather_cost_us = std::max(opts.gather_cost_us, h->gather_us);
   }
+  if (opts.ipc_links && opts.hybrid_links)
+    return invalid("ipc_links and hybrid_links are two backends' costings: pick one");
   if (opts.ipc_links) {  // the ipc backend reaches peers on its own host only
     const spec::Device* first = &in.trainer.mesh.devices.at(0);
     auto check = [&](const spec::Device& d, const char* side, size_t rank) -> Status {

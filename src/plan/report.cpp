@@ -39,6 +39,73 @@ Stats stats_of(const std::vector<double>& v) {
   return {*mn, std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size()), *mx};
 }
 
+namespace {
+// hybrid_links: writes between ranks of one host ride its ipc link (at nvlink_gbps), the others
+// their NIC (the one the plan picked); gather pieces stay inside a host, on the ipc links. Each
+// rank's ipc link and NICs run at once: a rank's time is its busiest link's.
+Summary summarize_hybrid(const Plan& p, Summary s, const std::vector<uint64_t>& gather_out) {
+  std::vector<double> s_ipc(p.senders.size()), r_ipc(p.receivers.size());
+  std::vector<std::vector<double>> s_nic(p.senders.size()), r_nic(p.receivers.size());
+  for (size_t i = 0; i < p.senders.size(); ++i)
+    s_nic[i].assign(std::max<size_t>(1, p.senders[i].nic_bytes.size()), 0);
+  for (size_t j = 0; j < p.receivers.size(); ++j)
+    r_nic[j].assign(std::max<size_t>(1, p.receivers[j].nic_bytes.size()), 0);
+  for (const Write& w : p.writes) {
+    const uint32_t rc = p.dests[w.dest].receiver;
+    const auto len = static_cast<double>(w.len);
+    if (p.senders[w.sender].host == p.receivers[rc].host) {
+      s_ipc[w.sender] += len;
+      r_ipc[rc] += len;
+      s.ipc_bytes += w.len;
+    } else {
+      s_nic[w.sender][std::min<size_t>(w.nic, s_nic[w.sender].size() - 1)] += len;
+      r_nic[rc][std::min<size_t>(w.dst_nic, r_nic[rc].size() - 1)] += len;
+    }
+  }
+  std::vector<double> sb, rb, snb, rnb;
+  double net = 0, gat = 0, floor = 0;
+  for (size_t i = 0; i < p.senders.size(); ++i) {
+    const Sender& x = p.senders[i];
+    const double link = x.nvlink_gbps * 1e9;
+    sb.push_back(static_cast<double>(x.bytes_out));
+    s.staging_peak = std::max(s.staging_peak, x.staging_gather + x.staging_ring);
+    s.staging_gather = std::max(s.staging_gather, x.staging_gather);
+    net = std::max(net, (s_ipc[i] + static_cast<double>(gather_out[i])) * 8 / link);
+    for (double n : s_nic[i]) {
+      net = std::max(net, n * 8 / (x.nic_gbps * 1e9));
+      snb.push_back(n);
+    }
+    gat = std::max(gat, static_cast<double>(x.gather_bytes_in) * 8 / link);
+    s.gather_out_bytes = std::max(s.gather_out_bytes, gather_out[i]);
+  }
+  for (size_t j = 0; j < p.receivers.size(); ++j) {
+    const Receiver& r = p.receivers[j];
+    rb.push_back(static_cast<double>(r.bytes_in));
+    // (A receiver's ipc link rate: its host's, as its senders on that host record it.)
+    double link = 0;
+    for (const Sender& x : p.senders)
+      if (x.host == r.host) link = std::max(link, x.nvlink_gbps * 1e9);
+    double t = link > 0 ? r_ipc[j] * 8 / link : 0;
+    for (double n : r_nic[j]) {
+      t = std::max(t, n * 8 / (r.nic_gbps * 1e9));
+      rnb.push_back(n);
+    }
+    net = std::max(net, t);
+    floor = std::max(floor, t);
+    for (uint32_t c : r.expected_imms) s.imms += c;
+  }
+  s.sender_bytes = stats_of(sb);
+  s.receiver_bytes = stats_of(rb);
+  s.sender_nic_bytes = stats_of(snb);
+  s.receiver_nic_bytes = stats_of(rnb);
+  s.network_s = net;
+  s.gather_s = gat;
+  s.predicted_s = std::max(net, gat);
+  s.ingress_floor_s = floor;
+  return s;
+}
+}  // namespace
+
 Summary summarize(const Plan& p) {
   Summary s;
   s.histogram.assign(kBuckets, 0);
@@ -81,6 +148,7 @@ Summary summarize(const Plan& p) {
   // Same-host ipc links: one GPU-to-GPU path per rank at the host's nvlink_gbps, whatever the
   // number of links the transport stripes over.
   const bool ipc = p.options.ipc_links;
+  if (p.options.hybrid_links) return summarize_hybrid(p, s, gather_out);
   const double ipc_gbps = p.senders.empty() ? 0 : p.senders[0].nvlink_gbps;
   std::vector<double> sb, rb, snb, rnb;
   double net = 0, gat = 0, floor = 0;
@@ -163,7 +231,9 @@ std::string report(const Plan& p, const std::string& title) {
   line(
       "gathers (host collective: one-sided writes into the root's registered buffer, over the "
       "trainers' {}; NCCL gathers are not built)",
-      p.options.ipc_links ? "ipc links" : "NICs");
+      p.options.ipc_links      ? "ipc links"
+      : p.options.hybrid_links ? "ipc links in a host"
+                               : "NICs");
   line("  count {}, bytes {}, most sent by one rank {}", s.gathers,
        human_bytes(static_cast<double>(s.gather_bytes)),
        human_bytes(static_cast<double>(s.gather_out_bytes)));
@@ -180,8 +250,13 @@ std::string report(const Plan& p, const std::string& title) {
       human_bytes(static_cast<double>(s.staging_peak)),
       human_bytes(static_cast<double>(p.options.staging_watermark)),
       human_bytes(static_cast<double>(s.staging_gather)));
-  const char* link = p.options.ipc_links ? "link" : "NIC";
-  if (p.options.ipc_links)
+  const char* link = p.options.ipc_links || p.options.hybrid_links ? "link" : "NIC";
+  if (p.options.hybrid_links)
+    line(
+        "time (links: same-host pairs over ipc at the host's nvlink_gbps, {} of the bytes; the "
+        "others on the NICs)",
+        human_bytes(static_cast<double>(s.ipc_bytes)));
+  else if (p.options.ipc_links)
     line("time (links: same-host ipc, {:g} Gb/s per GPU, the host's nvlink_gbps)",
          p.senders.empty() ? 0.0 : p.senders[0].nvlink_gbps);
   else
@@ -192,7 +267,10 @@ std::string report(const Plan& p, const std::string& title) {
        s.gather_s, link);
   line("  predicted              {:.3f} s", s.predicted_s);
   line("  ingress floor          {:.3f} s (busiest receiver's bytes / its {} rate)",
-       s.ingress_floor_s, p.options.ipc_links ? "ipc link's" : "NICs'");
+       s.ingress_floor_s,
+       p.options.ipc_links      ? "ipc link's"
+       : p.options.hybrid_links ? "ipc link's and NICs'"
+                                : "NICs'");
   line("  predicted / floor      {:.2f}x",
        s.ingress_floor_s > 0 ? s.predicted_s / s.ingress_floor_s : 0.0);
   return o;

@@ -34,8 +34,8 @@ struct JobConfig {
   // CUDA IPC, host memory through process_vm_writev; nics then only counts the links, one
   // domain each, and every peer needs the same count), or "hybrid" ("hybrid:verbs"): each peer
   // of this host over ipc, every other over libfabric (ibverbs), per link; a GPU tensor is
-  // written directly only where both can write it (else staged), and the plan costs every pair
-  // on the NICs (a conservative prediction).
+  // written directly only where both can write it (else staged); the plan costs each pair on
+  // its own link (Options::hybrid_links).
   std::string backend = "fabric";
   // Tests of the hybrid backend only: this process tells its ipc peers it is on host `ipc_host`,
   // so that processes of one machine look like several hosts' (empty: the real host).

@@ -28,6 +28,11 @@ struct Options {
   // process_vm_writev), costed at the hosts' nvlink_gbps instead of their NICs; every rank of
   // both sides must then be on one host.
   bool ipc_links = false;
+  // The hybrid backend: a trainer/inference pair (and a gather's member and root) on one host
+  // links over ipc, costed at the host's nvlink_gbps; pairs on different hosts use the NICs.
+  // Each side's ipc link and NICs run at once. (The planner's choice of senders does not prefer
+  // ipc pairs yet: only the costing knows them.)
+  bool hybrid_links = false;
   // A bound on what planning may cost: more writes than this is an error (not serialised).
   uint64_t max_writes = uint64_t{1} << 24;
 };

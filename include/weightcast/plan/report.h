@@ -21,6 +21,7 @@ struct Summary {
   uint64_t gather_out_bytes = 0;                  // most gather bytes one rank sends to its roots
   Stats sender_bytes, receiver_bytes, sender_nic_bytes, receiver_nic_bytes;
   double network_s = 0, gather_s = 0, predicted_s = 0, ingress_floor_s = 0;
+  uint64_t ipc_bytes = 0;           // hybrid_links: bytes of writes between ranks of one host
   std::vector<uint64_t> histogram;  // writes per size bucket, see bucket_label
   std::vector<std::pair<std::string, uint64_t>> small_writers;  // params with most writes < 4 KiB
 };

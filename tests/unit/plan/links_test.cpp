@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
@@ -111,6 +113,86 @@ TEST(Links, IpcPlansRefuseRanksOnOtherHosts) {
   EXPECT_EQ(p.status().message(),
             "ipc links join ranks of one host: inference rank 0 is on 'inf0', trainer rank 0 on "
             "'trn0' (use the fabric or verbs backend across hosts)");
+}
+
+// demo-moe on two hosts of 6 GPU slots: the 4 trainers and replica 0 on h0, replica 1 on h1.
+spec::Inputs two_hosts() {
+  const std::string dir = std::string(WC_SOURCE_DIR) + "/configs/demo-moe/";
+  auto read = [&](const char* f) { return nlohmann::json::parse(std::ifstream(dir + f)); };
+  nlohmann::json t = read("trainer.json"), i = read("inference.json"), c = read("topology.json");
+  t["mesh"]["devices"] = {{"host", "h{h}"}, {"gpus_per_host", 6}};
+  i["replicas"]["count"] = 2;
+  i["replicas"]["devices"] = {{"host", "h{h}"}, {"gpus_per_host", 6}, {"first_gpu", 4}};
+  nlohmann::json h = c["hosts"][0];
+  h["gpus"] = 6;
+  c["hosts"] = nlohmann::json::array();
+  for (const char* name : {"h0", "h1"}) {
+    h["name"] = name;
+    c["hosts"].push_back(h);
+  }
+  auto in = spec::make_inputs(t, i, c, {}, {"t", "i", "c"});
+  EXPECT_TRUE(in) << in.status().message();
+  return std::move(in).value();
+}
+
+// The hybrid backend's costing: a pair on one host rides its ipc link at nvlink_gbps, other
+// pairs their NICs, each rank's links at once. Computed here from the plan's writes.
+TEST(Links, HybridPlansCostEachPairOnItsOwnLink) {
+  const spec::Inputs in = two_hosts();
+  Options o;
+  o.hybrid_links = true;
+  auto p = make_plan(in, o);
+  ASSERT_TRUE(p) << p.status().message();
+  ASSERT_TRUE(verify_plan(in, *p));
+  ASSERT_EQ(p->receivers.size(), 4u);
+  std::vector<double> s_ipc(p->senders.size()), r_ipc(4), r_nic(4);
+  std::vector<std::vector<double>> s_nic(p->senders.size());
+  for (size_t k = 0; k < p->senders.size(); ++k) s_nic[k].assign(p->senders[k].nic_bytes.size(), 0);
+  uint64_t ipc = 0, total = 0;
+  for (const Write& w : p->writes) {
+    const uint32_t r = p->dests[w.dest].receiver;
+    total += w.len;
+    if (p->receivers[r].host == "h0") {  // the trainers' host
+      ipc += w.len;
+      s_ipc[w.sender] += static_cast<double>(w.len);
+      r_ipc[r] += static_cast<double>(w.len);
+    } else {
+      s_nic[w.sender][w.nic] += static_cast<double>(w.len);
+      r_nic[r] += static_cast<double>(w.len);  // one NIC a receiver here
+    }
+  }
+  ASSERT_GT(ipc, 0u);
+  ASSERT_LT(ipc, total);
+  const double link = in.topology.hosts[0].nvlink_gbps * 1e9,
+               nic = in.topology.hosts[0].nic_gbps * 1e9;
+  const std::vector<double> sent = pieces_sent(*p);
+  double net = 0, floor = 0;
+  for (size_t k = 0; k < p->senders.size(); ++k) {
+    net = std::max(net, (s_ipc[k] + sent[k]) * 8 / link);
+    for (double n : s_nic[k]) net = std::max(net, n * 8 / nic);
+  }
+  for (size_t r = 0; r < 4; ++r) {
+    const double t = std::max(r_ipc[r] * 8 / link, r_nic[r] * 8 / nic);
+    net = std::max(net, t);
+    floor = std::max(floor, t);
+  }
+  const Summary sum = summarize(*p);
+  EXPECT_EQ(sum.ipc_bytes, ipc);
+  EXPECT_DOUBLE_EQ(sum.network_s, net);
+  EXPECT_DOUBLE_EQ(sum.ingress_floor_s, floor);
+  // The same plan on NICs alone predicts no faster.
+  auto nics = make_plan(in, {});
+  ASSERT_TRUE(nics);
+  EXPECT_LE(sum.predicted_s, summarize(*nics).predicted_s);
+  EXPECT_NE(report(*p, "two hosts").find("time (links: same-host pairs over ipc"),
+            std::string::npos);
+  auto back = from_json(to_json(*p));
+  ASSERT_TRUE(back) << back.status().message();
+  EXPECT_TRUE(back->options.hybrid_links);
+  o.ipc_links = true;
+  auto both = make_plan(in, o);
+  ASSERT_FALSE(both);
+  EXPECT_NE(both.status().message().find("pick one"), std::string::npos);
 }
 
 }  // namespace
