@@ -50,6 +50,34 @@ struct Planner {
     });
   }
 
+  // hybrid_links: seconds each sender's ipc link and NICs carry so far. A unit goes to the
+  // holder that would finish it first on the link it would take (its receiver's host decides),
+  // so same-host pairs take what their faster link can.
+  std::vector<double> ipc_s, nic_s;
+  bool same_host(uint32_t s, const Unit& u) const {
+    return plan.senders[s].host == plan.receivers[plan.dests[u.target.dest].receiver].host;
+  }
+  double link_s(uint32_t s, const Unit& u) const {
+    const Sender& x = plan.senders[s];
+    return same_host(s, u) ? static_cast<double>(u.bytes) * 8 / (x.nvlink_gbps * 1e9)
+                           : static_cast<double>(u.bytes) * 8 / (x.nic_gbps * 1e9 * x.nics);
+  }
+  uint32_t fastest(const std::vector<uint32_t>& ranks, const Unit& u) const {
+    auto done = [&](uint32_t s) {
+      const double t = link_s(s, u);
+      return same_host(s, u) ? std::max(ipc_s[s] + t, nic_s[s]) : std::max(ipc_s[s], nic_s[s] + t);
+    };
+    return *std::min_element(ranks.begin(), ranks.end(), [&](uint32_t a, uint32_t b) {
+      const double da = done(a), db = done(b);
+      return da != db ? da < db : a < b;
+    });
+  }
+  void charge(uint32_t s, const Unit& u) {
+    load[s] += static_cast<double>(u.bytes);
+    if (!opts.hybrid_links) return;
+    (same_host(s, u) ? ipc_s : nic_s)[s] += link_s(s, u);
+  }
+
   const detail::Holders& holders(const Unit& u, const detail::Need& n) const {
     const int src = in.inference.params[plan.dests[u.target.dest].param].parts[n.part].src;
     return L.holders[src][n.holders];
@@ -97,7 +125,7 @@ struct Planner {
         continue;
       asg[v].extra.push_back(u.target);
       asg[ui].merged = true;
-      load[s] += static_cast<double>(u.bytes);
+      charge(s, u);
       return true;
     }
     return false;
@@ -111,8 +139,8 @@ struct Planner {
     if (!u.direct) produced[u.key].push_back(ui);
     const std::vector<uint32_t> all = common_holders(u);
     if (!all.empty()) {
-      a.sender = least_loaded(all);
-      load[a.sender] += static_cast<double>(u.bytes);
+      a.sender = opts.hybrid_links ? fastest(all, u) : least_loaded(all);
+      charge(a.sender, u);
       return Status::ok();
     }
     // A gather: the least-loaded root among the holders of a domain that holds every need.
@@ -138,7 +166,7 @@ struct Planner {
     }
     a.sender = least_loaded(roots);
     const std::string& root_dom = domain[a.sender];
-    load[a.sender] += static_cast<double>(u.bytes);
+    charge(a.sender, u);
     // One gather per part whose data the root does not fully hold.
     const auto& dp = in.inference.params[plan.dests[u.target.dest].param];
     auto holds = [&](const detail::Need& n, uint32_t r) {
@@ -493,6 +521,8 @@ static Result<Plan> plan_unguarded(const spec::Inputs& in, const Options& option
   Planner pl{in, opts, plan, detail::cut_units(in, opts, plan), {}, {}, {}};
   const auto S = static_cast<uint32_t>(in.trainer.mesh.size());
   pl.load.assign(S, 0.0);
+  pl.ipc_s.assign(S, 0.0);
+  pl.nic_s.assign(S, 0.0);
   for (uint32_t r = 0; r < S; ++r) {
     const spec::Device& d = in.trainer.mesh.devices[r];
     const spec::HostInfo* h = in.topology.find(d.host);

@@ -30,8 +30,9 @@ struct Options {
   bool ipc_links = false;
   // The hybrid backend: a trainer/inference pair (and a gather's member and root) on one host
   // links over ipc, costed at the host's nvlink_gbps; pairs on different hosts use the NICs.
-  // Each side's ipc link and NICs run at once. (The planner's choice of senders does not prefer
-  // ipc pairs yet: only the costing knows them.)
+  // Each side's ipc link and NICs run at once, and a unit several ranks hold goes to the holder
+  // that finishes it first on the link it would take (same-host holders win while their ipc
+  // link is less busy than a remote holder's NICs).
   bool hybrid_links = false;
   // A bound on what planning may cost: more writes than this is an error (not serialised).
   uint64_t max_writes = uint64_t{1} << 24;
