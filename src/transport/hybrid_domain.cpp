@@ -145,7 +145,7 @@ class HybridDomain final : public Domain {
     Domain* second = flip_ ? ipc_.get() : nic_.get();
     flip_ = !flip_;
     auto a = first->poll(out);
-    if (!a) return a;
+    if (!a || *a == out.size()) return a;
     auto b = second->poll(out.subspan(*a));
     if (!b) return b;
     return *a + *b;
