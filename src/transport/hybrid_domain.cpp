@@ -9,6 +9,9 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "fabric/fabric_domain.h"
+#include "ipc/ipc_domain.h"
+#include "verbs/verbs_domain.h"
 #include "weightcast/transport/nic_group.h"
 
 namespace weightcast::transport {
@@ -181,14 +184,13 @@ class HybridDomain final : public Domain {
 
 Result<std::unique_ptr<Domain>> open_hybrid_domain(const DomainConfig& cfg,
                                                    const std::string& nic_backend) {
+  // (The sides are opened bare: faults wrap the hybrid domain as a whole.)
   DomainConfig ic = cfg, nc = cfg;
   ic.backend = "ipc";
   nc.backend = nic_backend;
-  ic.faults.clear();  // (faults wrap the hybrid domain as a whole)
-  nc.faults.clear();
-  auto i = open_domain(ic);
+  auto i = open_ipc_domain(ic);
   if (!i) return i.status();
-  auto n = open_domain(nc);
+  auto n = nic_backend == "verbs" ? open_verbs_domain(nc) : open_fabric_domain(nc);
   if (!n) return n.status();
   return std::unique_ptr<Domain>(new HybridDomain(std::move(i).value(), std::move(n).value()));
 }
