@@ -40,6 +40,22 @@ Stats stats_of(const std::vector<double>& v) {
 }
 
 namespace {
+// The summary's last fields, from the per-rank byte lists and the link times both costings
+// compute: gathers of phase k+1 overlap the writes of phase k, so the slower of the two bounds
+// the step (the pieces a rank sends are already in its links' time).
+void finish(Summary& s, const std::vector<double>& sb, const std::vector<double>& rb,
+            const std::vector<double>& snb, const std::vector<double>& rnb, double net, double gat,
+            double floor) {
+  s.sender_bytes = stats_of(sb);
+  s.receiver_bytes = stats_of(rb);
+  s.sender_nic_bytes = stats_of(snb);
+  s.receiver_nic_bytes = stats_of(rnb);
+  s.network_s = net;
+  s.gather_s = gat;
+  s.predicted_s = std::max(net, gat);
+  s.ingress_floor_s = floor;
+}
+
 // hybrid_links: writes between ranks of one host ride its ipc link (at nvlink_gbps), the others
 // their NIC (the one the plan picked); gather pieces stay inside a host, on the ipc links. Each
 // rank's ipc link and NICs run at once: a rank's time is its busiest link's.
@@ -94,14 +110,7 @@ Summary summarize_hybrid(const Plan& p, Summary s, const std::vector<uint64_t>& 
     floor = std::max(floor, t);
     for (uint32_t c : r.expected_imms) s.imms += c;
   }
-  s.sender_bytes = stats_of(sb);
-  s.receiver_bytes = stats_of(rb);
-  s.sender_nic_bytes = stats_of(snb);
-  s.receiver_nic_bytes = stats_of(rnb);
-  s.network_s = net;
-  s.gather_s = gat;
-  s.predicted_s = std::max(net, gat);
-  s.ingress_floor_s = floor;
+  finish(s, sb, rb, snb, rnb, net, gat, floor);
   return s;
 }
 }  // namespace
@@ -182,16 +191,7 @@ Summary summarize(const Plan& p) {
     for (uint32_t c : r.expected_imms) s.imms += c;
     floor = std::max(floor, static_cast<double>(r.bytes_in) * 8 / (link * 1e9));
   }
-  s.sender_bytes = stats_of(sb);
-  s.receiver_bytes = stats_of(rb);
-  s.sender_nic_bytes = stats_of(snb);
-  s.receiver_nic_bytes = stats_of(rnb);
-  s.network_s = net;
-  s.gather_s = gat;
-  // Gathers of phase k+1 overlap the writes of phase k; the slower of the two bounds the step
-  // (the pieces a rank sends are already in its NICs' time).
-  s.predicted_s = std::max(net, gat);
-  s.ingress_floor_s = floor;
+  finish(s, sb, rb, snb, rnb, net, gat, floor);
   return s;
 }
 

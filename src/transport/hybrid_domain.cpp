@@ -41,7 +41,8 @@ class HybridDomain final : public Domain {
     caps_.virt_addr = b.virt_addr;
     caps_.ordered_writes = a.ordered_writes && b.ordered_writes;
     caps_.connect_both_ends = b.connect_both_ends;
-    self_ = std::string(ipc_identity(address_of(*ipc_)));
+    const std::vector<uint8_t> own = ipc_->address();
+    self_ = std::string(ipc_identity(own));
   }
 
   const Capabilities& caps() const override { return caps_; }
@@ -163,7 +164,6 @@ class HybridDomain final : public Domain {
   }
 
  private:
-  static std::vector<uint8_t> address_of(const Domain& d) { return d.address(); }
   struct Peer {
     bool local;
     PeerId inner;
