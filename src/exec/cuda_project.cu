@@ -320,12 +320,41 @@ __device__ float div_by_scale(float x, float scale, float inv) {
   return copysignf(fmaf(r, inv, q0), x);
 }
 
-// One tile per thread block: rows [r0, r1) x columns [c0, c0 + 128) of matrix l of job k. Each
-// thread owns 8 columns of kPasses rows, loaded once into registers; a quantization tile is one
-// block, its absmax reduced over the thread block before the codes are written.
-// (Registers capped for three resident blocks a multiprocessor with 16-bit inputs: the loads of
-// other blocks hide each block's reduction; FP32 inputs need twice the registers.)
+// Magnitude bits of value i of eight (sign cleared): for non-negative floats their order as
+// unsigned integers is the floats' order, with every NaN above infinity. 16-bit types two to a
+// word.
 template <DType T>
+__device__ uint32_t magnitudes(const Row8<T>& r, uint32_t m) {
+  if constexpr (T == DType::kFP32) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      m = max(m, max(word(r.a, i) & 0x7fffffffu, word(r.b, i) & 0x7fffffffu));
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m = __vmaxu2(m, word(r.a, i) & 0x7fff7fffu);
+  }
+  return m;
+}
+
+// The float whose magnitude bits are `m` (no NaN), and infinity's bits.
+template <DType T>
+__device__ float from_magnitude(uint32_t m) {
+  if constexpr (T == DType::kFP32) return __uint_as_float(m);
+  if constexpr (T == DType::kBF16) return __uint_as_float(m << 16);
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(m)));
+}
+template <DType T>
+constexpr uint32_t kInfBits = T == DType::kFP32   ? 0x7f800000u
+                              : T == DType::kBF16 ? 0x7f80u
+                                                  : 0x7c00u;
+
+// One tile per thread block: rows [r0, r1) x columns [c0, c0 + 128) of matrix l of job k. Each
+// thread owns 8 columns of up to kPasses rows, loaded once into registers; a quantization tile
+// is one block, its absmax reduced over the thread block before the codes are written.
+// (Registers capped for three resident blocks a multiprocessor with 16-bit inputs: the loads of
+// other blocks hide each block's reduction; FP32 inputs need twice the registers. Index
+// arithmetic is 32-bit where it can be: a 64-bit division costs a tile's worth of conversions.)
+template <DType T, bool Quant>
 __global__ void __launch_bounds__(kThreads, T == DType::kFP32 ? 2 : 3)
     fast_kernel(const __grid_constant__ FastBatch b) {
   int k = 0;
@@ -333,122 +362,150 @@ __global__ void __launch_bounds__(kThreads, T == DType::kFP32 ? 2 : 3)
   const kernels::FastJob& j = b.job[k];
   const int last = j.nd1 - 1;
   const int64_t R = j.ext[last], C = j.C;
-  const int64_t TR = j.quant ? j.block_rows : kTileRows;
-  const int64_t nr = (R + TR - 1) / TR, nc = (C + kTileCols - 1) / kTileCols;
-  int64_t t = blockIdx.x - b.first[k];
-  const int64_t jc = t % nc;
+  const int64_t TR = Quant ? j.block_rows : kTileRows;
+  // Tile counts and indices fit 32 bits (convert_fast refuses more than 2^31 - 1 tiles).
+  const uint32_t nr = static_cast<uint32_t>((R + TR - 1) / TR),
+                 nc = static_cast<uint32_t>((C + kTileCols - 1) / kTileCols);
+  uint32_t t = blockIdx.x - static_cast<uint32_t>(b.first[k]);
+  const uint32_t jc = t % nc;
   t /= nc;
-  const int64_t ir = t % nr, l = t / nr;
-  // Which inputs hold matrix l, and where its row 0 would be in each.
+  const uint32_t ir = t % nr, l = t / nr;
+  // Which inputs hold matrix l, and where its row 0 would be in each: input 0 in every thread
+  // (no barrier before the loads of a tile with one input), the others through shared memory.
   __shared__ int64_t s_off[kernels::kFastInputs];
   __shared__ bool s_in[kernels::kFastInputs];
-  if (threadIdx.x < j.nin) {
-    const kernels::FastInput& in = j.in[threadIdx.x];
-    int64_t rest = l, off = in.base;
-    bool inside = true;
+  auto locate = [&](int n, bool& inside) {
+    const kernels::FastInput& in = j.in[n];
+    uint32_t rest = l;
+    int64_t off = in.base;
+    inside = true;
     for (int d = last - 1; d >= 0; --d) {
-      const int64_t i = rest % j.ext[d];
-      rest /= j.ext[d];
+      // l < 2^31 - 1, so a longer extent leaves it whole.
+      const uint32_t e = static_cast<uint32_t>(j.ext[d] < 0x7fffffff ? j.ext[d] : 0x7fffffff);
+      const int64_t i = rest % e;
+      rest /= e;
       inside = inside && i >= in.lo[d] && i < in.hi[d];
       off += (i - in.lo[d]) * in.stride[d];
     }
-    s_in[threadIdx.x] = inside;
-    s_off[threadIdx.x] = off - in.lo[last] * in.stride[last];
+    return off - in.lo[last] * in.stride[last];
+  };
+  bool in0 = false;
+  const int64_t off0 = locate(0, in0);
+  if (j.nin > 1) {  // the same for the whole block
+    if (threadIdx.x < j.nin) {
+      bool inside = false;
+      s_off[threadIdx.x] = locate(static_cast<int>(threadIdx.x), inside);
+      s_in[threadIdx.x] = inside;
+    }
+    __syncthreads();
   }
-  __syncthreads();
   constexpr int esize = T == DType::kFP32 ? 4 : 2;
   const int g = threadIdx.x & 15, sub = threadIdx.x >> 4;
-  const int64_t c = jc * kTileCols + g * 8, r0 = ir * TR + sub, r1 = min(R, ir * TR + TR);
-  const bool col_ok = c < C;
-  // This thread's rows r0, r0 + 16, ...: one input holds them all when the tile lies in one.
-  const bool one = j.nin == 1 || (s_in[0] && j.in[0].lo[last] <= ir * TR && j.in[0].hi[last] >= r1);
+  const int64_t c = static_cast<int64_t>(jc) * kTileCols + g * 8,
+                r0 = static_cast<int64_t>(ir) * TR + sub, r1 = min(R, ir * TR + TR);
+  // This thread's rows are r0, r0 + 16, ...: np of them (none past the matrix's last column).
+  const int np =
+      c < C && r0 < r1 ? static_cast<int>((r1 - r0 + kRowsPerPass - 1) / kRowsPerPass) : 0;
+  // One input holds the whole tile: straight loads.
+  const bool one = j.nin == 1 || (in0 && j.in[0].lo[last] <= ir * TR && j.in[0].hi[last] >= r1);
   const char* p0 =
-      static_cast<const char*>(j.in[0].src) + (s_off[0] + r0 * j.in[0].stride[last] + c) * esize;
+      static_cast<const char*>(j.in[0].src) + (off0 + r0 * j.in[0].stride[last] + c) * esize;
   const int64_t step = kRowsPerPass * j.in[0].stride[last] * esize;
   const int osize = j.out_type == DType::kFP32                                 ? 4
                     : j.out_type == DType::kBF16 || j.out_type == DType::kFP16 ? 2
                                                                                : 1;
   char* const o0 = static_cast<char*>(j.out) + ((l * R + r0) * C + c) * osize;
   const int64_t ostep = kRowsPerPass * C * osize;
-  Row8<T> v[kPasses];
-#pragma unroll
-  for (int p = 0; p < kPasses; ++p) {
+  // Pass p's eight elements (p < np).
+  auto row = [&](int p) -> const char* {
+    if (one) return p0 + p * step;
     const int64_t r = r0 + p * kRowsPerPass;
-    if (!col_ok || r >= r1) continue;
-    if (one) {
-      v[p] = load8<T>(p0 + p * step);
-      continue;
-    }
     int in = 0;
     while (in + 1 < j.nin && !(s_in[in] && r >= j.in[in].lo[last] && r < j.in[in].hi[last])) ++in;
-    v[p] = load8<T>(static_cast<const char*>(j.in[in].src) +
-                    (s_off[in] + r * j.in[in].stride[last] + c) * esize);
+    return static_cast<const char*>(j.in[in].src) +
+           (s_off[in] + r * j.in[in].stride[last] + c) * esize;
+  };
+  Row8<T> v[kPasses];
+  if (one && np == kPasses) {
+#pragma unroll
+    for (int p = 0; p < kPasses; ++p) v[p] = load8<T>(p0 + p * step);
+  } else {
+#pragma unroll
+    for (int p = 0; p < kPasses; ++p)
+      if (p < np) v[p] = load8<T>(row(p));
   }
-  float scale = 1.0f, inv = 1.0f;
-  bool exact_div = true, nan_free = false;
-  if (j.quant) {
-    // The absmax ignores NaNs (as fmaxf does). BF16: over the magnitudes' bits, two at a time; a
-    // NaN is a magnitude above infinity's, and then the block takes the float path.
-    float amax = 0;
-    bool nan = false;
-    if constexpr (T == DType::kBF16) {
-      uint32_t m = 0;
+  if constexpr (!Quant) {
 #pragma unroll
-      for (int p = 0; p < kPasses; ++p)
-        if (col_ok && r0 + p * kRowsPerPass < r1)
-          for (int i = 0; i < 4; ++i) m = __vmaxu2(m, word(v[p].a, i) & 0x7fff7fffu);
-      m = max(m & 0xffffu, m >> 16);
-      nan = m > 0x7f80u;
-      amax = __uint_as_float(m << 16);
-    } else {
-#pragma unroll
-      for (int p = 0; p < kPasses; ++p)
-        if (col_ok && r0 + p * kRowsPerPass < r1)
-          for (int i = 0; i < 8; ++i) {
-            const float x = value8<T>(v[p], i);
-            amax = fmaxf(amax, fabsf(x));
-            nan = nan || isnan(x);
-          }
-    }
-    nan = __syncthreads_or(nan);
-    if (nan && T == DType::kBF16) {
-      amax = 0;
-#pragma unroll
-      for (int p = 0; p < kPasses; ++p)
-        if (col_ok && r0 + p * kRowsPerPass < r1)
-          for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(value8<T>(v[p], i)));
-    }
-    for (int m = 16; m > 0; m /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
-    __shared__ float red[kThreads / 32];
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = amax;
-    __syncthreads();
-    amax = red[0];
-    for (int w = 1; w < kThreads / 32; ++w) amax = fmaxf(amax, red[w]);
-    scale = amax > 0 ? __fdiv_rn(amax, b.qmax[k]) : 1.0f;
-    if (threadIdx.x == 0) j.scales[(l * nr + ir) * nc + jc] = scale;
-    // Quotients are finite, NaN-free FP8 codes straight from the hardware unless the block holds
-    // a NaN or an infinity or its scale is extreme: those blocks divide exactly and fix NaNs.
-    exact_div = nan || !(scale >= 0x1p-80f && scale <= 3.4028234e38f);
-    nan_free = !exact_div;
-    if (!exact_div) inv = __frcp_rn(scale);
-  }
-#pragma unroll
-  for (int p = 0; p < kPasses; ++p) {
-    if (!col_ok || r0 + p * kRowsPerPass >= r1) continue;
-    float f[8];
-    bool free = nan_free;
-    if (!j.quant) {
-      free = true;
+    for (int p = 0; p < kPasses; ++p) {
+      if (p >= np) continue;
+      float f[8];
+      bool free = true;
       for (int i = 0; i < 8; ++i) {
         f[i] = value8<T>(v[p], i);
         free = free && !isnan(f[i]);
       }
-    } else if (exact_div) {
-      for (int i = 0; i < 8; ++i) f[i] = __fdiv_rn(value8<T>(v[p], i), scale);
-    } else {
-      for (int i = 0; i < 8; ++i) f[i] = div_by_scale(value8<T>(v[p], i), scale, inv);
+      store8(o0 + p * ostep, j.out_type, f, free);
     }
-    store8(o0 + p * ostep, j.out_type, f, free);
+    return;
+  }
+  // The absmax ignores NaNs (as fmaxf does). It is reduced as magnitude bits, where a NaN is
+  // above infinity: a block that holds one takes a second, float reduction. The rare paths (that
+  // one, and the exact divisions) read their rows again rather than hold unrolled code: a lean
+  // kernel keeps the instruction cache for the common one.
+  __shared__ uint32_t red[kThreads / 32];
+  __shared__ float redf[kThreads / 32];
+  uint32_t m = 0;
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p)
+    if (p < np) m = magnitudes<T>(v[p], m);
+  if constexpr (T != DType::kFP32) m = max(m & 0xffffu, m >> 16);
+  m = __reduce_max_sync(0xffffffffu, m);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = m;
+  __syncthreads();
+  m = red[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; ++w) m = max(m, red[w]);
+  const bool nan = m > kInfBits<T>;
+  float amax = from_magnitude<T>(m);
+  if (nan) {  // the whole block is here
+    amax = 0;
+#pragma unroll 1
+    for (int p = 0; p < np; ++p) {
+      const Row8<T> r = load8<T>(row(p));
+      for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(value8<T>(r, i)));
+    }
+    for (int s = 16; s > 0; s /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, s));
+    if ((threadIdx.x & 31) == 0) redf[threadIdx.x / 32] = amax;
+    __syncthreads();
+    amax = redf[0];
+    for (int w = 1; w < kThreads / 32; ++w) amax = fmaxf(amax, redf[w]);
+  }
+  const float scale = amax > 0 ? __fdiv_rn(amax, b.qmax[k]) : 1.0f;
+  if (threadIdx.x == 0) j.scales[(static_cast<int64_t>(l) * nr + ir) * nc + jc] = scale;
+  const DType fp8 = j.out_type;
+  // Quotients are finite, NaN-free FP8 codes straight from the hardware unless the block holds
+  // a NaN or an infinity or its scale is extreme: those blocks divide exactly and fix NaNs.
+  if (nan || !(scale >= 0x1p-80f && scale <= 3.4028234e38f)) {
+#pragma unroll 1
+    for (int p = 0; p < np; ++p) {
+      const Row8<T> r = load8<T>(row(p));
+      float f[8];
+      for (int i = 0; i < 8; ++i) f[i] = __fdiv_rn(value8<T>(r, i), scale);
+      store8(o0 + p * ostep, fp8, f, false);
+    }
+    return;
+  }
+  const float inv = __frcp_rn(scale);
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    if (p >= np) continue;
+    uint32_t w[2];
+    for (int h = 0; h < 2; ++h) {
+      float f[4];
+      for (int i = 0; i < 4; ++i) f[i] = div_by_scale(value8<T>(v[p], 4 * h + i), scale, inv);
+      w[h] = fp8x2_hw(f[0], f[1], fp8) | fp8x2_hw(f[2], f[3], fp8) << 16;
+    }
+    *reinterpret_cast<uint2*>(o0 + p * ostep) = make_uint2(w[0], w[1]);
   }
 }
 
@@ -518,42 +575,51 @@ bool fast_eligible(const FastJob& j, const char** why) {
   return true;
 }
 
+template <DType T, bool Quant>
+Status launch_fast(const FastBatch& b) {
+  const int64_t blocks = b.first[b.n];
+  if (blocks > 0x7fffffff) return invalid("convert_fast: {} tiles is too many", blocks);
+  fast_kernel<T, Quant><<<static_cast<unsigned>(blocks), kThreads>>>(b);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
+    return cuda_err("fast_kernel launch", e);
+  return Status::ok();
+}
+
 Status convert_fast(const FastJob* jobs, int n) {
-  for (DType t : {DType::kBF16, DType::kFP16, DType::kFP32}) {
-    FastBatch b{};
-    auto launch = [&]() -> Status {
-      if (b.n == 0) return Status::ok();
-      const int64_t blocks = b.first[b.n];
-      if (blocks > 0x7fffffff) return invalid("convert_fast: {} tiles is too many", blocks);
-      if (t == DType::kBF16)
-        fast_kernel<DType::kBF16><<<static_cast<unsigned>(blocks), kThreads>>>(b);
-      else if (t == DType::kFP16)
-        fast_kernel<DType::kFP16><<<static_cast<unsigned>(blocks), kThreads>>>(b);
-      else
-        fast_kernel<DType::kFP32><<<static_cast<unsigned>(blocks), kThreads>>>(b);
-      if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
-        return cuda_err("fast_kernel launch", e);
-      b = FastBatch{};
-      return Status::ok();
-    };
-    for (int i = 0; i < n; ++i) {
-      const FastJob& j = jobs[i];
-      if (j.in_type != t) continue;
-      if (const char* why = nullptr; !fast_eligible(j, &why))
-        return invalid("convert_fast: job {} cannot run on the fast path ({})", i, why);
-      int64_t lead = 1;
-      for (int d = 0; d + 1 < j.nd1; ++d) lead *= j.ext[d];
-      const int64_t TR = j.quant ? j.block_rows : kTileRows;
-      const int64_t tiles =
-          lead * ((j.ext[j.nd1 - 1] + TR - 1) / TR) * ((j.C + kTileCols - 1) / kTileCols);
-      b.job[b.n] = j;
-      b.qmax[b.n] = j.quant ? core::quant_max(j.out_type) : 0.0f;
-      b.first[b.n + 1] = b.first[b.n] + tiles;
-      if (++b.n == kFastBatch)
-        if (Status s = launch(); !s) return s;
+  // One kernel for each input dtype, casts apart from quantizations (each kernel lean).
+  for (DType t : {DType::kBF16, DType::kFP16, DType::kFP32})
+    for (bool quant : {false, true}) {
+      FastBatch b{};
+      auto launch = [&]() -> Status {
+        if (b.n == 0) return Status::ok();
+        Status s = Status::ok();
+        if (t == DType::kBF16)
+          s = quant ? launch_fast<DType::kBF16, true>(b) : launch_fast<DType::kBF16, false>(b);
+        else if (t == DType::kFP16)
+          s = quant ? launch_fast<DType::kFP16, true>(b) : launch_fast<DType::kFP16, false>(b);
+        else
+          s = quant ? launch_fast<DType::kFP32, true>(b) : launch_fast<DType::kFP32, false>(b);
+        b = FastBatch{};
+        return s;
+      };
+      for (int i = 0; i < n; ++i) {
+        const FastJob& j = jobs[i];
+        if (j.in_type != t || j.quant != quant) continue;
+        if (const char* why = nullptr; !fast_eligible(j, &why))
+          return invalid("convert_fast: job {} cannot run on the fast path ({})", i, why);
+        int64_t lead = 1;
+        for (int d = 0; d + 1 < j.nd1; ++d) lead *= j.ext[d];
+        const int64_t TR = j.quant ? j.block_rows : kTileRows;
+        const int64_t tiles =
+            lead * ((j.ext[j.nd1 - 1] + TR - 1) / TR) * ((j.C + kTileCols - 1) / kTileCols);
+        b.job[b.n] = j;
+        b.qmax[b.n] = j.quant ? core::quant_max(j.out_type) : 0.0f;
+        b.first[b.n + 1] = b.first[b.n] + tiles;
+        if (++b.n == kFastBatch)
+          if (Status s = launch(); !s) return s;
+      }
+      if (Status s = launch(); !s) return s;
     }
-    if (Status s = launch(); !s) return s;
-  }
   return Status::ok();
 }
 

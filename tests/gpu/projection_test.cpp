@@ -127,6 +127,69 @@ TEST(CudaProjection, Fp8BlockQuantizationMatchesTheCpuBitForBit) {
       }
 }
 
+// The fast kernel's rare blocks, each a 128x128 tile of its own: a NaN (a second, float absmax),
+// an infinity and both together (exact division, NaNs written as the reference writes them),
+// scales under 2^-80 and subnormal inputs (exact division), all zeros (scale 1), and one at
+// exactly the FP8 range; the other tiles ordinary.
+TEST(CudaProjection, RareQuantizationBlocksMatchTheCpuBitForBit) {
+  if (!have_gpu()) GTEST_SKIP() << (cuda_built() ? "no GPU" : "built without CUDA");
+  const int64_t R = 256, C = 640, B = 128, nc = C / B;
+  const size_t n = static_cast<size_t>(R * C);
+  for (DType in : {DType::kBF16, DType::kFP16, DType::kFP32})
+    for (DType fp8 : {DType::kFP8E4M3, DType::kFP8E5M2}) {
+      std::mt19937 rng(5);
+      std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+      std::vector<float> x(n);
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t tile = (r / B) * nc + c / B;
+          float f = u(rng);
+          if (tile == 3) f *= 1e-30f;                     // scale far under 2^-80 (0 in FP16)
+          if (tile == 4) f = 0.0f;                        // scale 1
+          if (tile == 5) f *= 1e-38f;                     // subnormal inputs
+          if (tile == 6) f = (c % 2 ? -448.0f : 0.125f);  // amax exactly the E4M3 range
+          x[static_cast<size_t>(r * C + c)] = f;
+        }
+      auto at = [&](int64_t tile, int64_t r, int64_t c) -> float& {
+        return x[static_cast<size_t>(((tile / nc) * B + r) * C + (tile % nc) * B + c)];
+      };
+      at(0, 5, 7) = NAN;
+      at(1, 127, 127) = INFINITY;
+      at(2, 0, 0) = -INFINITY;
+      at(2, 64, 3) = NAN;
+      at(7, 1, 2) = NAN;
+      at(7, 1, 3) = -NAN;
+      std::vector<std::byte> src(n * core::dtype_size(in));
+      for (size_t i = 0; i < n; ++i)
+        core::store_from_float(in, x[i], src.data() + i * core::dtype_size(in));
+      for (size_t i = 0; i < n; ++i)  // what the reference sees: x as stored in `in`
+        x[i] = core::load_as_float(in, src.data() + i * core::dtype_size(in));
+      const size_t ns = static_cast<size_t>((R / B) * nc);
+      std::vector<std::byte> want(n), want_s(ns * 4);
+      plan::quantize_blocks_cpu(x.data(), 1, R, C, B, B, fp8, want.data(), want_s.data());
+      Buffer s = on_device(src);
+      auto o = Buffer::allocate(MemoryKind::kCuda, n);
+      auto sc_b = Buffer::allocate(MemoryKind::kCuda, want_s.size());
+      ASSERT_TRUE(o && sc_b);
+      ASSERT_TRUE(cuda_quantize_blocks(s.data(), in, 1, R, C, B, B, fp8, o->data(),
+                                       reinterpret_cast<float*>(sc_b->data())));
+      const auto got = to_host(*o, n);
+      for (size_t tile = 0; tile < ns; ++tile) {
+        size_t diff = 0;
+        for (int64_t r = 0; r < B; ++r)
+          for (int64_t c = 0; c < B; ++c) {
+            const size_t i = static_cast<size_t>(((static_cast<int64_t>(tile) / nc) * B + r) * C +
+                                                 (static_cast<int64_t>(tile) % nc) * B + c);
+            diff += got[i] != want[i];
+          }
+        EXPECT_EQ(diff, 0u) << "tile " << tile << " " << core::dtype_name(in) << " -> "
+                            << core::dtype_name(fp8);
+      }
+      EXPECT_EQ(to_host(*sc_b, want_s.size()), want_s)
+          << "scales " << core::dtype_name(in) << " -> " << core::dtype_name(fp8);
+    }
+}
+
 // Every projection of whole plans (the tiny specs: fused concat, transpose + cast, FP8; the demo
 // MoE; DeepSeek-V3 scaled), run by project_cuda from device copies of the trainer params and by
 // project_cpu from host copies: the staged bytes (and scales) must be identical.
