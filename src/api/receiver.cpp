@@ -123,9 +123,9 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
     return invalid("receiver {}: wait({}) before publish(): register every tensor, then publish()",
                    m.index, step);
   const auto deadline = in_s(m.job->cfg.deadline_s);
-  // Transports whose targets connect too (verbs): to every sender as it runs now, before
-  // arming (a no-op once connected, and on libfabric).
-  if (m.rc->connects_both_ends()) {
+  // Transports whose targets connect too (verbs), and split tensors (hybrid): to every sender
+  // as it runs now, before arming (a no-op once connected, and on libfabric).
+  if (m.rc->watches_senders()) {
     auto inc = incarnations_of(*m.rdv, "trainer", m.senders, deadline,
                                fmt::format("receiver {}", m.index));
     if (!inc) return inc.status();

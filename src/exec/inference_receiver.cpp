@@ -108,7 +108,12 @@ Status InferenceReceiver::stage_tensor(uint32_t d, void* data, uint64_t bytes, b
       copy_queue_created_ = true;
     }
   }
-  auto reg = engine_->register_memory(buf->data(), bytes, transport::MemKind::kHost);
+  // On the hybrid backend, same-host senders write the tensor itself.
+  const bool split = engine_->caps().split_regions;
+  auto reg = split ? engine_->register_split(
+                         data, cuda ? transport::MemKind::kCuda : transport::MemKind::kHost,
+                         buf->data(), bytes)
+                   : engine_->register_memory(buf->data(), bytes, transport::MemKind::kHost);
   if (!reg)
     return Status(reg.status().code(),
                   fmt::format("bind_tensor('{}'): staging area: {}", name, reg.status().message()));
@@ -117,7 +122,10 @@ Status InferenceReceiver::stage_tensor(uint32_t d, void* data, uint64_t bytes, b
   st.target = static_cast<std::byte*>(data);
   st.landing = std::move(buf).value();
   st.cuda = cuda;
-  bound_[d] = {st.landing.data(), &regions_.back()};
+  st.split = split;
+  split_ = split_ || split;
+  if (split) (cuda ? direct_gpu_ : direct_host_) = true;
+  bound_[d] = {static_cast<std::byte*>(data), &regions_.back()};
   bound_off_[d] = 0;
   return Status::ok();
 }
@@ -214,7 +222,7 @@ void InferenceReceiver::begin(uint8_t generation) { counters_.begin_generation(g
 
 Status InferenceReceiver::connect_senders(std::span<const uint32_t> incarnations,
                                           Clock::time_point deadline) {
-  if (!both_ends_) return Status::ok();
+  if (!watches_senders()) return Status::ok();
   for (auto& [s, connected] : senders_) {
     const uint32_t inc = s < incarnations.size() ? incarnations[s] : 0;
     if (connected == static_cast<int64_t>(inc)) continue;
@@ -222,8 +230,11 @@ Status InferenceReceiver::connect_senders(std::span<const uint32_t> incarnations
     if (!addr)
       return Status(addr.status().code(), fmt::format("receiver {}: sender {}: {}", receiver_, s,
                                                       addr.status().message()));
-    auto peer = engine_->connect(*addr);
-    if (!peer) return peer.status();
+    if (both_ends_) {
+      auto peer = engine_->connect(*addr);
+      if (!peer) return peer.status();
+    }
+    if (split_) direct_[s] = engine_->writes_direct(*addr);
     connected = inc;
   }
   return Status::ok();
@@ -247,6 +258,16 @@ Result<WaitReport> InferenceReceiver::wait(uint8_t step, Clock::time_point deadl
       auto g = counters_.wait_any(step, groups_, done, deadline);
       if (!g) return named(g.status());
       last = Clock::now();
+      if (split_) {  // a direct writer wrote the split tensors themselves
+        const uint16_t sender = groups_[*g].front().sender;
+        auto d = direct_.find(sender);
+        if (d == direct_.end())
+          return named(
+              invalid("split tensors, and sender {}'s link unknown: connect_senders() "
+                      "first",
+                      sender));
+        if (d->second) continue;
+      }
       if (Status c = copy_group(*g); !c) return c;
       for (const CopyRange& r : copies_[*g]) w.staged_bytes += r.len;
     }

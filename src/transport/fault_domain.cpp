@@ -80,6 +80,10 @@ class FaultDomain final : public Domain {
     return real_->register_memory(base, len, kind);
   }
   Status deregister(const LocalMr& mr) override { return real_->deregister(mr); }
+  Result<LocalMr> register_split(void* direct, MemKind kind, void* landing, uint64_t len) override {
+    return real_->register_split(direct, kind, landing, len);
+  }
+  bool writes_direct(std::span<const uint8_t> a) const override { return real_->writes_direct(a); }
 
   Result<void*> device_window(PeerId peer, const RemoteKey& dst, uint64_t off,
                               uint64_t len) override {

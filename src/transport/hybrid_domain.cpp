@@ -41,6 +41,7 @@ class HybridDomain final : public Domain {
     caps_.virt_addr = b.virt_addr;
     caps_.ordered_writes = a.ordered_writes && b.ordered_writes;
     caps_.connect_both_ends = b.connect_both_ends;
+    caps_.split_regions = true;
     const std::vector<uint8_t> own = ipc_->address();
     self_ = std::string(ipc_identity(own));
   }
@@ -59,7 +60,7 @@ class HybridDomain final : public Domain {
           "a hybrid address has an ipc and a NIC part, this one {} part(s) (a peer of "
           "another backend?)",
           parts->size());
-    const bool local = !self_.empty() && ipc_identity((*parts)[0]) == self_;
+    const bool local = is_local((*parts)[0]);
     auto p = local ? ipc_->connect((*parts)[0]) : nic_->connect((*parts)[1]);
     if (!p) return p.status();
     for (size_t i = 0; i < peers_.size(); ++i)  // connecting again keeps the connection
@@ -69,22 +70,18 @@ class HybridDomain final : public Domain {
   }
 
   Result<LocalMr> register_memory(void* base, uint64_t len, MemKind kind) override {
-    auto a = ipc_->register_memory(base, len, kind);
-    if (!a) return a.status();
-    auto b = nic_->register_memory(base, len, kind);
-    if (!b) {
-      (void)ipc_->deregister(*a);
-      return b.status();
-    }
-    const uint32_t id = next_id_++;
-    mrs_[id] = {*a, *b};
-    LocalMr mr;
-    mr.id = id;
-    mr.base = base;
-    mr.len = len;
-    mr.desc = b->desc;
-    mr.remote = {b->remote.addr, b->remote.key, len, a->remote.key};
-    return mr;
+    return register_both(base, kind, base, kind, len);
+  }
+
+  // The ipc side registers `direct`, the NIC side `landing`: same-host peers write the memory
+  // itself, the others the landing area.
+  Result<LocalMr> register_split(void* direct, MemKind kind, void* landing, uint64_t len) override {
+    return register_both(direct, kind, landing, MemKind::kHost, len);
+  }
+
+  bool writes_direct(std::span<const uint8_t> peer_address) const override {
+    auto parts = unpack_addresses(peer_address);
+    return parts && parts->size() == 2 && is_local((*parts)[0]);
   }
 
   Status deregister(const LocalMr& mr) override {
@@ -164,6 +161,30 @@ class HybridDomain final : public Domain {
   }
 
  private:
+  bool is_local(std::span<const uint8_t> ipc_address) const {
+    return !self_.empty() && ipc_identity(ipc_address) == self_;
+  }
+
+  Result<LocalMr> register_both(void* ipc_base, MemKind ipc_kind, void* nic_base, MemKind nic_kind,
+                                uint64_t len) {
+    auto a = ipc_->register_memory(ipc_base, len, ipc_kind);
+    if (!a) return a.status();
+    auto b = nic_->register_memory(nic_base, len, nic_kind);
+    if (!b) {
+      (void)ipc_->deregister(*a);
+      return b.status();
+    }
+    const uint32_t id = next_id_++;
+    mrs_[id] = {*a, *b};
+    LocalMr mr;
+    mr.id = id;
+    mr.base = ipc_base;
+    mr.len = len;
+    mr.desc = b->desc;
+    mr.remote = {b->remote.addr, b->remote.key, len, a->remote.key};
+    return mr;
+  }
+
   struct Peer {
     bool local;
     PeerId inner;

@@ -134,6 +134,24 @@ Result<Region> NicGroup::register_memory(void* base, uint64_t len, MemKind kind)
   return r;
 }
 
+Result<Region> NicGroup::register_split(void* direct, MemKind kind, void* landing, uint64_t len) {
+  Region r{direct, len, {}};
+  for (auto& n : nics_) {
+    auto m = n->register_split(direct, kind, landing, len);
+    if (!m) {
+      (void)deregister(r);
+      return m.status();
+    }
+    r.per_nic.push_back(*m);
+  }
+  return r;
+}
+
+bool NicGroup::writes_direct(std::span<const uint8_t> peer_address) const {
+  auto addrs = unpack_addresses(peer_address);
+  return addrs && !addrs->empty() && nics_[0]->writes_direct((*addrs)[0]);
+}
+
 Status NicGroup::deregister(const Region& r) {
   Status first;
   for (size_t i = 0; i < r.per_nic.size(); ++i)

@@ -54,6 +54,15 @@ Result<uint32_t> ProgressEngine::connect(std::span<const uint8_t> peer) {
 Result<Region> ProgressEngine::register_memory(void* base, uint64_t len, MemKind kind) {
   return call<Result<Region>>([=, this] { return group_->register_memory(base, len, kind); });
 }
+Result<Region> ProgressEngine::register_split(void* direct, MemKind kind, void* landing,
+                                              uint64_t len) {
+  return call<Result<Region>>(
+      [=, this] { return group_->register_split(direct, kind, landing, len); });
+}
+bool ProgressEngine::writes_direct(std::span<const uint8_t> peer) {
+  std::vector<uint8_t> copy(peer.begin(), peer.end());
+  return call<bool>([this, copy] { return group_->writes_direct(copy); });
+}
 Status ProgressEngine::deregister(const Region& r) {
   return call<Status>([&, this] { return group_->deregister(r); });
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end through `weightcast demo`: real trainer and inference processes over libfabric
 # tcp;ofi_rxm, every inference byte verified against the reference each step.
-#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|llama|soak|ipc_basic|hybrid_hosts|
+#   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|llama|soak|ipc_basic|hybrid_hosts|hybrid_split|
 #                ipc_restart_then_kill
 set -u
 wc="$1"; what="$2"
@@ -88,6 +88,21 @@ PY
     expect "inference 0 killed after step 1 and restarted \(incarnation 1\)"
     expect "trainer 0 died \(Killed\); restarting"
     expect "^step 4/4: .*on 4 receivers verified"
+    expect "demo OK: 4 steps" ;;
+  hybrid_split)  # staged receiver tensors on hybrid links are split: senders of the receiver's
+    # (posing) host write the tensors directly over ipc, only the other host's bytes land in the
+    # staging area and are copied in; the drills change the senders' incarnations in between
+    timeout 300 "$wc" demo --backend hybrid --hosts 2 --steps 4 --replicas 2 --staging always \
+      --restart-receiver-at-step 2 --kill-trainer-at-step 3 --deadline 5 --gather-cost-us 0 \
+      >"$out" 2>&1; rc=$?
+    expect "trainer 0 died \(Killed\); restarting"
+    expect "^step 4/4: .*13680128 bytes on 4 receivers verified"
+    expect "receiver tensors: host\+staged; [0-9.]+ MB staged"
+    # Some bytes, and not all: 4 steps of 13.68 MB, the restarted receiver's and the retried
+    # attempt's included, are more than 54.7 MB if every byte were staged.
+    staged=$(sed -n 's/^receiver tensors: .*; \([0-9.]*\) MB staged.*/\1/p' "$out")
+    awk -v s="$staged" 'BEGIN { exit !(s > 0 && s < 54.7 * 0.75) }' ||
+      { echo "FAIL: $staged MB staged: expected the cross-host half of the bytes"; rc=1; }
     expect "demo OK: 4 steps" ;;
   ipc_restart_then_kill)  # the same-host backend through the restart and kill drills: writers
     # take over the lanes of the dead, the new trainer maps the restarted receiver's memory

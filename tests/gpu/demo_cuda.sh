@@ -36,4 +36,11 @@ grep -q "receiver tensors: gpu" <<<"$out"
   grep -q "demo OK: 2 steps, every inference byte verified"
 "$wc" demo --backend ipc --inference-device cuda --steps 2 | tee /dev/stderr |
   grep -q "demo OK: 2 steps, every inference byte verified"
-echo "PASS demo with GPU shards, GPU projections and GPU receiver tensors, over tcp and ipc"
+# Hybrid links, the processes posing as 2 hosts: GPU receiver tensors are split, written GPU to
+# GPU by the senders of their host over ipc and staged for the other host's over tcp; the drills.
+out="$("$wc" demo --backend hybrid --hosts 2 --device cuda --inference-device cuda --steps 4 \
+  --replicas 2 --restart-receiver-at-step 2 --kill-trainer-at-step 3 --deadline 5 \
+  --gather-cost-us 0 | tee /dev/stderr)"
+grep -q "demo OK: 4 steps, every inference byte verified" <<<"$out"
+grep -q "receiver tensors: gpu+staged" <<<"$out"
+echo "PASS demo with GPU shards, GPU projections and GPU receiver tensors, over tcp, ipc and hybrid"

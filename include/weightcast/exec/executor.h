@@ -249,6 +249,8 @@ struct WaitReport {
 //   kAlways: every tensor is staged: writes land in a registered (pinned) host area and are
 //          copied into the tensors per sender as that sender's immediates complete (the copy of
 //          one sender's bytes overlaps the others' transfer), all before wait() returns.
+//   Staged on the hybrid backend, a tensor is split (Domain::register_split): the senders of
+//   this host write it directly over ipc (GPU to GPU), only the others' bytes are staged.
 //   kNever: direct registration or an error naming the tensor.
 enum class Staging : uint8_t { kAuto, kAlways, kNever };
 
@@ -276,15 +278,17 @@ class InferenceReceiver {
   // sets its incarnation first, so senders can tell its new descriptors from the old ones.
   Status publish();
   void set_incarnation(uint32_t k) { incarnation_ = k; }
-  // Whether connect_senders() has work to do (verbs RC).
-  bool connects_both_ends() const { return both_ends_; }
+  // Whether connect_senders() has work to do (verbs RC; split tensors of the hybrid backend).
+  bool watches_senders() const { return both_ends_ || split_; }
   // Arrivals of older generations dropped so far (writes of aborted attempts landing late).
   uint64_t stale() const { return counters_.stale(); }
   // Arms the barrier for an attempt: writes of older generations are ignored from here on.
   void begin(uint8_t generation);
   // Transports whose targets connect too (verbs RC): connects to every trainer that writes here,
-  // at the given trainer incarnations (a restarted trainer has new queue pairs). Call after
-  // publish() and whenever a trainer restarts, before the step's writes; a no-op elsewhere.
+  // at the given trainer incarnations (a restarted trainer has new queue pairs). With split
+  // tensors: learns which trainers write them directly (a restarted trainer may run elsewhere).
+  // Call after publish() and whenever a trainer restarts, before the step's writes; a no-op
+  // elsewhere.
   Status connect_senders(std::span<const uint32_t> trainer_incarnations,
                          Clock::time_point deadline);
   // Waits until every expected immediate of the generation arrived; on deadline fails naming
@@ -306,7 +310,8 @@ class InferenceReceiver {
   transport::RendezvousClient* rdv_ = nullptr;
   std::vector<transport::Expect> expect_;
   std::map<uint32_t, int64_t> senders_;  // trainer -> incarnation connected (-1: not yet)
-  bool both_ends_ = false;
+  std::map<uint32_t, bool> direct_;      // trainer -> writes split tensors directly
+  bool both_ends_ = false, split_ = false;
   uint64_t bytes_ = 0;
   uint32_t incarnation_ = 0;
   // Staged tensors: the landing area the NIC writes, the tensor it is copied into, and per
@@ -315,6 +320,7 @@ class InferenceReceiver {
     std::byte* target = nullptr;
     Buffer landing;
     bool cuda = false;
+    bool split = false;  // direct writers write `target`, the others `landing`
   };
   struct CopyRange {
     uint32_t dest;

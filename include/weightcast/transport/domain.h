@@ -24,6 +24,7 @@ struct Capabilities {
   bool ordered_writes = false;     // writes on one connection land in posting order
   bool connect_both_ends = false;  // the target must connect() to its initiator too (RC QPs);
                                    // connections need no warm-up write
+  bool split_regions = false;      // register_split: some peers write one place, others another
 };
 
 enum class MemKind : uint8_t { kHost, kCuda };
@@ -101,6 +102,20 @@ class Domain {
                                       uint64_t len) {
     (void)peer, (void)dst, (void)off, (void)len;
     return invalid("the {} backend writes through its NICs: no device windows", caps().backend);
+  }
+  // A region written in two places, by peer: the peers this domain reaches with copies into the
+  // memory itself (the hybrid backend's peers of this host, over ipc) write `direct` (of `kind`),
+  // the others write `landing` (host memory, `len` bytes too), from which its owner copies their
+  // bytes in. So a GPU tensor takes same-host writes directly and NIC writes staged. Only
+  // backends with caps().split_regions have it.
+  virtual Result<LocalMr> register_split(void* direct, MemKind kind, void* landing, uint64_t len) {
+    (void)direct, (void)kind, (void)landing, (void)len;
+    return invalid("the {} backend writes every peer alike: no split regions", caps().backend);
+  }
+  // Whether the peer at `peer_address` writes a split region's direct side (else its landing).
+  virtual bool writes_direct(std::span<const uint8_t> peer_address) const {
+    (void)peer_address;
+    return false;
   }
   // Completions into `out`. An error of the completion queue itself (not of one op) is an error
   // value; the caller reports it, since ops in flight on this NIC may never complete.

@@ -46,6 +46,10 @@ class NicGroup {
   Result<uint32_t> connect(std::span<const uint8_t> peer_address);
   PeerId nic_peer(uint32_t group_peer, size_t nic) const { return peers_[group_peer][nic]; }
   Result<Region> register_memory(void* base, uint64_t len, MemKind kind);
+  // Domain::register_split on every NIC (the region's base is `direct`).
+  Result<Region> register_split(void* direct, MemKind kind, void* landing, uint64_t len);
+  // Domain::writes_direct of NIC 0 for the peer's (packed) group address.
+  bool writes_direct(std::span<const uint8_t> peer_address) const;
   Status deregister(const Region& r);
   static RemoteRegion remote(const Region& r);
 

@@ -60,6 +60,8 @@ class ProgressEngine {
   std::vector<uint8_t> address();
   Result<uint32_t> connect(std::span<const uint8_t> peer_address);
   Result<Region> register_memory(void* base, uint64_t len, MemKind kind);
+  Result<Region> register_split(void* direct, MemKind kind, void* landing, uint64_t len);
+  bool writes_direct(std::span<const uint8_t> peer_address);
   Status deregister(const Region& r);
   // Domain::device_window of NIC 0 on the group peer's region `dst`: where a kernel of this
   // process writes [off, off + len) of it straight (then in_place writes carry the immediates).

@@ -230,6 +230,43 @@ std::vector<uint8_t> spoil(const std::vector<uint8_t>& addr, size_t which) {
   return pack_addresses(*parts);
 }
 
+// Posts `ops` from `from` and drives every side until each op completed and each receiver got
+// an immediate; returns how many ops completed (errors fail the test).
+size_t deliver(Domain& from, std::span<const WriteOp> ops,
+               std::vector<std::pair<Domain*, std::vector<uint32_t>*>> to) {
+  size_t posted = 0, done = 0;
+  std::vector<Completion> cbuf(64);
+  auto all_got = [&] {
+    for (auto& [d, got] : to)
+      if (got->empty()) return false;
+    return true;
+  };
+  for (int spins = 0; (posted < ops.size() || done < ops.size() || !all_got()) && spins < 2000000;
+       ++spins) {
+    if (posted < ops.size()) {  // back-pressure (a NIC connection forming) is retried
+      PostResult r = from.post(ops.subspan(posted));
+      EXPECT_TRUE(r.error.is_ok()) << r.error.message();
+      if (!r.error.is_ok()) return done;
+      posted += r.taken;
+    }
+    auto n = from.poll(cbuf);
+    EXPECT_TRUE(n);
+    if (!n) return done;
+    for (size_t i = 0; i < *n; ++i) {
+      EXPECT_NE(cbuf[i].kind, Completion::Kind::kError) << cbuf[i].status.message();
+      done += cbuf[i].kind == Completion::Kind::kWriteDone;
+    }
+    for (auto& [d, got] : to) {
+      auto m = d->poll(cbuf);
+      EXPECT_TRUE(m);
+      if (!m) return done;
+      for (size_t i = 0; i < *m; ++i)
+        if (cbuf[i].kind == Completion::Kind::kImm) got->push_back(cbuf[i].imm);
+    }
+  }
+  return done;
+}
+
 // The hybrid backend links a peer of this host over ipc and any other over libfabric: a write to
 // a same-host peer lands although the NIC part of its address is junk, one to another host's peer
 // although its ipc part is; both with their immediates; only the same-host peer has a device
@@ -259,32 +296,8 @@ TEST(Hybrid, PeersOfThisHostGoOverIpcAndOthersOverTheNics) {
   ASSERT_TRUE(c->connect(a->address()));
   const WriteOp ops[] = {{1, &*s, 0, *pb, db->remote, 100, 1000, true, 0xB0B},
                          {2, &*s, 50, *pc, dc->remote, 300, 2000, true, 0xC0C}};
-  std::vector<Completion> done;
   std::vector<uint32_t> got_b, got_c;
-  std::vector<Completion> cbuf(64);
-  size_t posted = 0;
-  for (int spins = 0;
-       (posted < 2 || done.size() < 2 || got_b.empty() || got_c.empty()) && spins < 2000000;
-       ++spins) {
-    if (posted < 2) {  // back-pressure (a NIC connection still forming) is retried, not an error
-      PostResult r = a->post(std::span<const WriteOp>(ops).subspan(posted));
-      ASSERT_TRUE(r.error.is_ok()) << r.error.message();
-      posted += r.taken;
-    }
-    auto n = a->poll(cbuf);
-    ASSERT_TRUE(n);
-    for (size_t i = 0; i < *n; ++i) {
-      EXPECT_NE(cbuf[i].kind, Completion::Kind::kError) << cbuf[i].status.message();
-      if (cbuf[i].kind == Completion::Kind::kWriteDone) done.push_back(cbuf[i]);
-    }
-    for (auto [d, got] : {std::pair{b.get(), &got_b}, std::pair{c.get(), &got_c}}) {
-      auto m = d->poll(cbuf);
-      ASSERT_TRUE(m);
-      for (size_t i = 0; i < *m; ++i)
-        if (cbuf[i].kind == Completion::Kind::kImm) got->push_back(cbuf[i].imm);
-    }
-  }
-  ASSERT_EQ(done.size(), 2u);
+  ASSERT_EQ(deliver(*a, ops, {{b.get(), &got_b}, {c.get(), &got_c}}), 2u);
   EXPECT_EQ(got_b, std::vector<uint32_t>{0xB0B});
   EXPECT_EQ(got_c, std::vector<uint32_t>{0xC0C});
   EXPECT_EQ(std::memcmp(to_b.data() + 100, src.data(), 1000), 0);
@@ -293,6 +306,50 @@ TEST(Hybrid, PeersOfThisHostGoOverIpcAndOthersOverTheNics) {
             std::string::npos);
   EXPECT_NE(a->device_window(*pb, db->remote, 0, 16).status().message().find("host memory"),
             std::string::npos);
+}
+
+// A split region (a staged GPU tensor's, here host memory standing in): the sender of the
+// receiver's host writes the memory itself over ipc, the other host's sender the landing area;
+// the receiver can tell which is which from their addresses. Other backends refuse splits.
+TEST(Hybrid, SplitRegionsTakeSameHostWritesDirectlyAndOthersInTheirLanding) {
+  auto r = open_hybrid("host-a"), near = open_hybrid("host-a"), far = open_hybrid("host-c");
+  ASSERT_TRUE(r && near && far);
+  EXPECT_TRUE(r->caps().split_regions);
+  std::vector<uint8_t> src(4096), tensor(4096, 0), landing(4096, 0);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + 3);
+  auto dst = r->register_split(tensor.data(), MemKind::kHost, landing.data(), tensor.size());
+  ASSERT_TRUE(dst) << dst.status().message();
+  auto sn = near->register_memory(src.data(), src.size(), MemKind::kHost);
+  auto sf = far->register_memory(src.data(), src.size(), MemKind::kHost);
+  ASSERT_TRUE(sn && sf);
+  EXPECT_TRUE(r->writes_direct(near->address()));
+  EXPECT_FALSE(r->writes_direct(far->address()));
+  EXPECT_FALSE(r->writes_direct(std::vector<uint8_t>(8, 1)));  // not a hybrid address
+  auto pn = near->connect(r->address());
+  auto pf = far->connect(r->address());
+  ASSERT_TRUE(pn && pf);
+  ASSERT_TRUE(r->connect(far->address()));
+  std::vector<uint32_t> got_near, got_far;
+  const WriteOp a[] = {{1, &*sn, 0, *pn, dst->remote, 0, 1000, true, 0xA}};
+  const WriteOp b[] = {{2, &*sf, 100, *pf, dst->remote, 2000, 1500, true, 0xB}};
+  ASSERT_EQ(deliver(*near, a, {{r.get(), &got_near}}), 1u);
+  ASSERT_EQ(deliver(*far, b, {{r.get(), &got_far}}), 1u);
+  EXPECT_EQ(got_near, std::vector<uint32_t>{0xA});
+  EXPECT_EQ(got_far, std::vector<uint32_t>{0xB});
+  const std::vector<uint8_t> zeros(4096, 0);
+  EXPECT_EQ(std::memcmp(tensor.data(), src.data(), 1000), 0);
+  EXPECT_EQ(std::memcmp(landing.data(), zeros.data(), 1000), 0);
+  EXPECT_EQ(std::memcmp(landing.data() + 2000, src.data() + 100, 1500), 0);
+  EXPECT_EQ(std::memcmp(tensor.data() + 1000, zeros.data(), 3096), 0);
+  DomainConfig ipc;
+  ipc.backend = "ipc";
+  auto plain = open_domain(ipc);
+  ASSERT_TRUE(plain);
+  auto refused = (*plain)->register_split(tensor.data(), MemKind::kHost, landing.data(), 16);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.status().message().find("ipc backend writes every peer alike"),
+            std::string::npos)
+      << refused.status().message();
 }
 
 }  // namespace
