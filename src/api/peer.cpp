@@ -23,6 +23,8 @@ Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg, bool whole_plan) {
   plan::Options opts;
   opts.ipc_links = cfg.backend == "ipc";  // the report costs the links the job runs on
   opts.hybrid_links = cfg.backend.rfind("hybrid", 0) == 0;
+  opts.nccl_gathers = cfg.gathers == "nccl";
+  opts.intra_domain_gathers_only = opts.intra_domain_gathers_only || opts.nccl_gathers;
   auto p = cfg.plan_file.empty() ? plan::make_plan(*in, opts) : plan::load_json(cfg.plan_file);
   if (!p) return p.status();
   if (p->inputs_digest != plan::digest_inputs(*in))

@@ -17,6 +17,7 @@
 #include "peer.h"
 #include "weightcast/exec/executor.h"
 #include "weightcast/exec/keys.h"
+#include "weightcast/exec/nccl_collective.h"
 #include "weightcast/exec/parts.h"
 #include "weightcast/plan/report.h"
 
@@ -183,6 +184,12 @@ struct Sender::Impl : PeerBase {
 Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   auto impl = std::make_unique<Impl>();
   if (Status s = open_peer(cfg, *impl, "trainer", rank); !s) return s;
+  if (cfg.gathers != "host" && cfg.gathers != "nccl")
+    return invalid("JobConfig.gathers is '{}'; expected host or nccl", cfg.gathers);
+  if (cfg.gathers == "nccl" && cfg.cuda_device < 0)
+    return invalid(
+        "JobConfig.gathers is nccl, but cuda_device is -1: NCCL gathers run between "
+        "GPU shards");
   if (cfg.cuda_device >= 0 && cfg.cuda_device >= exec::cuda_devices())
     return invalid("JobConfig.cuda_device is {}, but this process sees {} CUDA device(s){}",
                    cfg.cuda_device, exec::cuda_devices(),
@@ -191,7 +198,7 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
       impl->job->in, impl->job->plan, rank, nics(cfg, rank, peer_count(impl->job->plan)),
       impl->rdv.get(), false,
       cfg.cuda_device >= 0 ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost,
-      std::max(cfg.cuda_device, 0));
+      std::max(cfg.cuda_device, 0), cfg.gathers == "nccl");
   if (!ex) return ex.status();
   impl->ex = std::move(ex).value();
   impl->incarnation = new_incarnation();
@@ -263,7 +270,7 @@ Status Sender::prepare() {
   const std::string me = fmt::format("trainer {}", m.rank);
   auto recv_inc = incarnations_of(*m.rdv, "inference", m.receivers, deadline, me);
   if (!recv_inc) return recv_inc.status();
-  std::set<uint32_t> peers;  // trainers this rank gathers with
+  std::set<uint32_t> peers;  // trainers this rank gathers with (on NCCL: its whole group)
   for (const plan::Gather& g : m.job->plan.gathers) {
     bool in = g.root == m.rank;
     for (const auto& p : g.pieces) in = in || p.rank == m.rank;
@@ -271,6 +278,8 @@ Status Sender::prepare() {
     peers.insert(g.root);
     for (const auto& p : g.pieces) peers.insert(p.rank);
   }
+  if (m.job->cfg.gathers == "nccl")
+    for (uint32_t r : exec::gather_group(m.job->in, m.rank)) peers.insert(r);
   peers.erase(m.rank);
   auto trainer_inc = incarnations_of(*m.rdv, "trainer", peers, deadline, me, &m.gather_peers);
   if (!trainer_inc) return trainer_inc.status();

@@ -48,6 +48,8 @@ Result<spec::Inputs> load(const DemoOptions& o) {
 plan::Options demo_plan_options(const DemoOptions& o) {
   plan::Options opts;
   opts.gather_cost_us = o.gather_cost_us;
+  opts.nccl_gathers = o.gathers == "nccl";  // as the job plans (api peer.cpp)
+  opts.intra_domain_gathers_only = opts.nccl_gathers;
   if (o.staging_mb > 0) opts.staging_watermark = static_cast<uint64_t>(o.staging_mb * (1 << 20));
   return opts;
 }
@@ -114,8 +116,9 @@ api::JobConfig job_config(const DemoOptions& o, const std::string& rdv, const st
   c.backend = o.backend;
   c.nics = nic_names(o);
   c.deadline_s = o.deadline_s;
-  c.cuda_device = o.device == "cuda" ? 0 : -1;
+  c.cuda_device = o.device == "cuda" ? 0 : -1;  // (each trainer: its rank's GPU of --gpus)
   c.receiver_staging = o.staging;
+  c.gathers = o.gathers;
   return c;
 }
 
@@ -172,14 +175,16 @@ Result<Round> next_round(transport::RendezvousClient& rdv, uint64_t& seen, int f
 
 // A trainer process: a Sender over shards it allocates (host, or on the GPU), new values in
 // every element every step.
-int trainer_worker(const WorkerOptions& w, const api::JobConfig& cfg, const spec::Inputs& in,
+int trainer_worker(const WorkerOptions& w, const api::JobConfig& base, const spec::Inputs& in,
                    transport::RendezvousClient& rdv, const plan::ValueFn& values) {
   const auto rank = static_cast<uint32_t>(w.index);
+  api::JobConfig cfg = base;
   const std::string me = report_key("trainer", rank);
   auto fail = [&](const std::string& why) {
     (void)rdv.put(joined_key("trainer", rank), "FAIL " + why);
     return 1;
   };
+  if (cfg.cuda_device >= 0) cfg.cuda_device = static_cast<int>(rank) % std::max(1, w.demo.gpus);
   auto snd = api::Sender::create(cfg, rank);
   if (!snd) return fail(snd.status().message());
   const exec::SenderLayout layout = exec::sender_layout(in, rank);
@@ -187,7 +192,7 @@ int trainer_worker(const WorkerOptions& w, const api::JobConfig& cfg, const spec
   std::vector<exec::Buffer> shards;
   for (const exec::ShardSlot& sl : layout.shards) {
     auto b = exec::Buffer::allocate(device ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost,
-                                    std::max<uint64_t>(sl.bytes, 1), 0);
+                                    std::max<uint64_t>(sl.bytes, 1), std::max(cfg.cuda_device, 0));
     if (!b) return fail(b.status().message());
     shards.push_back(std::move(b).value());
     if (Status s =
@@ -242,7 +247,7 @@ int inference_worker(const WorkerOptions& w, const api::JobConfig& cfg, const sp
   const auto idx = static_cast<uint32_t>(w.index);
   const std::string me = report_key("inference", idx);
   api::JobConfig rcfg = cfg;  // the inference side's tensors live where --inference-device says
-  rcfg.cuda_device = w.demo.inference_device == "cuda" ? 0 : -1;
+  rcfg.cuda_device = w.demo.inference_device == "cuda" ? std::max(1, w.demo.gpus) - 1 : -1;
   auto rc = api::Receiver::create(rcfg, idx);
   if (!rc) {
     (void)rdv.put(joined_key("inference", idx), "FAIL " + rc.status().message());
@@ -254,7 +259,8 @@ int inference_worker(const WorkerOptions& w, const api::JobConfig& cfg, const sp
     bufs.emplace_back(t.bytes);
     void* target = bufs.back().data();
     if (rcfg.cuda_device >= 0) {
-      auto b = exec::Buffer::allocate(exec::MemoryKind::kCuda, std::max<uint64_t>(t.bytes, 1), 0);
+      auto b = exec::Buffer::allocate(exec::MemoryKind::kCuda, std::max<uint64_t>(t.bytes, 1),
+                                      rcfg.cuda_device);
       if (!b) {
         (void)rdv.put(joined_key("inference", idx), "FAIL " + b.status().message());
         return 1;
@@ -408,6 +414,10 @@ struct Driver {
                                   o.inference_device,
                                   "--staging",
                                   o.staging,
+                                  "--gpus",
+                                  std::to_string(o.gpus),
+                                  "--gathers",
+                                  o.gathers,
                                   "--deadline",
                                   std::to_string(o.deadline_s),
                                   "--steps",
@@ -466,6 +476,18 @@ int run_demo(const DemoOptions& o) {
       std::fprintf(stderr, "weightcast: error: %s cuda needs %s\n", flag,
                    exec::cuda_built() ? "a GPU, and the driver reports none"
                                       : "a CUDA build (no nvcc was found at configure time)");
+      return 2;
+    }
+  if (o.gathers == "nccl" && o.device != "cuda") {
+    std::fprintf(stderr,
+                 "weightcast: error: --gathers nccl runs between GPU shards: add --device cuda\n");
+    return 2;
+  }
+  for (const auto& [flag, used] : {std::pair{"--device", o.device == "cuda"},
+                                   std::pair{"--inference-device", o.inference_device == "cuda"}})
+    if (used && o.gpus > exec::cuda_devices()) {
+      std::fprintf(stderr, "weightcast: error: --gpus %d with %s cuda, but the driver reports %d\n",
+                   o.gpus, flag, exec::cuda_devices());
       return 2;
     }
   auto in = load(o);

@@ -19,6 +19,9 @@ struct DemoOptions {
   std::string device = "host";  // where trainer shards live: host, or cuda (GPU projections)
   std::string inference_device = "host";  // where inference tensors live: host, or cuda
   std::string staging = "auto";           // receivers: auto, always, never (JobConfig)
+  // GPUs to spread over: trainer rank r on GPU r % gpus, the inference ranks on the last one.
+  int gpus = 1;
+  std::string gathers = "host";  // trainers' gathers: host (collective) or nccl (JobConfig)
   double deadline_s = 60;
   double gather_cost_us = -1;    // the planner's packing trade (< 0: the topology's gather_us)
   double staging_mb = 0;         // the plan's staging watermark per sender (0: the planner's)

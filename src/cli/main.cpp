@@ -132,6 +132,10 @@ struct PlanFlags {
                   "Plan for the hybrid backend: pairs on one host costed on its ipc link at "
                   "nvlink_gbps, the others on the NICs (a job with JobConfig.backend hybrid "
                   "plans so)");
+    app->add_flag("--nccl-gathers", defaults.nccl_gathers,
+                  "Plan for gathers on NCCL inside each NVLink domain (JobConfig.gathers "
+                  "\"nccl\"): pieces costed at nvlink_gbps, apart from the NICs' writes "
+                  "(default: the host collective, through the NICs)");
     app->add_flag("--intra-node-gathers-only", intra_node_only,
                   "Refuse plans that need a gather across NVLink domains (default: plan it, warn)");
   }
@@ -332,6 +336,19 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"host", "cuda"}));
   demo_cmd
+      ->add_option("--gpus", demo.gpus,
+                   "With --device / --inference-device cuda: GPUs to spread over, trainer rank r "
+                   "on GPU r % N and the inference ranks on GPU N-1 (N=2: writes cross NVLink)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  demo_cmd
+      ->add_option("--gathers", demo.gathers,
+                   "Trainers' gathers: host (the host collective, one-sided writes) or nccl (NCCL "
+                   "between the GPU shards; needs --device cuda and one GPU per trainer rank: NCCL "
+                   "refuses two ranks on one GPU)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"host", "nccl"}));
+  demo_cmd
       ->add_option("--inference-device", demo.inference_device,
                    "Where the inference ranks' tensors live: host, or cuda (GPU memory, written "
                    "directly where the transport can, else staged through pinned host memory)")
@@ -401,6 +418,8 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--device", worker.demo.device);
   worker_cmd->add_option("--inference-device", worker.demo.inference_device);
   worker_cmd->add_option("--staging", worker.demo.staging);
+  worker_cmd->add_option("--gpus", worker.demo.gpus);
+  worker_cmd->add_option("--gathers", worker.demo.gathers);
   worker_cmd->add_option("--deadline", worker.demo.deadline_s);
   worker_cmd->add_option("--steps", worker.demo.steps);
   worker_cmd->add_option("--first-round", worker.first_round);

@@ -327,7 +327,7 @@ class TrainerExecutor::Attempt {
     const auto tg = Clock::now();
     // (Pieces are read from host memory: the collective's shard lookup mirrors GPU shards.)
     if (Status s = ex_.collective_->run(gen_, phase, batch, deadline_); !s) return named(s);
-    if (device_ && !ex_.wire_gpu_) {  // (with wire_gpu_ the collective gathers on the GPU)
+    if (device_ && !ex_.collective_->on_device()) {  // (else gathered on the GPU already)
       const Buffer& g = ex_.collective_->buffer();
       if (ex_.device_gbuf_.size() < g.size()) {
         auto b = Buffer::allocate(MemoryKind::kCuda, g.size(), ex_.cuda_device_);
@@ -457,7 +457,7 @@ class TrainerExecutor::Attempt {
                      uint64_t bhi, size_t last, int& mark) {
     TrainerExecutor& x = ex_;
     auto dres = [&](const plan::Project& q, const plan::Project::Input& inp) -> plan::Held {
-      if (inp.gather >= 0 && x.wire_gpu_)
+      if (inp.gather >= 0 && x.collective_->on_device())
         return {x.plan_.gathers[inp.gather].box, x.collective_->gathered(inp.gather)};
       if (inp.gather >= 0)
         return {x.plan_.gathers[inp.gather].box,

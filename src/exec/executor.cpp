@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "weightcast/exec/keys.h"
+#include "weightcast/exec/nccl_collective.h"
 #include "weightcast/exec/project_cuda.h"
 #include "weightcast/plan/part.h"
 #include "weightcast/plan/project.h"
@@ -79,7 +80,7 @@ Result<std::byte*> TrainerExecutor::window(uint32_t receiver, uint32_t dest) {
 Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
     const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
-    bool allocate, MemoryKind shards, int cuda_device) {
+    bool allocate, MemoryKind shards, int cuda_device, bool nccl_gathers) {
   if (rank >= plan.senders.size())
     return invalid("trainer rank {} is not in the plan ({} senders)", rank, plan.senders.size());
   if (plan.phases > transport::Imm::kAbortPhase)
@@ -115,7 +116,7 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     if (w.sender == rank && w.project < 0 && !e->wire_gpu_) e->host_read_.insert(w.src_param);
   for (const plan::Gather& g : plan.gathers)
     for (const plan::Gather::Piece& p : g.pieces)
-      if (p.rank == rank && !e->wire_gpu_) e->host_read_.insert(g.param);
+      if (p.rank == rank && !e->wire_gpu_ && !nccl_gathers) e->host_read_.insert(g.param);
   auto arena = Buffer::allocate(MemoryKind::kHost,
                                 allocate || device ? std::max<uint64_t>(e->layout_.bytes, 1) : 1);
   const uint64_t staging_bytes = std::max<uint64_t>(s.staging_gather + s.staging_ring, 1);
@@ -210,17 +211,30 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
     for (const ShardSlot& slot : e->layout_.shards)
       e->bound_[slot.param] = {e->arena_.data() + slot.offset, &e->arena_region_, slot.offset};
   TrainerExecutor* self = e.get();
+  // This rank's device shard of a param (box and pointer; nullptr if not held or not bound).
+  auto device_shard = [self](int param) -> Result<std::pair<core::Box, const std::byte*>> {
+    auto it = self->layout_.by_param.find(param);
+    auto d = self->device_shard_.find(param);
+    if (it == self->layout_.by_param.end() || d == self->device_shard_.end())
+      return std::pair{core::Box{}, static_cast<const std::byte*>(nullptr)};
+    return std::pair{self->layout_.shards[it->second].box,
+                     static_cast<const std::byte*>(d->second)};
+  };
+  if (nccl_gathers) {  // between the device shards, over NVLink
+    if (!device)
+      return invalid("trainer rank {}: NCCL gathers need GPU shards (JobConfig.cuda_device)", rank);
+    auto nc = create_nccl_collective(in, plan, rank, rdv, device_shard, cuda_device);
+    if (!nc)
+      return Status(nc.status().code(),
+                    fmt::format("trainer rank {}: {}", rank, nc.status().message()));
+    e->collective_ = std::move(nc).value();
+    return e;
+  }
   auto coll = HostCollective::create(
       in, plan, rank, e->engine_.get(), &e->counters_, rdv,
-      [self](int param) -> Result<std::pair<core::Box, const std::byte*>> {
+      [self, device_shard](int param) -> Result<std::pair<core::Box, const std::byte*>> {
+        if (self->wire_gpu_) return device_shard(param);  // gathered on the GPU
         auto it = self->layout_.by_param.find(param);
-        if (self->wire_gpu_) {  // gathered on the GPU, from the device shards
-          auto d = self->device_shard_.find(param);
-          if (it == self->layout_.by_param.end() || d == self->device_shard_.end())
-            return std::pair{core::Box{}, static_cast<const std::byte*>(nullptr)};
-          return std::pair{self->layout_.shards[it->second].box,
-                           static_cast<const std::byte*>(d->second)};
-        }
         // GPU shards: this step's bytes come to the host mirror first.
         if (Status m = self->mirror_.wait(param); !m)
           return Status(m.code(), fmt::format("trainer rank {} {}", self->rank_, m.message()));

@@ -51,10 +51,12 @@ std::string to_json(const Plan& p) {
   fmt::format_to(out,
                  "\"options\": {{\"max_write_bytes\": {}, \"staging_watermark\": {}, "
                  "\"intra_domain_gathers_only\": {}, \"write_cost_us\": {}, "
-                 "\"gather_cost_us\": {}, \"ipc_links\": {}, \"hybrid_links\": {}}},\n",
+                 "\"gather_cost_us\": {}, \"ipc_links\": {}, \"hybrid_links\": {}, "
+                 "\"nccl_gathers\": {}}},\n",
                  p.options.max_write_bytes, p.options.staging_watermark,
                  p.options.intra_domain_gathers_only, p.options.write_cost_us,
-                 p.options.gather_cost_us, p.options.ipc_links, p.options.hybrid_links);
+                 p.options.gather_cost_us, p.options.ipc_links, p.options.hybrid_links,
+                 p.options.nccl_gathers);
   if (!p.part_role.empty()) {
     fmt::format_to(out,
                    "\"part\": {{\"role\": {}, \"rank\": {}, \"dest_ids\": ", quoted(p.part_role),
@@ -244,9 +246,11 @@ Result<Plan> from_json(const std::string& text) {
       if (!o["ipc_links"].is_boolean()) bad("options.ipc_links", "expected true or false");
       p.options.ipc_links = o["ipc_links"].get<bool>();
     }
-    if (o.contains("hybrid_links")) {  // (older plans lack it)
-      if (!o["hybrid_links"].is_boolean()) bad("options.hybrid_links", "expected true or false");
-      p.options.hybrid_links = o["hybrid_links"].get<bool>();
+    for (auto [key, field] : {std::pair{"hybrid_links", &p.options.hybrid_links},
+                              std::pair{"nccl_gathers", &p.options.nccl_gathers}}) {
+      if (!o.contains(key)) continue;  // (older plans lack them)
+      if (!o[key].is_boolean()) bad(std::string("options.") + key, "expected true or false");
+      *field = o[key].get<bool>();
     }
     // The packing trade's costs: what the plan was made with (plans saved before they were
     // recorded lack them; they do not change how a plan runs).

@@ -113,51 +113,13 @@ Summary summarize_hybrid(const Plan& p, Summary s, const std::vector<uint64_t>& 
   finish(s, sb, rb, snb, rnb, net, gat, floor);
   return s;
 }
-}  // namespace
 
-Summary summarize(const Plan& p) {
-  Summary s;
-  s.histogram.assign(kBuckets, 0);
-  std::map<int32_t, uint64_t> small;
-  for (const Write& w : p.writes) {
-    if (w.len < kBounds[0]) ++small[p.dests[w.dest].param * 2 + p.dests[w.dest].scale];
-    s.bytes += w.len;
-    ++s.writes;
-    s.direct_writes += w.project == Write::kDirect;
-    size_t b = 0;
-    while (b < std::size(kBounds) && w.len >= kBounds[b]) ++b;
-    ++s.histogram[b];
-  }
-  for (const Gather& g : p.gathers) {
-    ++s.gathers;
-    s.gather_bytes += g.bytes;
-    if (g.cross_domain) {
-      ++s.cross_gathers;
-      s.cross_gather_bytes += g.bytes;
-    }
-  }
-  for (const auto& [k, n] : small)
-    s.small_writers.push_back({p.dest_names[k / 2] + (k % 2 ? " (scales)" : ""), n});
-  std::sort(s.small_writers.begin(), s.small_writers.end(),
-            [](const auto& a, const auto& b) { return a.second > b.second; });
-  if (s.small_writers.size() > 3) s.small_writers.resize(3);
-  // Gathers run on the host collective: each piece is a one-sided write from its member into
-  // the root's registered buffer, striped over the member's NICs like any write. So the pieces
-  // a rank sends share its NICs with its writes, and a root takes its pieces in at its NIC rate.
-  std::vector<uint64_t> gather_out(p.senders.size(), 0);
-  for (const Gather& g : p.gathers) {
-    int64_t from_others = 0;
-    for (const Gather::Piece& pc : g.pieces) from_others += pc.rank != g.root ? pc.box.numel() : 0;
-    if (from_others == 0) continue;
-    for (const Gather::Piece& pc : g.pieces)
-      if (pc.rank != g.root && pc.rank < gather_out.size())
-        gather_out[pc.rank] +=
-            g.bytes * static_cast<uint64_t>(pc.box.numel()) / static_cast<uint64_t>(from_others);
-  }
+// The ipc and NIC costings: every write and piece on the rank's NICs (striped), or all on its
+// one ipc link.
+Summary summarize_links(const Plan& p, Summary s, const std::vector<uint64_t>& gather_out) {
   // Same-host ipc links: one GPU-to-GPU path per rank at the host's nvlink_gbps, whatever the
   // number of links the transport stripes over.
   const bool ipc = p.options.ipc_links;
-  if (p.options.hybrid_links) return summarize_hybrid(p, s, gather_out);
   const double ipc_gbps = p.senders.empty() ? 0 : p.senders[0].nvlink_gbps;
   std::vector<double> sb, rb, snb, rnb;
   double net = 0, gat = 0, floor = 0;
@@ -194,6 +156,70 @@ Summary summarize(const Plan& p) {
   finish(s, sb, rb, snb, rnb, net, gat, floor);
   return s;
 }
+}  // namespace
+
+Summary summarize(const Plan& p) {
+  Summary s;
+  s.histogram.assign(kBuckets, 0);
+  std::map<int32_t, uint64_t> small;
+  for (const Write& w : p.writes) {
+    if (w.len < kBounds[0]) ++small[p.dests[w.dest].param * 2 + p.dests[w.dest].scale];
+    s.bytes += w.len;
+    ++s.writes;
+    s.direct_writes += w.project == Write::kDirect;
+    size_t b = 0;
+    while (b < std::size(kBounds) && w.len >= kBounds[b]) ++b;
+    ++s.histogram[b];
+  }
+  for (const Gather& g : p.gathers) {
+    ++s.gathers;
+    s.gather_bytes += g.bytes;
+    if (g.cross_domain) {
+      ++s.cross_gathers;
+      s.cross_gather_bytes += g.bytes;
+    }
+  }
+  for (const auto& [k, n] : small)
+    s.small_writers.push_back({p.dest_names[k / 2] + (k % 2 ? " (scales)" : ""), n});
+  std::sort(s.small_writers.begin(), s.small_writers.end(),
+            [](const auto& a, const auto& b) { return a.second > b.second; });
+  if (s.small_writers.size() > 3) s.small_writers.resize(3);
+  // Gathers run on the host collective: each piece is a one-sided write from its member into
+  // the root's registered buffer, striped over the member's NICs like any write. So the pieces
+  // a rank sends share its NICs with its writes, and a root takes its pieces in at its NIC rate.
+  // On NCCL (nccl_gathers) they ride NVLink instead: apart from the NICs, at nvlink_gbps.
+  std::vector<uint64_t> gather_out(p.senders.size(), 0);
+  for (const Gather& g : p.gathers) {
+    int64_t from_others = 0;
+    for (const Gather::Piece& pc : g.pieces) from_others += pc.rank != g.root ? pc.box.numel() : 0;
+    if (from_others == 0) continue;
+    for (const Gather::Piece& pc : g.pieces)
+      if (pc.rank != g.root && pc.rank < gather_out.size())
+        gather_out[pc.rank] +=
+            g.bytes * static_cast<uint64_t>(pc.box.numel()) / static_cast<uint64_t>(from_others);
+  }
+  // On NCCL the pieces ride NVLink, apart from the NICs: the links carry only the writes, and
+  // the gathers take their bytes' NVLink time (each rank's in and out at once).
+  double nccl_s = 0;
+  uint64_t most_out = 0;
+  if (p.options.nccl_gathers) {
+    for (size_t i = 0; i < p.senders.size(); ++i) {
+      const double nv = p.senders[i].nvlink_gbps * 1e9;
+      nccl_s = std::max({nccl_s, static_cast<double>(gather_out[i]) * 8 / nv,
+                         static_cast<double>(p.senders[i].gather_bytes_in) * 8 / nv});
+      most_out = std::max(most_out, gather_out[i]);
+    }
+    std::fill(gather_out.begin(), gather_out.end(), 0);
+  }
+  Summary out = p.options.hybrid_links ? summarize_hybrid(p, s, gather_out)
+                                       : summarize_links(p, s, gather_out);
+  if (p.options.nccl_gathers) {
+    out.gather_s = nccl_s;
+    out.predicted_s = std::max(out.network_s, nccl_s);
+    out.gather_out_bytes = most_out;
+  }
+  return out;
+}
 
 std::string report(const Plan& p, const std::string& title) {
   const Summary s = summarize(p);
@@ -228,12 +254,17 @@ std::string report(const Plan& p, const std::string& title) {
          s.writes ? 100.0 * static_cast<double>(s.histogram[i]) / static_cast<double>(s.writes)
                   : 0.0);
   for (const auto& [name, n] : s.small_writers) line("  most writes < 4 KiB:   {} x {}", n, name);
-  line(
-      "gathers (host collective: one-sided writes into the root's registered buffer, over the "
-      "trainers' {}; NCCL gathers are not built)",
-      p.options.ipc_links      ? "ipc links"
-      : p.options.hybrid_links ? "ipc links in a host"
-                               : "NICs");
+  if (p.options.nccl_gathers)
+    line(
+        "gathers (NCCL inside each NVLink domain: sends and receives over NVLink, costed at "
+        "nvlink_gbps apart from the NICs)");
+  else
+    line(
+        "gathers (host collective: one-sided writes into the root's registered buffer, over the "
+        "trainers' {}; JobConfig.gathers \"nccl\" runs them on NCCL)",
+        p.options.ipc_links      ? "ipc links"
+        : p.options.hybrid_links ? "ipc links in a host"
+                                 : "NICs");
   line("  count {}, bytes {}, most sent by one rank {}", s.gathers,
        human_bytes(static_cast<double>(s.gather_bytes)),
        human_bytes(static_cast<double>(s.gather_out_bytes)));

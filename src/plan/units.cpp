@@ -365,7 +365,7 @@ Layout cut_units(const spec::Inputs& in, const Options& opts, Plan& plan) {
   double gather_gbps = 1e12;
   for (const spec::Device& d : in.trainer.mesh.devices) {
     const auto* h = in.topology.find(d.host);
-    gather_gbps = std::min(gather_gbps, opts.ipc_links || opts.hybrid_links
+    gather_gbps = std::min(gather_gbps, opts.ipc_links || opts.hybrid_links || opts.nccl_gathers
                                             ? h->nvlink_gbps
                                             : h->nic_gbps * std::max(h->nics_per_gpu, 1));
   }

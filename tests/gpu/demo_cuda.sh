@@ -43,4 +43,21 @@ out="$("$wc" demo --backend hybrid --hosts 2 --device cuda --inference-device cu
   --gather-cost-us 0 | tee /dev/stderr)"
 grep -q "demo OK: 4 steps, every inference byte verified" <<<"$out"
 grep -q "receiver tensors: gpu+staged" <<<"$out"
+# NCCL gathers (needs libnccl.so.2 where the loader finds it, or WEIGHTCAST_NCCL): one GPU per
+# trainer rank, the demo's 4; with fewer, NCCL refuses two ranks on one GPU, and the demo must
+# fail at once naming NCCL (not hang, not crash).
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+if [[ "$gpus" -ge 4 ]]; then
+  "$wc" demo --device cuda --inference-device cuda --gpus 4 --gathers nccl --steps 3 \
+    --gather-cost-us 0 | tee /dev/stderr | grep -q "demo OK: 3 steps, every inference byte verified"
+else
+  set +e
+  out="$(timeout 300 "$wc" demo --device cuda --gathers nccl --steps 1 --gather-cost-us 0 \
+    --deadline 20 2>&1)"
+  rc=$?
+  set -e
+  echo "$out" | tail -8 >&2
+  [[ $rc -ne 0 && $rc -ne 124 ]] || { echo "FAIL: NCCL gathers on one GPU: exit $rc"; exit 1; }
+  grep -q "NCCL" <<<"$out" || { echo "FAIL: the failure does not name NCCL"; exit 1; }
+fi
 echo "PASS demo with GPU shards, GPU projections and GPU receiver tensors, over tcp, ipc and hybrid"

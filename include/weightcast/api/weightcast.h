@@ -60,6 +60,11 @@ struct JobConfig {
   // its immediates complete, before wait() returns), "never" (refuse what cannot be written
   // directly). WaitStats.mode says what ran.
   std::string receiver_staging = "auto";
+  // Trainers: how gathers run. "host": the host collective, one-sided writes over this job's
+  // backend (the NICs, or ipc). "nccl": NCCL sends and receives between the GPU shards of each
+  // gather group (trainer ranks of one NVLink domain), needs cuda_device and libnccl.so.2 at run
+  // time; every trainer of the job must say the same, and the plan costs gathers on NVLink.
+  std::string gathers = "host";
   // Tests only: a fault-injecting layer under this peer's NICs (transport/fault_domain.h), e.g.
   // "fail_post=5" or "hold_arrivals=2:3". Empty in a real job.
   std::string faults;

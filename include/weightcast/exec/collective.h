@@ -1,6 +1,6 @@
 // Gathers as a collective interface. A plan's gathers of one phase run together: each member
 // sends its pieces, the root assembles every gathered box in its gather buffer. On GPUs this is
-// NCCL inside an NVLink domain (next milestone); HostCollective runs it across local processes
+// NCCL inside an NVLink domain (nccl_collective.h); HostCollective runs it across local processes
 // (on host memory, or on GPU memory over a transport that writes it, such as ipc) with the same
 // one-sided writes as the data path: members write their pieces
 // into the root's registered gather buffer with immediates tagged {generation, phase, member},
@@ -58,6 +58,8 @@ class Collective {
   virtual Status open(uint8_t generation, Clock::time_point deadline) = 0;
   // This rank's gather buffer (as a root): gathered(g) points inside it.
   virtual const Buffer& buffer() const = 0;
+  // Whether the gather buffer is device memory (projections read gathered boxes in place).
+  virtual bool on_device() const = 0;
   // Page-locks the gather buffer (Buffer::pin) when the GPU copies gathered boxes from it.
   virtual Status pin_buffer() = 0;
   // This process's incarnation (a restarted trainer publishes under a new one).
@@ -92,6 +94,7 @@ class HostCollective final : public Collective {
   Status rejoin(uint32_t root, uint32_t incarnation, Clock::time_point deadline) override;
   Status open(uint8_t generation, Clock::time_point deadline) override;
   const Buffer& buffer() const override { return gbuf_; }
+  bool on_device() const override { return memory_ == MemoryKind::kCuda; }
   Status pin_buffer() override { return memory_ == MemoryKind::kHost ? gbuf_.pin() : Status::ok(); }
   void set_incarnation(uint32_t k) override { incarnation_ = k; }
   void set_sources(SourceLookup sources) override { sources_ = std::move(sources); }

@@ -91,7 +91,10 @@ class TrainerExecutor {
   static Result<std::unique_ptr<TrainerExecutor>> create(
       const spec::Inputs& in, const plan::Plan& plan, uint32_t rank,
       const std::vector<transport::DomainConfig>& nics, transport::RendezvousClient* rdv,
-      bool allocate = true, MemoryKind shards = MemoryKind::kHost, int cuda_device = 0);
+      bool allocate = true, MemoryKind shards = MemoryKind::kHost, int cuda_device = 0,
+      bool nccl_gathers = false);
+  // (`nccl_gathers`: gathers run on NCCL between the GPU shards, exec/nccl_collective.h; needs
+  // kCuda shards. Else on the host collective.)
   // Registers the caller's memory (device memory when shards are kCuda) as this rank's shard of
   // trainer param `name` (row-major over the rank's local box, trainer dtype); `bytes` must be
   // exactly the shard's size.

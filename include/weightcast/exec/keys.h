@@ -38,6 +38,11 @@ inline std::string at(std::string base, uint32_t incarnation) {
 inline std::string sender_address(uint32_t rank, uint32_t inc) {
   return at(fmt::format("trainer/{}/send", rank), inc);
 }
+// The NCCL unique id of the gather group whose lowest trainer rank is `leader`, for one epoch
+// (the group's incarnations and failures: exec/nccl_collective.h).
+inline std::string nccl_id(uint32_t leader, const std::string& epoch) {
+  return fmt::format("trainer/{}/nccl/{}", leader, epoch);
+}
 inline std::string gather_buffer(uint32_t rank, uint32_t inc) {
   return at(fmt::format("trainer/{}/gbuf", rank), inc);
 }

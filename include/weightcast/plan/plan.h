@@ -34,6 +34,10 @@ struct Options {
   // that finishes it first on the link it would take (same-host holders win while their ipc
   // link is less busy than a remote holder's NICs).
   bool hybrid_links = false;
+  // Gathers run on NCCL inside each NVLink domain (JobConfig.gathers "nccl"): pieces go over
+  // the GPUs' NVLink, costed at the hosts' nvlink_gbps and apart from the NICs' writes. Without
+  // it they run on the host collective, through the NICs (or the ipc links), and are costed so.
+  bool nccl_gathers = false;
   // A bound on what planning may cost: more writes than this is an error (not serialised).
   uint64_t max_writes = uint64_t{1} << 24;
 };

@@ -62,10 +62,48 @@ TEST(Links, GathersLoadTheSendersNicsAndTheRootsTakeThemInAtNicRate) {
   EXPECT_GT(sum.gather_out_bytes, 0u);
   const std::string r = report(*p, "demo");
   EXPECT_NE(r.find("gathers (host collective: one-sided writes into the root's registered buffer, "
-                   "over the trainers' NICs; NCCL gathers are not built)"),
+                   "over the trainers' NICs; JobConfig.gathers \"nccl\" runs them on NCCL)"),
             std::string::npos)
       << r;
   EXPECT_EQ(r.find("NVLink root"), std::string::npos) << r;
+}
+
+// Gathers on NCCL (JobConfig.gathers "nccl") ride NVLink: the NICs carry only the writes, and
+// the gathers take each rank's pieces in and out at nvlink_gbps; the report says NCCL. The
+// packing trade then prices gathers at NVLink too, so at least as many units pack.
+TEST(Links, NcclGathersAreCostedOnNvlinkApartFromTheNics) {
+  const spec::Inputs in = demo();
+  Options o;
+  o.gather_cost_us = 0;
+  o.nccl_gathers = true;
+  o.intra_domain_gathers_only = true;
+  auto p = make_plan(in, o);
+  ASSERT_TRUE(p) << p.status().message();
+  ASSERT_TRUE(verify_plan(in, *p));
+  ASSERT_GT(p->gathers.size(), 0u);
+  const std::vector<double> sent = pieces_sent(*p);
+  double net = 0, gat = 0;
+  for (size_t i = 0; i < p->senders.size(); ++i) {
+    const Sender& s = p->senders[i];
+    for (uint64_t n : s.nic_bytes)
+      net = std::max(net, static_cast<double>(n) * 8 / (s.nic_gbps * 1e9));
+    gat = std::max({gat, sent[i] * 8 / (s.nvlink_gbps * 1e9),
+                    static_cast<double>(s.gather_bytes_in) * 8 / (s.nvlink_gbps * 1e9)});
+  }
+  for (const Receiver& r : p->receivers)
+    for (uint64_t n : r.nic_bytes)
+      net = std::max(net, static_cast<double>(n) * 8 / (r.nic_gbps * 1e9));
+  const Summary sum = summarize(*p);
+  EXPECT_DOUBLE_EQ(sum.network_s, net);
+  EXPECT_DOUBLE_EQ(sum.gather_s, gat);
+  EXPECT_DOUBLE_EQ(sum.predicted_s, std::max(net, gat));
+  EXPECT_GT(sum.gather_out_bytes, 0u);
+  const std::string r = report(*p, "demo");
+  EXPECT_NE(r.find("gathers (NCCL inside each NVLink domain"), std::string::npos) << r;
+  // The option travels with a saved plan.
+  auto back = from_json(to_json(*p));
+  ASSERT_TRUE(back) << back.status().message();
+  EXPECT_TRUE(back->options.nccl_gathers);
 }
 
 TEST(Links, IpcPlansCostSameHostLinksAtNvlinkRate) {
