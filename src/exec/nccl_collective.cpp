@@ -305,8 +305,10 @@ class NcclCollective final : public Collective {
   Status connect(Clock::time_point deadline) {
     if (group_.size() < 2) return Status::ok();
     std::string epoch;
-    for (uint32_t r : group_)
-      epoch += fmt::format("{}.", r < incarnations_.size() ? incarnations_[r] : 0u);
+    for (uint32_t r : group_)  // (this rank's own entry of the peers' list is not its own)
+      epoch += fmt::format("{}.", r == rank_                 ? incarnation_
+                                  : r < incarnations_.size() ? incarnations_[r]
+                                                             : 0u);
     epoch += fmt::format("f{}", failures_);
     if (comm_ && !broken_ && epoch == epoch_) return Status::ok();
     if (comm_) nccl().abort(comm_);
@@ -335,6 +337,9 @@ class NcclCollective final : public Collective {
       std::copy(v->begin(), v->end(), reinterpret_cast<uint8_t*>(id.internal));
     }
     if (Status s = cuda_use_device(device_); !s) return s;
+    // Point-to-point sends never use NVLink multicast (NVLS); keep it off unless the job says
+    // otherwise (on shared machines a program using it can take the host's GPUs out of service).
+    setenv("NCCL_NVLS_ENABLE", "0", 0);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;  // so that a missing rank times out at the deadline instead of hanging
     ncclResult_t r =
