@@ -63,6 +63,12 @@ bool have_device() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
+bool can_access_peer(int from, int to) {
+  if (from == to) return true;
+  int ok = 0;
+  return cudaDeviceCanAccessPeer(&ok, from, to) == cudaSuccess && ok == 1;
+}
+
 Result<void*> alloc_probe(uint64_t len) {
   void* p = nullptr;
   if (cudaError_t e = cudaMalloc(&p, len); e != cudaSuccess) return cuda_err("cudaMalloc", e);
@@ -201,6 +207,7 @@ Status no_cuda() {
 bool built() { return false; }
 Result<int> device_of(const void*) { return no_cuda(); }
 bool have_device() { return false; }
+bool can_access_peer(int from, int to) { return from == to; }
 Result<void*> alloc_probe(uint64_t) { return no_cuda(); }
 void free_probe(void*) {}
 Result<Export> export_region(void*, uint64_t) { return no_cuda(); }

@@ -34,6 +34,9 @@ void close_handle(void* base, int device);
 Result<int> device_of(const void* ptr);
 // Whether this process sees a CUDA device at all (false without CUDA or without a GPU).
 bool have_device();
+// Whether kernels on device `from` can write memory of device `to` (peer access: NVLink or PCIe
+// P2P); true when they are the same device.
+bool can_access_peer(int from, int to);
 // A small device allocation for probing a NIC's registration of GPU memory; free_probe frees it.
 Result<void*> alloc_probe(uint64_t len);
 void free_probe(void* ptr);

@@ -238,9 +238,13 @@ class IpcDomain final : public Domain {
                     fmt::format("ipc: a {} B window at offset {} runs past process {}'s region "
                                 "({} B)",
                                 len, off, p.pid, t->len));
-    if (p.pid != self_.pid && stream_ && t->device != stream_->device())
-      return invalid("ipc: process {}'s region is on device {}, mapped here on device {}", p.pid,
-                     t->device, stream_->device());
+    // Another GPU's tensor, mapped here with peer access (cudaIpcMemLazyEnablePeerAccess):
+    // kernels of this device write it over NVLink where the devices can reach each other.
+    if (p.pid != self_.pid && stream_ && !ipc::cuda::can_access_peer(stream_->device(), t->device))
+      return invalid(
+          "ipc: process {}'s region is on device {}, mapped here on device {}, which has no peer "
+          "access to it",
+          p.pid, t->device, stream_->device());
     return static_cast<void*>(t->ptr + off);
   }
 
