@@ -63,13 +63,11 @@ def quantize_into(w, q, s):
     s.copy_(scale.view(e, m // BLOCK, n // BLOCK))
 
 
-def inference_rank(rank, ep, params, pipe_in, pipe_out):
-    """One DP-attention rank of the replica (vLLM's layout, as perf/samehost_bench.cpp generates
-    it): attention, norms, embedding and head replicated in BF16, q/k/v fused into qkv_proj; the
+def engine_params(params, ep, dev):
+    """The inference rank's parameters (vLLM's layout, as perf/samehost_bench.cpp generates it):
+    attention, norms, embedding and head replicated in BF16, q/k/v fused into qkv_proj; the
     stacked experts (w1, w3, w2: [E, rows, cols]) split over the EP ranks, w1 and w3 fused into
     w13_weight, both quantized to FP8 with 128x128 scales."""
-    torch.cuda.set_device(0)
-    dev = torch.device("cuda", 0)
     dest = {}
     shape = dict(params)
     for name, shp in params:
@@ -88,6 +86,41 @@ def inference_rank(rank, ep, params, pipe_in, pipe_out):
                 e, m // BLOCK, n // BLOCK, dtype=torch.float32, device=dev)
         elif not any(k in name for k in (".k_proj.", ".v_proj.", ".experts.w3")):
             dest[name] = torch.empty(*shp, dtype=torch.bfloat16, device=dev)
+    return dest
+
+
+def load_weight(dest, shape, rank, ep, name, shp, w):
+    """What an engine's load_weights does with one trainer tensor `w` (BF16, shape `shp`): copies
+    it into place, fusing q/k/v and w1/w3, and quantizes this rank's experts."""
+    if ".q_proj." in name:
+        dest[name.replace(".q_proj.", ".qkv_proj.")][:shp[0]].copy_(w)
+    elif ".k_proj." in name:
+        q = shape[name.replace(".k_proj.", ".q_proj.")][0]
+        dest[name.replace(".k_proj.", ".qkv_proj.")][q:q + shp[0]].copy_(w)
+    elif ".v_proj." in name:
+        q = shape[name.replace(".v_proj.", ".q_proj.")][0]
+        dest[name.replace(".v_proj.", ".qkv_proj.")][q + shp[0]:].copy_(w)
+    elif ".experts.w" in name:
+        e = shp[0] // ep
+        mine = w[rank * e:(rank + 1) * e]
+        if name.endswith(".w2"):
+            base, lo = name[:-len("w2")] + "w2_weight", 0
+        else:
+            base = name[:-len("w1")] + "w13_weight"
+            lo = 0 if name.endswith(".w1") else shp[1]
+        hi = lo + shp[1]
+        quantize_into(mine, dest[base][:, lo:hi],
+                      dest[base + "_scale_inv"][:, lo // BLOCK:hi // BLOCK])
+    else:
+        dest[name].copy_(w)
+
+
+def inference_rank(rank, ep, params, pipe_in, pipe_out):
+    """One DP-attention rank of the replica (engine_params), taking buckets over CUDA IPC."""
+    torch.cuda.set_device(0)
+    dev = torch.device("cuda", 0)
+    dest = engine_params(params, ep, dev)
+    shape = dict(params)
     buckets = {}
     pipe_out.put(("ready", rank))
     while True:
@@ -103,27 +136,7 @@ def inference_rank(rank, ep, params, pipe_in, pipe_out):
             for d in shp:
                 n *= d
             w = buf[off:off + 2 * n].view(torch.bfloat16).view(*shp)
-            if ".q_proj." in name:
-                dest[name.replace(".q_proj.", ".qkv_proj.")][:shp[0]].copy_(w)
-            elif ".k_proj." in name:
-                q = shape[name.replace(".k_proj.", ".q_proj.")][0]
-                dest[name.replace(".k_proj.", ".qkv_proj.")][q:q + shp[0]].copy_(w)
-            elif ".v_proj." in name:
-                q = shape[name.replace(".v_proj.", ".q_proj.")][0]
-                dest[name.replace(".v_proj.", ".qkv_proj.")][q + shp[0]:].copy_(w)
-            elif ".experts.w" in name:
-                e = shp[0] // ep
-                mine = w[rank * e:(rank + 1) * e]
-                if name.endswith(".w2"):
-                    base, lo = name[:-len("w2")] + "w2_weight", 0
-                else:
-                    base = name[:-len("w1")] + "w13_weight"
-                    lo = 0 if name.endswith(".w1") else shp[1]
-                hi = lo + shp[1]
-                quantize_into(mine, dest[base][:, lo:hi],
-                              dest[base + "_scale_inv"][:, lo // BLOCK:hi // BLOCK])
-            else:
-                dest[name].copy_(w)
+            load_weight(dest, shape, rank, ep, name, shp, w)
         torch.cuda.synchronize()
         pipe_out.put(("done", slot))
 

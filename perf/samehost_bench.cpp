@@ -5,6 +5,9 @@
 // and passes the baseline's GB/s in, so the ratios come from one run on one machine.
 //   samehost_bench [--model DIR] [--fsdp N] [--ep N] [--steps N] [--layers N] [--device cuda|host]
 //                  [--backend ipc|fabric] [--baseline-gbps X] [--no-in-place]
+//                  [--trainer-gpus N] [--inference-gpu G] [--gathers host|nccl]
+// (Two GPUs: --inference-gpu 1 puts the replica on GPU 1, so every write crosses NVLink, and the
+// peer-copy limit is measured too; --trainer-gpus 2 --gathers nccl gathers across both GPUs.)
 // --layers N keeps the first N layers (a quick check on a small machine); --device host puts
 // both ends in host memory (the path this CPU-only machine can run). Layer 0's bytes are checked
 // exactly on every receiver after the last step (against plan::reference_tensor, from trainer
@@ -46,6 +49,10 @@ struct Args {
   std::string device = "cuda", backend = "ipc";
   double baseline_gbps = 0;
   bool no_in_place = false;
+  // Two GPUs (issue 15): trainer rank s on GPU s % trainer_gpus, the receivers on inference_gpu;
+  // gathers on the host collective or NCCL (one GPU per trainer rank).
+  int trainer_gpus = 1, inference_gpu = 0;
+  std::string gathers = "host";
 };
 
 [[noreturn]] void die(const std::string& m) {
@@ -92,7 +99,7 @@ struct Arena {
   exec::Buffer buf;
   std::vector<uint64_t> off;
 };
-Arena allocate(const std::vector<api::TensorInfo>& infos, bool cuda) {
+Arena allocate(const std::vector<api::TensorInfo>& infos, bool cuda, int device) {
   Arena a;
   uint64_t total = 0;
   for (const auto& t : infos) {
@@ -100,7 +107,7 @@ Arena allocate(const std::vector<api::TensorInfo>& infos, bool cuda) {
     total += aligned(t.bytes);
   }
   auto b = exec::Buffer::allocate(cuda ? exec::MemoryKind::kCuda : exec::MemoryKind::kHost,
-                                  std::max<uint64_t>(total, 1), 0);
+                                  std::max<uint64_t>(total, 1), std::max(device, 0));
   if (!b) die(b.status().message());
   a.buf = std::move(b).value();
   return a;
@@ -142,7 +149,7 @@ void receiver(api::JobConfig job, uint32_t r, const Args& a, const Job& j) {
   auto rc = api::Receiver::create(job, r);
   if (!rc) die(rc.status().message());
   const auto infos = rc->tensors();
-  Arena ar = allocate(infos, a.device == "cuda");
+  Arena ar = allocate(infos, a.device == "cuda", job.cuda_device);
   for (size_t k = 0; k < infos.size(); ++k)
     if (Status s = rc->register_tensor(infos[k].name, ar.buf.data() + ar.off[k], infos[k].bytes,
                                        infos[k].scales);
@@ -219,7 +226,7 @@ void sender(api::JobConfig job, uint32_t s, const Args& a, int go, int done, con
   if (!snd) die(snd.status().message());
   const auto infos = snd->tensors();
   const bool cuda = a.device == "cuda";
-  Arena ar = allocate(infos, cuda);
+  Arena ar = allocate(infos, cuda, job.cuda_device);
   fill(ar.buf, cuda, 17 + s);
   // The checked layer's shards: the verifier's pattern, element by element at its global index.
   const exec::SenderLayout layout = exec::sender_layout(j.in, s);
@@ -273,11 +280,15 @@ void sender(api::JobConfig job, uint32_t s, const Args& a, int go, int done, con
 }
 
 // Device-to-device copy on GPU 0: bytes copied per second (best of 5 copies of 4 GiB).
-double d2d_gbps() {
+// The copy limit: device to device on GPU `from` (from == to), or GPU `from` to GPU `to` (the
+// NVLink peer copy), bytes copied per second.
+double d2d_gbps(int from = 0, int to = 0) {
 #if WEIGHTCAST_HAVE_CUDA
   const size_t n = 4ull << 30;
   void *x = nullptr, *y = nullptr;
-  if (cudaMalloc(&x, n) != cudaSuccess || cudaMalloc(&y, n) != cudaSuccess) return 0;
+  if (cudaSetDevice(to) != cudaSuccess || cudaMalloc(&y, n) != cudaSuccess) return 0;
+  if (cudaSetDevice(from) != cudaSuccess || cudaMalloc(&x, n) != cudaSuccess) return 0;
+  if (from != to) (void)cudaDeviceEnablePeerAccess(to, 0);
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
@@ -314,6 +325,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"cuda", "host"}));
   app.add_option("--backend", a.backend, "Transport")->check(CLI::IsMember({"ipc", "fabric"}));
   app.add_option("--baseline-gbps", a.baseline_gbps, "The colocated baseline's GB/s, for ratios");
+  app.add_option("--trainer-gpus", a.trainer_gpus,
+                 "GPUs for the trainers: rank s on GPU s % N (default 1: GPU 0)")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--inference-gpu", a.inference_gpu, "The GPU the receivers' tensors live on")
+      ->check(CLI::Range(0, 63));
+  app.add_option("--gathers", a.gathers, "Trainers' gathers: host or nccl (JobConfig.gathers)")
+      ->check(CLI::IsMember({"host", "nccl"}));
   app.add_flag("--no-in-place", a.no_in_place,
                "Project into staging and copy (WEIGHTCAST_NO_IN_PLACE), not into the receivers' "
                "tensors");
@@ -327,6 +345,7 @@ int main(int argc, char** argv) {
   job.inference_spec = dir + "/inference.json";
   job.topology = dir + "/topology.json";
   job.backend = a.backend;
+  job.gathers = a.gathers;
   job.deadline_s = 60;
   auto ctl = api::Controller::start(job);
   if (!ctl) die(ctl.status().message());
@@ -335,7 +354,10 @@ int main(int argc, char** argv) {
     auto in = spec::load_inputs(job.trainer_spec, job.inference_spec, job.topology);
     if (!in) die(in.status().message());
     j.in = std::move(in).value();
-    auto p = plan::make_plan(j.in, {});
+    plan::Options po;
+    po.nccl_gathers = a.gathers == "nccl";  // as the job plans
+    po.intra_domain_gathers_only = po.nccl_gathers;
+    auto p = plan::make_plan(j.in, po);
     if (!p) die(p.status().message());
     j.plan = std::move(p).value();
   }
@@ -347,7 +369,7 @@ int main(int argc, char** argv) {
   for (uint32_t r = 0; r < ctl->receivers(); ++r) {
     api::JobConfig rj = job;
     rj.token = ctl->peer_token("inference", r);
-    rj.cuda_device = dev;
+    rj.cuda_device = dev < 0 ? -1 : a.inference_gpu;
     const pid_t p = fork();
     if (p == 0) receiver(rj, r, a, j);
     kids.push_back(p);
@@ -358,7 +380,7 @@ int main(int argc, char** argv) {
     if (pipe(g) != 0 || pipe(d) != 0) die("pipe");
     api::JobConfig sj = job;
     sj.token = ctl->peer_token("trainer", s);
-    sj.cuda_device = dev;
+    sj.cuda_device = dev < 0 ? -1 : static_cast<int>(s) % a.trainer_gpus;
     const pid_t p = fork();
     if (p == 0) sender(sj, s, a, g[0], d[1], j);
     kids.push_back(p);
@@ -402,10 +424,17 @@ int main(int argc, char** argv) {
   if (failed) die(fmt::format("{} peer process(es) failed", failed));
   std::printf("weightcast: %.1f GB/s (best step after the first)\n", best);
   if (a.device == "cuda") {
+    if (a.inference_gpu != 0 || a.trainer_gpus > 1) {  // trainers on GPU 0 write another GPU
+      const double peer = d2d_gbps(0, a.inference_gpu);
+      perf::ratio("GPU 0 -> GPU peer copy limit", best, peer, "GB/s", "target >= 0.8");
+    }
     const double d2d = d2d_gbps();
     perf::ratio("samehost vs device-to-device copy", best, d2d, "GB/s", "the limit");
     if (a.baseline_gbps > 0)
-      perf::ratio("samehost vs colocated torch", best, a.baseline_gbps, "GB/s", "target >= 4x");
+      perf::ratio(a.inference_gpu != 0 ? "two GPUs vs per-tensor NCCL broadcast"
+                                       : "samehost vs colocated torch",
+                  best, a.baseline_gbps, "GB/s",
+                  a.inference_gpu != 0 ? "target >= 5x" : "target >= 4x");
   }
   return 0;
 }
