@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "weightcast/exec/keys.h"
+#include "weightcast/exec/nccl_collective.h"
 
 namespace weightcast::exec {
 
@@ -368,34 +369,13 @@ Status HostCollective::run(uint8_t gen, uint16_t phase, std::span<const uint32_t
         expect[static_cast<uint16_t>(piece.rank)] += core::count_runs(gs, rel) * nics;
         continue;
       }
-      // The root's own piece: copied run by run into place.
+      // The root's own piece: copied run by run into place (on the GPU ordered before the
+      // projections on this thread's stream).
       auto found = held_piece(gi, piece.box);
       if (!found) return found.status();
-      const core::Box held = found->first;  // (not a structured binding: lambdas use them)
-      const std::byte* data = found->second;
-      std::vector<std::pair<int64_t, int64_t>> src_runs;
-      core::for_each_run(held.extents(), core::relative(piece.box, held),
-                         [&](int64_t off, int64_t len) {
-                           src_runs.push_back({off, len});
-                         });
-      size_t k = 0;
-      int64_t used = 0;
-      Status cs;
-      core::for_each_run(gs, rel, [&](int64_t off, int64_t len) {
-        while (len > 0) {
-          const int64_t take = std::min(len, src_runs[k].second - used);
-          if (cs)  // on the GPU ordered before the projections on this thread's stream
-            cs = copy(gbuf_.data() + offset_[gi] + off * esz,
-                      data + (src_runs[k].first + used) * esz, static_cast<uint64_t>(take) * esz);
-          off += take;
-          len -= take;
-          used += take;
-          if (used == src_runs[k].second) {
-            ++k;
-            used = 0;
-          }
-        }
-      });
+      const Status cs = copy_piece(
+          piece.box, found->first, found->second, g.box, gbuf_.data() + offset_[gi], esz,
+          [this](std::byte* d, const std::byte* src, uint64_t n) { return copy(d, src, n); });
       if (!cs) return Status(cs.code(), fmt::format("gather root {}: {}", rank_, cs.message()));
     }
   }

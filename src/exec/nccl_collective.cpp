@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <map>
 #include <thread>
 
 #include "weightcast/exec/keys.h"

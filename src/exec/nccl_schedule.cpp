@@ -2,7 +2,6 @@
 // the run-by-run piece copies. No CUDA here: the CPU tests run it through an in-memory exchange.
 #include <algorithm>
 #include <map>
-#include <numeric>
 
 #include "weightcast/exec/nccl_collective.h"
 
