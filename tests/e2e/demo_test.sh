@@ -92,8 +92,10 @@ PY
   hybrid_split)  # staged receiver tensors on hybrid links are split: senders of the receiver's
     # (posing) host write the tensors directly over ipc, only the other host's bytes land in the
     # staging area and are copied in; the drills change the senders' incarnations in between
+    # (--deadline 10: with 5 s it failed once in a full test run beside the verbs VM, the
+    # restarted trainer's relink not done in time; see the session note)
     timeout 300 "$wc" demo --backend hybrid --hosts 2 --steps 4 --replicas 2 --staging always \
-      --restart-receiver-at-step 2 --kill-trainer-at-step 3 --deadline 5 --gather-cost-us 0 \
+      --restart-receiver-at-step 2 --kill-trainer-at-step 3 --deadline 10 --gather-cost-us 0 \
       >"$out" 2>&1; rc=$?
     expect "trainer 0 died \(Killed\); restarting"
     expect "^step 4/4: .*13680128 bytes on 4 receivers verified"
