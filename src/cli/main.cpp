@@ -20,6 +20,7 @@
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
 #include "weightcast/plan/verify.h"
+#include "weightcast/sim/sim.h"
 #include "weightcast/transport/rendezvous.h"
 
 namespace {
@@ -165,7 +166,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 int run_plan(const InputFlags& in_flags, const PlanFlags& pf, const std::string& json_out,
-             const std::string& svg_out) {
+             const std::string& svg_out, const std::string& profile_path,
+             const std::string& trace_out) {
   std::string title;
   const auto t0 = std::chrono::steady_clock::now();
   auto in = in_flags.load(title);
@@ -175,6 +177,25 @@ int run_plan(const InputFlags& in_flags, const PlanFlags& pf, const std::string&
   const double took = seconds_since(t0);
   std::fputs(plan::report(*p, title).c_str(), stdout);
   std::printf("planned in %.3f s\n", took);
+  if (!profile_path.empty()) {
+    auto prof = sim::load_profile(profile_path);
+    if (!prof) return fail(prof.status());
+    sim::Options so;
+    so.trace_path = trace_out;
+    if (!in->trainer.params.empty())
+      so.source_bytes_per_elem = static_cast<double>(core::dtype_size(in->trainer.params[0].dtype));
+    for (const auto& h : in->topology.hosts)
+      so.topology_gather_us = std::max(so.topology_gather_us, h.gather_us);
+    const auto ts = std::chrono::steady_clock::now();
+    auto r = sim::simulate(*p, *prof, so);
+    if (!r) return fail(r.status());
+    std::fputs(sim::report(*r, *prof).c_str(), stdout);
+    std::printf("simulated in %.3f s\n", seconds_since(ts));
+    if (!trace_out.empty())
+      std::printf("predicted step's trace written to %s\n", trace_out.c_str());
+  } else if (!trace_out.empty()) {
+    return fail(invalid("--trace needs --profile (the trace is the simulated step's)"));
+  }
   if (!json_out.empty()) {
     if (Status s = plan::save_json(*p, json_out); !s) return fail(s);
     std::printf("plan written to %s\n", json_out.c_str());
@@ -248,7 +269,7 @@ int main(int argc, char** argv) {
 
   InputFlags plan_in, verify_in;
   PlanFlags plan_pf, verify_pf;
-  std::string json_out, svg_out, plan_file;
+  std::string json_out, svg_out, plan_file, profile_path, trace_out;
   uint64_t step = 1;
 
   CLI::App* plan_cmd = app.add_subcommand(
@@ -259,6 +280,13 @@ int main(int argc, char** argv) {
   plan_pf.add(plan_cmd);
   plan_cmd->add_option("--json", json_out, "Write the plan (weightcast.plan/v1 JSON) to this file");
   plan_cmd->add_option("--svg", svg_out, "Draw the sender x receiver byte matrix to this SVG file");
+  plan_cmd->add_option("--profile", profile_path,
+                       "Simulate the step on this machine profile (weightcast.profile/v1 JSON; "
+                       "shipped: configs/profiles/*.json) and print the predicted step, the floor "
+                       "and where the slowest path's time goes (docs/simulator.md)");
+  plan_cmd->add_option("--trace", trace_out,
+                       "With --profile: write the simulated step as a Chrome trace / Perfetto "
+                       "JSON file (open it in ui.perfetto.dev)");
   plan_cmd->footer(
       "Example: weightcast plan -t configs/kimi-k2/trainer.json -i configs/kimi-k2/inference.json "
       "-c configs/kimi-k2/topology.json --json kimi.plan.json --svg kimi.svg");
@@ -437,7 +465,7 @@ int main(int argc, char** argv) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
-  if (*plan_cmd) return run_plan(plan_in, plan_pf, json_out, svg_out);
+  if (*plan_cmd) return run_plan(plan_in, plan_pf, json_out, svg_out, profile_path, trace_out);
   if (*verify_cmd) return run_verify(verify_in, verify_pf, plan_file, step);
   if (*spec_flags.cmd) return cli::run_spec(spec_flags);
   if (*rdv_cmd) {

@@ -22,6 +22,12 @@ check files-plan 0 "bytes +29.92 GiB" -- "$wc" plan -t "$cfg/trainer.json" -i "$
   --json "$tmp/p.json" --svg "$tmp/m.svg"
 check json-written 0 '"format": "weightcast.plan/v1"' -- head -3 "$tmp/p.json"
 check svg-written 0 "<rect x=" -- grep -m1 "sender 0 -> receiver" "$tmp/m.svg"
+check simulate 0 "slowest path +trainer rank" -- "$wc" plan -b demo-moe --profile "$src/configs/profiles/cx7-h100.json" \
+  --trace "$tmp/t.json"
+check sim-trace-written 0 '"ph":"X"' -- head -c 4000 "$tmp/t.json"
+echo '{"format": "weightcast.profile/v1", "write_us": -1}' >"$tmp/bad-profile.json"
+check bad-profile 2 "write_us = -1 is outside" -- "$wc" plan -b demo-moe --profile "$tmp/bad-profile.json"
+check trace-needs-profile 2 "--trace needs --profile" -- "$wc" plan -b demo-moe --trace "$tmp/t2.json"
 check partial-files 2 "missing: --inference --topology" -- "$wc" plan -t "$cfg/trainer.json"
 check missing-file 2 "nope.json: cannot open file" -- "$wc" plan -t nope.json -i "$cfg/inference.json" -c "$cfg/topology.json"
 printf '{"format": "weightcast.spec/v1", "role": "trainer", "mesh": {"axes": []}, "params": []}' > "$tmp/bad.json"
