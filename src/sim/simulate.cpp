@@ -62,7 +62,7 @@ class Sim {
 
  private:
   struct SenderState {
-    double t = 0, start = 0, compute_end = 0, copy_free = 0, mirror_free = 0;
+    double t = 0, start = 0, compute_end = 0, copy_free = 0;
     size_t ti = 0;
     int32_t blocked_on = -1;  // a projection whose writes are not all simulated yet
     bool at_barrier = false, done = false;
@@ -77,10 +77,19 @@ class Sim {
     std::vector<std::pair<uint32_t, double>> arrived;
   };
 
+  // Whether sender s reaches receiver r over an ipc link (else its NICs).
+  bool ipc_pair(uint32_t s, uint32_t r) const {
+    return p_.options.ipc_links ||
+           (p_.options.hybrid_links && p_.senders[s].host == p_.receivers[r].host);
+  }
   bool ipc_write(const plan::Write& w) const {
-    if (p_.options.ipc_links) return true;
-    return p_.options.hybrid_links &&
-           p_.senders[w.sender].host == p_.receivers[p_.dests[w.dest].receiver].host;
+    return ipc_pair(w.sender, p_.dests[w.dest].receiver);
+  }
+  // A projection's staging range: its output, then its scales where planned.
+  static std::pair<uint64_t, uint64_t> slot(const plan::Project& q) {
+    return {q.staging_off, q.scale_dest >= 0
+                               ? q.scale_off + static_cast<uint64_t>(q.scale_box.numel()) * 4
+                               : q.staging_off + q.out_bytes};
   }
   double nic_rate(double topo_gbps) const {
     return (f_.nic_gbps > 0 ? f_.nic_gbps : topo_gbps) * 1e9 / 8 * f_.nic_efficiency;
@@ -309,13 +318,13 @@ void Sim::gather_arrive(uint32_t s, double now) {
   if (b.arrived.size() < b.expected) return;
   double meet = 0;
   for (const auto& [r, t] : b.arrived) meet = std::max(meet, t);
+  // Pieces ride NVLink on NCCL or an ipc link; else the rank's NICs, all of them at once.
+  const bool nvlink = p_.options.nccl_gathers || p_.options.ipc_links || p_.options.hybrid_links;
+  const double piece_us = f_.gather_piece_us >= 0 ? f_.gather_piece_us : o_.topology_gather_us;
   for (const auto& [r, t] : b.arrived) {
     SenderState& x = s_[r];
-    // Pieces ride NVLink on NCCL or an ipc link; else the rank's NICs, all of them at once.
-    const bool nvlink = p_.options.nccl_gathers || p_.options.ipc_links || p_.options.hybrid_links;
     const double rate =
         nvlink ? ipc_rate(r) : nic_rate(p_.senders[r].nic_gbps) * std::max(1, p_.senders[r].nics);
-    const double piece_us = f_.gather_piece_us >= 0 ? f_.gather_piece_us : o_.topology_gather_us;
     auto it = gather_load_.find({ph, r});
     double d = 0;
     if (it != gather_load_.end())
@@ -359,17 +368,10 @@ Status Sim::compute(uint32_t s, double now) {
     }
     // A projection: first the staging slot, freed once the writes reading it completed.
     const plan::Project& q = p_.projects[task.index];
-    const uint64_t lo = q.staging_off,
-                   hi = q.scale_dest >= 0
-                            ? q.scale_off + static_cast<uint64_t>(q.scale_box.numel()) * 4
-                            : q.staging_off + q.out_bytes;
+    const auto [lo, hi] = slot(q);
     auto overlaps = [&] {
       for (uint32_t f : x.inflight) {
-        const plan::Project& o = p_.projects[f];
-        const uint64_t olo = o.staging_off,
-                       ohi = o.scale_dest >= 0
-                                 ? o.scale_off + static_cast<uint64_t>(o.scale_box.numel()) * 4
-                                 : o.staging_off + o.out_bytes;
+        const auto [olo, ohi] = slot(p_.projects[f]);
         if (olo < hi && lo < ohi) return true;
       }
       return false;
@@ -446,10 +448,8 @@ Result<Simulation> Sim::run() {
     uint32_t last = order.empty() ? 0 : order.back().second;
     for (const auto& [t, s] : order) {
       end = std::max(end, t);
-      const bool ipc = p_.options.ipc_links ||
-                       (p_.options.hybrid_links && p_.senders[s].host == p_.receivers[r].host);
-      if (staged && !ipc) {
-        const double d = static_cast<double>(r_from_[r][s].second) / f_.h2d_bytes_per_s;
+      if (staged && !ipc_pair(s, static_cast<uint32_t>(r))) {
+        const double d = static_cast<double>(r_from_[r].at(s).second) / f_.h2d_bytes_per_s;
         copy = std::max(copy, t) + d;
         tr_.span_receiver(static_cast<uint32_t>(r), "staging copy in", copy - d, d);
         if (copy >= end) last = s;
@@ -457,12 +457,10 @@ Result<Simulation> Sim::run() {
       }
     }
     out.receiver_done_s.push_back(end);
-    double busy = 0, floor = 0;
-    for (size_t l = 0; l < r_lanes_[r].size(); ++l) {
-      busy = std::max(busy, r_lanes_[r][l].busy);
-      floor = std::max(floor, r_lanes_[r][l].busy);
-    }
-    out.floor_s = std::max(out.floor_s, floor);
+    // The receiver's busiest ingress link: its floor, and how busy the slowest path kept it.
+    double busy = 0;
+    for (const Lane& l : r_lanes_[r]) busy = std::max(busy, l.busy);
+    out.floor_s = std::max(out.floor_s, busy);
     if (end >= out.predicted_s) {
       out.predicted_s = end;
       out.receiver = static_cast<uint32_t>(r);
