@@ -368,7 +368,8 @@ Status Sim::compute(uint32_t s, double now) {
     }
     // A projection: first the staging slot, freed once the writes reading it completed.
     const plan::Project& q = p_.projects[task.index];
-    const auto [lo, hi] = slot(q);
+    const auto range = slot(q);
+    const uint64_t lo = range.first, hi = range.second;
     auto overlaps = [&] {
       for (uint32_t f : x.inflight) {
         const auto [olo, ohi] = slot(p_.projects[f]);
