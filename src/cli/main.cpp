@@ -20,6 +20,7 @@
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
 #include "weightcast/plan/verify.h"
+#include "weightcast/sim/measure.h"
 #include "weightcast/sim/sim.h"
 #include "weightcast/transport/rendezvous.h"
 
@@ -177,6 +178,7 @@ int run_plan(const InputFlags& in_flags, const PlanFlags& pf, const std::string&
   const double took = seconds_since(t0);
   std::fputs(plan::report(*p, title).c_str(), stdout);
   std::printf("planned in %.3f s\n", took);
+  std::string simulation;  // the plan JSON carries it
   if (!profile_path.empty()) {
     auto prof = sim::load_profile(profile_path);
     if (!prof) return fail(prof.status());
@@ -190,6 +192,7 @@ int run_plan(const InputFlags& in_flags, const PlanFlags& pf, const std::string&
     auto r = sim::simulate(*p, *prof, so);
     if (!r) return fail(r.status());
     std::fputs(sim::report(*r, *prof).c_str(), stdout);
+    simulation = "\"simulation\": " + sim::to_json(*r, *prof);
     std::printf("simulated in %.3f s\n", seconds_since(ts));
     if (!trace_out.empty())
       std::printf("predicted step's trace written to %s\n", trace_out.c_str());
@@ -197,12 +200,51 @@ int run_plan(const InputFlags& in_flags, const PlanFlags& pf, const std::string&
     return fail(invalid("--trace needs --profile (the trace is the simulated step's)"));
   }
   if (!json_out.empty()) {
-    if (Status s = plan::save_json(*p, json_out); !s) return fail(s);
+    if (Status s = plan::save_json(*p, json_out, simulation); !s) return fail(s);
     std::printf("plan written to %s\n", json_out.c_str());
   }
   if (!svg_out.empty()) {
     if (Status s = write_file(svg_out, plan::svg_matrix(*p)); !s) return fail(s);
     std::printf("sender x receiver matrix written to %s\n", svg_out.c_str());
+  }
+  return 0;
+}
+
+// Measures this machine's profile: loopback writes for the NIC fields, the CPU projections of a
+// config's plan for the projection fields.
+int run_profile(InputFlags in_flags, const PlanFlags& pf, const std::string& out,
+                uint64_t large_kib, uint64_t small_kib, uint64_t pair_mib) {
+  if (in_flags.trainer.empty() && in_flags.inference.empty() && in_flags.topology.empty() &&
+      in_flags.builtin.empty())
+    in_flags.builtin = "demo-moe";
+  std::string title;
+  auto in = in_flags.load(title);
+  if (!in) return fail(in.status());
+  auto p = plan::make_plan(*in, pf.options());
+  if (!p) return fail(p.status());
+  std::printf("measuring one-sided writes over tcp;ofi_rxm on loopback:\n");
+  std::fflush(stdout);
+  auto lr = sim::measure_loopback(large_kib << 10, small_kib << 10, pair_mib << 20,
+                                  [](const std::string& what) {
+                                    std::printf("  %s ...\n", what.c_str());
+                                    std::fflush(stdout);
+                                  });
+  if (!lr) return fail(lr.status());
+  sim::Profile prof = sim::loopback_profile(*lr);
+  std::printf("measuring the CPU projections of %s (%zu of them) ...\n", title.c_str(),
+              p->projects.size());
+  std::fflush(stdout);
+  auto took = sim::measure_projection_cpu(*in, *p, prof);
+  if (!took) return fail(took.status());
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  prof.name = fmt::format("loopback on {}", host);
+  const std::string text = sim::profile_json(prof);
+  std::fputs(text.c_str(), stdout);
+  if (!out.empty()) {
+    if (Status s = write_file(out, text); !s) return fail(s);
+    std::printf("profile written to %s (use it: weightcast plan --profile %s)\n", out.c_str(),
+                out.c_str());
   }
   return 0;
 }
@@ -303,6 +345,37 @@ int main(int argc, char** argv) {
   verify_cmd->add_option("--step", step, "Training step: changes every weight value")
       ->capture_default_str();
   verify_cmd->footer("Example: weightcast verify --builtin qwen3-30b-a3b --scale 16");
+
+  InputFlags profile_in;
+  PlanFlags profile_pf;
+  std::string profile_out;
+  uint64_t profile_large_kib = 16384, profile_small_kib = 4, profile_pair_mib = 128;
+  CLI::App* profile_cmd = app.add_subcommand(
+      "profile",
+      "Measure this machine's profile for the simulator (weightcast.profile/v1): one-sided "
+      "writes over tcp;ofi_rxm on loopback give the NIC rate, the host's shared path and the "
+      "cost of one write; the CPU projections of a config's plan (default: built-in demo-moe) "
+      "give the projection rate. Takes about half a minute");
+  profile_in.add(profile_cmd, 1);
+  profile_pf.add(profile_cmd);
+  profile_cmd->add_option("--out,-o", profile_out, "Write the profile to this file");
+  profile_cmd->add_option("--large-kib", profile_large_kib, "Size of the bandwidth runs' writes")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{64}, uint64_t{65536}));
+  profile_cmd
+      ->add_option("--small-kib", profile_small_kib,
+                   "Size of the writes that measure the cost of one write")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, uint64_t{64}));
+  profile_cmd
+      ->add_option("--mib", profile_pair_mib,
+                   "MiB each writer sends each target in every run (3 repetitions)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, uint64_t{4096}));
+  profile_cmd->footer(
+      "Example: weightcast profile -o here.json && weightcast plan -b demo-moe --profile "
+      "here.json\nShipped profiles for ConnectX-7 and EFA machines: configs/profiles/*.json "
+      "(docs/simulator.md)");
 
   std::string rdv_bind = "127.0.0.1", rdv_token;
   uint16_t rdv_port = 0;
@@ -467,6 +540,9 @@ int main(int argc, char** argv) {
   }
   if (*plan_cmd) return run_plan(plan_in, plan_pf, json_out, svg_out, profile_path, trace_out);
   if (*verify_cmd) return run_verify(verify_in, verify_pf, plan_file, step);
+  if (*profile_cmd)
+    return run_profile(profile_in, profile_pf, profile_out, profile_large_kib, profile_small_kib,
+                       profile_pair_mib);
   if (*spec_flags.cmd) return cli::run_spec(spec_flags);
   if (*rdv_cmd) {
     if (!rdv_token_file.empty()) {

@@ -42,7 +42,7 @@ std::string quoted(const std::string& s) { return json(s).dump(); }
 
 }  // namespace
 
-std::string to_json(const Plan& p) {
+std::string to_json(const Plan& p, const std::string& extra) {
   fmt::memory_buffer o;
   auto out = std::back_inserter(o);
   fmt::format_to(
@@ -57,6 +57,7 @@ std::string to_json(const Plan& p) {
                  p.options.intra_domain_gathers_only, p.options.write_cost_us,
                  p.options.gather_cost_us, p.options.ipc_links, p.options.hybrid_links,
                  p.options.nccl_gathers);
+  if (!extra.empty()) fmt::format_to(out, "{},\n", extra);
   if (!p.part_role.empty()) {
     fmt::format_to(out,
                    "\"part\": {{\"role\": {}, \"rank\": {}, \"dest_ids\": ", quoted(p.part_role),
@@ -149,12 +150,12 @@ std::string to_json(const Plan& p) {
   return fmt::to_string(o);
 }
 
-Status save_json(const Plan& plan, const std::string& path) {
+Status save_json(const Plan& plan, const std::string& path, const std::string& extra) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     if (!f) return Status(Code::kSystem, fmt::format("{}: cannot open for writing", tmp));
-    const std::string s = to_json(plan);
+    const std::string s = to_json(plan, extra);
     f.write(s.data(), static_cast<std::streamsize>(s.size()));
     if (!f.flush()) return Status(Code::kSystem, fmt::format("{}: write failed", tmp));
   }

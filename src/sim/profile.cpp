@@ -27,10 +27,14 @@ const Field kFields[] = {
     {"write_us", &Profile::write_us, nullptr, 0, 1e6},
     {"latency_us", &Profile::latency_us, nullptr, 0, 1e7},
     {"host_bytes_per_s", &Profile::host_bytes_per_s, nullptr, 0, 1e15},
+    {"host_write_us", &Profile::host_write_us, nullptr, 0, 1e6},
+    {"ready_rtt_us", &Profile::ready_rtt_us, nullptr, 0, 1e7},
+    {"ready_server_us", &Profile::ready_server_us, nullptr, 0, 1e6},
     {"nvlink_bytes_per_s", &Profile::nvlink_bytes_per_s, nullptr, 0, 1e15},
     {"gather_piece_us", &Profile::gather_piece_us, nullptr, -1, 1e7},
     {"project_bytes_per_s", &Profile::project_bytes_per_s, nullptr, 1e3, 1e15},
     {"project_us", &Profile::project_us, nullptr, 0, 1e7},
+    {"cpu_cores", &Profile::cpu_cores, nullptr, 0, 1e5},
     {"d2h_bytes_per_s", &Profile::d2h_bytes_per_s, nullptr, 1e3, 1e15},
     {"h2d_bytes_per_s", &Profile::h2d_bytes_per_s, nullptr, 1e3, 1e15},
     {"start_skew_us", &Profile::start_skew_us, nullptr, 0, 1e9},
@@ -38,6 +42,7 @@ const Field kFields[] = {
     {"tensors_on_gpu", nullptr, &Profile::tensors_on_gpu},
     {"nic_reads_gpu", nullptr, &Profile::nic_reads_gpu},
     {"nic_writes_gpu", nullptr, &Profile::nic_writes_gpu},
+    {"host_path_on_cores", nullptr, &Profile::host_path_on_cores},
 };
 }  // namespace
 

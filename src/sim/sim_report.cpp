@@ -24,6 +24,8 @@ std::string report(const Simulation& s, const Profile& p) {
        s.nic < 0 ? std::string("ipc link") : fmt::format("sender NIC {}", s.nic));
   const Stages& st = s.stages;
   line("    start skew           {:9.2f} ms", ms(st.skew_s));
+  line("    readiness            {:9.2f} ms (reading the receivers' arms; overlaps compute)",
+       ms(st.ready_s));
   line("    gathers              {:9.2f} ms (incl. waiting for the group)", ms(st.gather_s));
   line("    projections          {:9.2f} ms", ms(st.project_s));
   line("    staging copies       {:9.2f} ms (to pinned host memory; overlaps the projections)",
@@ -50,6 +52,7 @@ std::string to_json(const Simulation& s, const Profile& p) {
                         {"receiver", s.receiver},
                         {"nic", s.nic},
                         {"skew_s", s.stages.skew_s},
+                        {"ready_s", s.stages.ready_s},
                         {"gather_s", s.stages.gather_s},
                         {"project_s", s.stages.project_s},
                         {"staging_s", s.stages.staging_s},

@@ -62,7 +62,7 @@ class Sim {
 
  private:
   struct SenderState {
-    double t = 0, start = 0, compute_end = 0, copy_free = 0;
+    double t = 0, start = 0, compute_end = 0, copy_free = 0, ready_at = 0;
     size_t ti = 0;
     int32_t blocked_on = -1;  // a projection whose writes are not all simulated yet
     bool at_barrier = false, done = false;
@@ -116,6 +116,8 @@ class Sim {
   std::vector<SenderState> s_;
   std::vector<std::vector<Lane>> s_lanes_, r_lanes_;  // NICs, then the ipc link
   std::vector<Lane> hosts_;
+  std::vector<std::vector<double>>
+      cores_;  // per host: when each CPU core is free (CPU projections)
   std::vector<int> s_host_, r_host_;
   std::vector<uint32_t> shards_left_;
   std::vector<double> write_end_, s_last_;
@@ -153,6 +155,8 @@ void Sim::prepare() {
     r_host_.push_back(host(p_.receivers[j].host));
   }
   hosts_.resize(host_ids.size());
+  if (!f_.shards_on_gpu && f_.cpu_cores >= 1)
+    cores_.assign(host_ids.size(), std::vector<double>(static_cast<size_t>(f_.cpu_cores), 0.0));
   r_from_.resize(R);
   r_last_lane_.assign(R, {0.0, 0});
   shards_left_.assign(p_.writes.size(), 0);
@@ -225,9 +229,34 @@ void Sim::prepare() {
       s_[r].st.staging_s += d;
     }
   }
+  // Readiness: (receivers written + 2) rendezvous requests per sender, each a round trip, all
+  // senders' requests served in turn by one server: a sender of k requests is through once the
+  // server has served min(k, k_j) of every sender j's.
+  std::vector<uint64_t> k(S, 2);
+  for (uint32_t r = 0; r < S; ++r) {
+    std::set<uint32_t> rx;
+    for (const Task& t : p_.senders[r].tasks)
+      if (t.op == Task::Op::kWrite) rx.insert(p_.dests[p_.writes[t.index].dest].receiver);
+    k[r] += rx.size();
+  }
+  std::vector<uint64_t> sorted = k;
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<uint64_t> prefix(S + 1, 0);
+  for (size_t i = 0; i < S; ++i) prefix[i + 1] = prefix[i] + sorted[i];
+  for (uint32_t r = 0; r < S; ++r) {
+    const size_t below =
+        static_cast<size_t>(std::lower_bound(sorted.begin(), sorted.end(), k[r]) - sorted.begin());
+    const double served = static_cast<double>(prefix[below] + (S - below) * k[r]);
+    const double d =
+        std::max(static_cast<double>(k[r]) * f_.ready_rtt_us, served * f_.ready_server_us) * 1e-6;
+    s_[r].ready_at = s_[r].start + d;
+    s_[r].st.ready_s = d;
+    if (d > 0) tr_.span(r, kCopyLane, "readiness (receivers' arms)", s_[r].start, d);
+  }
 }
 
 void Sim::enqueue(uint32_t s, uint32_t wi, double ready) {
+  ready = std::max(ready, s_[s].ready_at);  // no write before the receivers' arms are read
   const plan::Write& w = p_.writes[wi];
   const int nics = std::max(1, p_.senders[s].nics);
   const bool ipc = ipc_write(w);
@@ -269,11 +298,22 @@ void Sim::lane_event(uint32_t s, uint32_t lane, double now) {
   rl.free = rstart + b / rrate;
   rl.busy += b / rrate;
   double end = std::max(sl.free, rl.free);
-  if (f_.host_bytes_per_s > 0 && !ipc)
+  if ((f_.host_bytes_per_s > 0 || f_.host_write_us > 0) && !ipc)
     for (int h : {s_host_[s], r_host_[rc]}) {
-      Lane& hl = hosts_[static_cast<size_t>(h)];
-      hl.free = std::max(ts, hl.free) + b / f_.host_bytes_per_s;
-      end = std::max(end, hl.free);
+      const double hd =
+          f_.host_write_us * 1e-6 + (f_.host_bytes_per_s > 0 ? b / f_.host_bytes_per_s : 0);
+      if (f_.host_path_on_cores && !cores_.empty()) {
+        // The host path is its CPU cores (loopback): the copy takes one core for cores x its
+        // share of the path, beside the CPU projections.
+        auto& cs = cores_[static_cast<size_t>(h)];
+        const size_t c = static_cast<size_t>(std::min_element(cs.begin(), cs.end()) - cs.begin());
+        cs[c] = std::max(ts, cs[c]) + hd * static_cast<double>(cs.size());
+        end = std::max(end, cs[c]);
+      } else {
+        Lane& hl = hosts_[static_cast<size_t>(h)];
+        hl.free = std::max(ts, hl.free) + hd;
+        end = std::max(end, hl.free);
+      }
       if (s_host_[s] == r_host_[rc]) break;
     }
   end += f_.latency_us * 1e-6;
@@ -394,9 +434,20 @@ Status Sim::compute(uint32_t s, double now) {
     const double in = static_cast<double>(q.box.numel()) * o_.source_bytes_per_elem;
     const double out = static_cast<double>(hi - lo);
     const double d = f_.project_us * 1e-6 + (in + out) / f_.project_bytes_per_s;
+    const double begin = x.t;
+    if (!cores_.empty()) {  // a CPU core of its host: the one freed last before now, else the first
+      auto& cs = cores_[static_cast<size_t>(s_host_[s])];
+      size_t c = 0;
+      for (size_t i = 1; i < cs.size(); ++i) {
+        const bool fits = cs[i] <= x.t, best = cs[c] <= x.t;
+        if ((fits && (!best || cs[i] > cs[c])) || (!fits && !best && cs[i] < cs[c])) c = i;
+      }
+      x.t = std::max(x.t, cs[c]);
+      cs[c] = x.t + d;
+    }
     tr_.span(s, kComputeLane, "projection", x.t, d);
     x.t += d;
-    x.st.project_s += d;
+    x.st.project_s += x.t - begin;  // (with waiting for a core)
     double ready = x.t;
     if (f_.shards_on_gpu && !f_.nic_reads_gpu && !p_.options.ipc_links) {
       const double c0 = std::max(x.t, x.copy_free), cd = out / f_.d2h_bytes_per_s;

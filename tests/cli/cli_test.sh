@@ -28,6 +28,14 @@ check sim-trace-written 0 '"ph":"X"' -- head -c 4000 "$tmp/t.json"
 echo '{"format": "weightcast.profile/v1", "write_us": -1}' >"$tmp/bad-profile.json"
 check bad-profile 2 "write_us = -1 is outside" -- "$wc" plan -b demo-moe --profile "$tmp/bad-profile.json"
 check trace-needs-profile 2 "--trace needs --profile" -- "$wc" plan -b demo-moe --trace "$tmp/t2.json"
+# The plan JSON carries the simulation, and a plan with one still loads (verify --plan).
+check sim-in-plan-json 0 '"simulation": \{"critical_path"' -- sh -c "\"$wc\" plan -b demo-moe --profile \"$src/configs/profiles/cx7-h100.json\" --json \"$tmp/sim.plan.json\" >/dev/null && grep -m1 simulation \"$tmp/sim.plan.json\""
+check sim-plan-loads 0 "OK: .* match the reference" -- "$wc" verify -b demo-moe --scale 1 --plan "$tmp/sim.plan.json"
+# A profile measured here (loopback writes, the CPU projections), then used by plan.
+check profile-measured 0 "profile written to" -- "$wc" profile --mib 8 -o "$tmp/here.json"
+check profile-fields 0 '"host_path_on_cores": true' -- cat "$tmp/here.json"
+check profile-used 0 "profile: loopback on" -- "$wc" plan -b demo-moe --profile "$tmp/here.json"
+check profile-help 0 "half a minute" -- "$wc" profile --help
 check partial-files 2 "missing: --inference --topology" -- "$wc" plan -t "$cfg/trainer.json"
 check missing-file 2 "nope.json: cannot open file" -- "$wc" plan -t nope.json -i "$cfg/inference.json" -c "$cfg/topology.json"
 printf '{"format": "weightcast.spec/v1", "role": "trainer", "mesh": {"axes": []}, "params": []}' > "$tmp/bad.json"

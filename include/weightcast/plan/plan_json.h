@@ -9,8 +9,9 @@
 
 namespace weightcast::plan {
 
-std::string to_json(const Plan& plan);
-Status save_json(const Plan& plan, const std::string& path);
+// `extra`: more top-level members, as JSON text (`"simulation": {...}`); loaders ignore them.
+std::string to_json(const Plan& plan, const std::string& extra = {});
+Status save_json(const Plan& plan, const std::string& path, const std::string& extra = {});
 Result<Plan> from_json(const std::string& text);
 Result<Plan> load_json(const std::string& path);
 

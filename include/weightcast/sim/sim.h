@@ -29,12 +29,26 @@ struct Profile {
   // All NIC traffic of one host also crosses one shared path (PCIe root, memory bus; on loopback
   // the CPU doing the copies) of this many bytes/s; 0: no such limit.
   double host_bytes_per_s = 0;
+  // ... and each write shard costs that path this long besides its bytes (on loopback, the CPUs
+  // that do every copy also handle every write; 0 where NICs do the work).
+  double host_write_us = 0;
+  // Readiness: a sender's first write waits until it has read every receiver's arm from the
+  // rendezvous, one round trip of ready_rtt_us each plus two for its own records, and the
+  // rendezvous server spends ready_server_us on each request of every sender (all at once at
+  // step start, served in turn).
+  double ready_rtt_us = 0, ready_server_us = 0;
   // Same-host links (ipc, NCCL gathers): bytes/s per GPU; 0: the topology's nvlink_gbps.
   double nvlink_bytes_per_s = 0;
   double gather_piece_us = 0;  // fixed cost per gathered piece; < 0: the topology's gather_us
   // Projections (fuse, cast, quantize): bytes read + written per second, plus a fixed cost each.
   double project_bytes_per_s = 1e12;
   double project_us = 0;
+  // Projections on the CPU (shards in host memory) of one host's senders share this many cores,
+  // one projection on a core at a time; 0: no limit (on the GPU each sender has its own).
+  double cpu_cores = 0;
+  // Loopback: the host path is those same cores (every copy a CPU's), so copies and CPU
+  // projections share them; a copy holds one core for cpu_cores x its time on the path.
+  bool host_path_on_cores = false;
   // Where shards and tensors live and what the NIC can touch: GPU data a NIC cannot read is
   // staged to pinned host memory at d2h (a staging copy per projection, a mirror per direct
   // shard); GPU tensors a NIC cannot write land in a host area and are copied in at h2d.
@@ -56,6 +70,7 @@ std::string profile_json(const Profile& p);
 // did (the writes not hidden behind its compute).
 struct Stages {
   double skew_s = 0, gather_s = 0, project_s = 0, staging_s = 0, ring_wait_s = 0, writes_s = 0;
+  double ready_s = 0;  // from its start until the receivers' arms were read (overlaps compute)
 };
 
 struct Simulation {

@@ -106,6 +106,86 @@ TEST(Sim, ARingThatForcesWaits) {
   EXPECT_EQ(r2->stages.ring_wait_s, 0);
 }
 
+TEST(Sim, TheFirstWriteWaitsForTheReceiversArms) {
+  // Two senders, one receiver: each reads 1 arm + its 2 records = 3 requests. Round trips of
+  // 100 us: 300 us each; a server at 80 us a request serving 6 requests: 480 us for both.
+  Profile f = bare();
+  f.ready_rtt_us = 100;
+  auto r = simulate(fan_in(2, 1, 1000000), f);  // 2 MB into one ingress: 2 ms
+  ASSERT_TRUE(r) << r.status().message();
+  EXPECT_NEAR(r->stages.ready_s, 300e-6, 1e-12);
+  EXPECT_NEAR(r->predicted_s, 300e-6 + 2e-3, 1e-9);
+  f.ready_server_us = 80;
+  auto s = simulate(fan_in(2, 1, 1000000), f);
+  ASSERT_TRUE(s);
+  EXPECT_NEAR(s->stages.ready_s, 480e-6, 1e-12);
+  EXPECT_NEAR(s->predicted_s, 480e-6 + 2e-3, 1e-9);
+}
+
+// `senders` senders on one host, each one projection of 1 MB in + 1 MB out feeding one write.
+plan::Plan projecting(uint32_t senders) {
+  plan::Plan p = fan_in(senders, 0, 0);
+  p.dests[0].bytes = senders * 1000000ull;
+  for (uint32_t s = 0; s < senders; ++s) {
+    p.senders[s].host = "one";
+    plan::Project q;
+    q.sender = s;
+    q.box.nd = 1;
+    q.box.hi[0] = 500000;
+    q.out_bytes = 1000000;
+    p.senders[s].tasks.push_back({plan::Task::Op::kProject, s});
+    p.projects.push_back(q);
+    plan::Write w;
+    w.sender = s;
+    w.project = static_cast<int32_t>(s);
+    w.len = 1000000;
+    w.dst_off = s * 1000000ull;
+    p.senders[s].tasks.push_back({plan::Task::Op::kWrite, s});
+    p.writes.push_back(w);
+  }
+  p.receivers[0].host = "other";
+  return p;
+}
+
+TEST(Sim, CpuProjectionsOfOneHostShareItsCores) {
+  Profile f = bare();
+  f.nic_gbps = 8000;            // writes: 1 MB at 1 TB/s, 1 us
+  f.project_bytes_per_s = 2e9;  // 1 ms a projection
+  auto free_cores = simulate(projecting(4), f);
+  f.cpu_cores = 2;
+  auto two = simulate(projecting(4), f);
+  ASSERT_TRUE(free_cores && two) << two.status().message();
+  // Unlimited: all four at once (1 ms); two cores: two rounds (2 ms).
+  EXPECT_NEAR(free_cores->predicted_s, 1e-3 + 4e-6, 1e-7);
+  EXPECT_NEAR(two->predicted_s, 2e-3 + 2e-6, 1e-7);
+  // Shards on the GPU: each sender projects on its own GPU, the cores do not matter.
+  f.shards_on_gpu = true;
+  auto gpu = simulate(projecting(4), f);
+  ASSERT_TRUE(gpu);
+  EXPECT_NEAR(gpu->predicted_s, free_cores->predicted_s, 1e-12);
+}
+
+TEST(Sim, OnLoopbackCopiesAndProjectionsShareTheCores) {
+  // One core: the projection (1 ms) and then the write's copy through the host path (1 MB at
+  // 1 GB/s: 1 ms) run one after the other on it; two senders: 4 ms of core work.
+  plan::Plan p = projecting(2);
+  p.receivers[0].host = "one";
+  Profile f = bare();
+  f.nic_gbps = 8000;
+  f.project_bytes_per_s = 2e9;
+  f.cpu_cores = 1;
+  f.host_bytes_per_s = 1e9;
+  f.host_path_on_cores = true;
+  auto r = simulate(p, f);
+  ASSERT_TRUE(r) << r.status().message();
+  EXPECT_NEAR(r->predicted_s, 4e-3, 1e-5);
+  // Without the coupling the host path is a lane of its own beside the core: 3 ms.
+  f.host_path_on_cores = false;
+  auto lane = simulate(p, f);
+  ASSERT_TRUE(lane);
+  EXPECT_NEAR(lane->predicted_s, 3e-3, 1e-5);
+}
+
 // Invariants on a real plan (demo-moe, and Qwen3-30B-A3B at full size).
 plan::Plan real(const std::string& name) {
   const std::string d = std::string(WC_SOURCE_DIR) + "/configs/" + name + "/";
