@@ -313,10 +313,25 @@ Result<PushStats> Sender::push(uint64_t step) {
   // nothing else during a push).
   auto ready = [&]() -> Result<std::map<uint32_t, exec::Armed>> {
     std::map<uint32_t, exec::Armed> armed;
+    // Every receiver's arm in one round trip (they are usually there already: receivers arm
+    // as soon as their last step ended); only those not yet newer are waited for one by one.
+    std::vector<std::string> keys;
+    std::vector<uint64_t> afters;
+    for (uint32_t r : m.receivers) {
+      keys.push_back(exec::keys::armed(r));
+      afters.push_back(m.used[r]);
+    }
+    auto now = m.rdv->newer_now(keys, afters, in_s(dl));
+    if (!now) return now.status();
+    size_t i = 0;
     for (uint32_t r : m.receivers) {
       uint64_t after = m.used[r];
+      auto& first = (*now)[i++];
       for (;;) {
-        auto v = m.rdv->get_newer(exec::keys::armed(r), after, in_s(dl));
+        auto v = first.has_value()
+                     ? Result<transport::RendezvousClient::Versioned>(std::move(first).value())
+                     : m.rdv->get_newer(exec::keys::armed(r), after, in_s(dl));
+        first.reset();
         if (!v)
           return Status(v.status().code(),
                         fmt::format("step {}: receiver {} did not arm an attempt within {} s: {}",

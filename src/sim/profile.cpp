@@ -30,6 +30,7 @@ const Field kFields[] = {
     {"host_write_us", &Profile::host_write_us, nullptr, 0, 1e6},
     {"ready_rtt_us", &Profile::ready_rtt_us, nullptr, 0, 1e7},
     {"ready_server_us", &Profile::ready_server_us, nullptr, 0, 1e6},
+    {"ready_key_us", &Profile::ready_key_us, nullptr, 0, 1e6},
     {"nvlink_bytes_per_s", &Profile::nvlink_bytes_per_s, nullptr, 0, 1e15},
     {"gather_piece_us", &Profile::gather_piece_us, nullptr, -1, 1e7},
     {"project_bytes_per_s", &Profile::project_bytes_per_s, nullptr, 1e3, 1e15},

@@ -229,26 +229,28 @@ void Sim::prepare() {
       s_[r].st.staging_s += d;
     }
   }
-  // Readiness: (receivers written + 2) rendezvous requests per sender, each a round trip, all
-  // senders' requests served in turn by one server: a sender of k requests is through once the
-  // server has served min(k, k_j) of every sender j's.
-  std::vector<uint64_t> k(S, 2);
+  // Readiness: three rendezvous requests per sender (its record, every receiver's arm in one
+  // many-key request, its record again), each a round trip; one server does every sender's at
+  // once, serving them in turn: a sender whose requests cost the server w is through once the
+  // server has spent min(w, w_j) on every sender j.
+  std::vector<double> work(S), own(S);
   for (uint32_t r = 0; r < S; ++r) {
     std::set<uint32_t> rx;
     for (const Task& t : p_.senders[r].tasks)
       if (t.op == Task::Op::kWrite) rx.insert(p_.dests[p_.writes[t.index].dest].receiver);
-    k[r] += rx.size();
+    const double keys = static_cast<double>(rx.size()) * f_.ready_key_us;
+    work[r] = 3 * f_.ready_server_us + keys;
+    own[r] = 3 * f_.ready_rtt_us + keys;
   }
-  std::vector<uint64_t> sorted = k;
+  std::vector<double> sorted = work;
   std::sort(sorted.begin(), sorted.end());
-  std::vector<uint64_t> prefix(S + 1, 0);
+  std::vector<double> prefix(S + 1, 0);
   for (size_t i = 0; i < S; ++i) prefix[i + 1] = prefix[i] + sorted[i];
   for (uint32_t r = 0; r < S; ++r) {
-    const size_t below =
-        static_cast<size_t>(std::lower_bound(sorted.begin(), sorted.end(), k[r]) - sorted.begin());
-    const double served = static_cast<double>(prefix[below] + (S - below) * k[r]);
-    const double d =
-        std::max(static_cast<double>(k[r]) * f_.ready_rtt_us, served * f_.ready_server_us) * 1e-6;
+    const size_t below = static_cast<size_t>(
+        std::lower_bound(sorted.begin(), sorted.end(), work[r]) - sorted.begin());
+    const double served = prefix[below] + static_cast<double>(S - below) * work[r];
+    const double d = std::max(own[r], served) * 1e-6;
     s_[r].ready_at = s_[r].start + d;
     s_[r].st.ready_s = d;
     if (d > 0) tr_.span(r, kCopyLane, "readiness (receivers' arms)", s_[r].start, d);

@@ -438,6 +438,54 @@ Status RendezvousClient::put(const std::string& key, const std::string& value) {
   return put(key, bytes(value));
 }
 
+Result<std::vector<std::optional<RendezvousClient::Versioned>>> RendezvousClient::newer_now(
+    const std::vector<std::string>& keys, const std::vector<uint64_t>& afters,
+    Clock::time_point deadline) {
+  if (keys.size() != afters.size() || keys.size() > rdv::Core::kManyKeys)
+    return Status(Code::kInvalidArgument,
+                  fmt::format("rendezvous {}: newer_now of {} keys with {} versions (at most {})",
+                              where_, keys.size(), afters.size(), rdv::Core::kManyKeys));
+  std::vector<uint8_t> ks, as, m{'M'};
+  for (size_t i = 0; i < keys.size(); ++i) {
+    put32(ks, static_cast<uint32_t>(keys[i].size()));
+    ks.insert(ks.end(), keys[i].begin(), keys[i].end());
+    put64(as, afters[i]);
+  }
+  put_field(m, ks);
+  put_field(m, as);
+  auto r = request(m, deadline);
+  if (!r) return r.status();
+  std::vector<std::span<const uint8_t>> f;
+  if ((*r)[0] == 'E' && fields(*r, 1, f))
+    return Status(Code::kRemote,
+                  fmt::format("rendezvous {}: {}", where_, std::string(f[0].begin(), f[0].end())));
+  const auto bad = [&] {
+    return Status(Code::kRemote, fmt::format("rendezvous {}: malformed many-key answer", where_));
+  };
+  if ((*r)[0] != 'V' || !fields(*r, 1, f)) return bad();
+  std::vector<std::optional<Versioned>> out;
+  const std::span<const uint8_t> a = f[0];
+  size_t pos = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (pos >= a.size()) return bad();
+    if (a[pos++] == 0) {
+      out.emplace_back();
+      continue;
+    }
+    if (a.size() - pos < 12) return bad();
+    Versioned v;
+    v.version = get64(&a[pos]);
+    const uint32_t n = get32(&a[pos + 8]);
+    pos += 12;
+    if (n > a.size() - pos) return bad();
+    v.value.assign(a.begin() + static_cast<long>(pos), a.begin() + static_cast<long>(pos + n));
+    pos += n;
+    out.push_back(std::move(v));
+  }
+  if (pos != a.size()) return bad();
+  return out;
+}
+
 Result<std::vector<uint8_t>> RendezvousClient::get(const std::string& key,
                                                    Clock::time_point deadline) {
   auto v = get_newer(key, 0, deadline);  // any value is newer than version 0

@@ -207,6 +207,7 @@ void Core::handle(Id id, Conn& c, std::span<const uint8_t> p, Clock::time_point 
     return send(id, c, 'O');
   }
   if (op == 'G' || op == 'W') return get(id, c, p, now);
+  if (op == 'M') return many(id, c, p);
   ++stats_.rejected;
   fail(id, c,
        fmt::format("malformed request (op 0x{:02x}, {} bytes)", static_cast<unsigned>(p[0]),
@@ -283,6 +284,40 @@ void Core::get(Id id, Conn& c, std::span<const uint8_t> p, Clock::time_point now
     waiters_.emplace(c.key, id);
     timers_.insert({c.until, id});
   }
+}
+
+void Core::many(Id id, Conn& c, std::span<const uint8_t> p) {
+  std::vector<std::span<const uint8_t>> f;
+  std::vector<std::string> keys;
+  bool ok = fields(p, 2, f) && f[1].size() % 8 == 0 && f[1].size() / 8 <= kManyKeys;
+  for (size_t pos = 0; ok && pos < f[0].size();) {
+    const uint32_t n = f[0].size() - pos >= 4 ? get32(&f[0][pos]) : UINT32_MAX;
+    ok = n <= limits_.max_key && n <= f[0].size() - pos - 4;
+    if (ok) keys.push_back(str(f[0].subspan(pos + 4, n)));
+    pos += 4 + static_cast<size_t>(ok ? n : 0);
+  }
+  if (!ok || keys.size() != f[1].size() / 8) {
+    ++stats_.rejected;
+    return fail(id, c, fmt::format("malformed many-key request ({} bytes)", p.size()));
+  }
+  Bytes out;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = kv_.find(keys[i]);
+    if (it == kv_.end() || it->second.version <= get64(f[1].data() + 8 * i)) {
+      out.push_back(0);
+      continue;
+    }
+    if (out.size() + it->second.value->size() > kManyBytes)
+      return send(id, c, 'E',
+                  bytes(fmt::format("many-key request: values past {} bytes at key {} of {}",
+                                    kManyBytes, i, keys.size())));
+    out.push_back(1);
+    put64(out, it->second.version);
+    put32(out, static_cast<uint32_t>(it->second.value->size()));
+    out.insert(out.end(), it->second.value->begin(), it->second.value->end());
+  }
+  stats_.gets += keys.size();
+  send(id, c, 'V', out);
 }
 
 void Core::answer(Id id, Conn& c) {

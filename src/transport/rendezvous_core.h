@@ -11,6 +11,10 @@
 //   'W' key after(8B) wait_ms(4B) -> 'V' value version(8B) | 'N'   (a value put after `after`)
 //   'I' name                      -> 'O' | 'E'  (names the session: its close is recorded under
 //   "gone")
+//   'M' keys afters               -> 'V' answers | 'E' message  (many keys at once, no wait:
+//        keys is n x (length(4B) key), afters n x 8B; answers n x (0 | 1 version(8B)
+//        length(4B) value), 1 where the key holds a value put after its `after`; at most
+//        kManyKeys keys and kManyBytes of values)
 // The token is the job token (the controller: it may write any key) or a peer token
 // (peer_token(): it may write only keys under its identity, "trainer/3/..."). Errors about a
 // request's content ('E' to a put or delete) leave the connection open; a malformed frame, a
@@ -53,6 +57,7 @@ std::optional<std::string> peer_identity(const std::string& job_token, const std
 class Core {
  public:
   using Id = uint64_t;
+  static constexpr size_t kManyKeys = 16384, kManyBytes = 16 << 20;
   Core(std::string token, RendezvousLimits limits);
 
   // A new connection. Over max_clients it gets an error and is closing at once; over
@@ -107,6 +112,7 @@ class Core {
   void handle(Id id, Conn& c, std::span<const uint8_t> p, Clock::time_point now);
   void hello(Id id, Conn& c, std::span<const uint8_t> p, Clock::time_point now);
   void get(Id id, Conn& c, std::span<const uint8_t> p, Clock::time_point now);
+  void many(Id id, Conn& c, std::span<const uint8_t> p);
   std::string may_write(const Conn& c, const std::string& key) const;
   void store(const std::string& key, Bytes value);
   void erase(const std::string& key);

@@ -50,9 +50,9 @@ struct LoopbackRates {
   double pair_small_bytes_per_s = 0;  // 1 writer -> 1 target, small writes
   double host_bytes_per_s = 0;        // 4 writers -> 2 targets, large writes, fresh memory
   double host_small_bytes_per_s = 0;  // 4 writers -> 2 targets, small writes
-  // The rendezvous: one client's get() round trip, and the server's time per request when 8
-  // clients ask at once.
-  double rdv_rtt_us = 0, rdv_server_us = 0;
+  // The rendezvous: one client's get() round trip, the server's time per request when 8
+  // clients ask at once, and its time per key of a 128-key many-key request.
+  double rdv_rtt_us = 0, rdv_server_us = 0, rdv_key_us = 0;
 };
 // `progress` (optional) hears what each run measures before it starts.
 Result<LoopbackRates> measure_loopback(

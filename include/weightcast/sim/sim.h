@@ -33,10 +33,10 @@ struct Profile {
   // that do every copy also handle every write; 0 where NICs do the work).
   double host_write_us = 0;
   // Readiness: a sender's first write waits until it has read every receiver's arm from the
-  // rendezvous, one round trip of ready_rtt_us each plus two for its own records, and the
-  // rendezvous server spends ready_server_us on each request of every sender (all at once at
-  // step start, served in turn).
-  double ready_rtt_us = 0, ready_server_us = 0;
+  // rendezvous: three requests (its record, all arms in one many-key request, its record again),
+  // a round trip of ready_rtt_us each; the server spends ready_server_us on each request plus
+  // ready_key_us on each arm it returns, for every sender at once at step start, in turn.
+  double ready_rtt_us = 0, ready_server_us = 0, ready_key_us = 0;
   // Same-host links (ipc, NCCL gathers): bytes/s per GPU; 0: the topology's nvlink_gbps.
   double nvlink_bytes_per_s = 0;
   double gather_piece_us = 0;  // fixed cost per gathered piece; < 0: the topology's gather_us

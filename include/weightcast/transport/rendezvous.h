@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -97,6 +98,11 @@ class RendezvousClient {
     uint64_t version = 0;
   };
   Result<Versioned> get_newer(const std::string& key, uint64_t after, Clock::time_point deadline);
+  // Many keys in one round trip, without waiting: for each key, its value if one was put after
+  // afters[i], else nothing (ask get_newer for those).
+  Result<std::vector<std::optional<Versioned>>> newer_now(const std::vector<std::string>& keys,
+                                                          const std::vector<uint64_t>& afters,
+                                                          Clock::time_point deadline);
   // Puts and returns the version the server gave the value.
   Result<uint64_t> put_versioned(const std::string& key, std::span<const uint8_t> value);
   // Names this session (e.g. "inference/1@7"): when it closes (the peer exits or dies), the

@@ -107,8 +107,9 @@ TEST(Sim, ARingThatForcesWaits) {
 }
 
 TEST(Sim, TheFirstWriteWaitsForTheReceiversArms) {
-  // Two senders, one receiver: each reads 1 arm + its 2 records = 3 requests. Round trips of
-  // 100 us: 300 us each; a server at 80 us a request serving 6 requests: 480 us for both.
+  // Two senders, one receiver: each makes 3 requests (record, arms, record). Round trips of
+  // 100 us: 300 us each; a server at 80 us a request serving both senders' 6: 480 us; each
+  // returned arm another 10 us at the server: 500 us.
   Profile f = bare();
   f.ready_rtt_us = 100;
   auto r = simulate(fan_in(2, 1, 1000000), f);  // 2 MB into one ingress: 2 ms
@@ -120,6 +121,10 @@ TEST(Sim, TheFirstWriteWaitsForTheReceiversArms) {
   ASSERT_TRUE(s);
   EXPECT_NEAR(s->stages.ready_s, 480e-6, 1e-12);
   EXPECT_NEAR(s->predicted_s, 480e-6 + 2e-3, 1e-9);
+  f.ready_key_us = 10;
+  auto k = simulate(fan_in(2, 1, 1000000), f);
+  ASSERT_TRUE(k);
+  EXPECT_NEAR(k->stages.ready_s, 500e-6, 1e-12);
 }
 
 // `senders` senders on one host, each one projection of 1 MB in + 1 MB out feeding one write.

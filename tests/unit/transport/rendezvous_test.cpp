@@ -156,6 +156,42 @@ TEST(Rendezvous, VersionsOnlyGrowAndGetNewerWaitsForAFreshValue) {
   EXPECT_EQ(std::string(fresh->value.begin(), fresh->value.end()), two);
 }
 
+TEST(Rendezvous, ManyKeysInOneRoundTripAnswerOnlyWhatIsNewer) {
+  auto s = RendezvousServer::start("127.0.0.1", 0, "tok");
+  ASSERT_TRUE(s);
+  auto a = RendezvousClient::connect("127.0.0.1", (*s)->port(), "tok", in_ms(2000));
+  ASSERT_TRUE(a);
+  const std::string v = "armed 7";
+  auto x = (*a)->put_versioned("x", {reinterpret_cast<const uint8_t*>(v.data()), v.size()});
+  auto y = (*a)->put_versioned("y", {reinterpret_cast<const uint8_t*>(v.data()), 1});
+  ASSERT_TRUE(x && y);
+  const uint64_t gets = (*s)->stats().gets;
+  // x: newer than 0; y: not newer than its own version; z: absent.
+  auto got = (*a)->newer_now({"x", "y", "z"}, {0, *y, 0}, in_ms(2000));
+  ASSERT_TRUE(got) << got.status().message();
+  ASSERT_EQ(got->size(), 3u);
+  ASSERT_TRUE((*got)[0].has_value());
+  EXPECT_EQ(std::string((*got)[0]->value.begin(), (*got)[0]->value.end()), "armed 7");
+  EXPECT_EQ((*got)[0]->version, *x);
+  EXPECT_FALSE((*got)[1].has_value());
+  EXPECT_FALSE((*got)[2].has_value());
+  EXPECT_EQ((*s)->stats().gets, gets + 3);
+  // No keys: an empty answer; mismatched lists: refused before anything is sent.
+  auto none = (*a)->newer_now({}, {}, in_ms(2000));
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->empty());
+  EXPECT_FALSE((*a)->newer_now({"x"}, {}, in_ms(2000)));
+  // A key list that lies about its lengths is malformed: one error, the connection closed.
+  std::vector<uint8_t> bad{0, 0, 0, 5, 'H', 0, 0, 0, 3, 't', 'o', 'k'};
+  bad[3] = 8;
+  const std::vector<uint8_t> many{0,   0, 0, 23, 'M', 0, 0, 0, 6, 0, 0, 0, 9, 'x',
+                                  'x', 0, 0, 0,  8,   0, 0, 0, 0, 0, 0, 0, 0};
+  bad.insert(bad.end(), many.begin(), many.end());
+  EXPECT_NE(raw((*s)->port(), bad).find("malformed many-key request"), std::string::npos);
+  // The connection that asked well still works.
+  EXPECT_TRUE((*a)->put("after", "1"));
+}
+
 TEST(Rendezvous, UnauthenticatedSocketsAreDroppedAfterTheHandshakeDeadline) {
   RendezvousLimits lim;
   lim.handshake_timeout = std::chrono::milliseconds(200);
