@@ -1,7 +1,10 @@
 // What the API's parties share (peer.h).
 #include "peer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <random>
 
 #include "weightcast/exec/parts.h"
@@ -81,6 +84,18 @@ Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t r
   auto c = join(*p.job, role, rank);
   if (!c) return c.status();
   p.rdv = std::move(c).value();
+  if (const std::string dir = exec::StepTrace::directory(cfg.trace_dir); !dir.empty()) {
+    // One file per peer: a second peer of the same rank in this process (another job) gets -2.
+    static std::atomic<int> opened{0};
+    const int n = ++opened;
+    auto t = exec::StepTrace::open(fmt::format("{}/{}-{}-{}{}.trace.json", dir, role, rank,
+                                               ::getpid(), n == 1 ? "" : fmt::format("-{}", n)),
+                                   fmt::format("{} {}", role, rank));
+    if (!t)
+      return Status(t.status().code(),
+                    fmt::format("JobConfig.trace_dir: {}", t.status().message()));
+    p.trace = std::move(t).value();
+  }
   return Status::ok();
 }
 

@@ -12,6 +12,7 @@
 
 #include "weightcast/api/weightcast.h"
 #include "weightcast/exec/keys.h"
+#include "weightcast/exec/step_trace.h"
 #include "weightcast/plan/plan.h"
 #include "weightcast/spec/spec_parser.h"
 #include "weightcast/transport/domain.h"
@@ -39,6 +40,7 @@ Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg, bool whole_plan);
 struct PeerBase {
   std::unique_ptr<Job> job;
   std::unique_ptr<transport::RendezvousClient> rdv;
+  std::unique_ptr<exec::StepTrace> trace;  // JobConfig.trace_dir: this process's spans
 };  // Loads the job and joins it as (role, rank): a peer-token session and this rank's part.
 Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t rank);
 

@@ -133,6 +133,7 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
   }
   // A fresh generation for every attempt: writes of earlier attempts (late, or of a sender that
   // died) are stale from here on.
+  const auto t_arm = Clock::now();
   const uint8_t gen = ++m.generation;
   const uint64_t stale0 = m.rc->stale();
   m.rc->begin(gen);
@@ -142,6 +143,12 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
     return s;
   if (m.die_after_arm == static_cast<int>(m.index)) ::kill(::getpid(), SIGKILL);
   auto w = m.rc->wait(gen, deadline);
+  if (m.trace) {
+    m.trace->span(w ? fmt::format("step {}: armed -> every immediate in", step)
+                    : fmt::format("step {} failed: {}", step, w.status().message()),
+                  exec::StepTrace::kStep, t_arm, Clock::now(), gen);
+    if (Status s = m.trace->flush(); !s && w) return s;
+  }
   if (!w) return Status(w.status().code(), fmt::format("step {}: {}", step, w.status().message()));
   return WaitStats{
       w->bytes,        w->imms,     w->wait_s, gen, m.rc->stale() - stale0, m.rc->memory_mode(),

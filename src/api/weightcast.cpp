@@ -201,6 +201,7 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
       std::max(cfg.cuda_device, 0), cfg.gathers == "nccl");
   if (!ex) return ex.status();
   impl->ex = std::move(ex).value();
+  impl->ex->set_trace(impl->trace.get());
   impl->incarnation = new_incarnation();
   impl->ex->set_incarnation(impl->incarnation);
   // This session lives as long as the Sender: its close tells everyone the rank went away.
@@ -312,6 +313,7 @@ Result<PushStats> Sender::push(uint64_t step) {
   // attempt of this step that this process has not used yet (this rendezvous client is used by
   // nothing else during a push).
   auto ready = [&]() -> Result<std::map<uint32_t, exec::Armed>> {
+    const auto t_ready = Clock::now();
     std::map<uint32_t, exec::Armed> armed;
     // Every receiver's arm in one round trip (they are usually there already: receivers arm
     // as soon as their last step ended); only those not yet newer are waited for one by one.
@@ -354,6 +356,9 @@ Result<PushStats> Sender::push(uint64_t step) {
     }
     // Recorded before the first write: if this process dies now, its successor skips these.
     if (Status s = record(); !s) return s;
+    if (m.trace)
+      m.trace->span("reading the receivers' arms", exec::StepTrace::kReadiness, t_ready,
+                    Clock::now(), gather_gen);
     return armed;
   };
   // A gather peer that restarted since the last push: link to its new incarnation (a quick look
@@ -375,6 +380,16 @@ Result<PushStats> Sender::push(uint64_t step) {
     ::kill(::getpid(), SIGKILL);
   }
   auto rep = m.ex->push(gather_gen, in_s(dl), UINT64_MAX, ready);
+  if (m.trace) {  // the step's rate per NIC, then everything of this step to the file
+    const auto now = Clock::now();
+    if (rep)
+      for (size_t n = 0; n < rep->nic_gbps.size(); ++n)
+        m.trace->counter(fmt::format("NIC {} GB/s", n), now, rep->nic_gbps[n]);
+    else
+      m.trace->span(fmt::format("push({}) failed: {}", step, rep.status().message()),
+                    exec::StepTrace::kStep, now, now, gather_gen);
+    if (Status s = m.trace->flush(); !s && rep) return s;
+  }
   if (!rep) return rep.status();
   PushStats st;
   st.bytes = rep->bytes;

@@ -27,6 +27,7 @@
 #include "weightcast/exec/memory.h"
 #include "weightcast/exec/parts.h"
 #include "weightcast/exec/safetensors.h"
+#include "weightcast/exec/step_trace.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
@@ -437,6 +438,7 @@ struct Driver {
       ::setenv("WEIGHTCAST_TOKEN",
                transport::peer_token(token, role + "/" + std::to_string(i)).c_str(), 1);
       if (!die_in_push.empty()) ::setenv("WEIGHTCAST_DEBUG_DIE_IN_PUSH", die_in_push.c_str(), 1);
+      if (!o.trace.empty()) ::setenv("WEIGHTCAST_TRACE_DIR", o.trace.c_str(), 1);
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -463,7 +465,37 @@ struct Driver {
 
 }  // namespace
 
+// Every worker's trace file in `dir` (restarted workers' too) joined into dir/demo.trace.json.
+static void merge_demo_trace(const std::string& dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n != "demo.trace.json" && n.size() > 11 && n.ends_with(".trace.json"))
+      files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  auto merged = exec::merge_traces(files, false);
+  const std::string out = dir + "/demo.trace.json";
+  if (!merged) {
+    std::printf("trace: %s\n", merged.status().message().c_str());
+    return;
+  }
+  std::ofstream(out) << *merged;
+  std::printf("trace of every step: %s (%zu processes; open it in ui.perfetto.dev)\n", out.c_str(),
+              files.size());
+}
+
 int run_demo(const DemoOptions& o) {
+  if (!o.trace.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(o.trace, ec);
+    if (ec || !std::filesystem::is_directory(o.trace)) {
+      std::fprintf(stderr, "weightcast: error: --trace %s: cannot create the directory\n",
+                   o.trace.c_str());
+      return 2;
+    }
+  }
   if (o.backend == "verbs" && o.nic_list.empty()) {
     std::fprintf(stderr,
                  "weightcast: error: --backend verbs needs --nic-list with the RDMA devices to use "
@@ -730,6 +762,7 @@ int run_demo(const DemoOptions& o) {
       failed = 1;
     }
   }
+  if (!o.trace.empty()) merge_demo_trace(o.trace);
   if (failed) {
     std::printf("demo FAILED; worker logs in %s\n", logdir.c_str());
     return 1;

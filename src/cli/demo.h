@@ -30,6 +30,7 @@ struct DemoOptions {
       0;                // fault injection: inference 0 is killed and restarted before this step
   std::string weights;  // safetensors with the full trainer weights (else a pattern)
   std::string dump;     // directory: each inference rank writes what it got, last step
+  std::string trace;    // directory: every process's trace of every step, merged at the end
   std::string self;     // path of this executable, to start workers
 };
 

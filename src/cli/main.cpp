@@ -16,6 +16,7 @@
 #include "demo.h"
 #include "embedded_configs.h"
 #include "spec_cmd.h"
+#include "weightcast/exec/step_trace.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
@@ -355,7 +356,7 @@ int main(int argc, char** argv) {
       "Measure this machine's profile for the simulator (weightcast.profile/v1): one-sided "
       "writes over tcp;ofi_rxm on loopback give the NIC rate, the host's shared path and the "
       "cost of one write; the CPU projections of a config's plan (default: built-in demo-moe) "
-      "give the projection rate. Takes about half a minute");
+      "give the projection rate. Takes about ten seconds");
   profile_in.add(profile_cmd, 1);
   profile_pf.add(profile_cmd);
   profile_cmd->add_option("--out,-o", profile_out, "Write the profile to this file");
@@ -491,6 +492,9 @@ int main(int argc, char** argv) {
                    "Staging watermark per sender (see `weightcast plan --help`; default 512). A "
                    "small one makes the projection ring wrap, and slots wait for their writes")
       ->check(CLI::Range(0.001, 16777216.0));
+  demo_cmd->add_option("--trace", demo.trace,
+                       "Directory: every process writes a trace of every step there (Chrome "
+                       "trace / Perfetto JSON), merged at the end into DIR/demo.trace.json");
   demo_cmd->add_option("--dump", demo.dump,
                        "Directory where each inference rank writes what it received after "
                        "the last step, as replica<R>-rank<Q>.safetensors");
@@ -527,6 +531,26 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--weights", worker.demo.weights);
   worker_cmd->add_option("--dump", worker.demo.dump);
 
+  std::vector<std::string> trace_files;
+  std::string trace_merged;
+  bool trace_align = false;
+  CLI::App* trace_cmd = app.add_subcommand(
+      "trace", "Traces of steps (Chrome trace / Perfetto JSON): join them into one view");
+  CLI::App* merge_cmd = trace_cmd->add_subcommand(
+      "merge",
+      "Join trace files (each process's of a job, a predicted step from `plan --trace`) into "
+      "one file for ui.perfetto.dev or chrome://tracing");
+  trace_cmd->require_subcommand(1);
+  merge_cmd->add_option("files", trace_files, "Trace files to join")->required();
+  merge_cmd->add_option("-o,--out", trace_merged, "The joined trace")->required();
+  merge_cmd->add_flag("--align", trace_align,
+                      "Start every file at 0 (to set a predicted step beside a measured one); "
+                      "default: one clock for all, as processes of one host share it");
+  merge_cmd->footer(
+      "Example: weightcast demo --trace /tmp/t && weightcast plan -b demo-moe --profile "
+      "configs/profiles/cx7-h100.json --trace /tmp/p.json && weightcast trace merge --align -o "
+      "both.json /tmp/t/demo.trace.json /tmp/p.json");
+
   cli::SpecFlags spec_flags;
   cli::add_spec_command(app, spec_flags);
 
@@ -540,6 +564,13 @@ int main(int argc, char** argv) {
   }
   if (*plan_cmd) return run_plan(plan_in, plan_pf, json_out, svg_out, profile_path, trace_out);
   if (*verify_cmd) return run_verify(verify_in, verify_pf, plan_file, step);
+  if (*merge_cmd) {
+    auto merged = exec::merge_traces(trace_files, trace_align);
+    if (!merged) return fail(merged.status());
+    if (Status s = write_file(trace_merged, *merged); !s) return fail(s);
+    std::printf("%zu trace file(s) joined into %s\n", trace_files.size(), trace_merged.c_str());
+    return 0;
+  }
   if (*profile_cmd)
     return run_profile(profile_in, profile_pf, profile_out, profile_large_kib, profile_small_kib,
                        profile_pair_mib);

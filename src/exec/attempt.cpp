@@ -57,6 +57,7 @@ class TrainerExecutor::Readiness {
     const auto tw = Clock::now();
     auto r = f_.get();
     seconds += since(tw);
+    ex_.span("waiting for the receivers' arms", StepTrace::kReadiness, tw, gen_);
     if (!r) return r.status();
     for (const auto& [rc, a] : *r) {
       if (!ex_.receivers_.count(rc)) continue;
@@ -120,6 +121,8 @@ class TrainerExecutor::WriteStage {
       batches_.erase(std::find(batches_.begin(), batches_.end(), f.batch));
     }
     seconds += since(tr);
+    if (Clock::now() - tr > std::chrono::microseconds(1))
+      ex_.span("ring wait", StepTrace::kCompute, tr, gen_);
     return Status::ok();
   }
 
@@ -198,6 +201,7 @@ class TrainerExecutor::ProjectionQueue {
         const auto tm = Clock::now();
         Status m = ex_.proj_marks_.wait(static_cast<size_t>(std::exchange(e.mark, -1)));
         rep_.project_s += since(tm);
+        ex_.span("waiting for GPU projections", StepTrace::kCompute, tm, rep_.step);
         if (!m)
           return Status(m.code(), fmt::format("trainer rank {} step {}: {}", ex_.rank_, rep_.step,
                                               m.message()));
@@ -277,6 +281,7 @@ class TrainerExecutor::Attempt {
     if (Status s = finish(); !s) return s;
     rep_.mirror_s = ex_.mirror_.seconds();
     rep_.total_s = since(t0);
+    ex_.span("push", StepTrace::kStep, t0, gen_);
     const transport::ProgressStats stats1 = ex_.engine_->stats();
     rep_.post_s = static_cast<double>(stats1.post_ns - stats0.post_ns) * 1e-9;
     for (size_t n = 0; n < stats1.nic_bytes.size(); ++n) {
@@ -347,6 +352,7 @@ class TrainerExecutor::Attempt {
       }
     }
     rep_.gather_s += since(tg);
+    ex_.span("gathers", StepTrace::kCompute, tg, gen_);
     return Status::ok();
   }
 
@@ -398,6 +404,7 @@ class TrainerExecutor::Attempt {
     if (Status s = device_ ? project_gpu(batch, lo, hi, bhi, last, mark) : project_cpu(p); !s)
       return s;
     rep_.project_s += since(tp);
+    ex_.span(device_ ? "projections queued (GPU)" : "projection", StepTrace::kCompute, tp, gen_);
     ++rep_.projects;
     if (Status s = queue_.bound_marks(); !s) return s;
     queue_.produced().push_back({lo, hi, mark, {}});
@@ -545,6 +552,7 @@ class TrainerExecutor::Attempt {
     const auto tw = Clock::now();
     if (Status s = writes_.wait_all(); !s) return s;
     rep_.write_s = since(tw);
+    ex_.span("drain: the last writes complete", StepTrace::kWrites, tw, gen_);
     return Status::ok();
   }
 

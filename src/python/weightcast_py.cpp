@@ -255,6 +255,9 @@ PYBIND11_MODULE(_native, m) {
       .def_readwrite("cuda_device", &api::JobConfig::cuda_device)
       .def_readwrite("receiver_staging", &api::JobConfig::receiver_staging,
                      "Receivers: 'auto', 'always' or 'never' stage writes through host memory")
+      .def_readwrite("trace_dir", &api::JobConfig::trace_dir,
+                     "Directory for traces of every step, one file per process (empty: "
+                     "$WEIGHTCAST_TRACE_DIR, else off)")
       .def_readwrite("faults", &api::JobConfig::faults);
   py::class_<api::PeerInfo>(m, "PeerInfo")
       .def("__repr__",

@@ -35,7 +35,10 @@ check sim-plan-loads 0 "OK: .* match the reference" -- "$wc" verify -b demo-moe 
 check profile-measured 0 "profile written to" -- "$wc" profile --mib 8 -o "$tmp/here.json"
 check profile-fields 0 '"host_path_on_cores": true' -- cat "$tmp/here.json"
 check profile-used 0 "profile: loopback on" -- "$wc" plan -b demo-moe --profile "$tmp/here.json"
-check profile-help 0 "half a minute" -- "$wc" profile --help
+check profile-help 0 "about ten seconds" -- "$wc" profile --help
+check trace-help 0 "--align" -- "$wc" trace merge --help
+check trace-merge-missing 2 "nope.json: cannot open" -- "$wc" trace merge -o "$tmp/m.json" "$tmp/nope.json"
+check demo-help-trace 0 "demo.trace.json" -- "$wc" demo --help
 check partial-files 2 "missing: --inference --topology" -- "$wc" plan -t "$cfg/trainer.json"
 check missing-file 2 "nope.json: cannot open file" -- "$wc" plan -t nope.json -i "$cfg/inference.json" -c "$cfg/topology.json"
 printf '{"format": "weightcast.spec/v1", "role": "trainer", "mesh": {"axes": []}, "params": []}' > "$tmp/bad.json"

@@ -119,6 +119,22 @@ PY
     expect "^step 3/4: .*verified against the reference \(attempt 2\)"
     expect "^step 4/4: .*6840064 bytes on 2 receivers verified"
     expect "demo OK: 4 steps" ;;
+  trace)  # every process traces every step; the driver joins them; a predicted step beside it
+    d=$(mktemp -d); trap 'rm -f "$out"; rm -rf "$d"' EXIT
+    timeout 300 "$wc" demo --steps 2 --trace "$d" >"$out" 2>&1; rc=$?
+    expect "trace of every step: .*demo.trace.json \(6 processes"; expect "demo OK: 2 steps"
+    for f in "$d"/trainer-*.trace.json; do  # 2 pushes each, each with its readiness and drain
+      [ "$(grep -c '"name":"push"' "$f")" = 2 ] || { echo "FAIL: $f lacks 2 push spans"; cat "$f"; exit 1; }
+      grep -q "reading the receivers' arms" "$f" && grep -q '"name":"drain' "$f" || { echo "FAIL: $f lacks readiness or drain"; exit 1; }
+    done
+    for f in "$d"/inference-*.trace.json; do
+      grep -q 'step 2: armed -> every immediate in' "$f" || { echo "FAIL: $f lacks step 2's barrier span"; exit 1; }
+    done
+    "$wc" plan -b demo-moe --profile "$(dirname "$0")/../../configs/profiles/cx7-h100.json" --trace "$d/p.json" >/dev/null &&
+      "$wc" trace merge --align -o "$d/both.json" "$d/demo.trace.json" "$d/p.json" >>"$out" 2>&1 || rc=1
+    expect "2 trace file\(s\) joined"
+    grep -q '"predicted: trainer rank 0"' "$d/both.json" && grep -q '"trainer 0"' "$d/both.json" ||
+      { echo "FAIL: the joined trace lacks the predicted or the measured trainer 0"; exit 1; } ;;
   *) echo "unknown case $what"; exit 2 ;;
 esac
 cat "$out"

@@ -118,6 +118,27 @@ def test_transfer_two_steps(tmp_path):
                    ("trainer", 0, 1, half * 2, 1), ("trainer", 1, 1, half * 2, 1)]
 
 
+def test_trace_dir_records_every_step_of_every_peer(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=30)
+    job.trace_dir = str(tmp_path / "trace")
+    os.mkdir(job.trace_dir)
+    ctl = weightcast.Controller(job)
+    transfer(job, ctl)
+    files = sorted(os.listdir(job.trace_dir))
+    assert [re.sub(r"^(\w+-\d+)-\d+(-\d+)?\.", r"\1.", f) for f in files] == [
+        "inference-0.trace.json", "inference-1.trace.json", "trainer-0.trace.json", "trainer-1.trace.json"]
+    for f in files:
+        text = (tmp_path / "trace" / f).read_text()
+        events = json.loads(text.rstrip().rstrip(",") + "]")  # appended per step, left open
+        names = [e["name"] for e in events]
+        if f.startswith("trainer"):
+            assert names.count("push") == 2 and "reading the receivers' arms" in names
+            assert sum(e["name"] == "NIC 0 GB/s" for e in events) == 2
+        else:
+            assert "step 2: armed -> every immediate in" in names
+
+
 def test_a_saved_plan_is_loaded_not_recomputed(tmp_path):
     t, i, c = write_specs(tmp_path)
     plan = tmp_path / "plan.json"

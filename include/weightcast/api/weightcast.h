@@ -65,6 +65,10 @@ struct JobConfig {
   // gather group (trainer ranks of one NVLink domain), needs cuda_device and libnccl.so.2 at run
   // time; every trainer of the job must say the same, and the plan costs gathers on NVLink.
   std::string gathers = "host";
+  // A directory for traces of every step (Chrome trace / Perfetto JSON, one file per process:
+  // <dir>/<trainer|inference>-<rank>-<pid>.trace.json; `weightcast trace merge` joins them).
+  // Empty: $WEIGHTCAST_TRACE_DIR, and when that is unset too, no trace (docs/tracing.md).
+  std::string trace_dir;
   // Tests only: a fault-injecting layer under this peer's NICs (transport/fault_domain.h), e.g.
   // "fail_post=5" or "hold_arrivals=2:3". Empty in a real job.
   std::string faults;

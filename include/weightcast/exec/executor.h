@@ -14,6 +14,7 @@
 #include "weightcast/exec/binding.h"
 #include "weightcast/exec/collective.h"
 #include "weightcast/exec/memory.h"
+#include "weightcast/exec/step_trace.h"
 #include "weightcast/transport/progress.h"
 #include "weightcast/transport/rendezvous.h"
 
@@ -136,6 +137,8 @@ class TrainerExecutor {
   Status rejoin_trainer(uint32_t rank, uint32_t incarnation, Clock::time_point deadline) {
     return collective_->rejoin(rank, incarnation, deadline);
   }
+  // Spans of every push go to `trace` (not owned; null: off).
+  void set_trace(StepTrace* trace) { trace_ = trace; }
   // A restarted trainer publishes under a new incarnation (call before prepare).
   void set_incarnation(uint32_t k) {
     incarnation_ = k;
@@ -170,9 +173,14 @@ class TrainerExecutor {
     const transport::Region* region = nullptr;
     uint64_t offset = 0;
   };
+  // A span from t0 to now on the trace, if one is on.
+  void span(const char* what, StepTrace::Lane lane, Clock::time_point t0, uint64_t gen) {
+    if (trace_) trace_->span(what, lane, t0, Clock::now(), gen);
+  }
   const spec::Inputs& in_;
   const plan::Plan& plan_;
   uint32_t rank_ = 0;
+  StepTrace* trace_ = nullptr;
   SenderLayout layout_;
   unsigned debug_project_delay_ms_ = 0;
   // kCuda shards: their device pointers, the device arena (when allocated here), the device

@@ -24,6 +24,7 @@ class JobConfig:
     # directly where the transport can write GPU memory, staged through host memory otherwise)
     cuda_device: int
     receiver_staging: str  # receivers: "auto", "always" (every tensor staged) or "never"
+    trace_dir: str  # traces of every step, one file per process (empty: $WEIGHTCAST_TRACE_DIR, else off)
     faults: str  # tests only: a fault-injecting layer under this peer's NICs ("fail_post=5", ...)
     def __init__(self, trainer_spec: str, inference_spec: str, topology: str, rendezvous: str = "",
                  token: str = "", provider: str = "tcp", nics: List[str] = ["127.0.0.1"],

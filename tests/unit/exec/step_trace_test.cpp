@@ -1,0 +1,94 @@
+// Traces of real steps: what a process appends, bounded, and the merge of a job's files.
+#include "weightcast/exec/step_trace.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace weightcast::exec {
+namespace {
+
+std::string dir() {
+  const auto d =
+      std::filesystem::temp_directory_path() / ("wc-step-trace-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(d);
+  return d.string();
+}
+
+std::string read(const std::string& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+nlohmann::json events(const std::string& merged) {
+  return nlohmann::json::parse(merged)["traceEvents"];
+}
+
+TEST(StepTrace, SpansAreAppendedPerFlushAndBounded) {
+  const std::string p = dir() + "/a.trace.json";
+  auto t = StepTrace::open(p, "trainer 0", 3);
+  ASSERT_TRUE(t) << t.status().message();
+  const auto t0 = StepTrace::Clock::now();
+  (*t)->span("projection", StepTrace::kCompute, t0, t0 + std::chrono::microseconds(250), 7);
+  ASSERT_TRUE((*t)->flush());
+  // Flushed: on disk before the process ends, readable by the merge as it is (no closing ']').
+  const std::string once = read(p);
+  EXPECT_EQ(once.rfind("[\n", 0), 0u);
+  EXPECT_NE(once.find(R"("name":"projection")"), std::string::npos);
+  EXPECT_NE(once.find(R"("dur":250.000)"), std::string::npos);
+  EXPECT_NE(once.find(R"("generation":7)"), std::string::npos);
+  auto m = merge_traces({p}, false);
+  ASSERT_TRUE(m) << m.status().message();
+  // 5 metadata events (the process, 4 lanes) and the span, which starts at 0 after the shift.
+  const auto ev = events(*m);
+  ASSERT_EQ(ev.size(), 6u);
+  EXPECT_EQ(ev[5]["name"], "projection");
+  EXPECT_EQ(ev[5]["ts"].get<double>(), 0.0);
+  // Past 3 events nothing more is kept, and the file says so once.
+  for (int i = 0; i < 5; ++i) (*t)->counter("NIC 0 GB/s", t0, i);
+  EXPECT_EQ((*t)->dropped(), 3u);
+  ASSERT_TRUE((*t)->flush());
+  const std::string full = read(p);
+  EXPECT_NE(full.find("trace full: 3 events kept"), std::string::npos);
+  EXPECT_EQ(events(*merge_traces({p}, false)).size(), 9u);  // 5 + 3 kept + the notice
+  std::filesystem::remove_all(dir());
+}
+
+TEST(StepTrace, MergeKeepsOneClockRenumbersProcessesAndNamesBadFiles) {
+  const std::string d = dir();
+  // Two processes of one host with the same pid (as two files from different hosts may have),
+  // and a simulated step in the object format, starting at 0.
+  std::ofstream(d + "/x.json") << R"([{"ph":"X","pid":5,"tid":1,"ts":1000,"dur":10,"name":"a"},)";
+  std::ofstream(d + "/y.json") << R"([{"ph":"X","pid":5,"tid":1,"ts":1500,"dur":10,"name":"b"}])";
+  std::ofstream(d + "/sim.json")
+      << R"({"traceEvents":[{"ph":"X","pid":1,"tid":0,"ts":0,"dur":10,"name":"predicted"}]})";
+  auto m = merge_traces({d + "/x.json", d + "/y.json"}, false);
+  ASSERT_TRUE(m) << m.status().message();
+  auto ev = events(*m);
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0]["ts"].get<double>(), 0.0);  // one clock: y stays 500 us after x
+  EXPECT_EQ(ev[1]["ts"].get<double>(), 500.0);
+  EXPECT_NE(ev[0]["pid"], ev[1]["pid"]);  // one pid per (file, process)
+  auto a = merge_traces({d + "/y.json", d + "/sim.json"}, true);
+  ASSERT_TRUE(a);
+  ev = events(*a);
+  EXPECT_EQ(ev[0]["ts"].get<double>(), 0.0);  // aligned: each file from 0
+  EXPECT_EQ(ev[1]["ts"].get<double>(), 0.0);
+  std::ofstream(d + "/bad.json") << R"({"not": "a trace"})";
+  auto bad = merge_traces({d + "/x.json", d + "/bad.json"}, false);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.status().message().find("bad.json"), std::string::npos);
+  auto gone = merge_traces({d + "/missing.json"}, false);
+  ASSERT_FALSE(gone);
+  EXPECT_NE(gone.status().message().find("missing.json: cannot open"), std::string::npos);
+  std::filesystem::remove_all(d);
+}
+
+}  // namespace
+}  // namespace weightcast::exec
