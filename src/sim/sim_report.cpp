@@ -36,8 +36,16 @@ std::string report(const Simulation& s, const Profile& p) {
        ms(st.writes_s));
   line("    receiver tail        {:9.2f} ms (staging copies in, after that sender's last write)",
        ms(s.receiver_tail_s));
-  line("  receiver {} ingress busy {:.2f} ms of {:.2f} ms", s.receiver, ms(s.receiver_busy_s),
-       ms(s.predicted_s));
+  line("  receiver {} ingress busy {:.2f} ms of {:.2f} ms{}", s.receiver, ms(s.receiver_busy_s),
+       ms(s.predicted_s),
+       s.receiver_busy_s > 0.85 * s.predicted_s
+           ? ": bound by ingress (the sender's ring waits are its writes queued there)"
+           : "");
+  line("  trainer rank {} NIC busy {:.2f} ms of {:.2f} ms{}", s.sender, ms(s.sender_busy_s),
+       ms(s.predicted_s),
+       s.sender_busy_s > 0.9 * s.predicted_s
+           ? ": bound by its NIC (its ring waits are its writes queued on it)"
+           : "");
   return o;
 }
 
@@ -59,7 +67,8 @@ std::string to_json(const Simulation& s, const Profile& p) {
                         {"ring_wait_s", s.stages.ring_wait_s},
                         {"writes_s", s.stages.writes_s},
                         {"receiver_tail_s", s.receiver_tail_s},
-                        {"receiver_busy_s", s.receiver_busy_s}}}};
+                        {"receiver_busy_s", s.receiver_busy_s},
+                        {"sender_busy_s", s.sender_busy_s}}}};
   return j.dump();
 }
 

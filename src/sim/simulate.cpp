@@ -526,6 +526,8 @@ Result<Simulation> Sim::run() {
   if (!s_.empty() && !p_.receivers.empty()) {
     const SenderState& x = s_[out.sender];
     out.stages = x.st;
+    for (const Lane& l : s_lanes_[out.sender])
+      out.sender_busy_s = std::max(out.sender_busy_s, l.busy);
     const auto it = r_from_[out.receiver].find(out.sender);
     const double last = it == r_from_[out.receiver].end() ? x.compute_end : it->second.first;
     out.stages.writes_s = std::max(0.0, last - x.compute_end);

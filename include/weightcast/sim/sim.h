@@ -83,6 +83,7 @@ struct Simulation {
   Stages stages;               // of that sender
   double receiver_tail_s = 0;  // after that sender's last write: the receiver's staging copy
   double receiver_busy_s = 0;  // that receiver's busiest ingress link's busy time
+  double sender_busy_s = 0;    // that sender's busiest NIC's (or ipc link's) busy time
   uint64_t writes = 0, shards = 0;
   std::vector<double> sender_done_s, receiver_done_s;
 };
