@@ -263,7 +263,12 @@ int run_verify(const InputFlags& in_flags, const PlanFlags& pf, const std::strin
               p->receivers.size(), p->writes.size());
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = plan::verify_plan(*in, *p, step);
+  plan::VerifyProgress progress;  // long runs say where they are (on stderr)
+  progress.fn = [t0 = std::chrono::steady_clock::now()](const std::string& m) {
+    if (seconds_since(t0) < 2) return;  // quick runs stay quiet
+    std::fprintf(stderr, "verify: %s (%.0f s)\n", m.c_str(), seconds_since(t0));
+  };
+  auto r = plan::verify_plan(*in, *p, step, progress);
   if (!r) {
     std::fprintf(stderr, "weightcast: FAILED: %s\n", r.status().message().c_str());
     return r.status().code() == Code::kInvalidArgument ? 2 : 1;
@@ -546,6 +551,13 @@ int main(int argc, char** argv) {
   merge_cmd->add_flag("--align", trace_align,
                       "Start every file at 0 (to set a predicted step beside a measured one); "
                       "default: one clock for all, as processes of one host share it");
+  std::string svg_trace, svg_trace_out;
+  CLI::App* tsvg_cmd = trace_cmd->add_subcommand(
+      "svg",
+      "Draw a trace (one file, merged or not) as an SVG timeline: a row per process and "
+      "lane, spans coloured by kind, with a legend");
+  tsvg_cmd->add_option("trace", svg_trace, "The trace file")->required();
+  tsvg_cmd->add_option("-o,--out", svg_trace_out, "The SVG file")->required();
   merge_cmd->footer(
       "Example: weightcast demo --trace /tmp/t && weightcast plan -b demo-moe --profile "
       "configs/profiles/cx7-h100.json --trace /tmp/p.json && weightcast trace merge --align -o "
@@ -569,6 +581,15 @@ int main(int argc, char** argv) {
     if (!merged) return fail(merged.status());
     if (Status s = write_file(trace_merged, *merged); !s) return fail(s);
     std::printf("%zu trace file(s) joined into %s\n", trace_files.size(), trace_merged.c_str());
+    return 0;
+  }
+  if (*tsvg_cmd) {
+    auto merged = exec::merge_traces({svg_trace}, false);
+    if (!merged) return fail(merged.status());
+    auto svg = exec::trace_svg(*merged);
+    if (!svg) return fail(svg.status());
+    if (Status s = write_file(svg_trace_out, *svg); !s) return fail(s);
+    std::printf("timeline of %s written to %s\n", svg_trace.c_str(), svg_trace_out.c_str());
     return 0;
   }
   if (*profile_cmd)

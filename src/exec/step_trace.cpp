@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -160,6 +161,166 @@ Result<std::string> merge_traces(const std::vector<std::string>& paths, bool ali
     }
   }
   return json({{"traceEvents", out}, {"displayTimeUnit", "ms"}}).dump() + "\n";
+}
+
+namespace {
+struct Kind {
+  const char* prefix;
+  const char* colour;
+  const char* label;
+};
+// Span kinds by name prefix, in legend order; the last one takes everything else.
+constexpr Kind kKinds[] = {
+    {"projection", "#4e79a7", "projections"},
+    {"waiting for GPU", "#4e79a7", "projections"},
+    {"predicted: projection", "#4e79a7", "projections"},
+    {"gather", "#f28e2b", "gathers"},
+    {"ring wait", "#e15759", "ring waits"},
+    {"reading the receivers", "#76b7b2", "readiness"},
+    {"waiting for the receivers", "#9fd6d2", "first write waits for readiness"},
+    {"readiness", "#76b7b2", "readiness"},
+    {"drain", "#59a14f", "drain: last writes complete"},
+    {"NIC writes", "#59a14f", "NIC / ipc writes"},
+    {"ipc writes", "#59a14f", "NIC / ipc writes"},
+    {"staging copy", "#b07aa1", "staging copies"},
+    {"mirror", "#b07aa1", "staging copies"},
+    {"push", "#d4d0cc", "whole push"},
+    {"step ", "#edc948", "receiver: armed -> all immediates"},
+    {"", "#9c755f", "other"},
+};
+const Kind& kind_of(const std::string& name) {
+  for (const Kind& k : kKinds)
+    if (name.rfind(k.prefix, 0) == 0) return k;
+  return kKinds[std::size(kKinds) - 1];
+}
+std::string esc(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '<')
+      o += "&lt;";
+    else if (c == '>')
+      o += "&gt;";
+    else if (c == '&')
+      o += "&amp;";
+    else if (c == '"')
+      o += "&quot;";
+    else
+      o += c;
+  }
+  return o;
+}
+}  // namespace
+
+Result<std::string> trace_svg(const std::string& merged, size_t max_spans) {
+  using nlohmann::json;
+  json j = json::parse(merged, nullptr, false);
+  if (j.is_object() && j.contains("traceEvents")) j = j["traceEvents"];
+  if (j.is_discarded() || !j.is_array())
+    return Status(Code::kInvalidArgument, "trace_svg: not a trace (merge the files first)");
+  std::map<int64_t, std::string> process;
+  std::map<std::pair<int64_t, int64_t>, std::string> lane_name;
+  struct Span {
+    double t, d;
+    std::string name;
+  };
+  std::map<std::pair<int64_t, int64_t>, std::vector<Span>> lanes;
+  double t0 = 1e300, t1 = -1e300;
+  size_t total = 0;
+  std::vector<double> durs;
+  for (const json& e : j) {
+    if (!e.is_object() || !e.contains("ph") || !e["ph"].is_string()) continue;
+    const std::string ph = e["ph"];
+    const int64_t pid =
+        e.contains("pid") && e["pid"].is_number_integer() ? e["pid"].get<int64_t>() : 0;
+    const int64_t tid =
+        e.contains("tid") && e["tid"].is_number_integer() ? e["tid"].get<int64_t>() : 0;
+    const bool has_args_name = e.contains("args") && e["args"].is_object() &&
+                               e["args"].contains("name") && e["args"]["name"].is_string();
+    if (ph == "M" && has_args_name && e.value("name", "") == "process_name")
+      process[pid] = e["args"]["name"];
+    if (ph == "M" && has_args_name && e.value("name", "") == "thread_name")
+      lane_name[{pid, tid}] = e["args"]["name"];
+    if (ph != "X" || !e.contains("ts") || !e["ts"].is_number() || !e.contains("dur") ||
+        !e["dur"].is_number())
+      continue;
+    const double t = e["ts"], d = e["dur"];
+    lanes[{pid, tid}].push_back({t, d, e.value("name", "")});
+    durs.push_back(d);
+    t0 = std::min(t0, t);
+    t1 = std::max(t1, t + d);
+    ++total;
+  }
+  if (total == 0) return Status(Code::kInvalidArgument, "trace_svg: the trace has no spans");
+  // Past max_spans, only the longest are drawn.
+  double min_dur = -1;
+  if (total > max_spans) {
+    std::nth_element(durs.begin(), durs.begin() + static_cast<long>(total - max_spans), durs.end());
+    min_dur = durs[total - max_spans];
+  }
+  constexpr double kLeft = 230, kWidth = 1000, kRow = 16, kTop = 30;
+  const double span_us = std::max(t1 - t0, 1.0);
+  const auto x = [&](double t) { return kLeft + (t - t0) / span_us * kWidth; };
+  std::string o;  // the body; the header (which needs the height) goes in front at the end
+  // Time axis: about 8 ticks at 1, 2 or 5 x 10^k ms.
+  const double ms = span_us / 1e3;
+  double step = std::pow(10.0, std::floor(std::log10(ms / 8)));
+  for (double m : {1.0, 2.0, 5.0, 10.0})
+    if (ms / (step * m) <= 8) {
+      step *= m;
+      break;
+    }
+  const double bottom = kTop + kRow * static_cast<double>(lanes.size());
+  for (double m = 0; m <= ms + 1e-9; m += step) {
+    const double px = x(t0 + m * 1e3);
+    o += fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{1:.0f}\" x2=\"{0:.1f}\" y2=\"{2:.0f}\" stroke=\"#ddd\"/>"
+        "<text x=\"{0:.1f}\" y=\"{3:.0f}\" text-anchor=\"middle\">{4:g} ms</text>\n",
+        px, kTop - 4, bottom, bottom + 14, m);
+  }
+  size_t row = 0, drawn = 0;
+  std::map<std::string, const char*> legend;
+  std::vector<std::string> legend_order;
+  for (const auto& [key, spans] : lanes) {
+    const double y = kTop + kRow * static_cast<double>(row++);
+    const auto pn = process.find(key.first);
+    const auto ln = lane_name.find(key);
+    o += fmt::format("<text x=\"4\" y=\"{:.0f}\">{} / {}</text>\n", y + 12,
+                     esc(pn == process.end() ? fmt::format("pid {}", key.first) : pn->second),
+                     esc(ln == lane_name.end() ? fmt::format("lane {}", key.second) : ln->second));
+    for (const Span& s : spans) {
+      if (s.d < min_dur) continue;
+      const Kind& k = kind_of(s.name);
+      if (!legend.count(k.label)) {
+        legend[k.label] = k.colour;
+        legend_order.push_back(k.label);
+      }
+      o += fmt::format(
+          "<rect x=\"{:.2f}\" y=\"{:.0f}\" width=\"{:.2f}\" height=\"{:.0f}\" "
+          "fill=\"{}\"><title>{} "
+          "({:.3f} ms)</title></rect>\n",
+          x(s.t), y + 2, std::max(0.5, s.d / span_us * kWidth), kRow - 4, k.colour, esc(s.name),
+          s.d / 1e3);
+      ++drawn;
+    }
+  }
+  double ly = bottom + 34;
+  for (const std::string& l : legend_order) {
+    o += fmt::format(
+        "<rect x=\"{:.0f}\" y=\"{:.0f}\" width=\"12\" height=\"10\" fill=\"{}\"/><text "
+        "x=\"{:.0f}\" "
+        "y=\"{:.0f}\">{}</text>\n",
+        kLeft, ly, legend[l], kLeft + 18, ly + 9, esc(l));
+    ly += 16;
+  }
+  if (drawn < total)
+    o += fmt::format("<text x=\"{:.0f}\" y=\"{:.0f}\">{} of {} spans drawn (the longest)</text>\n",
+                     kLeft + 300, bottom + 43, drawn, total);
+  o += "</svg>\n";
+  return fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{:.0f}" height="{:.0f}" )"
+                     R"(font-family="sans-serif" font-size="11">)"
+                     "\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+                     kLeft + kWidth + 20, ly + 10) +
+         o;
 }
 
 }  // namespace weightcast::exec

@@ -3,6 +3,7 @@
 // checking every index and bound on the way, then compares imm counts, coverage and bytes.
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -34,6 +35,17 @@ struct Replayer {
   std::vector<std::vector<uint8_t>> written;
   std::vector<std::vector<uint32_t>> imms;  // per receiver, per phase
   VerifyResult res;
+  VerifyProgress progress;
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+
+  // Tells `progress` how far `what` got, at most every progress.every_s seconds.
+  void tell(const char* what, size_t done, size_t of) {
+    if (!progress.fn) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (std::chrono::duration<double>(now - last).count() < progress.every_s && done < of) return;
+    last = now;
+    progress.fn(fmt::format("{} {}/{}", what, done, of));
+  }
 
   [[noreturn]] void fail(const std::string& m) { throw std::runtime_error(m); }
 
@@ -217,6 +229,7 @@ struct Replayer {
           run_write(snd.rank, t.index, staging);
       }
       shards[snd.rank].clear();  // keep memory to one sender's shards at a time
+      tell("senders replayed", snd.rank + 1, plan.senders.size());
     }
     for (size_t r = 0; r < plan.receivers.size(); ++r)
       for (uint16_t ph = 0; ph < plan.phases; ++ph)
@@ -249,13 +262,15 @@ struct Replayer {
         }
       res.bytes_checked += ref.size();
       ++res.tensors;
+      tell("tensors checked against the reference", di + 1, plan.dests.size());
     }
   }
 };
 
 }  // namespace
 
-Result<VerifyResult> verify_plan(const spec::Inputs& in, const Plan& plan, uint64_t step) {
+Result<VerifyResult> verify_plan(const spec::Inputs& in, const Plan& plan, uint64_t step,
+                                 const VerifyProgress& progress) {
   if (plan.inputs_digest != digest_inputs(in))
     return invalid(
         "plan was made from other inputs (digest {}, these inputs give {}); re-plan, or "
@@ -265,7 +280,7 @@ Result<VerifyResult> verify_plan(const spec::Inputs& in, const Plan& plan, uint6
     return invalid("plan has {} senders, trainer mesh has {}", plan.senders.size(),
                    in.trainer.mesh.size());
   if (Status st = check_plan(in, plan); !st) return st;  // nothing out of range is replayed
-  Replayer rp{in, plan, step, {}, {}, {}, {}, {}};
+  Replayer rp{in, plan, step, {}, {}, {}, {}, {}, progress};
   try {
     rp.run();
   } catch (const std::exception& e) {

@@ -39,6 +39,9 @@ check profile-help 0 "about ten seconds" -- "$wc" profile --help
 check trace-help 0 "--align" -- "$wc" trace merge --help
 check trace-merge-missing 2 "nope.json: cannot open" -- "$wc" trace merge -o "$tmp/m.json" "$tmp/nope.json"
 check demo-help-trace 0 "demo.trace.json" -- "$wc" demo --help
+check trace-svg 0 "timeline of .* written" -- "$wc" trace svg "$tmp/t.json" -o "$tmp/t.svg"
+check trace-svg-legend 0 "projections" -- grep -m1 ">projections<" "$tmp/t.svg"
+check matrix-legend 0 "bytes per cell" -- grep -m1 "bytes per cell" "$tmp/m.svg"
 check partial-files 2 "missing: --inference --topology" -- "$wc" plan -t "$cfg/trainer.json"
 check missing-file 2 "nope.json: cannot open file" -- "$wc" plan -t nope.json -i "$cfg/inference.json" -c "$cfg/topology.json"
 printf '{"format": "weightcast.spec/v1", "role": "trainer", "mesh": {"axes": []}, "params": []}' > "$tmp/bad.json"

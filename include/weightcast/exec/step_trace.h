@@ -67,4 +67,9 @@ class StepTrace {
 // keeps processes of one host in step. Errors name the file.
 Result<std::string> merge_traces(const std::vector<std::string>& paths, bool align);
 
+// A timeline of a trace (as merge_traces gives it) as SVG: one row per process and lane with
+// spans, coloured by kind with a legend, a time axis in ms; at most `max_spans` spans drawn
+// (the longest), and the picture says when some were left out.
+Result<std::string> trace_svg(const std::string& merged, size_t max_spans = 20000);
+
 }  // namespace weightcast::exec

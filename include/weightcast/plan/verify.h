@@ -33,8 +33,16 @@ struct VerifyResult {
   uint64_t tensors = 0;
 };
 
+// Where a long verify is: `fn` hears "senders replayed 12/256" and "tensors checked against the
+// reference 900/84928" at most every `every_s` seconds, and once at the end of each.
+struct VerifyProgress {
+  std::function<void(const std::string&)> fn;
+  double every_s = 2;
+};
+
 // Fails with a message naming the first mismatching tensor, element and writer, or the first
 // imm count, coverage or bounds violation.
-Result<VerifyResult> verify_plan(const spec::Inputs& in, const Plan& plan, uint64_t step = 1);
+Result<VerifyResult> verify_plan(const spec::Inputs& in, const Plan& plan, uint64_t step = 1,
+                                 const VerifyProgress& progress = {});
 
 }  // namespace weightcast::plan

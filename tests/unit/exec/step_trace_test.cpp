@@ -90,5 +90,28 @@ TEST(StepTrace, MergeKeepsOneClockRenumbersProcessesAndNamesBadFiles) {
   std::filesystem::remove_all(d);
 }
 
+TEST(StepTrace, TimelinePicturesDrawEverySpanWithALegendOrSayWhatWasLeftOut) {
+  const std::string merged = R"({"traceEvents":[
+    {"ph":"M","name":"process_name","pid":1,"args":{"name":"trainer 0"}},
+    {"ph":"M","name":"thread_name","pid":1,"tid":1,"args":{"name":"compute"}},
+    {"ph":"X","pid":1,"tid":1,"ts":0,"dur":2000,"name":"projection"},
+    {"ph":"X","pid":1,"tid":3,"ts":2000,"dur":500,"name":"drain: the last writes complete"}]})";
+  auto svg = trace_svg(merged);
+  ASSERT_TRUE(svg) << svg.status().message();
+  EXPECT_NE(svg->find("trainer 0 / compute"), std::string::npos);
+  EXPECT_NE(svg->find("trainer 0 / lane 3"), std::string::npos);  // no thread_name for lane 3
+  EXPECT_NE(svg->find("<title>projection (2.000 ms)</title>"), std::string::npos);
+  EXPECT_NE(svg->find(">projections</text>"), std::string::npos);
+  EXPECT_NE(svg->find(">drain: last writes complete</text>"), std::string::npos);
+  EXPECT_NE(svg->find(">2 ms</text>"), std::string::npos);  // the axis: 0 .. 2.5 ms
+  EXPECT_EQ(svg->find("spans drawn"), std::string::npos);
+  auto one = trace_svg(merged, 1);
+  ASSERT_TRUE(one);
+  EXPECT_NE(one->find("1 of 2 spans drawn (the longest)"), std::string::npos);
+  EXPECT_EQ(one->find("<title>drain"), std::string::npos);
+  EXPECT_FALSE(trace_svg(R"({"traceEvents":[]})"));
+  EXPECT_FALSE(trace_svg("not json"));
+}
+
 }  // namespace
 }  // namespace weightcast::exec

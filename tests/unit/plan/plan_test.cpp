@@ -705,5 +705,27 @@ TEST(Planner, NicBytesAreThoseOfTheEnginesStriping) {
   }
 }
 
+TEST(Verify, ALongRunSaysWhereItIs) {
+  const std::string d = std::string(WC_SOURCE_DIR) + "/configs/demo-moe/";
+  auto in = spec::load_inputs(d + "trainer.json", d + "inference.json", d + "topology.json");
+  ASSERT_TRUE(in) << in.status().message();
+  auto p = make_plan(*in, {});
+  ASSERT_TRUE(p) << p.status().message();
+  std::vector<std::string> said;
+  VerifyProgress progress{[&](const std::string& m) { said.push_back(m); }, 0};
+  auto r = verify_plan(*in, *p, 1, progress);
+  ASSERT_TRUE(r) << r.status().message();
+  // Every sender and every tensor, in order, ending at the totals.
+  ASSERT_EQ(said.size(), p->senders.size() + p->dests.size());
+  EXPECT_EQ(said.front(), "senders replayed 1/" + std::to_string(p->senders.size()));
+  EXPECT_EQ(said.back(),
+            fmt::format("tensors checked against the reference {0}/{0}", p->dests.size()));
+  // With a long interval only the ends are told.
+  said.clear();
+  progress.every_s = 1e9;
+  ASSERT_TRUE(verify_plan(*in, *p, 1, progress));
+  EXPECT_EQ(said.size(), 2u);
+}
+
 }  // namespace
 }  // namespace weightcast::plan
