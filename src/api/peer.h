@@ -41,6 +41,18 @@ struct PeerBase {
   std::unique_ptr<Job> job;
   std::unique_ptr<transport::RendezvousClient> rdv;
   std::unique_ptr<exec::StepTrace> trace;  // JobConfig.trace_dir: this process's spans
+  // JobConfig.metrics_file, opened for appending (-1: none).
+  struct Fd {
+    int fd = -1;
+    Fd() = default;
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    ~Fd();
+  } metrics;
+  std::string role;
+  uint32_t rank = 0;
+  // Appends one metrics line: `record` (a JSON object's text) with who and when added.
+  void record_step(uint64_t step, uint32_t attempt, const Result<std::string>& record);
 };  // Loads the job and joins it as (role, rank): a peer-token session and this rank's part.
 Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t rank);
 

@@ -19,6 +19,8 @@ struct Receiver::Impl : PeerBase {
   bool published = false;
   uint32_t index = 0, incarnation = 0;
   uint8_t generation = 0;  // of the last attempt armed
+  uint64_t last_step = 0;  // the step waited for last, and how many times (metrics records)
+  uint32_t attempt = 0;
   std::vector<uint32_t> senders;
   int die_after_arm = -1;  // test hook (WEIGHTCAST_DEBUG_DIE_AFTER_ARM)
   int cuda_device = -1;    // where its tensors live (-1: host memory)
@@ -134,6 +136,8 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
   // A fresh generation for every attempt: writes of earlier attempts (late, or of a sender that
   // died) are stale from here on.
   const auto t_arm = Clock::now();
+  m.attempt = step == m.last_step ? m.attempt + 1 : 1;
+  m.last_step = step;
   const uint8_t gen = ++m.generation;
   const uint64_t stale0 = m.rc->stale();
   m.rc->begin(gen);
@@ -149,10 +153,16 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
                   exec::StepTrace::kStep, t_arm, Clock::now(), gen);
     if (Status s = m.trace->flush(); !s && w) return s;
   }
-  if (!w) return Status(w.status().code(), fmt::format("step {}: {}", step, w.status().message()));
-  return WaitStats{
+  if (!w) {
+    Status st(w.status().code(), fmt::format("step {}: {}", step, w.status().message()));
+    m.record_step(step, m.attempt, st);
+    return st;
+  }
+  WaitStats out{
       w->bytes,        w->imms,     w->wait_s, gen, m.rc->stale() - stale0, m.rc->memory_mode(),
       w->staged_bytes, w->staging_s};
+  m.record_step(step, m.attempt, metrics_json(out));
+  return out;
 }
 
 }  // namespace weightcast::api

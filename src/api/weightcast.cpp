@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
@@ -390,7 +391,10 @@ Result<PushStats> Sender::push(uint64_t step) {
                     exec::StepTrace::kStep, now, now, gather_gen);
     if (Status s = m.trace->flush(); !s && rep) return s;
   }
-  if (!rep) return rep.status();
+  if (!rep) {
+    m.record_step(step, m.attempt, rep.status());
+    return rep.status();
+  }
   PushStats st;
   st.bytes = rep->bytes;
   st.writes = rep->writes;
@@ -405,7 +409,38 @@ Result<PushStats> Sender::push(uint64_t step) {
   st.ring_wait_seconds = rep->ring_wait_s;
   st.mirror_seconds = rep->mirror_s;
   st.drain_seconds = rep->write_s;
+  m.record_step(step, m.attempt, metrics_json(st));
   return st;
+}
+
+std::string metrics_json(const PushStats& s) {
+  return nlohmann::json{{"bytes", s.bytes},
+                        {"writes", s.writes},
+                        {"projections", s.projections},
+                        {"in_place_projections", s.in_place_projections},
+                        {"seconds", s.seconds},
+                        {"stages",
+                         {{"ready", s.ready_seconds},
+                          {"gather", s.gather_seconds},
+                          {"projection", s.projection_seconds},
+                          {"ring_wait", s.ring_wait_seconds},
+                          {"mirror", s.mirror_seconds},
+                          {"drain", s.drain_seconds},
+                          {"post", s.post_seconds}}},
+                        {"nic_gbps", s.nic_gbps}}
+      .dump();
+}
+
+std::string metrics_json(const WaitStats& s) {
+  return nlohmann::json{{"bytes", s.bytes},
+                        {"immediates", s.immediates},
+                        {"seconds", s.seconds},
+                        {"generation", s.generation},
+                        {"stale", s.stale},
+                        {"mode", s.mode},
+                        {"staged_bytes", s.staged_bytes},
+                        {"staging_seconds", s.staging_s}}
+      .dump();
 }
 
 }  // namespace weightcast::api

@@ -258,6 +258,9 @@ PYBIND11_MODULE(_native, m) {
       .def_readwrite("trace_dir", &api::JobConfig::trace_dir,
                      "Directory for traces of every step, one file per process (empty: "
                      "$WEIGHTCAST_TRACE_DIR, else off)")
+      .def_readwrite("metrics_file", &api::JobConfig::metrics_file,
+                     "File collecting one JSON line per step of every peer given it (empty: "
+                     "$WEIGHTCAST_METRICS_FILE, else none)")
       .def_readwrite("faults", &api::JobConfig::faults);
   py::class_<api::PeerInfo>(m, "PeerInfo")
       .def("__repr__",
@@ -314,7 +317,11 @@ PYBIND11_MODULE(_native, m) {
       .def_readonly("ring_wait_seconds", &api::PushStats::ring_wait_seconds)
       .def_readonly("mirror_seconds", &api::PushStats::mirror_seconds)
       .def_readonly("drain_seconds", &api::PushStats::drain_seconds)
-      .def_readonly("nic_gbps", &api::PushStats::nic_gbps);
+      .def_readonly("nic_gbps", &api::PushStats::nic_gbps)
+      .def(
+          "to_json", [](const api::PushStats& p) { return api::metrics_json(p); },
+          "The step's record as JSON (json.loads() gives a dict; JobConfig.metrics_file "
+          "collects these)");
   py::class_<api::WaitStats>(m, "WaitStats")
       .def(
           "__repr__",
@@ -332,7 +339,11 @@ PYBIND11_MODULE(_native, m) {
       .def_readonly("stale", &api::WaitStats::stale)
       .def_readonly("mode", &api::WaitStats::mode)
       .def_readonly("staged_bytes", &api::WaitStats::staged_bytes)
-      .def_readonly("staging_seconds", &api::WaitStats::staging_s);
+      .def_readonly("staging_seconds", &api::WaitStats::staging_s)
+      .def(
+          "to_json", [](const api::WaitStats& w) { return api::metrics_json(w); },
+          "The step's record as JSON (json.loads() gives a dict; JobConfig.metrics_file "
+          "collects these)");
 
   using CtlH = Holder<api::Controller>;
   closable<CtlH>(py::class_<CtlH>(m, "Controller"))

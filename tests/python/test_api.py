@@ -139,6 +139,24 @@ def test_trace_dir_records_every_step_of_every_peer(tmp_path):
             assert "step 2: armed -> every immediate in" in names
 
 
+def test_metrics_file_collects_one_record_per_step_of_every_peer(tmp_path):
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=30)
+    job.metrics_file = str(tmp_path / "metrics.jsonl")
+    ctl = weightcast.Controller(job)
+    pushed, _ = transfer(job, ctl)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sorted((r["role"], r["rank"], r["step"]) for r in lines) == sorted(
+        (role, rank, step) for role in ("trainer", "inference") for rank in (0, 1) for step in (1, 2))
+    assert all(r["ok"] and r["attempt"] == 1 and r["bytes"] > 0 for r in lines)
+    trainer0 = next(r for r in lines if (r["role"], r["rank"], r["step"]) == ("trainer", 0, 1))
+    assert trainer0["bytes"] == pushed[0].bytes and trainer0["writes"] == pushed[0].writes
+    assert set(trainer0["stages"]) == {"ready", "gather", "projection", "ring_wait", "mirror", "drain", "post"}
+    # The same record from the stats object itself.
+    assert json.loads(pushed[0].to_json())["bytes"] == pushed[0].bytes
+    assert all(r["immediates"] > 0 for r in lines if r["role"] == "inference")
+
+
 def test_a_saved_plan_is_loaded_not_recomputed(tmp_path):
     t, i, c = write_specs(tmp_path)
     plan = tmp_path / "plan.json"

@@ -79,6 +79,7 @@ def check_bytes(bufs, r, step):
 def test_a_failed_push_is_retried_and_the_aborted_attempts_late_writes_never_count(tmp_path):
     t, i, c = write_specs(tmp_path)
     job = weightcast.JobConfig(t, i, c, deadline_s=10)
+    job.metrics_file = str(tmp_path / "metrics.jsonl")
     ctl = weightcast.Controller(job)  # noqa: F841
     # Receiver 0 holds back the first arrival of attempt 1 and delivers it only after the retry's
     # first arrival; sender 0's second write of the step (after one warm-up write per receiver in prepare) is refused by its NIC.
@@ -116,6 +117,13 @@ def test_a_failed_push_is_retried_and_the_aborted_attempts_late_writes_never_cou
         assert not isinstance(res, Exception), f"{name}: {res!r}"
     check_bytes(b0, 0, 2)
     check_bytes(b1, 1, 2)
+    # The metrics record every attempt: sender 0's failed one with its error, then the retry.
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    s0_recs = [(r["step"], r["attempt"], r["ok"]) for r in recs if (r["role"], r["rank"]) == ("trainer", 0)]
+    assert s0_recs == [(1, 1, False), (1, 2, True), (2, 1, True)], s0_recs
+    assert "injected post failure" in next(r["error"] for r in recs if not r["ok"] and r["role"] == "trainer")
+    r0_step1 = [r for r in recs if (r["role"], r["rank"], r["step"]) == ("inference", 0, 1)]
+    assert [r["attempt"] for r in r0_step1] == [1, 2] and r0_step1[-1]["stale"] >= 1
 
 
 RECEIVER_THAT_DIES = textwrap.dedent("""

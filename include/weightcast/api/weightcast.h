@@ -69,6 +69,10 @@ struct JobConfig {
   // <dir>/<trainer|inference>-<rank>-<pid>.trace.json; `weightcast trace merge` joins them).
   // Empty: $WEIGHTCAST_TRACE_DIR, and when that is unset too, no trace (docs/tracing.md).
   std::string trace_dir;
+  // A file that collects one JSON line per step of every peer given it (several processes may
+  // append to one file): metrics_json's record plus role, rank, pid, step, attempt and ok, or
+  // the error of a failed step. Empty: $WEIGHTCAST_METRICS_FILE, else none (docs/tracing.md).
+  std::string metrics_file;
   // Tests only: a fault-injecting layer under this peer's NICs (transport/fault_domain.h), e.g.
   // "fail_post=5" or "hold_arrivals=2:3". Empty in a real job.
   std::string faults;
@@ -123,6 +127,12 @@ struct WaitStats {
   uint64_t staged_bytes = 0;
   double staging_s = 0;
 };
+
+// The per-step record of a peer as one JSON object (the fields above, stage seconds under
+// "stages"): what JobConfig.metrics_file collects, one line per step, and what Python's
+// to_json() gives. The line adds who and when: role, rank, pid, step, attempt, ok / error.
+std::string metrics_json(const PushStats& s);
+std::string metrics_json(const WaitStats& s);
 
 class Controller {
  public:

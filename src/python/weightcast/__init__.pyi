@@ -25,6 +25,7 @@ class JobConfig:
     cuda_device: int
     receiver_staging: str  # receivers: "auto", "always" (every tensor staged) or "never"
     trace_dir: str  # traces of every step, one file per process (empty: $WEIGHTCAST_TRACE_DIR, else off)
+    metrics_file: str  # one JSON line per step of every peer (empty: $WEIGHTCAST_METRICS_FILE, else none)
     faults: str  # tests only: a fault-injecting layer under this peer's NICs ("fail_post=5", ...)
     def __init__(self, trainer_spec: str, inference_spec: str, topology: str, rendezvous: str = "",
                  token: str = "", provider: str = "tcp", nics: List[str] = ["127.0.0.1"],
@@ -64,6 +65,7 @@ class PushStats:
     mirror_seconds: float
     drain_seconds: float
     nic_gbps: List[float]
+    def to_json(self) -> str: ...  # the step's record (json.loads gives a dict)
 
 class WaitStats:
     bytes: int
@@ -74,6 +76,7 @@ class WaitStats:
     mode: str  # how the tensors took the writes: "host", "gpu", "staged" or a mix ("gpu+staged")
     staged_bytes: int  # bytes copied from the landing area into staged tensors
     staging_seconds: float  # how long that copy ran on after the last sender's immediates
+    def to_json(self) -> str: ...  # the step's record (json.loads gives a dict)
 
 class Controller:
     senders: int
