@@ -2,7 +2,7 @@
 # Runs the ibverbs suite for real inside a small qemu VM whose Debian kernel has Soft-RoCE
 # (rdma_rxe): this host's kernel has no RDMA support at all.
 #
-#   scripts/verbs-vm.sh [--bench] [BUILD_DIR]
+#   scripts/verbs-vm.sh [--bench] [--quick] [BUILD_DIR]
 #
 # The VM boots Debian's linux-image-*-amd64 with a busybox initramfs built here, mounts this
 # host's / read-only over 9p (so it runs the very binaries under BUILD_DIR) plus a writable
@@ -24,10 +24,15 @@
 set -euo pipefail
 
 bench=0
-if [[ "${1:-}" == "--bench" ]]; then
-  bench=1
+quick=0
+while [[ "${1:-}" == --* ]]; do
+  case "$1" in
+    --bench) bench=1 ;;
+    --quick) quick=1 ;;  # the verbs;ofi_rxm suite cut to 3 tests (scripts/test.sh's budget)
+    *) echo "verbs-vm: unknown option $1 (--bench, --quick)" >&2; exit 2 ;;
+  esac
   shift
-fi
+done
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 build="$(cd "${1:-$repo/build}" && pwd)"
 cache="$build/verbs-vm"
@@ -137,6 +142,7 @@ if [[ -n "${WC_VERBS_VM_ONLY:-}" ]]; then
 fi
 cat >"$results/run.sh" <<EOF
 cd "$repo"
+export WC_VERBS_QUICK=$quick
 exec bash tests/verbs/vm_suite.sh "$build" $bench $only
 EOF
 

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -90,12 +91,16 @@ Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t r
   if (!c) return c.status();
   p.rdv = std::move(c).value();
   if (const std::string dir = exec::StepTrace::directory(cfg.trace_dir); !dir.empty()) {
-    // One file per peer: a second peer of the same rank in this process (another job) gets -2.
+    // One file per peer: a second peer of the same rank in this process (another job), or a
+    // file left by a predecessor with the same pid (pid namespaces), gets -2, -3, ...
     static std::atomic<int> opened{0};
-    const int n = ++opened;
-    auto t = exec::StepTrace::open(fmt::format("{}/{}-{}-{}{}.trace.json", dir, role, rank,
-                                               ::getpid(), n == 1 ? "" : fmt::format("-{}", n)),
-                                   fmt::format("{} {}", role, rank));
+    std::string path;
+    for (int n = ++opened;; n = ++opened) {
+      path = fmt::format("{}/{}-{}-{}{}.trace.json", dir, role, rank, ::getpid(),
+                         n == 1 ? "" : fmt::format("-{}", n));
+      if (!std::filesystem::exists(path)) break;
+    }
+    auto t = exec::StepTrace::open(path, fmt::format("{} {}", role, rank));
     if (!t)
       return Status(t.status().code(),
                     fmt::format("JobConfig.trace_dir: {}", t.status().message()));
@@ -118,6 +123,17 @@ PeerBase::Fd::~Fd() {
   if (fd >= 0) ::close(fd);
 }
 
+bool PeerBase::flush_trace() {
+  if (!trace) return true;
+  if (Status s = trace->flush(); !s) {
+    std::fprintf(stderr, "weightcast: %s %u: tracing stops: %s\n", role.c_str(), rank,
+                 s.message().c_str());
+    trace.reset();
+    return false;
+  }
+  return true;
+}
+
 void PeerBase::record_step(uint64_t step, uint32_t attempt, const Result<std::string>& record) {
   if (metrics.fd < 0) return;
   nlohmann::json j = record ? nlohmann::json::parse(*record)
@@ -130,7 +146,7 @@ void PeerBase::record_step(uint64_t step, uint32_t attempt, const Result<std::st
   j["ok"] = static_cast<bool>(record);
   j["unix_s"] =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  const std::string line = j.dump() + "\n";
+  const std::string line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   // One write per line: O_APPEND keeps lines of processes sharing the file whole.
   (void)!::write(metrics.fd, line.data(), line.size());
 }

@@ -51,6 +51,9 @@ struct PeerBase {
   } metrics;
   std::string role;
   uint32_t rank = 0;
+  // Writes the step's spans; a trace that cannot be written (disk full) is closed with one
+  // line on stderr, and tracing stays off for this peer: false then.
+  bool flush_trace();
   // Appends one metrics line: `record` (a JSON object's text) with who and when added.
   void record_step(uint64_t step, uint32_t attempt, const Result<std::string>& record);
 };  // Loads the job and joins it as (role, rank): a peer-token session and this rank's part.

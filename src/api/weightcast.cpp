@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -316,24 +317,34 @@ Result<PushStats> Sender::push(uint64_t step) {
   auto ready = [&]() -> Result<std::map<uint32_t, exec::Armed>> {
     const auto t_ready = Clock::now();
     std::map<uint32_t, exec::Armed> armed;
-    // Every receiver's arm in one round trip (they are usually there already: receivers arm
-    // as soon as their last step ended); only those not yet newer are waited for one by one.
-    std::vector<std::string> keys;
-    std::vector<uint64_t> afters;
-    for (uint32_t r : m.receivers) {
-      keys.push_back(exec::keys::armed(r));
-      afters.push_back(m.used[r]);
+    // Every receiver's arm in one round trip per 4096 receivers (they are usually there
+    // already: receivers arm as soon as their last step ended); those not yet newer are waited
+    // for one by one, and once one was waited for, the rest are asked again (an arm seen
+    // before the wait may have been replaced by a newer one meanwhile).
+    std::vector<std::optional<transport::RendezvousClient::Versioned>> seen;
+    constexpr size_t kChunk = 4096;
+    for (auto it = m.receivers.begin(); it != m.receivers.end();) {
+      std::vector<std::string> keys;
+      std::vector<uint64_t> afters;
+      for (; it != m.receivers.end() && keys.size() < kChunk; ++it) {
+        keys.push_back(exec::keys::armed(*it));
+        afters.push_back(m.used[*it]);
+      }
+      auto now = m.rdv->newer_now(keys, afters, in_s(dl));
+      if (!now) return now.status();
+      for (auto& v : *now) seen.push_back(std::move(v));
     }
-    auto now = m.rdv->newer_now(keys, afters, in_s(dl));
-    if (!now) return now.status();
     size_t i = 0;
+    bool waited = false;
     for (uint32_t r : m.receivers) {
       uint64_t after = m.used[r];
-      auto& first = (*now)[i++];
+      auto& first = seen[i++];
+      if (waited) first.reset();
       for (;;) {
         auto v = first.has_value()
                      ? Result<transport::RendezvousClient::Versioned>(std::move(first).value())
                      : m.rdv->get_newer(exec::keys::armed(r), after, in_s(dl));
+        waited = waited || !first.has_value();
         first.reset();
         if (!v)
           return Status(v.status().code(),
@@ -389,7 +400,7 @@ Result<PushStats> Sender::push(uint64_t step) {
     else
       m.trace->span(fmt::format("push({}) failed: {}", step, rep.status().message()),
                     exec::StepTrace::kStep, now, now, gather_gen);
-    if (Status s = m.trace->flush(); !s && rep) return s;
+    if (!m.flush_trace()) m.ex->set_trace(nullptr);  // (off now; the step itself stands)
   }
   if (!rep) {
     m.record_step(step, m.attempt, rep.status());

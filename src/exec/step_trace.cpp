@@ -19,6 +19,14 @@ double us(StepTrace::Clock::time_point t) {
   return std::chrono::duration<double, std::micro>(t.time_since_epoch()).count();
 }
 constexpr const char* kLaneNames[] = {"step", "compute", "readiness", "writes"};
+// Span names carry peers' error messages: bytes that are not UTF-8 become U+FFFD, never throw.
+std::string safe_dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+// A string member of an event, or "" (a name that is not a string is no reason to fail).
+std::string str_of(const nlohmann::json& e, const char* key) {
+  return e.contains(key) && e[key].is_string() ? e[key].get<std::string>() : std::string();
+}
 }  // namespace
 
 Result<std::unique_ptr<StepTrace>> StepTrace::open(const std::string& path, const std::string& name,
@@ -71,7 +79,7 @@ void StepTrace::span(const std::string& what, Lane lane, Clock::time_point t0, C
   std::string e =
       fmt::format(R"({{"ph":"X","pid":{},"tid":{},"ts":{:.3f},"dur":{:.3f},"name":{},)"
                   R"("args":{{"generation":{}}}}})",
-                  pid_, static_cast<int>(lane), a, d, nlohmann::json(what).dump(), generation);
+                  pid_, static_cast<int>(lane), a, d, safe_dump(nlohmann::json(what)), generation);
   std::lock_guard lk(mu_);
   add(std::move(e));
 }
@@ -79,7 +87,7 @@ void StepTrace::span(const std::string& what, Lane lane, Clock::time_point t0, C
 void StepTrace::counter(const std::string& what, Clock::time_point t, double value) {
   std::string e =
       fmt::format(R"({{"ph":"C","pid":{},"ts":{:.3f},"name":{},"args":{{"value":{:.6g}}}}})", pid_,
-                  us(t), nlohmann::json(what).dump(), value);
+                  us(t), safe_dump(nlohmann::json(what)), value);
   std::lock_guard lk(mu_);
   add(std::move(e));
 }
@@ -117,13 +125,22 @@ Result<std::string> merge_traces(const std::vector<std::string>& paths, bool ali
     std::stringstream ss;
     ss << in.rdbuf();
     std::string text = ss.str();
-    // The array format may lack its closing bracket and end in a comma.
-    while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
-    if (!text.empty() && text.front() == '[' && text.back() != ']') {
-      if (text.back() == ',') text.pop_back();
-      text += "]";
-    }
+    // The array format may lack its closing bracket and end in a comma; a process killed while
+    // it wrote may have left half an event at the end, which is cut back to the last whole one.
+    const auto close_array = [](std::string t) {
+      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+      if (!t.empty() && t.back() == ']') t.pop_back();
+      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+      if (!t.empty() && t.back() == ',') t.pop_back();
+      return t + "]";
+    };
     json j = json::parse(text, nullptr, false);
+    if ((j.is_discarded() || !j.is_array()) && !text.empty() && text.front() == '[') {
+      j = json::parse(close_array(text), nullptr, false);
+      if (j.is_discarded())
+        if (const size_t cut = text.rfind(",\n"); cut != std::string::npos)
+          j = json::parse(close_array(text.substr(0, cut)), nullptr, false);
+    }
     if (j.is_object() && j.contains("traceEvents")) j = j["traceEvents"];
     if (j.is_discarded() || !j.is_array())
       return Status(Code::kInvalidArgument,
@@ -160,7 +177,7 @@ Result<std::string> merge_traces(const std::vector<std::string>& paths, bool ali
       out.push_back(std::move(e));
     }
   }
-  return json({{"traceEvents", out}, {"displayTimeUnit", "ms"}}).dump() + "\n";
+  return safe_dump(json({{"traceEvents", out}, {"displayTimeUnit", "ms"}})) + "\n";
 }
 
 namespace {
@@ -236,15 +253,15 @@ Result<std::string> trace_svg(const std::string& merged, size_t max_spans) {
         e.contains("tid") && e["tid"].is_number_integer() ? e["tid"].get<int64_t>() : 0;
     const bool has_args_name = e.contains("args") && e["args"].is_object() &&
                                e["args"].contains("name") && e["args"]["name"].is_string();
-    if (ph == "M" && has_args_name && e.value("name", "") == "process_name")
+    if (ph == "M" && has_args_name && str_of(e, "name") == "process_name")
       process[pid] = e["args"]["name"];
-    if (ph == "M" && has_args_name && e.value("name", "") == "thread_name")
+    if (ph == "M" && has_args_name && str_of(e, "name") == "thread_name")
       lane_name[{pid, tid}] = e["args"]["name"];
     if (ph != "X" || !e.contains("ts") || !e["ts"].is_number() || !e.contains("dur") ||
         !e["dur"].is_number())
       continue;
     const double t = e["ts"], d = e["dur"];
-    lanes[{pid, tid}].push_back({t, d, e.value("name", "")});
+    lanes[{pid, tid}].push_back({t, d, str_of(e, "name")});
     durs.push_back(d);
     t0 = std::min(t0, t);
     t1 = std::max(t1, t + d);
@@ -253,6 +270,7 @@ Result<std::string> trace_svg(const std::string& merged, size_t max_spans) {
   if (total == 0) return Status(Code::kInvalidArgument, "trace_svg: the trace has no spans");
   // Past max_spans, only the longest are drawn.
   double min_dur = -1;
+  if (max_spans == 0) return Status(Code::kInvalidArgument, "trace_svg: max_spans is 0");
   if (total > max_spans) {
     std::nth_element(durs.begin(), durs.begin() + static_cast<long>(total - max_spans), durs.end());
     min_dur = durs[total - max_spans];

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <memory>
@@ -182,8 +183,15 @@ Result<double> write_rate(const WritePattern& pat) {
   int pipefd[2];
   if (pipe(pipefd) != 0) return Status(Code::kSystem, "write_rate: pipe failed");
   const pid_t child = fork();
-  if (child < 0) return Status(Code::kSystem, "write_rate: fork failed");
-  if (child == 0) targets_child(pat, pipefd[0]);
+  if (child < 0) {
+    close(pipefd[0]);
+    close(pipefd[1]);
+    return Status(Code::kSystem, "write_rate: fork failed");
+  }
+  if (child == 0) {
+    close(pipefd[1]);  // so that the read sees EOF if the parent goes away first
+    targets_child(pat, pipefd[0]);
+  }
   close(pipefd[0]);
   auto server = transport::RendezvousServer::start("127.0.0.1", 0, "raw");
   Result<double> rate = server ? Result<double>(0.0) : Result<double>(server.status());
@@ -197,7 +205,8 @@ Result<double> write_rate(const WritePattern& pat) {
   close(pipefd[1]);  // a child still waiting for its port reads EOF and ends
   if (!rate) kill(child, SIGKILL);
   int status = 0;
-  waitpid(child, &status, 0);
+  while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
   if (rate && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
     return Status(Code::kSystem,
                   fmt::format("write_rate: the targets' process ended with {}{}",
@@ -373,9 +382,9 @@ Result<double> measure_projection_cpu(const spec::Inputs& in, const plan::Plan& 
   // On every core at once, as a host's senders project (memory bandwidth shared as in a step):
   // thread k takes projections k, k + T, ..., into staging of its own. A warm-up pass (pages
   // touched), then three timed ones; each projection's median counts.
-  const unsigned threads =
-      std::max(1u, std::min<unsigned>(std::thread::hardware_concurrency(),
-                                      static_cast<unsigned>(plan.projects.size())));
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const unsigned threads = static_cast<unsigned>(std::clamp<uint64_t>(
+      std::min<uint64_t>({cores, plan.projects.size(), (16ull << 30) / staging_end}), 1, cores));
   constexpr int kPasses = 4;
   std::vector<std::array<double, kPasses>> t(plan.projects.size());
   std::vector<std::vector<std::byte>> staging(threads, std::vector<std::byte>(staging_end));
@@ -423,7 +432,7 @@ Result<double> measure_projection_cpu(const spec::Inputs& in, const plan::Plan& 
   std::sort(extra.begin(), extra.end());
   profile.project_bytes_per_s = rate;
   profile.project_us = extra.empty() ? 0 : extra[extra.size() / 2] * 1e6;
-  profile.cpu_cores = threads;
+  profile.cpu_cores = cores;
   profile.sources["cpu_cores"] = "this machine's hardware threads";
   profile.sources["project_bytes_per_s"] = profile.sources["project_us"] = fmt::format(
       "measured: the plan's {} CPU projections on {} threads at once; the rate from the larger "

@@ -292,7 +292,7 @@ void Core::many(Id id, Conn& c, std::span<const uint8_t> p) {
   bool ok = fields(p, 2, f) && f[1].size() % 8 == 0 && f[1].size() / 8 <= kManyKeys;
   for (size_t pos = 0; ok && pos < f[0].size();) {
     const uint32_t n = f[0].size() - pos >= 4 ? get32(&f[0][pos]) : UINT32_MAX;
-    ok = n <= limits_.max_key && n <= f[0].size() - pos - 4;
+    ok = n <= limits_.max_key && n <= f[0].size() - pos - 4 && keys.size() < f[1].size() / 8;
     if (ok) keys.push_back(str(f[0].subspan(pos + 4, n)));
     pos += 4 + static_cast<size_t>(ok ? n : 0);
   }
@@ -300,24 +300,42 @@ void Core::many(Id id, Conn& c, std::span<const uint8_t> p) {
     ++stats_.rejected;
     return fail(id, c, fmt::format("malformed many-key request ({} bytes)", p.size()));
   }
-  Bytes out;
+  // The reply's pieces: small headers of our own, stored values shared with the store (as a
+  // get's are), so a client that does not read its reply holds no copy of them.
+  std::vector<Shared> pieces;
+  auto cur = std::make_shared<Bytes>();
+  size_t payload = 0, values = 0;
   for (size_t i = 0; i < keys.size(); ++i) {
     auto it = kv_.find(keys[i]);
     if (it == kv_.end() || it->second.version <= get64(f[1].data() + 8 * i)) {
-      out.push_back(0);
+      cur->push_back(0);
       continue;
     }
-    if (out.size() + it->second.value->size() > kManyBytes)
+    values += it->second.value->size();
+    if (values > kManyBytes)
       return send(id, c, 'E',
                   bytes(fmt::format("many-key request: values past {} bytes at key {} of {}",
                                     kManyBytes, i, keys.size())));
-    out.push_back(1);
-    put64(out, it->second.version);
-    put32(out, static_cast<uint32_t>(it->second.value->size()));
-    out.insert(out.end(), it->second.value->begin(), it->second.value->end());
+    cur->push_back(1);
+    put64(*cur, it->second.version);
+    put32(*cur, static_cast<uint32_t>(it->second.value->size()));
+    payload += cur->size() + it->second.value->size();
+    pieces.push_back(std::move(cur));
+    pieces.push_back(it->second.value);
+    cur = std::make_shared<Bytes>();
   }
+  payload += cur->size();
+  if (!cur->empty()) pieces.push_back(std::move(cur));
   stats_.gets += keys.size();
-  send(id, c, 'V', out);
+  auto head = std::make_shared<Bytes>();
+  put32(*head, static_cast<uint32_t>(1 + 4 + payload));
+  head->push_back('V');
+  put32(*head, static_cast<uint32_t>(payload));
+  c.out_bytes += head->size() + payload;
+  c.out.emplace_back(std::move(head), 0);
+  for (Shared& piece : pieces)
+    if (!piece->empty()) c.out.emplace_back(std::move(piece), 0);
+  dirty_.insert(id);
 }
 
 void Core::answer(Id id, Conn& c) {

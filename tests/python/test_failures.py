@@ -171,6 +171,8 @@ def test_a_receiver_killed_mid_step_is_named_by_its_senders_within_one_deadline(
     assert took < deadline + 5, took
 
 
+@pytest.mark.skipif(os.environ.get("WC_LONG_TESTS") != "1",
+                    reason="a 65 s pause: scripts/soak.sh runs it (WC_LONG_TESTS=1)")
 def test_steps_minutes_apart_keep_working(tmp_path):
     """A pause longer than every timeout of the control plane: the 5 s handshake deadline, the
     job's 3 s deadline, the rendezvous' 60 s longest wait and 60 s TCP keepalive idle time (the

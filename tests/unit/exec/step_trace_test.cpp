@@ -80,6 +80,17 @@ TEST(StepTrace, MergeKeepsOneClockRenumbersProcessesAndNamesBadFiles) {
   ev = events(*a);
   EXPECT_EQ(ev[0]["ts"].get<double>(), 0.0);  // aligned: each file from 0
   EXPECT_EQ(ev[1]["ts"].get<double>(), 0.0);
+  // A process killed while it wrote: half an event at the end is cut back to the last whole one.
+  std::ofstream(d + "/cut.json") << "[\n"
+                                 << R"({"ph":"X","pid":5,"tid":1,"ts":1,"dur":1,"name":"a"},)"
+                                 << "\n"
+                                 << R"({"ph":"X","pid":5,"ti)";
+  auto cut = merge_traces({d + "/cut.json"}, false);
+  ASSERT_TRUE(cut) << cut.status().message();
+  EXPECT_EQ(events(*cut).size(), 1u);
+  std::ofstream(d + "/closed.json") << R"([{"ph":"X","pid":5,"tid":1,"ts":1,"dur":1,"name":"a"},)"
+                                    << "\n]";
+  ASSERT_TRUE(merge_traces({d + "/closed.json"}, false));
   std::ofstream(d + "/bad.json") << R"({"not": "a trace"})";
   auto bad = merge_traces({d + "/x.json", d + "/bad.json"}, false);
   ASSERT_FALSE(bad);
@@ -110,6 +121,20 @@ TEST(StepTrace, TimelinePicturesDrawEverySpanWithALegendOrSayWhatWasLeftOut) {
   EXPECT_NE(one->find("1 of 2 spans drawn (the longest)"), std::string::npos);
   EXPECT_EQ(one->find("<title>drain"), std::string::npos);
   EXPECT_FALSE(trace_svg(R"({"traceEvents":[]})"));
+  EXPECT_FALSE(trace_svg(merged, 0));
+  // A name that is not a string is drawn as "other", not an error.
+  auto odd = trace_svg(R"([{"ph":"X","pid":1,"tid":0,"ts":0,"dur":5,"name":7}])");
+  ASSERT_TRUE(odd) << odd.status().message();
+  EXPECT_NE(odd->find(">other</text>"), std::string::npos);
+  // Names that are not UTF-8 (peers' error messages) are written, never thrown.
+  const std::string p = dir() + "/utf.trace.json";
+  auto t = StepTrace::open(p, "trainer 0");
+  ASSERT_TRUE(t);
+  const auto now = StepTrace::Clock::now();
+  (*t)->span(std::string("push failed: \xff\xfe"), StepTrace::kStep, now, now, 1);
+  ASSERT_TRUE((*t)->flush());
+  ASSERT_TRUE(merge_traces({p}, false));
+  std::filesystem::remove_all(dir());
   EXPECT_FALSE(trace_svg("not json"));
 }
 
