@@ -16,7 +16,7 @@
 #include "demo.h"
 #include "embedded_configs.h"
 #include "spec_cmd.h"
-#include "weightcast/exec/step_trace.h"
+#include "trace_cmd.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/report.h"
@@ -536,32 +536,8 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--weights", worker.demo.weights);
   worker_cmd->add_option("--dump", worker.demo.dump);
 
-  std::vector<std::string> trace_files;
-  std::string trace_merged;
-  bool trace_align = false;
-  CLI::App* trace_cmd = app.add_subcommand(
-      "trace", "Traces of steps (Chrome trace / Perfetto JSON): join them into one view");
-  CLI::App* merge_cmd = trace_cmd->add_subcommand(
-      "merge",
-      "Join trace files (each process's of a job, a predicted step from `plan --trace`) into "
-      "one file for ui.perfetto.dev or chrome://tracing");
-  trace_cmd->require_subcommand(1);
-  merge_cmd->add_option("files", trace_files, "Trace files to join")->required();
-  merge_cmd->add_option("-o,--out", trace_merged, "The joined trace")->required();
-  merge_cmd->add_flag("--align", trace_align,
-                      "Start every file at 0 (to set a predicted step beside a measured one); "
-                      "default: one clock for all, as processes of one host share it");
-  std::string svg_trace, svg_trace_out;
-  CLI::App* tsvg_cmd = trace_cmd->add_subcommand(
-      "svg",
-      "Draw a trace (one file, merged or not) as an SVG timeline: a row per process and "
-      "lane, spans coloured by kind, with a legend");
-  tsvg_cmd->add_option("trace", svg_trace, "The trace file")->required();
-  tsvg_cmd->add_option("-o,--out", svg_trace_out, "The SVG file")->required();
-  merge_cmd->footer(
-      "Example: weightcast demo --trace /tmp/t && weightcast plan -b demo-moe --profile "
-      "configs/profiles/cx7-h100.json --trace /tmp/p.json && weightcast trace merge --align -o "
-      "both.json /tmp/t/demo.trace.json /tmp/p.json");
+  cli::TraceFlags trace_flags;
+  cli::add_trace_command(app, trace_flags);
 
   cli::SpecFlags spec_flags;
   cli::add_spec_command(app, spec_flags);
@@ -576,22 +552,7 @@ int main(int argc, char** argv) {
   }
   if (*plan_cmd) return run_plan(plan_in, plan_pf, json_out, svg_out, profile_path, trace_out);
   if (*verify_cmd) return run_verify(verify_in, verify_pf, plan_file, step);
-  if (*merge_cmd) {
-    auto merged = exec::merge_traces(trace_files, trace_align);
-    if (!merged) return fail(merged.status());
-    if (Status s = write_file(trace_merged, *merged); !s) return fail(s);
-    std::printf("%zu trace file(s) joined into %s\n", trace_files.size(), trace_merged.c_str());
-    return 0;
-  }
-  if (*tsvg_cmd) {
-    auto merged = exec::merge_traces({svg_trace}, false);
-    if (!merged) return fail(merged.status());
-    auto svg = exec::trace_svg(*merged);
-    if (!svg) return fail(svg.status());
-    if (Status s = write_file(svg_trace_out, *svg); !s) return fail(s);
-    std::printf("timeline of %s written to %s\n", svg_trace.c_str(), svg_trace_out.c_str());
-    return 0;
-  }
+  if (*trace_flags.cmd) return cli::run_trace(trace_flags);
   if (*profile_cmd)
     return run_profile(profile_in, profile_pf, profile_out, profile_large_kib, profile_small_kib,
                        profile_pair_mib);
