@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config git python3 clang-format
-          nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
+          nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev libgtest-dev libgmock-dev
           libfabric-dev libibverbs-dev libssl-dev clang-14 libclang-rt-14-dev iproute2
           pybind11-dev python3-dev python3-numpy python3-pytest python3-torch
           # the Soft-RoCE VM that tests the ibverbs backend for real (scripts/verbs-vm.sh)

@@ -108,6 +108,10 @@ Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t r
   }
   p.role = role;
   p.rank = rank;
+  // Does the controller serve metrics? (It says so before any peer can join.)
+  auto on = p.rdv->newer_now({exec::keys::kMetricsOn}, {0}, in_s(cfg.deadline_s));
+  if (!on) return on.status();
+  p.publish_metrics = on->at(0).has_value();
   std::string mf = cfg.metrics_file;
   if (const char* env = std::getenv("WEIGHTCAST_METRICS_FILE"); mf.empty() && env) mf = env;
   if (!mf.empty()) {
@@ -126,8 +130,7 @@ PeerBase::Fd::~Fd() {
 bool PeerBase::flush_trace() {
   if (!trace) return true;
   if (Status s = trace->flush(); !s) {
-    std::fprintf(stderr, "weightcast: %s %u: tracing stops: %s\n", role.c_str(), rank,
-                 s.message().c_str());
+    core::log::warn(who(), core::log::kNoStep, "tracing stops: {}", s.message());
     trace.reset();
     return false;
   }
@@ -135,20 +138,35 @@ bool PeerBase::flush_trace() {
 }
 
 void PeerBase::record_step(uint64_t step, uint32_t attempt, const Result<std::string>& record) {
-  if (metrics.fd < 0) return;
   nlohmann::json j = record ? nlohmann::json::parse(*record)
                             : nlohmann::json{{"error", record.status().message()}};
+  if (record) {
+    ++totals.ok;
+    totals.bytes += j.value("bytes", uint64_t{0});
+    totals.seconds += j.value("seconds", 0.0);
+  } else {
+    ++totals.failed;
+  }
+  if (metrics.fd < 0 && !publish_metrics) return;
   j["role"] = role;
   j["rank"] = rank;
   j["pid"] = ::getpid();
   j["step"] = step;
   j["attempt"] = attempt;
   j["ok"] = static_cast<bool>(record);
+  j["incarnation"] = incarnation;
   j["unix_s"] =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  j["totals"] = {{"ok", totals.ok},
+                 {"failed", totals.failed},
+                 {"bytes", totals.bytes},
+                 {"seconds", totals.seconds}};
   const std::string line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   // One write per line: O_APPEND keeps lines of processes sharing the file whole.
-  (void)!::write(metrics.fd, line.data(), line.size());
+  if (metrics.fd >= 0) (void)!::write(metrics.fd, line.data(), line.size());
+  if (publish_metrics)
+    if (Status s = rdv->put(exec::keys::metrics(role.c_str(), rank), line); !s)
+      core::log::warn(who(), step, "publishing the step's metrics: {}", s.message());
 }
 
 std::vector<transport::DomainConfig> nics(const JobConfig& c, uint32_t slot, uint32_t peers) {

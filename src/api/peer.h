@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "weightcast/api/weightcast.h"
+#include "weightcast/core/log.h"
 #include "weightcast/exec/keys.h"
 #include "weightcast/exec/step_trace.h"
 #include "weightcast/plan/plan.h"
@@ -50,11 +51,20 @@ struct PeerBase {
     ~Fd();
   } metrics;
   std::string role;
-  uint32_t rank = 0;
+  uint32_t rank = 0, incarnation = 0;
+  // Put every step record under keys::metrics too (the controller serves metrics).
+  bool publish_metrics = false;
+  struct Totals {
+    uint64_t ok = 0, failed = 0, bytes = 0;
+    double seconds = 0;
+  } totals;  // over every step record of this peer, in each record as "totals"
+  core::log::Who who() const { return {role, rank, incarnation}; }
   // Writes the step's spans; a trace that cannot be written (disk full) is closed with one
   // line on stderr, and tracing stays off for this peer: false then.
   bool flush_trace();
-  // Appends one metrics line: `record` (a JSON object's text) with who and when added.
+  // Appends one metrics line: `record` (a JSON object's text) with who and when added, and
+  // puts it under keys::metrics when publish_metrics. Never fails the step: a put that fails
+  // is logged.
   void record_step(uint64_t step, uint32_t attempt, const Result<std::string>& record);
 };  // Loads the job and joins it as (role, rank): a peer-token session and this rank's part.
 Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t rank);

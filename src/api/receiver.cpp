@@ -17,7 +17,7 @@ struct Receiver::Impl : PeerBase {
   std::unique_ptr<exec::InferenceReceiver> rc;
   std::set<std::pair<std::string, bool>> registered;  // (name, scales) register_tensor accepted
   bool published = false;
-  uint32_t index = 0, incarnation = 0;
+  uint32_t index = 0;
   uint8_t generation = 0;  // of the last attempt armed
   uint64_t last_step = 0;  // the step waited for last, and how many times (metrics records)
   uint32_t attempt = 0;
@@ -69,6 +69,9 @@ Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   for (const plan::DestTensor& d : impl->job->plan.dests)
     if (d.receiver == index) ++count, bytes += d.bytes;
   if (Status s = publish_meta(*impl, "inference", index, count, bytes); !s) return s;
+  core::log::info(impl->who(), core::log::kNoStep,
+                  "joined: {} tensors, {} bytes from {} senders over {} ({} NICs)", count, bytes,
+                  impl->senders.size(), cfg.backend, cfg.nics.size());
   return Receiver(std::move(impl));
 }
 Receiver::Receiver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -154,6 +157,7 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
     (void)m.flush_trace();  // a trace that cannot be written is switched off, the step stands
   }
   if (!w) {
+    core::log::warn(m.who(), step, "attempt {} failed: {}", m.attempt, w.status().message());
     Status st(w.status().code(), fmt::format("step {}: {}", step, w.status().message()));
     m.record_step(step, m.attempt, st);
     return st;
@@ -161,6 +165,10 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
   WaitStats out{
       w->bytes,        w->imms,     w->wait_s, gen, m.rc->stale() - stale0, m.rc->memory_mode(),
       w->staged_bytes, w->staging_s};
+  core::log::info(m.who(), step,
+                  "attempt {}: every byte in: {} bytes, {} immediates, {:.3f} s ({}{})", m.attempt,
+                  out.bytes, out.immediates, out.seconds, out.mode,
+                  out.stale ? fmt::format(", {} stale arrivals dropped", out.stale) : "");
   m.record_step(step, m.attempt, metrics_json(out));
   return out;
 }

@@ -11,11 +11,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <sstream>
 
+#include "metrics.h"
 #include "peer.h"
 #include "weightcast/exec/executor.h"
 #include "weightcast/exec/keys.h"
@@ -35,8 +37,74 @@ constexpr uint32_t kMaxAttempts = 8;
 struct Controller::Impl {
   std::unique_ptr<Job> job;
   std::unique_ptr<transport::RendezvousServer> server;
-  std::unique_ptr<transport::RendezvousClient> watch;  // lost_peers' session
+  std::mutex mu;  // guards watch and named_lost (the metrics thread reads them too)
+  std::unique_ptr<transport::RendezvousClient> watch;  // lost_peers' and metrics' session
+  std::set<std::string> named_lost;                    // lost peers logged already
+  std::unique_ptr<MetricsServer> metrics;              // declared last: stopped first
+
+  // Every peer of the plan: joined, lost (with its incarnation's session closed), and its last
+  // step record; in a few round trips whatever the job's size.
+  Result<std::vector<PeerState>> peers();
+  Result<std::string> text() {
+    auto ps = peers();
+    if (!ps) return ps.status();
+    return prometheus_text(*ps, server->stats());
+  }
 };
+
+Result<std::vector<PeerState>> Controller::Impl::peers() {
+  std::lock_guard<std::mutex> g(mu);
+  const JobConfig& cfg = job->cfg;
+  if (!watch) {
+    auto c = transport::RendezvousClient::connect(
+        cfg.rendezvous.substr(0, cfg.rendezvous.rfind(':')), server->port(), cfg.token, in_s(10));
+    if (!c) return c.status();
+    watch = std::move(c).value();
+  }
+  std::vector<PeerState> out;
+  std::vector<std::string> keys{"gone"};
+  for (const char* role : {"trainer", "inference"}) {
+    const auto n =
+        std::string(role) == "trainer" ? job->plan.senders.size() : job->plan.receivers.size();
+    for (uint32_t r = 0; r < n; ++r) {
+      out.push_back({role, r, false, false, std::nullopt});
+      keys.push_back(exec::keys::incarnation(role, r));
+      keys.push_back(exec::keys::metrics(role, r));
+    }
+  }
+  std::vector<std::optional<transport::RendezvousClient::Versioned>> got;
+  constexpr size_t kChunk = 4096;
+  for (size_t i = 0; i < keys.size(); i += kChunk) {
+    std::vector<std::string> ks(
+        keys.begin() + static_cast<long>(i),
+        keys.begin() + static_cast<long>(std::min(keys.size(), i + kChunk)));
+    auto v = watch->newer_now(ks, std::vector<uint64_t>(ks.size(), 0), in_s(10));
+    if (!v) {
+      watch.reset();  // a new session next time
+      return v.status();
+    }
+    for (auto& x : *v) got.push_back(std::move(x));
+  }
+  const std::string gone = got[0] ? std::string(got[0]->value.begin(), got[0]->value.end()) : "";
+  for (size_t p = 0; p < out.size(); ++p) {
+    PeerState& ps = out[p];
+    if (const auto& inc = got[1 + 2 * p]) {
+      uint32_t k = 0;
+      const std::string v(inc->value.begin(), inc->value.end());
+      ps.joined = std::sscanf(v.c_str(), "%u", &k) == 1;
+      ps.lost = ps.joined &&
+                gone.find(exec::keys::session(ps.role, ps.rank, k) + "\n") != std::string::npos;
+    }
+    if (const auto& rec = got[2 + 2 * p])
+      ps.record = std::string(rec->value.begin(), rec->value.end());
+    const std::string name = fmt::format("{} {}", ps.role, ps.rank);
+    if (ps.lost && named_lost.insert(name).second)
+      core::log::info({"controller"}, core::log::kNoStep,
+                      "{} went away (its process exited or died)", name);
+    if (!ps.lost) named_lost.erase(name);
+  }
+  return out;
+}
 
 Result<Controller> Controller::start(JobConfig& cfg, const std::string& bind_host) {
   auto j = load_job(cfg, true);
@@ -60,6 +128,10 @@ Result<Controller> Controller::start(JobConfig& cfg, const std::string& bind_hos
   if (!c) return c.status();
   // Every rank's part, so peers never plan (and a saved plan reaches them unchanged).
   if (Status st = exec::publish_parts(impl->job->plan, **c); !st) return st;
+  core::log::info({"controller"}, core::log::kNoStep,
+                  "job of {} trainers and {} inference ranks, {} writes, plan {}; rendezvous at {}",
+                  impl->job->plan.senders.size(), impl->job->plan.receivers.size(),
+                  impl->job->plan.writes.size(), impl->job->plan.inputs_digest, cfg.rendezvous);
   return Controller(std::move(impl));
 }
 Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -78,29 +150,39 @@ std::string Controller::peer_token(const std::string& role, uint32_t rank) const
 std::string Controller::plan_report() const { return plan::report(impl_->job->plan, "job"); }
 
 Result<std::vector<std::string>> Controller::lost_peers() const {
-  const Job& j = *impl_->job;
-  const std::string host = j.cfg.rendezvous.substr(0, j.cfg.rendezvous.rfind(':'));
-  if (!impl_->watch) {
-    auto c =
-        transport::RendezvousClient::connect(host, impl_->server->port(), j.cfg.token, in_s(10));
-    if (!c) return c.status();
-    impl_->watch = std::move(c).value();
-  }
+  auto ps = impl_->peers();
+  if (!ps) return ps.status();
   std::vector<std::string> out;
-  auto g = impl_->watch->get_newer("gone", 0, Clock::now());
-  if (!g) return out;  // nobody went away
-  const std::string gone(g->value.begin(), g->value.end());
-  for (const char* role : {"trainer", "inference"}) {
-    const auto n = std::string(role) == "trainer" ? j.plan.senders.size() : j.plan.receivers.size();
-    for (uint32_t r = 0; r < n; ++r) {
-      auto inc = incarnation_of(*impl_->watch, role, r, Clock::now());
-      if (!inc) continue;  // never joined
-      if (gone.find(exec::keys::session(role, r, inc->value) + "\n") != std::string::npos)
-        out.push_back(fmt::format("{} {}", role, r));
-    }
-  }
+  for (const PeerState& p : *ps)
+    if (p.lost) out.push_back(fmt::format("{} {}", p.role, p.rank));
   return out;
 }
+
+Result<uint16_t> Controller::serve_metrics(const std::string& host, uint16_t port) {
+  if (impl_->metrics)
+    return invalid("serve_metrics: already serving on port {}", impl_->metrics->port());
+  auto m = MetricsServer::start(host, port, [impl = impl_.get()] {
+    auto t = impl->text();
+    return t ? *t
+             : fmt::format("# weightcast: the rendezvous did not answer: {}\n",
+                           t.status().message());
+  });
+  if (!m) return m.status();
+  {  // peers that join from now on publish their records
+    const JobConfig& cfg = impl_->job->cfg;
+    auto c =
+        transport::RendezvousClient::connect(cfg.rendezvous.substr(0, cfg.rendezvous.rfind(':')),
+                                             impl_->server->port(), cfg.token, in_s(10));
+    if (!c) return c.status();
+    if (Status s = (*c)->put(exec::keys::kMetricsOn, "1"); !s) return s;
+  }
+  impl_->metrics = std::move(m).value();
+  core::log::info({"controller"}, core::log::kNoStep, "metrics at http://{}:{}/metrics", host,
+                  impl_->metrics->port());
+  return impl_->metrics->port();
+}
+
+Result<std::string> Controller::metrics_text() const { return impl_->text(); }
 
 Result<std::vector<PeerInfo>> Controller::wait_for_peers(double deadline_s) const {
   const Job& j = *impl_->job;
@@ -166,7 +248,6 @@ struct Sender::Impl : PeerBase {
   std::unique_ptr<exec::TrainerExecutor> ex;
   std::set<std::string> registered;  // names register_tensor accepted
   bool prepared = false;
-  uint32_t rank = 0, incarnation = 0;
   std::set<uint32_t> receivers;
   // Readiness: an arm is used once, by this process or a dead predecessor of the same rank, so
   // each receiver's next arm must be newer than the last used (recorded under keys::arms_used
@@ -244,6 +325,10 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
     return s;
   for (const plan::Write& w : impl->job->plan.writes)
     if (w.sender == rank) impl->receivers.insert(impl->job->plan.dests[w.dest].receiver);
+  core::log::info(impl->who(), core::log::kNoStep,
+                  "joined: {} shards, {} bytes; writes to {} receivers over {} ({} NICs)",
+                  impl->ex->layout().shards.size(), bytes, impl->receivers.size(), cfg.backend,
+                  cfg.nics.size());
   return Sender(std::move(impl));
 }
 Sender::Sender(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -286,8 +371,13 @@ Status Sender::prepare() {
   peers.erase(m.rank);
   auto trainer_inc = incarnations_of(*m.rdv, "trainer", peers, deadline, me, &m.gather_peers);
   if (!trainer_inc) return trainer_inc.status();
+  const auto t0 = Clock::now();
   if (Status s = m.ex->prepare(deadline, *recv_inc, *trainer_inc); !s) return s;
   m.prepared = true;
+  core::log::info(m.who(), core::log::kNoStep,
+                  "prepared: linked to {} receivers and {} gather peers in {:.3f} s",
+                  m.receivers.size(), peers.size(),
+                  std::chrono::duration<double>(Clock::now() - t0).count());
   return Status::ok();
 }
 
@@ -379,9 +469,8 @@ Result<PushStats> Sender::push(uint64_t step) {
     auto k = incarnation_of(*m.rdv, "trainer", t, Clock::now(), version);
     if (!k) continue;  // unchanged
     version = k->version;
-    if (std::getenv("WEIGHTCAST_DEBUG_LOG"))
-      std::fprintf(stderr, "trainer %u step %llu: trainer %u is now incarnation %u\n", m.rank,
-                   static_cast<unsigned long long>(step), t, k->value);
+    core::log::warn(m.who(), step, "trainer {} restarted (now incarnation {}): relinking", t,
+                    k->value);
     if (Status s = m.ex->rejoin_trainer(t, k->value, in_s(dl)); !s)
       return Status(s.code(), fmt::format("step {}: relinking to restarted trainer {}: {}", step, t,
                                           s.message()));
@@ -403,6 +492,7 @@ Result<PushStats> Sender::push(uint64_t step) {
     if (!m.flush_trace()) m.ex->set_trace(nullptr);  // (off now; the step itself stands)
   }
   if (!rep) {
+    core::log::warn(m.who(), step, "attempt {} failed: {}", m.attempt, rep.status().message());
     m.record_step(step, m.attempt, rep.status());
     return rep.status();
   }
@@ -415,11 +505,19 @@ Result<PushStats> Sender::push(uint64_t step) {
   st.projection_seconds = rep->project_s;
   st.post_seconds = rep->post_s;
   st.nic_gbps = rep->nic_gbps;
+  st.nic_bytes = rep->nic_bytes;
+  st.staging_peak_bytes = rep->staging_peak;
+  st.reconnected = rep->rejoined;
   st.ready_seconds = rep->ready_s;
   st.gather_seconds = rep->gather_s;
   st.ring_wait_seconds = rep->ring_wait_s;
   st.mirror_seconds = rep->mirror_s;
   st.drain_seconds = rep->write_s;
+  core::log::info(m.who(), step,
+                  "attempt {}: {} bytes in {} writes, {:.3f} s (ready {:.3f}, gather {:.3f}, "
+                  "projection {:.3f}, ring wait {:.3f}, drain {:.3f})",
+                  m.attempt, st.bytes, st.writes, st.seconds, st.ready_seconds, st.gather_seconds,
+                  st.projection_seconds, st.ring_wait_seconds, st.drain_seconds);
   m.record_step(step, m.attempt, metrics_json(st));
   return st;
 }
@@ -438,7 +536,10 @@ std::string metrics_json(const PushStats& s) {
                           {"mirror", s.mirror_seconds},
                           {"drain", s.drain_seconds},
                           {"post", s.post_seconds}}},
-                        {"nic_gbps", s.nic_gbps}}
+                        {"nic_gbps", s.nic_gbps},
+                        {"nic_bytes", s.nic_bytes},
+                        {"staging_peak_bytes", s.staging_peak_bytes},
+                        {"reconnected", s.reconnected}}
       .dump();
 }
 

@@ -465,6 +465,26 @@ struct Driver {
 
 }  // namespace
 
+// The controller's metrics after the last step: every peer's record says it finished `step`.
+static std::string check_metrics(const api::Controller& ctl, size_t peers, int step) {
+  auto t = ctl.metrics_text();
+  if (!t) return t.status().message();
+  size_t at_step = 0, ok = 0;
+  std::istringstream is(*t);
+  for (std::string line; std::getline(is, line);) {
+    const size_t sp = line.rfind(' ');
+    if (sp == std::string::npos || line[0] == '#') continue;
+    const std::string name = line.substr(0, line.find('{'));
+    const double v = std::atof(line.c_str() + sp + 1);
+    if (name == "weightcast_step") at_step += v == step;
+    if (name == "weightcast_step_ok") ok += v == 1;
+  }
+  if (at_step != peers || ok != peers)
+    return fmt::format("{} of {} peers report step {}, {} report their last step ok", at_step,
+                       peers, step, ok);
+  return "";
+}
+
 // Every worker's trace file in `dir` (restarted workers' too) joined into dir/demo.trace.json.
 static void merge_demo_trace(const std::string& dir) {
   std::vector<std::string> files;
@@ -553,6 +573,17 @@ int run_demo(const DemoOptions& o) {
   if (!ctl) {
     std::fprintf(stderr, "weightcast: error: %s\n", ctl.status().message().c_str());
     return 1;
+  }
+  int metrics_port = -1;
+  if (o.metrics_port >= 0) {
+    auto mp = ctl->serve_metrics("127.0.0.1", static_cast<uint16_t>(o.metrics_port));
+    if (!mp) {
+      std::fprintf(stderr, "weightcast: error: --metrics-port: %s\n",
+                   mp.status().message().c_str());
+      return 1;
+    }
+    metrics_port = *mp;
+    std::printf("metrics: http://127.0.0.1:%d/metrics\n", metrics_port);
   }
   Driver d{o, job.rendezvous, job.token, logdir, nullptr, {}};
   const auto colon = job.rendezvous.rfind(':');
@@ -763,6 +794,16 @@ int run_demo(const DemoOptions& o) {
     }
   }
   if (!o.trace.empty()) merge_demo_trace(o.trace);
+  if (metrics_port >= 0 && !failed) {
+    if (std::string e = check_metrics(*ctl, S + R, o.steps); !e.empty()) {
+      std::printf("demo FAILED: /metrics: %s\n", e.c_str());
+      failed = 1;
+    } else {
+      std::printf(
+          "metrics: all %zu peers report step %d done (weightcast_step, weightcast_step_ok)\n",
+          S + R, o.steps);
+    }
+  }
   if (failed) {
     std::printf("demo FAILED; worker logs in %s\n", logdir.c_str());
     return 1;

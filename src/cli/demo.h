@@ -27,11 +27,12 @@ struct DemoOptions {
   double staging_mb = 0;         // the plan's staging watermark per sender (0: the planner's)
   int kill_trainer_at_step = 0;  // fault injection: trainer 0 dies mid-push at this step
   int restart_receiver_at_step =
-      0;                // fault injection: inference 0 is killed and restarted before this step
-  std::string weights;  // safetensors with the full trainer weights (else a pattern)
-  std::string dump;     // directory: each inference rank writes what it got, last step
-  std::string trace;    // directory: every process's trace of every step, merged at the end
-  std::string self;     // path of this executable, to start workers
+      0;                  // fault injection: inference 0 is killed and restarted before this step
+  std::string weights;    // safetensors with the full trainer weights (else a pattern)
+  std::string dump;       // directory: each inference rank writes what it got, last step
+  std::string trace;      // directory: every process's trace of every step, merged at the end
+  int metrics_port = -1;  // >= 0: the controller serves /metrics there (0: a free port)
+  std::string self;       // path of this executable, to start workers
 };
 
 int run_demo(const DemoOptions& o);

@@ -500,6 +500,12 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--trace", demo.trace,
                        "Directory: every process writes a trace of every step there (Chrome "
                        "trace / Perfetto JSON), merged at the end into DIR/demo.trace.json");
+  demo_cmd
+      ->add_option("--metrics-port", demo.metrics_port,
+                   "Serve the job's metrics as Prometheus text at "
+                   "http://127.0.0.1:PORT/metrics while it runs (0: a free port, printed); "
+                   "at the end the demo checks every peer's last record there")
+      ->check(CLI::Range(0, 65535));
   demo_cmd->add_option("--dump", demo.dump,
                        "Directory where each inference rank writes what it received after "
                        "the last step, as replica<R>-rank<Q>.safetensors");

@@ -104,8 +104,14 @@ class TrainerExecutor::WriteStage {
     const uint64_t b = ex_.engine_->submit(std::move(out));
     ex_.batch_receivers_[b] = std::move(to);
     batches_.push_back(b);
-    if (hi > lo) inflight_.push_back({lo, hi, b});
+    if (hi > lo) {
+      inflight_.push_back({lo, hi, b});
+      uint64_t held = 0;
+      for (const Inflight& f : inflight_) held += f.hi - f.lo;
+      peak_ = std::max(peak_, held);
+    }
   }
+  uint64_t peak() const { return peak_; }
 
   // Ring admission: waits for the writes still reading staging [lo, hi).
   Status admit(uint64_t lo, uint64_t hi, double& seconds) {
@@ -157,6 +163,7 @@ class TrainerExecutor::WriteStage {
   Clock::time_point deadline_;
   std::deque<Inflight> inflight_;
   std::vector<uint64_t> batches_;
+  uint64_t peak_ = 0;  // most staging bytes in flight at once
 };
 
 // Projections whose writes have not gone out yet, oldest first: their staging range, their mark
@@ -248,7 +255,8 @@ class TrainerExecutor::Attempt {
         start_(ex, gen, deadline),
         ready_(ex, gen, deadline, ready),
         writes_(ex, gen, deadline),
-        queue_(ex, ready_, writes_, rep_) {
+        queue_(ex, ready_, writes_, rep_),
+        rejoined0_(ex.rejoined_) {
     rep_.step = gen;
   }
 
@@ -286,9 +294,12 @@ class TrainerExecutor::Attempt {
     rep_.post_s = static_cast<double>(stats1.post_ns - stats0.post_ns) * 1e-9;
     for (size_t n = 0; n < stats1.nic_bytes.size(); ++n) {
       const uint64_t before = n < stats0.nic_bytes.size() ? stats0.nic_bytes[n] : 0;
+      rep_.nic_bytes.push_back(stats1.nic_bytes[n] - before);
       rep_.nic_gbps.push_back(static_cast<double>(stats1.nic_bytes[n] - before) / rep_.total_s /
                               1e9);
     }
+    rep_.staging_peak = writes_.peak();
+    rep_.rejoined = ex_.rejoined_ - rejoined0_;
     return rep_;
   }
 
@@ -566,6 +577,7 @@ class TrainerExecutor::Attempt {
   Readiness ready_;
   WriteStage writes_;
   ProjectionQueue queue_;
+  const uint32_t rejoined0_;  // ex_.rejoined_ when the attempt began
   unsigned marks_ = 0;
   std::vector<char> in_place_now_;  // by project id: projected into its receiver's tensor
   int batch_mark_ = -1;             // the mark of the last batch of GPU projections queued, and

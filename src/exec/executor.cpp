@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "weightcast/core/log.h"
 #include "weightcast/exec/keys.h"
 #include "weightcast/exec/nccl_collective.h"
 #include "weightcast/exec/project_cuda.h"
@@ -431,6 +432,10 @@ Status TrainerExecutor::connect_receiver(uint32_t r, uint32_t incarnation,
 Status TrainerExecutor::rejoin(uint32_t r, uint32_t incarnation, Clock::time_point deadline) {
   auto it = receivers_.find(r);
   if (it == receivers_.end() || it->second.incarnation == incarnation) return Status::ok();
+  core::log::warn({"trainer", rank_, incarnation_}, core::log::kNoStep,
+                  "receiver {} restarted (incarnation {} -> {}): reconnecting", r,
+                  it->second.incarnation, incarnation);
+  ++rejoined_;
   if (Status s = connect_receiver(r, incarnation, deadline); !s) return s;
   if (engine_->caps().connect_both_ends) return Status::ok();
   Target& t = receivers_[r];

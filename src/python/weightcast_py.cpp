@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "weightcast/api/weightcast.h"
+#include "weightcast/core/log.h"
 
 namespace py = pybind11;
 using namespace weightcast;  // NOLINT
@@ -210,6 +211,17 @@ C closable(C cls) {
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "weightcast: RL weight broadcast with one-sided RDMA writes";
+  m.def(
+      "set_log_level",
+      [](const std::string& name) {
+        core::log::Level l;
+        if (!core::log::parse_level(name, l))
+          throw py::value_error("set_log_level('" + name +
+                                "'): expected trace, debug, info, warn, error or off");
+        core::log::set_level(l);
+      },
+      py::arg("level"),
+      "The level of weightcast's log lines on stderr (default: $WEIGHTCAST_LOG, else warn).");
   py::class_<api::JobConfig>(m, "JobConfig")
       .def("__repr__",
            [](const api::JobConfig& j) {
@@ -318,6 +330,9 @@ PYBIND11_MODULE(_native, m) {
       .def_readonly("mirror_seconds", &api::PushStats::mirror_seconds)
       .def_readonly("drain_seconds", &api::PushStats::drain_seconds)
       .def_readonly("nic_gbps", &api::PushStats::nic_gbps)
+      .def_readonly("nic_bytes", &api::PushStats::nic_bytes)
+      .def_readonly("staging_peak_bytes", &api::PushStats::staging_peak_bytes)
+      .def_readonly("reconnected", &api::PushStats::reconnected)
       .def(
           "to_json", [](const api::PushStats& p) { return api::metrics_json(p); },
           "The step's record as JSON (json.loads() gives a dict; JobConfig.metrics_file "
@@ -370,6 +385,19 @@ PYBIND11_MODULE(_native, m) {
           [](const CtlH& h) { return check(nogil([&] { return h.get().lost_peers(); })); },
           "Peers whose current process went away (its rendezvous session closed), as "
           "'inference 1' / 'trainer 3'; returns at once.")
+      .def(
+          "serve_metrics",
+          [](CtlH& h, const std::string& host, uint16_t port) {
+            return check(nogil([&] { return h.get().serve_metrics(host, port); }));
+          },
+          py::arg("host") = "127.0.0.1", py::arg("port") = 0,
+          "Serves the job's metrics as Prometheus text at http://host:port/metrics (port 0: a "
+          "free one) and returns the port. Call it before peers join: each peer created after "
+          "it puts its step records where the controller reads them.")
+      .def(
+          "metrics_text",
+          [](const CtlH& h) { return check(nogil([&] { return h.get().metrics_text(); })); },
+          "The Prometheus text that GET /metrics answers, read now.")
       .def(
           "wait_for_peers",
           [](const CtlH& h, double deadline_s) {

@@ -122,6 +122,29 @@ std::string peer_token(const std::string& job_token, const std::string& identity
   return kPeerPrefix + identity + ":" + hmac_hex(job_token, "weightcast peer " + identity);
 }
 
+Result<int> listen_tcp(const std::string& host, uint16_t port, uint16_t& bound, const char* who) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1)
+    return invalid("{}: bad bind address '{}' (an IPv4 address such as 127.0.0.1)", who, host);
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0)
+    return Status(Code::kSystem, fmt::format("{}: socket: {}", who, std::strerror(errno)));
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, SOMAXCONN) != 0) {
+    Status st(Code::kSystem,
+              fmt::format("{}: listening on {}:{}: {}", who, host, port, std::strerror(errno)));
+    ::close(fd);
+    return st;
+  }
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  bound = ntohs(a.sin_port);
+  return fd;
+}
+
 Result<std::unique_ptr<RendezvousServer>> RendezvousServer::start(const std::string& host,
                                                                   uint16_t port, std::string token,
                                                                   RendezvousLimits limits) {
@@ -129,23 +152,9 @@ Result<std::unique_ptr<RendezvousServer>> RendezvousServer::start(const std::str
   if (token.find(':') != std::string::npos && token.rfind(kPeerPrefix, 0) == 0)
     return invalid("rendezvous: the server needs the job token, not a peer token");
   std::unique_ptr<RendezvousServer> s(new RendezvousServer());
-  s->listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (s->listen_fd_ < 0)
-    return Status(Code::kSystem, fmt::format("socket: {}", std::strerror(errno)));
-  int one = 1;
-  setsockopt(s->listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1)
-    return invalid("rendezvous: bad bind address '{}'", host);
-  if (::bind(s->listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
-    return Status(Code::kSystem, fmt::format("bind({}:{}): {}", host, port, std::strerror(errno)));
-  if (::listen(s->listen_fd_, SOMAXCONN) != 0)
-    return Status(Code::kSystem, fmt::format("listen: {}", std::strerror(errno)));
-  socklen_t len = sizeof a;
-  getsockname(s->listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
-  s->port_ = ntohs(a.sin_port);
+  auto fd = listen_tcp(host, port, s->port_, "rendezvous");
+  if (!fd) return fd.status();
+  s->listen_fd_ = *fd;
   s->epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   s->wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (s->epoll_fd_ < 0 || s->wake_fd_ < 0)

@@ -157,6 +157,38 @@ def test_metrics_file_collects_one_record_per_step_of_every_peer(tmp_path):
     assert all(r["immediates"] > 0 for r in lines if r["role"] == "inference")
 
 
+def test_the_controller_serves_every_peers_steps_as_prometheus_text(tmp_path):
+    import urllib.request
+    t, i, c = write_specs(tmp_path)
+    job = weightcast.JobConfig(t, i, c, deadline_s=30)
+    ctl = weightcast.Controller(job)
+    port = ctl.serve_metrics()
+    pushed, _ = transfer(job, ctl)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    assert "# TYPE weightcast_step gauge" in text and "# TYPE weightcast_steps_total counter" in text
+    assert 'weightcast_step{role="trainer",rank="1"} 2' in ctl.metrics_text()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+    for role in ("trainer", "inference"):
+        for rank in (0, 1):
+            who = f'role="{role}",rank="{rank}"'
+            assert samples[f"weightcast_step{{{who}}}"] == "2"
+            assert samples[f"weightcast_step_ok{{{who}}}"] == "1"
+            assert samples[f'weightcast_steps_total{{{who},result="ok"}}'] == "2"
+    assert float(samples['weightcast_step_nic_bytes{role="trainer",rank="0",nic="0"}']) >= pushed[0].bytes
+    assert pushed[0].nic_bytes[0] >= pushed[0].bytes and pushed[0].reconnected == 0
+    with pytest.raises(ValueError, match="already serving"):
+        ctl.serve_metrics()
+
+
+def test_set_log_level_names_the_levels():
+    weightcast.set_log_level("error")
+    weightcast.set_log_level("warn")
+    with pytest.raises(ValueError, match="expected trace, debug, info, warn, error or off"):
+        weightcast.set_log_level("loud")
+
+
 def test_a_saved_plan_is_loaded_not_recomputed(tmp_path):
     t, i, c = write_specs(tmp_path)
     plan = tmp_path / "plan.json"

@@ -112,7 +112,10 @@ struct PushStats {
   // complete after everything was posted.
   double ready_seconds = 0, gather_seconds = 0, ring_wait_seconds = 0, mirror_seconds = 0,
          drain_seconds = 0;
-  std::vector<double> nic_gbps;  // per NIC of this rank: bytes posted / step time
+  std::vector<double> nic_gbps;     // per NIC of this rank: bytes posted / step time
+  std::vector<uint64_t> nic_bytes;  // per NIC of this rank: bytes posted this step
+  uint64_t staging_peak_bytes = 0;  // most staging memory the step's writes read at once
+  uint32_t reconnected = 0;         // receivers that had restarted, reconnected to this step
 };
 
 struct WaitStats {
@@ -159,6 +162,14 @@ class Controller {
   // its session close), as "inference 1" / "trainer 3". Returns at once; a dead receiver is
   // named here without waiting for any deadline.
   Result<std::vector<std::string>> lost_peers() const;
+  // Serves the job's numbers as Prometheus text at http://host:port/metrics (port 0: a free
+  // one) until the Controller is destroyed, and returns the port. From this call on, each peer
+  // that joins puts its step record (metrics_json's, with who, step, ok and running totals)
+  // where the controller reads it: one rendezvous put per step and peer. Call it before the
+  // peers are created; those created earlier report nothing. docs/tracing.md lists the metrics.
+  Result<uint16_t> serve_metrics(const std::string& host = "127.0.0.1", uint16_t port = 0);
+  // The text GET /metrics answers, read from the rendezvous now (for a caller serving it).
+  Result<std::string> metrics_text() const;
 
  private:
   struct Impl;

@@ -27,11 +27,14 @@ struct StepReport {
   double project_s = 0, write_s = 0, total_s = 0;  // write_s: time not hidden behind projection
   double post_s = 0;  // CPU time the progress thread spent posting this step's writes
   double gather_s = 0;
-  double ring_wait_s = 0;        // projections waiting for writes to free their staging slot
-  double mirror_s = 0;           // kCuda: shards copied to their host mirror
-  double ready_s = 0;            // blocked on `ready` before the first write could go out
-  uint64_t in_place = 0;         // projections written straight into receivers' GPU tensors
-  std::vector<double> nic_gbps;  // bytes this step posted on each NIC over the step's time
+  double ring_wait_s = 0;           // projections waiting for writes to free their staging slot
+  double mirror_s = 0;              // kCuda: shards copied to their host mirror
+  double ready_s = 0;               // blocked on `ready` before the first write could go out
+  uint64_t in_place = 0;            // projections written straight into receivers' GPU tensors
+  std::vector<double> nic_gbps;     // bytes this step posted on each NIC over the step's time
+  std::vector<uint64_t> nic_bytes;  // bytes this step posted on each NIC
+  uint64_t staging_peak = 0;        // most staging bytes its writes read at once
+  uint32_t rejoined = 0;            // receivers reconnected to (they restarted) this step
 };
 
 // What a receiver armed for one attempt: the generation its writes must carry, and the
@@ -213,6 +216,7 @@ class TrainerExecutor {
   std::map<int, Bound> bound_;
   std::unique_ptr<Collective> collective_;
   uint32_t incarnation_ = 0;
+  uint32_t rejoined_ = 0;  // receivers reconnected to since this executor started
   transport::RendezvousClient* rdv_ = nullptr;
   struct Target {
     uint32_t peer;

@@ -15,7 +15,11 @@
 //   trainer/{rank}/used          "STEP ATTEMPT R:VERSION ...": the step and attempt a trainer
 //                                pushes and the arm versions it used, put before its first write:
 //                                a restarted trainer never reuses an arm and goes on counting
+//   {role}/{rank}/metrics        a peer's last step record (api::metrics_json plus who, step,
+//                                ok and running totals), put after every step while the
+//                                controller serves metrics (job/metrics exists)
 //   job/part/{role}/{rank}[/k]   a peer's part of the plan (exec/parts.h), in chunks
+//   job/metrics                  present when the controller serves the job's metrics
 //   job/plan/ranks, job/plan/digest
 //   gone                         sessions that closed, one "role/rank@inc" per line (the server's)
 // Nothing grows with the step count: per-step keys are overwritten.
@@ -62,6 +66,10 @@ inline std::string armed(uint32_t r) { return fmt::format("inference/{}/armed", 
 inline std::string part(const char* role, uint32_t rank) {
   return fmt::format("job/part/{}/{}", role, rank);
 }
+inline std::string metrics(const char* role, uint32_t rank) {
+  return fmt::format("{}/{}/metrics", role, rank);
+}
+inline constexpr const char* kMetricsOn = "job/metrics";
 inline constexpr const char* kPlanRanks = "job/plan/ranks";
 inline constexpr const char* kPlanDigest = "job/plan/digest";
 inline std::string arms_used(uint32_t rank) { return fmt::format("trainer/{}/used", rank); }

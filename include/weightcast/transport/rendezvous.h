@@ -44,6 +44,11 @@ struct RendezvousLimits {
 // the server checks it without a table; hand each process its own, never the job token.
 std::string peer_token(const std::string& job_token, const std::string& identity);
 
+// A listening TCP socket on host:port (an IPv4 address; port 0: a free one), non-blocking and
+// close-on-exec; `bound` gets its port, `who` names it in errors. The rendezvous and the
+// controller's metrics endpoint listen on it.
+Result<int> listen_tcp(const std::string& host, uint16_t port, uint16_t& bound, const char* who);
+
 namespace rdv {
 class Core;
 }

@@ -6,6 +6,10 @@ from typing import List, Optional, Union
 # pointer (needs nbytes). Mistakes raise ValueError naming the tensor.
 Buffer = Union["torch.Tensor", "numpy.ndarray", memoryview, bytearray, int]
 
+# the level of weightcast's log lines on stderr: trace, debug, info, warn (default: or
+# $WEIGHTCAST_LOG), error, off; ValueError for any other name
+def set_log_level(level: str) -> None: ...
+
 class JobConfig:
     trainer_spec: str
     inference_spec: str
@@ -65,6 +69,9 @@ class PushStats:
     mirror_seconds: float
     drain_seconds: float
     nic_gbps: List[float]
+    nic_bytes: List[int]  # bytes posted on each NIC this step
+    staging_peak_bytes: int  # most staging memory the step's writes read at once
+    reconnected: int  # receivers that had restarted, reconnected to this step
     def to_json(self) -> str: ...  # the step's record (json.loads gives a dict)
 
 class WaitStats:
@@ -89,6 +96,10 @@ class Controller:
     def wait_for_peers(self, deadline_s: float = 60.0) -> List[PeerInfo]: ...
     # peers whose current process went away (its rendezvous session closed); returns at once
     def lost_peers(self) -> List[str]: ...
+    # serves Prometheus text at http://host:port/metrics (0: a free port, returned); call it
+    # before peers join (those created later put their step records where it reads them)
+    def serve_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int: ...
+    def metrics_text(self) -> str: ...  # what GET /metrics answers, read now
     # close() stops the rendezvous at once; `with Controller(job) as ctl:` closes on the way out
     def close(self) -> None: ...
     def __enter__(self) -> "Controller": ...
