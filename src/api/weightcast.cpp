@@ -404,6 +404,15 @@ Result<PushStats> Sender::push(uint64_t step) {
   // Gathers and projections start at once; the first write waits until every receiver armed an
   // attempt of this step that this process has not used yet (this rendezvous client is used by
   // nothing else during a push).
+  // Whether the process of receiver `r` this rank is linked to went away (the rendezvous saw its
+  // session close).
+  auto receiver_gone = [&](uint32_t r) {
+    auto g = m.rdv->get_newer("gone", 0, Clock::now());
+    if (!g) return false;
+    const std::string gone(g->value.begin(), g->value.end());
+    return gone.find(exec::keys::session("inference", r, m.ex->receiver_incarnation(r)) + "\n") !=
+           std::string::npos;
+  };
   auto ready = [&]() -> Result<std::map<uint32_t, exec::Armed>> {
     const auto t_ready = Clock::now();
     std::map<uint32_t, exec::Armed> armed;
@@ -426,20 +435,39 @@ Result<PushStats> Sender::push(uint64_t step) {
     }
     size_t i = 0;
     bool waited = false;
+    const auto deadline = in_s(dl);
     for (uint32_t r : m.receivers) {
       uint64_t after = m.used[r];
       auto& first = seen[i++];
       if (waited) first.reset();
+      bool dead = false;  // the process this rank is linked to for r went away meanwhile
       for (;;) {
+        // Waited for in slices of a second: between them, whether r's process is gone (its
+        // session closed), named at once and in the error; a restarted r may still arm.
         auto v = first.has_value()
                      ? Result<transport::RendezvousClient::Versioned>(std::move(first).value())
-                     : m.rdv->get_newer(exec::keys::armed(r), after, in_s(dl));
+                     : m.rdv->get_newer(exec::keys::armed(r), after, std::min(deadline, in_s(1)));
         waited = waited || !first.has_value();
         first.reset();
+        if (!v && v.status().code() == Code::kTimeout && Clock::now() < deadline) {
+          if (!dead && receiver_gone(r)) {
+            dead = true;
+            core::log::warn(m.who(), step,
+                            "receiver {}'s process went away (its session closed); waiting up to "
+                            "{} s for a restarted one to arm",
+                            r, dl);
+          }
+          continue;
+        }
         if (!v)
           return Status(v.status().code(),
-                        fmt::format("step {}: receiver {} did not arm an attempt within {} s: {}",
-                                    step, r, dl, v.status().message()));
+                        fmt::format("step {}: receiver {} did not arm an attempt within {} s{}: {}",
+                                    step, r, dl,
+                                    dead || receiver_gone(r)
+                                        ? " (its process went away: its rendezvous session "
+                                          "closed, and no restarted one armed)"
+                                        : "",
+                                    v.status().message()));
         std::istringstream is(std::string(v->value.begin(), v->value.end()));
         uint64_t at = 0;
         unsigned gen = 0;

@@ -381,6 +381,12 @@ struct Driver {
   std::filesystem::path logdir;
   std::unique_ptr<transport::RendezvousClient> rdv;
   std::map<std::string, uint64_t> seen;  // report key -> version last read
+  std::vector<pid_t> receivers;          // the inference workers (restarted in place)
+  int round = 0;                         // the round whose reports are being collected
+  int step = 0;                          // its step
+  uint32_t receiver_restarts = 0;
+  bool broken = false;                         // a worker could not be restarted
+  std::map<std::pair<int, size_t>, int> died;  // (step, inference rank) -> deaths
 
   pid_t spawn(const std::string& role, size_t i, int first_round,
               const std::string& die_in_push = "") {
@@ -456,10 +462,41 @@ struct Driver {
     const std::string t(v->value.begin(), v->value.end());
     return t == "ok" ? "" : t.substr(t.find(' ') + 1);
   }
-  std::string report(const std::string& role, size_t i, int round, double wait_s) {
+  // Waits for worker (role, i)'s report of `round`; meanwhile, an inference worker that died
+  // (killed by an operator, crashed) is restarted at once to join this round, and its senders
+  // link to the new process: found within a quarter second, not after a deadline.
+  std::string report(const std::string& role, size_t i, int r, double wait_s) {
     const std::string k = report_key(role, i);
-    auto v = report_of(*rdv, k, round, seen[k], in_s(wait_s));
-    return v ? *v : "FAIL no report (" + v.status().message() + ")";
+    const auto end = in_s(wait_s);
+    for (;;) {
+      auto v = report_of(*rdv, k, r, seen[k], std::min(end, in_s(0.25)));
+      if (v) return *v;
+      if (v.status().code() != Code::kTimeout || Clock::now() >= end)
+        return "FAIL no report (" + v.status().message() + ")";
+      restart_dead_receivers();
+    }
+  }
+  void restart_dead_receivers() {
+    for (size_t r = 0; r < receivers.size() && !broken; ++r) {
+      int st = 0;
+      if (receivers[r] < 0 || waitpid(receivers[r], &st, WNOHANG) != receivers[r]) continue;
+      receivers[r] = -1;
+      if (++died[{step, r}] > 2) {  // a worker that dies every time it starts is not retried
+        std::printf("inference %zu died (%s) a third time during step %d; giving up\n", r,
+                    WIFSIGNALED(st) ? strsignal(WTERMSIG(st)) : "exit", step);
+        broken = true;
+        return;
+      }
+      std::printf("inference %zu died (%s) during step %d; restarting it to rejoin the step\n", r,
+                  WIFSIGNALED(st) ? strsignal(WTERMSIG(st)) : "exit", step);
+      std::fflush(stdout);
+      receivers[r] = spawn("inference", r, round);
+      ++receiver_restarts;
+      if (std::string e = joined("inference", r); !e.empty()) {
+        std::printf("inference %zu could not restart: %s\n", r, e.c_str());
+        broken = true;
+      }
+    }
   }
 };
 
@@ -585,7 +622,7 @@ int run_demo(const DemoOptions& o) {
     metrics_port = *mp;
     std::printf("metrics: http://127.0.0.1:%d/metrics\n", metrics_port);
   }
-  Driver d{o, job.rendezvous, job.token, logdir, nullptr, {}};
+  Driver d{o, job.rendezvous, job.token, logdir, nullptr, {}, {}};
   const auto colon = job.rendezvous.rfind(':');
   auto rdv = transport::RendezvousClient::connect(
       job.rendezvous.substr(0, colon),
@@ -609,7 +646,9 @@ int run_demo(const DemoOptions& o) {
       fmt::format("{}", fmt::join(nic_names(o), ",")).c_str(), p->inputs_digest.c_str(),
       p->writes.size(), p->gathers.size(), plan::human_bytes(static_cast<double>(moved)).c_str());
   std::fflush(stdout);
-  std::vector<pid_t> trainers(S, -1), receivers(R, -1);
+  std::vector<pid_t> trainers(S, -1);
+  std::vector<pid_t>& receivers = d.receivers;  // the driver restarts dead ones in place
+  receivers.assign(R, -1);
   for (size_t r = 0; r < R; ++r) receivers[r] = d.spawn("inference", r, 1);
   // The fault: trainer 0 dies halfway through its writes of step K's first attempt.
   uint64_t mine = 0;
@@ -638,7 +677,7 @@ int run_demo(const DemoOptions& o) {
     if (step <= 10 || e.first == 0) e.first = kib;
     e.second = kib;
   };
-  uint32_t receiver_restarts = 0;
+  uint32_t& receiver_restarts = d.receiver_restarts;
   uint64_t stale = 0, staged_bytes = 0;
   double staging_s = 0;  // the worst step's copy after its last arrival
   std::set<std::string> modes;
@@ -659,8 +698,17 @@ int run_demo(const DemoOptions& o) {
           "it\n",
           step - 1, receiver_restarts);
     }
+    if (step == o.kill_receiver_at_step) {
+      // Fault drill: the last inference process dies between steps, unannounced (the driver
+      // finds it while collecting the step's reports, as it would a crash).
+      kill(receivers[R - 1], SIGKILL);
+      std::printf("inference %zu killed (SIGKILL) before step %d, unannounced\n", R - 1, step);
+    }
     for (int attempt = 1;; ++attempt) {
       ++round;
+      d.round = round;
+      d.step = step;
+      const uint32_t restarts_before = receiver_restarts;
       (void)d.rdv->put(kRound, fmt::format("{} {}", round, step));
       double slowest = 0, proj = 0, nic_lo = 1e30, nic_hi = 0;
       uint64_t bytes = 0, writes = 0, checked = 0;
@@ -706,6 +754,10 @@ int run_demo(const DemoOptions& o) {
         note_rss(fmt::format("trainer {}", s), kib, step);
       }
       note_rss("driver (controller and rendezvous)", rss_kib(), step);
+      if (d.broken) {
+        failed = 1;
+        break;
+      }
       if (why.empty()) {
         if (step <= 5 || step % 20 == 0 || step == o.steps || attempt > 1)
           std::printf(
@@ -725,7 +777,8 @@ int run_demo(const DemoOptions& o) {
       std::fflush(stdout);
       // Repair: restart trainers that died; once they are ready the step is retried on every
       // worker (the library keeps the failed attempt's writes from counting).
-      bool restarted = false;
+      d.restart_dead_receivers();  // (one that died during the round is back already)
+      bool restarted = receiver_restarts != restarts_before && !d.broken;
       for (size_t s = 0; s < S; ++s) {
         int st = 0;
         if (waitpid(trainers[s], &st, WNOHANG) == trainers[s]) {
@@ -749,6 +802,7 @@ int run_demo(const DemoOptions& o) {
   std::vector<pid_t> all = trainers;
   all.insert(all.end(), receivers.begin(), receivers.end());
   for (pid_t pid : all) {
+    if (pid < 0) continue;  // reaped already (a worker that could not be restarted)
     int st = 0;
     const auto end = in_s(failed ? 2 : 30);
     while (waitpid(pid, &st, WNOHANG) == 0) {

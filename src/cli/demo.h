@@ -23,9 +23,11 @@ struct DemoOptions {
   int gpus = 1;
   std::string gathers = "host";  // trainers' gathers: host (collective) or nccl (JobConfig)
   double deadline_s = 60;
-  double gather_cost_us = -1;    // the planner's packing trade (< 0: the topology's gather_us)
-  double staging_mb = 0;         // the plan's staging watermark per sender (0: the planner's)
-  int kill_trainer_at_step = 0;  // fault injection: trainer 0 dies mid-push at this step
+  double gather_cost_us = -1;     // the planner's packing trade (< 0: the topology's gather_us)
+  double staging_mb = 0;          // the plan's staging watermark per sender (0: the planner's)
+  int kill_trainer_at_step = 0;   // fault injection: trainer 0 dies mid-push at this step
+  int kill_receiver_at_step = 0;  // fault injection: the last inference process is killed
+                                  // before this step, and the driver must find and restart it
   int restart_receiver_at_step =
       0;                  // fault injection: inference 0 is killed and restarted before this step
   std::string weights;    // safetensors with the full trainer weights (else a pattern)

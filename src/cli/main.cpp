@@ -483,6 +483,11 @@ int main(int argc, char** argv) {
       "Fault drill: inference 0 is killed after the previous step and restarted with fresh "
       "buffers; trainers reconnect and the step must rewrite and verify every byte");
   demo_cmd->add_option(
+      "--kill-receiver-at-step", demo.kill_receiver_at_step,
+      "Fault drill: the last inference process is killed (SIGKILL) just before this step, "
+      "unannounced; the driver must notice the death at once, restart it, and the step must "
+      "verify every byte without a retry");
+  demo_cmd->add_option(
       "--weights", demo.weights,
       "safetensors file with the full trainer weights (names and shapes of the trainer spec); "
       "step k pushes them scaled by 1 + (k-1)/8. Default: a deterministic pattern");

@@ -2,7 +2,7 @@
 # End to end through `weightcast demo`: real trainer and inference processes over libfabric
 # tcp;ofi_rxm, every inference byte verified against the reference each step.
 #   demo_test.sh WEIGHTCAST basic|fault|rejoin|restart_then_kill|tight|llama|soak|ipc_basic|hybrid_hosts|hybrid_split|
-#                ipc_restart_then_kill
+#                ipc_restart_then_kill|receiver_killed|trace
 set -u
 wc="$1"; what="$2"
 out=$(mktemp); trap 'rm -f "$out"' EXIT
@@ -28,6 +28,14 @@ case "$what" in
     timeout 300 "$wc" demo --steps 3 --restart-receiver-at-step 2 >"$out" 2>&1; rc=$?
     expect "inference 0 killed after step 1 and restarted \(incarnation 1\)"
     expect "^step 2/3: .*6840064 bytes on 2 receivers verified"
+    expect "demo OK: 3 steps" ;;
+  receiver_killed)  # inference 1 is SIGKILLed before step 2, unannounced: the driver names it at
+    # once (not after a deadline), restarts it, the senders reconnect and step 2 verifies
+    timeout 300 "$wc" demo --steps 3 --kill-receiver-at-step 2 --deadline 10 >"$out" 2>&1; rc=$?
+    expect "inference 1 killed \(SIGKILL\) before step 2"
+    expect "inference 1 died \(Killed\) during step 2; restarting it to rejoin the step"
+    expect "^step 2/3: .*6840064 bytes on 2 receivers verified"
+    expect "^step 3/3: .*6840064 bytes on 2 receivers verified"
     expect "demo OK: 3 steps" ;;
   restart_then_kill)  # inference 0 restarts, then trainer 0 dies: the new trainer must link to
     # inference 0's second incarnation, not its dead first one

@@ -197,14 +197,24 @@ TEST(ApiTeardown, AJobTornDownAfterAFailedStepLeavesNoThreadRunning) {
     std::vector<std::future<bool>> g;
     for (uint32_t r = 1; r < rs.size(); ++r)
       g.push_back(std::async(std::launch::async, [&, r] { return bool(rs[r].r->wait(2)); }));
+    std::vector<std::string> errors(ss.size());
     for (uint32_t s = 0; s < ss.size(); ++s)
       g.push_back(std::async(std::launch::async, [&, s] {
         ss[s].train(j, s, 2);
-        return bool(ss[s].s->push(2));
+        auto p = ss[s].s->push(2);
+        if (!p) errors[s] = p.status().message();
+        return bool(p);
       }));
     size_t failed = 0;
     for (auto& x : g) failed += !x.get();
     EXPECT_GT(failed, 0u);
+    // The senders waiting for receiver 0's arm say that its process went away, not only that
+    // the deadline passed.
+    size_t named = 0;
+    for (const std::string& e : errors)
+      named += e.find("receiver 0 did not arm an attempt within 3 s (its process went away") !=
+               std::string::npos;
+    EXPECT_GT(named, 0u) << errors[0];
   }
   // Every progress thread, readiness thread and rendezvous server thread is gone.
   EXPECT_EQ(threads_of_this_process(), before);
