@@ -113,7 +113,10 @@ struct Gen {
           if (i.count("dp")) p["dp"] = "S(0)";
           p["tp"] = "S(0)";
         } else {
+          // Without EP, vLLM's FusedMoE flattens TP across attention DP: the moe dim is split
+          // over all dp x tp ranks, rank (d, t) holding chunk d * tp + t (mesh order nests so).
           p["tp"] = tp == Tp::kExpertCol ? "S(1)" : "S(2)";
+          if (i.count("dp")) p["dp"] = p["tp"];
         }
         break;
       case Tp::kNone:
@@ -362,7 +365,7 @@ struct Gen {
     owner({ex + "{e}.gate_proj.weight", {moe, "hidden"}, Tp::kCol});
     owner({ex + "{e}.up_proj.weight", {moe, "hidden"}, Tp::kCol});
     owner({ex + "{e}.down_proj.weight", {"hidden", moe}, Tp::kRow});
-    const int64_t tp = o.expert_parallel ? 1 : size(i, "tp");
+    const int64_t tp = o.expert_parallel ? 1 : size(i, "tp") * size(i, "dp");  // (flattened)
     auto stacked = [&](const std::string& name, std::initializer_list<const char*> per, json shape,
                        const char* tp_place, int64_t local_rows, int64_t local_cols) {
       json names = json::array();
@@ -381,6 +384,7 @@ struct Gen {
         p["from"]["shard"] = "whole";
       } else if (tp > 1) {
         pl["tp"] = tp_place;
+        if (i.count("dp")) pl["dp"] = tp_place;
       }
       if (!pl.empty()) p["placement"] = pl;
       if (fp8_experts) {
@@ -422,6 +426,11 @@ struct Gen {
         mlp(layer_name("mlp."), dim("inter", m.inter), fp8_linear, layers(lo, hi));
       lo = hi;
     }
+    if (m.experts && !o.expert_parallel && size(i, "dp") > 1)
+      notes.push_back(fmt::format(
+          "experts without --expert-parallel: each expert's moe dim is split over all {} = dp {} "
+          "x tp {} ranks of a replica, as vLLM's FusedMoE flattens TP across DP",
+          size(i, "dp") * size(i, "tp"), size(i, "dp"), size(i, "tp")));
     if (m.mtp_layers)
       notes.push_back(
           fmt::format("the {} multi-token-prediction layer(s) after layer {} are not "

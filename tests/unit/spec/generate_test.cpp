@@ -225,6 +225,33 @@ TEST(Generate, MoeModelsStackExpertsAsFusedMoeDoes) {
   verifies(gl);
 }
 
+TEST(Generate, ExpertsWithoutEpAreSplitOverEveryRankAsVllmFlattensTpAcrossDp) {
+  // dp > 1 without EP: vLLM flattens TP across DP for FusedMoE, so the moe dim is split over
+  // all dp x tp ranks (Qwen3-30B-A3B dp=2, tp=4: w13 [128, 192, 2048], not [128, 384, 2048]);
+  // rank (d, t) holds chunk d * tp + t, gate rows then up rows. Dense weights stay per tp.
+  for (const char* experts : {"titan", "hf4"}) {
+    auto [gd, dp2] = make_specs(small("qwen3_moe"), {"--inference", "dp=2,tp=2", "--trainer-experts",
+                                                     experts});
+    const DestParam& w13 = dest(dp2, "model.layers.1.mlp.experts.w13_weight");
+    const DestParam& w2 = dest(dp2, "model.layers.1.mlp.experts.w2_weight");
+    for (int64_t rank = 0; rank < 4; ++rank) {
+      const auto l13 = dest_local(w13, dp2.inference.replicas[0], rank);
+      const auto l2 = dest_local(w2, dp2.inference.replicas[0], rank);
+      EXPECT_EQ(view_shape(w13, l13->shape, false).str(), "[8, 128, 256]") << experts << rank;
+      EXPECT_EQ(view_shape(w2, l2->shape, false).str(), "[8, 256, 64]") << experts << rank;
+    }
+    // Rank 2 = (dp 1, tp 0): chunk 2 of 4 of every expert's moe rows.
+    const auto l13 = dest_local(w13, dp2.inference.replicas[0], 2);
+    ASSERT_FALSE(l13->parts.empty());
+    EXPECT_NE(l13->parts[0].global.str().find("128:192"), std::string::npos)
+        << experts << " " << l13->parts[0].global.str();
+    EXPECT_EQ(local_shape(dp2, "model.layers.0.mlp.gate_up_proj.weight", 2), "[512, 256]");
+    EXPECT_NE(gd.notes.back().find("split over all 4 = dp 2 x tp 2 ranks"), std::string::npos)
+        << gd.notes.back();
+    verifies(dp2);
+  }
+}
+
 TEST(Generate, MlaFusesTheLowRankProjections) {
   auto [g, in] = make_specs(
       small("deepseek_v3"),
