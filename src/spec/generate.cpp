@@ -157,7 +157,7 @@ struct Gen {
       p["from"] = {{"concat", names}, {"dim", cat_dim}};
     }
     if (fp8) {
-      check_fp8(name, parts, cat_dim, pl);
+      check_fp8(name, parts, cat_dim, pl, tp == Tp::kExpertCol || tp == Tp::kExpertRow);
       p["dtype"] = "fp8_e4m3";
       p["quant"] = {{"block", {kBlock, kBlock}}, {"scale", name + "_scale_inv"}};
     }
@@ -187,7 +187,7 @@ struct Gen {
   // vLLM's block-FP8 loader needs every shard's rows and sharded columns in whole blocks (the
   // last part of a fused tensor's rows may end in a partial block).
   void check_fp8(const std::string& name, const std::vector<Source>& parts, int cat_dim,
-                 const json& pl) const {
+                 const json& pl, bool expert) const {
     const int nd = static_cast<int>(parts[0].shape.size());
     for (size_t k = 0; k < parts.size(); ++k)
       for (int d = nd - 2; d < nd; ++d) {
@@ -205,9 +205,12 @@ struct Gen {
         const bool ragged_ok = d == nd - 2 && (d != cat_dim || k + 1 == parts.size()) && !sharded;
         if (n % kBlock && !ragged_ok && !(d == nd - 1 && !sharded))
           fail("--fp8", fmt::format("'{}': {} {} of {} per rank are not whole 128-blocks, which "
-                                    "vLLM's block-FP8 weights need (use --fp8 experts or none, "
-                                    "or another inference TP)",
-                                    name, n, d == nd - 2 ? "rows" : "columns", parts[k].name));
+                                    "vLLM's block-FP8 weights need ({})",
+                                    name, n, d == nd - 2 ? "rows" : "columns", parts[k].name,
+                                    expert ? "use --fp8 none, --expert-parallel, or another "
+                                             "inference TP"
+                                           : "use --fp8 experts or none, or another inference "
+                                             "TP"));
       }
   }
   // --- the model, tensor class by tensor class ---
@@ -303,9 +306,12 @@ struct Gen {
     inference_param(kvb.name, {kvb}, 0, Tp::kHeads, fp8_linear, all, kv_head);
     same({pre + "o_proj.weight", {"hidden", dim("o", m.heads * m.v_head)}, Tp::kRow}, Tp::kRow,
          fp8_linear, all);
-    notes.push_back(
-        "MLA: vLLM derives W_UK / W_UV from kv_b_proj after loading; after an update "
-        "the engine must run that step again (process_weights_after_loading)");
+    notes.push_back(o.engine == "sglang"
+                        ? "MLA: SGLang derives w_kc / w_vc from kv_b_proj after loading; after an "
+                          "update the engine must run that step again (post_load_weights)"
+                        : "MLA: vLLM derives W_UK / W_UV from kv_b_proj after loading; after an "
+                          "update the engine must run that step again "
+                          "(process_weights_after_loading)");
   }
 
   // gate_proj + up_proj -> gate_up_proj, down_proj: a dense MLP or a shared expert.
@@ -540,7 +546,9 @@ Result<GeneratedSpecs> generate_specs(const json& hf_config, const GenerateOptio
         fmt::format("{} layout, TP{}", o.engine == "sglang" ? "SGLang" : "vLLM", itp);
     if (g.i.count("dp")) layout += fmt::format(" x DP{} attention", Gen::size(g.i, "dp"));
     if (m.experts)
-      layout += o.expert_parallel ? fmt::format(", experts EP{}", ranks) : ", experts TP";
+      layout += o.expert_parallel                ? fmt::format(", experts EP{}", ranks)
+                : g.i.count("dp") && ranks > itp ? fmt::format(", experts TP{} (dp x tp)", ranks)
+                                                 : ", experts TP";
     if (g.fp8_linear || g.fp8_experts)
       layout += g.fp8_linear ? ", FP8 128x128 weights" : ", FP8 128x128 experts";
     out.inference = {{"format", "weightcast.spec/v1"},

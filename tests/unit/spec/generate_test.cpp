@@ -230,8 +230,8 @@ TEST(Generate, ExpertsWithoutEpAreSplitOverEveryRankAsVllmFlattensTpAcrossDp) {
   // all dp x tp ranks (Qwen3-30B-A3B dp=2, tp=4: w13 [128, 192, 2048], not [128, 384, 2048]);
   // rank (d, t) holds chunk d * tp + t, gate rows then up rows. Dense weights stay per tp.
   for (const char* experts : {"titan", "hf4"}) {
-    auto [gd, dp2] = make_specs(small("qwen3_moe"), {"--inference", "dp=2,tp=2", "--trainer-experts",
-                                                     experts});
+    auto [gd, dp2] =
+        make_specs(small("qwen3_moe"), {"--inference", "dp=2,tp=2", "--trainer-experts", experts});
     const DestParam& w13 = dest(dp2, "model.layers.1.mlp.experts.w13_weight");
     const DestParam& w2 = dest(dp2, "model.layers.1.mlp.experts.w2_weight");
     for (int64_t rank = 0; rank < 4; ++rank) {
@@ -266,6 +266,14 @@ TEST(Generate, MlaFusesTheLowRankProjections) {
   EXPECT_EQ(sg.inference.index.count("model.layers.0.self_attn.fused_qkv_a_proj_with_mqa.weight"),
             1u);
   EXPECT_NE(gs.inference["model"].get<std::string>().find("SGLang layout"), std::string::npos);
+  // The note names the engine the specs are for.
+  auto mla_note = [](const GeneratedSpecs& s) {
+    for (const std::string& n : s.notes)
+      if (n.rfind("MLA:", 0) == 0) return n;
+    return std::string();
+  };
+  EXPECT_NE(mla_note(gs).find("SGLang derives w_kc / w_vc"), std::string::npos) << mla_note(gs);
+  EXPECT_NE(mla_note(g).find("vLLM derives W_UK / W_UV"), std::string::npos) << mla_note(g);
 }
 
 TEST(Generate, BadConfigsAndOptionsAreNamed) {
@@ -288,6 +296,12 @@ TEST(Generate, BadConfigsAndOptionsAreNamed) {
             "--fp8: 'model.layers.{i}.mlp.gate_up_proj.weight': 64 rows of "
             "model.layers.{i}.mlp.gate_proj.weight per rank are not whole 128-blocks, which "
             "vLLM's block-FP8 weights need (use --fp8 experts or none, or another inference TP)");
+  // Experts that do not fit the blocks: the hint does not suggest --fp8 experts, which was given.
+  EXPECT_EQ(error(small("qwen3_moe"), {"--inference", "tp=4", "--fp8", "experts"}),
+            "--fp8: 'model.layers.{i}.mlp.experts.w13_weight': 64 rows of "
+            "model.layers.{i}.mlp.experts.w1 per rank are not whole 128-blocks, which "
+            "vLLM's block-FP8 weights need (use --fp8 none, --expert-parallel, or another "
+            "inference TP)");
   EXPECT_EQ(error(small("llama"), {"--trainer", "zp=2"}),
             "--trainer: unknown axis 'zp' (expected pp, dp, ep, fsdp, tp)");
   EXPECT_EQ(error(small("llama"), {"--trainer", "fsdp"}),
