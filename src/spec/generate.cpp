@@ -314,27 +314,42 @@ struct Gen {
                           "(process_weights_after_loading)");
   }
 
-  // gate_proj + up_proj -> gate_up_proj, down_proj: a dense MLP or a shared expert.
-  void mlp(const std::string& scope, const std::string& rows, bool fp8, const json& range) {
+  // gate_proj + up_proj -> gate_up_proj, down_proj: a dense MLP or a shared expert; `whole`:
+  // unsplit on every inference rank (vLLM's disable_tp).
+  void mlp(const std::string& scope, const std::string& rows, bool fp8, const json& range,
+           bool whole = false) {
     std::vector<Source> gu;
     for (const char* n : {"gate_proj", "up_proj"}) {
       Source s{scope + n + ".weight", {rows, "hidden"}, Tp::kCol};
       trainer_param(s, Where::kLayer, range);
       gu.push_back(s);
     }
-    inference_param(scope + "gate_up_proj.weight", gu, 0, Tp::kCol, fp8, range);
-    same({scope + "down_proj.weight", {"hidden", rows}, Tp::kRow}, Tp::kRow, fp8, range);
+    inference_param(scope + "gate_up_proj.weight", gu, 0, whole ? Tp::kNone : Tp::kCol, fp8, range);
+    same({scope + "down_proj.weight", {"hidden", rows}, Tp::kRow}, whole ? Tp::kNone : Tp::kRow,
+         fp8, range);
+  }
+
+  // vLLM's sequence-parallel MoE (use_sequence_parallel_moe: expert parallel, dp > 1, tp > 1,
+  // and an all2all backend such as the default allgather_reducescatter or DeepEP): DeepSeek-V2/V3
+  // and Kimi-K2 then build their shared experts with disable_tp, whole on every rank.
+  bool shared_experts_whole() const {
+    return o.engine == "vllm" && o.expert_parallel && size(i, "dp") > 1 && size(i, "tp") > 1 &&
+           (m.type == "deepseek_v3" || m.type == "kimi_k2");
   }
 
   void moe(const json& range) {
     const std::string scope = layer_name(m.moe_scope + ".");
     const std::string moe = dim("moe", m.moe_inter);
     same({scope + "gate.weight", {m.experts, "hidden"}}, Tp::kNone, false, range);
+    // GLM-4.5: the router is an fp32 nn.Linear in vLLM (and in SGLang since its stale-routing
+    // fix), fed fp32 hidden states; the trainer's bf16 router is cast on the way.
+    if (m.type == "glm4_moe") iparams.back()["dtype"] = "fp32";
     if (m.router_bias)
       same({scope + "gate.e_score_correction_bias", {m.experts}, Tp::kNone, "fp32"}, Tp::kNone,
            false, range);
     if (m.shared_inter)
-      mlp(scope + "shared_experts.", dim("shared", m.shared_inter), fp8_linear, range);
+      mlp(scope + "shared_experts.", dim("shared", m.shared_inter), fp8_linear, range,
+          shared_experts_whole());
     const std::string ex = scope + "experts.";
     if (o.trainer_experts == "hf4") return per_expert(ex, moe, range);
     if (o.trainer_experts == "hf") {
@@ -432,6 +447,20 @@ struct Gen {
         mlp(layer_name("mlp."), dim("inter", m.inter), fp8_linear, layers(lo, hi));
       lo = hi;
     }
+    if (m.shared_inter && shared_experts_whole())
+      notes.push_back(
+          "shared experts whole on every rank: vLLM's sequence-parallel MoE (expert parallel, "
+          "dp > 1, tp > 1, all2all backend allgather_reducescatter (the default), deepep_* , "
+          "mori_* or nixl_ep) builds them with disable_tp; with another all2all backend they "
+          "are split over tp");
+    if (m.type == "glm4_moe")
+      notes.push_back(o.engine == "sglang"
+                          ? "GLM-4.5 router gate.weight in fp32: SGLang versions between its "
+                            "PR #21660 and the stale-routing fix (#35883) cache an fp32 copy at "
+                            "the first forward, so updates to the gate are not used; run a "
+                            "version with #35883"
+                          : "GLM-4.5 router gate.weight in fp32, as vLLM builds it (nn.Linear, "
+                            "dtype float32)");
     if (m.experts && !o.expert_parallel && size(i, "dp") > 1)
       notes.push_back(fmt::format(
           "experts without --expert-parallel: each expert's moe dim is split over all {} = dp {} "

@@ -252,6 +252,56 @@ TEST(Generate, ExpertsWithoutEpAreSplitOverEveryRankAsVllmFlattensTpAcrossDp) {
   }
 }
 
+TEST(Generate, DeepSeekSharedExpertsAreWholeUnderSequenceParallelMoe) {
+  // vLLM with EP, dp > 1 and tp > 1 runs DeepseekV2MoE sequence-parallel: the shared experts'
+  // gate_up_proj / down_proj are built with disable_tp, whole on every rank.
+  auto [g, in] =
+      make_specs(small("deepseek_v3"), {"--trainer", "ep=2,fsdp=2", "--inference", "dp=2,tp=2",
+                                        "--expert-parallel", "--fp8", "none"});
+  for (int64_t rank = 0; rank < 4; ++rank) {
+    EXPECT_EQ(local_shape(in, "model.layers.1.mlp.shared_experts.gate_up_proj.weight", rank),
+              "[512, 256]");
+    EXPECT_EQ(local_shape(in, "model.layers.1.mlp.shared_experts.down_proj.weight", rank),
+              "[256, 256]");
+  }
+  // The dense layer's MLP is plain TP still.
+  EXPECT_EQ(local_shape(in, "model.layers.0.mlp.gate_up_proj.weight", 3), "[512, 256]");
+  EXPECT_EQ(local_shape(in, "model.layers.0.mlp.down_proj.weight", 3), "[256, 256]");
+  bool noted = false;
+  for (const std::string& n : g.notes) noted = noted || n.find("disable_tp") != std::string::npos;
+  EXPECT_TRUE(noted);
+  verifies(in);
+  // Without DP (or without EP, or on SGLang, or GLM-4.5) they are split over tp as before.
+  for (const auto& [type, args] : std::vector<std::pair<const char*, std::vector<std::string>>>{
+           {"deepseek_v3", {"--inference", "tp=2", "--expert-parallel", "--fp8", "none"}},
+           {"deepseek_v3", {"--inference", "dp=2,tp=2", "--fp8", "none"}},
+           {"deepseek_v3",
+            {"--inference", "dp=2,tp=2", "--expert-parallel", "--engine", "sglang", "--fp8",
+             "none"}},
+           {"glm4_moe", {"--inference", "dp=2,tp=2", "--expert-parallel"}}}) {
+    auto [g2, split] = make_specs(small(type), args);
+    EXPECT_EQ(local_shape(split, "model.layers.1.mlp.shared_experts.gate_up_proj.weight", 1),
+              "[256, 256]")
+        << type << " " << args[1];
+  }
+}
+
+TEST(Generate, Glm45RoutersAreFp32AsTheEnginesBuildThem) {
+  auto [g, in] = make_specs(small("glm4_moe"), {"--inference", "tp=2"});
+  EXPECT_EQ(dest(in, "model.layers.1.mlp.gate.weight").dtype, core::DType::kFP32);
+  const Param& tg =
+      in.trainer.params[static_cast<size_t>(in.trainer.index.at("model.layers.1.mlp.gate.weight"))];
+  EXPECT_EQ(tg.dtype, core::DType::kBF16);  // the trainer's bf16 router, cast on the way
+  verifies(in);
+  // Other MoE routers stay in the model's dtype.
+  auto [gq, qw] = make_specs(small("qwen3_moe"), {"--inference", "tp=2"});
+  EXPECT_EQ(dest(qw, "model.layers.1.mlp.gate.weight").dtype, core::DType::kBF16);
+  auto [gs, sg] = make_specs(small("glm4_moe"), {"--inference", "tp=2", "--engine", "sglang"});
+  bool warned = false;
+  for (const std::string& n : gs.notes) warned = warned || n.find("#35883") != std::string::npos;
+  EXPECT_TRUE(warned);
+}
+
 TEST(Generate, MlaFusesTheLowRankProjections) {
   auto [g, in] = make_specs(
       small("deepseek_v3"),
