@@ -4,9 +4,11 @@
 #include "weightcast/spec/generate.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "generate_model.h"
 #include "json_reader.h"
@@ -329,6 +331,88 @@ struct Gen {
          fp8, range);
   }
 
+  // The checkpoint's unquantized modules (--fp8 auto), as vLLM's is_layer_skipped decides per
+  // layer: a fused module (qkv_proj, gate_up_proj, MLA's fused_qkv_a_proj) when all of its parts
+  // are named, refused when only some are; else a module naming experts when it is part of any
+  // named module that names experts (one expert named skips the layer's experts); else by its
+  // exact name. Layers
+  // skipped are split off into entries of their own, in the trainer's dtype, unquantized.
+  void apply_fp8_skips() {
+    const std::set<std::string> skip(m.fp8_skip.begin(), m.fp8_skip.end());
+    static const std::map<std::string, std::vector<std::string>> packed = {
+        {"qkv_proj", {"q_proj", "k_proj", "v_proj"}},
+        {"gate_up_proj", {"gate_proj", "up_proj"}},
+        {"fused_qkv_a_proj", {"q_a_proj", "kv_a_proj_with_mqa"}},
+        {"fused_qkv_a_proj_with_mqa", {"q_a_proj", "kv_a_proj_with_mqa"}}};
+    auto skipped = [&](const std::string& module) {
+      const size_t dot = module.rfind('.');
+      if (auto pk = packed.find(module.substr(dot + 1)); pk != packed.end()) {
+        std::vector<std::string> named;
+        for (const std::string& part : pk->second)
+          if (skip.count(module.substr(0, dot + 1) + part)) named.push_back(part);
+        if (!named.empty() && named.size() != pk->second.size())
+          fail("config.json.quantization_config",
+               fmt::format("'{}' leaves {} unquantized but not the rest of fused {} ({}); vLLM "
+                           "refuses such a checkpoint too",
+                           module.substr(0, dot + 1), fmt::join(named, ", "), module,
+                           fmt::join(pk->second, ", ")));
+        return !named.empty();
+      }
+      if (module.find("experts") != std::string::npos) {
+        for (const std::string& s : skip)
+          if (s.find("experts") != std::string::npos && s.find(module) != std::string::npos)
+            return true;
+        return false;
+      }
+      return skip.count(module) > 0;
+    };
+    json out = json::array();
+    int64_t split = 0;
+    for (const json& p : iparams) {
+      if (!p.contains("quant")) {
+        out.push_back(p);
+        continue;
+      }
+      const std::string name = p["name"].get<std::string>();
+      const std::string module = name.substr(0, name.rfind('.'));
+      auto emit = [&](const json& range, bool unquantized) {
+        json q = p;
+        if (!range.is_null()) q["for"] = range;
+        if (unquantized) {
+          q.erase("quant");
+          q["dtype"] = "bf16";
+          ++split;
+        }
+        out.push_back(q);
+      };
+      if (!p.contains("for") || !p["for"].contains("i")) {
+        emit(json(), skipped(module));
+        continue;
+      }
+      const int64_t lo = p["for"]["i"][0].get<int64_t>(), hi = p["for"]["i"][1].get<int64_t>();
+      for (int64_t a = lo; a < hi;) {
+        auto at = [&](int64_t l) {
+          std::string s = module;
+          if (const size_t k = s.find("{i}"); k != std::string::npos)
+            s.replace(k, 3, std::to_string(l));
+          return skipped(s);
+        };
+        const bool run = at(a);
+        int64_t b = a + 1;
+        while (b < hi && at(b) == run) ++b;
+        json range = p["for"];
+        range["i"] = {a, b};
+        emit(range, run);
+        a = b;
+      }
+    }
+    iparams = std::move(out);
+    notes.push_back(fmt::format(
+        "quantization_config leaves {} module(s) unquantized; {} of the spec's FP8 entries "
+        "(runs of layers) are in bf16 for them, as vLLM loads them",
+        m.fp8_skip.size(), split));
+  }
+
   // vLLM's sequence-parallel MoE (use_sequence_parallel_moe: expert parallel, dp > 1, tp > 1,
   // and an all2all backend such as the default allgather_reducescatter or DeepEP): DeepSeek-V2/V3
   // and Kimi-K2 then build their shared experts with disable_tp, whole on every rank.
@@ -555,6 +639,7 @@ Result<GeneratedSpecs> generate_specs(const json& hf_config, const GenerateOptio
       fail("--fp8", fmt::format("'{}' (expected auto, none, experts or all)", o.fp8));
     }
     g.model();
+    if (o.fp8 == "auto" && !m.fp8_skip.empty()) g.apply_fp8_skips();
     GeneratedSpecs out;
     const std::string name = o.model_name.empty() ? m.type : o.model_name;
     const int64_t tranks = [&] {

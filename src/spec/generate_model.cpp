@@ -69,6 +69,14 @@ void read_common(const json& c, HfModel& m) {
       fail(child(qp, "weight_block_size"),
            fmt::format("{}: only 128x128 blocks are supported", blocks.dump()));
     m.fp8_checkpoint = true;
+    // The modules left unquantized: vLLM's Fp8Config reads ignored_layers, else
+    // modules_to_not_convert.
+    for (const char* key : {"ignored_layers", "modules_to_not_convert"}) {
+      if (!q->contains(key) || (*q)[key].is_null()) continue;
+      const std::string kp = child(qp, key);
+      for (const json& n : require_array((*q)[key], kp)) m.fp8_skip.push_back(get_string(n, kp));
+      if (!m.fp8_skip.empty()) break;
+    }
   }
 }
 

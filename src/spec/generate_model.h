@@ -20,6 +20,9 @@ struct HfModel {
   bool mla = false;
   int64_t q_lora = 0, kv_lora = 0, nope = 0, rope = 0, v_head = 0;
   bool fp8_checkpoint = false;  // quantization_config: fp8 with 128x128 blocks
+  // Module names the checkpoint leaves unquantized (quantization_config.ignored_layers, else
+  // modules_to_not_convert), e.g. "lm_head", "model.layers.3.mlp.gate".
+  std::vector<std::string> fp8_skip;
   int64_t mtp_layers = 0;       // num_nextn_predict_layers (not generated)
 };
 

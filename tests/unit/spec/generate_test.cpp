@@ -302,6 +302,60 @@ TEST(Generate, Glm45RoutersAreFp32AsTheEnginesBuildThem) {
   EXPECT_TRUE(warned);
 }
 
+TEST(Generate, ModulesTheCheckpointLeavesUnquantizedStayBf16AsVllmLoadsThem) {
+  json c = small("deepseek_v3");
+  c["quantization_config"] = {
+      {"quant_method", "fp8"},
+      {"weight_block_size", {128, 128}},
+      {"modules_to_not_convert",
+       {"lm_head", "model.layers.1.self_attn.q_b_proj", "model.layers.2.self_attn.q_a_proj",
+        "model.layers.2.self_attn.kv_a_proj_with_mqa", "model.layers.2.mlp.experts.3.up_proj",
+        "model.layers.1.mlp.shared_experts.gate_proj",
+        "model.layers.1.mlp.shared_experts.up_proj"}}};
+  auto [g, in] =
+      make_specs(c, {"--trainer", "ep=2,fsdp=2", "--inference", "tp=2", "--expert-parallel"});
+  auto fp8 = [&](const std::string& name) {
+    const DestParam& d = dest(in, name);
+    EXPECT_EQ(d.dtype == core::DType::kFP8E4M3, d.quant.has_value()) << name;
+    return d.quant.has_value();
+  };
+  EXPECT_FALSE(fp8("model.layers.1.self_attn.q_b_proj.weight"));  // named exactly
+  EXPECT_TRUE(fp8("model.layers.0.self_attn.q_b_proj.weight"));
+  EXPECT_TRUE(fp8("model.layers.2.self_attn.q_b_proj.weight"));
+  EXPECT_FALSE(fp8("model.layers.2.self_attn.fused_qkv_a_proj.weight"));  // both parts named
+  EXPECT_TRUE(fp8("model.layers.1.self_attn.fused_qkv_a_proj.weight"));
+  EXPECT_FALSE(fp8("model.layers.2.mlp.experts.w13_weight"));  // one expert named: the layer's
+  EXPECT_FALSE(fp8("model.layers.2.mlp.experts.w2_weight"));
+  EXPECT_TRUE(fp8("model.layers.1.mlp.experts.w13_weight"));
+  EXPECT_FALSE(fp8("model.layers.1.mlp.shared_experts.gate_up_proj.weight"));
+  EXPECT_TRUE(fp8("model.layers.2.mlp.shared_experts.gate_up_proj.weight"));
+  EXPECT_EQ(dest(in, "model.layers.1.self_attn.q_b_proj.weight").dtype, core::DType::kBF16);
+  bool noted = false;
+  for (const std::string& n : g.notes)
+    noted = noted || n.find("leaves 7 module(s) unquantized") != std::string::npos;
+  EXPECT_TRUE(noted);
+  verifies(in);
+  // ignored_layers wins over modules_to_not_convert, as in vLLM's Fp8Config.
+  c["quantization_config"]["ignored_layers"] = {"model.layers.0.self_attn.o_proj"};
+  auto [g2, in2] =
+      make_specs(c, {"--trainer", "ep=2,fsdp=2", "--inference", "tp=2", "--expert-parallel"});
+  EXPECT_FALSE(dest(in2, "model.layers.0.self_attn.o_proj.weight").quant);
+  EXPECT_TRUE(dest(in2, "model.layers.1.self_attn.q_b_proj.weight").quant);
+  // Half of a fused module is refused, naming it.
+  c["quantization_config"]["ignored_layers"] = {"model.layers.1.self_attn.q_a_proj"};
+  auto half = generate_specs(c, *parse_generate_args({"--inference", "tp=2"}));
+  ASSERT_FALSE(half);
+  EXPECT_EQ(half.status().message(),
+            "config.json.quantization_config: 'model.layers.1.self_attn.' leaves q_a_proj "
+            "unquantized but not the rest of fused model.layers.1.self_attn.fused_qkv_a_proj "
+            "(q_a_proj, kv_a_proj_with_mqa); vLLM refuses such a checkpoint too");
+  c["quantization_config"]["ignored_layers"] = "lm_head";
+  auto bad = generate_specs(c, *parse_generate_args({}));
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.status().message().find("quantization_config.ignored_layers"), std::string::npos)
+      << bad.status().message();
+}
+
 TEST(Generate, MlaFusesTheLowRankProjections) {
   auto [g, in] = make_specs(
       small("deepseek_v3"),
