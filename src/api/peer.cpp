@@ -17,6 +17,7 @@
 #include "weightcast/plan/check.h"
 #include "weightcast/plan/plan_json.h"
 #include "weightcast/plan/planner.h"
+#include "weightcast/session/records.h"
 
 namespace weightcast::api::detail {
 
@@ -59,7 +60,7 @@ Result<std::unique_ptr<transport::RendezvousClient>> join(Job& j, const char* ro
     return invalid("JobConfig.rendezvous '{}' is not host:port", j.cfg.rendezvous);
   // A peer's session may write only its own keys: it presents its peer token (given, or derived
   // from the job token it was given).
-  const std::string me = exec::keys::identity(role, rank);
+  const std::string me = session::keys::identity(role, rank);
   std::string token = j.cfg.token;
   if (token.rfind("wcp1:", 0) == 0) {
     const std::string whose = token.substr(5, token.rfind(':') - 5);
@@ -109,7 +110,7 @@ Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t r
   p.role = role;
   p.rank = rank;
   // Does the controller serve metrics? (It says so before any peer can join.)
-  auto on = p.rdv->newer_now({exec::keys::kMetricsOn}, {0}, in_s(cfg.deadline_s));
+  auto on = p.rdv->newer_now({session::keys::kMetricsOn}, {0}, in_s(cfg.deadline_s));
   if (!on) return on.status();
   p.publish_metrics = on->at(0).has_value();
   std::string mf = cfg.metrics_file;
@@ -165,7 +166,7 @@ void PeerBase::record_step(uint64_t step, uint32_t attempt, const Result<std::st
   // One write per line: O_APPEND keeps lines of processes sharing the file whole.
   if (metrics.fd >= 0) (void)!::write(metrics.fd, line.data(), line.size());
   if (publish_metrics)
-    if (Status s = rdv->put(exec::keys::metrics(role.c_str(), rank), line); !s)
+    if (Status s = rdv->put(session::keys::metrics(role.c_str(), rank), line); !s)
       core::log::warn(who(), step, "publishing the step's metrics: {}", s.message());
 }
 
@@ -199,15 +200,12 @@ uint32_t new_incarnation() {
 
 Result<Incarnation> incarnation_of(transport::RendezvousClient& rdv, const char* role,
                                    uint32_t rank, Clock::time_point deadline, uint64_t after) {
-  auto v = rdv.get_newer(exec::keys::incarnation(role, rank), after, deadline);
+  auto v = rdv.get_newer(session::keys::incarnation(role, rank), after, deadline);
   if (!v) return v.status();
-  try {
-    return Incarnation{
-        static_cast<uint32_t>(std::stoul(std::string(v->value.begin(), v->value.end()))),
-        v->version};
-  } catch (const std::exception&) {
-    return invalid("{} {}: malformed incarnation key", role, rank);
-  }
+  auto k = session::IncarnationRecord::decode(session::text_of(v->value));
+  if (!k)
+    return Status(k.status().code(), fmt::format("{} {}: {}", role, rank, k.status().message()));
+  return Incarnation{k->value, v->version};
 }
 
 TensorInfo info(const std::string& name, bool scales, core::DType dt, const core::Shape& s) {
@@ -218,9 +216,11 @@ TensorInfo info(const std::string& name, bool scales, core::DType dt, const core
 }
 
 Status publish_meta(PeerBase& p, const char* role, uint32_t rank, size_t tensors, uint64_t bytes) {
-  return p.rdv->put(exec::keys::meta(role, rank),
-                    fmt::format("{} {} {} {}", p.job->plan.inputs_digest, p.job->cfg.nics.size(),
-                                tensors, bytes));
+  return p.rdv->put(
+      session::keys::meta(role, rank),
+      session::PeerMeta{p.job->plan.inputs_digest, static_cast<uint32_t>(p.job->cfg.nics.size()),
+                        static_cast<uint32_t>(tensors), bytes}
+          .encode());
 }
 
 }  // namespace weightcast::api::detail

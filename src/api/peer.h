@@ -12,9 +12,9 @@
 
 #include "weightcast/api/weightcast.h"
 #include "weightcast/core/log.h"
-#include "weightcast/exec/keys.h"
 #include "weightcast/exec/step_trace.h"
 #include "weightcast/plan/plan.h"
+#include "weightcast/session/keys.h"
 #include "weightcast/spec/spec_parser.h"
 #include "weightcast/transport/domain.h"
 #include "weightcast/transport/rendezvous.h"

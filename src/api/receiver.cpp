@@ -7,6 +7,7 @@
 #include "peer.h"
 #include "weightcast/exec/executor.h"
 #include "weightcast/exec/memory.h"
+#include "weightcast/session/records.h"
 #include "weightcast/spec/layout.h"
 
 namespace weightcast::api {
@@ -52,7 +53,7 @@ Result<Receiver> Receiver::create(const JobConfig& cfg, uint32_t index) {
   impl->cuda_device = cfg.cuda_device;
   impl->incarnation = new_incarnation();
   impl->rc->set_incarnation(impl->incarnation);
-  if (Status s = impl->rdv->identify(exec::keys::session("inference", index, impl->incarnation));
+  if (Status s = impl->rdv->identify(session::keys::session("inference", index, impl->incarnation));
       !s)
     return s;
   impl->generation = static_cast<uint8_t>(new_incarnation());  // any start; each arm moves on
@@ -111,13 +112,13 @@ Status Receiver::publish() {
   impl_->published = true;
   const auto before = incarnation_of(*impl_->rdv, "inference", impl_->index, Clock::now());
   // Last: a sender that sees this incarnation finds its address and descriptors published.
-  if (Status s = impl_->rdv->put(exec::keys::incarnation("inference", impl_->index),
-                                 std::to_string(impl_->incarnation));
+  if (Status s = impl_->rdv->put(session::keys::incarnation("inference", impl_->index),
+                                 session::IncarnationRecord{impl_->incarnation}.encode());
       !s)
     return s;
   if (before && before->value != impl_->incarnation) {  // the dead predecessor's keys
-    (void)impl_->rdv->del(exec::keys::receiver_address(impl_->index, before->value));
-    (void)impl_->rdv->del(exec::keys::receiver_tensors(impl_->index, before->value));
+    (void)impl_->rdv->del(session::keys::receiver_address(impl_->index, before->value));
+    (void)impl_->rdv->del(session::keys::receiver_tensors(impl_->index, before->value));
   }
   return Status::ok();
 }
@@ -144,8 +145,8 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
   const uint8_t gen = ++m.generation;
   const uint64_t stale0 = m.rc->stale();
   m.rc->begin(gen);
-  if (Status s = m.rdv->put(exec::keys::armed(m.index),
-                            fmt::format("{} {} {}", step, unsigned{gen}, m.incarnation));
+  if (Status s = m.rdv->put(session::keys::armed(m.index),
+                            session::ArmRecord{step, gen, m.incarnation}.encode());
       !s)
     return s;
   if (m.die_after_arm == static_cast<int>(m.index)) ::kill(::getpid(), SIGKILL);

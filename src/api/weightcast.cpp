@@ -15,15 +15,15 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <sstream>
 
 #include "metrics.h"
 #include "peer.h"
 #include "weightcast/exec/executor.h"
-#include "weightcast/exec/keys.h"
 #include "weightcast/exec/nccl_collective.h"
 #include "weightcast/exec/parts.h"
 #include "weightcast/plan/report.h"
+#include "weightcast/session/keys.h"
+#include "weightcast/session/records.h"
 
 namespace weightcast::api {
 
@@ -68,8 +68,8 @@ Result<std::vector<PeerState>> Controller::Impl::peers() {
         std::string(role) == "trainer" ? job->plan.senders.size() : job->plan.receivers.size();
     for (uint32_t r = 0; r < n; ++r) {
       out.push_back({role, r, false, false, std::nullopt});
-      keys.push_back(exec::keys::incarnation(role, r));
-      keys.push_back(exec::keys::metrics(role, r));
+      keys.push_back(session::keys::incarnation(role, r));
+      keys.push_back(session::keys::metrics(role, r));
     }
   }
   std::vector<std::optional<transport::RendezvousClient::Versioned>> got;
@@ -89,11 +89,10 @@ Result<std::vector<PeerState>> Controller::Impl::peers() {
   for (size_t p = 0; p < out.size(); ++p) {
     PeerState& ps = out[p];
     if (const auto& inc = got[1 + 2 * p]) {
-      uint32_t k = 0;
-      const std::string v(inc->value.begin(), inc->value.end());
-      ps.joined = std::sscanf(v.c_str(), "%u", &k) == 1;
-      ps.lost = ps.joined &&
-                gone.find(exec::keys::session(ps.role, ps.rank, k) + "\n") != std::string::npos;
+      auto k = session::IncarnationRecord::decode(session::text_of(inc->value));
+      ps.joined = static_cast<bool>(k);
+      ps.lost = ps.joined && gone.find(session::keys::session(ps.role, ps.rank, k->value) + "\n") !=
+                                 std::string::npos;
     }
     if (const auto& rec = got[2 + 2 * p])
       ps.record = std::string(rec->value.begin(), rec->value.end());
@@ -145,7 +144,7 @@ uint32_t Controller::receivers() const {
   return static_cast<uint32_t>(impl_->job->plan.receivers.size());
 }
 std::string Controller::peer_token(const std::string& role, uint32_t rank) const {
-  return transport::peer_token(impl_->job->cfg.token, exec::keys::identity(role.c_str(), rank));
+  return transport::peer_token(impl_->job->cfg.token, session::keys::identity(role.c_str(), rank));
 }
 std::string Controller::plan_report() const { return plan::report(impl_->job->plan, "job"); }
 
@@ -174,7 +173,7 @@ Result<uint16_t> Controller::serve_metrics(const std::string& host, uint16_t por
         transport::RendezvousClient::connect(cfg.rendezvous.substr(0, cfg.rendezvous.rfind(':')),
                                              impl_->server->port(), cfg.token, in_s(10));
     if (!c) return c.status();
-    if (Status s = (*c)->put(exec::keys::kMetricsOn, "1"); !s) return s;
+    if (Status s = (*c)->put(session::keys::kMetricsOn, "1"); !s) return s;
   }
   impl_->metrics = std::move(m).value();
   core::log::info({"controller"}, core::log::kNoStep, "metrics at http://{}:{}/metrics", host,
@@ -207,7 +206,7 @@ Result<std::vector<PeerInfo>> Controller::wait_for_peers(double deadline_s) cons
   for (const char* role : {"trainer", "inference"}) {
     const auto& want = std::string(role) == "trainer" ? want_t : want_r;
     for (uint32_t r = 0; r < want.size(); ++r) {
-      auto v = (*c)->get(exec::keys::meta(role, r), deadline);
+      auto v = (*c)->get(session::keys::meta(role, r), deadline);
       if (!v) {
         missing.push_back(fmt::format("{} {}", role, r));
         continue;
@@ -215,12 +214,15 @@ Result<std::vector<PeerInfo>> Controller::wait_for_peers(double deadline_s) cons
       PeerInfo p;
       p.role = role;
       p.rank = r;
-      std::istringstream ss(std::string(v->begin(), v->end()));
-      ss >> p.plan_digest >> p.nics >> p.tensors >> p.bytes;
-      if (!ss) {
-        wrong.push_back(fmt::format("{} {}: malformed metadata", role, r));
+      auto meta = session::PeerMeta::decode(session::text_of(*v));
+      if (!meta) {
+        wrong.push_back(fmt::format("{} {}: {}", role, r, meta.status().message()));
         continue;
       }
+      p.plan_digest = meta->plan_digest;
+      p.nics = meta->nics;
+      p.tensors = meta->tensors;
+      p.bytes = meta->bytes;
       if (p.plan_digest != j.plan.inputs_digest)
         wrong.push_back(fmt::format("{} {} runs plan {}, the controller's is {}", role, r,
                                     p.plan_digest, j.plan.inputs_digest));
@@ -288,26 +290,29 @@ Result<Sender> Sender::create(const JobConfig& cfg, uint32_t rank) {
   impl->incarnation = new_incarnation();
   impl->ex->set_incarnation(impl->incarnation);
   // This session lives as long as the Sender: its close tells everyone the rank went away.
-  if (Status s = impl->rdv->identify(exec::keys::session("trainer", rank, impl->incarnation)); !s)
+  if (Status s = impl->rdv->identify(session::keys::session("trainer", rank, impl->incarnation));
+      !s)
     return s;
   if (Status s = impl->ex->publish(); !s) return s;  // peers may prepare before this one does
   const auto before = incarnation_of(*impl->rdv, "trainer", rank, Clock::now());
-  if (Status s = impl->rdv->put(exec::keys::incarnation("trainer", rank),
-                                std::to_string(impl->incarnation));
+  if (Status s = impl->rdv->put(session::keys::incarnation("trainer", rank),
+                                session::IncarnationRecord{impl->incarnation}.encode());
       !s)
     return s;
   if (before && before->value != impl->incarnation) {  // the dead predecessor's keys
-    (void)impl->rdv->del(exec::keys::sender_address(rank, before->value));
-    (void)impl->rdv->del(exec::keys::gather_buffer(rank, before->value));
+    (void)impl->rdv->del(session::keys::sender_address(rank, before->value));
+    (void)impl->rdv->del(session::keys::gather_buffer(rank, before->value));
   }
   // A predecessor of this rank (before a restart) may have written under these arms.
-  if (auto u = impl->rdv->get(exec::keys::arms_used(rank), Clock::now()); u) {
-    std::istringstream is(std::string(u->begin(), u->end()));
-    is >> impl->last_step >> impl->attempt;
-    uint32_t r = 0;
-    uint64_t v = 0;
-    char colon = 0;
-    while (is >> r >> colon >> v && colon == ':') impl->used[r] = v;
+  if (auto u = impl->rdv->get(session::keys::arms_used(rank), Clock::now()); u) {
+    auto used = session::UsedArms::decode(session::text_of(*u));
+    if (!used)
+      return Status(used.status().code(),
+                    fmt::format("trainer {}: its predecessor's {}: {}", rank,
+                                session::keys::arms_used(rank), used.status().message()));
+    impl->last_step = used->step;
+    impl->attempt = used->attempt;
+    impl->used = std::move(used->arms);
   }
   impl->rank = rank;
   // Test hook: WEIGHTCAST_DEBUG_DIE_IN_PUSH=STEP:WRITES makes push(STEP) post WRITES writes, then
@@ -395,9 +400,8 @@ Result<PushStats> Sender::push(uint64_t step) {
     return invalid("push({}): {} attempts of one step; at most {} (gather generations would wrap)",
                    step, m.attempt, kMaxAttempts);
   auto record = [&]() -> Status {
-    std::string rec = fmt::format("{} {}", m.last_step, m.attempt);
-    for (const auto& [r, v] : m.used) rec += fmt::format(" {}:{}", r, v);
-    return m.rdv->put(exec::keys::arms_used(m.rank), rec);
+    return m.rdv->put(session::keys::arms_used(m.rank),
+                      session::UsedArms{m.last_step, m.attempt, m.used}.encode());
   };
   if (Status s = record(); !s) return s;
   const auto gather_gen = static_cast<uint8_t>(step * kMaxAttempts + m.attempt - 1);
@@ -410,8 +414,8 @@ Result<PushStats> Sender::push(uint64_t step) {
     auto g = m.rdv->get_newer("gone", 0, Clock::now());
     if (!g) return false;
     const std::string gone(g->value.begin(), g->value.end());
-    return gone.find(exec::keys::session("inference", r, m.ex->receiver_incarnation(r)) + "\n") !=
-           std::string::npos;
+    return gone.find(session::keys::session("inference", r, m.ex->receiver_incarnation(r)) +
+                     "\n") != std::string::npos;
   };
   auto ready = [&]() -> Result<std::map<uint32_t, exec::Armed>> {
     const auto t_ready = Clock::now();
@@ -426,7 +430,7 @@ Result<PushStats> Sender::push(uint64_t step) {
       std::vector<std::string> keys;
       std::vector<uint64_t> afters;
       for (; it != m.receivers.end() && keys.size() < kChunk; ++it) {
-        keys.push_back(exec::keys::armed(*it));
+        keys.push_back(session::keys::armed(*it));
         afters.push_back(m.used[*it]);
       }
       auto now = m.rdv->newer_now(keys, afters, in_s(dl));
@@ -444,9 +448,10 @@ Result<PushStats> Sender::push(uint64_t step) {
       for (;;) {
         // Waited for in slices of a second: between them, whether r's process is gone (its
         // session closed), named at once and in the error; a restarted r may still arm.
-        auto v = first.has_value()
-                     ? Result<transport::RendezvousClient::Versioned>(std::move(first).value())
-                     : m.rdv->get_newer(exec::keys::armed(r), after, std::min(deadline, in_s(1)));
+        auto v =
+            first.has_value()
+                ? Result<transport::RendezvousClient::Versioned>(std::move(first).value())
+                : m.rdv->get_newer(session::keys::armed(r), after, std::min(deadline, in_s(1)));
         waited = waited || !first.has_value();
         first.reset();
         if (!v && v.status().code() == Code::kTimeout && Clock::now() < deadline) {
@@ -468,18 +473,15 @@ Result<PushStats> Sender::push(uint64_t step) {
                                           "closed, and no restarted one armed)"
                                         : "",
                                     v.status().message()));
-        std::istringstream is(std::string(v->value.begin(), v->value.end()));
-        uint64_t at = 0;
-        unsigned gen = 0;
-        uint32_t inc = 0;
-        if (!(is >> at >> gen >> inc) || gen > 255)
-          return Status(Code::kRemote, fmt::format("step {}: receiver {} armed with a malformed "
-                                                   "value",
-                                                   step, r));
+        auto arm = session::ArmRecord::decode(session::text_of(v->value));
+        if (!arm)
+          return Status(arm.status().code(),
+                        fmt::format("step {}: receiver {}: {}", step, r, arm.status().message()));
         after = v->version;
-        if (at < step) continue;  // an arm of an earlier step: wait for this one's
-        if (at > step) return invalid("push({}): receiver {} is at step {} already", step, r, at);
-        armed[r] = {static_cast<uint8_t>(gen), inc};
+        if (arm->step < step) continue;  // an arm of an earlier step: wait for this one's
+        if (arm->step > step)
+          return invalid("push({}): receiver {} is at step {} already", step, r, arm->step);
+        armed[r] = {arm->generation, arm->incarnation};
         m.used[r] = v->version;
         break;
       }

@@ -8,8 +8,8 @@
 #include <set>
 #include <utility>
 
-#include "weightcast/exec/keys.h"
 #include "weightcast/exec/nccl_collective.h"
+#include "weightcast/session/keys.h"
 
 namespace weightcast::exec {
 
@@ -107,13 +107,13 @@ Status HostCollective::copy(std::byte* dst, const std::byte* src, uint64_t n) {
 
 Status HostCollective::link(const char* role, uint32_t r, uint32_t incarnation,
                             Clock::time_point deadline, std::map<uint32_t, Link>& into) {
-  auto addr = rdv_->get(keys::sender_address(r, incarnation), deadline);
+  auto addr = rdv_->get(session::keys::sender_address(r, incarnation), deadline);
   if (!addr)
     return Status(addr.status().code(),
                   fmt::format("gather {} {}: {}", role, r, addr.status().message()));
   auto peer = engine_->connect(*addr);
   if (!peer) return peer.status();
-  auto desc = rdv_->get(keys::gather_buffer(r, incarnation), deadline);
+  auto desc = rdv_->get(session::keys::gather_buffer(r, incarnation), deadline);
   if (!desc) return desc.status();
   auto region = transport::RemoteRegion::parse(*desc);
   if (!region) return region.status();
@@ -128,7 +128,7 @@ Status HostCollective::link(const char* role, uint32_t r, uint32_t incarnation,
 }
 
 Status HostCollective::publish() {
-  return rdv_->put(keys::gather_buffer(rank_, incarnation_),
+  return rdv_->put(session::keys::gather_buffer(rank_, incarnation_),
                    transport::NicGroup::remote(gbuf_region_).serialize());
 }
 

@@ -14,11 +14,11 @@
 #include <thread>
 
 #include "weightcast/core/log.h"
-#include "weightcast/exec/keys.h"
 #include "weightcast/exec/nccl_collective.h"
 #include "weightcast/exec/project_cuda.h"
 #include "weightcast/plan/part.h"
 #include "weightcast/plan/project.h"
+#include "weightcast/session/keys.h"
 
 namespace weightcast::exec {
 
@@ -364,7 +364,8 @@ std::byte* TrainerExecutor::shard(int param) {
 }
 
 Status TrainerExecutor::publish() {
-  if (Status s = rdv_->put(keys::sender_address(rank_, incarnation_), engine_->address()); !s)
+  if (Status s = rdv_->put(session::keys::sender_address(rank_, incarnation_), engine_->address());
+      !s)
     return s;
   return collective_->publish();
 }
@@ -397,12 +398,12 @@ Status TrainerExecutor::prepare(Clock::time_point deadline,
 
 Status TrainerExecutor::connect_receiver(uint32_t r, uint32_t incarnation,
                                          Clock::time_point deadline) {
-  auto addr = rdv_->get(keys::receiver_address(r, incarnation), deadline);
+  auto addr = rdv_->get(session::keys::receiver_address(r, incarnation), deadline);
   if (!addr)
     return Status(addr.status().code(), fmt::format("receiver {}: {}", r, addr.status().message()));
   auto peer = engine_->connect(*addr);
   if (!peer) return peer.status();
-  auto desc = rdv_->get(keys::receiver_tensors(r, incarnation), deadline);
+  auto desc = rdv_->get(session::keys::receiver_tensors(r, incarnation), deadline);
   if (!desc) return desc.status();
   auto tensors = parse_descriptors(*desc);
   if (!tensors)

@@ -7,8 +7,8 @@
 #include <cstring>
 
 #include "weightcast/exec/executor.h"
-#include "weightcast/exec/keys.h"
 #include "weightcast/plan/part.h"
+#include "weightcast/session/keys.h"
 
 namespace weightcast::exec {
 
@@ -211,11 +211,11 @@ Status InferenceReceiver::publish() {
   }
   if (!unbound.empty()) return invalid("receiver {}: tensors not bound: {}", receiver_, unbound);
   plan_copies();
-  if (Status s =
-          rdv_->put(keys::receiver_tensors(receiver_, incarnation_), serialize_descriptors(descs));
+  if (Status s = rdv_->put(session::keys::receiver_tensors(receiver_, incarnation_),
+                           serialize_descriptors(descs));
       !s)
     return s;
-  return rdv_->put(keys::receiver_address(receiver_, incarnation_), engine_->address());
+  return rdv_->put(session::keys::receiver_address(receiver_, incarnation_), engine_->address());
 }
 
 void InferenceReceiver::begin(uint8_t generation) { counters_.begin_generation(generation); }
@@ -226,7 +226,7 @@ Status InferenceReceiver::connect_senders(std::span<const uint32_t> incarnations
   for (auto& [s, connected] : senders_) {
     const uint32_t inc = s < incarnations.size() ? incarnations[s] : 0;
     if (connected == static_cast<int64_t>(inc)) continue;
-    auto addr = rdv_->get(keys::sender_address(s, inc), deadline);
+    auto addr = rdv_->get(session::keys::sender_address(s, inc), deadline);
     if (!addr)
       return Status(addr.status().code(), fmt::format("receiver {}: sender {}: {}", receiver_, s,
                                                       addr.status().message()));

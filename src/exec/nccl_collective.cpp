@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <thread>
 
-#include "weightcast/exec/keys.h"
+#include "weightcast/session/keys.h"
 
 #if defined(WEIGHTCAST_HAVE_CUDA) && __has_include(<nccl.h>)
 #define WEIGHTCAST_NCCL 1
@@ -312,7 +312,7 @@ class NcclCollective final : public Collective {
     if (comm_ && !broken_ && epoch == epoch_) return Status::ok();
     if (comm_) nccl().abort(comm_);
     comm_ = nullptr;
-    const std::string key = keys::nccl_id(group_.front(), epoch);
+    const std::string key = session::keys::nccl_id(group_.front(), epoch);
     const std::string who = fmt::format("NCCL gather group of trainer ranks {}..{} ({} ranks)",
                                         group_.front(), group_.back(), group_.size());
     ncclUniqueId id;

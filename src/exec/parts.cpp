@@ -5,9 +5,9 @@
 
 #include <cstdio>
 
-#include "weightcast/exec/keys.h"
 #include "weightcast/plan/part.h"
 #include "weightcast/plan/plan_json.h"
+#include "weightcast/session/keys.h"
 
 namespace weightcast::exec {
 
@@ -25,28 +25,28 @@ Status put_chunked(transport::RendezvousClient& rdv, const std::string& key,
 }  // namespace
 
 Status publish_parts(const plan::Plan& whole, transport::RendezvousClient& rdv) {
-  if (Status s = rdv.put(keys::kPlanRanks,
+  if (Status s = rdv.put(session::keys::kPlanRanks,
                          fmt::format("{} {}", whole.senders.size(), whole.receivers.size()));
       !s)
     return s;
   for (uint32_t r = 0; r < whole.senders.size(); ++r)
-    if (Status s =
-            put_chunked(rdv, keys::part("trainer", r), plan::to_json(plan::trainer_part(whole, r)));
+    if (Status s = put_chunked(rdv, session::keys::part("trainer", r),
+                               plan::to_json(plan::trainer_part(whole, r)));
         !s)
       return s;
   for (uint32_t r = 0; r < whole.receivers.size(); ++r)
-    if (Status s = put_chunked(rdv, keys::part("inference", r),
+    if (Status s = put_chunked(rdv, session::keys::part("inference", r),
                                plan::to_json(plan::inference_part(whole, r)));
         !s)
       return s;
-  return rdv.put(keys::kPlanDigest, whole.inputs_digest);
+  return rdv.put(session::keys::kPlanDigest, whole.inputs_digest);
 }
 
 Result<plan::Plan> fetch_part(const std::string& role, uint32_t rank, const std::string& digest,
                               transport::RendezvousClient& rdv,
                               std::chrono::steady_clock::time_point deadline) {
-  const std::string key = keys::part(role.c_str(), rank);
-  auto ranks = rdv.get(keys::kPlanRanks, deadline);
+  const std::string key = session::keys::part(role.c_str(), rank);
+  auto ranks = rdv.get(session::keys::kPlanRanks, deadline);
   if (!ranks) return ranks.status();
   unsigned long senders = 0, receivers = 0;
   if (std::sscanf(std::string(ranks->begin(), ranks->end()).c_str(), "%lu %lu", &senders,

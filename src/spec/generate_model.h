@@ -23,7 +23,7 @@ struct HfModel {
   // Module names the checkpoint leaves unquantized (quantization_config.ignored_layers, else
   // modules_to_not_convert), e.g. "lm_head", "model.layers.3.mlp.gate".
   std::vector<std::string> fp8_skip;
-  int64_t mtp_layers = 0;       // num_nextn_predict_layers (not generated)
+  int64_t mtp_layers = 0;  // num_nextn_predict_layers (not generated)
 };
 
 // Throws SpecError naming the config field ("config.json: num_key_value_heads: ...").

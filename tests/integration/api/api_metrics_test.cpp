@@ -14,7 +14,7 @@
 
 #include "api_job.h"
 #include "weightcast/core/log.h"
-#include "weightcast/exec/keys.h"
+#include "weightcast/session/keys.h"
 #include "weightcast/transport/rendezvous.h"
 
 namespace weightcast::api {
@@ -193,8 +193,8 @@ TEST(ApiMetrics, TheControllerServesEveryPeersStepsAndNamesTheOnesThatWentAway) 
         host, static_cast<uint16_t>(std::stoi(j.cfg.rendezvous.substr(host.size() + 1))),
         j.cfg.token, std::chrono::steady_clock::now() + std::chrono::seconds(10));
     ASSERT_TRUE(c);
-    ASSERT_TRUE((*c)->put(exec::keys::metrics("inference", 1), "{not json"));
-    ASSERT_TRUE((*c)->put(exec::keys::metrics("trainer", 0),
+    ASSERT_TRUE((*c)->put(session::keys::metrics("inference", 1), "{not json"));
+    ASSERT_TRUE((*c)->put(session::keys::metrics("trainer", 0),
                           R"({"step":"x","stages":{"a\"b":1,"c":"d"},"nic_bytes":[1,"z"]})"));
   }
   auto mt = j.ctl->metrics_text();

@@ -7,7 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "api_job.h"
-#include "weightcast/exec/keys.h"
+#include "weightcast/session/keys.h"
 #include "weightcast/transport/rendezvous.h"
 
 namespace weightcast::api {
@@ -118,10 +118,10 @@ TEST(ApiTrust, TamperedDescriptorsAreRefusedNamingTheTensor) {
       host, port, j.cfg.token, std::chrono::steady_clock::now() + std::chrono::seconds(10));
   ASSERT_TRUE(rdv);
   const auto soon = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  auto inc = (*rdv)->get(exec::keys::incarnation("inference", 0), soon);
+  auto inc = (*rdv)->get(session::keys::incarnation("inference", 0), soon);
   ASSERT_TRUE(inc);
   const auto k = static_cast<uint32_t>(std::stoul(std::string(inc->begin(), inc->end())));
-  auto blob = (*rdv)->get(exec::keys::receiver_tensors(0, k), soon);
+  auto blob = (*rdv)->get(session::keys::receiver_tensors(0, k), soon);
   ASSERT_TRUE(blob);
   auto good = exec::parse_descriptors(*blob);
   ASSERT_TRUE(good);
@@ -139,11 +139,11 @@ TEST(ApiTrust, TamperedDescriptorsAreRefusedNamingTheTensor) {
     ASSERT_GE(swapped.size(), 2u);
     std::swap(swapped[0].second, swapped[1].second);
     Status st =
-        (*peer)->put(exec::keys::receiver_tensors(0, k), exec::serialize_descriptors(swapped));
+        (*peer)->put(session::keys::receiver_tensors(0, k), exec::serialize_descriptors(swapped));
     ASSERT_FALSE(st) << role << " " << rank << " overwrote receiver 0's descriptors";
     EXPECT_NE(st.message().find("may write only keys under"), std::string::npos) << st.message();
   }
-  EXPECT_EQ((*rdv)->get(exec::keys::receiver_tensors(0, k), soon).value(), *blob);
+  EXPECT_EQ((*rdv)->get(session::keys::receiver_tensors(0, k), soon).value(), *blob);
   struct Case {
     const char* what;
     std::function<void(transport::RemoteRegion&)> tamper;
@@ -156,13 +156,35 @@ TEST(ApiTrust, TamperedDescriptorsAreRefusedNamingTheTensor) {
                           }}}) {
     std::vector<std::pair<uint32_t, transport::RemoteRegion>> bad(good->begin(), good->end());
     for (auto& [id, region] : bad) c.tamper(region);
-    ASSERT_TRUE((*rdv)->put(exec::keys::receiver_tensors(0, k), exec::serialize_descriptors(bad)));
+    ASSERT_TRUE(
+        (*rdv)->put(session::keys::receiver_tensors(0, k), exec::serialize_descriptors(bad)));
     Send s;
     Status st = s.open(j.cfg, writer);
     ASSERT_FALSE(st) << c.what;
     EXPECT_NE(st.message().find(c.what), std::string::npos) << st.message();
     EXPECT_NE(st.message().find("receiver 0"), std::string::npos) << st.message();
   }
+  // A malformed arm (a buggy receiver, a corrupted store) fails the push naming the receiver
+  // and the text; the sender's process goes on.
+  ASSERT_TRUE((*rdv)->put(session::keys::receiver_tensors(0, k), *blob));
+  Send s;
+  Status st = s.open(j.cfg, writer);
+  ASSERT_TRUE(st) << st.message();
+  ASSERT_TRUE((*rdv)->put(session::keys::armed(0), "7 300 1"));
+  s.train(j, writer, 7);
+  auto p = s.s->push(7);
+  ASSERT_FALSE(p);
+  EXPECT_NE(p.status().message().find("step 7: receiver 0: malformed arm record '7 300 1': bad "
+                                      "generation (0..255)"),
+            std::string::npos)
+      << p.status().message();
+  // A malformed incarnation is named too, when a sender links to that receiver.
+  ASSERT_TRUE((*rdv)->put(session::keys::incarnation("inference", 0), "12abc"));
+  Send s2;
+  st = s2.open(j.cfg, writer);
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.message().find("malformed incarnation record '12abc'"), std::string::npos)
+      << st.message();
 }
 
 size_t threads_of_this_process() {

@@ -1,4 +1,5 @@
-// The rendezvous key layout, in one place. Every key a peer writes lies under its identity
+// The rendezvous key layout, in one place (the session module; each record's encoding is in
+// session/records.h). Every key a peer writes lies under its identity
 // ("trainer/3/", "inference/0/"): the rendezvous lets a peer token write only there
 // (transport::peer_token). Keys under "job/" are the controller's (the job token's). Peers
 // publish under their incarnation (a restarted process gets a new one, so its keys never alias
@@ -30,7 +31,7 @@
 #include <cstdint>
 #include <string>
 
-namespace weightcast::exec::keys {
+namespace weightcast::session::keys {
 
 // The identity a peer's token is issued for, and the prefix of every key it may write.
 inline std::string identity(const char* role, uint32_t rank) {
@@ -79,4 +80,4 @@ inline std::string session(const char* role, uint32_t rank, uint32_t inc) {
   return fmt::format("{}/{}@{}", role, rank, inc);
 }
 
-}  // namespace weightcast::exec::keys
+}  // namespace weightcast::session::keys
