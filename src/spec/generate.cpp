@@ -112,8 +112,11 @@ struct Gen {
       case Tp::kExpertCol:
       case Tp::kExpertRow:
         if (o.expert_parallel) {
-          if (i.count("dp")) p["dp"] = "S(0)";
-          p["tp"] = "S(0)";
+          // Contiguous experts per EP rank; when the ranks do not divide them, vLLM's linear
+          // placement: the first E % ranks ranks one expert more (E: flattened over dp x tp).
+          const char* ep = m.experts % (size(i, "dp") * size(i, "tp")) ? "E(0)" : "S(0)";
+          if (i.count("dp")) p["dp"] = ep;
+          p["tp"] = ep;
         } else {
           // Without EP, vLLM's FusedMoE flattens TP across attention DP: the moe dim is split
           // over all dp x tp ranks, rank (d, t) holding chunk d * tp + t (mesh order nests so).
@@ -545,6 +548,14 @@ struct Gen {
                             "version with #35883"
                           : "GLM-4.5 router gate.weight in fp32, as vLLM builds it (nn.Linear, "
                             "dtype float32)");
+    if (m.experts && o.expert_parallel && m.experts % (size(i, "dp") * size(i, "tp"))) {
+      const int64_t k = size(i, "dp") * size(i, "tp");
+      notes.push_back(fmt::format(
+          "{} experts over {} EP ranks: ranks 0..{} hold {} experts, the others {} (vLLM's "
+          "linear placement, determine_expert_map; versions before it gave the remainder to "
+          "the last rank)",
+          m.experts, k, m.experts % k - 1, m.experts / k + 1, m.experts / k));
+    }
     if (m.experts && !o.expert_parallel && size(i, "dp") > 1)
       notes.push_back(fmt::format(
           "experts without --expert-parallel: each expert's moe dim is split over all {} = dp {} "
@@ -601,9 +612,11 @@ Result<GeneratedSpecs> generate_specs(const json& hf_config, const GenerateOptio
     const int64_t tep = Gen::size(g.t, "ep");
     if (m.experts && m.experts % tep)
       fail("--trainer", fmt::format("ep={} does not divide {} experts", tep, m.experts));
-    if (o.expert_parallel && m.experts % ranks)
+    if (o.expert_parallel && m.experts % ranks && o.trainer_experts == "hf4")
       fail("--expert-parallel",
-           fmt::format("{} ranks per replica do not divide {} experts", ranks, m.experts));
+           fmt::format("{} ranks per replica do not divide {} experts, and transformers 4's "
+                       "per-expert weights are stacked whole (use --trainer-experts titan or hf)",
+                       ranks, m.experts));
     const int64_t itp = Gen::size(g.i, "tp");
     if (m.heads % itp)
       fail("--inference", fmt::format("tp={} does not divide {} attention heads", itp, m.heads));

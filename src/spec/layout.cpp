@@ -26,6 +26,26 @@ std::optional<core::Box> local_box(const core::Shape& shape, const PlacementMap&
       continue;
     }
     const int d = static_cast<int>(p.arg);
+    if (p.kind == Placement::Kind::kEven) {
+      // Every E axis of dim d at once, at the first of them: flattened in mesh order.
+      bool first = true;
+      int64_t k = 1, c_all = 0;
+      for (size_t e = 0; e < mesh.axes.size(); ++e) {
+        auto ie = placement.find(mesh.axes[e].name);
+        if (ie == placement.end() || ie->second.kind != Placement::Kind::kEven ||
+            ie->second.arg != p.arg)
+          continue;
+        first = first && e >= a;
+        c_all = c_all * mesh.axes[e].size + mesh.coord(rank, static_cast<int>(e));
+        k *= mesh.axes[e].size;
+      }
+      if (!first) continue;
+      const int64_t n = b.hi[d] - b.lo[d], base = n / k, rem = n % k;
+      const int64_t lo = c_all * base + std::min(c_all, rem);
+      b.hi[d] = b.lo[d] + lo + base + (c_all < rem ? 1 : 0);
+      b.lo[d] += lo;
+      continue;
+    }
     if (p.kind == Placement::Kind::kHeads) {
       // Whole heads (the parser checks that they divide evenly); fewer heads than ranks:
       // each head is held by k/n consecutive ranks.

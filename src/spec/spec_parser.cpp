@@ -185,8 +185,8 @@ Mesh parse_mesh(const json& j, const std::string& path, int64_t first_index,
 }
 
 // R / Replicate / Replicate(), S(d) / Shard(d) / Shard(dim=d) (what print(dtensor.placements)
-// shows), O(c) / Owner(c) / Stage(c), H(d, unit) / Heads(d, unit) (unit: rows per head, an
-// integer or a dim name); spaces ignored.
+// shows), E(d) / Even(d), O(c) / Owner(c) / Stage(c), H(d, unit) / Heads(d, unit) (unit: rows
+// per head, an integer or a dim name); spaces ignored.
 Placement parse_one_placement(const std::string& given, const Dims& dims, const std::string& path) {
   std::string s;
   for (char ch : given)
@@ -220,6 +220,8 @@ Placement parse_one_placement(const std::string& given, const Dims& dims, const 
   }
   if (open != std::string::npos && (head == "S" || head == "Shard"))
     return {Placement::Kind::kShard, number(arg_of(open))};
+  if (open != std::string::npos && (head == "E" || head == "Even"))
+    return {Placement::Kind::kEven, number(arg_of(open))};
   if (open != std::string::npos && (head == "O" || head == "Owner" || head == "Stage"))
     return {Placement::Kind::kOwner, number(arg_of(open))};
   if (open != std::string::npos && (head == "H" || head == "Heads")) {
@@ -239,8 +241,8 @@ Placement parse_one_placement(const std::string& given, const Dims& dims, const 
                              given));
     return {Placement::Kind::kHeads, number(a.substr(0, comma)), unit};
   }
-  fail(path, fmt::format("bad placement '{}': expected R, S(dim), O(coordinate) or H(dim, rows "
-                         "per head)",
+  fail(path, fmt::format("bad placement '{}': expected R, S(dim), E(dim), O(coordinate) or H(dim, "
+                         "rows per head)",
                          s));
 }
 
@@ -287,7 +289,8 @@ PlacementMap parse_placement(const json* j, const std::vector<std::vector<Axis>>
       const Axis* axis = nullptr;
       for (const Axis& a : axes) axis = a.name == it.key() ? &a : axis;
       if (!axis) fail(p, fmt::format("mesh has no axis '{}'", it.key()));
-      if ((pl.kind == Placement::Kind::kShard || pl.kind == Placement::Kind::kHeads) &&
+      if ((pl.kind == Placement::Kind::kShard || pl.kind == Placement::Kind::kHeads ||
+           pl.kind == Placement::Kind::kEven) &&
           pl.arg >= shape.nd)
         fail(p, fmt::format("shard of dim {} that does not exist (tensor has {} dims)", pl.arg,
                             shape.nd));

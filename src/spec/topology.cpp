@@ -42,6 +42,8 @@ std::string Placement::str() const {
       return fmt::format("O({})", arg);
     case Kind::kHeads:
       return fmt::format("H({},{})", arg, unit);
+    case Kind::kEven:
+      return fmt::format("E({})", arg);
   }
   return "?";
 }

@@ -39,15 +39,18 @@ struct Mesh {
 // dim `arg` in whole heads of `unit` rows, as engines shard attention under tensor parallelism:
 // with n heads over k ranks, each rank holds n/k heads when n >= k, else rank c holds head
 // c*n/k (vLLM replicates each kv head over k/n ranks when TP exceeds the kv head count).
+// kEven splits dim `arg` over all axes that say kEven for it, flattened in mesh order (rank
+// coordinate c of k in all), as evenly as possible: n / k rows each, the first n % k ranks one
+// more (vLLM's linear expert placement over dp x tp EP ranks, which need not divide n).
 struct Placement {
-  enum class Kind { kReplicate, kShard, kOwner, kHeads };
+  enum class Kind { kReplicate, kShard, kOwner, kHeads, kEven };
   Kind kind = Kind::kReplicate;
   int64_t arg = 0;
   int64_t unit = 0;  // kHeads: rows per head
   // kShard from DTensor's _StridedShard(dim, sf): FSDP2 over a TP-sharded dim. The shard is
   // taken after the other axes' shards of the dim (sf of them), not before as mesh order says.
   int64_t split_factor = 0;
-  std::string str() const;  // "R", "S(0)", "O(3)", "H(0,128)", "SS(0,4)"
+  std::string str() const;  // "R", "S(0)", "O(3)", "H(0,128)", "SS(0,4)", "E(0)"
 };
 
 using PlacementMap = std::map<std::string, Placement>;  // axis name -> placement; absent = R

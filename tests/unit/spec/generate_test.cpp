@@ -356,6 +356,33 @@ TEST(Generate, ModulesTheCheckpointLeavesUnquantizedStayBf16AsVllmLoadsThem) {
       << bad.status().message();
 }
 
+TEST(Generate, ExpertsTheEpRanksDoNotDivideGoFirstRanksFirstAsVllmPlacesThem) {
+  // 8 experts over dp=3 x tp=2 = 6 EP ranks: vLLM's linear placement gives ranks 0 and 1 two
+  // experts (0-1, 2-3) and ranks 2..5 one each (4, 5, 6, 7), flattened over dp x tp.
+  auto [g, in] = make_specs(small("qwen3_moe"), {"--trainer", "ep=2,fsdp=2", "--inference",
+                                                 "dp=3,tp=2", "--expert-parallel"});
+  const DestParam& w13 = dest(in, "model.layers.1.mlp.experts.w13_weight");
+  const std::vector<std::string> want{"[0:2", "[2:4", "[4:5", "[5:6", "[6:7", "[7:8"};
+  for (int64_t rank = 0; rank < 6; ++rank) {
+    auto l = dest_local(w13, in.inference.replicas[0], rank);
+    ASSERT_TRUE(l);
+    EXPECT_EQ(l->parts[0].global.str().rfind(want[static_cast<size_t>(rank)], 0), 0u)
+        << rank << " " << l->parts[0].global.str();
+  }
+  EXPECT_EQ(w13.placement.at("dp").str(), "E(0)");
+  bool noted = false;
+  for (const std::string& n : g.notes)
+    noted = noted || n.find(
+                         "8 experts over 6 EP ranks: ranks 0..1 hold 2 experts, the others "
+                         "1") != std::string::npos;
+  EXPECT_TRUE(noted);
+  verifies(in);
+  // Ranks that divide the experts keep S(0).
+  auto [g2, even] =
+      make_specs(small("qwen3_moe"), {"--inference", "dp=2,tp=2", "--expert-parallel"});
+  EXPECT_EQ(dest(even, "model.layers.1.mlp.experts.w13_weight").placement.at("tp").str(), "S(0)");
+}
+
 TEST(Generate, MlaFusesTheLowRankProjections) {
   auto [g, in] = make_specs(
       small("deepseek_v3"),
@@ -412,8 +439,10 @@ TEST(Generate, BadConfigsAndOptionsAreNamed) {
             "--trainer: 'fsdp': expected axis=size, e.g. fsdp=8,ep=4");
   EXPECT_EQ(error(small("llama"), {"--trainer", "ep=2"}),
             "--trainer: ep: the model has no experts");
-  EXPECT_EQ(error(small("qwen3_moe"), {"--inference", "dp=3", "--expert-parallel"}),
-            "--expert-parallel: 3 ranks per replica do not divide 8 experts");
+  EXPECT_EQ(error(small("qwen3_moe"),
+                  {"--inference", "dp=3", "--expert-parallel", "--trainer-experts", "hf4"}),
+            "--expert-parallel: 3 ranks per replica do not divide 8 experts, and transformers "
+            "4's per-expert weights are stacked whole (use --trainer-experts titan or hf)");
   EXPECT_EQ(error(small("llama"), {"--fp8", "int4"}),
             "--fp8: 'int4' (expected auto, none, experts or all)");
   EXPECT_EQ(error(small("llama"), {"--bogus", "1"}),

@@ -56,6 +56,28 @@ TEST(Spec, ScaleDividesNamedDimsAndBlocks) {
       << bad.status().message();
 }
 
+TEST(Layout, EvenSplitsFlattenEveryEvenAxisOfADimFirstRanksFirst) {
+  Mesh m;
+  m.axes = {{"dp", 3}, {"fsdp", 2}, {"tp", 2}};
+  m.devices.resize(12);
+  // dp and tp both E(0): 10 rows over the 6 (dp, tp) ranks flattened, dp outer: 2,2,2,2,1,1;
+  // fsdp replicates.
+  PlacementMap pm{{"dp", {Placement::Kind::kEven, 0}}, {"tp", {Placement::Kind::kEven, 0}}};
+  const core::Shape s = core::Shape::of({10, 4});
+  const std::vector<std::string> want{"[0:2, 0:4]", "[2:4, 0:4]", "[4:6, 0:4]",
+                                      "[6:8, 0:4]", "[8:9, 0:4]", "[9:10, 0:4]"};
+  for (int64_t rank = 0; rank < 12; ++rank) {
+    const int64_t dp = rank / 4, tp = rank % 2;
+    EXPECT_EQ(local_box(s, pm, m, rank)->str(), want[static_cast<size_t>(dp * 2 + tp)]) << rank;
+  }
+  // Divisible: the same as nested S(0).
+  PlacementMap sm{{"dp", {Placement::Kind::kShard, 0}}, {"tp", {Placement::Kind::kShard, 0}}};
+  const core::Shape s12 = core::Shape::of({12, 4});
+  for (int64_t rank = 0; rank < 12; ++rank)
+    EXPECT_EQ(local_box(s12, pm, m, rank)->str(), local_box(s12, sm, m, rank)->str()) << rank;
+  EXPECT_EQ((Placement{Placement::Kind::kEven, 1}).str(), "E(1)");
+}
+
 TEST(Layout, NestedShardsAndOwners) {
   Mesh m;
   m.axes = {{"ep", 2}, {"fsdp", 3}};
