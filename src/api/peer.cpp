@@ -22,6 +22,9 @@
 namespace weightcast::api::detail {
 
 Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg, bool whole_plan) {
+  if (!transport::find_backend(cfg.backend))
+    return invalid("JobConfig.backend is '{}'; expected {}", cfg.backend,
+                   transport::backend_names());
   auto in = spec::load_inputs(cfg.trainer_spec, cfg.inference_spec, cfg.topology);
   if (!in) return in.status();
   if (!whole_plan) {  // a peer: its part comes from the controller
@@ -31,8 +34,10 @@ Result<std::unique_ptr<Job>> load_job(const JobConfig& cfg, bool whole_plan) {
     return j;
   }
   plan::Options opts;
-  opts.ipc_links = cfg.backend == "ipc";  // the report costs the links the job runs on
-  opts.hybrid_links = cfg.backend.rfind("hybrid", 0) == 0;
+  const transport::BackendInfo* backend = transport::find_backend(cfg.backend);
+  // (checked by load_job before: never null here)
+  opts.ipc_links = backend->links == transport::BackendInfo::Links::kSameHost;  // as the job runs
+  opts.hybrid_links = backend->links == transport::BackendInfo::Links::kHybrid;
   opts.nccl_gathers = cfg.gathers == "nccl";
   opts.intra_domain_gathers_only = opts.intra_domain_gathers_only || opts.nccl_gathers;
   auto p = cfg.plan_file.empty() ? plan::make_plan(*in, opts) : plan::load_json(cfg.plan_file);
@@ -175,7 +180,8 @@ std::vector<transport::DomainConfig> nics(const JobConfig& c, uint32_t slot, uin
   for (const auto& a : c.nics) {
     transport::DomainConfig d;
     d.backend = c.backend;
-    const bool verbs = c.backend == "verbs" || c.backend == "hybrid:verbs";
+    const transport::BackendInfo* b = transport::find_backend(c.backend);
+    const bool verbs = b && b->nics_are_devices;
     d.provider = verbs ? a : c.provider;
     d.address = verbs ? "" : a;
     d.ipc_host = c.ipc_host;

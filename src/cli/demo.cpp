@@ -219,10 +219,12 @@ int run_demo(const DemoOptions& o) {
       return 2;
     }
   }
-  if (o.backend == "verbs" && o.nic_list.empty()) {
+  if (const transport::BackendInfo* b = transport::find_backend(o.backend);
+      b && b->nics_are_devices && o.nic_list.empty()) {
     std::fprintf(stderr,
-                 "weightcast: error: --backend verbs needs --nic-list with the RDMA devices to use "
-                 "(see `ibv_devices`), e.g. --nic-list mlx5_0 or rxe0,rxe1\n");
+                 "weightcast: error: --backend %s needs --nic-list with the RDMA devices to use "
+                 "(see `ibv_devices`), e.g. --nic-list mlx5_0 or rxe0,rxe1\n",
+                 o.backend.c_str());
     return 2;
   }
   for (const auto& [flag, value] :
@@ -297,14 +299,16 @@ int run_demo(const DemoOptions& o) {
   d.rdv = std::move(rdv).value();
   uint64_t moved = 0;
   for (const plan::Write& w : p->writes) moved += w.len;
-  const std::string over = o.backend == "verbs" ? "ibverbs RC"
-                           : o.backend == "ipc" ? "same-host ipc"
-                           : o.backend == "hybrid"
-                               ? fmt::format(
-                                     "hybrid links (ipc within a host, libfabric {} "
-                                     "between; {} posing host(s))",
-                                     o.provider, o.hosts)
-                               : "libfabric " + o.provider;
+  const std::string over =
+      o.backend == "verbs" ? "ibverbs RC"
+      : o.backend == "ipc" ? "same-host ipc"
+      : o.backend.rfind("hybrid", 0) == 0
+          ? fmt::format(
+                "hybrid links (ipc within a host, {} between; {} posing "
+                "host(s))",
+                o.backend == "hybrid" ? "libfabric " + o.provider : std::string("ibverbs RC"),
+                o.hosts)
+          : "libfabric " + o.provider;
   std::printf(
       "demo: %zu trainer -> %zu inference processes over %s, %zu NIC(s) each (%s); plan %s: "
       "%zu writes and %zu gathers (host collective), %s per step\n",

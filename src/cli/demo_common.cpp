@@ -20,6 +20,11 @@ plan::Options demo_plan_options(const DemoOptions& o) {
   opts.gather_cost_us = o.gather_cost_us;
   opts.nccl_gathers = o.gathers == "nccl";  // as the job plans (api peer.cpp)
   opts.intra_domain_gathers_only = opts.nccl_gathers;
+  // The links the job runs on, as the API's controller costs them.
+  if (const transport::BackendInfo* b = transport::find_backend(o.backend)) {
+    opts.ipc_links = b->links == transport::BackendInfo::Links::kSameHost;
+    opts.hybrid_links = b->links == transport::BackendInfo::Links::kHybrid;
+  }
   if (o.staging_mb > 0) opts.staging_watermark = static_cast<uint64_t>(o.staging_mb * (1 << 20));
   return opts;
 }

@@ -11,6 +11,7 @@
 #include "weightcast/plan/planner.h"
 #include "weightcast/plan/verify.h"
 #include "weightcast/spec/spec_parser.h"
+#include "weightcast/transport/domain.h"
 #include "weightcast/transport/rendezvous.h"
 
 namespace weightcast::cli::demo {

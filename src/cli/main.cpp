@@ -23,6 +23,7 @@
 #include "weightcast/plan/verify.h"
 #include "weightcast/sim/measure.h"
 #include "weightcast/sim/sim.h"
+#include "weightcast/transport/domain.h"
 #include "weightcast/transport/rendezvous.h"
 
 namespace {
@@ -307,6 +308,21 @@ int run_rendezvous(const std::string& bind, uint16_t port, const std::string& to
 
 }  // namespace
 
+// The transports `--backend` offers: every row of transport::backends().
+static std::vector<std::string> backend_choices() {
+  std::vector<std::string> v;
+  for (const transport::BackendInfo& b : transport::backends()) v.push_back(b.name);
+  return v;
+}
+static std::string backend_help() {
+  std::string s = "Transport:";
+  for (const transport::BackendInfo& b : transport::backends())
+    s += fmt::format("\n  {}: {}", b.name, b.summary);
+  return s +
+         "\n(ipc: --nics counts links, not NICs; hybrid: with --hosts the demo's processes "
+         "pose as several hosts)";
+}
+
 int main(int argc, char** argv) {
   CLI::App app{
       "weightcast: RL weight broadcast. Plans and verifies the point-to-point transfer that moves "
@@ -421,14 +437,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 4));
   demo_cmd->add_option("--provider", demo.provider, "libfabric provider")->capture_default_str();
-  demo_cmd
-      ->add_option("--backend", demo.backend,
-                   "Transport: fabric (libfabric), verbs (ibverbs RC), ipc (peers of one host: "
-                   "CUDA IPC for GPU memory, process_vm_writev for host memory; --nics then "
-                   "counts links, not NICs), or hybrid (peers of one host over ipc, others over "
-                   "libfabric; with --hosts the demo's processes pose as several hosts)")
+  demo_cmd->add_option("--backend", demo.backend, backend_help())
       ->capture_default_str()
-      ->check(CLI::IsMember({"fabric", "verbs", "ipc", "hybrid"}));
+      ->check(CLI::IsMember(backend_choices()));
   demo_cmd
       ->add_option("--hosts", demo.hosts,
                    "With --backend hybrid: the processes pose as this many hosts to each other "

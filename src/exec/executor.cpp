@@ -109,8 +109,7 @@ Result<std::unique_ptr<TrainerExecutor>> TrainerExecutor::create(
   // GPU shards on a transport that writes GPU memory (ipc, FI_HMEM, dma-buf): direct writes and
   // projection outputs go out from the GPU; only gather pieces come to the host.
   e->wire_gpu_ = device && e->engine_->caps().device_memory;
-  if (e->wire_gpu_ &&
-      (e->engine_->caps().backend == "ipc" || e->engine_->caps().backend == "hybrid") &&
+  if (e->wire_gpu_ && e->engine_->caps().in_place_gpu_writes &&
       !std::getenv("WEIGHTCAST_NO_IN_PLACE"))  // (the env: measure the staged path)
     e->in_place_ = in_place_projections(plan, rank);
   for (const plan::Write& w : plan.writes)

@@ -33,6 +33,7 @@ class HybridDomain final : public Domain {
       : ipc_(std::move(ipc)), nic_(std::move(nic)) {
     const Capabilities &a = ipc_->caps(), &b = nic_->caps();
     caps_.backend = "hybrid";
+    caps_.in_place_gpu_writes = true;
     caps_.provider = a.provider + "|" + b.provider;
     caps_.imm_bytes = std::min(a.imm_bytes, b.imm_bytes);
     caps_.max_msg = std::min(a.max_msg, b.max_msg);

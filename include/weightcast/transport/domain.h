@@ -7,6 +7,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "weightcast/core/status.h"
@@ -14,7 +15,7 @@
 namespace weightcast::transport {
 
 struct Capabilities {
-  std::string backend;   // "fabric" or "verbs"
+  std::string backend;   // the BackendInfo name ("fabric", "verbs", "ipc", "hybrid")
   std::string provider;  // e.g. "tcp;ofi_rxm", "efa", "mlx5_0"
   size_t imm_bytes = 0;  // remote CQ data size
   uint64_t max_msg = 0;
@@ -25,6 +26,9 @@ struct Capabilities {
   bool connect_both_ends = false;  // the target must connect() to its initiator too (RC QPs);
                                    // connections need no warm-up write
   bool split_regions = false;      // register_split: some peers write one place, others another
+  // A projection kernel may write a receiver's GPU tensor itself (CUDA IPC mappings): ipc and
+  // the hybrid backend's same-host peers.
+  bool in_place_gpu_writes = false;
 };
 
 enum class MemKind : uint8_t { kHost, kCuda };
@@ -143,7 +147,24 @@ struct DomainConfig {
   std::string faults;
 };
 
-// The one place a backend is chosen.
+// What a backend is to the layers above it. Adding a backend is one row of the table in
+// transport/domain.cpp: the API reads its NIC naming and how the plan costs its links, the CLI
+// its name and summary; the executor asks the domain's Capabilities, never the name.
+struct BackendInfo {
+  const char* name;               // JobConfig.backend / DomainConfig.backend
+  const char* summary;            // one line, for --help and errors
+  bool nics_are_devices = false;  // nics name RDMA devices (mlx5_0), else local IP addresses
+  enum class Links { kNic, kSameHost, kHybrid };
+  // How the plan costs a pair: on the NICs; on the host's ipc link (every peer on one host,
+  // plan::Options::ipc_links); per pair, ipc within a host and the NICs between (hybrid_links).
+  Links links = Links::kNic;
+  Result<std::unique_ptr<Domain>> (*open)(const DomainConfig&) = nullptr;
+};
+std::span<const BackendInfo> backends();
+const BackendInfo* find_backend(std::string_view name);  // null: no such backend
+std::string backend_names();                             // "fabric, verbs, ..., or hybrid:verbs"
+
+// The one place a backend is chosen (from the table above).
 Result<std::unique_ptr<Domain>> open_domain(const DomainConfig& cfg);
 
 }  // namespace weightcast::transport

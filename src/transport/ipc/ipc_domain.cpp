@@ -103,6 +103,7 @@ class IpcDomain final : public Domain {
     self_ = {ipc::host_identity() + (ipc_host_.empty() ? "" : "/" + ipc_host_),
              static_cast<uint32_t>(getpid()), seg_.fd(), seg_.get()->header.nonce};
     caps_.backend = "ipc";
+    caps_.in_place_gpu_writes = true;
     caps_.provider = ipc::cuda::built() ? "cuda-ipc+cma" : "cma";
     caps_.imm_bytes = 4;
     caps_.max_msg = UINT64_MAX;  // no limit of its own (the engine still splits at max_write)

@@ -66,6 +66,21 @@ TEST(ApiRestart, ATrainerAndAReceiverRestartedBetweenStepsAndTheJobGoesOn) {
 // Receiver 0 stages every tensor through a host landing area (what GPU tensors get over a
 // transport that cannot write GPU memory), receiver 1 takes the writes directly: both get every
 // byte, say how, and a staged receiver restarted between steps goes on.
+TEST(ApiConfig, AnUnknownBackendIsNamedWithTheChoices) {
+  Job j;
+  ASSERT_TRUE(j.ctl);
+  JobConfig c = j.cfg;
+  c.backend = "rdma";
+  auto r = Receiver::create(c, 0);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.status().message(),
+            "JobConfig.backend is 'rdma'; expected fabric, verbs, ipc, hybrid or hybrid:verbs");
+  c.token.clear();
+  auto ctl = Controller::start(c);
+  ASSERT_FALSE(ctl);
+  EXPECT_NE(ctl.status().message().find("JobConfig.backend is 'rdma'"), std::string::npos);
+}
+
 TEST(ApiStaging, StagedReceiversGetEveryByteAndSayHowTheyTookIt) {
   Job j;
   ASSERT_TRUE(j.ctl);

@@ -6,6 +6,8 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 
+#include <set>
+
 namespace weightcast::transport::verbs {
 namespace {
 
@@ -139,8 +141,36 @@ TEST(VerbsDomain, FailsCleanlyWithoutADevice) {
   if (d) GTEST_SKIP() << "this machine has an RDMA device: " << (*d)->caps().provider;
   EXPECT_NE(d.status().message().find("no RDMA device"), std::string::npos) << d.status().message();
   cfg.backend = "carrier-pigeon";
-  EXPECT_NE(open_domain(cfg).status().message().find("unknown transport backend"),
-            std::string::npos);
+  EXPECT_EQ(open_domain(cfg).status().message(),
+            "unknown transport backend 'carrier-pigeon' (expected fabric, verbs, ipc, hybrid or "
+            "hybrid:verbs)");
+}
+
+// The backend table: every row named, described and openable; the layers above read it.
+TEST(Backends, OneTableNamesEveryBackendAndWhatItIs) {
+  std::set<std::string> names;
+  for (const BackendInfo& b : backends()) {
+    EXPECT_TRUE(names.insert(b.name).second) << b.name << " twice";
+    EXPECT_GT(std::string(b.summary).size(), 10u) << b.name;
+    EXPECT_NE(b.open, nullptr) << b.name;
+    EXPECT_EQ(find_backend(b.name), &b);
+  }
+  EXPECT_EQ(backend_names(), "fabric, verbs, ipc, hybrid or hybrid:verbs");
+  EXPECT_EQ(find_backend("nope"), nullptr);
+  EXPECT_EQ(find_backend("Fabric"), nullptr);  // names are exact
+  EXPECT_TRUE(find_backend("verbs")->nics_are_devices);
+  EXPECT_TRUE(find_backend("hybrid:verbs")->nics_are_devices);
+  EXPECT_FALSE(find_backend("hybrid")->nics_are_devices);
+  EXPECT_EQ(find_backend("ipc")->links, BackendInfo::Links::kSameHost);
+  EXPECT_EQ(find_backend("hybrid:verbs")->links, BackendInfo::Links::kHybrid);
+  EXPECT_EQ(find_backend("fabric")->links, BackendInfo::Links::kNic);
+  // Opening through the table reaches the backend itself: a fabric domain on loopback.
+  DomainConfig cfg;
+  cfg.address = "127.0.0.1";
+  auto d = open_domain(cfg);
+  ASSERT_TRUE(d) << d.status().message();
+  EXPECT_EQ((*d)->caps().backend, "fabric");
+  EXPECT_FALSE((*d)->caps().in_place_gpu_writes);
 }
 
 }  // namespace
