@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <optional>
 #include <sstream>
 
 #include "weightcast/transport/imm.h"
@@ -15,7 +16,7 @@ namespace {
 
 struct FaultSpec {
   uint64_t fail_post = 0, fail_completion = 0, drop_completion = 0, orphan_error = 0, fail_poll = 0,
-           delay = 0, hold_from = 0, hold_count = 0;
+           delay = 0, hold_from = 0, hold_count = 0, stall_peer = 0;
   bool reorder = false;
 };
 
@@ -50,6 +51,8 @@ Result<FaultSpec> parse(const std::string& spec) {
       s = num(f.fail_poll);
     else if (k == "delay")
       s = num(f.delay);
+    else if (k == "stall_peer")
+      s = num(f.stall_peer);
     else if (k == "reorder" && v.empty())
       f.reorder = true;
     else if (k == "hold_arrivals") {
@@ -62,7 +65,7 @@ Result<FaultSpec> parse(const std::string& spec) {
     } else {
       return invalid(
           "faults '{}': unknown fault '{}' (known: fail_post, fail_completion, drop_completion, "
-          "orphan_error, fail_poll, delay, reorder, hold_arrivals)",
+          "orphan_error, fail_poll, delay, reorder, hold_arrivals, stall_peer)",
           spec, item);
     }
     if (!s) return s;
@@ -75,7 +78,11 @@ class FaultDomain final : public Domain {
   FaultDomain(std::unique_ptr<Domain> real, FaultSpec f) : real_(std::move(real)), f_(f) {}
   const Capabilities& caps() const override { return real_->caps(); }
   std::vector<uint8_t> address() const override { return real_->address(); }
-  Result<PeerId> connect(std::span<const uint8_t> a) override { return real_->connect(a); }
+  Result<PeerId> connect(std::span<const uint8_t> a) override {
+    auto p = real_->connect(a);
+    if (p && ++connects_ == f_.stall_peer) stalled_ = *p;
+    return p;
+  }
   Result<LocalMr> register_memory(void* base, uint64_t len, MemKind kind) override {
     return real_->register_memory(base, len, kind);
   }
@@ -90,6 +97,14 @@ class FaultDomain final : public Domain {
     return real_->device_window(peer, dst, off, len);
   }
   PostResult post(std::span<const WriteOp> ops) override {
+    // A stalled peer's ops are refused for now (EAGAIN), forever: the ones before go out.
+    if (stalled_)
+      for (size_t i = 0; i < ops.size(); ++i)
+        if (ops[i].peer == *stalled_) {
+          if (i == 0) return PostResult{};
+          PostResult r = post(ops.first(i));
+          return r;
+        }
     // The op that must fail, if it is in this call: the ones before it go out for real.
     size_t stop = ops.size();
     if (f_.fail_post > posted_ && f_.fail_post - posted_ <= ops.size())
@@ -173,6 +188,8 @@ class FaultDomain final : public Domain {
   std::unique_ptr<Domain> real_;
   FaultSpec f_;
   uint64_t posted_ = 0, polls_ = 0, nonempty_polls_ = 0, completions_ = 0, arrivals_ = 0;
+  uint64_t connects_ = 0;
+  std::optional<PeerId> stalled_;  // stall_peer's connection
   uint8_t held_gen_ = 0;
   std::vector<Completion> held_;
   std::deque<Completion> ready_;

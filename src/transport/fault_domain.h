@@ -12,6 +12,8 @@
 //   hold_arrivals=K:N    arrivals (immediates) K .. K+N-1 are held back and delivered right
 //                        after the first arrival of another generation: writes of an aborted
 //                        attempt arriving after the retry began
+//   stall_peer=K         every op to the K-th peer connected is refused for now (EAGAIN),
+//                        forever: a peer whose process is gone while its connection lingers
 // Counts start at 1 and cover the domain's whole life.
 #pragma once
 

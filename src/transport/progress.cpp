@@ -252,11 +252,26 @@ void ProgressEngine::queue_batch(uint64_t batch, const std::vector<GroupWrite>& 
 
 // Posts what NIC n has queued. post() says exactly how many ops went out before an error: those
 // are in flight, the refused one fails its batch (it never went out, so it is not retried and
-// not counted twice), and the rest stay queued.
+// not counted twice), and the rest stay queued. A peer whose op is refused for now (EAGAIN: its
+// connection is busy, being set up, or its process is gone) holds back only its own ops: the
+// others' go on (per-peer order kept), so one dead peer never stalls the writes to the living.
+// Ops of batches whose waiter gave up are dropped unposted (they never went out: no memory of
+// theirs is touched), so a drain does not wait on writes that can never complete.
 void ProgressEngine::post_nic(size_t n, bool& busy) {
   auto& q = pending_[n];
+  std::set<PeerId> blocked;          // peers refused for now this round
+  std::deque<WriteOp> held;          // their ops, in order, back in front at the end
+  constexpr size_t kMaxBlocked = 8;  // past this many, the NIC itself is full: wait a round
   while (!q.empty()) {
-    const size_t chunk = std::min<size_t>(q.size(), 32);
+    if (!blocked.empty()) {  // set the blocked peers' ops aside, in order
+      while (!q.empty() && blocked.count(q.front().peer)) {
+        held.push_back(q.front());
+        q.pop_front();
+      }
+      if (q.empty()) break;
+    }
+    size_t chunk = 0;
+    while (chunk < std::min<size_t>(q.size(), 32) && !blocked.count(q[chunk].peer)) ++chunk;
     std::vector<WriteOp> ops(q.begin(), q.begin() + static_cast<long>(chunk));
     const auto tp = Clock::now();
     const PostResult r = group_->nic(n).post(ops);
@@ -264,30 +279,41 @@ void ProgressEngine::post_nic(size_t n, bool& busy) {
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - tp).count());
     const size_t t = std::min(r.taken, chunk);
     const bool refused = !r.error.is_ok() && t < chunk;  // ops[t] was refused
+    bool dropped = false;  // ops[t] was for a batch given up: dropped, not retried
     {
       std::lock_guard<std::mutex> lk(batch_mu_);
       stats_.shards_posted += t;
       stats_.post_ns += post_ns;
       if (stats_.nic_bytes.size() < nic_count_) stats_.nic_bytes.resize(nic_count_, 0);
       for (size_t k = 0; k < t; ++k) stats_.nic_bytes[n] += ops[k].len;
-      if (refused) {
+      if (t < chunk) {
         const WriteOp& bad = ops[t];
         auto sb = shard_batch_.find(bad.id);
-        if (sb != shard_batch_.end()) {
-          auto b = batches_.find(sb->second.batch);
-          const std::string e = fmt::format("NIC {}: {}", n, r.error.message());
+        auto b = sb == shard_batch_.end() ? batches_.end() : batches_.find(sb->second.batch);
+        dropped = !refused && b != batches_.end() && b->second.abandoned;
+        if (refused || dropped) {
+          const std::string e = refused
+                                    ? fmt::format("NIC {}: {}", n, r.error.message())
+                                    : fmt::format(
+                                          "NIC {}: not posted (its peer refused it until the batch "
+                                          "was given up)",
+                                          n);
           if (b != batches_.end()) shard_done(b, sb->second.peer, &e);
-          shard_batch_.erase(sb);
+          if (sb != shard_batch_.end()) shard_batch_.erase(sb);
+          batch_cv_.notify_all();
+        } else {
+          ++stats_.eagain;
         }
-        batch_cv_.notify_all();
-      } else if (t < chunk) {
-        ++stats_.eagain;
       }
     }
-    q.erase(q.begin(), q.begin() + static_cast<long>(t + (refused ? 1 : 0)));
-    busy = busy || t > 0 || refused;
-    if (t < chunk && !refused) break;  // back-pressure: progress completions, then retry
+    q.erase(q.begin(), q.begin() + static_cast<long>(t + (refused || dropped ? 1 : 0)));
+    busy = busy || t > 0 || refused || dropped;
+    if (t < chunk && !refused && !dropped) {  // back-pressure from this op's peer
+      blocked.insert(ops[t].peer);
+      if (blocked.size() >= kMaxBlocked) break;  // progress completions, then retry
+    }
   }
+  for (auto it = held.rbegin(); it != held.rend(); ++it) q.push_front(*it);
 }
 
 void ProgressEngine::poll_nic(size_t n, std::vector<Completion>& comps, bool& busy) {

@@ -96,6 +96,52 @@ TEST(ProgressFaults, ARefusedPostFailsItsBatchAndNothingIsPostedTwice) {
   EXPECT_EQ(p.s->outstanding(), 0u);
 }
 
+// One peer refuses every post for now (EAGAIN: a dead process behind a lingering connection).
+// Writes to another peer queued behind its ops still go out and land, its own batch times out,
+// and the drain after that finishes at once: its ops never went out and are dropped.
+TEST(ProgressFaults, APeerThatRefusesEveryPostHoldsBackOnlyItsOwnWrites) {
+  ImmCounters sc, rc1, rc2;
+  DomainConfig a, b;
+  a.address = b.address = "127.0.0.1";
+  a.faults = "stall_peer=1";
+  auto s = ProgressEngine::start({a}, &sc);
+  auto r1 = ProgressEngine::start({b}, &rc1);
+  auto r2 = ProgressEngine::start({b}, &rc2);
+  ASSERT_TRUE(s && r1 && r2);
+  std::vector<uint8_t> src(kWrite * kWrites), d1(src.size()), d2(src.size());
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + 3);
+  auto sreg = (*s)->register_memory(src.data(), src.size(), MemKind::kHost);
+  auto g1 = (*r1)->register_memory(d1.data(), d1.size(), MemKind::kHost);
+  auto g2 = (*r2)->register_memory(d2.data(), d2.size(), MemKind::kHost);
+  ASSERT_TRUE(sreg && g1 && g2);
+  auto stalled = (*s)->connect((*r1)->address());  // the first peer connected: stalled
+  auto alive = (*s)->connect((*r2)->address());
+  ASSERT_TRUE(stalled && alive);
+  const RemoteRegion dst1 = NicGroup::remote(*g1), dst2 = NicGroup::remote(*g2);
+  auto writes = [&](uint32_t peer, const RemoteRegion* dst) {
+    std::vector<GroupWrite> w;
+    for (int i = 0; i < kWrites; ++i)
+      w.push_back({&*sreg, i * kWrite, peer, dst, i * kWrite, kWrite, true, Imm{1, 0, 7}.encode()});
+    return w;
+  };
+  rc2.begin_generation(1);
+  const uint64_t stuck = (*s)->submit(writes(*stalled, &dst1));  // queued first
+  const uint64_t through = (*s)->submit(writes(*alive, &dst2));
+  Status ok = (*s)->wait(through, in_ms(20000));
+  ASSERT_TRUE(ok) << ok.message();
+  ASSERT_TRUE(rc2.wait(1, {{0, 7, kWrites}}, in_ms(20000)));
+  EXPECT_EQ(d2, src);  // every byte at the living peer
+  Status st = (*s)->wait(stuck, in_ms(300));
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.code(), Code::kTimeout);
+  EXPECT_EQ((*s)->outstanding(), uint64_t{kWrites});
+  Status dr = (*s)->drain(in_ms(20000));  // (a fence that waited on them would never end)
+  ASSERT_TRUE(dr) << dr.message();
+  EXPECT_EQ((*s)->outstanding(), 0u);
+  EXPECT_EQ((*s)->stats().shards_posted, uint64_t{kWrites});  // the stalled ones never went out
+  EXPECT_EQ(d1, std::vector<uint8_t>(d1.size(), 0));
+}
+
 TEST(ProgressFaults, AnErrorCompletionFailsItsBatchAtOnce) {
   Pair p;
   p.open("fail_completion=2");
