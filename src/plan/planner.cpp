@@ -26,7 +26,9 @@ namespace {
 struct Assigned {
   uint32_t sender = 0;
   bool merged = false;                  // produced by another unit with the same bytes
-  std::vector<detail::Target> extra;    // more targets served from this unit's staging
+  // More units whose targets are served from this unit's staging (indices into L.units: a
+  // Target copy each was the planner's third-largest allocation on Kimi-K2).
+  std::vector<uint32_t> extra;
   std::vector<int32_t> gather_of_need;  // per need: gather index or -1
   uint16_t phase = 0;
 };
@@ -123,7 +125,7 @@ struct Planner {
       if (pu.kind != u.kind || pu.needs != u.needs ||
           load[s] + static_cast<double>(u.bytes) > reuse_cap)
         continue;
-      asg[v].extra.push_back(u.target);
+      asg[v].extra.push_back(static_cast<uint32_t>(ui));
       asg[ui].merged = true;
       charge(s, u);
       return true;
@@ -416,7 +418,7 @@ Status Planner::emit() {
                        scales = plan.projects.back().scale_off;
         // The unit's own target, then every receiver served from the same staged bytes.
         std::vector<const detail::Target*> targets{&u.target};
-        for (const auto& t : asg[ui].extra) targets.push_back(&t);
+        for (uint32_t x : asg[ui].extra) targets.push_back(&L.units[x].target);
         for (const detail::Target* t : targets) {
           staged_writes(t->dest, t->box, staged, pid, ph);
           if (t->scale_dest >= 0)
