@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <map>
 #include <optional>
 #include <sstream>
 
@@ -16,7 +17,7 @@ namespace {
 
 struct FaultSpec {
   uint64_t fail_post = 0, fail_completion = 0, drop_completion = 0, orphan_error = 0, fail_poll = 0,
-           delay = 0, hold_from = 0, hold_count = 0, stall_peer = 0;
+           delay = 0, hold_from = 0, hold_count = 0, stall_peer = 0, reuse_peer = 0;
   bool reorder = false;
 };
 
@@ -53,6 +54,8 @@ Result<FaultSpec> parse(const std::string& spec) {
       s = num(f.delay);
     else if (k == "stall_peer")
       s = num(f.stall_peer);
+    else if (k == "reuse_peer")
+      s = num(f.reuse_peer);
     else if (k == "reorder" && v.empty())
       f.reorder = true;
     else if (k == "hold_arrivals") {
@@ -65,7 +68,7 @@ Result<FaultSpec> parse(const std::string& spec) {
     } else {
       return invalid(
           "faults '{}': unknown fault '{}' (known: fail_post, fail_completion, drop_completion, "
-          "orphan_error, fail_poll, delay, reorder, hold_arrivals, stall_peer)",
+          "orphan_error, fail_poll, delay, reorder, hold_arrivals, stall_peer, reuse_peer)",
           spec, item);
     }
     if (!s) return s;
@@ -80,7 +83,14 @@ class FaultDomain final : public Domain {
   std::vector<uint8_t> address() const override { return real_->address(); }
   Result<PeerId> connect(std::span<const uint8_t> a) override {
     auto p = real_->connect(a);
-    if (p && ++connects_ == f_.stall_peer) stalled_ = *p;
+    if (!p) return p;
+    ++connects_;
+    if (connects_ == 1) first_ = *p;
+    if (connects_ == f_.stall_peer) stalled_ = *p;
+    if (connects_ == f_.reuse_peer && connects_ > 1) {  // verbs' QP slot, given a new process
+      route_[*first_] = *p;
+      return *first_;
+    }
     return p;
   }
   Result<LocalMr> register_memory(void* base, uint64_t len, MemKind kind) override {
@@ -96,15 +106,25 @@ class FaultDomain final : public Domain {
                               uint64_t len) override {
     return real_->device_window(peer, dst, off, len);
   }
-  PostResult post(std::span<const WriteOp> ops) override {
+  PostResult post(std::span<const WriteOp> given) override {
+    // A reused id's ops go to the peer connected last under it.
+    std::vector<WriteOp> routed;
+    if (!route_.empty()) {
+      routed.assign(given.begin(), given.end());
+      for (WriteOp& op : routed)
+        if (auto r = route_.find(op.peer); r != route_.end()) op.peer = r->second;
+    }
+    std::span<const WriteOp> ops = route_.empty() ? given : std::span<const WriteOp>(routed);
     // A stalled peer's ops are refused for now (EAGAIN), forever: the ones before go out.
     if (stalled_)
       for (size_t i = 0; i < ops.size(); ++i)
         if (ops[i].peer == *stalled_) {
           if (i == 0) return PostResult{};
-          PostResult r = post(ops.first(i));
-          return r;
+          return post_routed(ops.first(i));
         }
+    return post_routed(ops);
+  }
+  PostResult post_routed(std::span<const WriteOp> ops) {
     // The op that must fail, if it is in this call: the ones before it go out for real.
     size_t stop = ops.size();
     if (f_.fail_post > posted_ && f_.fail_post - posted_ <= ops.size())
@@ -189,7 +209,8 @@ class FaultDomain final : public Domain {
   FaultSpec f_;
   uint64_t posted_ = 0, polls_ = 0, nonempty_polls_ = 0, completions_ = 0, arrivals_ = 0;
   uint64_t connects_ = 0;
-  std::optional<PeerId> stalled_;  // stall_peer's connection
+  std::optional<PeerId> stalled_, first_;  // stall_peer's connection; the first one
+  std::map<PeerId, PeerId> route_;         // reuse_peer: the reused id -> the real peer
   uint8_t held_gen_ = 0;
   std::vector<Completion> held_;
   std::deque<Completion> ready_;

@@ -14,6 +14,9 @@
 //                        attempt arriving after the retry began
 //   stall_peer=K         every op to the K-th peer connected is refused for now (EAGAIN),
 //                        forever: a peer whose process is gone while its connection lingers
+//   reuse_peer=K         the K-th connect (K >= 2) returns the first peer's id, and ops to it
+//                        go to the new peer from then on: verbs giving a restarted process
+//                        its predecessor's QP slot
 // Counts start at 1 and cover the domain's whole life.
 #pragma once
 

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace weightcast::transport {
 
 Result<std::unique_ptr<ProgressEngine>> ProgressEngine::start(const std::vector<DomainConfig>& nics,
@@ -49,7 +51,46 @@ std::vector<uint8_t> ProgressEngine::address() {
 }
 Result<uint32_t> ProgressEngine::connect(std::span<const uint8_t> peer) {
   std::vector<uint8_t> copy(peer.begin(), peer.end());
-  return call<Result<uint32_t>>([this, copy] { return group_->connect(copy); });
+  return call<Result<uint32_t>>([this, copy]() -> Result<uint32_t> {
+    auto p = group_->connect(copy);
+    if (!p) return p;
+    // A NIC connection of an earlier peer of another address given to this one: the backend
+    // reused it for a new process (verbs: the peer's QP slot, reset on the way). What was
+    // posted to the old process is gone without completions, and what is queued for it must
+    // not reach the new one.
+    for (const auto& [h, addr] : peer_address_) {
+      if (addr == copy) continue;  // the same process linked again: its connection is kept
+      bool shared = false;
+      for (size_t n = 0; n < nic_count_ && !shared; ++n)
+        shared = group_->nic_peer(h, n) == group_->nic_peer(*p, n);
+      if (shared) discard_peer(h);
+    }
+    peer_address_[*p] = copy;
+    return p;
+  });
+}
+
+void ProgressEngine::discard_peer(uint32_t peer) {
+  std::set<uint64_t> gone;
+  {
+    std::lock_guard<std::mutex> lk(batch_mu_);
+    const std::string e = fmt::format(
+        "discarded: the connection to group peer {} was set up again for a new process", peer);
+    for (auto sb = shard_batch_.begin(); sb != shard_batch_.end();) {
+      if (sb->second.peer != peer) {
+        ++sb;
+        continue;
+      }
+      gone.insert(sb->first);
+      if (auto b = batches_.find(sb->second.batch); b != batches_.end()) shard_done(b, peer, &e);
+      sb = shard_batch_.erase(sb);
+    }
+    if (!gone.empty()) batch_cv_.notify_all();
+  }
+  for (auto& q : pending_)
+    q.erase(
+        std::remove_if(q.begin(), q.end(), [&](const WriteOp& op) { return gone.count(op.id); }),
+        q.end());
 }
 Result<Region> ProgressEngine::register_memory(void* base, uint64_t len, MemKind kind) {
   return call<Result<Region>>([=, this] { return group_->register_memory(base, len, kind); });

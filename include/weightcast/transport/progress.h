@@ -107,6 +107,9 @@ class ProgressEngine {
   void post_nic(size_t n, bool& busy);
   void poll_nic(size_t n, std::vector<Completion>& comps, bool& busy);
   void queue_batch(uint64_t batch, const std::vector<GroupWrite>& writes);
+  // Fails every shard queued or posted to group peer `peer` (its connection was set up again
+  // for a new process) and drops the queued ones. On the progress thread.
+  void discard_peer(uint32_t peer);
 
   std::unique_ptr<NicGroup> group_;
   size_t nic_count_ = 0;
@@ -125,9 +128,10 @@ class ProgressEngine {
   ProgressStats stats_;
 
   // Owned by the progress thread.
-  std::vector<std::deque<WriteOp>> pending_;  // per NIC
-  std::vector<uint64_t> piece_max_;           // per NIC: largest single write
-  std::vector<bool> ordered_;                 // per NIC: writes land in order
+  std::vector<std::deque<WriteOp>> pending_;               // per NIC
+  std::map<uint32_t, std::vector<uint8_t>> peer_address_;  // group peer -> address it links
+  std::vector<uint64_t> piece_max_;                        // per NIC: largest single write
+  std::vector<bool> ordered_;                              // per NIC: writes land in order
   struct ShardOf {
     uint64_t batch;
     uint32_t peer;  // group peer

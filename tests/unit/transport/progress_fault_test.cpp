@@ -142,6 +142,59 @@ TEST(ProgressFaults, APeerThatRefusesEveryPostHoldsBackOnlyItsOwnWrites) {
   EXPECT_EQ(d1, std::vector<uint8_t>(d1.size(), 0));
 }
 
+// A backend that gives a new process its predecessor's connection (verbs' QP slot, reset on
+// the way) drops what was posted to the old one without completions: the engine fails those
+// shards at the reconnect, drops the queued ones (they must not reach the new process), and the
+// new process's writes go out and land.
+TEST(ProgressFaults, WritesToAProcessWhoseConnectionWasReusedFailAtTheReconnect) {
+  ImmCounters sc, rc1, rc2;
+  DomainConfig a, b;
+  a.address = b.address = "127.0.0.1";
+  a.faults = "stall_peer=1,reuse_peer=2";
+  auto s = ProgressEngine::start({a}, &sc);
+  auto r1 = ProgressEngine::start({b}, &rc1);
+  auto r2 = ProgressEngine::start({b}, &rc2);
+  ASSERT_TRUE(s && r1 && r2);
+  std::vector<uint8_t> src(kWrite * kWrites), d1(src.size()), d2(src.size());
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 5 + 1);
+  auto sreg = (*s)->register_memory(src.data(), src.size(), MemKind::kHost);
+  auto g1 = (*r1)->register_memory(d1.data(), d1.size(), MemKind::kHost);
+  auto g2 = (*r2)->register_memory(d2.data(), d2.size(), MemKind::kHost);
+  ASSERT_TRUE(sreg && g1 && g2);
+  const RemoteRegion dst1 = NicGroup::remote(*g1), dst2 = NicGroup::remote(*g2);
+  auto writes = [&](uint32_t peer, const RemoteRegion* dst) {
+    std::vector<GroupWrite> w;
+    for (int i = 0; i < kWrites; ++i)
+      w.push_back({&*sreg, i * kWrite, peer, dst, i * kWrite, kWrite, true, Imm{1, 0, 7}.encode()});
+    return w;
+  };
+  auto old = (*s)->connect((*r1)->address());
+  ASSERT_TRUE(old);
+  const uint64_t lost = (*s)->submit(writes(*old, &dst1));  // never goes out (stalled)
+  // Queued and refused at least once before the new process connects.
+  for (int i = 0; i < 20000 && (*s)->stats().eagain == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_GT((*s)->stats().eagain, 0u);
+  Status probe;
+  EXPECT_FALSE((*s)->probe(lost, probe));  // still queued
+  // A new process on the old one's NIC connection (the group gives it a peer id of its own).
+  auto fresh = (*s)->connect((*r2)->address());
+  ASSERT_TRUE(fresh);
+  EXPECT_NE(*fresh, *old);
+  Status st = (*s)->wait(lost, in_ms(20000));
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.message().find("set up again for a new process"), std::string::npos) << st.message();
+  rc2.begin_generation(1);
+  Status ok = (*s)->wait((*s)->submit(writes(*fresh, &dst2)), in_ms(20000));
+  ASSERT_TRUE(ok) << ok.message();
+  ASSERT_TRUE(rc2.wait(1, {{0, 7, kWrites}}, in_ms(20000)));
+  EXPECT_EQ(d2, src);
+  EXPECT_EQ(d1, std::vector<uint8_t>(d1.size(), 0));  // nothing of the old batch went anywhere
+  Status dr = (*s)->drain(in_ms(20000));
+  ASSERT_TRUE(dr) << dr.message();
+  EXPECT_EQ((*s)->stats().shards_posted, uint64_t{kWrites});
+}
+
 TEST(ProgressFaults, AnErrorCompletionFailsItsBatchAtOnce) {
   Pair p;
   p.open("fail_completion=2");
