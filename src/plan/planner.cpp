@@ -25,7 +25,7 @@ namespace {
 
 struct Assigned {
   uint32_t sender = 0;
-  bool merged = false;                  // produced by another unit with the same bytes
+  bool merged = false;  // produced by another unit with the same bytes
   // More units whose targets are served from this unit's staging (indices into L.units: a
   // Target copy each was the planner's third-largest allocation on Kimi-K2).
   std::vector<uint32_t> extra;

@@ -96,50 +96,71 @@ TEST(ProgressFaults, ARefusedPostFailsItsBatchAndNothingIsPostedTwice) {
   EXPECT_EQ(p.s->outstanding(), 0u);
 }
 
+// A sender engine with `faults` and two receiver engines, each with a registered area; the
+// sender connects to neither (the tests choose when).
+struct OneToTwo {
+  ImmCounters sc, rc1, rc2;
+  std::unique_ptr<ProgressEngine> s, r1, r2;
+  std::vector<uint8_t> src = std::vector<uint8_t>(kWrite * kWrites), d1 = src, d2 = src;
+  Region sreg, g1, g2;
+  RemoteRegion dst1, dst2;
+
+  void open(const std::string& faults) {
+    DomainConfig a, b;
+    a.address = b.address = "127.0.0.1";
+    a.faults = faults;
+    auto se = ProgressEngine::start({a}, &sc);
+    auto e1 = ProgressEngine::start({b}, &rc1);
+    auto e2 = ProgressEngine::start({b}, &rc2);
+    ASSERT_TRUE(se && e1 && e2);
+    s = std::move(se).value();
+    r1 = std::move(e1).value();
+    r2 = std::move(e2).value();
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + 3);
+    auto x = s->register_memory(src.data(), src.size(), MemKind::kHost);
+    auto y1 = r1->register_memory(d1.data(), d1.size(), MemKind::kHost);
+    auto y2 = r2->register_memory(d2.data(), d2.size(), MemKind::kHost);
+    ASSERT_TRUE(x && y1 && y2);
+    sreg = *x;
+    g1 = *y1;
+    g2 = *y2;
+    dst1 = NicGroup::remote(g1);
+    dst2 = NicGroup::remote(g2);
+  }
+  // kWrites writes of generation 1 from `src` to `dst` at `peer`.
+  uint64_t submit(uint32_t peer, const RemoteRegion* dst) {
+    std::vector<GroupWrite> w;
+    for (int i = 0; i < kWrites; ++i)
+      w.push_back({&sreg, i * kWrite, peer, dst, i * kWrite, kWrite, true, Imm{1, 0, 7}.encode()});
+    return s->submit(std::move(w));
+  }
+};
+
 // One peer refuses every post for now (EAGAIN: a dead process behind a lingering connection).
 // Writes to another peer queued behind its ops still go out and land, its own batch times out,
 // and the drain after that finishes at once: its ops never went out and are dropped.
 TEST(ProgressFaults, APeerThatRefusesEveryPostHoldsBackOnlyItsOwnWrites) {
-  ImmCounters sc, rc1, rc2;
-  DomainConfig a, b;
-  a.address = b.address = "127.0.0.1";
-  a.faults = "stall_peer=1";
-  auto s = ProgressEngine::start({a}, &sc);
-  auto r1 = ProgressEngine::start({b}, &rc1);
-  auto r2 = ProgressEngine::start({b}, &rc2);
-  ASSERT_TRUE(s && r1 && r2);
-  std::vector<uint8_t> src(kWrite * kWrites), d1(src.size()), d2(src.size());
-  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + 3);
-  auto sreg = (*s)->register_memory(src.data(), src.size(), MemKind::kHost);
-  auto g1 = (*r1)->register_memory(d1.data(), d1.size(), MemKind::kHost);
-  auto g2 = (*r2)->register_memory(d2.data(), d2.size(), MemKind::kHost);
-  ASSERT_TRUE(sreg && g1 && g2);
-  auto stalled = (*s)->connect((*r1)->address());  // the first peer connected: stalled
-  auto alive = (*s)->connect((*r2)->address());
+  OneToTwo t;
+  t.open("stall_peer=1");
+  auto stalled = t.s->connect(t.r1->address());  // the first peer connected: stalled
+  auto alive = t.s->connect(t.r2->address());
   ASSERT_TRUE(stalled && alive);
-  const RemoteRegion dst1 = NicGroup::remote(*g1), dst2 = NicGroup::remote(*g2);
-  auto writes = [&](uint32_t peer, const RemoteRegion* dst) {
-    std::vector<GroupWrite> w;
-    for (int i = 0; i < kWrites; ++i)
-      w.push_back({&*sreg, i * kWrite, peer, dst, i * kWrite, kWrite, true, Imm{1, 0, 7}.encode()});
-    return w;
-  };
-  rc2.begin_generation(1);
-  const uint64_t stuck = (*s)->submit(writes(*stalled, &dst1));  // queued first
-  const uint64_t through = (*s)->submit(writes(*alive, &dst2));
-  Status ok = (*s)->wait(through, in_ms(20000));
+  t.rc2.begin_generation(1);
+  const uint64_t stuck = t.submit(*stalled, &t.dst1);  // queued first
+  const uint64_t through = t.submit(*alive, &t.dst2);
+  Status ok = t.s->wait(through, in_ms(20000));
   ASSERT_TRUE(ok) << ok.message();
-  ASSERT_TRUE(rc2.wait(1, {{0, 7, kWrites}}, in_ms(20000)));
-  EXPECT_EQ(d2, src);  // every byte at the living peer
-  Status st = (*s)->wait(stuck, in_ms(300));
+  ASSERT_TRUE(t.rc2.wait(1, {{0, 7, kWrites}}, in_ms(20000)));
+  EXPECT_EQ(t.d2, t.src);  // every byte at the living peer
+  Status st = t.s->wait(stuck, in_ms(300));
   ASSERT_FALSE(st);
   EXPECT_EQ(st.code(), Code::kTimeout);
-  EXPECT_EQ((*s)->outstanding(), uint64_t{kWrites});
-  Status dr = (*s)->drain(in_ms(20000));  // (a fence that waited on them would never end)
+  EXPECT_EQ(t.s->outstanding(), uint64_t{kWrites});
+  Status dr = t.s->drain(in_ms(20000));  // (a fence that waited on them would never end)
   ASSERT_TRUE(dr) << dr.message();
-  EXPECT_EQ((*s)->outstanding(), 0u);
-  EXPECT_EQ((*s)->stats().shards_posted, uint64_t{kWrites});  // the stalled ones never went out
-  EXPECT_EQ(d1, std::vector<uint8_t>(d1.size(), 0));
+  EXPECT_EQ(t.s->outstanding(), 0u);
+  EXPECT_EQ(t.s->stats().shards_posted, uint64_t{kWrites});  // the stalled ones never went out
+  EXPECT_EQ(t.d1, std::vector<uint8_t>(t.d1.size(), 0));
 }
 
 // A backend that gives a new process its predecessor's connection (verbs' QP slot, reset on
@@ -147,52 +168,33 @@ TEST(ProgressFaults, APeerThatRefusesEveryPostHoldsBackOnlyItsOwnWrites) {
 // shards at the reconnect, drops the queued ones (they must not reach the new process), and the
 // new process's writes go out and land.
 TEST(ProgressFaults, WritesToAProcessWhoseConnectionWasReusedFailAtTheReconnect) {
-  ImmCounters sc, rc1, rc2;
-  DomainConfig a, b;
-  a.address = b.address = "127.0.0.1";
-  a.faults = "stall_peer=1,reuse_peer=2";
-  auto s = ProgressEngine::start({a}, &sc);
-  auto r1 = ProgressEngine::start({b}, &rc1);
-  auto r2 = ProgressEngine::start({b}, &rc2);
-  ASSERT_TRUE(s && r1 && r2);
-  std::vector<uint8_t> src(kWrite * kWrites), d1(src.size()), d2(src.size());
-  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 5 + 1);
-  auto sreg = (*s)->register_memory(src.data(), src.size(), MemKind::kHost);
-  auto g1 = (*r1)->register_memory(d1.data(), d1.size(), MemKind::kHost);
-  auto g2 = (*r2)->register_memory(d2.data(), d2.size(), MemKind::kHost);
-  ASSERT_TRUE(sreg && g1 && g2);
-  const RemoteRegion dst1 = NicGroup::remote(*g1), dst2 = NicGroup::remote(*g2);
-  auto writes = [&](uint32_t peer, const RemoteRegion* dst) {
-    std::vector<GroupWrite> w;
-    for (int i = 0; i < kWrites; ++i)
-      w.push_back({&*sreg, i * kWrite, peer, dst, i * kWrite, kWrite, true, Imm{1, 0, 7}.encode()});
-    return w;
-  };
-  auto old = (*s)->connect((*r1)->address());
+  OneToTwo t;
+  t.open("stall_peer=1,reuse_peer=2");
+  auto old = t.s->connect(t.r1->address());
   ASSERT_TRUE(old);
-  const uint64_t lost = (*s)->submit(writes(*old, &dst1));  // never goes out (stalled)
+  const uint64_t lost = t.submit(*old, &t.dst1);  // never goes out (stalled)
   // Queued and refused at least once before the new process connects.
-  for (int i = 0; i < 20000 && (*s)->stats().eagain == 0; ++i)
+  for (int i = 0; i < 20000 && t.s->stats().eagain == 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  ASSERT_GT((*s)->stats().eagain, 0u);
+  ASSERT_GT(t.s->stats().eagain, 0u);
   Status probe;
-  EXPECT_FALSE((*s)->probe(lost, probe));  // still queued
+  EXPECT_FALSE(t.s->probe(lost, probe));  // still queued
   // A new process on the old one's NIC connection (the group gives it a peer id of its own).
-  auto fresh = (*s)->connect((*r2)->address());
+  auto fresh = t.s->connect(t.r2->address());
   ASSERT_TRUE(fresh);
   EXPECT_NE(*fresh, *old);
-  Status st = (*s)->wait(lost, in_ms(20000));
+  Status st = t.s->wait(lost, in_ms(20000));
   ASSERT_FALSE(st);
   EXPECT_NE(st.message().find("set up again for a new process"), std::string::npos) << st.message();
-  rc2.begin_generation(1);
-  Status ok = (*s)->wait((*s)->submit(writes(*fresh, &dst2)), in_ms(20000));
+  t.rc2.begin_generation(1);
+  Status ok = t.s->wait(t.submit(*fresh, &t.dst2), in_ms(20000));
   ASSERT_TRUE(ok) << ok.message();
-  ASSERT_TRUE(rc2.wait(1, {{0, 7, kWrites}}, in_ms(20000)));
-  EXPECT_EQ(d2, src);
-  EXPECT_EQ(d1, std::vector<uint8_t>(d1.size(), 0));  // nothing of the old batch went anywhere
-  Status dr = (*s)->drain(in_ms(20000));
+  ASSERT_TRUE(t.rc2.wait(1, {{0, 7, kWrites}}, in_ms(20000)));
+  EXPECT_EQ(t.d2, t.src);
+  EXPECT_EQ(t.d1, std::vector<uint8_t>(t.d1.size(), 0));  // nothing of the old batch landed
+  Status dr = t.s->drain(in_ms(20000));
   ASSERT_TRUE(dr) << dr.message();
-  EXPECT_EQ((*s)->stats().shards_posted, uint64_t{kWrites});
+  EXPECT_EQ(t.s->stats().shards_posted, uint64_t{kWrites});
 }
 
 TEST(ProgressFaults, AnErrorCompletionFailsItsBatchAtOnce) {
