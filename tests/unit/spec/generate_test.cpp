@@ -312,8 +312,10 @@ TEST(Generate, ModulesTheCheckpointLeavesUnquantizedStayBf16AsVllmLoadsThem) {
         "model.layers.2.self_attn.kv_a_proj_with_mqa", "model.layers.2.mlp.experts.3.up_proj",
         "model.layers.1.mlp.shared_experts.gate_proj",
         "model.layers.1.mlp.shared_experts.up_proj"}}};
-  auto [g, in] =
+  const Generated made =
       make_specs(c, {"--trainer", "ep=2,fsdp=2", "--inference", "tp=2", "--expert-parallel"});
+  const GeneratedSpecs& g = made.g;
+  const Inputs& in = made.in;  // (not a structured binding: the lambda uses it)
   auto fp8 = [&](const std::string& name) {
     const DestParam& d = dest(in, name);
     EXPECT_EQ(d.dtype == core::DType::kFP8E4M3, d.quant.has_value()) << name;
