@@ -143,17 +143,18 @@ bool PeerBase::flush_trace() {
   return true;
 }
 
-void PeerBase::record_step(uint64_t step, uint32_t attempt, const Result<std::string>& record) {
-  nlohmann::json j = record ? nlohmann::json::parse(*record)
-                            : nlohmann::json{{"error", record.status().message()}};
+void PeerBase::record_step(uint64_t step, uint32_t attempt, const Result<std::string>& record,
+                           uint64_t bytes, double seconds) {
   if (record) {
     ++totals.ok;
-    totals.bytes += j.value("bytes", uint64_t{0});
-    totals.seconds += j.value("seconds", 0.0);
+    totals.bytes += bytes;
+    totals.seconds += seconds;
   } else {
     ++totals.failed;
   }
-  if (metrics.fd < 0 && !publish_metrics) return;
+  if (metrics.fd < 0 && !publish_metrics) return;  // (nothing to write: no record is built)
+  nlohmann::json j = record ? nlohmann::json::parse(*record)
+                            : nlohmann::json{{"error", record.status().message()}};
   j["role"] = role;
   j["rank"] = rank;
   j["pid"] = ::getpid();

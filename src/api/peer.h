@@ -65,7 +65,9 @@ struct PeerBase {
   // Appends one metrics line: `record` (a JSON object's text) with who and when added, and
   // puts it under keys::metrics when publish_metrics. Never fails the step: a put that fails
   // is logged.
-  void record_step(uint64_t step, uint32_t attempt, const Result<std::string>& record);
+  // `bytes` and `seconds` of a successful step go into the totals.
+  void record_step(uint64_t step, uint32_t attempt, const Result<std::string>& record,
+                   uint64_t bytes = 0, double seconds = 0);
 };  // Loads the job and joins it as (role, rank): a peer-token session and this rank's part.
 Status open_peer(const JobConfig& cfg, PeerBase& p, const char* role, uint32_t rank);
 

@@ -170,7 +170,7 @@ Result<WaitStats> Receiver::wait(uint64_t step) {
                   "attempt {}: every byte in: {} bytes, {} immediates, {:.3f} s ({}{})", m.attempt,
                   out.bytes, out.immediates, out.seconds, out.mode,
                   out.stale ? fmt::format(", {} stale arrivals dropped", out.stale) : "");
-  m.record_step(step, m.attempt, metrics_json(out));
+  m.record_step(step, m.attempt, metrics_json(out), out.bytes, out.seconds);
   return out;
 }
 

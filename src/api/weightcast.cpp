@@ -45,6 +45,8 @@ struct Controller::Impl {
   // Every peer of the plan: joined, lost (with its incarnation's session closed), and its last
   // step record; in a few round trips whatever the job's size.
   Result<std::vector<PeerState>> peers();
+  // The job-token session `watch`, connected on first use (under mu).
+  Result<transport::RendezvousClient*> job_session();
   Result<std::string> text() {
     auto ps = peers();
     if (!ps) return ps.status();
@@ -52,15 +54,20 @@ struct Controller::Impl {
   }
 };
 
-Result<std::vector<PeerState>> Controller::Impl::peers() {
-  std::lock_guard<std::mutex> g(mu);
-  const JobConfig& cfg = job->cfg;
+Result<transport::RendezvousClient*> Controller::Impl::job_session() {
   if (!watch) {
+    const JobConfig& cfg = job->cfg;
     auto c = transport::RendezvousClient::connect(
         cfg.rendezvous.substr(0, cfg.rendezvous.rfind(':')), server->port(), cfg.token, in_s(10));
     if (!c) return c.status();
     watch = std::move(c).value();
   }
+  return watch.get();
+}
+
+Result<std::vector<PeerState>> Controller::Impl::peers() {
+  std::lock_guard<std::mutex> g(mu);
+  if (auto s = job_session(); !s) return s.status();
   std::vector<PeerState> out;
   std::vector<std::string> keys{"gone"};
   for (const char* role : {"trainer", "inference"}) {
@@ -91,8 +98,7 @@ Result<std::vector<PeerState>> Controller::Impl::peers() {
     if (const auto& inc = got[1 + 2 * p]) {
       auto k = session::IncarnationRecord::decode(session::text_of(inc->value));
       ps.joined = static_cast<bool>(k);
-      ps.lost = ps.joined && gone.find(session::keys::session(ps.role, ps.rank, k->value) + "\n") !=
-                                 std::string::npos;
+      ps.lost = ps.joined && session::keys::gone(gone, ps.role, ps.rank, k->value);
     }
     if (const auto& rec = got[2 + 2 * p])
       ps.record = std::string(rec->value.begin(), rec->value.end());
@@ -168,10 +174,8 @@ Result<uint16_t> Controller::serve_metrics(const std::string& host, uint16_t por
   });
   if (!m) return m.status();
   {  // peers that join from now on publish their records
-    const JobConfig& cfg = impl_->job->cfg;
-    auto c =
-        transport::RendezvousClient::connect(cfg.rendezvous.substr(0, cfg.rendezvous.rfind(':')),
-                                             impl_->server->port(), cfg.token, in_s(10));
+    std::lock_guard<std::mutex> g(impl_->mu);
+    auto c = impl_->job_session();
     if (!c) return c.status();
     if (Status s = (*c)->put(session::keys::kMetricsOn, "1"); !s) return s;
   }
@@ -413,9 +417,8 @@ Result<PushStats> Sender::push(uint64_t step) {
   auto receiver_gone = [&](uint32_t r) {
     auto g = m.rdv->get_newer("gone", 0, Clock::now());
     if (!g) return false;
-    const std::string gone(g->value.begin(), g->value.end());
-    return gone.find(session::keys::session("inference", r, m.ex->receiver_incarnation(r)) +
-                     "\n") != std::string::npos;
+    return session::keys::gone(session::text_of(g->value), "inference", r,
+                               m.ex->receiver_incarnation(r));
   };
   auto ready = [&]() -> Result<std::map<uint32_t, exec::Armed>> {
     const auto t_ready = Clock::now();
@@ -548,7 +551,7 @@ Result<PushStats> Sender::push(uint64_t step) {
                   "projection {:.3f}, ring wait {:.3f}, drain {:.3f})",
                   m.attempt, st.bytes, st.writes, st.seconds, st.ready_seconds, st.gather_seconds,
                   st.projection_seconds, st.ring_wait_seconds, st.drain_seconds);
-  m.record_step(step, m.attempt, metrics_json(st));
+  m.record_step(step, m.attempt, metrics_json(st), st.bytes, st.seconds);
   return st;
 }
 

@@ -30,6 +30,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace weightcast::session::keys {
 
@@ -78,6 +79,10 @@ inline std::string arms_used(uint32_t rank) { return fmt::format("trainer/{}/use
 // session closes (the peer exited or died).
 inline std::string session(const char* role, uint32_t rank, uint32_t inc) {
   return fmt::format("{}/{}@{}", role, rank, inc);
+}
+// Whether the value of "gone" lists that session.
+inline bool gone(std::string_view gone_value, const char* role, uint32_t rank, uint32_t inc) {
+  return gone_value.find(session(role, rank, inc) + "\n") != std::string_view::npos;
 }
 
 }  // namespace weightcast::session::keys
